@@ -1,0 +1,1 @@
+"""Strata fsd: a FUSE overlay daemon, drop-in for fuse-overlayfs."""

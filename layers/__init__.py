@@ -1,0 +1,1 @@
+"""Strata layers: the content-addressed layer store."""
