@@ -1,0 +1,277 @@
+"""Mount table, fsd processes, mounting and unmounting for tests.
+
+Everything here works from /proc and the command line; nothing stats a
+mountpoint to find out whether it is mounted (a hung daemon would hang that
+stat). Every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FUSECTL = Path("/sys/fs/fuse/connections")
+FSD_FSTYPE = os.environ.get("STRATA_FSD_FSTYPE", "fuse.fsd")
+
+
+# -- environment -------------------------------------------------------------
+
+def fsd_executable() -> str:
+    """The fsd console script of the venv running the tests, else the repo's.
+
+    $STRATA_FSD overrides it (with $STRATA_FSD_FSTYPE, the type its mounts show
+    in mountinfo) to run the same tests against another implementation."""
+    if os.environ.get("STRATA_FSD"):
+        return os.environ["STRATA_FSD"]
+    here = Path(sys.executable).parent / "fsd"
+    if here.exists():
+        return str(here)
+    return str(REPO / ".venv" / "bin" / "fsd")
+
+
+def why_no_fuse() -> str | None:
+    """None if real FUSE mounts can be made here, else the reason."""
+    if os.geteuid() != 0:
+        return "needs root (real FUSE and overlay mounts)"
+    if not os.path.exists("/dev/fuse"):
+        return "needs /dev/fuse"
+    if not os.path.exists(fsd_executable()):
+        return f"fsd is not installed at {fsd_executable()} (run scripts/install)"
+    return None
+
+
+def why_no_kernel_overlay() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to mount the kernel overlay"
+    if not _has_fs("overlay"):
+        subprocess.run(["modprobe", "overlay"], capture_output=True)
+        if not _has_fs("overlay"):
+            return "the kernel has no overlay filesystem"
+    return None
+
+
+def _has_fs(name: str) -> bool:
+    with open("/proc/filesystems") as f:
+        return any(line.split()[-1] == name for line in f if line.strip())
+
+
+# -- mount table ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MountEntry:
+    mountpoint: str
+    fstype: str
+    source: str
+    dev: str  # "major:minor"
+    options: str  # per-mount options, e.g. "ro,nosuid,nodev,relatime"
+    super_options: str
+
+    @property
+    def minor(self) -> int:
+        return int(self.dev.split(":")[1])
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_table() -> list[MountEntry]:
+    out = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for raw in f:
+            line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
+            pre, _, post = line.partition(" - ")
+            a, b = pre.split(), post.split()
+            out.append(MountEntry(_unescape(a[4]), b[0], _unescape(b[1]), a[2], a[5],
+                                  b[2] if len(b) > 2 else ""))
+    return out
+
+
+def mounts_at(path) -> list[MountEntry]:
+    p = os.path.abspath(os.fspath(path))
+    return [m for m in mount_table() if m.mountpoint == p]
+
+
+def is_mounted(path, fstype: str | None = None) -> bool:
+    return any(fstype is None or m.fstype == fstype for m in mounts_at(path))
+
+
+def wait_for(cond, timeout: float, interval: float = 0.02) -> bool:
+    end = time.monotonic() + timeout
+    while True:
+        if cond():
+            return True
+        if time.monotonic() > end:
+            return False
+        time.sleep(interval)
+
+
+# -- processes -----------------------------------------------------------------
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    state = _proc_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def pids_with_arg(*args) -> list[int]:
+    """Live processes (not us) with one of args among their argv: the daemons
+    of a mountpoint (give it as it was passed to fsd)."""
+    want = {os.fsencode(os.fspath(a)) for a in args}
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if want.intersection(argv) and alive(int(d)):
+            out.append(int(d))
+    return sorted(out)
+
+
+def wait_exited(pids, timeout: float) -> list[int]:
+    """Wait until every pid is gone; return the ones still alive."""
+    pids = list(pids)
+    wait_for(lambda: not any(alive(p) for p in pids), timeout)
+    return [p for p in pids if alive(p)]
+
+
+def kill_all(pids, timeout: float = 3.0):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        if not wait_exited(pids, timeout):
+            return
+
+
+# -- running fsd ---------------------------------------------------------------
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int | None  # None: timed out (and killed)
+    stdout: str
+    stderr: str
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+    def describe(self) -> str:
+        return (f"$ {' '.join(self.argv)}\nexit {self.returncode}\n"
+                f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}---")
+
+
+def run_fsd(args, cwd=None, timeout: float = 30.0, env=None) -> Result:
+    """Run `fsd ARGS` to completion. Output goes to files, not pipes, so that a
+    daemon that keeps the descriptors open cannot make this wait."""
+    argv = [fsd_executable(), *map(os.fspath, args)]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd,
+                             env=env, start_new_session=True)
+        try:
+            rc = p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            rc = None
+        out.seek(0)
+        err.seek(0)
+        return Result(argv, rc, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+
+def escape_lowerdir(path) -> str:
+    return os.fspath(path).replace(":", "\\:")
+
+
+def overlay_opts(lowers, upper=None, work=None, extra=()) -> list[str]:
+    opts = ["lowerdir=" + ":".join(escape_lowerdir(p) for p in lowers)]
+    if upper is not None:
+        opts.append(f"upperdir={os.fspath(upper)}")
+    if work is not None:
+        opts.append(f"workdir={os.fspath(work)}")
+    opts.extend(extra)
+    return opts
+
+
+# -- unmounting ------------------------------------------------------------------
+
+def fuse_abort(minor: int) -> bool:
+    """Abort a FUSE connection: every pending and later request fails ENOTCONN."""
+    if not (FUSECTL / "abort").parent.exists():
+        return False
+    if not any(m.fstype == "fusectl" for m in mount_table()):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(FUSECTL)], capture_output=True)
+    try:
+        (FUSECTL / str(minor) / "abort").write_text("1")
+        return True
+    except OSError:
+        return False
+
+
+def unmount_fuse(mnt, pids=(), timeout: float = 10.0) -> list[str]:
+    """Unmount a FUSE mount and make sure its daemon processes have exited.
+
+    fusermount3 -u, else umount -l; a daemon still running after that gets its
+    connection aborted, then SIGTERM, then SIGKILL. Returns what went wrong
+    (empty when the mount went away and the daemon exited by itself)."""
+    mnt = os.path.abspath(os.fspath(mnt))
+    problems = []
+    entries = [m for m in mounts_at(mnt) if m.fstype.startswith("fuse")]
+    if entries:
+        try:
+            r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True, timeout=timeout)
+            if r.returncode:
+                problems.append(f"fusermount3 -u {mnt} failed: {r.stderr.strip()}")
+        except subprocess.TimeoutExpired:
+            problems.append(f"fusermount3 -u {mnt} hung")
+        if mounts_at(mnt):
+            for m in entries:
+                fuse_abort(m.minor)
+            subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=timeout)
+    pids = sorted(set(pids) | set(pids_with_arg(mnt)))
+    left = wait_exited(pids, timeout)
+    if left:
+        problems.append(f"daemon pid(s) {left} still running {timeout:.0f}s after unmount; killed")
+        for m in entries:
+            fuse_abort(m.minor)
+        kill_all(left)
+    if mounts_at(mnt):
+        subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=timeout)
+        if mounts_at(mnt):
+            problems.append(f"{mnt} still mounted after cleanup")
+    return problems
+
+
+def unmount_plain(mnt, timeout: float = 30.0) -> list[str]:
+    """Unmount a kernel mount (umount, else umount -l)."""
+    mnt = os.path.abspath(os.fspath(mnt))
+    problems = []
+    while mounts_at(mnt):
+        r = subprocess.run(["umount", mnt], capture_output=True, text=True, timeout=timeout)
+        if r.returncode:
+            problems.append(f"umount {mnt} failed: {r.stderr.strip()}; used umount -l")
+            subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=timeout)
+            break
+    return problems
