@@ -1,0 +1,183 @@
+"""Attributes and xattrs of merged objects: getattr, setattr, access, statfs.
+
+An object's attributes are those of its real object (the upper one when it has
+been copied up), with fsd's inode number.  A directory merged from several
+layers reports st_nlink 1 as the kernel overlay does (counting subdirectories of
+every layer is not worth it; `find` accepts 1).  Changing anything copies the
+object up first, or only its metadata under metacopy=on.  Overlay-private xattrs
+are neither listed nor readable nor settable (EOPNOTSUPP, as the kernel answers).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pyfuse3
+
+from .copy_up import CopyUp
+from .errors import fail
+from .inode import Node
+from .layer import Layer, Stack
+from .whiteout import NAME_MAX, is_private_xattr
+
+
+class AttrOps:
+    def __init__(self, stack: Stack, copyup: CopyUp, timeout: float, static_nlink: bool, metacopy: bool):
+        self.stack = stack
+        self.copyup = copyup
+        self.timeout = timeout
+        self.static_nlink = static_nlink
+        self.metacopy = metacopy
+
+    def location(self, node: Node) -> tuple[Layer, bytes]:
+        """The layer and path of the real object that holds node's metadata."""
+        if node.upper:
+            return self.stack.upper, node.path()
+        index = node.lowers[0] if node.is_dir else node.layer
+        return self.stack.lowers[index], node.path()
+
+    def real_stat(self, node: Node) -> os.stat_result:
+        if node.gone and node.fds:
+            return os.fstat(next(iter(node.fds)))
+        if node.lower_stat is not None and not node.upper:
+            return node.lower_stat
+        layer, rel = self.location(node)
+        return layer.lstat(rel)
+
+    def entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        st = self.real_stat(node)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.ino
+        attr.generation = 0
+        attr.entry_timeout = self.timeout
+        attr.attr_timeout = self.timeout
+        attr.st_mode = st.st_mode
+        nlink = st.st_nlink
+        if node.is_dir and (self.static_nlink or len(node.lowers) + node.upper > 1):
+            nlink = 1
+        elif node.gone:
+            nlink = 0
+        attr.st_nlink = nlink
+        attr.st_uid = st.st_uid
+        attr.st_gid = st.st_gid
+        attr.st_rdev = st.st_rdev
+        attr.st_size = st.st_size
+        attr.st_blksize = st.st_blksize
+        attr.st_blocks = st.st_blocks
+        attr.st_atime_ns = st.st_atime_ns
+        attr.st_mtime_ns = st.st_mtime_ns
+        attr.st_ctime_ns = st.st_ctime_ns
+        if node.metacopy:
+            lower = self.stack.lowers[node.layer].lstat(node.path())
+            attr.st_size, attr.st_blocks = lower.st_size, lower.st_blocks
+        return attr
+
+    async def setattr(self, node: Node, attr, fields, fd: int | None) -> pyfuse3.EntryAttributes:
+        changes_data = fields.update_size
+        if changes_data:
+            await self.copyup.ensure(node, data=attr.st_size > 0)
+        elif self.metacopy:
+            await self.copyup.metadata(node)
+        else:
+            await self.copyup.ensure(node)
+        upper, rel = self.stack.upper, node.path()
+        target = fd if node.gone and fd is not None else None
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            if target is not None:
+                os.fchown(target, uid, gid)
+            else:
+                upper.chown(rel, uid, gid)
+        if fields.update_mode and node.kind != stat.S_IFLNK:
+            mode = stat.S_IMODE(attr.st_mode)
+            if target is not None:
+                os.fchmod(target, mode)
+            else:
+                upper.chmod(rel, mode)
+        if fields.update_size:
+            if fd is not None:
+                os.ftruncate(fd, attr.st_size)
+            else:
+                real = upper.open(rel, os.O_WRONLY)
+                try:
+                    os.ftruncate(real, attr.st_size)
+                finally:
+                    os.close(real)
+        if fields.update_atime or fields.update_mtime:
+            now = os.fstat(target) if target is not None else upper.lstat(rel)
+            times = (attr.st_atime_ns if fields.update_atime else now.st_atime_ns,
+                     attr.st_mtime_ns if fields.update_mtime else now.st_mtime_ns)
+            if target is not None:
+                os.utime(target, ns=times)
+            else:
+                upper.utime(rel, times)
+        return self.entry(node)
+
+    # --- xattrs ---------------------------------------------------------------------
+
+    def getxattr(self, node: Node, name: bytes) -> bytes:
+        if is_private_xattr(name):
+            raise fail(errno.EOPNOTSUPP if name.startswith(b"trusted.overlay.") else errno.ENODATA)
+        layer, rel = self.location(node)
+        return layer.getxattr(rel, name)
+
+    def listxattr(self, node: Node) -> list[bytes]:
+        layer, rel = self.location(node)
+        return [n for n in layer.listxattr(rel) if not is_private_xattr(n)]
+
+    async def setxattr(self, node: Node, name: bytes, value: bytes) -> None:
+        if is_private_xattr(name):
+            raise fail(errno.EOPNOTSUPP if name.startswith(b"trusted.overlay.") else errno.EPERM)
+        await self._copy_for_metadata(node)
+        self.stack.upper.setxattr(node.path(), name, value)
+
+    async def removexattr(self, node: Node, name: bytes) -> None:
+        if is_private_xattr(name):
+            raise fail(errno.EOPNOTSUPP if name.startswith(b"trusted.overlay.") else errno.EPERM)
+        layer, rel = self.location(node)
+        layer.getxattr(rel, name)  # ENODATA before any copy-up
+        await self._copy_for_metadata(node)
+        self.stack.upper.removexattr(node.path(), name)
+
+    async def _copy_for_metadata(self, node: Node) -> None:
+        if self.metacopy:
+            await self.copyup.metadata(node)
+        else:
+            await self.copyup.ensure(node)
+
+    # --- permission and space ---------------------------------------------------
+
+    def access(self, node: Node, mode: int, uid: int, groups: set[int]) -> bool:
+        """The classic owner/group/other check (root may do all but execute a
+        file no one may execute); used only when the kernel asks, which it does
+        not under default_permissions."""
+        st = self.real_stat(node)
+        if mode == os.F_OK:
+            return True
+        if uid == 0:
+            return not (mode & os.X_OK) or bool(st.st_mode & 0o111) or stat.S_ISDIR(st.st_mode)
+        if st.st_uid == uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid in groups:
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        return mode & bits == mode
+
+    def statfs(self) -> pyfuse3.StatvfsData:
+        layer = self.stack.upper if self.stack.upper is not None else self.stack.lowers[0]
+        sv = os.fstatvfs(layer.fd)
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = sv.f_bsize
+        out.f_frsize = sv.f_frsize
+        out.f_blocks = sv.f_blocks
+        out.f_bfree = sv.f_bfree
+        out.f_bavail = sv.f_bavail
+        out.f_files = sv.f_files
+        out.f_ffree = sv.f_ffree
+        out.f_favail = sv.f_favail
+        out.f_namemax = NAME_MAX
+        return out

@@ -1,0 +1,85 @@
+"""fsd's command line, that of fuse-overlayfs:
+`fsd [-f] [-d] -o OPTS MOUNTPOINT` or `fsd SOURCE MOUNTPOINT -o OPTS`."""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+
+from .params import ParamError, parse_options
+
+USAGE = """usage: fsd [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=UPPER,workdir=WORK][,OPTS] MOUNTPOINT
+       fsd SOURCE MOUNTPOINT -o OPTS      (as run by mount -t fuse.fsd)
+
+Mounts the merged view of the lower directories (read-only without upperdir).
+  -f           stay in the foreground
+  -d           log every request (implies -f)
+  -o OPTS      comma-separated mount options; \\: escapes a colon in a path
+  --version    print the version
+Options: lowerdir= upperdir= workdir= volatile fsync=0|1 metacopy=on|off
+  whiteout=chardev|file timeout=SECONDS logfile=PATH ro allow_other static_nlink
+  noacl uidmapping= gidmapping= squash_to_root squash_to_uid= squash_to_gid=
+  xattr_permissions=0|1|2, and the generic nosuid nodev noexec noatime ...
+"""
+
+
+def version() -> str:
+    try:
+        return metadata.version("strata")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def parse_argv(argv: list[str]) -> tuple[list[str], list[str], bool, bool]:
+    """(option strings, positional args, foreground, debug); raises ParamError."""
+    options, positional = [], []
+    foreground = debug = False
+    args = iter(argv)
+    for arg in args:
+        if arg == "-o":
+            try:
+                options.append(next(args))
+            except StopIteration:
+                raise ParamError("option -o needs a value") from None
+        elif arg.startswith("-o"):
+            options.append(arg[2:])
+        elif arg == "-f":
+            foreground = True
+        elif arg == "-d":
+            foreground = debug = True
+        elif arg in ("-s", "--"):
+            continue
+        elif arg.startswith("-") and arg != "-":
+            raise ParamError(f"unknown argument '{arg}' (see fsd -h)")
+        else:
+            positional.append(arg)
+    return options, positional, foreground, debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(USAGE, end="")
+        return 0
+    if "--version" in argv or "-V" in argv:
+        print(f"fsd {version()}")
+        print(f"fuse-overlayfs: compatible (fsd {version()})")
+        return 0
+    try:
+        options, positional, foreground, debug = parse_argv(argv)
+        if len(positional) not in (1, 2):
+            raise ParamError("expected one MOUNTPOINT (or SOURCE MOUNTPOINT); see fsd -h")
+        if debug:
+            options.append("debug")
+        params = parse_options(options, positional[-1])
+    except ParamError as exc:
+        print(f"fsd: {exc}", file=sys.stderr)
+        return 1
+    for warning in params.warnings:
+        print(f"fsd: warning: {warning}", file=sys.stderr)
+    from .mount import run
+    return run(params, foreground)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

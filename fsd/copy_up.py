@@ -1,0 +1,335 @@
+"""Copy-up: make a lower object exist in the upper, atomically.
+
+Every object is built under a temporary name in the work area (data, then
+xattrs, owner, mode, times; data fsynced unless fsync is off) and renamed into
+the upper, so a crash leaves either nothing in the upper (the lower stays
+visible) or the complete copy; the work area is emptied at the next mount.
+Ancestors are copied first.  One copy runs per node: concurrent requests that
+need the same copy-up wait on the node's lock and find it done.  Big data and
+whole trees are copied in a worker thread, off the trio loop.
+
+Outcomes: None, or the OSError of the real filesystem (ENOSPC, EDQUOT, EIO ...)
+with nothing left behind in the upper or the work area.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import logging
+import os
+import stat
+
+import trio
+
+from .errors import fail
+from .inode import InodeTable, Node
+from .layer import Layer, Stack
+from .namei import Namei, dir_is_opaque
+from .whiteout import Markers, is_private_xattr
+
+log = logging.getLogger("fsd")
+
+FICLONE = 0x40049409
+BIG = 1 << 20  # files larger than this are copied in a worker thread
+_CHUNK = 1 << 24
+TMP_DIR = b"tmp"
+INDEX_DIR = b"index"
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy `size` bytes, sharing extents (FICLONE) when the filesystem can,
+    otherwise copying only the data extents so that holes stay holes."""
+    try:
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        return
+    except OSError:
+        pass
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src_fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break  # only a hole is left
+            if exc.errno != errno.EINVAL:
+                raise
+            start = offset  # no SEEK_DATA support: copy everything
+            end = size
+        else:
+            end = min(os.lseek(src_fd, start, os.SEEK_HOLE), size)
+        _copy_range(src_fd, dst_fd, start, end)
+        offset = end
+    os.ftruncate(dst_fd, size)
+
+
+def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+    pos = start
+    while pos < end:
+        count = min(_CHUNK, end - pos)
+        try:
+            done = os.copy_file_range(src_fd, dst_fd, count, pos, pos)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            done = 0
+        if done == 0:
+            data = os.pread(src_fd, min(count, 1 << 20), pos)
+            if not data:
+                return
+            done = os.pwrite(dst_fd, data, pos)
+        pos += done
+
+
+def copy_xattrs(src: Layer, src_rel: bytes, dst: Layer, dst_rel: bytes) -> None:
+    for name in src.listxattr(src_rel):
+        if is_private_xattr(name):
+            continue
+        value = src.try_getxattr(src_rel, name)
+        if value is None:
+            continue
+        try:
+            dst.setxattr(dst_rel, name, value)
+        except OSError as exc:
+            # security.* and trusted.* may be refused to an unprivileged daemon.
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                raise
+
+
+def copy_owner_mode_times(dst: Layer, rel: bytes, st: os.stat_result) -> None:
+    """Owner before mode (chown clears set-id bits), times last."""
+    try:
+        dst.chown(rel, st.st_uid, st.st_gid)
+    except PermissionError:
+        pass  # rootless: the owner is kept by idmap, not the real file
+    if not stat.S_ISLNK(st.st_mode):
+        dst.chmod(rel, stat.S_IMODE(st.st_mode))
+    dst.utime(rel, (st.st_atime_ns, st.st_mtime_ns))
+
+
+class CopyUp:
+    def __init__(self, stack: Stack, table: InodeTable, namei: Namei, markers: Markers, fsync: bool):
+        self.stack = stack
+        self.table = table
+        self.namei = namei
+        self.markers = markers
+        self.fsync = fsync
+        self._serial = itertools.count()
+
+    def tmp_name(self) -> bytes:
+        """A fresh name in the work area's scratch directory."""
+        return b"%s/%d" % (TMP_DIR, next(self._serial))
+
+    def set_origin(self, layer: Layer, rel: bytes, key: int) -> None:
+        """Record the inode number an object keeps after it moved to the upper."""
+        attr = self.markers.origin_xattr
+        if attr is not None:
+            layer.setxattr(rel, attr, b"%d" % key)
+
+    def discard(self, rel: bytes) -> None:
+        """Remove a work-area object (file or tree), ignoring what is already gone."""
+        discard_tree(self.stack.work, rel)
+
+    async def ensure(self, node: Node, data: bool = True) -> None:
+        """Make node exist in the upper; with data=False a regular file gets no data
+        (it is about to be truncated)."""
+        if node.upper and not node.metacopy:
+            return
+        if node.lock is None:
+            node.lock = trio.Lock()
+        async with node.lock:
+            if node.upper and not node.metacopy:
+                return
+            parent = node.parent
+            if parent is None:
+                raise fail(errno.ENOENT)
+            if not parent.upper:
+                await self.ensure(parent)
+            if node.metacopy:
+                await self._fill_data(node)
+            else:
+                await self._copy(node, parent, data)
+
+    async def _copy(self, node: Node, parent: Node, data: bool, metadata_only: bool = False) -> None:
+        rel = node.path()
+        src = self.stack.lowers[node.lowers[0] if node.is_dir else node.layer]
+        st = src.lstat(rel)
+        work = self.stack.work
+        tmp = self.tmp_name()
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                work.mkdir(tmp, 0o700)
+            elif stat.S_ISREG(st.st_mode):
+                await self._copy_file(src, rel, tmp, st.st_size if data and not metadata_only else 0)
+            elif stat.S_ISLNK(st.st_mode):
+                work.symlink(src.readlink(rel), tmp)
+            else:
+                work.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+            copy_xattrs(src, rel, work, tmp)
+            self.set_origin(work, tmp, node.key)
+            copy_owner_mode_times(work, tmp, st)
+            work.rename(tmp, self.stack.upper, rel)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        node.upper = True
+        node.metacopy = metadata_only
+        node.lower_stat = None
+        if node.is_dir:
+            node.upper_entries = self.namei.scan_upper(rel)
+        self.namei.upper_added(parent, node.name, node.kind)
+
+    async def _copy_file(self, src: Layer, rel: bytes, tmp: bytes, size: int) -> None:
+        work = self.stack.work
+        dst_fd = work.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if size:
+                src_fd = src.open(rel, os.O_RDONLY)
+                try:
+                    if size > BIG:
+                        await trio.to_thread.run_sync(self._copy_and_sync, src_fd, dst_fd, size)
+                    else:
+                        self._copy_and_sync(src_fd, dst_fd, size)
+                finally:
+                    os.close(src_fd)
+            elif self.fsync:
+                os.fsync(dst_fd)
+        finally:
+            os.close(dst_fd)
+
+    def _copy_and_sync(self, src_fd: int, dst_fd: int, size: int) -> None:
+        copy_data(src_fd, dst_fd, size)
+        if self.fsync:
+            os.fsync(dst_fd)
+
+    async def metadata(self, node: Node) -> None:
+        """metacopy=on: copy a lower regular file's metadata only; data on first write."""
+        if node.upper:
+            return
+        if node.kind != stat.S_IFREG:
+            return await self.ensure(node)
+        if node.lock is None:
+            node.lock = trio.Lock()
+        async with node.lock:
+            if node.upper:
+                return
+            parent = node.parent
+            if not parent.upper:
+                await self.ensure(parent)
+            await self._copy(node, parent, data=False, metadata_only=True)
+
+    async def _fill_data(self, node: Node) -> None:
+        """Second half of a metacopy: build the full file in the work area with the
+        upper's metadata, then rename it over the metadata-only copy."""
+        rel = node.path()
+        src = self.stack.lowers[node.layer]
+        upper = self.stack.upper
+        st = upper.lstat(rel)
+        size = src.lstat(rel).st_size
+        tmp = self.tmp_name()
+        try:
+            await self._copy_file(src, rel, tmp, size)
+            copy_xattrs(upper, rel, self.stack.work, tmp)
+            self.set_origin(self.stack.work, tmp, node.key)
+            copy_owner_mode_times(self.stack.work, tmp, st)
+            self.stack.work.rename(tmp, upper, rel)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        node.metacopy = False
+
+    # --- whole trees, for renaming a directory that has lower parts ------------
+
+    async def build_tree(self, node: Node) -> bytes:
+        """Build, in the work area, a full copy of a merged directory's content:
+        lower objects copied, upper non-directories hard-linked (same inodes, so
+        open files stay valid).  Returns its work-area name; the original is not
+        touched, so a crash leaves the old tree whole."""
+        tmp = self.tmp_name()
+        rel = node.path()
+        try:
+            await trio.to_thread.run_sync(
+                self._tree, node.upper, node.lowers, rel, tmp, node.key, {}, abandon_on_cancel=False)
+        except BaseException:
+            self.discard(tmp)
+            raise
+        return tmp
+
+    def _tree(self, in_upper: bool, lowers: tuple[int, ...], rel: bytes, dst: bytes, key: int,
+              linked: dict[tuple[int, int], bytes]) -> None:
+        upper, work = self.stack.upper, self.stack.work
+        source = upper if in_upper else self.stack.lowers[lowers[0]]
+        work.mkdir(dst, 0o700)
+        upper_dir = self.namei.scan_upper(rel) if in_upper else None
+        lower_map = self.namei.merge_lowers(lowers, rel) if lowers else {}
+        names: dict[bytes, tuple[bool, int]] = {}
+        if upper_dir is not None:
+            names.update((n, (True, k)) for n, k in upper_dir.names.items())
+        for name, entry in lower_map.items():
+            if name not in names and (upper_dir is None or name not in upper_dir.whiteouts):
+                names[name] = (False, entry.kind)
+        for name, (from_upper, kind) in names.items():
+            child = rel + b"/" + name if rel else name
+            child_dst = dst + b"/" + name
+            entry = lower_map.get(name)
+            if kind == stat.S_IFDIR:
+                if from_upper:
+                    below = () if dir_is_opaque(upper, child) else (
+                        self.namei.merge_depth(entry.lowers, child) if entry and entry.kind == stat.S_IFDIR else ())
+                    child_key = self.namei.dir_key(child, below)
+                else:
+                    below = self.namei.merge_depth(entry.lowers, child)
+                    low = self.stack.lowers[below[0]]
+                    child_key = self.table.key_for(low.dev, low.lstat(child).st_ino)
+                self._tree(from_upper, below, child, child_dst, child_key, linked)
+            elif from_upper:
+                upper.link(child, work, child_dst)
+            else:
+                self._copy_lower_object(self.stack.lowers[entry.layer], child, child_dst, linked)
+        copy_xattrs(source, rel, work, dst)
+        self.set_origin(work, dst, key)
+        copy_owner_mode_times(work, dst, source.lstat(rel))
+
+    def _copy_lower_object(self, src: Layer, rel: bytes, dst: bytes, linked: dict) -> None:
+        st = src.lstat(rel)
+        work = self.stack.work
+        ident = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and ident in linked:
+            work.link(linked[ident], work, dst)
+            return
+        if stat.S_ISREG(st.st_mode):
+            dst_fd = work.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                if st.st_size:
+                    src_fd = src.open(rel, os.O_RDONLY)
+                    try:
+                        self._copy_and_sync(src_fd, dst_fd, st.st_size)
+                    finally:
+                        os.close(src_fd)
+            finally:
+                os.close(dst_fd)
+        elif stat.S_ISLNK(st.st_mode):
+            work.symlink(src.readlink(rel), dst)
+        else:
+            work.mknod(dst, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+        copy_xattrs(src, rel, work, dst)
+        self.set_origin(work, dst, self.table.key_for(src.dev, st.st_ino))
+        copy_owner_mode_times(work, dst, st)
+        if st.st_nlink > 1:
+            linked[ident] = dst
+
+
+def discard_tree(layer: Layer, rel: bytes) -> None:
+    """Remove rel and everything below it in layer; missing is fine."""
+    try:
+        st = layer.lstat(rel)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        layer.unlink(rel)
+        return
+    for name, _, _ in layer.scandir(rel):
+        discard_tree(layer, rel + b"/" + name)
+    layer.rmdir(rel)
+

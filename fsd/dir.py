@@ -1,0 +1,393 @@
+"""Operations that change names: create, mkdir, mknod, symlink, link, unlink,
+rmdir, rename.  Whiteouts and opaque directories are made here.
+
+The upper is changed so that a crash between two steps never loses data: an
+object that replaces a whiteout is built in the work area and renamed (or
+exchanged) over it; a `.wh.NAME` file is created before the entry it hides is
+removed, and removed only after its replacement is in place (within one layer a
+real entry wins over its whiteout).  Errnos are those of the kernel overlay.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import trio
+
+from .copy_up import CopyUp, discard_tree
+from .errors import fail
+from .inode import InodeTable, Node
+from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, Stack
+from .namei import Namei
+from .whiteout import NAME_MAX, OPAQUE_FILE, WH_PREFIX, Markers, is_reserved_name, whiteout_mode
+
+
+def _join(base: bytes, name: bytes) -> bytes:
+    return base + b"/" + name if base else name
+
+
+class DirOps:
+    def __init__(self, stack: Stack, table: InodeTable, namei: Namei, copyup: CopyUp, markers: Markers):
+        self.stack = stack
+        self.table = table
+        self.namei = namei
+        self.copyup = copyup
+        self.markers = markers
+        # Renaming a merged directory copies its tree in a thread; name changes
+        # elsewhere wait for it so that nothing is created in a tree being moved.
+        self._tree_move = trio.Lock()
+
+    # --- markers ------------------------------------------------------------------
+
+    def make_whiteout(self, dir_rel: bytes, name: bytes) -> None:
+        """Create a whiteout of `name` directly in the upper dir (name must be free)."""
+        upper = self.stack.upper
+        if self.markers.whiteout == "chardev":
+            mode, rdev = whiteout_mode()
+            upper.mknod(_join(dir_rel, name), mode, rdev)
+        else:
+            if len(name) + len(WH_PREFIX) > NAME_MAX:
+                raise fail(errno.ENAMETOOLONG, name)
+            os.close(upper.open(_join(dir_rel, WH_PREFIX + name), os.O_WRONLY | os.O_CREAT, 0))
+
+    def _work_whiteout(self) -> bytes:
+        tmp = self.copyup.tmp_name()
+        mode, rdev = whiteout_mode()
+        self.stack.work.mknod(tmp, mode, rdev)
+        return tmp
+
+    def set_opaque(self, layer, rel: bytes) -> None:
+        if self.markers.opaque_xattr is not None:
+            layer.setxattr(rel, self.markers.opaque_xattr, b"y")
+        else:
+            os.close(layer.open(_join(rel, OPAQUE_FILE), os.O_WRONLY | os.O_CREAT, 0))
+
+    # --- checks -------------------------------------------------------------------
+
+    def _check_new_name(self, parent: Node, name: bytes) -> None:
+        if len(name) > NAME_MAX:
+            raise fail(errno.ENAMETOOLONG, name)
+        if is_reserved_name(name):
+            raise fail(errno.EINVAL, name)
+        if self.namei.find(parent, name) is not None:
+            raise fail(errno.EEXIST, name)
+
+    async def _settle(self) -> None:
+        """Wait while a directory tree is being moved."""
+        if self._tree_move.locked():
+            async with self._tree_move:
+                pass
+
+    # --- creating -----------------------------------------------------------------
+
+    async def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int,
+                     rdev: int = 0, target: bytes | None = None) -> Node:
+        """Make a new object of S_IFMT(mode); returns its node.  EEXIST if taken."""
+        await self._settle()
+        self._check_new_name(parent, name)
+        await self.copyup.ensure(parent)
+        self._check_new_name(parent, name)  # re-check: the copy-up awaited
+        kind = stat.S_IFMT(mode)
+        rel = parent.child_path(name)
+        pst = self.stack.upper.lstat(parent.path())
+        if pst.st_mode & stat.S_ISGID:
+            gid = pst.st_gid
+            if kind == stat.S_IFDIR:
+                mode |= stat.S_ISGID
+        entries = self.namei.upper_entries(parent)
+        if name not in entries.whiteouts:
+            self._make(self.stack.upper, rel, mode, rdev, target, uid, gid)
+        else:
+            tmp = self.copyup.tmp_name()
+            try:
+                self._make(self.stack.work, tmp, mode, rdev, target, uid, gid)
+                if kind == stat.S_IFDIR:
+                    self.set_opaque(self.stack.work, tmp)
+                self._replace_whiteout(tmp, parent, name, kind)
+            except BaseException:
+                self.copyup.discard(tmp)
+                raise
+        self.namei.upper_added(parent, name, kind)
+        return self.namei.lookup(parent, name)
+
+    def _make(self, layer, rel: bytes, mode: int, rdev: int, target: bytes | None, uid: int, gid: int) -> None:
+        kind = stat.S_IFMT(mode)
+        perm = stat.S_IMODE(mode)
+        if kind == stat.S_IFDIR:
+            layer.mkdir(rel, perm)
+        elif kind == stat.S_IFREG:
+            os.close(layer.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, perm))
+        elif kind == stat.S_IFLNK:
+            layer.symlink(target, rel)
+        else:
+            layer.mknod(rel, mode, rdev)
+        try:
+            try:
+                layer.chown(rel, uid, gid)
+            except PermissionError:
+                pass  # rootless: the caller's ids are the daemon's own
+            if kind != stat.S_IFLNK:
+                layer.chmod(rel, perm)
+        except BaseException:
+            (layer.rmdir if kind == stat.S_IFDIR else layer.unlink)(rel)
+            raise
+
+    def _replace_whiteout(self, tmp: bytes, parent: Node, name: bytes, kind: int) -> None:
+        """Move work-area object tmp to parent/name, where a whiteout now is."""
+        work, upper = self.stack.work, self.stack.upper
+        rel = parent.child_path(name)
+        if self.markers.whiteout == "chardev" and upper.try_lstat(rel) is not None:
+            if kind == stat.S_IFDIR:
+                work.rename(tmp, upper, rel, RENAME_EXCHANGE)
+                work.unlink(tmp)  # now the old whiteout
+            else:
+                work.rename(tmp, upper, rel)
+        else:
+            work.rename(tmp, upper, rel, RENAME_NOREPLACE)
+            self._drop_whiteout_file(parent, name)
+
+    def _drop_whiteout_file(self, parent: Node, name: bytes) -> None:
+        try:
+            self.stack.upper.unlink(parent.child_path(WH_PREFIX + name))
+        except FileNotFoundError:
+            pass
+
+    async def link(self, node: Node, parent: Node, name: bytes) -> Node:
+        if node.is_dir:
+            raise fail(errno.EPERM, name)
+        await self._settle()
+        self._check_new_name(parent, name)
+        await self.copyup.ensure(node)
+        await self.copyup.ensure(parent)
+        self._check_new_name(parent, name)
+        upper, work = self.stack.upper, self.stack.work
+        src = node.path()
+        if name in self.namei.upper_entries(parent).whiteouts:
+            tmp = self.copyup.tmp_name()
+            upper.link(src, work, tmp)
+            try:
+                self._replace_whiteout(tmp, parent, name, node.kind)
+            except BaseException:
+                self.copyup.discard(tmp)
+                raise
+        else:
+            upper.link(src, upper, parent.child_path(name))
+        self.namei.upper_added(parent, name, node.kind)
+        node.add_link(parent, name)
+        return node
+
+    # --- removing -----------------------------------------------------------------
+
+    async def unlink(self, parent: Node, name: bytes) -> None:
+        await self._settle()
+        node = self.namei.lookup(parent, name)
+        if node.is_dir:
+            raise fail(errno.EISDIR, name)
+        await self.copyup.ensure(parent)
+        self._remove(parent, name, node)
+
+    async def rmdir(self, parent: Node, name: bytes) -> None:
+        await self._settle()
+        node = self.namei.lookup(parent, name)
+        if not node.is_dir:
+            raise fail(errno.ENOTDIR, name)
+        if self.namei.merged_names(node):
+            raise fail(errno.ENOTEMPTY, name)
+        await self.copyup.ensure(parent)
+        self._remove(parent, name, node)
+
+    def _remove(self, parent: Node, name: bytes, node: Node) -> None:
+        """Take name out of the merged view: remove its upper entry and, when a
+        lower has the name, leave a whiteout."""
+        upper, work = self.stack.upper, self.stack.work
+        rel = parent.child_path(name)
+        whiteout = self.namei.lower_has(parent, name)
+        in_upper = name in self.namei.upper_entries(parent).names
+        nlink = 1
+        if in_upper:
+            nlink = upper.lstat(rel).st_nlink
+            if not whiteout:
+                if node.is_dir:
+                    tmp = self.copyup.tmp_name()
+                    upper.rename(rel, work, tmp)
+                    self.copyup.discard(tmp)  # may hold whiteouts
+                else:
+                    upper.unlink(rel)
+            elif self.markers.whiteout == "chardev":
+                tmp = self._work_whiteout()
+                if node.is_dir:
+                    work.rename(tmp, upper, rel, RENAME_EXCHANGE)
+                    self.copyup.discard(tmp)
+                else:
+                    work.rename(tmp, upper, rel)
+            else:
+                self.make_whiteout(parent.path(), name)
+                if node.is_dir:
+                    tmp = self.copyup.tmp_name()
+                    upper.rename(rel, work, tmp)
+                    self.copyup.discard(tmp)
+                else:
+                    upper.unlink(rel)
+        else:
+            if node.lower_stat is not None:
+                nlink = node.lower_stat.st_nlink
+            self.make_whiteout(parent.path(), name)
+        self.namei.upper_removed(parent, name, whiteout)
+        node.drop_link(parent, name)
+        if node.gone and nlink > 1:
+            node.gone = False  # other names of the file remain, not yet looked up
+        if node.gone:
+            self.table.retire(node)
+
+    # --- rename -------------------------------------------------------------------
+
+    async def rename(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> None:
+        await self._settle()
+        if len(n2) > NAME_MAX:
+            raise fail(errno.ENAMETOOLONG, n2)
+        if is_reserved_name(n2):
+            raise fail(errno.EINVAL, n2)
+        src = self.namei.lookup(p1, n1)
+        dst = self.namei.find(p2, n2)
+        if flags & RENAME_NOREPLACE and dst is not None:
+            raise fail(errno.EEXIST, n2)
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise fail(errno.ENOENT, n2)
+            return await self._exchange(p1, n1, src, p2, n2, dst)
+        if dst is src:
+            return  # two names of one file: POSIX says do nothing
+        if dst is not None:
+            if src.is_dir and not dst.is_dir:
+                raise fail(errno.ENOTDIR, n2)
+            if dst.is_dir and not src.is_dir:
+                raise fail(errno.EISDIR, n2)
+            if dst.is_dir and self.namei.merged_names(dst):
+                raise fail(errno.ENOTEMPTY, n2)
+        await self.copyup.ensure(p1)
+        await self.copyup.ensure(p2)
+        if src.is_dir and src.lowers:
+            async with self._tree_move:
+                await self._move_merged_dir(p1, n1, src, p2, n2, dst)
+        else:
+            await self.copyup.ensure(src)
+            self._move_upper(p1, n1, src, p2, n2, dst)
+        if dst is not None:
+            dst.drop_link(p2, n2)
+            if dst.gone:
+                self.table.retire(dst)
+        src.drop_link(p1, n1)
+        src.add_link(p2, n2)
+
+    def _clear_dir(self, rel: bytes) -> None:
+        """Remove the whiteouts left in an upper dir that is empty in the merged view."""
+        upper = self.stack.upper
+        for name, _, _ in upper.scandir(rel):
+            discard_tree(upper, _join(rel, name))
+
+    def _move_upper(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes, dst: Node | None) -> None:
+        """Rename an object that lives wholly in the upper (a file, or a directory
+        without lower parts)."""
+        upper = self.stack.upper
+        rel1, rel2 = p1.child_path(n1), p2.child_path(n2)
+        leave_whiteout = self.namei.lower_has(p1, n1)
+        dst_entries = self.namei.upper_entries(p2)
+        dst_in_upper = n2 in dst_entries.names
+        dst_whiteout = n2 in dst_entries.whiteouts
+        if src.is_dir and not src.opaque and self.namei.lower_has(p2, n2):
+            self.set_opaque(upper, rel1)  # must not merge with what lies below n2
+            src.opaque = True
+        if dst_in_upper and dst.is_dir:
+            self._clear_dir(rel2)
+        chardev = self.markers.whiteout == "chardev"
+        if dst_whiteout and chardev and src.is_dir:
+            upper.rename(rel1, upper, rel2, RENAME_EXCHANGE)  # the whiteout lands at rel1
+            if not leave_whiteout:
+                upper.unlink(rel1)
+            leave_whiteout = False
+        elif leave_whiteout and chardev and self.markers.rename_whiteout:
+            upper.rename(rel1, upper, rel2, RENAME_WHITEOUT)
+            leave_whiteout = False
+        else:
+            upper.rename(rel1, upper, rel2)
+        if dst_whiteout and not chardev:
+            self._drop_whiteout_file(p2, n2)
+        if leave_whiteout:
+            self.make_whiteout(p1.path(), n1)
+        whiteout_left = self.namei.lower_has(p1, n1)
+        self.namei.upper_removed(p1, n1, whiteout_left)
+        self.namei.upper_added(p2, n2, src.kind)
+
+    async def _move_merged_dir(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes, dst: Node | None) -> None:
+        """Rename a directory with lower parts: copy its merged tree into the work
+        area, make it opaque, switch it in at n2, then remove n1.  The kernel says
+        EXDEV here (without redirect_dir); programs such as apt and npm then fail."""
+        upper, work = self.stack.upper, self.stack.work
+        tmp = await self.copyup.build_tree(src)
+        try:
+            self.set_opaque(work, tmp)
+            rel1, rel2 = p1.child_path(n1), p2.child_path(n2)
+            dst_entries = self.namei.upper_entries(p2)
+            if n2 in dst_entries.names:
+                self._clear_dir(rel2)
+                work.rename(tmp, upper, rel2, RENAME_EXCHANGE)
+                self.copyup.discard(tmp)
+            elif n2 in dst_entries.whiteouts:
+                self._replace_whiteout(tmp, p2, n2, stat.S_IFDIR)
+            else:
+                work.rename(tmp, upper, rel2, RENAME_NOREPLACE)
+        except BaseException:
+            self.copyup.discard(tmp)
+            raise
+        self.namei.upper_added(p2, n2, stat.S_IFDIR)
+        self._remove_moved_source(p1, n1, src)
+        for node in self.table.all_below(src):
+            node.upper, node.lowers, node.metacopy = True, (), False
+            node.lower_entries = node.upper_entries = node.lower_stat = None
+        src.upper, src.lowers, src.opaque = True, (), True
+        src.lower_entries = src.upper_entries = None
+
+    def _remove_moved_source(self, p1: Node, n1: bytes, src: Node) -> None:
+        upper, work = self.stack.upper, self.stack.work
+        rel1 = p1.child_path(n1)
+        whiteout = self.namei.lower_has(p1, n1)
+        if n1 in self.namei.upper_entries(p1).names:
+            if whiteout and self.markers.whiteout == "chardev":
+                tmp = self._work_whiteout()
+                work.rename(tmp, upper, rel1, RENAME_EXCHANGE)
+            else:
+                if whiteout:
+                    self.make_whiteout(p1.path(), n1)
+                tmp = self.copyup.tmp_name()
+                upper.rename(rel1, work, tmp)
+            self.copyup.discard(tmp)
+        elif whiteout:
+            self.make_whiteout(p1.path(), n1)
+        self.namei.upper_removed(p1, n1, whiteout)
+
+    async def _exchange(self, p1: Node, n1: bytes, a: Node, p2: Node, n2: bytes, b: Node) -> None:
+        """RENAME_EXCHANGE of two names; a directory with lower parts gets EXDEV,
+        as from the kernel overlay."""
+        if a is b:
+            return
+        for node in (a, b):
+            if node.is_dir and node.lowers:
+                raise fail(errno.EXDEV)
+        await self.copyup.ensure(p1)
+        await self.copyup.ensure(p2)
+        await self.copyup.ensure(a)
+        await self.copyup.ensure(b)
+        upper = self.stack.upper
+        for node, parent, name in ((a, p2, n2), (b, p1, n1)):
+            if node.is_dir and not node.opaque and self.namei.lower_has(parent, name):
+                self.set_opaque(upper, node.path())
+                node.opaque = True
+        upper.rename(p1.child_path(n1), upper, p2.child_path(n2), RENAME_EXCHANGE)
+        self.namei.upper_added(p1, n1, b.kind)
+        self.namei.upper_added(p2, n2, a.kind)
+        a.drop_link(p1, n1)
+        b.drop_link(p2, n2)
+        a.add_link(p2, n2)
+        b.add_link(p1, n1)

@@ -1,0 +1,68 @@
+"""Open files: every handle is a real file descriptor on the upper or a lower.
+
+Opening for writing (or with O_TRUNC) copies the file up first; O_TRUNC copies
+no data.  Reads and writes go straight to the real descriptor, so a file
+unlinked while open keeps working through it.  fsync is a no-op under fsync=0
+or volatile, and otherwise runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+
+import pyfuse3
+import trio
+
+from .copy_up import CopyUp
+from .errors import fail
+from .inode import InodeTable, Node
+from .layer import Stack
+
+_DROP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+
+
+class FileOps:
+    def __init__(self, stack: Stack, table: InodeTable, copyup: CopyUp, writable: bool, fsync: bool):
+        self.stack = stack
+        self.table = table
+        self.copyup = copyup
+        self.writable = writable
+        self.fsync_enabled = fsync
+        self.handles: dict[int, tuple[int, Node]] = {}
+        self._ids = itertools.count(1)
+
+    async def open(self, node: Node, flags: int) -> pyfuse3.FileInfo:
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            if not self.writable:
+                raise fail(errno.EROFS)
+            await self.copyup.ensure(node, data=not flags & os.O_TRUNC)
+        if node.upper:
+            layer = self.stack.upper
+        else:
+            layer = self.stack.lowers[node.layer]
+        fd = layer.open(node.path(), flags & ~_DROP_FLAGS)
+        fh = next(self._ids)
+        self.handles[fh] = (fd, node)
+        self.table.opened(node, fd)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def fd(self, fh: int) -> int:
+        return self.handles[fh][0]
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        return os.pread(self.handles[fh][0], size, offset)
+
+    def write(self, fh: int, offset: int, data: bytes) -> int:
+        return os.pwrite(self.handles[fh][0], data, offset)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        if self.fsync_enabled:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.handles[fh][0])
+
+    def release(self, fh: int) -> None:
+        fd, node = self.handles.pop(fh)
+        os.close(fd)
+        self.table.closed(node, fd)

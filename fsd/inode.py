@@ -1,0 +1,207 @@
+"""Overlay inodes and the inode table.
+
+fsd chooses its own inode numbers (they are also the FUSE node ids).  A node's
+number comes from the real object it stands for, so that it is the same for the
+life of the mount, after a copy-up and after a remount:
+
+- a lower object: its st_ino, tagged with the index of its filesystem;
+- an object copied up by fsd: the number it had before, kept in an xattr;
+- a merged directory: that of its topmost lower directory;
+- anything else in the upper: the upper st_ino.
+
+Hard links of one file in a layer therefore share one node.  A number still held
+by the kernel for an object that was deleted is never handed to a new object: the
+newcomer gets a fresh number from a separate range instead (the kernel would
+otherwise see one node change type).  Lookup counts follow the FUSE protocol; a
+node leaves the table when the kernel has forgotten it and no file is open on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import stat
+
+import pyfuse3
+
+__all__ = ["Node", "InodeTable", "UPPER"]
+
+UPPER = -1  # layer index meaning "the upper layer"
+_DEV_SHIFT = 48
+_FRESH_BASE = 1 << 62
+
+
+class Node:
+    """One object of the merged view.
+
+    upper: the object exists in the upper layer at this node's path.
+    layer: for a non-directory not in the upper, the lower index holding it.
+    lowers: for a directory, the lower indices merged under it, top first.
+    links: the (parent, name) pairs known to name this object; the last is used
+      to build its path.  A directory has exactly one.
+    """
+
+    __slots__ = (
+        "ino", "key", "kind", "links", "upper", "layer", "lowers", "opaque",
+        "lookups", "fds", "lower_stat", "upper_entries", "lower_entries",
+        "lock", "gone", "metacopy", "__weakref__",
+    )
+
+    def __init__(self, ino: int, key: int, kind: int):
+        self.ino = ino
+        self.key = key
+        self.kind = kind
+        self.links: list[tuple[Node, bytes]] = []
+        self.upper = False
+        self.layer = UPPER
+        self.lowers: tuple[int, ...] = ()
+        self.opaque = False
+        self.lookups = 0
+        self.fds: set[int] = set()  # real fds of open files, for fstat after unlink
+        self.lower_stat = None  # the immutable lstat of a lower-only object
+        self.upper_entries = None  # cached upper listing of a directory
+        self.lower_entries = None  # cached merged listing of a directory's lowers
+        self.lock = None  # trio.Lock, made when a copy-up needs one
+        self.gone = False  # every name of it has been removed
+        self.metacopy = False  # upper holds metadata only; data still in `layer`
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def parent(self) -> "Node | None":
+        return self.links[-1][0] if self.links else None
+
+    @property
+    def name(self) -> bytes:
+        return self.links[-1][1] if self.links else b""
+
+    def path(self) -> bytes:
+        """The path relative to a layer root, built from the names up to the root."""
+        parts = []
+        node = self
+        while node.links:
+            parent, name = node.links[-1]
+            parts.append(name)
+            node = parent
+        parts.reverse()
+        return b"/".join(parts)
+
+    def child_path(self, name: bytes) -> bytes:
+        base = self.path()
+        return base + b"/" + name if base else name
+
+    def add_link(self, parent: "Node", name: bytes) -> None:
+        link = (parent, name)
+        if link in self.links:
+            self.links.remove(link)
+        self.links.append(link)
+        self.gone = False
+
+    def drop_link(self, parent: "Node", name: bytes) -> None:
+        if (parent, name) in self.links:
+            self.links.remove((parent, name))
+        if not self.links:
+            self.gone = True
+
+    def is_below(self, ancestor: "Node") -> bool:
+        node = self
+        while node.links:
+            node = node.links[-1][0]
+            if node is ancestor:
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return f"<Node {self.ino} {self.path()!r} upper={self.upper} layer={self.layer} lowers={self.lowers}>"
+
+
+class InodeTable:
+    """All nodes the kernel knows, by inode number, and the live ones by key."""
+
+    def __init__(self):
+        self.nodes: dict[int, Node] = {}
+        self._by_key: dict[int, Node] = {}
+        self._devs: dict[int, int] = {}
+        self._fresh = itertools.count(_FRESH_BASE)
+        self.root: Node | None = None
+
+    def key_for(self, dev: int, st_ino: int) -> int:
+        """The stable number of the real object (dev, st_ino)."""
+        index = self._devs.setdefault(dev, len(self._devs))
+        if st_ino >= 1 << _DEV_SHIFT or index >= 1 << (62 - _DEV_SHIFT):
+            return _FRESH_BASE - 1 - (hash((dev, st_ino)) & ((1 << 61) - 1))
+        key = (index << _DEV_SHIFT) | st_ino
+        return key if key != pyfuse3.ROOT_INODE else _FRESH_BASE - 1
+
+    def make_root(self, kind: int) -> Node:
+        node = Node(pyfuse3.ROOT_INODE, pyfuse3.ROOT_INODE, kind)
+        node.lookups = 1  # the kernel never forgets the root
+        self.nodes[node.ino] = node
+        self.root = node
+        return node
+
+    def find(self, key: int, kind: int) -> Node | None:
+        """The live node of this key, if it is still the same kind of object."""
+        node = self._by_key.get(key)
+        if node is not None and (node.gone or node.kind != kind):
+            self.retire(node)
+            return None
+        return node
+
+    def add(self, key: int, kind: int) -> Node:
+        """A new node for key; a fresh number if the key's number is still in use."""
+        ino = key if key not in self.nodes else next(self._fresh)
+        node = Node(ino, key, kind)
+        self.nodes[ino] = node
+        self._by_key[key] = node
+        return node
+
+    def rekey(self, node: Node, key: int) -> None:
+        """Give a node the key of a new real object (an upper object replaced it)."""
+        if self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
+        node.key = key
+        self._by_key[key] = node
+
+    def retire(self, node: Node) -> None:
+        """Stop finding node by its key: its object is gone from the merged view."""
+        node.gone = True
+        if self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
+        self._drop_if_unused(node)
+
+    def __getitem__(self, ino: int) -> Node:
+        return self.nodes[ino]
+
+    def get(self, ino: int) -> Node | None:
+        return self.nodes.get(ino)
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None or node is self.root:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self._drop_if_unused(node)
+
+    def opened(self, node: Node, fd: int) -> None:
+        node.fds.add(fd)
+
+    def closed(self, node: Node, fd: int) -> None:
+        node.fds.discard(fd)
+        self._drop_if_unused(node)
+
+    def unused(self, node: Node) -> None:
+        """Drop a node that was made but never handed to the kernel."""
+        self._drop_if_unused(node)
+
+    def _drop_if_unused(self, node: Node) -> None:
+        if node.lookups or node.fds or node is self.root:
+            return
+        if self.nodes.get(node.ino) is node:
+            del self.nodes[node.ino]
+        if self._by_key.get(node.key) is node:
+            del self._by_key[node.key]
+
+    def all_below(self, ancestor: Node) -> list[Node]:
+        return [n for n in self.nodes.values() if n.is_below(ancestor)]

@@ -1,0 +1,214 @@
+"""One layer directory, opened once; every access to its contents goes through here.
+
+All calls are relative to the layer's directory fd and never follow a symlink in
+the last component, so nothing a user names through the mount can reach outside
+the layer.  Paths are `bytes` relative to the layer root (b"" is the root).
+Paths too long for one syscall are resolved a chunk of components at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+
+__all__ = ["Layer", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT"]
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+
+_LONG = 3000  # past this many bytes a relative path is walked in pieces
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+
+def renameat2(src_fd: int, src: bytes, dst_fd: int, dst: bytes, flags: int = 0) -> None:
+    if _libc.renameat2(src_fd, src, dst_fd, dst, flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), src)
+
+
+class Layer:
+    """A layer root: `index` is its place in the stack (-1 for the upper)."""
+
+    def __init__(self, path: str, index: int):
+        self.path = path
+        self.index = index
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.dev = os.fstat(self.fd).st_dev
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __repr__(self) -> str:
+        return f"Layer({self.index}, {self.path!r})"
+
+    @contextlib.contextmanager
+    def at(self, rel: bytes):
+        """Yield (dirfd, name) naming `rel`; name is b"." for the root."""
+        if len(rel) < _LONG:
+            yield self.fd, rel or b"."
+            return
+        parts = rel.split(b"/")
+        fd = os.dup(self.fd)
+        try:
+            start = 0
+            while start < len(parts) - 1:
+                end, size = start, 0
+                while end < len(parts) - 1 and size + len(parts[end]) + 1 < _LONG:
+                    size += len(parts[end]) + 1
+                    end += 1
+                end = max(end, start + 1)
+                nfd = os.open(b"/".join(parts[start:end]), os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+                start = end
+            yield fd, parts[-1]
+        finally:
+            os.close(fd)
+
+    def proc_path(self, dirfd: int, name: bytes) -> bytes:
+        """A /proc path for xattr calls, which take no dirfd."""
+        return b"/proc/self/fd/%d/%s" % (dirfd, name)
+
+    # --- reading -----------------------------------------------------------------
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        with self.at(rel) as (fd, name):
+            return os.lstat(name, dir_fd=fd)
+
+    def try_lstat(self, rel: bytes) -> os.stat_result | None:
+        try:
+            return self.lstat(rel)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+
+    def scandir(self, rel: bytes) -> list[tuple[bytes, int, int]]:
+        """(name, d_type as S_IFMT, st_rdev or 0 for char devices) of every entry."""
+        with self.at(rel) as (fd, name):
+            dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            out = []
+            with os.scandir(dfd) as it:
+                for entry in it:
+                    raw = os.fsencode(entry.name)
+                    if entry.is_dir(follow_symlinks=False):
+                        kind = 0o040000
+                    elif entry.is_file(follow_symlinks=False):
+                        kind = 0o100000
+                    elif entry.is_symlink():
+                        kind = 0o120000
+                    else:
+                        st = os.lstat(raw, dir_fd=dfd)
+                        out.append((raw, st.st_mode & 0o170000, st.st_rdev))
+                        continue
+                    out.append((raw, kind, 0))
+            return out
+        finally:
+            os.close(dfd)
+
+    def readlink(self, rel: bytes) -> bytes:
+        with self.at(rel) as (fd, name):
+            return os.readlink(name, dir_fd=fd)
+
+    def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
+        with self.at(rel) as (fd, name):
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+
+    def getxattr(self, rel: bytes, attr: bytes) -> bytes:
+        with self.at(rel) as (fd, name):
+            return os.getxattr(self.proc_path(fd, name), attr, follow_symlinks=False)
+
+    def try_getxattr(self, rel: bytes, attr: bytes) -> bytes | None:
+        try:
+            return self.getxattr(rel, attr)
+        except OSError as exc:
+            if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
+                return None
+            raise
+
+    def listxattr(self, rel: bytes) -> list[bytes]:
+        with self.at(rel) as (fd, name):
+            try:
+                names = os.listxattr(self.proc_path(fd, name), follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+                    return []
+                raise
+        return [os.fsencode(n) for n in names]
+
+    # --- writing (the upper and the work area only) --------------------------
+
+    def setxattr(self, rel: bytes, attr: bytes, value: bytes, flags: int = 0) -> None:
+        with self.at(rel) as (fd, name):
+            os.setxattr(self.proc_path(fd, name), attr, value, flags, follow_symlinks=False)
+
+    def removexattr(self, rel: bytes, attr: bytes) -> None:
+        with self.at(rel) as (fd, name):
+            os.removexattr(self.proc_path(fd, name), attr, follow_symlinks=False)
+
+    def mkdir(self, rel: bytes, mode: int) -> None:
+        with self.at(rel) as (fd, name):
+            os.mkdir(name, mode, dir_fd=fd)
+
+    def mknod(self, rel: bytes, mode: int, rdev: int = 0) -> None:
+        with self.at(rel) as (fd, name):
+            os.mknod(name, mode, rdev, dir_fd=fd)
+
+    def symlink(self, target: bytes, rel: bytes) -> None:
+        with self.at(rel) as (fd, name):
+            os.symlink(target, name, dir_fd=fd)
+
+    def unlink(self, rel: bytes) -> None:
+        with self.at(rel) as (fd, name):
+            os.unlink(name, dir_fd=fd)
+
+    def rmdir(self, rel: bytes) -> None:
+        with self.at(rel) as (fd, name):
+            os.rmdir(name, dir_fd=fd)
+
+    def chown(self, rel: bytes, uid: int, gid: int) -> None:
+        with self.at(rel) as (fd, name):
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+
+    def chmod(self, rel: bytes, mode: int) -> None:
+        with self.at(rel) as (fd, name):
+            os.chmod(name, mode, dir_fd=fd)
+
+    def utime(self, rel: bytes, ns: tuple[int, int]) -> None:
+        with self.at(rel) as (fd, name):
+            os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
+
+    def link(self, src_rel: bytes, dst: "Layer", dst_rel: bytes) -> None:
+        with self.at(src_rel) as (sfd, sname), dst.at(dst_rel) as (dfd, dname):
+            os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+
+    def rename(self, src_rel: bytes, dst: "Layer", dst_rel: bytes, flags: int = 0) -> None:
+        """renameat2 from this layer to `dst` (same filesystem)."""
+        with self.at(src_rel) as (sfd, sname), dst.at(dst_rel) as (dfd, dname):
+            if flags:
+                renameat2(sfd, sname, dfd, dname, flags)
+            else:
+                os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+
+
+class Stack:
+    """The layers of one mount: lowers top first, the upper and the work area.
+
+    `work` is fsd's own directory inside the workdir, on the upper's filesystem,
+    where every object is built before it is renamed into the upper.
+    """
+
+    def __init__(self, lowers: list[Layer], upper: Layer | None, work: Layer | None):
+        self.lowers = lowers
+        self.upper = upper
+        self.work = work
+
+    def close(self) -> None:
+        for layer in [*self.lowers, self.upper, self.work]:
+            if layer is not None:
+                layer.close()

@@ -1,0 +1,263 @@
+"""The mount's life: open the layers, take the work area, probe the upper,
+mount, serve until unmounted or signalled, and clean up.
+
+Without -f the process forks: the child mounts and serves; the parent waits
+until the kernel has sent FUSE_INIT (the mount is live) and exits 0, or prints
+the child's one-line error and exits 1 with nothing mounted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import logging.handlers
+import os
+import resource
+import signal
+import stat
+import sys
+
+import pyfuse3
+import trio
+
+from .attr import AttrOps
+from .copy_up import INDEX_DIR, TMP_DIR, CopyUp, discard_tree
+from .dir import DirOps
+from .file import FileOps
+from .inode import UPPER, InodeTable
+from .layer import RENAME_WHITEOUT, Layer, Stack
+from .namei import Namei
+from .ops import Operations
+from .params import OverlayParams, ParamError
+from .readdir import ReaddirOps
+from .whiteout import Markers, whiteout_mode
+
+log = logging.getLogger("fsd")
+
+WORK_AREA = "fsd"  # fsd's own directory inside the workdir
+_FUSE_FLAGS = frozenset("nosuid suid nodev dev noexec exec noatime atime relatime norelatime "
+                        "strictatime nodiratime diratime sync async dirsync".split())
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def open_work_area(params: OverlayParams) -> tuple[Layer, int]:
+    """fsd's directory in the workdir: locked against a second mount, emptied of
+    what an earlier run left half-built."""
+    path = os.path.join(params.workdir, WORK_AREA)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    lock_fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise ParamError(f"upperdir '{params.upperdir}' and workdir '{params.workdir}' "
+                         "are in use by another mount") from None
+    work = Layer(path, UPPER)
+    discard_tree(work, TMP_DIR)
+    work.mkdir(TMP_DIR, 0o700)
+    if work.try_lstat(INDEX_DIR) is None:
+        work.mkdir(INDEX_DIR, 0o700)
+    return work, lock_fd
+
+
+def probe_markers(work: Layer, forced_whiteout: str | None) -> Markers:
+    """Find out what the upper's filesystem lets us write, in a scratch dir."""
+    probe = TMP_DIR + b"/probe"
+    work.mkdir(probe, 0o700)
+    try:
+        chardev = True
+        try:
+            mode, rdev = whiteout_mode()
+            work.mknod(probe + b"/wh", mode, rdev)
+        except OSError:
+            chardev = False
+        opaque = prefix = None
+        for candidate in (b"trusted.overlay.", b"user.overlay."):
+            try:
+                work.setxattr(probe, candidate + b"fsd.probe", b"y")
+            except OSError:
+                continue
+            opaque, prefix = candidate + b"opaque", candidate
+            break
+        rename_whiteout = False
+        if chardev:
+            os.close(work.open(probe + b"/a", os.O_WRONLY | os.O_CREAT, 0o600))
+            try:
+                work.rename(probe + b"/a", work, probe + b"/b", RENAME_WHITEOUT)
+                rename_whiteout = True
+            except OSError:
+                pass
+    finally:
+        discard_tree(work, probe)
+    whiteout = forced_whiteout or ("chardev" if chardev else "file")
+    return Markers(whiteout=whiteout, opaque_xattr=opaque, private_prefix=prefix,
+                   rename_whiteout=rename_whiteout and whiteout == "chardev")
+
+
+def fuse_options(params: OverlayParams) -> set[str]:
+    opts = {"fsname=fsd", "subtype=fsd", "default_permissions"}
+    if os.geteuid() == 0 or params.allow_other:
+        opts.add("allow_other")
+    if os.geteuid() == 0:
+        opts.update(("dev", "suid"))
+    for flag in params.passthrough:
+        if flag in _FUSE_FLAGS:
+            opts.discard({"nodev": "dev", "nosuid": "suid", "noexec": "exec"}.get(flag, ""))
+            opts.add(flag)
+    if params.ro:
+        opts.add("ro")
+    return opts
+
+
+class Mount:
+    """Everything one mount owns, built from checked params."""
+
+    def __init__(self, params: OverlayParams, on_init=None):
+        self.params = params
+        _raise_fd_limit()
+        self.lock_fd = None
+        lowers = [Layer(p, i) for i, p in enumerate(params.lowerdirs)]
+        upper = work = None
+        if params.upperdir is not None:
+            upper = Layer(params.upperdir, UPPER)
+            work, self.lock_fd = open_work_area(params)
+            markers = probe_markers(work, params.whiteout)
+        else:
+            markers = Markers("chardev", None, None, False)
+        self.stack = Stack(lowers, upper, work)
+        self.table = InodeTable()
+        self.namei = Namei(self.stack, self.table, markers)
+        self.namei.root_node()
+        fsync = params.fsync and not params.volatile
+        copyup = CopyUp(self.stack, self.table, self.namei, markers, fsync)
+        attrs = AttrOps(self.stack, copyup, params.timeout, params.static_nlink, params.metacopy)
+        self.ops = Operations(
+            self.stack, self.table, self.namei, attrs,
+            DirOps(self.stack, self.table, self.namei, copyup, markers),
+            FileOps(self.stack, self.table, copyup, params.writable, fsync),
+            ReaddirOps(self.table, self.namei, attrs),
+            params.writable, on_init)
+        log.debug("markers: %s", markers)
+
+    def close(self) -> None:
+        self.stack.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+        async def stop_on_signal():
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    log.info("signal %d: unmounting", signum)
+                    pyfuse3.terminate()
+                    return
+        nursery.start_soon(stop_on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def _setup_logging(params: OverlayParams, detached: bool) -> None:
+    root = logging.getLogger("fsd")
+    root.setLevel(logging.DEBUG if params.debug else logging.INFO)
+    fmt = logging.Formatter("%(asctime)s fsd[%(process)d] %(levelname)s %(message)s")
+    root.handlers.clear()
+    level = logging.DEBUG if params.debug else logging.WARNING
+    if params.logfile:
+        handler = logging.FileHandler(params.logfile)
+        handler.setFormatter(fmt)
+        handler.setLevel(level)
+        root.addHandler(handler)
+    if not detached:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(fmt)
+        handler.setLevel(level)
+        root.addHandler(handler)
+    elif os.path.exists("/dev/log") and stat.S_ISSOCK(os.stat("/dev/log").st_mode):
+        try:
+            handler = logging.handlers.SysLogHandler(address="/dev/log")
+        except OSError:
+            return
+        handler.setFormatter(logging.Formatter("fsd[%(process)d]: %(levelname)s %(message)s"))
+        handler.setLevel(level)
+        root.addHandler(handler)
+
+
+def _mount_and_serve(params: OverlayParams, on_init, on_error) -> int:
+    try:
+        mount = Mount(params, on_init)
+        pyfuse3.init(mount.ops, params.mountpoint, fuse_options(params))
+    except ParamError as exc:
+        return on_error(str(exc))
+    except OSError as exc:
+        where = f" '{os.fsdecode(exc.filename)}'" if exc.filename else ""
+        return on_error(f"{exc.strerror}{where}")
+    except RuntimeError as exc:
+        return on_error(f"cannot mount on '{params.mountpoint}': {exc}")
+    try:
+        trio.run(_serve)
+    finally:
+        pyfuse3.close(unmount=True)
+        mount.close()
+    return 0
+
+
+def run(params: OverlayParams, foreground: bool) -> int:
+    """Mount and serve; in the background unless `foreground`.  Returns the exit code."""
+    os.umask(0)
+    if foreground:
+        _setup_logging(params, detached=False)
+
+        def error(msg):
+            print(f"fsd: {msg}", file=sys.stderr)
+            return 1
+        return _mount_and_serve(params, None, error)
+
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(ready_w)
+        with os.fdopen(ready_r, "rb") as pipe:
+            message = pipe.read()
+        if message == b"ok":
+            return 0
+        text = message.decode(errors="replace").strip() or "the daemon exited before the mount was live"
+        print(f"fsd: {text}", file=sys.stderr)
+        os.waitpid(pid, 0)
+        return 1
+
+    os.close(ready_r)
+    os.setsid()
+    _setup_logging(params, detached=True)
+
+    def ready():
+        os.write(ready_w, b"ok")
+        os.close(ready_w)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
+
+    def error(msg):
+        os.write(ready_w, msg.encode())
+        os.close(ready_w)
+        return 1
+
+    try:
+        code = _mount_and_serve(params, ready, error)
+    except BaseException:
+        log.error("fsd daemon failed", exc_info=True)
+        code = 1
+    os._exit(code)
+
+
+
