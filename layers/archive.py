@@ -1,0 +1,489 @@
+"""Layer tars in and out: stream a layer into a directory while hashing it.
+
+Level 2: imports `errors`, `digest`, `layout`, `fsutil`.
+
+`extract_layer(blob, dest, options)` reads a plain, gzip or zstd tar (detected
+from its first bytes), writes its entries under the empty directory `dest`
+and returns the sha256 of the compressed bytes and of the tar stream (the
+diffID).  Outcomes:
+
+- success: `ExtractResult`; `dest` holds the layer, synced to disk.
+- `UnsafeArchive(entry, reason)`: an entry we refuse (`..`, absolute name,
+  a write through a symlink or non-directory, a hard link leaving the layer or
+  pointing to nothing, a device node without privilege, an absurd size or
+  count).  `dest` holds partial content: the caller owns and removes it.
+- `BadArchive(source, reason)`: truncated tar, corrupt gzip/zstd, bad header.
+
+Every file-system call is relative to a directory fd opened with
+`O_NOFOLLOW`, so no entry can reach outside `dest`.  Whiteouts are kept as OCI
+`.wh.` files (`layout.FORM_OCI`, read by fsd and vfs) or converted to the
+kernel's markers (`layout.FORM_OVERLAY`).
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import BinaryIO, Callable
+
+from . import layout
+from .digest import Digest, HashingReader
+from .errors import BadArchive, UnsafeArchive
+from .fsutil import sync_tree
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_CHUNK = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_HEADER = 16 << 20   # pax / GNU long-name headers are read into memory
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    form: str = layout.FORM_OCI
+    privileged: bool = False       # may chown, mknod devices, set trusted.* xattrs
+    override_stat: bool = False    # keep owner/mode in user.containers.override_stat
+    force_mask: int | None = None  # mode put on disk when override_stat is used
+    ignore_chown_errors: bool = False
+    max_entries: int = 4_000_000
+    max_entry_size: int = 1 << 40  # 1 TiB
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    blob_digest: Digest
+    blob_size: int
+    diff_id: Digest
+    tar_size: int
+    compression: str | None        # "gzip", "zstd" or None
+    entries: int
+
+
+def detect_compression(head: bytes) -> str | None:
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return None
+
+
+class _Prefixed:
+    """A reader that returns `head` first, then the rest of `raw`."""
+
+    def __init__(self, head: bytes, raw):
+        self._head = head
+        self._raw = raw
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n < 0 or n >= len(self._head):
+                head, self._head = self._head, b""
+                rest = self._raw.read(-1 if n < 0 else n - len(head))
+                return head + rest
+            head, self._head = self._head[:n], self._head[n:]
+            return head
+        return self._raw.read(n)
+
+
+class _SafeTarInfo(tarfile.TarInfo):
+    """Refuses oversized pax/GNU long headers before tarfile reads them into memory."""
+
+    def _proc_gnulong(self, tf):
+        self._check_header_size()
+        return super()._proc_gnulong(tf)
+
+    def _proc_pax(self, tf):
+        self._check_header_size()
+        return super()._proc_pax(tf)
+
+    def _check_header_size(self):
+        if self.size > _MAX_HEADER:
+            raise UnsafeArchive(self.name, f"extended header of {self.size} bytes")
+
+
+class _Zstd:
+    """`zstd -dc` fed from a thread; reads give the decompressed stream."""
+
+    def __init__(self, source, where: str):
+        exe = shutil.which("zstd")
+        if exe is None:
+            raise BadArchive(where, "zstd-compressed, and no zstd program is installed")
+        self._where = where
+        self._proc = subprocess.Popen([exe, "-dc", "-q"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._error: BaseException | None = None
+        self._pump = threading.Thread(target=self._feed, args=(source,), daemon=True)
+        self._pump.start()
+
+    def _feed(self, source) -> None:
+        try:
+            while True:
+                data = source.read(_CHUNK)
+                if not data:
+                    break
+                self._proc.stdin.write(data)
+        except BrokenPipeError:
+            pass
+        except BaseException as e:  # surfaced by close()
+            self._error = e
+        finally:
+            try:
+                self._proc.stdin.close()
+            except BrokenPipeError:
+                pass
+
+    def read(self, n: int = -1) -> bytes:
+        return self._proc.stdout.read(n)
+
+    def close(self, check: bool) -> None:
+        """Stop the child; with `check`, a decompression failure → BadArchive."""
+        if not check:
+            self._proc.kill()
+        self._proc.stdout.close()
+        self._pump.join()
+        err = self._proc.stderr.read().decode(errors="replace").strip()
+        self._proc.stderr.close()
+        rc = self._proc.wait()
+        if self._error is not None:
+            raise self._error
+        if check and rc != 0:
+            line = err.splitlines()[-1] if err else f"exit {rc}"
+            raise BadArchive(self._where, f"zstd: {line}")
+
+
+def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
+                  where: str = "layer",
+                  on_progress: Callable[[int], None] | None = None) -> ExtractResult:
+    """Stream the layer tar `blob` into the empty dir `dest`.  See module doc."""
+    blob_reader = HashingReader(blob, on_progress)
+    head = blob_reader.read(6)
+    compression = detect_compression(head)
+    raw = _Prefixed(head, blob_reader)
+    zstd = None
+    if compression == "gzip":
+        stream = gzip.GzipFile(fileobj=raw, mode="rb")
+    elif compression == "zstd":
+        zstd = _Zstd(raw, where)
+        stream = zstd
+    else:
+        stream = raw
+    tar_reader = HashingReader(stream)
+    ok = False
+    try:
+        try:
+            with _Extractor(dest, options) as ex:
+                tf = tarfile.open(fileobj=tar_reader, mode="r|", tarinfo=_SafeTarInfo,
+                                  errorlevel=2, bufsize=_CHUNK)
+                for member in tf:
+                    ex.add(member, tf)
+                ex.finish()
+            tar_reader.drain()   # the diffID covers the tar's trailing padding
+            if zstd is None:
+                blob_reader.drain()
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            raise BadArchive(where, _tar_error(e)) from None
+        ok = True
+    finally:
+        if zstd is not None:
+            zstd.close(check=ok)
+    sync_tree(dest)
+    return ExtractResult(blob_digest=blob_reader.digest(), blob_size=blob_reader.count,
+                         diff_id=tar_reader.digest(), tar_size=tar_reader.count,
+                         compression=compression, entries=ex.count)
+
+
+def _tar_error(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, EOFError) or "unexpected end" in text:
+        return "truncated archive (unexpected end of data)"
+    if isinstance(e, (zlib.error, gzip.BadGzipFile)):
+        return f"corrupt gzip data ({text})"
+    return f"invalid tar ({text})"
+
+
+def clean_name(name: str) -> list[str]:
+    """An archive name → its components; refuses absolute names and `..`."""
+    if name.startswith("/"):
+        raise UnsafeArchive(name, "absolute path")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchive(name, "path contains '..'")
+    for p in parts:
+        if len(os.fsencode(p)) > 255:
+            raise UnsafeArchive(name, "name component longer than 255 bytes")
+    return parts
+
+
+class _Extractor:
+    """Applies tar members one by one under `dest` (see the module doc)."""
+
+    def __init__(self, dest: str, options: ExtractOptions):
+        self.options = options
+        self.root_fd = os.open(dest, _DIR_FLAGS)
+        self.dirs: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self.dir_times: list[tuple[tuple[str, ...], int]] = []
+        self.count = 0
+
+    def __enter__(self) -> "_Extractor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._drop_dir_cache()
+        os.close(self.root_fd)
+
+    # -- directory fds -------------------------------------------------------
+
+    def _drop_dir_cache(self) -> None:
+        for fd in self.dirs.values():
+            os.close(fd)
+        self.dirs.clear()
+
+    def _dir_fd(self, parts: tuple[str, ...], entry: str) -> int:
+        """fd of the directory `parts`, creating missing ones (mode 0755);
+        a symlink or non-directory on the way → UnsafeArchive."""
+        if not parts:
+            return self.root_fd
+        fd = self.dirs.get(parts)
+        if fd is not None:
+            self.dirs.move_to_end(parts)
+            return fd
+        parent = self._dir_fd(parts[:-1], entry)
+        name = parts[-1]
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            os.mkdir(name, 0o755, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise UnsafeArchive(entry, f"'{'/'.join(parts)}' is a symlink or "
+                                           "not a directory") from None
+            raise
+        self.dirs[parts] = fd
+        if len(self.dirs) > 64:
+            _, old = self.dirs.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def _remove(self, parent: int, name: str) -> None:
+        """Remove what is at parent/name (a tree for a directory)."""
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self._drop_dir_cache()
+            shutil.rmtree(name, dir_fd=parent)
+        else:
+            os.unlink(name, dir_fd=parent)
+
+    # -- members -------------------------------------------------------------
+
+    def add(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        self.count += 1
+        if self.count > self.options.max_entries:
+            raise UnsafeArchive(m.name, f"more than {self.options.max_entries} entries")
+        parts = clean_name(m.name)
+        if m.size > self.options.max_entry_size or m.size < 0:
+            raise UnsafeArchive(m.name, f"absurd size {m.size}")
+        if not parts:               # "./": the layer root itself
+            if m.isdir():
+                self._set_meta(self.root_fd, None, m, is_dir=True)
+                self.dir_times.append(((), int(m.mtime)))
+            return
+        name = parts[-1]
+        if name.startswith(layout.WHITEOUT_PREFIX):
+            self._add_marker(m, parts)
+            return
+        parent = self._dir_fd(tuple(parts[:-1]), m.name)
+        try:
+            if m.isdir():
+                self._add_dir(m, parent, name, tuple(parts))
+            elif m.isreg():
+                self._add_file(m, tf, parent, name)
+            elif m.issym():
+                self._remove(parent, name)
+                os.symlink(m.linkname, name, dir_fd=parent)
+                self._set_meta(parent, name, m)
+            elif m.islnk():
+                self._add_hardlink(m, parent, name)
+            elif m.ischr() or m.isblk() or m.isfifo():
+                self._add_special(m, parent, name)
+            else:
+                raise UnsafeArchive(m.name, f"unsupported entry type {m.type!r}")
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise
+            raise UnsafeArchive(m.name, os.strerror(e.errno or 0) or str(e)) from None
+
+    def _add_marker(self, m: tarfile.TarInfo, parts: list[str]) -> None:
+        name = parts[-1]
+        parent_parts = tuple(parts[:-1])
+        if name == layout.OPAQUE_NAME:
+            parent = self._dir_fd(parent_parts, m.name)
+            if self.options.form == layout.FORM_OVERLAY:
+                os.setxattr(parent, layout.KERNEL_OPAQUE_XATTR, b"y")
+            else:
+                self._write_empty(parent, name)
+            return
+        if name.startswith(layout.META_PREFIX):
+            return  # aufs bookkeeping
+        target = layout.whiteout_target(name)
+        if target in (None, ".", ".."):
+            raise UnsafeArchive(m.name, "whiteout of an invalid name")
+        parent = self._dir_fd(parent_parts, m.name)
+        if self.options.form == layout.FORM_OVERLAY:
+            # A whiteout hides lower layers only; an entry of this layer wins.
+            try:
+                os.stat(target, dir_fd=parent, follow_symlinks=False)
+                return
+            except FileNotFoundError:
+                pass
+            os.mknod(target, stat.S_IFCHR | 0o000, 0, dir_fd=parent)
+        else:
+            self._write_empty(parent, name)
+
+    def _write_empty(self, parent: int, name: str) -> None:
+        self._remove(parent, name)
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=parent))
+
+    def _add_dir(self, m: tarfile.TarInfo, parent: int, name: str,
+                 parts: tuple[str, ...]) -> None:
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode):
+                os.unlink(name, dir_fd=parent)
+                os.mkdir(name, 0o700, dir_fd=parent)
+        except FileNotFoundError:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        fd = self._dir_fd(parts, m.name)
+        self._set_meta(fd, None, m, is_dir=True)
+        self.dir_times.append((parts, int(m.mtime)))
+
+    def _add_file(self, m: tarfile.TarInfo, tf: tarfile.TarFile, parent: int,
+                  name: str) -> None:
+        self._remove(parent, name)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            src = tf.extractfile(m)
+            remaining = m.size
+            while remaining > 0:
+                data = src.read(min(_CHUNK, remaining))
+                if not data:
+                    raise BadArchive(m.name, "truncated archive (unexpected end of data)")
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                remaining -= len(data)
+            self._set_meta(fd, None, m)
+        finally:
+            os.close(fd)
+
+    def _add_hardlink(self, m: tarfile.TarInfo, parent: int, name: str) -> None:
+        try:
+            tparts = clean_name(m.linkname)
+        except UnsafeArchive:
+            raise UnsafeArchive(m.name, f"hard link to {m.linkname!r} leaves the layer") \
+                from None
+        if not tparts:
+            raise UnsafeArchive(m.name, "hard link to the layer root")
+        tparent = self._dir_fd(tuple(tparts[:-1]), m.name)
+        try:
+            tst = os.stat(tparts[-1], dir_fd=tparent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise UnsafeArchive(m.name, f"hard link to missing {m.linkname!r}") from None
+        if stat.S_ISDIR(tst.st_mode):
+            raise UnsafeArchive(m.name, f"hard link to directory {m.linkname!r}")
+        if tparts == clean_name(m.name):
+            return
+        self._remove(parent, name)
+        os.link(tparts[-1], name, src_dir_fd=tparent, dst_dir_fd=parent,
+                follow_symlinks=False)
+
+    def _add_special(self, m: tarfile.TarInfo, parent: int, name: str) -> None:
+        if m.isfifo():
+            kind, dev = stat.S_IFIFO, 0
+        else:
+            if not self.options.privileged:
+                raise UnsafeArchive(m.name, "device node not allowed when not root")
+            kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+            dev = os.makedev(m.devmajor, m.devminor)
+        self._remove(parent, name)
+        os.mknod(name, kind | (m.mode & 0o777), dev, dir_fd=parent)
+        self._set_meta(parent, name, m)
+
+    # -- metadata --------------------------------------------------------------
+
+    def _set_meta(self, fd: int, name: str | None, m: tarfile.TarInfo,
+                  is_dir: bool = False) -> None:
+        """Owner, mode, xattrs and (but for dirs) mtime of an entry.
+
+        `name is None`: `fd` is the entry itself (a regular file or directory);
+        otherwise the entry is `name` in directory `fd` (symlink, fifo, device).
+        """
+        opts = self.options
+        mode = m.mode & 0o7777
+        on_disk = mode
+        if opts.override_stat and name is None:
+            if opts.force_mask is not None:
+                on_disk = opts.force_mask
+            on_disk |= 0o700 if is_dir else 0o600
+            value = f"{m.uid}:{m.gid}:0{mode:03o}:{'dir' if is_dir else 'file'}"
+            os.setxattr(fd, layout.OVERRIDE_STAT_XATTR, value.encode())
+        elif opts.privileged:
+            try:
+                if name is None:
+                    os.fchown(fd, m.uid, m.gid)
+                else:
+                    os.chown(name, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                if not opts.ignore_chown_errors:
+                    raise
+        for key, value in (m.pax_headers or {}).items():
+            if key.startswith("SCHILY.xattr."):
+                self._set_xattr(fd, name, m, key[len("SCHILY.xattr."):], value)
+        if name is None:
+            os.fchmod(fd, on_disk)   # after chown, which clears setuid bits
+            if not is_dir:
+                os.utime(fd, ns=(int(m.mtime * 1e9),) * 2)
+        else:
+            if not m.issym():
+                os.chmod(name, on_disk, dir_fd=fd)
+            os.utime(name, ns=(int(m.mtime * 1e9),) * 2, dir_fd=fd,
+                     follow_symlinks=False)
+
+    def _set_xattr(self, fd: int, name: str | None, m: tarfile.TarInfo,
+                   key: str, value: str) -> None:
+        if layout.is_private_xattr(key):
+            return  # would forge overlay markers or owners
+        if not self.options.privileged and not key.startswith("user."):
+            return
+        raw = value.encode("utf-8", "surrogateescape")
+        try:
+            if name is None:
+                os.setxattr(fd, key, raw)
+            elif not m.issym():
+                os.setxattr(f"/proc/self/fd/{fd}/{name}", key, raw, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in (errno.ENOTSUP, errno.EPERM):
+                raise
+
+    def finish(self) -> None:
+        """Directory mtimes last: adding entries changed them."""
+        for parts, mtime in reversed(self.dir_times):
+            try:
+                fd = self._dir_fd(parts, "/".join(parts))
+            except (UnsafeArchive, OSError):
+                continue  # replaced by a later entry
+            os.utime(fd, ns=(mtime * 1_000_000_000,) * 2)

@@ -1,0 +1,189 @@
+"""Reading a stack of layer dirs as overlayfs does, and what a container changed.
+
+Level 2: imports `layout`.
+
+`lowers` are layer content dirs, TOP first (the order of `lowerdir=`).
+Markers are read in every form (`layout`): `.wh.` files, char dev 0/0,
+`.wh..wh..opq` and the opaque xattrs.
+
+- `lookup(lowers, parts)`: the lstat of the merged entry, or None.
+- `listing(lowers, parts)`: the merged names of a directory.
+- `upper_changes(upper, lowers)`: A/C/D from an upper dir alone.
+- `tree_changes(tree, lowers)`: A/C/D by comparing a full copy (vfs).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from . import layout
+
+ADDED, CHANGED, DELETED = "A", "C", "D"
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _whited_out(layer: str, parts: list[str]) -> bool:
+    parent = os.path.join(layer, *parts[:-1])
+    return os.path.lexists(os.path.join(parent, layout.WHITEOUT_PREFIX + parts[-1]))
+
+
+def _contributors(lowers: list[str], parts: list[str]) -> tuple[os.stat_result | None, list[str]]:
+    """The merged entry at `parts` and, for a directory, the layers that
+    contribute to its listing (top first)."""
+    layers = list(lowers)
+    found: os.stat_result | None = None
+    for depth in range(len(parts)):
+        sub = parts[:depth + 1]
+        found, nxt = None, []
+        for layer in layers:
+            if _whited_out(layer, sub):
+                break
+            st = _lstat(os.path.join(layer, *sub))
+            if st is None:
+                continue
+            if layout.is_whiteout_dev(st):
+                break
+            if found is None:
+                found = st
+            if not stat.S_ISDIR(st.st_mode) or not stat.S_ISDIR(found.st_mode):
+                break
+            nxt.append(layer)
+            if layout.is_opaque_dir(os.path.join(layer, *sub)):
+                break
+        if found is None:
+            return None, []
+        if not stat.S_ISDIR(found.st_mode):
+            return (found, []) if depth == len(parts) - 1 else (None, [])
+        layers = nxt
+    if not parts:
+        found = _lstat(lowers[0]) if lowers else None
+    return found, layers
+
+
+def lookup(lowers: list[str], parts: list[str]) -> os.stat_result | None:
+    return _contributors(lowers, parts)[0]
+
+
+def listing(lowers: list[str], parts: list[str]) -> set[str]:
+    """Names in the merged directory `parts` (whiteouts and markers removed)."""
+    _, layers = _contributors(lowers, parts)
+    names: set[str] = set()
+    hidden: set[str] = set()
+    for layer in layers:
+        path = os.path.join(layer, *parts)
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        here: set[str] = set()   # a whiteout hides only the layers below its own
+        for e in entries:
+            target = layout.whiteout_target(e.name)
+            if target is not None:
+                here.add(target)
+            elif e.name.startswith(layout.META_PREFIX):
+                continue
+            elif layout.is_whiteout_dev(e.stat(follow_symlinks=False)):
+                here.add(e.name)
+            elif e.name not in hidden:
+                names.add(e.name)
+        hidden |= here
+    return names
+
+
+def _rel(parts: list[str]) -> str:
+    return "/" + "/".join(parts)
+
+
+def upper_changes(upper: str, lowers: list[str]) -> list[tuple[str, str]]:
+    """What the upper dir changed over `lowers`, sorted by path."""
+    out: list[tuple[str, str]] = []
+
+    def walk(parts: list[str], replaced: bool) -> None:
+        path = os.path.join(upper, *parts)
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+        names = {e.name for e in entries}
+        opaque = layout.is_opaque_dir(path, names)
+        if parts and opaque and not replaced and lookup(lowers, parts) is not None:
+            for gone in sorted(listing(lowers, parts) - names):
+                out.append((DELETED, _rel(parts + [gone])))
+        for e in entries:
+            if e.name == layout.OPAQUE_NAME or e.name.startswith(layout.META_PREFIX):
+                continue
+            st = e.stat(follow_symlinks=False)
+            target = layout.whiteout_target(e.name)
+            if target is not None:
+                out.append((DELETED, _rel(parts + [target])))
+                continue
+            child = parts + [e.name]
+            if layout.is_whiteout_dev(st):
+                out.append((DELETED, _rel(child)))
+                continue
+            below = None if replaced or opaque else lookup(lowers, child)
+            if below is None:
+                out.append((ADDED, _rel(child)))
+            elif not stat.S_ISDIR(st.st_mode) or not stat.S_ISDIR(below.st_mode) \
+                    or _meta_differs(st, below):
+                out.append((CHANGED, _rel(child)))
+            if stat.S_ISDIR(st.st_mode):
+                walk(child, replaced or opaque or below is None
+                     or not stat.S_ISDIR(below.st_mode))
+
+    walk([], False)
+    return sorted(out, key=lambda c: c[1])
+
+
+def _meta_differs(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_mode, a.st_uid, a.st_gid) != (b.st_mode, b.st_uid, b.st_gid)
+
+
+def _content_differs(a: os.stat_result, lower_path_st: os.stat_result) -> bool:
+    if stat.S_IFMT(a.st_mode) != stat.S_IFMT(lower_path_st.st_mode):
+        return True
+    if _meta_differs(a, lower_path_st):
+        return True
+    if stat.S_ISDIR(a.st_mode):
+        return False
+    return a.st_size != lower_path_st.st_size or a.st_mtime_ns != lower_path_st.st_mtime_ns
+
+
+def tree_changes(tree: str, lowers: list[str]) -> list[tuple[str, str]]:
+    """What a full copy `tree` changed over `lowers` (vfs), sorted by path."""
+    out: list[tuple[str, str]] = []
+
+    def walk(parts: list[str]) -> None:
+        path = os.path.join(tree, *parts)
+        names = set(os.listdir(path))
+        for gone in sorted(listing(lowers, parts) - names):
+            out.append((DELETED, _rel(parts + [gone])))
+        for name in sorted(names):
+            child = parts + [name]
+            st = os.lstat(os.path.join(tree, *child))
+            below = lookup(lowers, child)
+            if below is None:
+                out.append((ADDED, _rel(child)))
+                if stat.S_ISDIR(st.st_mode):
+                    _all_added(child)
+                continue
+            if _content_differs(st, below):
+                out.append((CHANGED, _rel(child)))
+            if stat.S_ISDIR(st.st_mode):
+                if stat.S_ISDIR(below.st_mode):
+                    walk(child)
+                else:
+                    _all_added(child)
+
+    def _all_added(parts: list[str]) -> None:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(tree, *parts)):
+            rel = os.path.relpath(dirpath, tree)
+            for n in dirnames + filenames:
+                out.append((ADDED, "/" + os.path.join(rel, n)))
+
+    walk([])
+    return sorted(out, key=lambda c: c[1])

@@ -1,0 +1,320 @@
+"""`layers`: the command line of the store.
+
+Level 6: imports `store`, `config`, `errors`.
+
+Every user error prints one line `layers: MESSAGE` on stderr and exits
+non-zero (2 for bad usage or references, 1 otherwise); a traceback only with
+`--debug`.  Output meant for scripts goes to stdout, one item a line;
+progress and warnings go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+from . import config as configmod
+from .errors import LayersError, UsageError
+from .records import Layer
+from .store import Store
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n}"
+
+
+def _ago(t: float) -> str:
+    d = max(0, time.time() - t)
+    for unit, secs in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if d >= secs:
+            return f"{int(d // secs)} {unit} ago"
+    return "seconds ago"
+
+
+class TerminalProgress:
+    """Bytes, layers and rate on one refreshed stderr line; silent for quick
+    imports (nothing shown before `delay` seconds)."""
+
+    def __init__(self, stream=sys.stderr, delay: float = 0.5):
+        self.stream = stream
+        self.delay = delay
+        self.start = time.monotonic()
+        self.shown = False
+        self.index = self.total = 0
+        self.layer_total = 0
+        self.done_bytes = 0
+        self.current = 0
+        self.last = 0.0
+
+    def layer_start(self, index: int, total: int, where: str, size: int | None) -> None:
+        self.index, self.total, self.current = index, total, 0
+
+    def layer_bytes(self, nbytes: int) -> None:
+        self.current = nbytes
+        now = time.monotonic()
+        if now - self.start < self.delay or now - self.last < 0.1:
+            return
+        self.last = now
+        total = self.done_bytes + self.current
+        rate = total / max(now - self.start, 1e-6)
+        self.stream.write(f"\rimporting layer {self.index + 1}/{self.total}: "
+                          f"{_human(total)} at {_human(rate)}/s   ")
+        self.stream.flush()
+        self.shown = True
+
+    def layer_done(self, layer: Layer | None) -> None:
+        self.done_bytes += self.current
+        self.current = 0
+
+    def finish(self) -> None:
+        if self.shown:
+            elapsed = time.monotonic() - self.start
+            self.stream.write(f"\rimported {self.total} layer(s), "
+                              f"{_human(self.done_bytes)} in {elapsed:.1f}s"
+                              + " " * 20 + "\n")
+            self.stream.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="layers",
+                                description="Strata: content-addressed layer store")
+    p.add_argument("--root", help="store root (graphroot)")
+    p.add_argument("--runroot", help="runtime dir (mount registry)")
+    p.add_argument("--driver", choices=configmod.DRIVERS,
+                   help="storage driver for a new store")
+    p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for the store lock (default 30)")
+    p.add_argument("--debug", action="store_true", help="tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser("import", help="import a layer tar, OCI layout or docker archive")
+    c.add_argument("path")
+    c.add_argument("--name", help="NAME[:TAG] for the imported image")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+    c = sub.add_parser("images", help="list images")
+    c.add_argument("-q", "--quiet", action="store_true", help="ids only")
+    c.add_argument("--format", choices=("table", "json"), default="table")
+
+    c = sub.add_parser("inspect", help="JSON description of a container, image or layer")
+    c.add_argument("ref")
+
+    c = sub.add_parser("tag", help="add names to an image")
+    c.add_argument("image")
+    c.add_argument("names", nargs="+")
+
+    c = sub.add_parser("rmi", help="remove an image (or one of its names)")
+    c.add_argument("images", nargs="+")
+    c.add_argument("-f", "--force", action="store_true",
+                   help="also remove containers using it")
+
+    c = sub.add_parser("create", help="create a container from an image")
+    c.add_argument("image")
+    c.add_argument("--name")
+
+    c = sub.add_parser("mount", help="mount a container, print its mount point")
+    c.add_argument("container")
+
+    c = sub.add_parser("umount", help="unmount a container (one user fewer)")
+    c.add_argument("container")
+    c.add_argument("-f", "--force", action="store_true", help="unmount whatever the count")
+
+    c = sub.add_parser("rm", help="remove a container")
+    c.add_argument("containers", nargs="+")
+    c.add_argument("-f", "--force", action="store_true", help="unmount it first")
+
+    c = sub.add_parser("ps", help="list containers")
+    c.add_argument("-q", "--quiet", action="store_true", help="ids only")
+    c.add_argument("--format", choices=("table", "json"), default="table")
+
+    c = sub.add_parser("diff", help="paths a container added (A), changed (C), deleted (D)")
+    c.add_argument("container")
+    c.add_argument("--format", choices=("text", "json"), default="text")
+
+    sub.add_parser("config", help="print the effective configuration")
+
+    sub.add_parser("check", help="compare records with the disk; exit 1 on problems")
+
+    c = sub.add_parser("reset", help="unmount everything and remove the store")
+    c.add_argument("-f", "--force", action="store_true", help="really do it")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = _run(args)
+    except LayersError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"layers: {e}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        print("layers: interrupted", file=sys.stderr)
+        code = 130
+    except OSError as e:
+        if args.debug:
+            traceback.print_exc()
+        where = f": {e.filename}" if e.filename else ""
+        print(f"layers: {e.strerror or e}{where}", file=sys.stderr)
+        code = 1
+    except Exception as e:  # a bug: say so, in one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"layers: internal error: {type(e).__name__}: {e} "
+              "(--debug shows a traceback)", file=sys.stderr)
+        code = 70
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _run(args) -> int:
+    cfg = configmod.load(root=args.root, runroot=args.runroot, driver=args.driver)
+    for w in cfg.warnings:
+        print(f"layers: warning: {w}", file=sys.stderr)
+    if args.command == "config":
+        print(json.dumps(cfg.as_dict(), indent=2))
+        return 0
+    if args.command == "reset":
+        if not args.force:
+            raise UsageError("reset removes the whole store; repeat with -f")
+    store = Store.open(cfg, lock_timeout=args.lock_timeout)
+    with store:
+        return COMMANDS[args.command](store, args)
+
+
+def _cmd_import(store: Store, args) -> int:
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        progress = TerminalProgress()
+    images = store.import_path(args.path, name=args.name, progress=progress)
+    if progress:
+        progress.finish()
+    for image in images:
+        print(image.id)
+    return 0
+
+
+def _cmd_images(store: Store, args) -> int:
+    images = store.list_images()
+    if args.quiet:
+        for i in images:
+            print(i.id)
+    elif args.format == "json":
+        print(json.dumps([{"id": i.id, "names": list(i.names),
+                           "layers": [str(x) for x in i.layers],
+                           "size": store.image_size(i), "created": i.created}
+                          for i in images], indent=1))
+    else:
+        rows = [("IMAGE ID", "NAMES", "LAYERS", "SIZE", "CREATED")]
+        for i in images:
+            rows.append((i.id[:12], ",".join(i.names) or "<none>", str(len(i.layers)),
+                         _human(store.image_size(i)), _ago(i.created)))
+        _table(rows)
+    return 0
+
+
+def _cmd_inspect(store: Store, args) -> int:
+    print(json.dumps(store.inspect(args.ref), indent=2))
+    return 0
+
+
+def _cmd_tag(store: Store, args) -> int:
+    store.tag(args.image, args.names)
+    return 0
+
+
+def _cmd_rmi(store: Store, args) -> int:
+    for ref in args.images:
+        for line in store.rmi(ref, force=args.force):
+            print(line)
+    return 0
+
+
+def _cmd_create(store: Store, args) -> int:
+    print(store.create(args.image, name=args.name).id)
+    return 0
+
+
+def _cmd_mount(store: Store, args) -> int:
+    print(store.mount(args.container))
+    return 0
+
+
+def _cmd_umount(store: Store, args) -> int:
+    store.umount(args.container, force=args.force)
+    return 0
+
+
+def _cmd_rm(store: Store, args) -> int:
+    for ref in args.containers:
+        print(store.rm(ref, force=args.force).id)
+    return 0
+
+
+def _cmd_ps(store: Store, args) -> int:
+    states = store.list_containers()
+    if args.quiet:
+        for s in states:
+            print(s.container.id)
+    elif args.format == "json":
+        print(json.dumps([{"id": s.container.id, "name": s.container.name,
+                           "image": s.container.image, "driver": s.container.driver,
+                           "mountpoint": s.mount.mountpoint if s.mount else None,
+                           "mount_count": s.mount.count if s.mount else 0}
+                          for s in states], indent=1))
+    else:
+        rows = [("CONTAINER ID", "NAME", "IMAGE", "DRIVER", "MOUNTED")]
+        for s in states:
+            rows.append((s.container.id[:12], s.container.name, s.container.image[:12],
+                         s.container.driver,
+                         f"{s.mount.count}x {s.mount.mountpoint}" if s.mount else "-"))
+        _table(rows)
+    return 0
+
+
+def _cmd_diff(store: Store, args) -> int:
+    changes = store.diff(args.container)
+    if args.format == "json":
+        print(json.dumps([{"kind": k, "path": p} for k, p in changes], indent=1))
+    else:
+        for kind, path in changes:
+            sys.stdout.write(f"{kind} {os.fsencode(path).decode(errors='backslashreplace')}\n")
+    return 0
+
+
+def _cmd_check(store: Store, args) -> int:
+    problems = store.check()
+    for line in store.repaired + problems:
+        print(line)
+    return 1 if problems else 0
+
+
+def _cmd_reset(store: Store, args) -> int:
+    for line in store.reset():
+        print(line)
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+COMMANDS = {
+    "import": _cmd_import, "images": _cmd_images, "inspect": _cmd_inspect,
+    "tag": _cmd_tag, "rmi": _cmd_rmi, "create": _cmd_create, "mount": _cmd_mount,
+    "umount": _cmd_umount, "rm": _cmd_rm, "ps": _cmd_ps, "diff": _cmd_diff,
+    "check": _cmd_check, "reset": _cmd_reset,
+}

@@ -1,0 +1,178 @@
+"""The effective configuration: defaults, `storage.conf`, command-line flags.
+
+Level 1: imports `errors`.
+
+`storage.conf` is TOML with the containers-storage keys that apply::
+
+    [storage]
+    driver = "fuse"            # fuse | overlay | vfs ("overlay" with a
+    graphroot = "/var/lib/strata"  # mount_program means fuse, as in podman)
+    runroot = "/run/strata"
+    [storage.options.overlay]
+    mount_program = "/usr/bin/fsd"
+    mountopt = "nodev"
+    ignore_chown_errors = "true"
+    force_mask = "shared"      # shared (0755), private (0700) or octal
+
+It is found at `$STRATA_STORAGE_CONF`, `~/.config/strata/storage.conf`
+(`$XDG_CONFIG_HOME`), then `/etc/strata/storage.conf`; the first that exists
+wins.  Unknown keys produce warnings, not errors.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+DRIVERS = ("fuse", "overlay", "vfs")
+DEFAULT_DRIVER = "fuse"
+
+_KNOWN = {
+    "storage": {"driver", "graphroot", "runroot", "options", "rootless_storage_path",
+                "transient_store"},
+    "storage.options": {"overlay", "additionalimagestores", "pull_options",
+                        "mount_program", "mountopt", "ignore_chown_errors",
+                        "force_mask"},
+    "storage.options.overlay": {"mount_program", "mountopt", "ignore_chown_errors",
+                                "force_mask", "skip_mount_home", "inodes", "size",
+                                "use_composefs"},
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    root: str
+    runroot: str
+    driver: str | None                  # None: keep what the store has, else default
+    mount_program: str | None
+    mountopt: str
+    ignore_chown_errors: bool
+    force_mask: int | None
+    source: str | None                  # the storage.conf read, if any
+    warnings: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict:
+        return {"root": self.root, "runroot": self.runroot,
+                "driver": self.driver or DEFAULT_DRIVER,
+                "mount_program": self.mount_program, "mountopt": self.mountopt,
+                "ignore_chown_errors": self.ignore_chown_errors,
+                "force_mask": None if self.force_mask is None else f"0{self.force_mask:o}",
+                "storage_conf": self.source}
+
+
+def default_root(env=os.environ, euid: int | None = None) -> str:
+    if (os.geteuid() if euid is None else euid) == 0:
+        return "/var/lib/strata"
+    data = env.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"),
+                                                   ".local", "share")
+    return os.path.join(data, "strata")
+
+
+def default_runroot(env=os.environ, euid: int | None = None) -> str:
+    uid = os.geteuid() if euid is None else euid
+    if uid == 0:
+        return "/run/strata"
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "strata")
+    return os.path.join("/tmp", f"strata-run-{uid}")
+
+
+def find_storage_conf(env=os.environ) -> str | None:
+    explicit = env.get("STRATA_STORAGE_CONF")
+    if explicit:
+        if not os.path.exists(explicit):
+            raise ConfigError(explicit, "STRATA_STORAGE_CONF names a missing file")
+        return explicit
+    home_conf = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"),
+                                                          ".config")
+    for path in (os.path.join(home_conf, "strata", "storage.conf"),
+                 "/etc/strata/storage.conf"):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def parse_force_mask(value, path: str) -> int | None:
+    if value in (None, ""):
+        return None
+    if value == "shared":
+        return 0o755
+    if value == "private":
+        return 0o700
+    try:
+        mask = int(str(value), 8)
+    except ValueError:
+        raise ConfigError(path, f"force_mask {value!r} is not shared, private or octal") \
+            from None
+    if not 0 <= mask <= 0o7777:
+        raise ConfigError(path, f"force_mask {value!r} out of range")
+    return mask
+
+
+def _truthy(value) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")
+
+
+def load(root: str | None = None, runroot: str | None = None,
+         driver: str | None = None, env=os.environ) -> Config:
+    """The effective configuration; flags beat storage.conf beat defaults."""
+    path = find_storage_conf(env)
+    doc: dict = {}
+    warnings: list[str] = []
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(path, str(e)) from None
+        warnings = _unknown_keys(doc, path)
+    storage = doc.get("storage") or {}
+    options = storage.get("options") or {}
+    overlay = options.get("overlay") or {}
+
+    def opt(key, default=None):
+        return overlay.get(key, options.get(key, default))
+
+    mount_program = opt("mount_program")
+    conf_driver = storage.get("driver")
+    if conf_driver == "overlay" and mount_program:
+        conf_driver = "fuse"
+    chosen = driver or conf_driver or None
+    if chosen is not None and chosen not in DRIVERS:
+        raise ConfigError(path or "--driver", f"unknown driver {chosen!r} "
+                                              f"(one of {', '.join(DRIVERS)})")
+    return Config(
+        root=os.path.abspath(root or storage.get("graphroot") or default_root(env)),
+        runroot=os.path.abspath(runroot or storage.get("runroot") or default_runroot(env)),
+        driver=chosen,
+        mount_program=mount_program or None,
+        mountopt=str(opt("mountopt", "") or ""),
+        ignore_chown_errors=_truthy(opt("ignore_chown_errors", False)),
+        force_mask=parse_force_mask(opt("force_mask"), path or "storage.conf"),
+        source=path,
+        warnings=tuple(warnings),
+    )
+
+
+def _unknown_keys(doc: dict, path: str) -> list[str]:
+    out = []
+    for key in doc:
+        if key != "storage":
+            out.append(f"{path}: unknown key [{key}] ignored")
+    storage = doc.get("storage")
+    if not isinstance(storage, dict):
+        return out
+    for section, known in _KNOWN.items():
+        node = doc
+        for part in section.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        for key in node:
+            if key not in known:
+                out.append(f"{path}: unknown key {section}.{key} ignored")
+    return out

@@ -1,0 +1,183 @@
+"""Errors of the layer store: one class per kind, each carrying its fields.
+
+Level 0: imports nothing from the package.
+
+Every error a user can cause is a `LayersError`; `cli.py` prints `str(err)`
+as one line and exits with `err.exit_code`.  Anything else is a bug and gets
+a traceback.  Messages are part of the interface: tests assert them exactly.
+"""
+
+from __future__ import annotations
+
+
+class LayersError(Exception):
+    """Base of every expected failure.  `str()` is the one-line message."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadReference(LayersError):
+    """A digest, id or name that is not well formed; never becomes a path."""
+
+    exit_code = 2
+
+    def __init__(self, value: str, reason: str):
+        self.value = value
+        self.reason = reason
+        super().__init__(f"invalid {reason}: {value!r}")
+
+
+class UsageError(LayersError):
+    exit_code = 2
+
+
+class LayerUnknown(LayersError):
+    def __init__(self, ref: str):
+        self.ref = ref
+        super().__init__(f"layer not known: {ref}")
+
+
+class ImageUnknown(LayersError):
+    def __init__(self, ref: str):
+        self.ref = ref
+        super().__init__(f"image not known: {ref}")
+
+
+class ContainerUnknown(LayersError):
+    def __init__(self, ref: str):
+        self.ref = ref
+        super().__init__(f"container not known: {ref}")
+
+
+class NotFound(LayersError):
+    def __init__(self, ref: str):
+        self.ref = ref
+        super().__init__(f"no container, image or layer matches {ref}")
+
+
+class AmbiguousReference(LayersError):
+    def __init__(self, ref: str, matches: list[str]):
+        self.ref = ref
+        self.matches = matches
+        super().__init__(f"{ref!r} is ambiguous: matches {', '.join(matches)}")
+
+
+class NameInUse(LayersError):
+    def __init__(self, name: str, owner: str):
+        self.name = name
+        self.owner = owner
+        super().__init__(f"name {name} is already used by {owner}")
+
+
+class LayerInUse(LayersError):
+    def __init__(self, layer: str, users: list[str]):
+        self.layer = layer
+        self.users = users
+        super().__init__(f"layer {layer} is in use by {', '.join(users)}")
+
+
+class ImageInUse(LayersError):
+    def __init__(self, image: str, containers: list[str]):
+        self.image = image
+        self.containers = containers
+        super().__init__(
+            f"image {image} is in use by container(s) {', '.join(containers)}; "
+            "remove them first or use -f"
+        )
+
+
+class ContainerMounted(LayersError):
+    def __init__(self, container: str, count: int):
+        self.container = container
+        self.count = count
+        super().__init__(
+            f"container {container} is mounted ({count}x); umount it first or use -f"
+        )
+
+
+class DigestMismatch(LayersError):
+    def __init__(self, what: str, expected: str, got: str):
+        self.what = what
+        self.expected = expected
+        self.got = got
+        super().__init__(f"digest mismatch for {what}: expected {expected}, got {got}")
+
+
+class StoreLocked(LayersError):
+    def __init__(self, path: str, holder: str, waited: float):
+        self.path = path
+        self.holder = holder
+        self.waited = waited
+        super().__init__(
+            f"store {path} is locked by {holder}; gave up after {waited:g}s"
+        )
+
+
+class NotAStore(LayersError):
+    """A directory we must not write into (foreign store, random files)."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"refusing to use {path}: {reason}")
+
+
+class StoreMismatch(LayersError):
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"store {path}: {reason}")
+
+
+class CorruptRecord(LayersError):
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"corrupt record {path}: {reason}")
+
+
+class UnsafeArchive(LayersError):
+    """An archive entry we refuse; names the entry."""
+
+    def __init__(self, entry: str, reason: str):
+        self.entry = entry
+        self.reason = reason
+        super().__init__(f"refusing archive entry {entry!r}: {reason}")
+
+
+class BadArchive(LayersError):
+    """An archive that cannot be read (truncated, bad compression, bad format)."""
+
+    def __init__(self, source: str, reason: str):
+        self.source = source
+        self.reason = reason
+        super().__init__(f"cannot read {source}: {reason}")
+
+
+class ConfigError(LayersError):
+    def __init__(self, path: str, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"configuration {path}: {reason}")
+
+
+class DriverError(LayersError):
+    def __init__(self, driver: str, reason: str):
+        self.driver = driver
+        self.reason = reason
+        super().__init__(f"{driver} driver: {reason}")
+
+
+class MountFailed(LayersError):
+    def __init__(self, driver: str, mountpoint: str, reason: str):
+        self.driver = driver
+        self.mountpoint = mountpoint
+        self.reason = reason
+        super().__init__(f"{driver}: cannot mount {mountpoint}: {reason}")

@@ -1,0 +1,169 @@
+"""The one description of the on-disk formats of a Strata store.
+
+Level 0: imports only `errors` and `digest`.
+
+Store root (`graphroot`)::
+
+    strata.json                 store marker: {"format": FORMAT, "driver": NAME}
+    lock                        the store lock (fcntl.flock); holds the holder's pid
+    layers/<chainid-hex>.json   Layer record
+    layers/<chainid-hex>/diff/  the layer's content, a lowerdir
+    images/<id>.json            Image record (id = hex of the config digest)
+    containers/<id>.json        Container record
+    containers/<id>/            the driver's dirs: upper/ work/ merged/ (fuse,
+                                overlay) or rootfs/ (vfs)
+    staging/<token>/            in-flight work of one command; its `lease`
+                                file is flock'ed while the command lives
+    staging/<hex>.lock          taken while one process imports that layer or image
+
+Runtime root (`runroot`)::
+
+    <store-key>/mounts.json     mount registry: container id → mount point,
+                                count, daemon pid (store-key derives from the
+                                graphroot, so stores never share a registry)
+
+Markers inside layer dirs and uppers (OCI image spec and kernel overlayfs):
+whiteouts are `.wh.NAME` files (OCI form) or char devices 0/0 (overlay form);
+an opaque directory holds `.wh..wh..opq` (OCI) or carries the
+`trusted.overlay.opaque` / `user.overlay.opaque` xattr set to `y`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+from .digest import Digest, check_id
+
+FORMAT = 1
+MARKER = "strata.json"
+LOCK = "lock"
+LAYERS = "layers"
+IMAGES = "images"
+CONTAINERS = "containers"
+STAGING = "staging"
+LEASE = "lease"
+MOUNTS = "mounts.json"
+
+# Marks of a directory that is some other program's store: refused.
+FOREIGN_STORES = (
+    ("overlay-layers/layers.json", "it holds a containers/storage store"),
+    ("vfs-layers/layers.json", "it holds a containers/storage store"),
+    ("btrfs-layers/layers.json", "it holds a containers/storage store"),
+    ("storage.lock", "it holds a containers/storage store"),
+)
+
+# Marker forms --------------------------------------------------------------
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_NAME = ".wh..wh..opq"
+# aufs bookkeeping (".wh..wh.plnk", ".wh..wh.aufs"): meaningless, skipped.
+META_PREFIX = ".wh..wh."
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque",
+                 "user.fuseoverlayfs.opaque")
+KERNEL_OPAQUE_XATTR = "trusted.overlay.opaque"
+OVERRIDE_STAT_XATTR = "user.containers.override_stat"
+# xattrs an archive may never set: they would forge overlay state or owners.
+PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.",
+                          "user.fuseoverlayfs.", "security.fuseoverlayfs.",
+                          OVERRIDE_STAT_XATTR)
+
+FORM_OCI = "oci"          # whiteouts as .wh. files: what fsd and vfs read
+FORM_OVERLAY = "overlay"  # char dev 0/0 and trusted.overlay.opaque: the kernel's
+
+
+def is_private_xattr(name: str) -> bool:
+    return name.startswith(PRIVATE_XATTR_PREFIXES)
+
+
+def is_whiteout_dev(st: os.stat_result) -> bool:
+    """A char device 0/0: the overlay form of a whiteout."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def whiteout_target(name: str) -> str | None:
+    """`.wh.NAME` → NAME; None for other names, the opaque and meta markers."""
+    if name.startswith(WHITEOUT_PREFIX) and not name.startswith(META_PREFIX):
+        target = name[len(WHITEOUT_PREFIX):]
+        return target or None
+    return None
+
+
+def is_opaque_dir(path: str, names: set[str] | None = None) -> bool:
+    """Whether the directory at `path` is opaque, in either form."""
+    if names is not None and OPAQUE_NAME in names:
+        return True
+    if names is None and os.path.lexists(os.path.join(path, OPAQUE_NAME)):
+        return True
+    for xattr in OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, xattr, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+class StorePaths:
+    """Paths of one store.  Every id passes `check_id`/`Digest` first."""
+
+    def __init__(self, root: str, runroot: str):
+        self.root = os.path.abspath(root)
+        key = hashlib.sha256(os.path.realpath(self.root).encode()).hexdigest()[:16]
+        self.runroot = os.path.join(os.path.abspath(runroot), key)
+
+    @property
+    def marker(self) -> str:
+        return os.path.join(self.root, MARKER)
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.root, LOCK)
+
+    @property
+    def layers(self) -> str:
+        return os.path.join(self.root, LAYERS)
+
+    @property
+    def images(self) -> str:
+        return os.path.join(self.root, IMAGES)
+
+    @property
+    def containers(self) -> str:
+        return os.path.join(self.root, CONTAINERS)
+
+    @property
+    def staging(self) -> str:
+        return os.path.join(self.root, STAGING)
+
+    @property
+    def mounts(self) -> str:
+        return os.path.join(self.runroot, MOUNTS)
+
+    def layer_record(self, layer_id: Digest) -> str:
+        return os.path.join(self.layers, layer_id.hex + ".json")
+
+    def layer_dir(self, layer_id: Digest) -> str:
+        return os.path.join(self.layers, layer_id.hex)
+
+    def layer_diff(self, layer_id: Digest) -> str:
+        return os.path.join(self.layers, layer_id.hex, "diff")
+
+    def layer_extract_lock(self, layer_id: Digest) -> str:
+        return os.path.join(self.staging, layer_id.hex + ".lock")
+
+    def image_import_lock(self, image_id: str) -> str:
+        return os.path.join(self.staging, check_id(image_id) + ".lock")
+
+    def image_record(self, image_id: str) -> str:
+        return os.path.join(self.images, check_id(image_id) + ".json")
+
+    def container_record(self, container_id: str) -> str:
+        return os.path.join(self.containers, check_id(container_id) + ".json")
+
+    def container_dir(self, container_id: str) -> str:
+        return os.path.join(self.containers, check_id(container_id))
+
+    def record_dirs(self) -> tuple[str, ...]:
+        return (self.layers, self.images, self.containers, self.staging)

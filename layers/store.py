@@ -1,0 +1,652 @@
+"""The store facade: the lock, the rules across records, mounting containers.
+
+Level 5: imports every lower level; nothing imports it but `cli`.
+
+Rules kept here and nowhere else:
+- every write of a record happens under the store lock; slow work
+  (extraction, hashing, copying, removing trees) happens outside it, in the
+  command's staging dir (`fsutil.Lease`);
+- a layer is deleted only when no image and no container refers to it; an
+  image only when no container uses it (or with force, after its containers);
+- opening the store repairs what interrupted commands left (`_repair`):
+  staging dirs of dead commands, temp files, incomplete records whose lease is
+  dead, unreferenced layers, stale mounts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import secrets
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+from . import fsutil, layout
+from .archive import ExtractOptions, extract_layer
+from .changes import ADDED, CHANGED, DELETED  # noqa: F401  (re-exported for cli)
+from .config import DEFAULT_DRIVER, Config
+from .containerstore import ContainerStore
+from .digest import Digest, chain_ids
+from .drivers.base import Driver, Mounted
+from .drivers.fuse import FuseDriver
+from .drivers.overlay import OverlayDriver
+from .drivers.vfs import VfsDriver
+from .errors import (BadArchive, BadReference, ContainerMounted, ContainerUnknown,
+                     DigestMismatch, ImageInUse, ImageUnknown,
+                     LayersError, NameInUse, NotAStore, NotFound, StoreMismatch)
+from .imagestore import ImageStore
+from .layerstore import LayerStore
+from .mounts import MountEntry, MountRegistry
+from .records import (Container, Image, Layer, check_container_name,
+                      parse_image_name, replace)
+from .source import ImageSource, LayerBlob, bare_layer_config, open_source
+
+DRIVERS = ("fuse", "overlay", "vfs")
+
+
+class Progress(Protocol):
+    def layer_start(self, index: int, total: int, where: str, size: int | None) -> None: ...
+    def layer_bytes(self, nbytes: int) -> None: ...
+    def layer_done(self, layer: Layer | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    container: Container
+    mount: MountEntry | None
+
+
+class Store:
+    """An open store.  `Store.open(config)`; close with `close()` or `with`."""
+
+    def __init__(self, config: Config, driver_name: str, lock_timeout: float):
+        self.config = config
+        self.paths = layout.StorePaths(config.root, config.runroot)
+        self.lock = fsutil.StoreLock(self.paths.lock, lock_timeout)
+        self.layers = LayerStore(self.paths)
+        self.images = ImageStore(self.paths)
+        self.containers = ContainerStore(self.paths)
+        self.registry = MountRegistry(self.paths.mounts)
+        self.privileged = os.geteuid() == 0
+        self.driver = self._make_driver(driver_name)
+        self.repaired: list[str] = []
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, config: Config, lock_timeout: float = 30.0,
+             repair: bool = True) -> "Store":
+        """Open (creating if needed) the store at `config.root`.
+
+        NotAStore for a foreign or non-empty non-Strata directory;
+        StoreMismatch when `config.driver` differs from the recorded driver.
+        """
+        root = config.root
+        marker = _read_marker(root)
+        if marker is None:
+            _refuse_foreign(root)
+            os.makedirs(root, mode=0o700, exist_ok=True)
+        driver_name = marker["driver"] if marker else (config.driver or DEFAULT_DRIVER)
+        if marker and config.driver and config.driver != driver_name:
+            raise StoreMismatch(root, f"uses the {driver_name} driver, not "
+                                      f"{config.driver}; `layers reset` to switch")
+        store = cls(config, driver_name, lock_timeout)
+        if marker is None:
+            store._initialize(driver_name)
+        for d in store.paths.record_dirs():
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        if repair:
+            store.repair()
+        return store
+
+    def _initialize(self, driver_name: str) -> None:
+        with self.lock:
+            if _read_marker(self.paths.root) is not None:
+                return
+            for d in self.paths.record_dirs():
+                os.makedirs(d, mode=0o700, exist_ok=True)
+            doc = {"format": layout.FORMAT, "driver": driver_name,
+                   "created": time.time()}
+            fsutil.atomic_write(self.paths.marker, json.dumps(doc).encode() + b"\n")
+
+    def _make_driver(self, name: str) -> Driver:
+        if name == "fuse":
+            return FuseDriver(self.config.mount_program, self.config.mountopt,
+                              override_stat=self._override_stat)
+        if name == "overlay":
+            return OverlayDriver(self.paths.root, self.config.mountopt)
+        if name == "vfs":
+            return VfsDriver(self.privileged)
+        raise StoreMismatch(self.paths.root, f"unknown driver {name!r}")
+
+    @property
+    def _override_stat(self) -> bool:
+        return not self.privileged or self.config.force_mask is not None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def _lease(self) -> Iterator[fsutil.Lease]:
+        lease = fsutil.Lease(self.paths.staging)
+        try:
+            yield lease
+        finally:
+            lease.close()
+
+    # -- repair ----------------------------------------------------------------
+
+    def repair(self) -> list[str]:
+        """Remove leftovers of interrupted commands; returns what was done."""
+        done: list[str] = []
+        with self._lease() as lease:
+            with self.lock:
+                done += self._repair_staging(lease.token)
+                for rs in (self.layers, self.images, self.containers):
+                    for tmp in rs.leftover_tmp_files():
+                        os.unlink(tmp)
+                        done.append(f"removed temp file {tmp}")
+                done += self._repair_records()
+                done += self._collect_layers(lease)
+                done += self._repair_mounts()
+        self.repaired = done
+        return done
+
+    def _repair_staging(self, own: str) -> list[str]:
+        done = []
+        for name in sorted(os.listdir(self.paths.staging)):
+            path = os.path.join(self.paths.staging, name)
+            if name == own:
+                continue
+            if name.endswith(".lock"):
+                continue
+            if not fsutil.lease_alive(self.paths.staging, name):
+                fsutil.remove_tree(path)
+                done.append(f"removed staging leftover {name}")
+        return done
+
+    def _dead(self, record) -> bool:
+        return record.incomplete and not fsutil.lease_alive(self.paths.staging, record.lease)
+
+    def _repair_records(self) -> list[str]:
+        done = []
+        for c in list(self.containers.all(include_incomplete=True)):
+            if self._dead(c):
+                self._umount_all(c)
+                self.containers.remove_leftover(c)
+                done.append(f"removed interrupted container {c.id[:12]}")
+        for image in list(self.images.all(include_incomplete=True)):
+            if self._dead(image):
+                self.images.delete(image.id)
+                done.append(f"removed interrupted image {image.id[:12]}")
+        for layer in list(self.layers.all(include_incomplete=True)):
+            if self._dead(layer):
+                self.layers.remove_leftover(layer)
+                done.append(f"removed interrupted layer {layer.id.short}")
+        for path in self.layers.orphan_dirs():
+            fsutil.remove_tree(path)
+            done.append(f"removed layer dir without record {os.path.basename(path)}")
+        return done
+
+    def _referenced_layers(self) -> set[Digest]:
+        refs: set[Digest] = set()
+        for image in self.images.all(include_incomplete=True):
+            refs.update(image.layers)
+        for c in self.containers.all(include_incomplete=True):
+            refs.update(c.layers)
+        return refs
+
+    def _collect_layers(self, lease: fsutil.Lease) -> list[str]:
+        """Take out every complete layer nothing refers to (content → lease)."""
+        refs = self._referenced_layers()
+        done = []
+        for layer in list(self.layers.all()):
+            if layer.id not in refs:
+                self.layers.begin_delete(layer.id, lease.path, lease.token)
+                done.append(f"removed unreferenced layer {layer.id.short}")
+        return done
+
+    def _repair_mounts(self) -> list[str]:
+        done = []
+        entries = self.registry.load()
+        changed = False
+        for cid, entry in list(entries.items()):
+            c = self.containers.load(cid)
+            mounted = Mounted(entry.mountpoint, entry.pid)
+            if c is None or c.incomplete or not self.driver.alive(
+                    self.containers.container_dir(cid), mounted):
+                try:
+                    self.driver.clean_dead(self.containers.container_dir(cid), mounted)
+                except LayersError:
+                    pass
+                del entries[cid]
+                changed = True
+                done.append(f"cleaned stale mount of {cid[:12]}")
+        if changed:
+            self.registry.save(entries)
+        return done
+
+    # -- queries ---------------------------------------------------------------
+
+    def list_images(self) -> list[Image]:
+        return sorted(self.images.all(), key=lambda i: (-i.created, i.id))
+
+    def list_layers(self) -> list[Layer]:
+        return list(self.layers.all())
+
+    def list_containers(self) -> list[ContainerState]:
+        mounts = self.registry.load()
+        return [ContainerState(c, mounts.get(c.id))
+                for c in sorted(self.containers.all(), key=lambda c: (c.created, c.id))]
+
+    def image(self, ref: str) -> Image:
+        return self.images.resolve(ref)
+
+    def container(self, ref: str) -> Container:
+        return self.containers.resolve(ref)
+
+    def image_size(self, image: Image) -> int:
+        total = 0
+        for lid in image.layers:
+            layer = self.layers.get(lid)
+            total += layer.size if layer else 0
+        return total
+
+    def lowers(self, layers: tuple[Digest, ...]) -> list[str]:
+        """Layer content dirs, TOP first."""
+        return [self.layers.diff_dir(lid) for lid in reversed(layers)]
+
+    def inspect(self, ref: str) -> dict:
+        """JSON-ready description of a container, image or layer named `ref`."""
+        try:
+            c = self.containers.resolve(ref)
+            entry = self.registry.get(c.id)
+            return {"type": "container", "id": c.id, "name": c.name, "image": c.image,
+                    "layers": [str(x) for x in c.layers], "driver": c.driver,
+                    "created": c.created, "dir": self.containers.container_dir(c.id),
+                    "mounted": entry is not None,
+                    "mountpoint": entry.mountpoint if entry else None,
+                    "mount_count": entry.count if entry else 0,
+                    "pid": entry.pid if entry else None}
+        except (ContainerUnknown, BadReference):
+            pass
+        try:
+            image = self.images.resolve(ref)
+            return {"type": "image", "id": image.id, "digest": f"sha256:{image.id}",
+                    "names": list(image.names), "layers": [str(x) for x in image.layers],
+                    "size": self.image_size(image), "created": image.created,
+                    "manifest_digest": str(image.manifest_digest)
+                    if image.manifest_digest else None,
+                    "config": json.loads(image.config)}
+        except ImageUnknown:
+            pass
+        layer = self._resolve_layer(ref)
+        if layer is None:
+            raise NotFound(ref)
+        return {"type": "layer", "id": str(layer.id), "diff_id": str(layer.diff_id),
+                "parent": str(layer.parent) if layer.parent else None,
+                "compressed_digest": str(layer.compressed_digest)
+                if layer.compressed_digest else None,
+                "created": layer.created, "tar_size": layer.tar_size, "size": layer.size,
+                "dir": self.layers.diff_dir(layer.id)}
+
+    def _resolve_layer(self, ref: str) -> Layer | None:
+        text = ref[7:] if ref.startswith("sha256:") else ref
+        if len(text) < 4 or any(c not in "0123456789abcdef" for c in text):
+            return None
+        matches = [layer for layer in self.layers.all() if layer.id.hex.startswith(text)]
+        return matches[0] if len(matches) == 1 else None
+
+    # -- import ----------------------------------------------------------------
+
+    def import_path(self, path: str, name: str | None = None,
+                    progress: Progress | None = None) -> list[Image]:
+        """Import every image at `path` (see `source.py`); returns them.
+
+        `name` (NAME[:TAG]) names the image; only for a single image.
+        Raises DigestMismatch, UnsafeArchive, BadArchive; on failure nothing of
+        the import stays visible.
+        """
+        names = [parse_image_name(name)] if name else []
+        with open_source(path) as sources:
+            if names and len(sources) > 1:
+                raise BadArchive(path, f"holds {len(sources)} images; --name needs one")
+            return [self._import_image(src, names or src.names, progress)
+                    for src in sources]
+
+    def _import_image(self, src: ImageSource, names: list[str],
+                      progress: Progress | None) -> Image:
+        with self._lease() as lease:
+            if src.config is None:
+                return self._import_bare(src, names, lease, progress)
+            image_id = Digest.of_bytes(src.config).hex
+            # Two imports of one image: the second waits, then finds it done.
+            with fsutil.exclusive_flock(self.paths.image_import_lock(image_id)):
+                return self._import_config_image(src, image_id, names, lease, progress)
+
+    def _import_config_image(self, src: ImageSource, image_id: str, names: list[str],
+                             lease: fsutil.Lease, progress: Progress | None) -> Image:
+        config = src.config
+        chain = chain_ids(src.diff_ids)
+        with self.lock:
+            existing = self.images.get(image_id)
+            if existing is not None:
+                return self.images.claim_names(existing, names)
+            image = Image(id=image_id, names=(), layers=tuple(chain),
+                          config=config.decode(), manifest_digest=src.manifest_digest,
+                          created=time.time(), incomplete=True, lease=lease.token)
+            self.images.save(image_id, image)
+        try:
+            for i, blob in enumerate(src.layers):
+                self._ensure_layer(blob, i, len(src.layers), chain, lease, progress)
+            with self.lock:
+                self.images.save(image_id, replace(image, incomplete=False, lease=None))
+                return self.images.claim_names(self.images.get(image_id), names)
+        except BaseException:
+            with self.lock:
+                self.images.delete(image_id)
+                self._collect_layers(lease)
+            raise
+
+    def _ensure_layer(self, blob: LayerBlob, index: int, total: int,
+                      chain: list[Digest], lease: fsutil.Lease,
+                      progress: Progress | None) -> None:
+        layer_id = chain[index]
+        if self.layers.get(layer_id) is not None:
+            if progress:
+                progress.layer_start(index, total, blob.where, blob.size)
+                progress.layer_done(None)
+            return
+        # One extraction per layer across processes: a second importer waits
+        # here, outside the store lock, then finds the layer present.
+        with fsutil.exclusive_flock(self.paths.layer_extract_lock(layer_id)):
+            if self.layers.get(layer_id) is not None:
+                return
+            staged = os.path.join(lease.path, layer_id.hex)
+            layer = self._extract(blob, index, total, staged, progress,
+                                  parent=chain[index - 1] if index else None,
+                                  layer_id=layer_id)
+            with self.lock:
+                if self.layers.get(layer_id) is None:
+                    self.layers.publish(layer, staged, lease.token)
+            if progress:
+                progress.layer_done(layer)
+
+    def _extract(self, blob: LayerBlob, index: int, total: int, staged: str,
+                 progress: Progress | None, parent: Digest | None,
+                 layer_id: Digest | None) -> Layer:
+        """Extract `blob` into `staged/diff`, verify it; the Layer to publish."""
+        diff = os.path.join(staged, "diff")
+        os.makedirs(diff, mode=0o755)
+        options = ExtractOptions(form=self.driver.form, privileged=self.privileged,
+                                 override_stat=self._override_stat,
+                                 force_mask=self.config.force_mask,
+                                 ignore_chown_errors=self.config.ignore_chown_errors)
+        if progress:
+            progress.layer_start(index, total, blob.where, blob.size)
+        with blob.open() as f:
+            result = extract_layer(f, diff, options, where=blob.where,
+                                   on_progress=progress.layer_bytes if progress else None)
+        what = f"layer {index + 1}/{total} ({blob.where})"
+        if blob.digest is not None and blob.digest != result.blob_digest:
+            raise DigestMismatch(what, str(blob.digest), str(result.blob_digest))
+        if blob.diff_id is not None and blob.diff_id != result.diff_id:
+            raise DigestMismatch(f"{what} diffID", str(blob.diff_id), str(result.diff_id))
+        return Layer(id=layer_id or result.diff_id, diff_id=result.diff_id, parent=parent,
+                     compressed_digest=result.blob_digest if result.compression else None,
+                     created=time.time(), tar_size=result.tar_size,
+                     size=fsutil.allocated_size(diff))
+
+    def _import_bare(self, src: ImageSource, names: list[str], lease: fsutil.Lease,
+                     progress: Progress | None) -> Image:
+        """A bare layer tar: extract first (its diffID is its identity)."""
+        blob = src.layers[0]
+        staged = os.path.join(lease.path, "bare")
+        layer = self._extract(blob, 0, 1, staged, progress, parent=None, layer_id=None)
+        config = bare_layer_config(layer.diff_id)
+        image_id = Digest.of_bytes(config).hex
+        with self.lock:
+            if self.layers.get(layer.id) is None:
+                self.layers.publish(layer, staged, lease.token)
+            image = self.images.get(image_id)
+            if image is None:
+                image = Image(id=image_id, names=(), layers=(layer.id,),
+                              config=config.decode(), manifest_digest=None,
+                              created=time.time())
+                self.images.save(image_id, image)
+            image = self.images.claim_names(image, names)
+        if progress:
+            progress.layer_done(layer)
+        return image
+
+    # -- images ----------------------------------------------------------------
+
+    def tag(self, ref: str, names: list[str]) -> Image:
+        parsed = [parse_image_name(n) for n in names]
+        with self.lock:
+            return self.images.claim_names(self.images.resolve(ref), parsed)
+
+    def rmi(self, ref: str, force: bool = False) -> list[str]:
+        """Remove an image (or only the name `ref` when it has others).
+
+        ImageInUse names the containers using it, unless `force` removes them.
+        Returns lines describing what was done.
+        """
+        done: list[str] = []
+        with self._lease() as lease:
+            with self.lock:
+                image = self.images.resolve(ref)
+                try:
+                    name = parse_image_name(ref)
+                except BadReference:
+                    name = None
+                if name in image.names and len(image.names) > 1:
+                    self.images.save(image.id, replace(
+                        image, names=tuple(n for n in image.names if n != name)))
+                    return [f"untagged {name}"]
+                users = [c for c in self.containers.all(include_incomplete=True)
+                         if c.image == image.id]
+                if users and not force:
+                    raise ImageInUse(ref, [c.name for c in users])
+                for c in users:
+                    self._umount_all(c)
+                    self.containers.begin_delete(c, lease.path, lease.token)
+                    done.append(f"removed container {c.name}")
+                self.images.delete(image.id)
+                done.append(f"removed image {image.id[:12]}")
+                done += self._collect_layers(lease)
+            # the lease's staging dir, holding the removed content, goes now,
+            # outside the lock
+        return done
+
+    # -- containers --------------------------------------------------------------
+
+    def create(self, image_ref: str, name: str | None = None) -> Container:
+        with self._lease() as lease:
+            with self.lock:
+                image = self.images.resolve(image_ref)
+                if name is not None:
+                    check_container_name(name)
+                    other = self.containers.name_taken(name)
+                    if other is not None:
+                        raise NameInUse(name, f"container {other.id[:12]}")
+                cid = secrets.token_hex(32)
+                name = name or f"strata-{cid[:12]}"
+                container = Container(id=cid, name=name, image=image.id,
+                                      layers=image.layers, driver=self.driver.name,
+                                      created=time.time(), incomplete=True,
+                                      lease=lease.token)
+                self.containers.save(cid, container)
+                cdir = self.containers.container_dir(cid)
+                os.mkdir(cdir, 0o700)
+            try:
+                self.driver.create(cdir, self._lowers_of(container))
+                fsutil.sync_tree(cdir)
+                with self.lock:
+                    container = replace(container, incomplete=False, lease=None)
+                    self.containers.save(cid, container)
+                return container
+            except BaseException:
+                with self.lock:
+                    self.containers.remove_leftover(container)
+                raise
+
+    def _lowers_of(self, c: Container) -> list[str]:
+        lowers = self.lowers(c.layers)
+        if lowers:
+            return lowers
+        empty = os.path.join(self.containers.container_dir(c.id), "empty")
+        os.makedirs(empty, mode=0o755, exist_ok=True)
+        return [empty]
+
+    def mount(self, ref: str) -> str:
+        """Mount the container (or count one more user); its mount point."""
+        with self.lock:
+            c = self.containers.resolve(ref)
+            cdir = self.containers.container_dir(c.id)
+            entry = self.registry.get(c.id)
+            if entry is not None:
+                if self.driver.alive(cdir, Mounted(entry.mountpoint, entry.pid)):
+                    self.registry.put(dataclasses.replace(entry, count=entry.count + 1))
+                    return entry.mountpoint
+                self.driver.clean_dead(cdir, Mounted(entry.mountpoint, entry.pid))
+                self.registry.remove(c.id)
+            self.driver.check_usable()
+            mounted = self.driver.mount(cdir, self._lowers_of(c))
+            self.registry.put(MountEntry(container=c.id, mountpoint=mounted.mountpoint,
+                                         count=1, pid=mounted.pid, driver=self.driver.name))
+            return mounted.mountpoint
+
+    def umount(self, ref: str, force: bool = False) -> int:
+        """One user fewer (all of them with `force`); the mount count left."""
+        with self.lock:
+            c = self.containers.resolve(ref)
+            entry = self.registry.get(c.id)
+            if entry is None:
+                return 0
+            if entry.count > 1 and not force:
+                self.registry.put(dataclasses.replace(entry, count=entry.count - 1))
+                return entry.count - 1
+            self._umount_all(c)
+            return 0
+
+    def _umount_all(self, c: Container) -> None:
+        entry = self.registry.get(c.id)
+        if entry is None:
+            return
+        cdir = self.containers.container_dir(c.id)
+        mounted = Mounted(entry.mountpoint, entry.pid)
+        if self.driver.alive(cdir, mounted):
+            self.driver.umount(cdir, mounted)
+        else:
+            self.driver.clean_dead(cdir, mounted)
+        self.registry.remove(c.id)
+
+    def rm(self, ref: str, force: bool = False) -> Container:
+        with self._lease() as lease:
+            with self.lock:
+                c = self.containers.resolve(ref)
+                entry = self.registry.get(c.id)
+                if entry is not None and not force:
+                    raise ContainerMounted(c.name, entry.count)
+                self._umount_all(c)
+                self.containers.begin_delete(c, lease.path, lease.token)
+            return c
+
+    def diff(self, ref: str) -> list[tuple[str, str]]:
+        c = self.containers.resolve(ref)
+        return self.driver.changes(self.containers.container_dir(c.id),
+                                   self._lowers_of(c))
+
+    # -- whole store -------------------------------------------------------------
+
+    def reset(self) -> list[str]:
+        """Unmount every container, then remove the whole store."""
+        done = []
+        with self.lock:
+            for c in self.containers.all(include_incomplete=True):
+                if self.registry.get(c.id) is not None:
+                    self._umount_all(c)
+                    done.append(f"unmounted {c.name}")
+            fsutil.remove_tree(self.paths.runroot)
+            for name in os.listdir(self.paths.root):
+                if name != layout.LOCK:
+                    fsutil.remove_tree(os.path.join(self.paths.root, name))
+        fsutil.remove_tree(self.paths.root)
+        done.append(f"removed store {self.paths.root}")
+        return done
+
+    def check(self) -> list[str]:
+        """Problems found comparing records with the disk (empty: consistent)."""
+        problems: list[str] = []
+        with self.lock:
+            layers = {layer.id: layer for layer in self.layers.all(include_incomplete=True)}
+            for rs in (self.layers, self.images, self.containers):
+                problems += [str(e) for e in rs.corrupt]
+            for layer in layers.values():
+                if layer.incomplete:
+                    problems.append(f"layer {layer.id.short} is incomplete")
+                elif not os.path.isdir(self.layers.diff_dir(layer.id)):
+                    problems.append(f"layer {layer.id.short} has no content")
+            for path in self.layers.orphan_dirs():
+                problems.append(f"layer dir {os.path.basename(path)} has no record")
+            for image in self.images.all(include_incomplete=True):
+                if image.incomplete:
+                    problems.append(f"image {image.id[:12]} is incomplete")
+                for lid in image.layers:
+                    if lid not in layers and not image.incomplete:
+                        problems.append(f"image {image.id[:12]} lacks layer {lid.short}")
+            refs = self._referenced_layers()
+            for lid in layers:
+                if lid not in refs:
+                    problems.append(f"layer {lid.short} is not referenced")
+            images = {i.id for i in self.images.all()}
+            for c in self.containers.all(include_incomplete=True):
+                if c.image not in images:
+                    problems.append(f"container {c.name} uses missing image {c.image[:12]}")
+                if not os.path.isdir(self.containers.container_dir(c.id)):
+                    problems.append(f"container {c.name} has no dir")
+            for name in os.listdir(self.paths.staging):
+                if not name.endswith(".lock") and \
+                        not fsutil.lease_alive(self.paths.staging, name):
+                    problems.append(f"staging leftover {name}")
+        return problems
+
+
+def _read_marker(root: str) -> dict | None:
+    path = os.path.join(root, layout.MARKER)
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise NotAStore(root, f"unreadable {layout.MARKER} ({e})") from None
+    if not isinstance(doc, dict) or doc.get("format") != layout.FORMAT \
+            or doc.get("driver") not in DRIVERS:
+        raise NotAStore(root, f"{layout.MARKER} of an unknown format")
+    return doc
+
+
+def _refuse_foreign(root: str) -> None:
+    """A directory that exists, is not a Strata store, and is not empty: refuse."""
+    try:
+        entries = os.listdir(root)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise NotAStore(root, "not a directory") from None
+    for rel, reason in layout.FOREIGN_STORES:
+        if os.path.exists(os.path.join(root, rel)):
+            raise NotAStore(root, reason)
+    if entries:
+        raise NotAStore(root, "not a Strata store and not empty")
