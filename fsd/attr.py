@@ -4,8 +4,9 @@ An object's attributes are those of its real object (the upper one when it has
 been copied up), with fsd's inode number.  A directory merged from several
 layers reports st_nlink 1 as the kernel overlay does (counting subdirectories of
 every layer is not worth it; `find` accepts 1).  Changing anything copies the
-object up first, or only its metadata under metacopy=on.  Overlay-private xattrs
-are neither listed nor readable nor settable (EOPNOTSUPP, as the kernel answers).
+object up first, or only its metadata under metacopy=on.  Overlay markers are
+never shown; a user's own `trusted.overlay.*` xattrs are stored escaped, as the
+kernel does.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .copy_up import CopyUp
 from .errors import fail
 from .inode import Node
 from .layer import Layer, Stack
-from .whiteout import NAME_MAX, is_private_xattr
+from .whiteout import NAME_MAX, escape_xattr, is_private_xattr, visible_xattr
 
 
 class AttrOps:
@@ -119,28 +120,34 @@ class AttrOps:
     # --- xattrs ---------------------------------------------------------------------
 
     def getxattr(self, node: Node, name: bytes) -> bytes:
-        if is_private_xattr(name):
-            raise fail(errno.EOPNOTSUPP if name.startswith(b"trusted.overlay.") else errno.ENODATA)
+        real = self._real_xattr(name, errno.ENODATA)
         layer, rel = self.location(node)
-        return layer.getxattr(rel, name)
+        return layer.getxattr(rel, real)
 
     def listxattr(self, node: Node) -> list[bytes]:
         layer, rel = self.location(node)
-        return [n for n in layer.listxattr(rel) if not is_private_xattr(n)]
+        shown = (visible_xattr(n) for n in layer.listxattr(rel))
+        return [n for n in shown if n is not None]
 
     async def setxattr(self, node: Node, name: bytes, value: bytes) -> None:
-        if is_private_xattr(name):
-            raise fail(errno.EOPNOTSUPP if name.startswith(b"trusted.overlay.") else errno.EPERM)
+        real = self._real_xattr(name, errno.EPERM)
         await self._copy_for_metadata(node)
-        self.stack.upper.setxattr(node.path(), name, value)
+        self.stack.upper.setxattr(node.path(), real, value)
 
     async def removexattr(self, node: Node, name: bytes) -> None:
-        if is_private_xattr(name):
-            raise fail(errno.EOPNOTSUPP if name.startswith(b"trusted.overlay.") else errno.EPERM)
+        real = self._real_xattr(name, errno.ENODATA)
         layer, rel = self.location(node)
-        layer.getxattr(rel, name)  # ENODATA before any copy-up
+        layer.getxattr(rel, real)  # ENODATA before any copy-up
         await self._copy_for_metadata(node)
-        self.stack.upper.removexattr(node.path(), name)
+        self.stack.upper.removexattr(node.path(), real)
+
+    @staticmethod
+    def _real_xattr(name: bytes, refusal: int) -> bytes:
+        """The real name for a user-given one; fsd's markers are off limits."""
+        real = escape_xattr(name)
+        if real == name and is_private_xattr(name):
+            raise fail(refusal, name)
+        return real
 
     async def _copy_for_metadata(self, node: Node) -> None:
         if self.metacopy:

@@ -27,7 +27,7 @@ from .errors import fail
 from .inode import InodeTable, Node
 from .layer import Layer, Stack
 from .namei import Namei, dir_is_opaque
-from .whiteout import Markers, is_private_xattr
+from .whiteout import Markers, visible_xattr
 
 log = logging.getLogger("fsd")
 
@@ -35,7 +35,6 @@ FICLONE = 0x40049409
 BIG = 1 << 20  # files larger than this are copied in a worker thread
 _CHUNK = 1 << 24
 TMP_DIR = b"tmp"
-INDEX_DIR = b"index"
 
 
 def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
@@ -84,7 +83,7 @@ def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
 
 def copy_xattrs(src: Layer, src_rel: bytes, dst: Layer, dst_rel: bytes) -> None:
     for name in src.listxattr(src_rel):
-        if is_private_xattr(name):
+        if visible_xattr(name) is None:
             continue
         value = src.try_getxattr(src_rel, name)
         if value is None:
@@ -116,6 +115,7 @@ class CopyUp:
         self.markers = markers
         self.fsync = fsync
         self._serial = itertools.count()
+        self._hardlinks: dict[int, dict[int, list[bytes]]] = {}  # lower index -> st_ino -> paths
 
     def tmp_name(self) -> bytes:
         """A fresh name in the work area's scratch directory."""
@@ -179,6 +179,34 @@ class CopyUp:
         if node.is_dir:
             node.upper_entries = self.namei.scan_upper(rel)
         self.namei.upper_added(parent, node.name, node.kind)
+        if not node.is_dir and st.st_nlink > 1:
+            await self._link_other_names(node.layer, st.st_ino, rel)
+
+    async def _link_other_names(self, index: int, st_ino: int, rel: bytes) -> None:
+        """Keep a lower file's hard links: every other name of it that the merged
+        view still shows becomes a link to the new upper copy (fuse-overlayfs and
+        the kernel without index=on break them)."""
+        names = self._hardlinks.get(index)
+        if names is None:
+            layer = self.stack.lowers[index]
+            names = await trio.to_thread.run_sync(_hardlinked_files, layer)
+            self._hardlinks[index] = names
+        upper = self.stack.upper
+        for other in names.get(st_ino, ()):
+            if other == rel:
+                continue
+            parent = self.namei.lower_parent(other, index)
+            if parent is None:
+                continue
+            try:
+                await self.ensure(parent)
+                name = other.rsplit(b"/", 1)[-1]
+                if self.namei.lower_parent(other, index) is not parent:
+                    continue  # changed while the parent was copied up
+                upper.link(rel, upper, other)
+                self.namei.upper_added(parent, name, stat.S_IFREG)
+            finally:
+                self.table.unused(parent)
 
     async def _copy_file(self, src: Layer, rel: bytes, tmp: bytes, size: int) -> None:
         work = self.stack.work
@@ -318,6 +346,18 @@ class CopyUp:
         copy_owner_mode_times(work, dst, st)
         if st.st_nlink > 1:
             linked[ident] = dst
+
+
+def _hardlinked_files(layer: Layer) -> dict[int, list[bytes]]:
+    """st_ino -> paths of the regular files with several links in a layer."""
+    found: dict[int, list[bytes]] = {}
+    for dirpath, _, filenames, dirfd in os.fwalk(b".", dir_fd=layer.fd):
+        for name in filenames:
+            st = os.lstat(name, dir_fd=dirfd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                path = os.path.normpath(os.path.join(dirpath, name))
+                found.setdefault(st.st_ino, []).append(path)
+    return found
 
 
 def discard_tree(layer: Layer, rel: bytes) -> None:

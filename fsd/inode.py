@@ -134,6 +134,10 @@ class InodeTable:
         key = (index << _DEV_SHIFT) | st_ino
         return key if key != pyfuse3.ROOT_INODE else _FRESH_BASE - 1
 
+    def fresh_key(self) -> int:
+        """A number no real object maps to."""
+        return next(self._fresh)
+
     def make_root(self, kind: int) -> Node:
         node = Node(pyfuse3.ROOT_INODE, pyfuse3.ROOT_INODE, kind)
         node.lookups = 1  # the kernel never forgets the root

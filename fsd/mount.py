@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from .attr import AttrOps
-from .copy_up import INDEX_DIR, TMP_DIR, CopyUp, discard_tree
+from .copy_up import TMP_DIR, CopyUp, discard_tree
 from .dir import DirOps
 from .file import FileOps
 from .inode import UPPER, InodeTable
@@ -63,8 +63,6 @@ def open_work_area(params: OverlayParams) -> tuple[Layer, int]:
     work = Layer(path, UPPER)
     discard_tree(work, TMP_DIR)
     work.mkdir(TMP_DIR, 0o700)
-    if work.try_lstat(INDEX_DIR) is None:
-        work.mkdir(INDEX_DIR, 0o700)
     return work, lock_fd
 
 

@@ -208,15 +208,43 @@ class Namei:
         kind = stat.S_IFMT(st.st_mode)
         key = self.table.key_for(layer.dev, st.st_ino)
         node = self.table.find(key, kind)
+        if node is not None and node.upper:
+            node = None  # a hard link whose file was copied up without this name
+            key = self.table.fresh_key()
         if node is None:
             node = self.table.add(key, kind)
             if kind == S_IFDIR:
                 node.lowers = self.merge_depth(entry.lowers, rel)
         node.add_link(parent, name)
-        if not node.upper:
-            node.layer = entry.layer
-            node.lower_stat = st
+        node.layer = entry.layer
+        node.lower_stat = st
         return node
+
+    def lower_parent(self, rel: bytes, index: int) -> Node | None:
+        """The directory node under which `rel` shows the object of lower `index`
+        (not hidden, not replaced by the upper); None otherwise.  Nodes made on
+        the way are left for the caller to release with table.unused."""
+        *dirs, name = rel.split(b"/")
+        made: list[Node] = []
+        found = self._lower_parent(dirs, name, index, made)
+        for node in made:
+            if node is not found:
+                self.table.unused(node)
+        return found
+
+    def _lower_parent(self, dirs: list[bytes], name: bytes, index: int, made: list[Node]) -> Node | None:
+        node = self.table.root
+        for part in dirs:
+            node = self.find(node, part)
+            if node is None or not node.is_dir:
+                return None
+            made.append(node)
+        if node.upper:
+            upper = self.upper_entries(node)
+            if name in upper.names or name in upper.whiteouts:
+                return None
+        entry = self.lower_entries(node).get(name) if node.lowers else None
+        return node if entry is not None and entry.layer == index else None
 
     def merge_depth(self, candidates: tuple[int, ...], rel: bytes) -> tuple[int, ...]:
         """Cut the candidate lower dirs after the first opaque one."""

@@ -38,8 +38,27 @@ def is_reserved_name(name: bytes) -> bool:
     return name.startswith(WH_PREFIX)
 
 
+ESCAPED_PREFIX = b"trusted.overlay.overlay."  # how the kernel stores a user's trusted.overlay.X
+
+
 def is_private_xattr(name: bytes) -> bool:
     return name.startswith(PRIVATE_PREFIXES)
+
+
+def escape_xattr(name: bytes) -> bytes:
+    """The real name of an xattr as set through the mount: `trusted.overlay.X` is
+    stored as `trusted.overlay.overlay.X` (kernel 6.7+), so users may set
+    overlay xattrs, e.g. for a nested overlay, without confusing this one."""
+    if name.startswith(b"trusted.overlay."):
+        return b"trusted.overlay.overlay." + name[len(b"trusted.overlay."):]
+    return name
+
+
+def visible_xattr(real: bytes) -> bytes | None:
+    """The name a real xattr shows through the mount, or None if it is private."""
+    if real.startswith(ESCAPED_PREFIX):
+        return b"trusted.overlay." + real[len(ESCAPED_PREFIX):]
+    return None if is_private_xattr(real) else real
 
 
 def opaque_by_xattr(names: list[bytes], get) -> bool:
