@@ -169,6 +169,15 @@ class CopyUp:
             copy_xattrs(src, rel, work, tmp)
             self.set_origin(work, tmp, node.key)
             copy_owner_mode_times(work, tmp, st)
+            if node.gone or node.upper or node.path() != rel:
+                # Changed while the data was copied (removed, renamed, or moved
+                # with a whole tree): this copy no longer belongs at rel.
+                self.discard(tmp)
+                if node.gone:
+                    raise fail(errno.ENOENT)
+                if not node.upper:
+                    await self._copy(node, node.parent, data, metadata_only)
+                return
             work.rename(tmp, self.stack.upper, rel)
         except BaseException:
             self.discard(tmp)
