@@ -224,9 +224,7 @@ class FsdRunner:
         """Run fsd with exactly args; mountpoint (as passed) is cleaned up at teardown."""
         r = mounts.run_fsd(args, cwd=cwd, timeout=timeout)
         if mountpoint is not None:
-            mnt = Path(cwd or ".", mountpoint).absolute()
-            pids = mounts.pids_with_arg(os.fspath(mountpoint), str(mnt))
-            self._track(mnt, pids, None)
+            self.track(mountpoint, cwd)
         assert r.returncode is not None, f"fsd did not return within {timeout}s:\n" + r.describe()
         return r
 
@@ -248,6 +246,12 @@ class FsdRunner:
                                      f"(exit {p.poll()}, timed out {not ok}): {errf.read().decode()}")
             self.deadline.watch_mount(mnt)
         return m
+
+    def track(self, mountpoint, cwd=None):
+        """Have the fixture clean up a mount made some other way (mountpoint as
+        passed to fsd, relative to cwd)."""
+        mnt = Path(cwd or ".", mountpoint).absolute()
+        self._track(mnt, mounts.pids_with_arg(os.fspath(mountpoint), str(mnt)), None)
 
     def _track(self, mnt: Path, pids, m: FsdMount | None):
         self.tracked.append((mnt, list(pids), m))

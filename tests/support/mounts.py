@@ -188,12 +188,11 @@ def run_fsd(args, cwd=None, timeout: float = 30.0, env=None) -> Result:
     daemon that keeps the descriptors open cannot make this wait."""
     argv = [fsd_executable(), *map(os.fspath, args)]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd,
-                             env=env, start_new_session=True)
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd, env=env)
         try:
             rc = p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+        except subprocess.TimeoutExpired:  # the caller's cleanup finds daemons by argv
+            p.kill()
             p.wait()
             rc = None
         out.seek(0)
