@@ -38,7 +38,7 @@ from typing import BinaryIO, Callable
 from . import layout
 from .digest import Digest, HashingReader
 from .errors import BadArchive, UnsafeArchive
-from .fsutil import sync_tree
+from .fsutil import crash_point, sync_tree
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -185,11 +185,16 @@ def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
                                   errorlevel=2, bufsize=_CHUNK)
                 for member in tf:
                     ex.add(member, tf)
+                    if ex.count == 2:
+                        crash_point("extracting")
                 ex.finish()
             tar_reader.drain()   # the diffID covers the tar's trailing padding
             if zstd is None:
                 blob_reader.drain()
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+            if zstd is not None:   # a zstd failure explains the tar error
+                z, zstd = zstd, None
+                z.close(check=True)
             raise BadArchive(where, _tar_error(e)) from None
         ok = True
     finally:
@@ -205,8 +210,8 @@ def _tar_error(e: BaseException) -> str:
     text = str(e) or type(e).__name__
     if isinstance(e, EOFError) or "unexpected end" in text:
         return "truncated archive (unexpected end of data)"
-    if isinstance(e, (zlib.error, gzip.BadGzipFile)):
-        return f"corrupt gzip data ({text})"
+    if isinstance(e, (zlib.error, gzip.BadGzipFile)) or text.startswith("zlib error"):
+        return f"corrupt gzip data ({text.removeprefix('zlib error: ')})"
     return f"invalid tar ({text})"
 
 

@@ -51,6 +51,7 @@ class ContainerStore(RecordStore[Container]):
 
     def begin_delete(self, container: Container, trash_dir: str, lease: str) -> None:
         self.save(container.id, replace(container, incomplete=True, lease=lease))
+        fsutil.crash_point("container-delete-marked")
         try:
             os.rename(self.container_dir(container.id), os.path.join(trash_dir, container.id))
         except FileNotFoundError:

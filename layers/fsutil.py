@@ -11,6 +11,7 @@ Level 1: imports `errors`, `layout`.
 - `open_beneath`: open a relative path under a dirfd without following any
   symlink, for names that come from untrusted input.
 - `remove_tree`, `sync_tree`, `allocated_size`, `clone_file`.
+- `crash_point`: where crash tests stop a command (`$STRATA_CRASH_AT`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import signal
 import stat
 import time
 from typing import Iterator
@@ -31,6 +33,13 @@ from .errors import StoreLocked, UnsafeArchive
 
 _libc = ctypes.CDLL(None, use_errno=True)
 FICLONE = 0x40049409
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process here when $STRATA_CRASH_AT names this
+    point, so crash tests can stop a command at an exact step."""
+    if os.environ.get("STRATA_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_dir(path: str) -> None:

@@ -49,8 +49,10 @@ class LayerStore(RecordStore[Layer]):
     def publish(self, layer: Layer, staged_dir: str, lease: str) -> None:
         """Move `staged_dir` (holding `diff/`, synced) into place as `layer`."""
         self.save(layer.id.hex, replace(layer, incomplete=True, lease=lease))
+        fsutil.crash_point("layer-recorded")
         os.rename(staged_dir, self.paths.layer_dir(layer.id))
         fsutil.fsync_dir(self.paths.layers)
+        fsutil.crash_point("layer-moved")
         self.save(layer.id.hex, replace(layer, incomplete=False, lease=None))
 
     def begin_delete(self, layer_id: Digest, trash_dir: str, lease: str) -> None:
@@ -59,6 +61,7 @@ class LayerStore(RecordStore[Layer]):
         if layer is None:
             return
         self.save(layer_id.hex, replace(layer, incomplete=True, lease=lease))
+        fsutil.crash_point("layer-delete-marked")
         self._move_content(layer_id, trash_dir)
         self.delete(layer_id.hex)
 

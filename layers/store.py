@@ -320,11 +320,12 @@ class Store:
         with open_source(path) as sources:
             if names and len(sources) > 1:
                 raise BadArchive(path, f"holds {len(sources)} images; --name needs one")
-            return [self._import_image(src, names or src.names, progress)
+            return [self.import_source(src, names or src.names, progress)
                     for src in sources]
 
-    def _import_image(self, src: ImageSource, names: list[str],
-                      progress: Progress | None) -> Image:
+    def import_source(self, src: ImageSource, names: list[str],
+                      progress: Progress | None = None) -> Image:
+        """Import one image of an opened source under `names` (parsed)."""
         with self._lease() as lease:
             if src.config is None:
                 return self._import_bare(src, names, lease, progress)
@@ -345,9 +346,11 @@ class Store:
                           config=config.decode(), manifest_digest=src.manifest_digest,
                           created=time.time(), incomplete=True, lease=lease.token)
             self.images.save(image_id, image)
+        fsutil.crash_point("image-recorded")
         try:
             for i, blob in enumerate(src.layers):
                 self._ensure_layer(blob, i, len(src.layers), chain, lease, progress)
+            fsutil.crash_point("layers-done")
             with self.lock:
                 self.images.save(image_id, replace(image, incomplete=False, lease=None))
                 return self.images.claim_names(self.images.get(image_id), names)
@@ -375,6 +378,7 @@ class Store:
             layer = self._extract(blob, index, total, staged, progress,
                                   parent=chain[index - 1] if index else None,
                                   layer_id=layer_id)
+            fsutil.crash_point("extracted")
             with self.lock:
                 if self.layers.get(layer_id) is None:
                     self.layers.publish(layer, staged, lease.token)
