@@ -126,12 +126,13 @@ def upper_changes(upper: str, lowers: list[str]) -> list[tuple[str, str]]:
                 out.append((DELETED, _rel(child)))
                 continue
             below = None if replaced or opaque else lookup(lowers, child)
+            is_dir = stat.S_ISDIR(st.st_mode)
             if below is None:
                 out.append((ADDED, _rel(child)))
-            elif not stat.S_ISDIR(st.st_mode) or not stat.S_ISDIR(below.st_mode) \
-                    or _meta_differs(st, below):
+            elif not is_dir or not stat.S_ISDIR(below.st_mode) or _meta_differs(st, below) \
+                    or layout.is_opaque_dir(e.path):
                 out.append((CHANGED, _rel(child)))
-            if stat.S_ISDIR(st.st_mode):
+            if is_dir:
                 walk(child, replaced or opaque or below is None
                      or not stat.S_ISDIR(below.st_mode))
 
