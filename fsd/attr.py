@@ -19,14 +19,17 @@ import pyfuse3
 
 from .copy_up import CopyUp
 from .errors import fail
+from .idmap import IdMap, format_override, parse_override
 from .inode import Node
 from .layer import Layer, Stack
 from .whiteout import NAME_MAX, escape_xattr, is_private_xattr, visible_xattr
 
 
 class AttrOps:
-    def __init__(self, stack: Stack, copyup: CopyUp, timeout: float, static_nlink: bool, metacopy: bool):
+    def __init__(self, stack: Stack, copyup: CopyUp, idmap: IdMap, timeout: float,
+                 static_nlink: bool, metacopy: bool):
         self.stack = stack
+        self.idmap = idmap
         self.copyup = copyup
         self.timeout = timeout
         self.static_nlink = static_nlink
@@ -47,23 +50,41 @@ class AttrOps:
         layer, rel = self.location(node)
         return layer.lstat(rel)
 
+    def owner(self, node: Node, st: os.stat_result) -> tuple[int, int, int, int]:
+        """(uid, gid, mode, rdev) as shown: override xattr, then id mapping."""
+        uid, gid, mode, rdev = st.st_uid, st.st_gid, st.st_mode, st.st_rdev
+        name = self.idmap.override_xattr
+        if name is not None and not (node.gone and node.fds):
+            layer, rel = self.location(node)
+            value = layer.try_getxattr(rel, name)
+            parsed = parse_override(value) if value is not None else None
+            if parsed is not None:
+                uid, gid, override_mode, override_rdev = parsed
+                if stat.S_IFMT(override_mode):
+                    mode, rdev = override_mode, override_rdev
+                else:
+                    mode = stat.S_IFMT(mode) | override_mode
+        uid, gid = self.idmap.shown(uid, gid)
+        return uid, gid, mode, rdev
+
     def entry(self, node: Node) -> pyfuse3.EntryAttributes:
         st = self.real_stat(node)
+        uid, gid, mode, rdev = self.owner(node, st)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
         attr.entry_timeout = self.timeout
         attr.attr_timeout = self.timeout
-        attr.st_mode = st.st_mode
+        attr.st_mode = mode
         nlink = st.st_nlink
         if node.is_dir and (self.static_nlink or len(node.lowers) + node.upper > 1):
             nlink = 1
         elif node.gone:
             nlink = 0
         attr.st_nlink = nlink
-        attr.st_uid = st.st_uid
-        attr.st_gid = st.st_gid
-        attr.st_rdev = st.st_rdev
+        attr.st_uid = uid
+        attr.st_gid = gid
+        attr.st_rdev = rdev
         attr.st_size = st.st_size
         attr.st_blksize = st.st_blksize
         attr.st_blocks = st.st_blocks
@@ -85,14 +106,18 @@ class AttrOps:
             await self.copyup.ensure(node)
         upper, rel = self.stack.upper, node.path()
         target = fd if node.gone and fd is not None else None
-        if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else -1
-            gid = attr.st_gid if fields.update_gid else -1
-            if target is not None:
-                os.fchown(target, uid, gid)
-            else:
-                upper.chown(rel, uid, gid)
-        if fields.update_mode and node.kind != stat.S_IFLNK:
+        override = self.idmap.override_xattr
+        if override is not None and (fields.update_uid or fields.update_gid or fields.update_mode):
+            self._set_override(node, attr, fields)
+        elif fields.update_uid or fields.update_gid:
+            if not self.idmap.squashed:
+                uid, gid = self.idmap.on_disk(attr.st_uid if fields.update_uid else -1,
+                                              attr.st_gid if fields.update_gid else -1)
+                if target is not None:
+                    os.fchown(target, uid, gid)
+                else:
+                    upper.chown(rel, uid, gid)
+        if fields.update_mode and node.kind != stat.S_IFLNK and override is None:
             mode = stat.S_IMODE(attr.st_mode)
             if target is not None:
                 os.fchmod(target, mode)
@@ -116,6 +141,27 @@ class AttrOps:
             else:
                 upper.utime(rel, times)
         return self.entry(node)
+
+    def _set_override(self, node: Node, attr, fields) -> None:
+        """xattr_permissions: owner and mode go into the override xattr; the real
+        file keeps what the daemon needs to reach it."""
+        upper, rel = self.stack.upper, node.path()
+        st = upper.lstat(rel)
+        uid, gid, mode, rdev = st.st_uid, st.st_gid, st.st_mode, st.st_rdev
+        value = upper.try_getxattr(rel, self.idmap.override_xattr)
+        parsed = parse_override(value) if value is not None else None
+        if parsed is not None:
+            uid, gid, override_mode, rdev = parsed
+            mode = override_mode if stat.S_IFMT(override_mode) else stat.S_IFMT(mode) | override_mode
+        new_uid, new_gid = self.idmap.on_disk(attr.st_uid if fields.update_uid else -1,
+                                              attr.st_gid if fields.update_gid else -1)
+        uid = uid if new_uid == -1 else new_uid
+        gid = gid if new_gid == -1 else new_gid
+        if fields.update_mode:
+            mode = stat.S_IFMT(mode) | stat.S_IMODE(attr.st_mode)
+        upper.setxattr(rel, self.idmap.override_xattr, format_override(uid, gid, mode, rdev))
+        if fields.update_mode and node.kind != stat.S_IFLNK:
+            upper.chmod(rel, stat.S_IMODE(attr.st_mode) | (0o700 if node.is_dir else 0o600))
 
     # --- xattrs ---------------------------------------------------------------------
 

@@ -27,7 +27,8 @@ from .errors import fail
 from .inode import InodeTable, Node
 from .layer import Layer, Stack
 from .namei import Namei, dir_is_opaque
-from .whiteout import Markers, visible_xattr
+from .idmap import IdMap, format_override
+from .whiteout import Markers, is_marker_xattr
 
 log = logging.getLogger("fsd")
 
@@ -83,7 +84,7 @@ def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
 
 def copy_xattrs(src: Layer, src_rel: bytes, dst: Layer, dst_rel: bytes) -> None:
     for name in src.listxattr(src_rel):
-        if visible_xattr(name) is None:
+        if is_marker_xattr(name):
             continue
         value = src.try_getxattr(src_rel, name)
         if value is None:
@@ -96,20 +97,25 @@ def copy_xattrs(src: Layer, src_rel: bytes, dst: Layer, dst_rel: bytes) -> None:
                 raise
 
 
-def copy_owner_mode_times(dst: Layer, rel: bytes, st: os.stat_result) -> None:
-    """Owner before mode (chown clears set-id bits), times last."""
+def copy_owner_mode_times(dst: Layer, rel: bytes, st: os.stat_result, idmap: IdMap) -> None:
+    """Owner before mode (chown clears set-id bits), times last.  A daemon that
+    may not chown keeps the owner in the override xattr, when enabled."""
     try:
         dst.chown(rel, st.st_uid, st.st_gid)
     except PermissionError:
-        pass  # rootless: the owner is kept by idmap, not the real file
+        name = idmap.override_xattr
+        if name is not None and not stat.S_ISLNK(st.st_mode) and dst.try_getxattr(rel, name) is None:
+            dst.setxattr(rel, name, format_override(st.st_uid, st.st_gid, st.st_mode, st.st_rdev))
     if not stat.S_ISLNK(st.st_mode):
         dst.chmod(rel, stat.S_IMODE(st.st_mode))
     dst.utime(rel, (st.st_atime_ns, st.st_mtime_ns))
 
 
 class CopyUp:
-    def __init__(self, stack: Stack, table: InodeTable, namei: Namei, markers: Markers, fsync: bool):
+    def __init__(self, stack: Stack, table: InodeTable, namei: Namei, markers: Markers,
+                 idmap: IdMap, fsync: bool):
         self.stack = stack
+        self.idmap = idmap
         self.table = table
         self.namei = namei
         self.markers = markers
@@ -168,7 +174,7 @@ class CopyUp:
                 work.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
             copy_xattrs(src, rel, work, tmp)
             self.set_origin(work, tmp, node.key)
-            copy_owner_mode_times(work, tmp, st)
+            copy_owner_mode_times(work, tmp, st, self.idmap)
             if node.gone or node.upper or node.path() != rel:
                 # Changed while the data was copied (removed, renamed, or moved
                 # with a whole tree): this copy no longer belongs at rel.
@@ -269,7 +275,7 @@ class CopyUp:
             await self._copy_file(src, rel, tmp, size)
             copy_xattrs(upper, rel, self.stack.work, tmp)
             self.set_origin(self.stack.work, tmp, node.key)
-            copy_owner_mode_times(self.stack.work, tmp, st)
+            copy_owner_mode_times(self.stack.work, tmp, st, self.idmap)
             self.stack.work.rename(tmp, upper, rel)
         except BaseException:
             self.discard(tmp)
@@ -326,7 +332,7 @@ class CopyUp:
                 self._copy_lower_object(self.stack.lowers[entry.layer], child, child_dst, linked)
         copy_xattrs(source, rel, work, dst)
         self.set_origin(work, dst, key)
-        copy_owner_mode_times(work, dst, source.lstat(rel))
+        copy_owner_mode_times(work, dst, source.lstat(rel), self.idmap)
 
     def _copy_lower_object(self, src: Layer, rel: bytes, dst: bytes, linked: dict) -> None:
         st = src.lstat(rel)
@@ -352,7 +358,7 @@ class CopyUp:
             work.mknod(dst, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
         copy_xattrs(src, rel, work, dst)
         self.set_origin(work, dst, self.table.key_for(src.dev, st.st_ino))
-        copy_owner_mode_times(work, dst, st)
+        copy_owner_mode_times(work, dst, st, self.idmap)
         if st.st_nlink > 1:
             linked[ident] = dst
 

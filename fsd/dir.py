@@ -18,6 +18,7 @@ import trio
 
 from .copy_up import CopyUp, discard_tree
 from .errors import fail
+from .idmap import IdMap, format_override
 from .inode import InodeTable, Node
 from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, Stack
 from .namei import Namei
@@ -29,8 +30,10 @@ def _join(base: bytes, name: bytes) -> bytes:
 
 
 class DirOps:
-    def __init__(self, stack: Stack, table: InodeTable, namei: Namei, copyup: CopyUp, markers: Markers):
+    def __init__(self, stack: Stack, table: InodeTable, namei: Namei, copyup: CopyUp,
+                 markers: Markers, idmap: IdMap):
         self.stack = stack
+        self.idmap = idmap
         self.table = table
         self.namei = namei
         self.copyup = copyup
@@ -113,8 +116,12 @@ class DirOps:
         return self.namei.lookup(parent, name)
 
     def _make(self, layer, rel: bytes, mode: int, rdev: int, target: bytes | None, uid: int, gid: int) -> None:
+        """Create one object owned by (uid, gid) as given through the mount.  Under
+        xattr_permissions the owner and mode go to the override xattr, and a
+        device node the daemon may not make is a regular file carrying its type."""
         kind = stat.S_IFMT(mode)
         perm = stat.S_IMODE(mode)
+        override = self.idmap.override_xattr
         if kind == stat.S_IFDIR:
             layer.mkdir(rel, perm)
         elif kind == stat.S_IFREG:
@@ -122,12 +129,21 @@ class DirOps:
         elif kind == stat.S_IFLNK:
             layer.symlink(target, rel)
         else:
-            layer.mknod(rel, mode, rdev)
-        try:
             try:
-                layer.chown(rel, uid, gid)
+                layer.mknod(rel, mode, rdev)
             except PermissionError:
-                pass  # rootless: the caller's ids are the daemon's own
+                if override is None or kind not in (stat.S_IFCHR, stat.S_IFBLK):
+                    raise
+                os.close(layer.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            disk_uid, disk_gid = self.idmap.on_disk(uid, gid)
+            try:
+                layer.chown(rel, disk_uid, disk_gid)
+                chowned = True
+            except PermissionError:
+                chowned = False  # rootless: the caller's ids are the daemon's own
+            if override is not None and kind != stat.S_IFLNK and not chowned:
+                layer.setxattr(rel, override, format_override(disk_uid, disk_gid, mode, rdev))
             if kind != stat.S_IFLNK:
                 layer.chmod(rel, perm)
         except BaseException:

@@ -24,6 +24,7 @@ from .attr import AttrOps
 from .copy_up import TMP_DIR, CopyUp, discard_tree
 from .dir import DirOps
 from .file import FileOps
+from .idmap import IdMap
 from .inode import UPPER, InodeTable
 from .layer import RENAME_WHITEOUT, Layer, Stack
 from .namei import Namei
@@ -135,11 +136,12 @@ class Mount:
         self.namei = Namei(self.stack, self.table, markers)
         self.namei.root_node()
         fsync = params.fsync and not params.volatile
-        copyup = CopyUp(self.stack, self.table, self.namei, markers, fsync)
-        attrs = AttrOps(self.stack, copyup, params.timeout, params.static_nlink, params.metacopy)
+        idmap = IdMap(params)
+        copyup = CopyUp(self.stack, self.table, self.namei, markers, idmap, fsync)
+        attrs = AttrOps(self.stack, copyup, idmap, params.timeout, params.static_nlink, params.metacopy)
         self.ops = Operations(
             self.stack, self.table, self.namei, attrs,
-            DirOps(self.stack, self.table, self.namei, copyup, markers),
+            DirOps(self.stack, self.table, self.namei, copyup, markers, idmap),
             FileOps(self.stack, self.table, copyup, params.writable, fsync),
             ReaddirOps(self.table, self.namei, attrs),
             params.writable, on_init)

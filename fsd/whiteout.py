@@ -16,8 +16,11 @@ import stat
 WH_PREFIX = b".wh."
 OPAQUE_FILE = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque", b"user.fuseoverlayfs.opaque")
-# xattrs that describe the overlay itself; never shown or changed through the mount.
-PRIVATE_PREFIXES = (b"trusted.overlay.", b"user.overlay.", b"user.fuseoverlayfs.", b"security.fuseoverlayfs.")
+# xattrs that describe the overlay itself: never copied up, shown or changed.
+MARKER_PREFIXES = (b"trusted.overlay.", b"user.overlay.", b"user.fuseoverlayfs.")
+# ...and those that describe an object's owner for rootless mounts (see idmap.py):
+# copied up with the object, but never shown or changed directly.
+PRIVATE_PREFIXES = MARKER_PREFIXES + (b"security.fuseoverlayfs.", b"user.containers.override_stat")
 NAME_MAX = 255
 
 
@@ -43,6 +46,10 @@ ESCAPED_PREFIX = b"trusted.overlay.overlay."  # how the kernel stores a user's t
 
 def is_private_xattr(name: bytes) -> bool:
     return name.startswith(PRIVATE_PREFIXES)
+
+
+def is_marker_xattr(name: bytes) -> bool:
+    return name.startswith(MARKER_PREFIXES) and not name.startswith(ESCAPED_PREFIX)
 
 
 def escape_xattr(name: bytes) -> bytes:

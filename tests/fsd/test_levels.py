@@ -9,11 +9,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 FSD_LEVELS = {
     "params": 0, "errors": 0,
-    "layer": 1,
+    "layer": 1, "idmap": 1,
     "whiteout": 2, "inode": 2,
     "namei": 3,
     "copy_up": 4,
-    "attr": 5, "dir": 5, "file": 5, "idmap": 5,
+    "attr": 5, "dir": 5, "file": 5,
     "readdir": 6,
     "ops": 7,
     "mount": 8,
