@@ -62,6 +62,16 @@ class FileOps:
         if self.fsync_enabled:
             await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.handles[fh][0])
 
+    async def fsync_dir(self, node: Node) -> None:
+        """Sync a directory's upper entries (a lower one never changes)."""
+        if not self.fsync_enabled or not node.upper:
+            return
+        fd = self.stack.upper.open(node.path(), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await trio.to_thread.run_sync(os.fsync, fd)
+        finally:
+            os.close(fd)
+
     def release(self, fh: int) -> None:
         fd, node = self.handles.pop(fh)
         os.close(fd)

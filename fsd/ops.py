@@ -167,7 +167,7 @@ class Operations(pyfuse3.Operations):
 
     @translate
     async def fsyncdir(self, fh, datasync):
-        return None  # directory changes are renamed into place; nothing is buffered here
+        await self.files.fsync_dir(self.listings.handles[fh].node)
 
     @translate
     async def statfs(self, ctx):
