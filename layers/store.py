@@ -29,7 +29,7 @@ from .archive import ExtractOptions, extract_layer
 from .changes import ADDED, CHANGED, DELETED  # noqa: F401  (re-exported for cli)
 from .config import DEFAULT_DRIVER, Config
 from .containerstore import ContainerStore
-from .digest import Digest, chain_ids
+from .digest import Digest, HashingReader, chain_ids
 from .drivers.base import Driver, Mounted
 from .drivers.fuse import FuseDriver
 from .drivers.overlay import OverlayDriver
@@ -397,10 +397,17 @@ class Store:
                                  ignore_chown_errors=self.config.ignore_chown_errors)
         if progress:
             progress.layer_start(index, total, blob.where, blob.size)
-        with blob.open() as f:
-            result = extract_layer(f, diff, options, where=blob.where,
-                                   on_progress=progress.layer_bytes if progress else None)
         what = f"layer {index + 1}/{total} ({blob.where})"
+        try:
+            with blob.open() as f:
+                result = extract_layer(f, diff, options, where=blob.where,
+                                       on_progress=progress.layer_bytes if progress else None)
+        except BadArchive:
+            # A corrupt blob: when its digest is known, say that, naming both.
+            got = self._blob_digest(blob) if blob.digest is not None else None
+            if got is not None and got != blob.digest:
+                raise DigestMismatch(what, str(blob.digest), str(got)) from None
+            raise
         if blob.digest is not None and blob.digest != result.blob_digest:
             raise DigestMismatch(what, str(blob.digest), str(result.blob_digest))
         if blob.diff_id is not None and blob.diff_id != result.diff_id:
@@ -409,6 +416,13 @@ class Store:
                      compressed_digest=result.blob_digest if result.compression else None,
                      created=time.time(), tar_size=result.tar_size,
                      size=fsutil.allocated_size(diff))
+
+    @staticmethod
+    def _blob_digest(blob: LayerBlob) -> Digest:
+        with blob.open() as f:
+            reader = HashingReader(f)
+            reader.drain()
+        return reader.digest()
 
     def _import_bare(self, src: ImageSource, names: list[str], lease: fsutil.Lease,
                      progress: Progress | None) -> Image:

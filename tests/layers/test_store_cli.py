@@ -1,0 +1,118 @@
+"""The command line: exit codes, one-line errors, output for scripts."""
+
+import json
+import os
+
+import pytest
+
+from layers import fsutil
+
+from storetools import file, make_tar, oci_layout, tar_bytes
+
+
+@pytest.fixture
+def imported(store_env, tmp_path):
+    tar = make_tar(tmp_path / "l.tar", [file("etc/motd", "hi\n")])
+    r = store_env.ok("import", "-q", str(tar), "--name", "demo:1")
+    return store_env, r.out.strip()
+
+
+def test_import_prints_the_image_id(imported):
+    env, image_id = imported
+    assert len(image_id) == 64
+    assert env.ok("images", "-q").lines == [image_id]
+    table = env.ok("images").lines
+    assert table[0].split() == ["IMAGE", "ID", "NAMES", "LAYERS", "SIZE", "CREATED"]
+    assert table[1].startswith(f"{image_id[:12]}  demo:1  1 ")
+    doc = json.loads(env.ok("images", "--format", "json").out)
+    assert doc[0]["names"] == ["demo:1"]
+
+
+def test_container_lifecycle(imported):
+    env, _ = imported
+    cid = env.ok("create", "demo:1", "--name", "web").out.strip()
+    mp = env.ok("mount", "web").out.strip()
+    assert open(os.path.join(mp, "etc/motd")).read() == "hi\n"
+    os.unlink(os.path.join(mp, "etc/motd"))
+    assert env.ok("diff", "web").lines == ["D /etc/motd"]
+    assert json.loads(env.ok("diff", "web", "--format", "json").out) == \
+        [{"kind": "D", "path": "/etc/motd"}]
+    ps = env.ok("ps").lines
+    assert ps[1].startswith(f"{cid[:12]}  web ") and ps[1].endswith(f"1x {mp}")
+    env.ok("umount", "web")
+    assert env.ok("rm", "web").lines == [cid]
+    assert env.ok("ps", "-q").out == ""
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["create", "nope"], 1, "image not known: nope"),
+    (["mount", "ghost"], 1, "container not known: ghost"),
+    (["import", "/nonexistent.tar"], 1, "cannot read /nonexistent.tar: No such file or directory"),
+    (["tag", "demo:1", "Bad Name"], 2, "invalid image name: 'Bad Name'"),
+    (["create", "demo:1", "--name", "a/b"], 2, "invalid container name: 'a/b'"),
+    (["inspect", "zzz"], 1, "no container, image or layer matches zzz"),
+    (["reset"], 2, "reset removes the whole store; repeat with -f"),
+])
+def test_user_errors_are_one_line(imported, args, code, message):
+    env, _ = imported
+    r = env.cli(*args)
+    assert (r.code, r.err) == (code, f"layers: {message}\n")
+    assert r.out == ""
+
+
+def test_debug_shows_the_traceback(imported):
+    env, _ = imported
+    r = env.cli("--debug", "create", "nope")
+    assert r.code == 1
+    assert "Traceback (most recent call last)" in r.err
+    assert r.err.endswith("layers: image not known: nope\n")
+
+
+def test_a_real_process_prints_no_traceback(store_env):
+    r = store_env.cli_proc("create", "nope")
+    assert (r.code, r.err) == (1, "layers: image not known: nope\n")
+
+
+def test_store_locked(imported):
+    env, _ = imported
+    with fsutil.StoreLock(str(env.root / "lock")):
+        r = env.cli("--lock-timeout", "0.2", "images")
+    assert r.code == 1
+    assert r.err == (f"layers: store {env.root} is locked by pid {os.getpid()}; "
+                     "gave up after 0.2s\n")
+
+
+def test_config_prints_the_effective_configuration(store_env):
+    store_env.conf.write_text('[storage]\nbogus = 1\n[storage.options.overlay]\n'
+                              'mountopt = "nodev"\n')
+    r = store_env.cli("config")
+    assert r.code == 0
+    doc = json.loads(r.out)
+    assert doc["root"] == str(store_env.root) and doc["driver"] == "vfs"
+    assert doc["mountopt"] == "nodev" and doc["storage_conf"] == str(store_env.conf)
+    assert r.err == f"layers: warning: {store_env.conf}: unknown key storage.bogus ignored\n"
+
+
+def test_rmi_refusal_names_the_container(imported):
+    env, _ = imported
+    env.ok("create", "demo:1", "--name", "user1")
+    r = env.cli("rmi", "demo:1")
+    assert (r.code, r.err) == (1, "layers: image demo:1 is in use by container(s) user1; "
+                                  "remove them first or use -f\n")
+    assert env.ok("rmi", "-f", "demo:1").lines[0] == "removed container user1"
+
+
+def test_check_and_reset(imported):
+    env, _ = imported
+    assert env.ok("check").out == ""
+    assert env.ok("reset", "-f").lines == [f"removed store {env.root}"]
+    assert not env.root.exists()
+    env.ok("images")      # a fresh store again
+
+
+def test_multi_image_name_needs_one_image(store_env, tmp_path):
+    layer = tar_bytes([file("a", "1")])
+    built = oci_layout(tmp_path / "img", [layer], ref_name="r/x:1")
+    r = store_env.ok("import", str(built.path))
+    assert store_env.ok("images", "--format", "json").out.count('"r/x:1"') == 1
+    assert r.lines == [json.loads(store_env.ok("inspect", "r/x:1").out)["id"]]
