@@ -158,6 +158,7 @@ class CopyUp:
                 await self._copy(node, parent, data)
 
     async def _copy(self, node: Node, parent: Node, data: bool, metadata_only: bool = False) -> None:
+        metadata_only = metadata_only and self.markers.metacopy_xattr is not None
         rel = node.path()
         src = self.stack.lowers[node.lowers[0] if node.is_dir else node.layer]
         st = src.lstat(rel)
@@ -166,8 +167,12 @@ class CopyUp:
         try:
             if stat.S_ISDIR(st.st_mode):
                 work.mkdir(tmp, 0o700)
+            elif metadata_only:
+                os.close(work.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                os.truncate(work.proc_path(work.fd, tmp), st.st_size)  # sparse: no data blocks
+                work.setxattr(tmp, self.markers.metacopy_xattr, b"y")
             elif stat.S_ISREG(st.st_mode):
-                await self._copy_file(src, rel, tmp, st.st_size if data and not metadata_only else 0)
+                await self._copy_file(src, rel, tmp, st.st_size if data else 0)
             elif stat.S_ISLNK(st.st_mode):
                 work.symlink(src.readlink(rel), tmp)
             else:
@@ -326,6 +331,8 @@ class CopyUp:
                     low = self.stack.lowers[below[0]]
                     child_key = self.table.key_for(low.dev, low.lstat(child).st_ino)
                 self._tree(from_upper, below, child, child_dst, child_key, linked)
+            elif from_upper and self._is_metacopy(child):
+                self._copy_lower_object(self.stack.lowers[entry.layer], child, child_dst, linked, meta=upper)
             elif from_upper:
                 upper.link(child, work, child_dst)
             else:
@@ -334,7 +341,13 @@ class CopyUp:
         self.set_origin(work, dst, key)
         copy_owner_mode_times(work, dst, source.lstat(rel), self.idmap)
 
-    def _copy_lower_object(self, src: Layer, rel: bytes, dst: bytes, linked: dict) -> None:
+    def _is_metacopy(self, rel: bytes) -> bool:
+        attr = self.markers.metacopy_xattr
+        return attr is not None and self.stack.upper.try_getxattr(rel, attr) is not None
+
+    def _copy_lower_object(self, src: Layer, rel: bytes, dst: bytes, linked: dict, meta: Layer | None = None) -> None:
+        """Copy one lower object into the work area; with `meta`, take its
+        metadata from that layer (a metadata-only upper copy) instead."""
         st = src.lstat(rel)
         work = self.stack.work
         ident = (st.st_dev, st.st_ino)
@@ -356,10 +369,13 @@ class CopyUp:
             work.symlink(src.readlink(rel), dst)
         else:
             work.mknod(dst, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+        key = self.table.key_for(src.dev, st.st_ino)
+        if meta is not None:
+            src, st = meta, meta.lstat(rel)
         copy_xattrs(src, rel, work, dst)
-        self.set_origin(work, dst, self.table.key_for(src.dev, st.st_ino))
+        self.set_origin(work, dst, key)
         copy_owner_mode_times(work, dst, st, self.idmap)
-        if st.st_nlink > 1:
+        if st.st_nlink > 1 and meta is None:
             linked[ident] = dst
 
 

@@ -39,7 +39,7 @@ class FileOps:
             if not self.writable:
                 raise fail(errno.EROFS)
             await self.copyup.ensure(node, data=not flags & os.O_TRUNC)
-        if node.upper:
+        if node.upper and not node.metacopy:
             layer = self.stack.upper
         else:
             layer = self.stack.lowers[node.layer]

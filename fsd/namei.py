@@ -187,15 +187,19 @@ class Namei:
             opaque = dir_is_opaque(upper, rel)
             if not opaque and lower is not None and lower.kind == S_IFDIR:
                 lowers = self.merge_depth(lower.lowers, rel)
-        key = self._origin_key(rel)
+        attrs = upper.listxattr(rel) if self.markers.private_prefix is not None else ()
+        key = self._origin_key(rel) if self.markers.origin_xattr in attrs else None
         if key is None:
             key = self._real_key(rel, lowers, st)
         node = self.table.find(key, kind)
         if node is None:
             node = self.table.add(key, kind)
+        if self.markers.metacopy_xattr in attrs and lower is not None and lower.kind == stat.S_IFREG:
+            node.metacopy, node.layer = True, lower.layer
+        else:
+            node.metacopy, node.layer = False, UPPER
         node.add_link(parent, name)
         node.upper = True
-        node.layer = UPPER
         if kind == S_IFDIR and (node.lowers != lowers or node.opaque != opaque):
             node.lowers, node.opaque, node.lower_entries = lowers, opaque, None
         node.lower_stat = None

@@ -94,6 +94,11 @@ class Markers:
     def origin_xattr(self) -> bytes | None:
         return None if self.private_prefix is None else self.private_prefix + b"fsd.ino"
 
+    @property
+    def metacopy_xattr(self) -> bytes | None:
+        """Marks an upper file holding metadata only; its data is in the lower."""
+        return None if self.private_prefix is None else self.private_prefix + b"fsd.metacopy"
+
     def whiteout_name(self, name: bytes) -> bytes:
         """The directory entry that records a whiteout of `name`."""
         return name if self.whiteout == "chardev" else WH_PREFIX + name
