@@ -122,6 +122,27 @@ class CopyUp:
         self.fsync = fsync
         self._serial = itertools.count()
         self._hardlinks: dict[int, dict[int, list[bytes]]] = {}  # lower index -> st_ino -> paths
+        # Held while a directory's merged tree is copied for a rename (dir.py):
+        # copy-ups and name changes wait, so nothing lands in a tree being moved.
+        self.tree_move = trio.Lock()
+
+    async def settle(self) -> None:
+        """Wait while a directory tree is being moved."""
+        if self.tree_move.locked():
+            async with self.tree_move:
+                pass
+
+    def settled(self, *nodes: Node) -> bool:
+        """Whether nodes are fully in the upper and no tree is being moved."""
+        return not self.tree_move.locked() and all(n.upper and not n.metacopy for n in nodes)
+
+    async def ensure_all(self, *nodes: Node) -> None:
+        """Copy up nodes and return at a moment when no tree move is under way, so
+        that the caller's next synchronous steps act on a settled upper."""
+        while not self.settled(*nodes):
+            await self.settle()
+            for node in nodes:
+                await self.ensure(node)
 
     def tmp_name(self) -> bytes:
         """A fresh name in the work area's scratch directory."""
@@ -142,6 +163,7 @@ class CopyUp:
         (it is about to be truncated)."""
         if node.upper and not node.metacopy:
             return
+        await self.settle()
         if node.lock is None:
             node.lock = trio.Lock()
         async with node.lock:

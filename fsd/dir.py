@@ -14,7 +14,6 @@ import errno
 import os
 import stat
 
-import trio
 
 from .copy_up import CopyUp, discard_tree
 from .errors import fail
@@ -38,9 +37,6 @@ class DirOps:
         self.namei = namei
         self.copyup = copyup
         self.markers = markers
-        # Renaming a merged directory copies its tree in a thread; name changes
-        # elsewhere wait for it so that nothing is created in a tree being moved.
-        self._tree_move = trio.Lock()
 
     # --- markers ------------------------------------------------------------------
 
@@ -77,20 +73,13 @@ class DirOps:
         if self.namei.find(parent, name) is not None:
             raise fail(errno.EEXIST, name)
 
-    async def _settle(self) -> None:
-        """Wait while a directory tree is being moved."""
-        if self._tree_move.locked():
-            async with self._tree_move:
-                pass
-
     # --- creating -----------------------------------------------------------------
 
     async def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int,
                      rdev: int = 0, target: bytes | None = None) -> Node:
         """Make a new object of S_IFMT(mode); returns its node.  EEXIST if taken."""
-        await self._settle()
         self._check_new_name(parent, name)
-        await self.copyup.ensure(parent)
+        await self.copyup.ensure_all(parent)
         self._check_new_name(parent, name)  # re-check: the copy-up awaited
         kind = stat.S_IFMT(mode)
         rel = parent.child_path(name)
@@ -173,10 +162,10 @@ class DirOps:
     async def link(self, node: Node, parent: Node, name: bytes) -> Node:
         if node.is_dir:
             raise fail(errno.EPERM, name)
-        await self._settle()
         self._check_new_name(parent, name)
-        await self.copyup.ensure(node)
-        await self.copyup.ensure(parent)
+        await self.copyup.ensure_all(node, parent)
+        if node.gone:
+            raise fail(errno.ENOENT)
         self._check_new_name(parent, name)
         upper, work = self.stack.upper, self.stack.work
         src = node.path()
@@ -197,22 +186,24 @@ class DirOps:
     # --- removing -----------------------------------------------------------------
 
     async def unlink(self, parent: Node, name: bytes) -> None:
-        await self._settle()
-        node = self.namei.lookup(parent, name)
-        if node.is_dir:
-            raise fail(errno.EISDIR, name)
-        await self.copyup.ensure(parent)
-        self._remove(parent, name, node)
+        self._removable(parent, name, is_dir=False)
+        await self.copyup.ensure_all(parent)
+        self._remove(parent, name, self._removable(parent, name, is_dir=False))
 
     async def rmdir(self, parent: Node, name: bytes) -> None:
-        await self._settle()
+        self._removable(parent, name, is_dir=True)
+        await self.copyup.ensure_all(parent)
+        self._remove(parent, name, self._removable(parent, name, is_dir=True))
+
+    def _removable(self, parent: Node, name: bytes, is_dir: bool) -> Node:
         node = self.namei.lookup(parent, name)
-        if not node.is_dir:
+        if node.is_dir and not is_dir:
+            raise fail(errno.EISDIR, name)
+        if is_dir and not node.is_dir:
             raise fail(errno.ENOTDIR, name)
-        if self.namei.merged_names(node):
+        if is_dir and self.namei.merged_names(node):
             raise fail(errno.ENOTEMPTY, name)
-        await self.copyup.ensure(parent)
-        self._remove(parent, name, node)
+        return node
 
     def _remove(self, parent: Node, name: bytes, node: Node) -> None:
         """Take name out of the merged view: remove its upper entry and, when a
@@ -260,35 +251,32 @@ class DirOps:
     # --- rename -------------------------------------------------------------------
 
     async def rename(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> None:
-        await self._settle()
         if len(n2) > NAME_MAX:
             raise fail(errno.ENAMETOOLONG, n2)
         if is_reserved_name(n2):
             raise fail(errno.EINVAL, n2)
-        src = self.namei.lookup(p1, n1)
-        dst = self.namei.find(p2, n2)
-        if flags & RENAME_NOREPLACE and dst is not None:
-            raise fail(errno.EEXIST, n2)
+        while True:
+            src, dst = self._rename_pair(p1, n1, p2, n2, flags)
+            if dst is src:
+                return  # two names of one file: POSIX says do nothing
+            needed = [p1, p2, src, dst] if flags & RENAME_EXCHANGE else [p1, p2]
+            if not (src.is_dir and src.lowers) and not flags & RENAME_EXCHANGE:
+                needed.append(src)
+            if self.copyup.settled(*needed):
+                break
+            await self.copyup.ensure_all(*needed)
+        # From here on the upper is settled; only the tree copy below awaits, and
+        # it holds tree_move, which every other change waits for.
         if flags & RENAME_EXCHANGE:
-            if dst is None:
-                raise fail(errno.ENOENT, n2)
-            return await self._exchange(p1, n1, src, p2, n2, dst)
-        if dst is src:
-            return  # two names of one file: POSIX says do nothing
-        if dst is not None:
-            if src.is_dir and not dst.is_dir:
-                raise fail(errno.ENOTDIR, n2)
-            if dst.is_dir and not src.is_dir:
-                raise fail(errno.EISDIR, n2)
-            if dst.is_dir and self.namei.merged_names(dst):
-                raise fail(errno.ENOTEMPTY, n2)
-        await self.copyup.ensure(p1)
-        await self.copyup.ensure(p2)
+            self._exchange(p1, n1, src, p2, n2, dst)
+            return
         if src.is_dir and src.lowers:
-            async with self._tree_move:
-                await self._move_merged_dir(p1, n1, src, p2, n2, dst)
+            self.copyup.tree_move.acquire_nowait()
+            try:
+                await self._move_merged_dir(p1, n1, src, p2, n2)
+            finally:
+                self.copyup.tree_move.release()
         else:
-            await self.copyup.ensure(src)
             self._move_upper(p1, n1, src, p2, n2, dst)
         if dst is not None:
             dst.drop_link(p2, n2)
@@ -296,6 +284,26 @@ class DirOps:
                 self.table.retire(dst)
         src.drop_link(p1, n1)
         src.add_link(p2, n2)
+
+    def _rename_pair(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> tuple[Node, Node | None]:
+        """The source and destination nodes, after the checks rename(2) makes."""
+        src = self.namei.lookup(p1, n1)
+        dst = self.namei.find(p2, n2)
+        if flags & RENAME_NOREPLACE and dst is not None:
+            raise fail(errno.EEXIST, n2)
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise fail(errno.ENOENT, n2)
+            if dst is not src and any(n.is_dir and n.lowers for n in (src, dst)):
+                raise fail(errno.EXDEV)  # as the kernel overlay
+        elif dst is not None and dst is not src:
+            if src.is_dir and not dst.is_dir:
+                raise fail(errno.ENOTDIR, n2)
+            if dst.is_dir and not src.is_dir:
+                raise fail(errno.EISDIR, n2)
+            if dst.is_dir and self.namei.merged_names(dst):
+                raise fail(errno.ENOTEMPTY, n2)
+        return src, dst
 
     def _clear_dir(self, rel: bytes) -> None:
         """Remove the whiteouts left in an upper dir that is empty in the merged view."""
@@ -336,7 +344,7 @@ class DirOps:
         self.namei.upper_removed(p1, n1, whiteout_left)
         self.namei.upper_added(p2, n2, src.kind)
 
-    async def _move_merged_dir(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes, dst: Node | None) -> None:
+    async def _move_merged_dir(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes) -> None:
         """Rename a directory with lower parts: copy its merged tree into the work
         area, make it opaque, switch it in at n2, then remove n1.  The kernel says
         EXDEV here (without redirect_dir); programs such as apt and npm then fail."""
@@ -383,18 +391,8 @@ class DirOps:
             self.make_whiteout(p1.path(), n1)
         self.namei.upper_removed(p1, n1, whiteout)
 
-    async def _exchange(self, p1: Node, n1: bytes, a: Node, p2: Node, n2: bytes, b: Node) -> None:
-        """RENAME_EXCHANGE of two names; a directory with lower parts gets EXDEV,
-        as from the kernel overlay."""
-        if a is b:
-            return
-        for node in (a, b):
-            if node.is_dir and node.lowers:
-                raise fail(errno.EXDEV)
-        await self.copyup.ensure(p1)
-        await self.copyup.ensure(p2)
-        await self.copyup.ensure(a)
-        await self.copyup.ensure(b)
+    def _exchange(self, p1: Node, n1: bytes, a: Node, p2: Node, n2: bytes, b: Node) -> None:
+        """RENAME_EXCHANGE of two names wholly in the upper."""
         upper = self.stack.upper
         for node, parent, name in ((a, p2, n2), (b, p1, n1)):
             if node.is_dir and not node.opaque and self.namei.lower_has(parent, name):
