@@ -61,9 +61,10 @@ def mount_fstype(path: str) -> str | None:
 
 
 def reachable(path: str) -> bool:
-    """False when the fs at `path` answers ENOTCONN (dead fuse daemon)."""
+    """False when the fs at `path` answers ENOTCONN (dead fuse daemon).
+    statfs always reaches the daemon; stat may be answered from the cache."""
     try:
-        os.stat(path)
+        os.statvfs(path)
         return True
     except OSError as e:
         return e.errno not in (errno.ENOTCONN, errno.ECONNABORTED)
