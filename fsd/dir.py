@@ -11,6 +11,7 @@ real entry wins over its whiteout).  Errnos are those of the kernel overlay.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 
@@ -22,6 +23,9 @@ from .inode import InodeTable, Node
 from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, Stack
 from .namei import Namei
 from .whiteout import NAME_MAX, OPAQUE_FILE, WH_PREFIX, Markers, is_reserved_name, whiteout_mode
+
+
+JOURNAL = b"moving"  # in the work area: a directory move under way
 
 
 def _join(base: bytes, name: bytes) -> bytes:
@@ -350,9 +354,10 @@ class DirOps:
         EXDEV here (without redirect_dir); programs such as apt and npm then fail."""
         upper, work = self.stack.upper, self.stack.work
         tmp = await self.copyup.build_tree(src)
+        rel1, rel2 = p1.child_path(n1), p2.child_path(n2)
         try:
             self.set_opaque(work, tmp)
-            rel1, rel2 = p1.child_path(n1), p2.child_path(n2)
+            self._write_journal(rel1, rel2, src.key)
             dst_entries = self.namei.upper_entries(p2)
             if n2 in dst_entries.names:
                 self._clear_dir(rel2)
@@ -367,11 +372,52 @@ class DirOps:
             raise
         self.namei.upper_added(p2, n2, stat.S_IFDIR)
         self._remove_moved_source(p1, n1, src)
+        work.unlink(JOURNAL)
         for node in self.table.all_below(src):
             node.upper, node.lowers, node.metacopy = True, (), False
             node.lower_entries = node.upper_entries = node.lower_stat = None
         src.upper, src.lowers, src.opaque = True, (), True
         src.lower_entries = src.upper_entries = None
+
+    def _write_journal(self, rel1: bytes, rel2: bytes, key: int) -> None:
+        """Record a directory move before it changes the upper: a crash between
+        installing the new tree and removing the old one is finished at the
+        next mount (`finish_interrupted_move`), so the tree is never seen twice."""
+        record = json.dumps({"src": rel1.hex(), "dst": rel2.hex(), "key": key}).encode()
+        work = self.stack.work
+        fd = work.open(JOURNAL + b".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, record)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        work.rename(JOURNAL + b".tmp", work, JOURNAL)
+
+    def finish_interrupted_move(self) -> None:
+        """At mount: if a directory move was cut short after its new tree was in
+        place (the destination carries the moved tree's inode number), remove
+        what is left at the source; otherwise the old tree stands as it was."""
+        work = self.stack.work
+        try:
+            fd = work.open(JOURNAL, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            record = json.loads(os.read(fd, 1 << 16))
+        finally:
+            os.close(fd)
+        src, dst = bytes.fromhex(record["src"]), bytes.fromhex(record["dst"])
+        origin = self.markers.origin_xattr
+        placed = origin is not None and self.stack.upper.try_getxattr(dst, origin) == b"%d" % record["key"]
+        if placed:
+            parent = self.namei.table.root
+            *dirs, name = src.split(b"/")
+            for part in dirs:
+                parent = self.namei.find(parent, part) if parent is not None else None
+            node = self.namei.find(parent, name) if parent is not None and parent.upper else None
+            if node is not None and node.is_dir and node.key == record["key"]:
+                self._remove_moved_source(parent, name, node)
+        work.unlink(JOURNAL)
 
     def _remove_moved_source(self, p1: Node, n1: bytes, src: Node) -> None:
         upper, work = self.stack.upper, self.stack.work

@@ -139,9 +139,11 @@ class Mount:
         idmap = IdMap(params)
         copyup = CopyUp(self.stack, self.table, self.namei, markers, idmap, fsync)
         attrs = AttrOps(self.stack, copyup, idmap, params.timeout, params.static_nlink, params.metacopy)
+        dirs = DirOps(self.stack, self.table, self.namei, copyup, markers, idmap)
+        if work is not None:
+            dirs.finish_interrupted_move()
         self.ops = Operations(
-            self.stack, self.table, self.namei, attrs,
-            DirOps(self.stack, self.table, self.namei, copyup, markers, idmap),
+            self.stack, self.table, self.namei, attrs, dirs,
             FileOps(self.stack, self.table, copyup, params.writable, fsync),
             ReaddirOps(self.table, self.namei, attrs),
             params.writable, on_init)
