@@ -230,7 +230,7 @@ def fsd_installed():
 def test_version(fsd_installed):
     r = mounts.run_fsd(["--version"])
     assert r.returncode == 0, r.describe()
-    assert r.stdout.strip() == f"fsd {importlib.metadata.version('strata')}", r.describe()
+    assert r.stdout.splitlines()[0] == f"fsd {importlib.metadata.version('strata')}", r.describe()
 
 
 @pytest.mark.parametrize("flag", ["-h", "--help"])

@@ -12,6 +12,7 @@ Rerun one seed: pytest tests/integration/test_read_differential.py -k 'seed3'
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 import subprocess
@@ -23,7 +24,7 @@ from support import layergen
 from support.convert import convert_layers
 from support.dirent import Dir
 from support.layergen import make_layers, make_opaque, whiteout, write
-from support.snapshot import compare, invariant_problems, snapshot
+from support.snapshot import access_as, compare, invariant_problems, snapshot
 
 # (seed, number of layers; None: the generator picks 3..6)
 STACKS = [(1, None), (2, None), (3, None), (4, None), (5, None), (6, 1), (7, 2)]
@@ -85,6 +86,13 @@ def test_merged_tree_matches_kernel(tmp_path, seed, nlayers, mount_fsd, mount_ke
     problems = invariant_problems(got)
     assert not problems, "fsd mount invariants broken:\n" + "\n".join(problems[:40]) + "\n" + _describe(stack)
 
+    for uid, gid in ((1000, 1000), (65534, 65534)):  # permissions as the kernel checks them
+        k_access = access_as(kmnt, uid, gid, expected.entries)
+        f_access = access_as(fm.mnt, uid, gid, got.entries)
+        adiff = [f"{p!r}: kernel {k_access[p]} fsd {f_access[p]}" for p in sorted(k_access)
+                 if k_access[p] != f_access[p]]
+        assert not adiff, f"uid {uid} (lstat, readdir/read, R_OK, W_OK, X_OK):\n" + "\n".join(adiff[:40])
+
     warm = snapshot(fm.mnt)  # served largely from the kernel's caches now
     assert compare(got, warm, "cold", "warm") == []
     assert warm.ino == got.ino, "inode numbers changed between two walks"
@@ -93,6 +101,29 @@ def test_merged_tree_matches_kernel(tmp_path, seed, nlayers, mount_fsd, mount_ke
     after = [snapshot(p, contents=False) for p in stack.layers]
     assert [compare(x, y, "before", "after") for x, y in zip(before, after)] == [[]] * len(before), \
         "mounting fsd read-only changed a lower layer"
+
+
+def test_read_paths(tmp_path, mount_fsd):
+    """pread at odd offsets (and past the end), mmap, sendfile out of the mount."""
+    top, bottom = make_layers(tmp_path, 2)
+    data = os.urandom(3 * 1024 * 1024 + 123)
+    write(bottom, "big", data)
+    write(top, "small", b"0123456789")
+    m = mount_fsd([top, bottom]).mnt
+    fd = os.open(m / "big", os.O_RDONLY)
+    try:
+        for off, n in ((0, 1), (4095, 2), (131071, 65538), (len(data) - 5, 100), (len(data), 10),
+                       (len(data) + 4096, 1)):
+            assert os.pread(fd, n, off) == data[off:off + n], (off, n)
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mm:
+            assert mm[:] == data
+        out = tmp_path / "copy"
+        with open(out, "wb") as f:
+            assert os.sendfile(f.fileno(), fd, 0, len(data)) == len(data)
+        assert out.read_bytes() == data
+    finally:
+        os.close(fd)
+    assert (m / "small").read_bytes() == b"0123456789"
 
 
 # -- names -----------------------------------------------------------------------
@@ -329,14 +360,16 @@ def test_paths_near_and_beyond_path_max(tmp_path, mount_fsd, monkeypatch):
     top, bottom = make_layers(tmp_path, 2)
     names = [f"{i:03d}" + "x" * 197 for i in range(30)]  # 200 bytes each; 30 deep is ~6000 bytes
     mnt = mount_fsd.new_mountpoint()
-    # the deepest component that still fits in PATH_MAX as an absolute path
-    near = max(d for d in range(1, 31) if len(str(mnt)) + d * 201 + len("/near.txt") < 4096)
-    _mkchain(bottom, names, {near: ("near.txt", b"near PATH_MAX"), 30: ("deep.txt", b"beyond PATH_MAX")})
+    # the deepest dir that still fits in PATH_MAX as an absolute path, and a file
+    # name that makes the path exactly PATH_MAX - 1 bytes (the most open(2) takes)
+    near = max(d for d in range(1, 31) if len(str(mnt)) + d * 201 + 10 < 4096)
+    near_name = "near-" + "n" * (4095 - len(str(mnt)) - near * 201 - 1 - 5)
+    _mkchain(bottom, names, {near: (near_name, b"near PATH_MAX"), 30: ("deep.txt", b"beyond PATH_MAX")})
     _mkchain(top, names[:12], {12: ("top.txt", b"from the top layer")})  # merged dirs along the way
     mount_fsd([top, bottom], mountpoint=mnt)
 
-    near_path = os.path.join(mnt, *names[:near], "near.txt")
-    assert 4000 < len(near_path) < 4096
+    near_path = os.path.join(mnt, *names[:near], near_name)
+    assert len(near_path) == 4095
     with open(near_path, "rb") as f:
         assert f.read() == b"near PATH_MAX"
     assert os.stat(near_path).st_size == len(b"near PATH_MAX")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,7 @@ class _Generator:
             else:
                 self._upper_layer()
             self._maybe_xattrs(path, is_dir=True, p=0.3)
+            _set_times(path, f"{self.seed}/{k}")
             layers.append(path)
         return Stack(self.seed, self.root, list(reversed(layers)), dict(self.features))
 
@@ -477,6 +479,17 @@ class _Generator:
             self._uniq += 1
             os.mknod(self._p(child), stat.S_IFCHR | 0o600, os.makedev(0, 0))
             self.lp[child] = "w"
+
+
+def _set_times(layer: Path, salt: str):
+    """Give every entry of a layer a seeded mtime/atime (with odd nanoseconds),
+    children before their directory, so a seed reproduces the layer exactly."""
+    for dirpath, dirnames, filenames in os.walk(layer, topdown=False):
+        for name in filenames + dirnames + ["."]:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, layer)
+            t = 1_500_000_000_000_000_000 + zlib.crc32(f"{salt}/{rel}".encode()) * 97_003
+            os.utime(p, ns=(t, t), follow_symlinks=False)
 
 
 REQUIRED_FEATURES = (

@@ -2,7 +2,7 @@
 
 snapshot(root) walks root without following symlinks (os.scandir + os.lstat)
 and records per path (relative, "." for root): type, permission bits,
-owner, size and link count (non-directories), a SHA-256 of the content
+owner, mtime, size and link count (non-directories), a SHA-256 of the content
 (regular files, read through the mount), the link target, the device number,
 and the xattrs (name -> value, listxattr/getxattr with follow_symlinks=False).
 Hard links are recorded as groups of paths that share st_ino among
@@ -17,12 +17,14 @@ readdir straight through); fsd must never show a marker, so compare() ignores
 phantoms and invariant_problems() reports them.
 
 compare(expected, got) returns readable difference lines; [] means equal.
+access_as(root, uid, gid, paths) records what an unprivileged user may do.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import stat
 from dataclasses import dataclass, field, fields
@@ -44,6 +46,7 @@ class Entry:
     sha256: str | None = None  # regular files; "error: ..." when reading failed
     target: str | None = None  # symlinks
     rdev: str | None = None  # devices, "major:minor"
+    mtime_ns: int | None = None
     xattrs: tuple = ()  # ((name, value-repr), ...) sorted; or (("error", "..."),)
 
 
@@ -54,6 +57,7 @@ class Snapshot:
     ino: dict[str, int] = field(default_factory=dict)  # path -> st_ino
     dev: dict[str, int] = field(default_factory=dict)  # path -> st_dev
     d_ino: dict[str, int] = field(default_factory=dict)  # path -> d_ino from readdir
+    d_kind: dict[str, str] = field(default_factory=dict)  # path -> dir/symlink/file/other by d_type
     phantoms: list[str] = field(default_factory=list)  # listed by readdir, lstat ENOENT
     errors: list[str] = field(default_factory=list)  # readdir/lstat failures other than that
 
@@ -104,7 +108,7 @@ def _entry(path: str, st: os.stat_result, contents: bool) -> Entry:
     fmt = stat.S_IFMT(st.st_mode)
     kind = _KINDS.get(fmt, f"type-{fmt:o}")
     e = dict(kind=kind, mode=f"{stat.S_IMODE(st.st_mode):04o}", uid=st.st_uid, gid=st.st_gid,
-             xattrs=_xattrs(path))
+             mtime_ns=st.st_mtime_ns, xattrs=_xattrs(path))
     if kind != "dir":
         e["size"] = st.st_size
         e["nlink"] = st.st_nlink
@@ -118,6 +122,17 @@ def _entry(path: str, st: os.stat_result, contents: bool) -> Entry:
     elif kind in ("chardev", "blockdev"):
         e["rdev"] = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
     return Entry(**e)
+
+
+def _d_kind(e: os.DirEntry) -> str:
+    """The type readdir's d_type says (DirEntry falls back to lstat for DT_UNKNOWN)."""
+    if e.is_symlink():
+        return "symlink"
+    if e.is_dir(follow_symlinks=False):
+        return "dir"
+    if e.is_file(follow_symlinks=False):
+        return "file"
+    return "other"
 
 
 def snapshot(root, contents: bool = True) -> Snapshot:
@@ -136,15 +151,15 @@ def _walk(snap: Snapshot, root: str, rel: str, contents: bool):
     dirpath = os.path.join(root, rel) if rel else root
     try:
         with os.scandir(dirpath) as it:
-            listed = [(e.name, e.inode()) for e in it]
+            listed = [(e.name, e.inode(), _d_kind(e)) for e in it]
     except OSError as e:
         snap.errors.append(f"scandir {rel or '.'}: {_errname(e)}")
         return
-    names = [n for n, _ in listed]
+    names = [n for n, _, _ in listed]
     if len(set(names)) != len(names):
         dups = sorted({n for n in names if names.count(n) > 1})
         snap.errors.append(f"readdir {rel or '.'} lists names more than once: {dups[:10]}")
-    for name, d_ino in sorted(set(listed)):
+    for name, d_ino, d_kind in sorted(set(listed)):
         child = f"{rel}/{name}" if rel else name
         path = os.path.join(root, child)
         try:
@@ -159,6 +174,7 @@ def _walk(snap: Snapshot, root: str, rel: str, contents: bool):
         snap.ino[child] = st.st_ino
         snap.dev[child] = st.st_dev
         snap.d_ino[child] = d_ino
+        snap.d_kind[child] = d_kind
         if stat.S_ISDIR(st.st_mode):
             _walk(snap, root, child, contents)
 
@@ -170,6 +186,10 @@ def invariant_problems(snap: Snapshot, check_d_ino: bool = True) -> list[str]:
     if check_d_ino:
         out += [f"{p}: readdir d_ino {d} != lstat st_ino {snap.ino[p]}"
                 for p, d in sorted(snap.d_ino.items()) if d != snap.ino[p]]
+    for p, dk in sorted(snap.d_kind.items()):
+        kind = snap.entries[p].kind
+        if dk != (kind if kind in ("dir", "symlink", "file") else "other"):
+            out.append(f"{p}: readdir d_type says {dk}, lstat says {kind}")
     root_dev = snap.dev["."]
     out += [f"{p}: st_dev {d} != mount root's {root_dev}" for p, d in sorted(snap.dev.items()) if d != root_dev]
     by_ino: dict[int, list[str]] = {}
@@ -211,3 +231,77 @@ def compare(expected: Snapshot, got: Snapshot, expected_name: str = "expected",
     if len(out) > limit:
         out = out[:limit] + [f"... and {len(out) - limit} more differences"]
     return out
+
+
+def access_as(root, uid: int, gid: int, paths) -> dict[str, tuple[str, ...]]:
+    """What an unprivileged user can do with each path under root (a mount):
+    path -> errno names (or "ok") for lstat, and for directories opendir+readdir,
+    for regular files open(O_RDONLY)+read, and faccessat(R_OK, W_OK, X_OK).
+
+    Runs in a forked child that opens root first and then drops to uid/gid, so
+    the directories above root (pytest's tmp dirs are 0700) do not matter."""
+    paths = sorted(paths)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(rfd)
+            dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            out = {p: _access_one(dfd, p) for p in paths}
+            with os.fdopen(wfd, "w") as f:
+                json.dump(out, f)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd) as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and data, f"access_as child failed (status {status})"
+    return {k: tuple(v) for k, v in json.loads(data).items()}
+
+
+def _try(fn) -> str:
+    try:
+        fn()
+    except OSError as e:
+        return _errname(e)
+    return "ok"
+
+
+def _access_one(dfd: int, rel: str) -> list[str]:
+    rel = "." if rel == "." else rel
+    res = []
+    try:
+        st = os.stat(rel, dir_fd=dfd, follow_symlinks=False)
+        res.append("ok")
+    except OSError as e:
+        return [_errname(e)]
+
+    def readdir():
+        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
+        try:
+            os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def read():
+        fd = os.open(rel, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=dfd)
+        try:
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
+
+    if stat.S_ISDIR(st.st_mode):
+        res.append(_try(readdir))
+    elif stat.S_ISREG(st.st_mode):
+        res.append(_try(read))
+    if not stat.S_ISLNK(st.st_mode):
+        for mode in (os.R_OK, os.W_OK, os.X_OK):
+            res.append("ok" if os.access(rel, mode, dir_fd=dfd, follow_symlinks=False) else "denied")
+    return res
