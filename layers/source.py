@@ -22,7 +22,6 @@ the caller while it extracts them (blob digest, diffID).
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import platform
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, ContextManager, Iterator
 
 from .archive import clean_name, detect_compression
-from .digest import Digest, HashingReader
+from .digest import Digest
 from .errors import BadArchive, BadReference, DigestMismatch, UnsafeArchive
 from .fsutil import open_beneath
 from .records import parse_image_name

@@ -26,7 +26,6 @@ from typing import Iterator, Protocol
 
 from . import fsutil, layout
 from .archive import ExtractOptions, extract_layer
-from .changes import ADDED, CHANGED, DELETED  # noqa: F401  (re-exported for cli)
 from .config import DEFAULT_DRIVER, Config
 from .containerstore import ContainerStore
 from .digest import Digest, HashingReader, chain_ids

@@ -1,10 +1,8 @@
 import json
 import os
-import tarfile
 
 import pytest
 
-from layers.digest import Digest
 from layers.errors import BadArchive, DigestMismatch, UnsafeArchive
 from layers.source import open_source
 

@@ -4,7 +4,6 @@ across records, repair of leftovers, concurrency with the lock."""
 import json
 import os
 import threading
-import time
 
 import pytest
 
