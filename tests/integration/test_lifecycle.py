@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from support import mounts
+from support.fixtures import Deadline
 from support.layergen import make_layers, write
 
 
@@ -187,3 +189,39 @@ def test_sigterm_with_the_mount_busy(stack, mount_fsd):
             pass
         sleeper.kill()
         sleeper.wait()
+
+
+# -- the fixtures' own safety nets ------------------------------------------------------------
+
+def test_log_check_finds_error_lines(fsd_log):
+    path = fsd_log.new_path("selfcheck")
+    path.write_text("2026-01-01 00:00:00,000 fsd[1] WARNING fine\n"
+                    "2026-01-01 00:00:00,000 fsd[1] ERROR handler failed\n")
+    assert fsd_log.unexpected_errors() == ["2026-01-01 00:00:00,000 fsd[1] ERROR handler failed"]
+    fsd_log.expect_errors("handler failed")
+    assert fsd_log.unexpected_errors() == []
+
+
+@pytest.mark.fsd_errors_expected()  # how fsd reports a connection aborted under it is its own business
+def test_deadline_aborts_a_hung_daemon(stack, mount_fsd):
+    """A stopped daemon hangs every request; the deadline aborts the connection
+    and the hung call fails (ECONNABORTED) instead of hanging the suite."""
+    m = mount_fsd(stack)
+    deadline = Deadline(1.0)
+    deadline.watch_mount(m.mnt)
+    pids = _daemon_pids(m)
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        with pytest.raises(OSError) as exc:
+            os.lstat(m.mnt / "never-looked-up-before")
+        assert exc.value.errno in (errno.ECONNABORTED, errno.ENOTCONN)
+        assert deadline.fired and time.monotonic() - start < 10
+    finally:
+        deadline.cancel()
+        for p in pids:
+            os.kill(p, signal.SIGCONT)
+    mounts.unmount_fuse(m.mnt, m.pids)
+    assert not mounts.mounts_at(m.mnt)
+    m.unmounted = True

@@ -11,9 +11,11 @@ Rerun one seed: pytest tests/integration/test_read_differential.py -k 'seed3'
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import mmap
 import os
+import resource
 import stat
 import subprocess
 from pathlib import Path
@@ -70,6 +72,15 @@ def test_converted_copy_means_the_same_to_the_kernel(tmp_path, mount_kernel_over
 
 
 # -- the differential test -------------------------------------------------------
+
+SOAK = [(seed, None) for seed in range(100, 160)]
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("seed,nlayers", SOAK, ids=[f"seed{s}" for s, _ in SOAK])
+def test_merged_tree_matches_kernel_soak(tmp_path, seed, nlayers, mount_fsd, mount_kernel_overlay):
+    test_merged_tree_matches_kernel(tmp_path, seed, nlayers, mount_fsd, mount_kernel_overlay)
+
 
 @pytest.mark.parametrize("seed,nlayers", STACKS, ids=[f"seed{s}" for s, _ in STACKS])
 def test_merged_tree_matches_kernel(tmp_path, seed, nlayers, mount_fsd, mount_kernel_overlay):
@@ -384,6 +395,40 @@ def test_paths_near_and_beyond_path_max(tmp_path, mount_fsd, monkeypatch):
         assert f.read() == b"beyond PATH_MAX"
     os.chdir("../..")
     assert names[29] in os.listdir(names[28])
+
+
+# -- many at once ------------------------------------------------------------------------
+
+def test_concurrent_walks_agree(tmp_path, mount_fsd):
+    """Eight threads walk and read the whole tree at once; each sees the same tree."""
+    stack = layergen.generate_stack(tmp_path / "stack", 41, big_files=1)
+    m = mount_fsd(stack.layers).mnt
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        snaps = list(pool.map(lambda _: snapshot(m), range(8)))
+    for s in snaps[1:]:
+        assert compare(snaps[0], s, "first", "other") == []
+    assert invariant_problems(snaps[0]) == []
+
+
+def test_many_files_open_at_once(tmp_path, mount_fsd):
+    top, bottom = make_layers(tmp_path, 2)
+    for i in range(3000):
+        write(bottom if i % 2 else top, f"d{i % 10}/f{i}", f"content {i}")
+    m = mount_fsd([top, bottom]).mnt
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 3100:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 3100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    fds = []
+    try:
+        for i in range(3000):
+            fds.append(os.open(m / f"d{i % 10}" / f"f{i}", os.O_RDONLY))
+        for i, fd in enumerate(fds):
+            assert os.pread(fd, 100, 0) == f"content {i}".encode()
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # -- read-only -----------------------------------------------------------------------

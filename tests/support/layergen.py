@@ -127,6 +127,9 @@ class _Generator:
             else:
                 self._upper_layer()
             self._maybe_xattrs(path, is_dir=True, p=0.3)
+            if self.rng.random() < 0.5:  # the merged root takes the top layer's
+                self._owner(path)
+                os.chmod(path, self.rng.choice(_DIR_MODES))
             _set_times(path, f"{self.seed}/{k}")
             layers.append(path)
         return Stack(self.seed, self.root, list(reversed(layers)), dict(self.features))

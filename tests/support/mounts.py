@@ -217,7 +217,7 @@ def overlay_opts(lowers, upper=None, work=None, extra=()) -> list[str]:
 # -- unmounting ------------------------------------------------------------------
 
 def fuse_abort(minor: int) -> bool:
-    """Abort a FUSE connection: every pending and later request fails ENOTCONN."""
+    """Abort a FUSE connection: pending requests fail ECONNABORTED, later ones ENOTCONN."""
     if not (FUSECTL / "abort").parent.exists():
         return False
     if not any(m.fstype == "fusectl" for m in mount_table()):
