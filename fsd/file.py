@@ -8,6 +8,7 @@ or volatile, and otherwise runs in a worker thread.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import os
@@ -20,6 +21,8 @@ from .errors import fail
 from .inode import InodeTable, Node
 from .layer import Stack
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _DROP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
 
@@ -57,6 +60,16 @@ class FileOps:
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         return os.pwrite(self.handles[fh][0], data, offset)
+
+    def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) on the real file, punch-hole and keep-size included."""
+        if _libc.fallocate(self.handles[fh][0], mode, offset, length) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    def lseek(self, fh: int, offset: int, whence: int) -> int:
+        """SEEK_DATA / SEEK_HOLE, answered by the real file."""
+        return os.lseek(self.handles[fh][0], offset, whence)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         if self.fsync_enabled:

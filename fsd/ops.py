@@ -142,6 +142,15 @@ class Operations(pyfuse3.Operations):
         return self.files.write(fh, off, buf)
 
     @translate
+    async def fallocate(self, fh, mode, offset, length):
+        self._writable()
+        self.files.fallocate(fh, mode, offset, length)
+
+    @translate
+    async def lseek(self, fh, offset, whence):
+        return self.files.lseek(fh, offset, whence)
+
+    @translate
     async def flush(self, fh):
         return None
 
