@@ -16,6 +16,7 @@ import resource
 import signal
 import stat
 import sys
+import tempfile
 
 import pyfuse3
 import trio
@@ -179,6 +180,8 @@ def _setup_logging(params: OverlayParams, detached: bool) -> None:
         handler.setFormatter(fmt)
         handler.setLevel(level)
         root.addHandler(handler)
+        for warning in params.warnings:  # already printed on stderr by the cli
+            handler.handle(log.makeRecord("fsd", logging.WARNING, __file__, 0, warning, (), None))
     if not detached:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(fmt)
@@ -194,17 +197,43 @@ def _setup_logging(params: OverlayParams, detached: bool) -> None:
         root.addHandler(handler)
 
 
+def _check_fuse_device() -> None:
+    try:
+        st = os.stat("/dev/fuse")
+    except OSError as exc:
+        raise ParamError(f"/dev/fuse: {exc.strerror}") from None
+    if not stat.S_ISCHR(st.st_mode):
+        raise ParamError("/dev/fuse is not a character device")
+
+
+def _fuse_mount(ops, params: OverlayParams) -> None:
+    """pyfuse3.init, with what libfuse prints on failure folded into one error."""
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as said:
+        os.dup2(said.fileno(), 2)
+        try:
+            pyfuse3.init(ops, params.mountpoint, fuse_options(params))
+        except RuntimeError:
+            os.dup2(saved, 2)
+            said.seek(0)
+            lines = said.read().decode(errors="replace").split("\n")
+            detail = next((ln.removeprefix("fuse: ") for ln in reversed(lines) if ln.strip()), "mount failed")
+            raise ParamError(f"cannot mount on '{params.mountpoint}': {detail}") from None
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _mount_and_serve(params: OverlayParams, on_init, on_error) -> int:
     try:
+        _check_fuse_device()
         mount = Mount(params, on_init)
-        pyfuse3.init(mount.ops, params.mountpoint, fuse_options(params))
+        _fuse_mount(mount.ops, params)
     except ParamError as exc:
         return on_error(str(exc))
     except OSError as exc:
         where = f" '{os.fsdecode(exc.filename)}'" if exc.filename else ""
         return on_error(f"{exc.strerror}{where}")
-    except RuntimeError as exc:
-        return on_error(f"cannot mount on '{params.mountpoint}': {exc}")
     try:
         trio.run(_serve)
     finally:
