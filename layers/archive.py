@@ -176,20 +176,21 @@ def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
         stream = zstd
     else:
         stream = raw
-    tar_reader = HashingReader(stream)
+    # Uncompressed, the blob is the tar: one hash serves as digest and diffID.
+    tar_reader = blob_reader if compression is None else HashingReader(stream)
     ok = False
     try:
         try:
             with _Extractor(dest, options) as ex:
-                tf = tarfile.open(fileobj=tar_reader, mode="r|", tarinfo=_SafeTarInfo,
-                                  errorlevel=2, bufsize=_CHUNK)
+                tf = tarfile.open(fileobj=stream if compression is None else tar_reader,
+                                  mode="r|", tarinfo=_SafeTarInfo, errorlevel=2)
                 for member in tf:
                     ex.add(member, tf)
                     if ex.count == 2:
                         crash_point("extracting")
                 ex.finish()
             tar_reader.drain()   # the diffID covers the tar's trailing padding
-            if zstd is None:
+            if zstd is None and tar_reader is not blob_reader:
                 blob_reader.drain()
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
             if zstd is not None:   # a zstd failure explains the tar error
