@@ -1,0 +1,374 @@
+"""fsd without root: as an ordinary user through fusermount3, and as root of a
+user namespace (the way rootless podman runs it).
+
+Every scenario runs in an agent process (tests/support/rootless.py) that works
+as the unprivileged test user inside a private mount namespace where a 0666
+fuse node is bind-mounted over /dev/fuse; the machine's /dev/fuse is left as
+it is. The layers live in a sandbox under /tmp; what fsd wrote into the upper
+is checked from outside, as root, on the real files.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from support import rootless
+from support.rootless import Agent, Sandbox, User, UserMount
+
+OVERFLOW = 65534
+OVERRIDE_XATTR = "user.containers.override_stat"
+
+pytestmark = pytest.mark.fuse_deadline(120)
+
+
+@pytest.fixture(scope="module")
+def user() -> User:
+    reason = rootless.why_no_rootless()
+    if reason:
+        pytest.skip(reason)
+    u = rootless.ensure_user()
+    reason = rootless.why_user_cannot_run_fsd(u)
+    if reason:
+        pytest.skip(reason)
+    return u
+
+
+@dataclass
+class Env:
+    """A two-layer stack in a sandbox and an agent to mount it."""
+
+    user: User
+    box: Sandbox
+    agent: Agent
+    top: Path
+    bottom: Path
+    upper: Path
+    work: Path
+    mnt: Path
+
+    def mount(self, *opts: str) -> UserMount:
+        return self.agent.mount_fsd([self.top, self.bottom], self.upper, self.work, opts, self.mnt)
+
+    def remount(self, m: UserMount, *opts: str) -> UserMount:
+        self.agent.unmount(m)
+        return self.mount(*opts)
+
+    def expected_whiteout(self) -> str:
+        """'chardev' if the agent may mknod a 0/0 char device next to the upper
+        (the kernel allows whiteouts to unprivileged users since 5.8), else 'file'."""
+        probe = self.box.dir("probe")
+        try:
+            self.agent.call("mknod", str(probe / "wh"), stat.S_IFCHR | 0o600, 0)
+        except OSError:
+            return "file"
+        return "chardev"
+
+
+def _make_stack(box: Sandbox, user: User) -> tuple[Path, Path]:
+    """top: the user's own files; bottom: one of the user's, the rest root's."""
+    top = box.dir("layers/top")
+    box.file("layers/top/own.txt", "own\n")
+    box.dir("layers/top/owndir")
+    box.file("layers/top/owndir/a.txt", "a\n")
+    box.file("layers/top/owndir/b.txt", "b\n")
+    bottom = box.dir("layers/bottom")
+    box.file("layers/bottom/bottom.txt", "bottom\n")
+    box.file("layers/bottom/rootfile", "root\n", owned=False)
+    box.dir("layers/bottom/rootdir", owned=False)
+    box.file("layers/bottom/rootdir/r.txt", "r\n", owned=False)
+    return top, bottom
+
+
+def _env(user, fsd_log, fuse_deadline, request, userns: bool):
+    box = Sandbox(user)
+    top, bottom = _make_stack(box, user)
+    upper, work, mnt = box.dir("upper"), box.dir("work"), box.dir("mnt")
+    try:
+        agent = Agent(box, userns=userns, deadline=fuse_deadline)
+    except Exception:
+        box.cleanup()
+        raise
+    yield Env(user, box, agent, top, bottom, upper, work, mnt)
+    problems = agent.close()
+    agent.collect_logs(fsd_log)
+    problems += box.cleanup()
+    failed = getattr(request.node, "rep_call", None)
+    if problems and not (failed and failed.failed):
+        pytest.fail("rootless cleanup: " + "; ".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def plain(user, fsd_log, fuse_deadline, request):
+    """The ordinary user, no user namespace."""
+    yield from _env(user, fsd_log, fuse_deadline, request, userns=False)
+
+
+@pytest.fixture
+def userns(user, fsd_log, fuse_deadline, request):
+    """Root of a user namespace: 0 is the user, 1..65536 its subordinate ids."""
+    yield from _env(user, fsd_log, fuse_deadline, request, userns=True)
+
+
+def _upper_xattrs(upper: Path) -> dict[str, list[str]]:
+    """Every xattr name on every entry of the upper, read as root on the real files."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(upper):
+        for name in [".", *dirnames, *filenames]:
+            p = Path(dirpath, name)
+            try:
+                names = os.listxattr(p, follow_symlinks=False)
+            except OSError:
+                continue
+            if names:
+                out[str(p.relative_to(upper))] = sorted(names)
+    return out
+
+
+def _assert_whiteout(upper: Path, name: str, form: str):
+    """upper/name is recorded as deleted in the given form."""
+    if form == "chardev":
+        st = os.lstat(upper / name)
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0, \
+            f"{name}: expected a 0/0 char device whiteout in the upper, found mode {st.st_mode:o} rdev {st.st_rdev}"
+    else:
+        wh = upper / (os.path.dirname(name) or ".") / (".wh." + os.path.basename(name))
+        assert wh.is_file() and wh.stat().st_size == 0, f"expected a .wh. whiteout file {wh}"
+        assert not (upper / name).exists()
+
+
+def _parse_override(value: bytes) -> tuple[int, int, int, list[str]]:
+    fields = value.decode().split(":")
+    assert len(fields) in (3, 4), f"override_stat {value!r} is not uid:gid:mode[:type]"
+    return int(fields[0]), int(fields[1]), int(fields[2], 8), fields[3:]
+
+
+# -- an ordinary user through fusermount3 ----------------------------------------------------------
+
+def test_user_mounts_and_writes_own_files(plain):
+    a, mnt = plain.agent, plain.mnt
+    m = plain.mount()
+    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "own.txt", "owndir", "rootdir", "rootfile"]
+    assert a.read(mnt / "rootdir/r.txt") == "r\n"
+    a.write(mnt / "new.txt", "fresh\n")
+    a.call("mkdir", str(mnt / "newdir"), 0o755)
+    a.write(mnt / "newdir/inner", "inner\n")
+    st = a.stat(mnt / "new.txt")
+    assert (st.st_uid, st.st_gid) == (plain.user.uid, plain.user.gid)
+    assert a.read(mnt / "new.txt") == "fresh\n"
+    for rel in ("new.txt", "newdir", "newdir/inner"):
+        real = os.lstat(plain.upper / rel)
+        assert (real.st_uid, real.st_gid) == (plain.user.uid, plain.user.gid), rel
+    a.unmount(m)  # fusermount3 -u as the user; the daemon must exit
+    assert (plain.upper / "new.txt").read_text() == "fresh\n"
+    assert (plain.upper / "newdir/inner").read_text() == "inner\n"
+
+
+def test_user_copy_up_of_own_lower_file(plain):
+    a, mnt = plain.agent, plain.mnt
+    plain.mount()
+    before = os.lstat(plain.top / "own.txt")
+    a.write(mnt / "own.txt", "more\n", append=True)
+    a.write(mnt / "bottom.txt", "changed\n")
+    assert a.read(mnt / "own.txt") == "own\nmore\n"
+    assert a.read(mnt / "bottom.txt") == "changed\n"
+    assert (plain.upper / "own.txt").read_text() == "own\nmore\n"
+    assert (plain.top / "own.txt").read_text() == "own\n", "the lower changed"
+    assert (plain.bottom / "bottom.txt").read_text() == "bottom\n", "the lower changed"
+    real = os.lstat(plain.upper / "own.txt")
+    assert (real.st_uid, stat.S_IMODE(real.st_mode)) == (plain.user.uid, stat.S_IMODE(before.st_mode))
+
+
+def test_user_unlink_leaves_a_whiteout(plain):
+    a, mnt = plain.agent, plain.mnt
+    form = plain.expected_whiteout()
+    plain.mount()
+    a.call("unlink", str(mnt / "own.txt"))
+    a.call("unlink", str(mnt / "bottom.txt"))
+    a.call("unlink", str(mnt / "owndir/a.txt"))
+    assert a.errno_of("lstat", str(mnt / "own.txt")) == errno.ENOENT
+    assert sorted(a.call("listdir", str(mnt))) == ["owndir", "rootdir", "rootfile"]
+    assert a.call("listdir", str(mnt / "owndir")) == ["b.txt"]
+    for name in ("own.txt", "bottom.txt", "owndir/a.txt"):
+        _assert_whiteout(plain.upper, name, form)
+    assert (plain.top / "own.txt").exists() and (plain.bottom / "bottom.txt").exists()
+    # a root-owned directory of the lower is not the user's to change
+    assert a.errno_of("unlink", str(mnt / "rootdir/r.txt")) == errno.EACCES
+
+
+def test_user_mkdir_over_whiteout_is_opaque_by_user_xattr(plain):
+    a, mnt = plain.agent, plain.mnt
+    plain.mount()
+    for name in ("a.txt", "b.txt"):
+        a.call("unlink", str(mnt / "owndir" / name))
+    a.call("rmdir", str(mnt / "owndir"))
+    a.call("mkdir", str(mnt / "owndir"), 0o755)
+    a.write(mnt / "owndir/c.txt", "c\n")
+    assert a.call("listdir", str(mnt / "owndir")) == ["c.txt"]
+    real = plain.upper / "owndir"
+    assert os.getxattr(real, "user.overlay.opaque") == b"y", \
+        f"upper/owndir is not marked opaque by user.overlay.opaque: {os.listxattr(real)}"
+    trusted = {k: v for k, v in _upper_xattrs(plain.upper).items() if any(n.startswith("trusted.") for n in v)}
+    assert not trusted, f"trusted.* xattrs written by an unprivileged daemon: {trusted}"
+    # the marker is private: not visible through the mount
+    assert "user.overlay.opaque" not in a.call("listxattr", str(mnt / "owndir"))
+
+
+def test_user_chown_to_another_user_is_eperm(plain):
+    a, mnt = plain.agent, plain.mnt
+    u = plain.user
+    plain.mount()
+    a.write(mnt / "new.txt", "x\n")
+    for rel in ("own.txt", "new.txt", "owndir"):
+        p = str(mnt / rel)
+        assert a.errno_of("chown", p, 0, -1) == errno.EPERM, rel
+        assert a.errno_of("chown", p, 12345, 12345) == errno.EPERM, rel
+        assert a.errno_of("chown", p, -1, 0) == errno.EPERM, rel
+        assert a.errno_of("chown", p, u.uid, u.gid) == 0, rel  # to oneself: allowed
+        st = a.stat(p)
+        assert (st.st_uid, st.st_gid) == (u.uid, u.gid), rel
+    assert a.errno_of("chown", str(mnt / "rootfile"), u.uid, u.gid) == errno.EPERM
+    assert os.lstat(plain.bottom / "rootfile").st_uid == 0
+
+
+def test_squash_to_root_shows_every_file_as_root(plain):
+    a, mnt = plain.agent, plain.mnt
+    m = plain.mount()
+    a.write(mnt / "new.txt", "x\n")  # an upper file of the user's
+    # (with everything shown as root's, the kernel lets the user write nowhere)
+    plain.remount(m, "squash_to_root")
+    for rel in (".", "own.txt", "owndir", "owndir/a.txt", "bottom.txt", "rootfile", "rootdir", "new.txt"):
+        st = a.stat(mnt / rel)
+        assert (st.st_uid, st.st_gid) == (0, 0), f"{rel}: shown as {st.st_uid}:{st.st_gid}"
+    real = os.lstat(plain.upper / "new.txt")
+    assert (real.st_uid, real.st_gid) == (plain.user.uid, plain.user.gid)
+
+
+@pytest.mark.parametrize("lead", ["", ":"], ids=["plain", "leading-colon"])
+def test_uidmapping_shows_own_ids_as_zero_and_others_as_overflow(plain, lead):
+    a, mnt = plain.agent, plain.mnt
+    u = plain.user
+    m = plain.mount()
+    a.write(mnt / "new.txt", "x\n")  # an upper file of the user's
+    # (own files shown as root's: the kernel lets the user, not root here, write nowhere)
+    plain.remount(m, f"uidmapping={lead}0:{u.uid}:1", f"gidmapping={lead}0:{u.gid}:1")
+    for rel in ("own.txt", "owndir", "bottom.txt", "new.txt"):
+        st = a.stat(mnt / rel)
+        assert (st.st_uid, st.st_gid) == (0, 0), f"{rel}: own file shown as {st.st_uid}:{st.st_gid}"
+    for rel in ("rootfile", "rootdir", "rootdir/r.txt"):
+        st = a.stat(mnt / rel)
+        assert (st.st_uid, st.st_gid) == (OVERFLOW, OVERFLOW), \
+            f"{rel}: a host id outside the mapping shown as {st.st_uid}:{st.st_gid}"
+    real = os.lstat(plain.upper / "new.txt")
+    assert (real.st_uid, real.st_gid) == (u.uid, u.gid), "container id 0 is stored as the host id"
+
+
+def test_xattr_permissions_2_keeps_mode_and_owner_in_override_stat(plain):
+    a, mnt = plain.agent, plain.mnt
+    u = plain.user
+    m = plain.mount("xattr_permissions=2")
+    a.call("chmod", str(mnt / "own.txt"), 0o600)
+    a.call("chown", str(mnt / "own.txt"), u.uid, u.gid)
+    a.write(mnt / "new.txt", "x\n")
+    a.call("chmod", str(mnt / "new.txt"), 0o751)
+    a.call("chmod", str(mnt / "owndir"), 0o700)
+
+    def check(rel, kind, mode):
+        st = a.stat(mnt / rel)
+        assert stat.S_IFMT(st.st_mode) == kind and stat.S_IMODE(st.st_mode) == mode, \
+            f"{rel}: stat shows {st.st_mode:o}, expected mode {mode:o}"
+        assert (st.st_uid, st.st_gid) == (u.uid, u.gid), rel
+        value = os.getxattr(plain.upper / rel, OVERRIDE_XATTR, follow_symlinks=False)
+        uid, gid, omode, rest = _parse_override(value)
+        assert (uid, gid, stat.S_IMODE(omode)) == (u.uid, u.gid, mode), f"{rel}: override_stat {value!r}"
+        if kind == stat.S_IFDIR:
+            assert rest in ([], ["dir"]), f"{rel}: override_stat {value!r}"
+        else:
+            assert rest in ([], ["file"]), f"{rel}: override_stat {value!r}"
+        # the override is the daemon's business: hidden through the mount
+        assert OVERRIDE_XATTR not in a.call("listxattr", str(mnt / rel))
+
+    check("own.txt", stat.S_IFREG, 0o600)
+    check("new.txt", stat.S_IFREG, 0o751)
+    check("owndir", stat.S_IFDIR, 0o700)
+    assert a.read(mnt / "own.txt") == "own\n"
+    plain.remount(m, "xattr_permissions=2")  # kept on disk, read again by a new daemon
+    check("own.txt", stat.S_IFREG, 0o600)
+    check("owndir", stat.S_IFDIR, 0o700)
+
+
+# -- root of a user namespace ----------------------------------------------------------------------
+
+def test_userns_root_mounts_with_kernel_whiteouts_and_user_xattrs(userns):
+    a, mnt = userns.agent, userns.mnt
+    assert a.call("getuid") == 0
+    form = userns.expected_whiteout()
+    userns.mount()
+    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "own.txt", "owndir", "rootdir", "rootfile"]
+    st = a.stat(mnt / "own.txt")
+    assert (st.st_uid, st.st_gid) == (0, 0), "the user's files are root's in its namespace"
+    st = a.stat(mnt / "rootfile")
+    assert (st.st_uid, st.st_gid) == (OVERFLOW, OVERFLOW), "host root is unmapped in the namespace"
+    a.write(mnt / "new.txt", "new\n")
+    a.write(mnt / "own.txt", "more\n", append=True)
+    a.call("unlink", str(mnt / "bottom.txt"))
+    for name in ("a.txt", "b.txt"):
+        a.call("unlink", str(mnt / "owndir" / name))
+    a.call("rmdir", str(mnt / "owndir"))
+    a.call("mkdir", str(mnt / "owndir"), 0o755)
+    assert sorted(a.call("listdir", str(mnt))) == ["new.txt", "own.txt", "owndir", "rootdir", "rootfile"]
+    assert a.call("listdir", str(mnt / "owndir")) == []
+    assert a.read(mnt / "own.txt") == "own\nmore\n"
+    _assert_whiteout(userns.upper, "bottom.txt", form)
+    assert os.getxattr(userns.upper / "owndir", "user.overlay.opaque") == b"y"
+    trusted = {k: v for k, v in _upper_xattrs(userns.upper).items() if any(n.startswith("trusted.") for n in v)}
+    assert not trusted, f"trusted.* is not available in a user namespace, yet written: {trusted}"
+    real = os.lstat(userns.upper / "new.txt")
+    assert (real.st_uid, real.st_gid) == (userns.user.uid, userns.user.gid)
+
+
+def test_userns_root_chowns_to_mapped_ids(userns):
+    a, mnt = userns.agent, userns.mnt
+    (subuid, _), (subgid, _) = userns.user.subuid, userns.user.subgid
+    userns.mount()
+    a.write(mnt / "new.txt", "x\n")
+    a.call("chown", str(mnt / "new.txt"), 1000, 1001)
+    a.call("chown", str(mnt / "own.txt"), 1000, 1001)  # copy-up, then chown
+    for rel in ("new.txt", "own.txt"):
+        st = a.stat(mnt / rel)
+        assert (st.st_uid, st.st_gid) == (1000, 1001), rel
+        real = os.lstat(userns.upper / rel)
+        assert (real.st_uid, real.st_gid) == (subuid + 999, subgid + 1000), \
+            f"{rel}: namespace ids 1000:1001 stored as {real.st_uid}:{real.st_gid}"
+    assert a.errno_of("chown", str(mnt / "new.txt"), 70000, -1) == errno.EINVAL  # unmapped id
+
+
+def test_userns_xattr_permissions_2_chown_goes_to_override_stat(userns):
+    a, mnt = userns.agent, userns.mnt
+    u = userns.user
+    m = userns.mount("xattr_permissions=2")
+    a.write(mnt / "new.txt", "x\n")
+    a.call("chown", str(mnt / "new.txt"), 1000, 1001)
+    a.call("chown", str(mnt / "own.txt"), 1000, 1001)
+    a.call("chmod", str(mnt / "own.txt"), 0o640)
+    for rel, mode in (("new.txt", None), ("own.txt", 0o640)):
+        st = a.stat(mnt / rel)
+        assert (st.st_uid, st.st_gid) == (1000, 1001), f"{rel}: stat shows {st.st_uid}:{st.st_gid}"
+        if mode is not None:
+            assert stat.S_IMODE(st.st_mode) == mode
+        value = os.getxattr(userns.upper / rel, OVERRIDE_XATTR, follow_symlinks=False)
+        uid, gid, omode, _ = _parse_override(value)
+        assert (uid, gid) == (1000, 1001), f"{rel}: override_stat {value!r}"
+        if mode is not None:
+            assert stat.S_IMODE(omode) == mode, f"{rel}: override_stat {value!r}"
+        real = os.lstat(userns.upper / rel)
+        assert (real.st_uid, real.st_gid) == (u.uid, u.gid), \
+            f"{rel}: with xattr_permissions the real file keeps the daemon's owner"
+    userns.remount(m, "xattr_permissions=2")
+    st = a.stat(mnt / "own.txt")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1001, 0o640)
