@@ -9,8 +9,9 @@ What a stack holds, bottom layer first, every layer on top of the ones below:
 - nested directories, regular files of many sizes (empty, small, a few
   multi-MiB, one sparse), symlinks (relative, absolute, dangling, long),
   hard links inside a layer, fifos, character devices, user.* and a few
-  trusted.* xattrs, odd names (spaces, UTF-8, colons, dot files, names that
-  start like a marker but are not one, 255-byte names);
+  trusted.* xattrs, odd names (spaces, UTF-8, bytes that are not UTF-8,
+  newlines, backslashes, colons, dot files, names that start like a marker but
+  are not one, 255-byte names), seeded times;
 - in every layer above the bottom: whiteouts of names that exist below, in
   both formats (char dev 0/0 made with mknod, and an empty `.wh.NAME` file),
   opaque directories over directories that have content below, in every marker
@@ -256,6 +257,11 @@ class _Generator:
         if r < 0.18:
             stem = f"long{self._uniq}-"
             return stem + "n" * (255 - len(stem))
+        if r < 0.19:
+            return os.fsdecode(b"not-utf8-\xff\xfe-%d" % self._uniq)  # bytes, not text
+        if r < 0.20:
+            return rng.choice(("new\nline", "tab\there", "back\\slash", "quote'\"", "star*?[x]",
+                               "-dash", "~tilde", "percent%s")) + str(self._uniq)
         return f"{word}{self._uniq}{rng.choice(_EXTS)}"
 
     def _new_rel(self) -> str | None:
@@ -342,6 +348,8 @@ class _Generator:
             target = "/" + rng.choice(existing)
         elif flavor == "long":
             target = "/".join(["long-symlink-target"] * 50)
+            if rng.random() < 0.5:  # the longest a symlink can be
+                target = (target * 5)[:4095]
         else:
             target = rng.choice(("does/not/exist", "/nonexistent/at/all", "../../../../../../x"))
             flavor = "dangling"
@@ -443,7 +451,7 @@ class _Generator:
         if not rel or not self._ensure_dirs(rel):
             return
         name = _base(rel)
-        if fmt == "whfile" and len((WH_PREFIX + name).encode()) > 255:
+        if fmt == "whfile" and len(os.fsencode(WH_PREFIX + name)) > 255:
             fmt = "chardev"
         if fmt == "chardev":
             os.mknod(self._p(rel), stat.S_IFCHR | 0o600, os.makedev(0, 0))
@@ -491,7 +499,7 @@ def _set_times(layer: Path, salt: str):
         for name in filenames + dirnames + ["."]:
             p = os.path.join(dirpath, name)
             rel = os.path.relpath(p, layer)
-            t = 1_500_000_000_000_000_000 + zlib.crc32(f"{salt}/{rel}".encode()) * 97_003
+            t = 1_500_000_000_000_000_000 + zlib.crc32(os.fsencode(f"{salt}/{rel}")) * 97_003
             os.utime(p, ns=(t, t), follow_symlinks=False)
 
 
