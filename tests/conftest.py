@@ -24,6 +24,7 @@ Real-mount tests skip, naming the reason, when not root or /dev/fuse is missing.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,12 @@ def pytest_configure(config):
 
 
 # -- skip conditions -----------------------------------------------------------
+
+@pytest.fixture
+def needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mknod, chown, trusted.* xattrs)")
+
 
 @pytest.fixture
 def fuse_root():

@@ -51,7 +51,7 @@ def _describe(stack) -> str:
 
 # -- the generator itself ------------------------------------------------------
 
-def test_generator_is_deterministic_and_covers_every_form(tmp_path):
+def test_generator_is_deterministic_and_covers_every_form(tmp_path, needs_root):
     a = layergen.generate_stack(tmp_path / "a", 11, big_files=0)
     b = layergen.generate_stack(tmp_path / "b", 11, big_files=0)
     assert layergen.missing_features(a) == []
