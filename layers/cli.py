@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    c = sub.add_parser("import", help="import a layer tar, OCI layout or docker archive")
-    c.add_argument("path")
+    c = sub.add_parser("import", help="import a layer tar, OCI layout or docker archive; "
+                                      "several layer tars stack into one image")
+    c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("--name", help="NAME[:TAG] for the imported image")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
@@ -197,7 +198,7 @@ def _cmd_import(store: Store, args) -> int:
     progress = None
     if not args.quiet and sys.stderr.isatty():
         progress = TerminalProgress()
-    images = store.import_path(args.path, name=args.name, progress=progress)
+    images = store.import_path(args.paths, name=args.name, progress=progress)
     if progress:
         progress.finish()
     for image in images:

@@ -12,6 +12,7 @@ layers as `LayerBlob`s that open a stream of the blob on demand.
 - A directory or plain tar holding `manifest.json` is a `docker save` archive.
 - Anything else (plain, gzip or zstd) is one layer tar: a one-layer image
   whose config the store writes once the diffID is known (`config is None`).
+  Several layer tars given together stack into one image, bottom first.
 
 Names inside archives are untrusted: blob paths come from validated digests;
 docker-archive paths are cleaned (`archive.clean_name`); a directory is read
@@ -78,11 +79,11 @@ def config_diff_ids(config: bytes, where: str) -> list[Digest]:
         raise BadArchive(where, f"bad image config ({e})") from None
 
 
-def bare_layer_config(diff_id: Digest) -> bytes:
-    """The config of a one-layer image made from a bare tar: deterministic, so
-    importing the same tar twice gives the same image id."""
+def bare_layer_config(diff_ids: list[Digest]) -> bytes:
+    """The config of an image made from bare layer tars: deterministic, so
+    importing the same tars twice gives the same image id."""
     doc = {"architecture": host_arch(), "os": "linux", "config": {},
-           "rootfs": {"type": "layers", "diff_ids": [str(diff_id)]}}
+           "rootfs": {"type": "layers", "diff_ids": [str(d) for d in diff_ids]}}
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -177,8 +178,15 @@ def _looks_like_image_tar(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def open_source(path: str) -> Iterator[list[ImageSource]]:
-    """The images found at `path`; see the module doc."""
+def open_source(path: str | list[str]) -> Iterator[list[ImageSource]]:
+    """The images found at `path`; see the module doc.  A list of paths is a
+    stack of layer tars, bottom first: one image."""
+    if isinstance(path, list):
+        if len(path) == 1:
+            path = path[0]
+        else:
+            yield [_bare_layers(path)]
+            return
     if os.path.isdir(path):
         container = _Dir(path)
     else:
@@ -188,7 +196,7 @@ def open_source(path: str) -> Iterator[list[ImageSource]]:
         except OSError as e:
             raise BadArchive(path, e.strerror or str(e)) from None
         if detect_compression(head) or not _looks_like_image_tar(path):
-            yield [_bare_layer(path)]
+            yield [_bare_layers([path])]
             return
         container = _Tar(path)
     try:
@@ -204,12 +212,22 @@ def open_source(path: str) -> Iterator[list[ImageSource]]:
         container.close()
 
 
-def _bare_layer(path: str) -> ImageSource:
-    @contextlib.contextmanager
-    def opener() -> Iterator[BinaryIO]:
-        with open(path, "rb", buffering=1 << 20) as f:
-            yield f
-    return ImageSource(config=None, layers=[LayerBlob(where=path, open=opener)])
+def _bare_layers(paths: list[str]) -> ImageSource:
+    def opener(path: str):
+        @contextlib.contextmanager
+        def open_blob() -> Iterator[BinaryIO]:
+            try:
+                f = open(path, "rb", buffering=1 << 20)
+            except OSError as e:
+                raise BadArchive(path, e.strerror or str(e)) from None
+            with f:
+                yield f
+        return open_blob
+    for path in paths:
+        if os.path.isdir(path):
+            raise BadArchive(path, "a directory in a stack of layer tars")
+    return ImageSource(config=None, layers=[LayerBlob(where=p, open=opener(p))
+                                            for p in paths])
 
 
 def _read_json_blob(container, name: str, expect: Digest | None, where: str):

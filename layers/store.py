@@ -307,9 +307,10 @@ class Store:
 
     # -- import ----------------------------------------------------------------
 
-    def import_path(self, path: str, name: str | None = None,
+    def import_path(self, path: str | list[str], name: str | None = None,
                     progress: Progress | None = None) -> list[Image]:
         """Import every image at `path` (see `source.py`); returns them.
+        Several paths: layer tars, bottom first, stacked into one image.
 
         `name` (NAME[:TAG]) names the image; only for a single image.
         Raises DigestMismatch, UnsafeArchive, BadArchive; on failure nothing of
@@ -425,25 +426,35 @@ class Store:
 
     def _import_bare(self, src: ImageSource, names: list[str], lease: fsutil.Lease,
                      progress: Progress | None) -> Image:
-        """A bare layer tar: extract first (its diffID is its identity)."""
-        blob = src.layers[0]
-        staged = os.path.join(lease.path, "bare")
-        layer = self._extract(blob, 0, 1, staged, progress, parent=None, layer_id=None)
-        config = bare_layer_config(layer.diff_id)
+        """Bare layer tars, bottom first: extract first (their diffIDs are their
+        identity), then publish the new layers and the image in one lock hold."""
+        staged: list[tuple[Layer, str]] = []
+        parent: Digest | None = None
+        for i, blob in enumerate(src.layers):
+            path = os.path.join(lease.path, f"bare-{i}")
+            layer = self._extract(blob, i, len(src.layers), path, progress,
+                                  parent=parent, layer_id=None)
+            layer_id = chain_ids([layer.diff_id] if parent is None else
+                                 [parent, layer.diff_id])[-1]
+            layer = replace(layer, id=layer_id)
+            staged.append((layer, path))
+            parent = layer_id
+            if progress:
+                progress.layer_done(layer)
+        config = bare_layer_config([layer.diff_id for layer, _ in staged])
         image_id = Digest.of_bytes(config).hex
         with self.lock:
-            if self.layers.get(layer.id) is None:
-                self.layers.publish(layer, staged, lease.token)
+            for layer, path in staged:
+                if self.layers.get(layer.id) is None:
+                    self.layers.publish(layer, path, lease.token)
             image = self.images.get(image_id)
             if image is None:
-                image = Image(id=image_id, names=(), layers=(layer.id,),
+                image = Image(id=image_id, names=(),
+                              layers=tuple(layer.id for layer, _ in staged),
                               config=config.decode(), manifest_digest=None,
                               created=time.time())
                 self.images.save(image_id, image)
-            image = self.images.claim_names(image, names)
-        if progress:
-            progress.layer_done(layer)
-        return image
+            return self.images.claim_names(image, names)
 
     # -- images ----------------------------------------------------------------
 

@@ -245,3 +245,20 @@ def test_inspect(store_env, tmp_path):
     assert layer["type"] == "layer" and layer["diff_id"] == built.diff_ids[1]
     assert layer["parent"] == built.chain_ids[0]
     assert store.inspect(image.id[:8])["type"] == "image"
+
+
+def test_layer_tars_stack_into_one_image(store_env, tmp_path):
+    paths = []
+    for i, raw in enumerate([BASE, MID, APP1]):
+        paths.append(str(tmp_path / f"l{i}.tar"))
+        (tmp_path / f"l{i}.tar").write_bytes(raw)
+    store = store_env.open()
+    (image,) = store.import_path(paths, name="stack:1")
+    built = oci_layout(tmp_path / "same", [BASE, MID, APP1])
+    assert [str(x) for x in image.layers] == built.chain_ids
+    assert json.loads(image.config)["rootfs"]["diff_ids"] == built.diff_ids
+    (again,) = store.import_path(paths)
+    assert again.id == image.id
+    store.create("stack:1", name="c")
+    assert sorted(os.listdir(store.mount("c"))) == ["app", "bin", "etc", "usr"]
+    store.umount("c")
