@@ -598,19 +598,27 @@ class Store:
     # -- whole store -------------------------------------------------------------
 
     def reset(self) -> list[str]:
-        """Unmount every container, then remove the whole store."""
+        """Unmount every container, then remove the whole store.
+
+        The root is first renamed aside in one step, so an interrupted reset
+        leaves either the old store or none (and a `.strata-removing-*` dir
+        beside it that a later reset removes)."""
         done = []
+        root = self.paths.root
+        parent, base = os.path.split(root)
         with self.lock:
             for c in self.containers.all(include_incomplete=True):
                 if self.registry.get(c.id) is not None:
                     self._umount_all(c)
                     done.append(f"unmounted {c.name}")
             fsutil.remove_tree(self.paths.runroot)
-            for name in os.listdir(self.paths.root):
-                if name != layout.LOCK:
-                    fsutil.remove_tree(os.path.join(self.paths.root, name))
-        fsutil.remove_tree(self.paths.root)
-        done.append(f"removed store {self.paths.root}")
+            trash = os.path.join(parent, f".{base}.strata-removing-{secrets.token_hex(4)}")
+            os.rename(root, trash)
+            fsutil.fsync_dir(parent)
+        for name in os.listdir(parent):
+            if name.startswith(f".{base}.strata-removing-"):
+                fsutil.remove_tree(os.path.join(parent, name))
+        done.append(f"removed store {root}")
         return done
 
     def check(self) -> list[str]:
@@ -676,5 +684,14 @@ def _refuse_foreign(root: str) -> None:
     for rel, reason in layout.FOREIGN_STORES:
         if os.path.exists(os.path.join(root, rel)):
             raise NotAStore(root, reason)
-    if entries:
+    if any(not _skeleton(root, name) for name in entries):
         raise NotAStore(root, "not a Strata store and not empty")
+
+
+def _skeleton(root: str, name: str) -> bool:
+    """Left by an initialization that died before writing the marker."""
+    path = os.path.join(root, name)
+    if name == layout.LOCK or fsutil.is_tmp_name(name):
+        return os.path.isfile(path)
+    return name in (layout.LAYERS, layout.IMAGES, layout.CONTAINERS, layout.STAGING) \
+        and os.path.isdir(path) and not os.listdir(path)

@@ -262,3 +262,23 @@ def test_layer_tars_stack_into_one_image(store_env, tmp_path):
     store.create("stack:1", name="c")
     assert sorted(os.listdir(store.mount("c"))) == ["app", "bin", "etc", "usr"]
     store.umount("c")
+
+
+def test_an_interrupted_initialization_is_taken_up(tmp_path):
+    env = StoreEnv(tmp_path)
+    env.root.mkdir()
+    for d in ("layers", "staging"):
+        (env.root / d).mkdir()
+    (env.root / "lock").write_text("123\n")
+    store = env.open()
+    assert store.list_images() == []
+    assert (env.root / "strata.json").exists()
+
+
+def test_reset_removes_the_store_in_one_rename(store_env, tmp_path):
+    store = store_env.open()
+    store.import_path(str(make_tar(tmp_path / "l.tar", [file("f", "x")])), name="x")
+    leftover = tmp_path / ".store.strata-removing-dead"
+    (leftover / "layers").mkdir(parents=True)
+    assert store.reset() == [f"removed store {store_env.root}"]
+    assert not store_env.root.exists() and not leftover.exists()
