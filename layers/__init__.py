@@ -1,1 +1,17 @@
-"""Strata layers: the content-addressed layer store."""
+"""Strata layers: the content-addressed layer store.
+
+Levels (a module imports only from lower ones; tests/layers/test_store_levels.py
+checks it):
+
+0  errors, digest, layout          kinds of failure, identity, the on-disk tree
+1  fsutil, records, config         atomic writes, locks, leases; records; storage.conf
+2  archive, recordstore, changes   layer tars in; record files; reading layer stacks
+   source, drivers.base            what an import reads; the driver interface
+3  layerstore, imagestore,         one kind of record each; siblings never import
+   containerstore, mounts,         each other
+   drivers.fuse/overlay/vfs
+5  store                           the facade: lock, rules across records, mounting
+6  cli                             `layers …`
+
+The package never imports fsd: it runs it as a mount program.
+"""

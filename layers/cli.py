@@ -190,8 +190,7 @@ def _run(args) -> int:
         if not args.force:
             raise UsageError("reset removes the whole store; repeat with -f")
     store = Store.open(cfg, lock_timeout=args.lock_timeout)
-    with store:
-        return COMMANDS[args.command](store, args)
+    return COMMANDS[args.command](store, args)
 
 
 def _cmd_import(store: Store, args) -> int:

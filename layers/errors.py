@@ -76,13 +76,6 @@ class NameInUse(LayersError):
         super().__init__(f"name {name} is already used by {owner}")
 
 
-class LayerInUse(LayersError):
-    def __init__(self, layer: str, users: list[str]):
-        self.layer = layer
-        self.users = users
-        super().__init__(f"layer {layer} is in use by {', '.join(users)}")
-
-
 class ImageInUse(LayersError):
     def __init__(self, image: str, containers: list[str]):
         self.image = image

@@ -82,10 +82,6 @@ def is_tmp_name(name: str) -> bool:
     return name.startswith(".") and ".tmp-" in name
 
 
-def ensure_dir(path: str, mode: int = 0o700) -> None:
-    os.makedirs(path, mode=mode, exist_ok=True)
-
-
 class StoreLock:
     """Exclusive store lock.  Use as a context manager; re-entrant per object."""
 
@@ -124,10 +120,6 @@ class StoreLock:
         if self._depth == 0 and self._fd is not None:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._depth > 0
 
     def __enter__(self) -> "StoreLock":
         self.acquire()

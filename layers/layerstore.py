@@ -19,7 +19,6 @@ import os
 
 from . import fsutil
 from .digest import Digest
-from .errors import LayerUnknown
 from .layout import StorePaths
 from .records import Layer, replace
 from .recordstore import RecordStore
@@ -36,12 +35,6 @@ class LayerStore(RecordStore[Layer]):
         """The complete layer, or None."""
         layer = self.load(layer_id.hex)
         return layer if layer is not None and not layer.incomplete else None
-
-    def require(self, layer_id: Digest) -> Layer:
-        layer = self.get(layer_id)
-        if layer is None:
-            raise LayerUnknown(str(layer_id))
-        return layer
 
     def diff_dir(self, layer_id: Digest) -> str:
         return self.paths.layer_diff(layer_id)

@@ -105,6 +105,11 @@ def is_opaque_dir(path: str, names: set[str] | None = None) -> bool:
     return False
 
 
+def record_file(directory: str, key: str) -> str:
+    """`<dir>/<key>.json`: where every record lives (key: 64 hex, checked)."""
+    return os.path.join(directory, check_id(key) + ".json")
+
+
 class StorePaths:
     """Paths of one store.  Every id passes `check_id`/`Digest` first."""
 
@@ -141,9 +146,6 @@ class StorePaths:
     def mounts(self) -> str:
         return os.path.join(self.runroot, MOUNTS)
 
-    def layer_record(self, layer_id: Digest) -> str:
-        return os.path.join(self.layers, layer_id.hex + ".json")
-
     def layer_dir(self, layer_id: Digest) -> str:
         return os.path.join(self.layers, layer_id.hex)
 
@@ -155,12 +157,6 @@ class StorePaths:
 
     def image_import_lock(self, image_id: str) -> str:
         return os.path.join(self.staging, check_id(image_id) + ".lock")
-
-    def image_record(self, image_id: str) -> str:
-        return os.path.join(self.images, check_id(image_id) + ".json")
-
-    def container_record(self, container_id: str) -> str:
-        return os.path.join(self.containers, check_id(container_id) + ".json")
 
     def container_dir(self, container_id: str) -> str:
         return os.path.join(self.containers, check_id(container_id))

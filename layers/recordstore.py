@@ -1,6 +1,6 @@
 """A directory of records of one kind: `<key>.json` files, read and written whole.
 
-Level 2: imports `errors`, `digest`, `records`, `fsutil`.
+Level 2: imports `errors`, `layout`, `records`, `fsutil`.
 
 The caller holds the store lock for every write.  Reads need no lock: a
 record file is replaced by rename, never rewritten in place.  `all()` skips
@@ -14,7 +14,7 @@ import os
 from typing import Generic, Iterator, Type
 
 from . import fsutil
-from .digest import check_id
+from .layout import record_file
 from .errors import CorruptRecord
 from .records import R, decode, encode
 
@@ -27,7 +27,7 @@ class RecordStore(Generic[R]):
         self.corrupt: list[CorruptRecord] = []
 
     def _path(self, key: str) -> str:
-        return os.path.join(self.dir, check_id(key) + ".json")
+        return record_file(self.dir, key)
 
     def load(self, key: str) -> R | None:
         """The record at `key` (incomplete ones included), None when absent."""

@@ -59,7 +59,7 @@ class ContainerState:
 
 
 class Store:
-    """An open store.  `Store.open(config)`; close with `close()` or `with`."""
+    """An open store: `Store.open(config)`.  Holds no resources between calls."""
 
     def __init__(self, config: Config, driver_name: str, lock_timeout: float):
         self.config = config
@@ -124,15 +124,6 @@ class Store:
     @property
     def _override_stat(self) -> bool:
         return not self.privileged or self.config.force_mask is not None
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "Store":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     @contextmanager
     def _lease(self) -> Iterator[fsutil.Lease]:

@@ -9,6 +9,7 @@ import pytest
 
 from layers import fsutil, store as storemod
 from layers.digest import Digest
+from layers.layout import record_file
 from layers.errors import (ContainerMounted, DigestMismatch, ImageInUse, NameInUse,
                            NotAStore, StoreMismatch)
 from layers.records import Layer, encode
@@ -137,11 +138,11 @@ def test_repair_removes_leftovers_of_dead_commands(store_env, tmp_path):
     os.makedirs(paths.layer_diff(half))
     rec = Layer(id=half, diff_id=half, parent=None, compressed_digest=None, created=0,
                 tar_size=0, size=0, incomplete=True, lease="999-dead")
-    fsutil.atomic_write(paths.layer_record(half), encode(rec))
+    fsutil.atomic_write(record_file(paths.layers, half.hex), encode(rec))
     # and a complete layer nothing refers to (crash between rmi's steps)
     orphan = Digest("f" * 64)
     os.makedirs(paths.layer_diff(orphan))
-    fsutil.atomic_write(paths.layer_record(orphan), encode(
+    fsutil.atomic_write(record_file(paths.layers, orphan.hex), encode(
         Layer(id=orphan, diff_id=orphan, parent=None, compressed_digest=None, created=0,
               tar_size=0, size=0)))
     again = store_env.open()
