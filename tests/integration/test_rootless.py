@@ -82,6 +82,8 @@ def _make_stack(box: Sandbox, user: User) -> tuple[Path, Path]:
     box.file("layers/bottom/rootfile", "root\n", owned=False)
     box.dir("layers/bottom/rootdir", owned=False)
     box.file("layers/bottom/rootdir/r.txt", "r\n", owned=False)
+    sub = box.file("layers/bottom/sub.txt", "sub\n", owned=False)
+    os.chown(sub, user.subuid[0] + 4, user.subgid[0] + 4)  # container id 5 of the user's range
     return top, bottom
 
 
@@ -153,7 +155,7 @@ def _parse_override(value: bytes) -> tuple[int, int, int, list[str]]:
 def test_user_mounts_and_writes_own_files(plain):
     a, mnt = plain.agent, plain.mnt
     m = plain.mount()
-    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "own.txt", "owndir", "rootdir", "rootfile"]
+    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "own.txt", "owndir", "rootdir", "rootfile", "sub.txt"]
     assert a.read(mnt / "rootdir/r.txt") == "r\n"
     a.write(mnt / "new.txt", "fresh\n")
     a.call("mkdir", str(mnt / "newdir"), 0o755)
@@ -192,7 +194,7 @@ def test_user_unlink_leaves_a_whiteout(plain):
     a.call("unlink", str(mnt / "bottom.txt"))
     a.call("unlink", str(mnt / "owndir/a.txt"))
     assert a.errno_of("lstat", str(mnt / "own.txt")) == errno.ENOENT
-    assert sorted(a.call("listdir", str(mnt))) == ["owndir", "rootdir", "rootfile"]
+    assert sorted(a.call("listdir", str(mnt))) == ["owndir", "rootdir", "rootfile", "sub.txt"]
     assert a.call("listdir", str(mnt / "owndir")) == ["b.txt"]
     for name in ("own.txt", "bottom.txt", "owndir/a.txt"):
         _assert_whiteout(plain.upper, name, form)
@@ -236,36 +238,53 @@ def test_user_chown_to_another_user_is_eperm(plain):
     assert os.lstat(plain.bottom / "rootfile").st_uid == 0
 
 
-def test_squash_to_root_shows_every_file_as_root(plain):
+@pytest.mark.parametrize("opts, shown", [(("squash_to_root",), (0, 0)),
+                                          (("squash_to_uid=1234", "squash_to_gid=4321"), (1234, 4321))],
+                         ids=["squash_to_root", "squash_to_uid-gid"])
+def test_squash_shows_every_file_with_one_owner(plain, opts, shown):
     a, mnt = plain.agent, plain.mnt
     m = plain.mount()
     a.write(mnt / "new.txt", "x\n")  # an upper file of the user's
-    # (with everything shown as root's, the kernel lets the user write nowhere)
-    plain.remount(m, "squash_to_root")
-    for rel in (".", "own.txt", "owndir", "owndir/a.txt", "bottom.txt", "rootfile", "rootdir", "new.txt"):
+    # (with everything shown as another's, the kernel lets the user write nowhere)
+    plain.remount(m, *opts)
+    for rel in (".", "own.txt", "owndir", "owndir/a.txt", "bottom.txt", "rootfile", "rootdir", "sub.txt",
+                "new.txt"):
         st = a.stat(mnt / rel)
-        assert (st.st_uid, st.st_gid) == (0, 0), f"{rel}: shown as {st.st_uid}:{st.st_gid}"
+        assert (st.st_uid, st.st_gid) == shown, f"{rel}: shown as {st.st_uid}:{st.st_gid}, not {shown}"
     real = os.lstat(plain.upper / "new.txt")
     assert (real.st_uid, real.st_gid) == (plain.user.uid, plain.user.gid)
 
 
 @pytest.mark.parametrize("lead", ["", ":"], ids=["plain", "leading-colon"])
-def test_uidmapping_shows_own_ids_as_zero_and_others_as_overflow(plain, lead):
+def test_uidmapping_as_fuse_overlayfs_defines_it(plain, lead):
+    """`uidmapping=C:H:N[:C:H:N...]`: an id C+i on disk (in a layer, as an image
+    stores it) is shown as the host id H+i; an id on disk outside every C range
+    is shown as 65534. (fuse-overlayfs 1.10: `uidmapping=0:1000:1` shows a
+    root-owned lower file as 1000 and a file of 1000 as 65534; podman passes
+    `uidmapping=:0:300000:65536` for a container whose root is host 300000.)"""
     a, mnt = plain.agent, plain.mnt
     u = plain.user
+    sub, subg = u.subuid[0], u.subgid[0]
     m = plain.mount()
     a.write(mnt / "new.txt", "x\n")  # an upper file of the user's
-    # (own files shown as root's: the kernel lets the user, not root here, write nowhere)
+    own = ("own.txt", "owndir", "bottom.txt", "new.txt")
+    roots = ("rootfile", "rootdir", "rootdir/r.txt")
+
+    def shown(rels):
+        return {rel: (a.stat(mnt / rel).st_uid, a.stat(mnt / rel).st_gid) for rel in rels}
+
+    # the user's own ids on disk are container root; 1.. are its subordinate ids
+    m = plain.remount(m, f"uidmapping={lead}{u.uid}:0:1:{sub}:1:65536",
+                      f"gidmapping={lead}{u.gid}:0:1:{subg}:1:65536")
+    assert shown(own) == {rel: (0, 0) for rel in own}, "disk id C must show as H"
+    assert shown(roots) == {rel: (OVERFLOW, OVERFLOW) for rel in roots}, "ids outside every C range"
+    assert shown(["sub.txt"]) == {"sub.txt": (5, 5)}, "the second triple"
+    # disk root shows as the user: the way an image extracted by root is shown to its owner
     plain.remount(m, f"uidmapping={lead}0:{u.uid}:1", f"gidmapping={lead}0:{u.gid}:1")
-    for rel in ("own.txt", "owndir", "bottom.txt", "new.txt"):
-        st = a.stat(mnt / rel)
-        assert (st.st_uid, st.st_gid) == (0, 0), f"{rel}: own file shown as {st.st_uid}:{st.st_gid}"
-    for rel in ("rootfile", "rootdir", "rootdir/r.txt"):
-        st = a.stat(mnt / rel)
-        assert (st.st_uid, st.st_gid) == (OVERFLOW, OVERFLOW), \
-            f"{rel}: a host id outside the mapping shown as {st.st_uid}:{st.st_gid}"
+    assert shown(roots) == {rel: (u.uid, u.gid) for rel in roots}, "disk id 0 must show as the user"
+    assert shown(own + ("sub.txt",)) == {rel: (OVERFLOW, OVERFLOW) for rel in own + ("sub.txt",)}
     real = os.lstat(plain.upper / "new.txt")
-    assert (real.st_uid, real.st_gid) == (u.uid, u.gid), "container id 0 is stored as the host id"
+    assert (real.st_uid, real.st_gid) == (u.uid, u.gid), "a mount option changed a file on disk"
 
 
 def test_xattr_permissions_2_keeps_mode_and_owner_in_override_stat(plain):
@@ -309,7 +328,7 @@ def test_userns_root_mounts_with_kernel_whiteouts_and_user_xattrs(userns):
     assert a.call("getuid") == 0
     form = userns.expected_whiteout()
     userns.mount()
-    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "own.txt", "owndir", "rootdir", "rootfile"]
+    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "own.txt", "owndir", "rootdir", "rootfile", "sub.txt"]
     st = a.stat(mnt / "own.txt")
     assert (st.st_uid, st.st_gid) == (0, 0), "the user's files are root's in its namespace"
     st = a.stat(mnt / "rootfile")
@@ -321,7 +340,7 @@ def test_userns_root_mounts_with_kernel_whiteouts_and_user_xattrs(userns):
         a.call("unlink", str(mnt / "owndir" / name))
     a.call("rmdir", str(mnt / "owndir"))
     a.call("mkdir", str(mnt / "owndir"), 0o755)
-    assert sorted(a.call("listdir", str(mnt))) == ["new.txt", "own.txt", "owndir", "rootdir", "rootfile"]
+    assert sorted(a.call("listdir", str(mnt))) == ["new.txt", "own.txt", "owndir", "rootdir", "rootfile", "sub.txt"]
     assert a.call("listdir", str(mnt / "owndir")) == []
     assert a.read(mnt / "own.txt") == "own\nmore\n"
     _assert_whiteout(userns.upper, "bottom.txt", form)
@@ -372,3 +391,16 @@ def test_userns_xattr_permissions_2_chown_goes_to_override_stat(userns):
     userns.remount(m, "xattr_permissions=2")
     st = a.stat(mnt / "own.txt")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1001, 0o640)
+
+
+def test_userns_squash_to_root_chown_succeeds_and_still_shows_root(userns):
+    """What chown does on disk under a squash is not the contract (fuse-overlayfs
+    chowns the real file, fsd leaves it); that it succeeds and shows root is."""
+    a, mnt = userns.agent, userns.mnt
+    userns.mount("squash_to_root")
+    a.write(mnt / "new.txt", "x\n")
+    for rel in ("new.txt", "own.txt", "rootfile"):
+        assert a.errno_of("chown", str(mnt / rel), 1000, 1000) == 0, rel
+        st = a.stat(mnt / rel)
+        assert (st.st_uid, st.st_gid) == (0, 0), f"{rel}: squashed, yet shown as {st.st_uid}:{st.st_gid}"
+    assert os.lstat(userns.bottom / "rootfile").st_uid == 0, "the lower changed"
