@@ -85,15 +85,16 @@ class Store:
         """
         root = config.root
         marker = _read_marker(root)
-        if marker is None:
-            _refuse_foreign(root)
-            os.makedirs(root, mode=0o700, exist_ok=True)
         driver_name = marker["driver"] if marker else (config.driver or DEFAULT_DRIVER)
         if marker and config.driver and config.driver != driver_name:
             raise StoreMismatch(root, f"uses the {driver_name} driver, not "
                                       f"{config.driver}; `layers reset` to switch")
         store = cls(config, driver_name, lock_timeout)
         if marker is None:
+            _refuse_foreign(root)
+            if isinstance(store.driver, OverlayDriver):
+                store.driver.check_usable()   # its layers need root to extract
+            os.makedirs(root, mode=0o700, exist_ok=True)
             store._initialize(driver_name)
         for d in store.paths.record_dirs():
             os.makedirs(d, mode=0o700, exist_ok=True)

@@ -143,3 +143,18 @@ def test_unprivileged_import_keeps_owners_in_xattr_and_refuses_devices(nobody_di
     assert os.stat(diff / "home/u/secret").st_uid == NOBODY
     r = run_as_nobody(nobody_dir, "check")
     assert (r.returncode, r.stdout) == (0, "")
+
+
+def test_unprivileged_user_cannot_make_a_kernel_overlay_store(nobody_dir):
+    conf = nobody_dir / "storage.conf"
+    conf.write_text("")
+    conf.chmod(0o644)
+    env = {"PATH": os.environ["PATH"], "HOME": str(nobody_dir),
+           "STRATA_STORAGE_CONF": str(conf)}
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                        LAYERS_EXE, "--root", str(nobody_dir / "ov"), "--runroot",
+                        str(nobody_dir / "run"), "--driver", "overlay", "images"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert (r.returncode, r.stderr) == (1, "layers: overlay driver: the kernel overlay "
+                                           "needs root; use fuse\n")
+    assert not (nobody_dir / "ov").exists()
