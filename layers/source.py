@@ -23,10 +23,14 @@ the caller while it extracts them (blob digest, diffID).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import platform
+import shutil
+import subprocess
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, ContextManager, Iterator
 
@@ -160,12 +164,24 @@ class _Tar:
 _IMAGE_TOP = ("oci-layout", "index.json", "manifest.json", "repositories", "blobs")
 
 
-def _looks_like_image_tar(path: str) -> bool:
-    """A plain tar whose first entry is image-archive bookkeeping, not a rootfs."""
+def _looks_like_image_tar(path: str, compression: str | None) -> bool:
+    """A tar whose first entry is image-archive bookkeeping, not a rootfs."""
     try:
-        with tarfile.open(path, "r|") as tf:
+        if compression == "zstd":
+            exe = shutil.which("zstd")
+            if exe is None:
+                return False
+            proc = subprocess.Popen([exe, "-dcq", path], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL)
+            head = proc.stdout.read(64 << 10)
+            proc.kill()
+            proc.communicate()
+            tf = tarfile.open(fileobj=io.BytesIO(head), mode="r|")
+        else:
+            tf = tarfile.open(path, "r|*")
+        with tf:
             first = tf.next()
-    except (tarfile.TarError, EOFError):
+    except (tarfile.TarError, EOFError, OSError, zlib.error):
         return False
     if first is None:
         return False
@@ -195,9 +211,13 @@ def open_source(path: str | list[str]) -> Iterator[list[ImageSource]]:
                 head = f.read(6)
         except OSError as e:
             raise BadArchive(path, e.strerror or str(e)) from None
-        if detect_compression(head) or not _looks_like_image_tar(path):
+        compression = detect_compression(head)
+        if not _looks_like_image_tar(path, compression):
             yield [_bare_layers([path])]
             return
+        if compression:
+            raise BadArchive(path, f"a {compression}-compressed image archive; "
+                                   "decompress it first")
         container = _Tar(path)
     try:
         if container.exists("index.json") and container.exists("oci-layout"):

@@ -134,3 +134,16 @@ def test_missing_file(tmp_path):
         with open_source(str(tmp_path / "nope.tar")):
             pass
     assert str(e.value) == f"cannot read {tmp_path}/nope.tar: No such file or directory"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_compressed_image_archive_is_not_taken_for_a_layer(tmp_path, compression):
+    from storetools import compress
+    built = docker_archive(tmp_path / "img.tar", [L1])
+    packed = tmp_path / "img.tar.z"
+    packed.write_bytes(compress(built.path.read_bytes(), compression))
+    with pytest.raises(BadArchive) as e:
+        with open_source(str(packed)):
+            pass
+    assert str(e.value) == (f"cannot read {packed}: a {compression}-compressed image "
+                            "archive; decompress it first")
