@@ -496,6 +496,7 @@ class OpGenerator:
     rng: random.Random = field(init=False)
     pure_dirs: set[str] = field(default_factory=set)  # dirs without lower parts (made here)
     deleted: list[str] = field(default_factory=list)  # names removed; reused to create over whiteouts
+    xattrs_set: list[tuple[str, str]] = field(default_factory=list)  # (path, name) set by setxattr
     count: int = 0
 
     def __post_init__(self):
@@ -579,6 +580,8 @@ class OpGenerator:
         if name == "setxattr":
             return ("setxattr", self._any(view), rng.choice(_XNAMES), self._data(0, 200))
         if name == "removexattr":
+            if self.xattrs_set and rng.random() < 0.6:
+                return ("removexattr", *rng.choice(self.xattrs_set[-10:]))
             return ("removexattr", self._any(view), rng.choice(_XNAMES + ("user.comment",) * 3))
         if name == "read":
             return ("read", self._any(view, files, mutable=False))
@@ -612,6 +615,8 @@ class OpGenerator:
         name = op[0]
         if name == "mkdir":
             self.pure_dirs.add(op[1])
+        elif name == "setxattr":
+            self.xattrs_set.append((op[1], op[2]))
         elif name in ("unlink", "rmdir"):
             self.deleted.append(op[1])
             self._drop_below(op[1])
