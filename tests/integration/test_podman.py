@@ -17,6 +17,7 @@ Known podman 4.3 defects, seen with fuse-overlayfs too, not asserted on:
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 
 import pytest
@@ -98,7 +99,8 @@ def test_info_reports_fsd_and_the_imported_image(store):
     assert st["graphDriverName"] == "overlay"
     program = st["graphOptions"]["overlay.mount_program"]
     assert program["Executable"] == str(store.wrapper)
-    assert "fsd" in program["Version"], f"podman info did not get fsd --version: {program}"
+    version = subprocess.run([mounts.fsd_executable(), "--version"], capture_output=True, text=True).stdout
+    assert program["Version"] == version.strip(), f"podman info did not get fsd --version: {program}"
     images = store("images", "--format", "{{.Repository}}").stdout.split()
     assert BASE in images
 
@@ -109,7 +111,7 @@ def test_run_rm_writes_deletes_and_lists(store):
     lines = out.split()
     assert lines[0] == "written"
     assert sorted(lines[1:-1]) == ["append.txt", "delete-dir", "keep.txt", "link-src", "rename-dir"], out
-    assert lines[-1] == "root:fuse.fsd", f"the container's root is not an fsd mount: {out}"
+    assert lines[-1] == f"root:{mounts.FSD_FSTYPE}", f"the container's root is not an fsd mount: {out}"
     assert store("ps", "--all", "--quiet").stdout.strip() == ""
     assert_daemons_gone(store)
     # --rm left the image as it was
@@ -134,6 +136,26 @@ def test_run_diff_commit_and_run_the_committed_image(store):
     assert out.split() == ["data", "a", "more", "m",
                            "append.txt", "keep.txt", "link-src", "made", "rename-dir"], out
     store("rm", name)
+    assert_daemons_gone(store)
+
+
+@pytest.mark.parametrize("store", ["rootless"], indirect=True)
+def test_run_with_a_uid_map(store):
+    """With --uidmap podman passes `uidmapping=:0:H:N,gidmapping=:0:H:N` to the
+    mount program: the image's files (container ids on disk) must show as the
+    host ids H.., so that the container, whose root is H, owns them; an id
+    given through the mount is stored as its container id.
+
+    Rootless only: rootful `--uidmap 0:300000:65536` fails on this machine with
+    fuse-overlayfs too (crun cannot open the bind-mount targets podman puts
+    into the upper behind the mount's back)."""
+    idmap = "0:1:5000"
+    out = run(store, BASE, "id -u && stat -c %u:%g / /lower /lower/keep.txt && echo w > /lower/w && "
+                           "stat -c %u:%g /lower/w && chown 7:8 /lower/keep.txt && stat -c %u:%g /lower/keep.txt && "
+                           "rm /lower/delete-me.txt && ls /lower",
+              "--rm", "--uidmap", idmap, "--gidmap", idmap)
+    assert out.split() == ["0", "0:0", "0:0", "0:0", "0:0", "7:8",
+                           "append.txt", "delete-dir", "keep.txt", "link-src", "rename-dir", "w"], out
     assert_daemons_gone(store)
 
 
