@@ -14,6 +14,7 @@ with nothing left behind in the upper or the work area.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -158,6 +159,20 @@ class CopyUp:
         """Remove a work-area object (file or tree), ignoring what is already gone."""
         discard_tree(self.stack.work, rel)
 
+    @contextlib.contextmanager
+    def _times_kept(self, parent: Node):
+        """A copy-up is no change of the directory it lands in: keep its times,
+        as the kernel overlay does."""
+        upper, rel = self.stack.upper, parent.path()
+        before = upper.lstat(rel)
+        yield
+        upper.utime(rel, (before.st_atime_ns, before.st_mtime_ns))
+
+    def _publish(self, tmp: bytes, parent: Node, rel: bytes) -> None:
+        """Rename a finished work-area object into the upper at rel."""
+        with self._times_kept(parent):
+            self.stack.work.rename(tmp, self.stack.upper, rel)
+
     async def ensure(self, node: Node, data: bool = True) -> None:
         """Make node exist in the upper; with data=False a regular file gets no data
         (it is about to be truncated)."""
@@ -211,7 +226,7 @@ class CopyUp:
                 if not node.upper:
                     await self._copy(node, node.parent, data, metadata_only)
                 return
-            work.rename(tmp, self.stack.upper, rel)
+            self._publish(tmp, parent, rel)
         except BaseException:
             self.discard(tmp)
             raise
@@ -222,9 +237,9 @@ class CopyUp:
             node.upper_entries = self.namei.scan_upper(rel)
         self.namei.upper_added(parent, node.name, node.kind)
         if not node.is_dir and st.st_nlink > 1:
-            await self._link_other_names(node.layer, st.st_ino, rel)
+            await self.link_other_names(node.layer, st.st_ino, rel)
 
-    async def _link_other_names(self, index: int, st_ino: int, rel: bytes) -> None:
+    async def link_other_names(self, index: int, st_ino: int, rel: bytes) -> None:
         """Keep a lower file's hard links: every other name of it that the merged
         view still shows becomes a link to the new upper copy (fuse-overlayfs and
         the kernel without index=on break them)."""
@@ -245,7 +260,8 @@ class CopyUp:
                 name = other.rsplit(b"/", 1)[-1]
                 if self.namei.lower_parent(other, index) is not parent:
                     continue  # changed while the parent was copied up
-                upper.link(rel, upper, other)
+                with self._times_kept(parent):
+                    upper.link(rel, upper, other)
                 self.namei.upper_added(parent, name, stat.S_IFREG)
             finally:
                 self.table.unused(parent)
@@ -255,7 +271,7 @@ class CopyUp:
         dst_fd = work.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             if size:
-                src_fd = src.open(rel, os.O_RDONLY)
+                src_fd = src.open(rel, os.O_RDONLY | os.O_NOATIME)
                 try:
                     if size > BIG:
                         await trio.to_thread.run_sync(self._copy_and_sync, src_fd, dst_fd, size)
@@ -303,7 +319,7 @@ class CopyUp:
             copy_xattrs(upper, rel, self.stack.work, tmp)
             self.set_origin(self.stack.work, tmp, node.key)
             copy_owner_mode_times(self.stack.work, tmp, st, self.idmap)
-            self.stack.work.rename(tmp, upper, rel)
+            self._publish(tmp, node.parent, rel)
         except BaseException:
             self.discard(tmp)
             raise
@@ -311,23 +327,27 @@ class CopyUp:
 
     # --- whole trees, for renaming a directory that has lower parts ------------
 
-    async def build_tree(self, node: Node) -> bytes:
+    async def build_tree(self, node: Node) -> tuple[bytes, list[tuple[int, int, bytes]]]:
         """Build, in the work area, a full copy of a merged directory's content:
         lower objects copied, upper non-directories hard-linked (same inodes, so
-        open files stay valid).  Returns its work-area name; the original is not
-        touched, so a crash leaves the old tree whole."""
+        open files stay valid).  The original is not touched, so a crash leaves
+        the old tree whole.  Returns the work-area name and, for each lower file
+        with several links, (lower index, st_ino, path inside the tree), so that
+        its names outside the tree can be linked once the tree is in place."""
         tmp = self.tmp_name()
         rel = node.path()
+        linked: dict[tuple[int, int], tuple[bytes, int]] = {}
         try:
             await trio.to_thread.run_sync(
-                self._tree, node.upper, node.lowers, rel, tmp, node.key, {}, abandon_on_cancel=False)
+                self._tree, node.upper, node.lowers, rel, tmp, node.key, linked, abandon_on_cancel=False)
         except BaseException:
             self.discard(tmp)
             raise
-        return tmp
+        inside = [(index, ino, dst[len(tmp) + 1:]) for (_, ino), (dst, index) in linked.items()]
+        return tmp, inside
 
     def _tree(self, in_upper: bool, lowers: tuple[int, ...], rel: bytes, dst: bytes, key: int,
-              linked: dict[tuple[int, int], bytes]) -> None:
+              linked: dict[tuple[int, int], tuple[bytes, int]]) -> None:
         upper, work = self.stack.upper, self.stack.work
         source = upper if in_upper else self.stack.lowers[lowers[0]]
         work.mkdir(dst, 0o700)
@@ -374,13 +394,13 @@ class CopyUp:
         work = self.stack.work
         ident = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and ident in linked:
-            work.link(linked[ident], work, dst)
+            work.link(linked[ident][0], work, dst)
             return
         if stat.S_ISREG(st.st_mode):
             dst_fd = work.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 if st.st_size:
-                    src_fd = src.open(rel, os.O_RDONLY)
+                    src_fd = src.open(rel, os.O_RDONLY | os.O_NOATIME)
                     try:
                         self._copy_and_sync(src_fd, dst_fd, st.st_size)
                     finally:
@@ -398,7 +418,7 @@ class CopyUp:
         self.set_origin(work, dst, key)
         copy_owner_mode_times(work, dst, st, self.idmap)
         if st.st_nlink > 1 and meta is None:
-            linked[ident] = dst
+            linked[ident] = (dst, src.index)
 
 
 def _hardlinked_files(layer: Layer) -> dict[int, list[bytes]]:

@@ -274,10 +274,11 @@ class DirOps:
         if flags & RENAME_EXCHANGE:
             self._exchange(p1, n1, src, p2, n2, dst)
             return
+        hard_links = []
         if src.is_dir and src.lowers:
             self.copyup.tree_move.acquire_nowait()
             try:
-                await self._move_merged_dir(p1, n1, src, p2, n2)
+                hard_links = await self._move_merged_dir(p1, n1, src, p2, n2)
             finally:
                 self.copyup.tree_move.release()
         else:
@@ -288,6 +289,8 @@ class DirOps:
                 self.table.retire(dst)
         src.drop_link(p1, n1)
         src.add_link(p2, n2)
+        for index, st_ino, rel in hard_links:
+            await self.copyup.link_other_names(index, st_ino, rel)
 
     def _rename_pair(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> tuple[Node, Node | None]:
         """The source and destination nodes, after the checks rename(2) makes."""
@@ -348,12 +351,14 @@ class DirOps:
         self.namei.upper_removed(p1, n1, whiteout_left)
         self.namei.upper_added(p2, n2, src.kind)
 
-    async def _move_merged_dir(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes) -> None:
+    async def _move_merged_dir(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes) -> list:
         """Rename a directory with lower parts: copy its merged tree into the work
         area, make it opaque, switch it in at n2, then remove n1.  The kernel says
-        EXDEV here (without redirect_dir); programs such as apt and npm then fail."""
+        EXDEV here (without redirect_dir); programs such as apt and npm then fail.
+        Returns the lower hard links inside the tree (see CopyUp.build_tree), now
+        at their new paths."""
         upper, work = self.stack.upper, self.stack.work
-        tmp = await self.copyup.build_tree(src)
+        tmp, hard_links = await self.copyup.build_tree(src)
         rel1, rel2 = p1.child_path(n1), p2.child_path(n2)
         try:
             self.set_opaque(work, tmp)
@@ -378,6 +383,7 @@ class DirOps:
             node.lower_entries = node.upper_entries = node.lower_stat = None
         src.upper, src.lowers, src.opaque = True, (), True
         src.lower_entries = src.upper_entries = None
+        return [(index, st_ino, rel2 + b"/" + inside) for index, st_ino, inside in hard_links]
 
     def _write_journal(self, rel1: bytes, rel2: bytes, key: int) -> None:
         """Record a directory move before it changes the upper: a crash between

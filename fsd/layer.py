@@ -89,8 +89,7 @@ class Layer:
 
     def scandir(self, rel: bytes) -> list[tuple[bytes, int, int]]:
         """(name, d_type as S_IFMT, st_rdev or 0 for char devices) of every entry."""
-        with self.at(rel) as (fd, name):
-            dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        dfd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME)
         try:
             out = []
             with os.scandir(dfd) as it:
@@ -116,8 +115,16 @@ class Layer:
             return os.readlink(name, dir_fd=fd)
 
     def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
+        """openat, never following a symlink.  O_NOATIME (fsd's own reads must
+        not change what users see) is dropped where the kernel refuses it to a
+        daemon that does not own the file."""
         with self.at(rel) as (fd, name):
-            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+            try:
+                return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+            except PermissionError:
+                if not flags & os.O_NOATIME:
+                    raise
+                return os.open(name, (flags & ~os.O_NOATIME) | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
 
     def getxattr(self, rel: bytes, attr: bytes) -> bytes:
         with self.at(rel) as (fd, name):
