@@ -163,6 +163,7 @@ CONTAINERFILE = textwrap.dedent("""\
     FROM localhost/strata-base
     RUN echo created > /lower/created.txt && mkdir /newdir && echo n > /newdir/f
     RUN echo appended >> /lower/append.txt
+    RUN chown 1000:1001 /lower/keep.txt && chmod 0600 /lower/keep.txt && mkfifo /lower/fifo && ln -s keep.txt /lower/sym
     RUN rm /lower/delete-me.txt && rm -r /lower/delete-dir
     RUN mv /lower/rename-dir /lower/renamed-dir && test -f /lower/renamed-dir/sub/s && ! test -e /lower/rename-dir
     RUN ln /lower/link-src /lower/link-dst \\
@@ -176,17 +177,20 @@ CHECK = ("cd /lower && ls && ls renamed-dir renamed-dir/sub /newdir && "
          "for f in append.txt created.txt renamed-dir/r renamed-dir/sub/s link-src link-dst new-a new-b "
          "/newdir/f; do echo \"$f=$(cat $f | tr '\\n' '|')\"; done && "
          "echo links=$(stat -c %h new-a)/$(stat -c %h new-b) && "
-         "test \"$(stat -c %i new-a)\" = \"$(stat -c %i new-b)\" && echo same-inode")
+         "test \"$(stat -c %i new-a)\" = \"$(stat -c %i new-b)\" && echo same-inode && "
+         "stat -c %n:%u:%g:%a:%F keep.txt fifo && echo sym=$(readlink sym)")
 
 CHECK_EXPECTED = """\
 append.txt
 created.txt
+fifo
 keep.txt
 link-dst
 link-src
 new-a
 new-b
 renamed-dir
+sym
 /newdir:
 f
 renamed-dir:
@@ -205,6 +209,9 @@ new-b=h|
 /newdir/f=n|
 links=2/2
 same-inode
+keep.txt:1000:1001:600:regular file
+fifo:0:0:644:fifo
+sym=keep.txt
 """
 
 
@@ -219,5 +226,5 @@ def test_build_creates_appends_deletes_renames_and_links(store):
     got = [line for line in out.splitlines() if line.strip()]
     assert got == [line for line in CHECK_EXPECTED.splitlines() if line.strip()], out
     layers = store("image", "inspect", "--format", "{{len .RootFS.Layers}}", image).stdout.strip()
-    assert layers == "7", f"expected the base layer and one per RUN step, got {layers}"
+    assert layers == "8", f"expected the base layer and one per RUN step, got {layers}"
     assert_daemons_gone(store)

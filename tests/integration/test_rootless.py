@@ -321,6 +321,35 @@ def test_xattr_permissions_2_keeps_mode_and_owner_in_override_stat(plain):
     check("owndir", stat.S_IFDIR, 0o700)
 
 
+@pytest.mark.parametrize("value, kind, mode, ids, rdev", [
+    ("1000:1000:0640:file", stat.S_IFREG, 0o640, (1000, 1000), 0),
+    ("0:0:0700:dir", stat.S_IFDIR, 0o700, (0, 0), 0),
+    ("0:0:0666:char-1-3", stat.S_IFCHR, 0o666, (0, 0), os.makedev(1, 3)),
+    ("0:0:0640:block-7-2", stat.S_IFBLK, 0o640, (0, 0), os.makedev(7, 2)),
+    ("0:0:0644:pipe", stat.S_IFIFO, 0o644, (0, 0), 0),
+    ("5:6:04755", stat.S_IFREG, 0o4755, (5, 6), 0),  # no type: the real file's
+    ("0:0:100600", stat.S_IFREG, 0o600, (0, 0), 0),  # the type in the mode bits, as fuse-overlayfs 1.10 writes
+], ids=["file", "dir", "char", "block", "pipe", "no-type", "mode-with-type"])
+def test_xattr_permissions_2_reads_override_stat_as_containers_storage_writes_it(plain, value, kind, mode,
+                                                                                 ids, rdev):
+    """A layer extracted by containers/storage without the right to chown keeps
+    owner, mode and type in user.containers.override_stat ("uid:gid:0mode:type");
+    fsd must show what it records."""
+    a, mnt = plain.agent, plain.mnt
+    real = plain.top / "entry"
+    if kind == stat.S_IFDIR:
+        plain.box.dir("layers/top/entry")
+    else:
+        plain.box.file("layers/top/entry", "")
+    os.setxattr(real, OVERRIDE_XATTR, value.encode())
+    plain.mount("xattr_permissions=2")
+    st = a.stat(mnt / "entry")
+    got = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid), st.st_rdev)
+    assert got == (kind, mode, ids, rdev), f"override_stat {value!r} shown as {oct(st.st_mode)} " \
+                                           f"{st.st_uid}:{st.st_gid} rdev {st.st_rdev}"
+    assert OVERRIDE_XATTR not in a.call("listxattr", str(mnt / "entry"))
+
+
 # -- root of a user namespace ----------------------------------------------------------------------
 
 def test_userns_root_mounts_with_kernel_whiteouts_and_user_xattrs(userns):
