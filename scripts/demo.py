@@ -1,13 +1,10 @@
-"""The sample image behind scripts/run: three layers mounted by fsd."""
+"""The demo behind scripts/run: a 3-layer sample image imported into a local\nstore, a container created from it and mounted through fsd."""
 
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-
-FSD = os.path.join(os.path.dirname(sys.executable), "fsd")
-
 
 def write(path: str, text: str, mode: int = 0o644) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -43,40 +40,57 @@ def show_tree(root: str) -> None:
             print("  " * (depth + 1) + name)
 
 
+def run(*args: str, capture: bool = False) -> str:
+    """Run a command, showing it as `layers ARGS` (the store options left out)."""
+    shown = ("layers", *args[5:]) if args[0].endswith("/layers") else args
+    print("$ " + " ".join(shown))
+    out = subprocess.run(args, check=True, text=True, capture_output=capture)
+    if capture and out.stdout.strip():
+        print(out.stdout.rstrip())
+    return out.stdout.strip() if capture else ""
+
+
 def main() -> int:
     top = tempfile.mkdtemp(prefix="strata-demo-")
-    mnt = os.path.join(top, "merged")
-    upper, work = os.path.join(top, "upper"), os.path.join(top, "work")
-    for d in (mnt, upper, work):
-        os.mkdir(d)
-    lowers = build_layers(top)
-    opts = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
-    print(f"$ fsd -o {opts} {mnt}")
-    subprocess.run([FSD, "-o", opts, mnt], check=True)
+    bindir = os.path.dirname(sys.executable)
+    layers = [os.path.join(bindir, "layers"), "--root", f"{top}/store", "--runroot", f"{top}/run"]
+    mounted = None
     try:
-        print("\nmerged tree:")
-        show_tree(mnt)
+        tars = []
+        for layer in reversed(build_layers(f"{top}/src")):  # bottom first
+            tar = f"{top}/{os.path.basename(layer)}.tar"
+            subprocess.run(["tar", "--numeric-owner", "-C", layer, "-cf", tar, "."], check=True)
+            tars.append(tar)
+        print(f"# a store in {top}/store; a 3-layer sample image (base, middle with a whiteout and an opaque dir, app)")
+        run(*layers, "import", "-q", *tars, "--name", "sample:1", capture=True)
+        run(*layers, "images", capture=True)
+        run(*layers, "create", "sample:1", "--name", "demo", capture=True)
+        mounted = run(*layers, "mount", "demo", capture=True)
+        print(f"\n# the container's merged view, served by fsd at {mounted}:")
+        show_tree(mounted)
         print("\n$ cat /etc/motd")
-        print(open(os.path.join(mnt, "etc/motd")).read(), end="")
-        print("\n/etc/legacy.conf present:", os.path.exists(os.path.join(mnt, "etc/legacy.conf")),
+        print(open(os.path.join(mounted, "etc/motd")).read(), end="")
+        print("/etc/legacy.conf present:", os.path.exists(os.path.join(mounted, "etc/legacy.conf")),
               "(deleted by the middle layer's whiteout)")
-        print("/usr/share/doc:", sorted(os.listdir(os.path.join(mnt, "usr/share/doc"))),
+        print("/usr/share/doc:", sorted(os.listdir(os.path.join(mounted, "usr/share/doc"))),
               "(replaced by an opaque dir)")
-        with open(os.path.join(mnt, "etc/motd"), "a") as f:
+        print("\n# write and delete through the mount; the image's layers stay as they were")
+        with open(os.path.join(mounted, "etc/motd"), "a") as f:
             f.write("a line written through the mount\n")
-        os.unlink(os.path.join(mnt, "usr/bin/hello"))
-        print("\nafter appending to /etc/motd and deleting /usr/bin/hello, the upper holds:")
-        for dirpath, _, filenames in os.walk(upper):
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                st = os.lstat(path)
-                kind = "whiteout" if (st.st_mode & 0o170000) == 0o020000 else f"{st.st_size} bytes"
-                print(f"  {os.path.relpath(path, upper)}  ({kind})")
-        print("the base layer is untouched:", open(os.path.join(lowers[2], "etc/motd")).read().strip())
+        os.unlink(os.path.join(mounted, "usr/bin/hello"))
+        with open(os.path.join(mounted, "app/hello.txt"), "w") as f:
+            f.write("new file\n")
+        run(*layers, "diff", "demo", capture=True)
+        run(*layers, "umount", "demo")
+        mounted = None
+        run(*layers, "rm", "demo")
+        run(*layers, "rmi", "sample:1")
+        run(*layers, "check")
+        print("\nstore checked and cleaned up")
     finally:
-        subprocess.run(["fusermount3", "-u", mnt], check=True)
-        print(f"\nunmounted {mnt}")
-        shutil.rmtree(top)
+        if mounted:
+            subprocess.run([*layers, "umount", "demo"])
+        shutil.rmtree(top, ignore_errors=True)
     return 0
 
 
