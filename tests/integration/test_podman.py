@@ -110,13 +110,14 @@ def test_run_rm_writes_deletes_and_lists(store):
                            "ls /lower && awk '$2 == \"/\" {print \"root:\" $3}' /proc/mounts", "--rm")
     lines = out.split()
     assert lines[0] == "written"
-    assert sorted(lines[1:-1]) == ["append.txt", "delete-dir", "keep.txt", "link-src", "rename-dir"], out
+    assert sorted(lines[1:-1]) == ["append.txt", "delete-dir", "keep-link", "keep.txt", "link-src",
+                                   "rename-dir"], out
     assert lines[-1] == f"root:{mounts.FSD_FSTYPE}", f"the container's root is not an fsd mount: {out}"
     assert store("ps", "--all", "--quiet").stdout.strip() == ""
     assert_daemons_gone(store)
     # --rm left the image as it was
     assert run(store, BASE, "ls /lower", "--rm").split() == \
-        ["append.txt", "delete-dir", "delete-me.txt", "keep.txt", "link-src", "rename-dir"]
+        ["append.txt", "delete-dir", "delete-me.txt", "keep-link", "keep.txt", "link-src", "rename-dir"]
 
 
 def test_run_diff_commit_and_run_the_committed_image(store):
@@ -134,8 +135,17 @@ def test_run_diff_commit_and_run_the_committed_image(store):
     store("commit", name, image)
     out = run(store, image, "cat /newfile /lower/append.txt /lower/made/m && ls /lower", "--rm")
     assert out.split() == ["data", "a", "more", "m",
-                           "append.txt", "keep.txt", "link-src", "made", "rename-dir"], out
+                           "append.txt", "keep-link", "keep.txt", "link-src", "made", "rename-dir"], out
     store("rm", name)
+    assert_daemons_gone(store)
+
+
+def test_run_renames_and_chowns_a_lower_symlink(store):
+    """Both copy up a symlink of the image."""
+    out = run(store, BASE, "mv /lower/keep-link /lower/moved-link && readlink /lower/moved-link && "
+                           "chown -h 5:6 /lower/moved-link && stat -c %u:%g /lower/moved-link && "
+                           "! test -e /lower/keep-link && echo gone", "--rm")
+    assert out.split() == ["keep.txt", "5:6", "gone"], out
     assert_daemons_gone(store)
 
 
@@ -155,7 +165,8 @@ def test_run_with_a_uid_map(store):
                            "rm /lower/delete-me.txt && ls /lower",
               "--rm", "--uidmap", idmap, "--gidmap", idmap)
     assert out.split() == ["0", "0:0", "0:0", "0:0", "0:0", "7:8",
-                           "append.txt", "delete-dir", "keep.txt", "link-src", "rename-dir", "w"], out
+                           "append.txt", "delete-dir", "keep-link", "keep.txt", "link-src", "rename-dir",
+                           "w"], out
     assert_daemons_gone(store)
 
 
@@ -184,6 +195,7 @@ CHECK_EXPECTED = """\
 append.txt
 created.txt
 fifo
+keep-link
 keep.txt
 link-dst
 link-src

@@ -75,6 +75,9 @@ def _make_stack(box: Sandbox, user: User) -> tuple[Path, Path]:
     top = box.dir("layers/top")
     box.file("layers/top/own.txt", "own\n")
     box.dir("layers/top/owndir")
+    for rel in ("link", "link2", "link3", "link4", "owndir/link"):  # the user's symlinks
+        os.symlink("own.txt" if "/" not in rel else "a.txt", box.root / "layers/top" / rel)
+        os.lchown(box.root / "layers/top" / rel, user.uid, user.gid)
     box.file("layers/top/owndir/a.txt", "a\n")
     box.file("layers/top/owndir/b.txt", "b\n")
     bottom = box.dir("layers/bottom")
@@ -155,7 +158,7 @@ def _parse_override(value: bytes) -> tuple[int, int, int, list[str]]:
 def test_user_mounts_and_writes_own_files(plain):
     a, mnt = plain.agent, plain.mnt
     m = plain.mount()
-    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "own.txt", "owndir", "rootdir", "rootfile", "sub.txt"]
+    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "link", "link2", "link3", "link4", "own.txt", "owndir", "rootdir", "rootfile", "sub.txt"]
     assert a.read(mnt / "rootdir/r.txt") == "r\n"
     a.write(mnt / "new.txt", "fresh\n")
     a.call("mkdir", str(mnt / "newdir"), 0o755)
@@ -194,8 +197,9 @@ def test_user_unlink_leaves_a_whiteout(plain):
     a.call("unlink", str(mnt / "bottom.txt"))
     a.call("unlink", str(mnt / "owndir/a.txt"))
     assert a.errno_of("lstat", str(mnt / "own.txt")) == errno.ENOENT
-    assert sorted(a.call("listdir", str(mnt))) == ["owndir", "rootdir", "rootfile", "sub.txt"]
-    assert a.call("listdir", str(mnt / "owndir")) == ["b.txt"]
+    assert sorted(a.call("listdir", str(mnt))) == ["link", "link2", "link3", "link4", "owndir", "rootdir",
+                                                   "rootfile", "sub.txt"]
+    assert sorted(a.call("listdir", str(mnt / "owndir"))) == ["b.txt", "link"]
     for name in ("own.txt", "bottom.txt", "owndir/a.txt"):
         _assert_whiteout(plain.upper, name, form)
     assert (plain.top / "own.txt").exists() and (plain.bottom / "bottom.txt").exists()
@@ -206,7 +210,7 @@ def test_user_unlink_leaves_a_whiteout(plain):
 def test_user_mkdir_over_whiteout_is_opaque_by_user_xattr(plain):
     a, mnt = plain.agent, plain.mnt
     plain.mount()
-    for name in ("a.txt", "b.txt"):
+    for name in ("a.txt", "b.txt", "link"):
         a.call("unlink", str(mnt / "owndir" / name))
     a.call("rmdir", str(mnt / "owndir"))
     a.call("mkdir", str(mnt / "owndir"), 0o755)
@@ -219,6 +223,36 @@ def test_user_mkdir_over_whiteout_is_opaque_by_user_xattr(plain):
     assert not trusted, f"trusted.* xattrs written by an unprivileged daemon: {trusted}"
     # the marker is private: not visible through the mount
     assert "user.overlay.opaque" not in a.call("listxattr", str(mnt / "owndir"))
+
+
+def _copy_up_symlinks(env: Env, me: int):
+    """Changes that copy up a lower symlink: the upper gets a symlink, with no
+    xattr of the daemon's own where the filesystem refuses user.* on symlinks."""
+    a, mnt = env.agent, env.mnt
+    env.mount()
+    assert a.errno_of("lchown", str(mnt / "link"), me, -1) == 0, "lchown of the user's own lower symlink"
+    assert a.errno_of("rename", str(mnt / "link2"), str(mnt / "link2-moved")) == 0, "rename of a lower symlink"
+    assert a.errno_of("link", str(mnt / "link3"), str(mnt / "link3-hard")) == 0, "hard link to a lower symlink"
+    r = a.run(["touch", "-h", "-d", "@1000000000", str(mnt / "link4")])
+    assert r.returncode == 0, f"touch -h of a lower symlink: {r.stderr}"
+    assert a.stat(mnt / "link4").st_mtime == 1000000000
+    got = a.errno_of("rename", str(mnt / "owndir"), str(mnt / "owndir-moved"))
+    assert got in (0, errno.EXDEV), f"rename of a lower dir holding a symlink: {errno.errorcode.get(got)}"
+    moved = "owndir-moved" if got == 0 else "owndir"
+    assert a.call("readlink", str(mnt / moved / "link")) == "a.txt"
+    for rel, target in (("link", "own.txt"), ("link2-moved", "own.txt"), ("link3-hard", "own.txt"),
+                        ("link4", "own.txt")):
+        assert a.call("readlink", str(mnt / rel)) == target, rel
+        assert os.readlink(env.upper / rel) == target, f"{rel} not in the upper"
+    assert a.errno_of("lstat", str(mnt / "link2")) == errno.ENOENT
+
+
+def test_user_copy_up_of_lower_symlinks(plain):
+    _copy_up_symlinks(plain, plain.user.uid)
+
+
+def test_userns_copy_up_of_lower_symlinks(userns):
+    _copy_up_symlinks(userns, 0)
 
 
 def test_user_chown_to_another_user_is_eperm(plain):
@@ -357,7 +391,7 @@ def test_userns_root_mounts_with_kernel_whiteouts_and_user_xattrs(userns):
     assert a.call("getuid") == 0
     form = userns.expected_whiteout()
     userns.mount()
-    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "own.txt", "owndir", "rootdir", "rootfile", "sub.txt"]
+    assert sorted(a.call("listdir", str(mnt))) == ["bottom.txt", "link", "link2", "link3", "link4", "own.txt", "owndir", "rootdir", "rootfile", "sub.txt"]
     st = a.stat(mnt / "own.txt")
     assert (st.st_uid, st.st_gid) == (0, 0), "the user's files are root's in its namespace"
     st = a.stat(mnt / "rootfile")
@@ -365,11 +399,12 @@ def test_userns_root_mounts_with_kernel_whiteouts_and_user_xattrs(userns):
     a.write(mnt / "new.txt", "new\n")
     a.write(mnt / "own.txt", "more\n", append=True)
     a.call("unlink", str(mnt / "bottom.txt"))
-    for name in ("a.txt", "b.txt"):
+    for name in ("a.txt", "b.txt", "link"):
         a.call("unlink", str(mnt / "owndir" / name))
     a.call("rmdir", str(mnt / "owndir"))
     a.call("mkdir", str(mnt / "owndir"), 0o755)
-    assert sorted(a.call("listdir", str(mnt))) == ["new.txt", "own.txt", "owndir", "rootdir", "rootfile", "sub.txt"]
+    assert sorted(a.call("listdir", str(mnt))) == ["link", "link2", "link3", "link4", "new.txt", "own.txt", "owndir",
+                                                   "rootdir", "rootfile", "sub.txt"]
     assert a.call("listdir", str(mnt / "owndir")) == []
     assert a.read(mnt / "own.txt") == "own\nmore\n"
     _assert_whiteout(userns.upper, "bottom.txt", form)

@@ -96,11 +96,12 @@ LOWER_FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
     "etc/group": "root:x:0:\n",
 }
+LOWER_SYMLINKS = {"lower/keep-link": "keep.txt"}
 
 
 def busybox_rootfs(box: Sandbox) -> Path:
     """box/rootfs.tar: busybox-static installed with `busybox --install -s`, plus
-    LOWER_FILES, everything owned by root; readable by everyone."""
+    LOWER_FILES and LOWER_SYMLINKS, everything owned by root; readable by everyone."""
     root = box.dir("rootfs", owned=False)
     (root / "bin").mkdir()
     shutil.copy2(os.path.realpath(BUSYBOX), root / "bin" / "busybox")
@@ -114,6 +115,8 @@ def busybox_rootfs(box: Sandbox) -> Path:
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
+    for rel, target in LOWER_SYMLINKS.items():
+        os.symlink(target, root / rel)
     tar = box.root / "rootfs.tar"
     r = subprocess.run(["tar", "--numeric-owner", "--owner=0", "--group=0", "-C", str(root),
                         "-cf", str(tar), "."], capture_output=True, text=True)

@@ -442,9 +442,9 @@ class Agent:
             raise RuntimeError("agent: " + res["error"])
         return _dec(res["ok"])
 
-    def call(self, name: str, *args):
-        """os.NAME(*args) as the agent; OSError as it raised it."""
-        return self.request("os", name, *args)
+    def call(self, name: str, *args, **kw):
+        """os.NAME(*args, **kw) as the agent; OSError as it raised it."""
+        return self.request("os", name, *args, kw=kw)
 
     def stat(self, path) -> SimpleNamespace:
         return self.call("lstat", str(path))
