@@ -102,52 +102,91 @@ def _rel(parts: list[str]) -> str:
 
 
 def upper_changes(upper: str, lowers: list[str]) -> list[tuple[str, str]]:
-    """What the upper dir changed over `lowers`, sorted by path."""
-    out: list[tuple[str, str]] = []
+    """What the upper dir changed over the image `lowers`, sorted by path.
 
-    def walk(parts: list[str], replaced: bool) -> None:
+    Read from the upper alone; the lowers are only looked up at the paths the
+    upper names.  A whiteout is D (when the image has the path); an opaque
+    directory is the directory replaced: C for it, D for every topmost path of
+    the image it hides that the upper does not bring back, A/C for what the
+    upper holds.  Directories that only lead to a change are not listed
+    unless their owner or mode changed.
+    """
+    out: dict[str, str] = {}
+
+    def walk(parts: list[str], image_dir: bool, hidden: bool) -> None:
+        # image_dir: the image has a directory at `parts`; hidden: the lower
+        # content at `parts` does not show through (an opaque dir on the way)
         path = os.path.join(upper, *parts)
         entries = sorted(os.scandir(path), key=lambda e: e.name)
         names = {e.name for e in entries}
-        opaque = layout.is_opaque_dir(path, names)
-        if parts and opaque and not replaced and lookup(lowers, parts) is not None:
-            for gone in sorted(listing(lowers, parts) - names):
-                out.append((DELETED, _rel(parts + [gone])))
+        hidden = hidden or (bool(parts) and layout.is_opaque_dir(path, names))
+        kept: set[str] = set()
         for e in entries:
             if e.name == layout.OPAQUE_NAME or e.name.startswith(layout.META_PREFIX):
                 continue
             st = e.stat(follow_symlinks=False)
             target = layout.whiteout_target(e.name)
+            if target is None and layout.is_whiteout_dev(st):
+                target = e.name
             if target is not None:
-                out.append((DELETED, _rel(parts + [target])))
+                if image_dir and lookup(lowers, parts + [target]) is not None:
+                    out[_rel(parts + [target])] = DELETED
                 continue
+            kept.add(e.name)
             child = parts + [e.name]
-            if layout.is_whiteout_dev(st):
-                out.append((DELETED, _rel(child)))
-                continue
-            below = None if replaced or opaque else lookup(lowers, child)
+            below = lookup(lowers, child) if image_dir else None
             is_dir = stat.S_ISDIR(st.st_mode)
             if below is None:
-                out.append((ADDED, _rel(child)))
-            elif not is_dir or not stat.S_ISDIR(below.st_mode) or _meta_differs(st, below) \
-                    or layout.is_opaque_dir(e.path):
-                out.append((CHANGED, _rel(child)))
+                out[_rel(child)] = ADDED
+            elif not is_dir or not stat.S_ISDIR(below.st_mode) \
+                    or layout.is_opaque_dir(e.path) \
+                    or _meta_differs(e.path, st, _lower_path(lowers, child), below):
+                out[_rel(child)] = CHANGED
             if is_dir:
-                walk(child, replaced or opaque or below is None
-                     or not stat.S_ISDIR(below.st_mode))
+                walk(child, below is not None and stat.S_ISDIR(below.st_mode),
+                     hidden or below is None or not stat.S_ISDIR(below.st_mode))
+        if hidden and image_dir:
+            for gone in listing(lowers, parts) - kept:
+                out[_rel(parts + [gone])] = DELETED
 
-    walk([], False)
-    return sorted(out, key=lambda c: c[1])
+    walk([], True, False)
+    return sorted(((kind, path) for path, kind in out.items()), key=lambda c: c[1])
 
 
-def _meta_differs(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_mode, a.st_uid, a.st_gid) != (b.st_mode, b.st_uid, b.st_gid)
+def logical_stat(path: str, st: os.stat_result) -> tuple[int, int, int]:
+    """(mode, uid, gid) the container sees: the `override_stat` xattr of a
+    rootless store when present (uid:gid:0mode[:type]), else the real ones."""
+    if not stat.S_ISLNK(st.st_mode):
+        try:
+            raw = os.getxattr(path, layout.OVERRIDE_STAT_XATTR, follow_symlinks=False)
+            uid, gid, mode = raw.decode().split(":")[:3]
+            return stat.S_IFMT(st.st_mode) | (int(mode, 8) & 0o7777), int(uid), int(gid)
+        except (OSError, ValueError, UnicodeDecodeError):
+            pass
+    return st.st_mode, st.st_uid, st.st_gid
+
+
+def _lower_path(lowers: list[str], parts: list[str]) -> str | None:
+    """The real path of the merged entry `parts` in the topmost layer holding it."""
+    for layer in lowers:
+        path = os.path.join(layer, *parts)
+        if os.path.lexists(path):
+            return path
+    return None
+
+
+def _meta_differs(path: str, a: os.stat_result, lower: str | None,
+                  b: os.stat_result) -> bool:
+    if lower is None:
+        return (a.st_mode, a.st_uid, a.st_gid) != (b.st_mode, b.st_uid, b.st_gid)
+    return logical_stat(path, a) != logical_stat(lower, b)
 
 
 def _content_differs(a: os.stat_result, lower_path_st: os.stat_result) -> bool:
     if stat.S_IFMT(a.st_mode) != stat.S_IFMT(lower_path_st.st_mode):
         return True
-    if _meta_differs(a, lower_path_st):
+    if (a.st_mode, a.st_uid, a.st_gid) != \
+            (lower_path_st.st_mode, lower_path_st.st_uid, lower_path_st.st_gid):
         return True
     if stat.S_ISDIR(a.st_mode):
         return False

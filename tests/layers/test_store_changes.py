@@ -47,16 +47,56 @@ def test_whiteout_hides_only_lower_layers(tmp_path):
 def test_upper_changes(tmp_path, lowers):
     upper = str(tmp_path / "upper")
     mk(upper, {"etc/a": "changed", "etc/new": "n", "newdir/f": "f", "usr/share/doc/n2": "2"})
-    open(os.path.join(upper, "etc", ".wh.a2"), "w").close()    # .wh. form
+    open(os.path.join(upper, "etc", ".wh.a"), "w").close()     # beside its own copy: kept
+    open(os.path.join(upper, ".wh.gone"), "w").close()         # gone already in the image
+    open(os.path.join(upper, "etc", ".wh.never"), "w").close()  # never in the image
     if ROOT:
-        os.mknod(os.path.join(upper, "etc", "a3"), 0o20000, 0)   # char dev 0/0 form
+        mk(upper, {"usr/share/doc/x": None})
+        os.rmdir(os.path.join(upper, "usr/share/doc/x"))
+        os.mknod(os.path.join(upper, "usr", "share", "doc", "x"), 0o20000, 0)  # char dev form
     os.setxattr(os.path.join(upper, "usr", "share", "doc"), "user.overlay.opaque", b"y")
     got = changes.upper_changes(upper, lowers)
-    want = [("C", "/etc/a"), ("D", "/etc/a2")] + ([("D", "/etc/a3")] if ROOT else []) + [
-        ("A", "/etc/new"), ("A", "/newdir"), ("A", "/newdir/f"),
-        ("C", "/usr/share/doc"), ("A", "/usr/share/doc/n2"),
-        ("D", "/usr/share/doc/new")]
-    assert got == want
+    assert got == [
+        ("C", "/etc/a"), ("A", "/etc/new"), ("A", "/newdir"), ("A", "/newdir/f"),
+        ("C", "/usr/share/doc"), ("A", "/usr/share/doc/n2"), ("D", "/usr/share/doc/new")]
+
+
+def test_whiteout_in_the_upper_is_a_deletion(tmp_path, lowers):
+    upper = str(tmp_path / "upper")
+    mk(upper, {"etc": None})
+    open(os.path.join(upper, "etc", ".wh.a"), "w").close()
+    open(os.path.join(upper, ".wh.usr"), "w").close()
+    assert changes.upper_changes(upper, lowers) == [("D", "/etc/a"), ("D", "/usr")]
+
+
+def test_a_replaced_directory_loses_no_deletion(tmp_path, lowers):
+    """rm -rf /usr; mkdir -p /usr/share/doc; echo > /usr/share/doc/x: the new
+    /usr is opaque, and everything the image had under it and the upper does
+    not hold is gone — also below a directory the upper brings back."""
+    upper = str(tmp_path / "upper")
+    mk(upper, {"usr/share/doc/x": "new x"})
+    os.setxattr(os.path.join(upper, "usr"), "user.overlay.opaque", b"y")
+    assert changes.upper_changes(upper, lowers) == [
+        ("C", "/usr"), ("D", "/usr/share/doc/new"), ("A", "/usr/share/doc/x")]
+    # the same with the OCI opaque marker, and a file where a dir was
+    upper2 = str(tmp_path / "upper2")
+    mk(upper2, {"usr/.wh..wh..opq": "", "usr/share": "now a file"})
+    assert changes.upper_changes(upper2, lowers) == [("C", "/usr"), ("C", "/usr/share")]
+
+
+def test_owner_and_mode_are_compared_as_the_container_sees_them(tmp_path, lowers):
+    """A rootless store keeps owners in user.containers.override_stat."""
+    upper = str(tmp_path / "upper")
+    mk(upper, {"etc": None, "usr": None})
+    for layer in (lowers[1], upper):
+        os.setxattr(os.path.join(layer, "etc"), "user.containers.override_stat",
+                    b"0:0:0755:dir")
+    os.chmod(os.path.join(upper, "etc"), 0o700)      # the disk mode does not count
+    os.chmod(os.path.join(upper, "usr"), 0o700)      # without the xattr it does
+    assert changes.upper_changes(upper, lowers) == [("C", "/usr")]
+    os.setxattr(os.path.join(upper, "etc"), "user.containers.override_stat",
+                b"0:0:0700:dir")
+    assert changes.upper_changes(upper, lowers) == [("C", "/etc"), ("C", "/usr")]
 
 
 def test_tree_changes(tmp_path, lowers):
