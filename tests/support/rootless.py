@@ -143,23 +143,56 @@ def _check(argv):
     return r
 
 
-def as_user(user: User, argv, timeout: float = 30.0) -> subprocess.CompletedProcess:
-    """Run argv as the user, in this namespace, with a clean environment."""
-    return subprocess.run(["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
-                           "env", "-i", f"HOME={user.home}", f"PATH={SAFE_PATH}", *argv],
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
 def why_user_cannot_run_fsd(user: User) -> str | None:
+    """None if the user can run fsd in a namespace made like an agent's."""
     fsd = mounts.fsd_executable()
+    hold = Path(tempfile.mkdtemp(prefix="strata-reach-"))
+    env = ["env", "-i", f"HOME={user.home}", f"PATH={SAFE_PATH}"]
+    script = "\n".join(["set -e", *reach_steps(hold), "exec " + shlex.join(
+        ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", *env, fsd, "--version"])])
     try:
-        r = as_user(user, [fsd, "--version"])
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script],
+                           capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         return f"{fsd} --version hung as user {user.name}"
+    finally:
+        shutil.rmtree(hold, ignore_errors=True)
     if r.returncode:
         return (f"user {user.name} cannot run {fsd} (the repository and its venv must be "
                 f"readable by everyone, as scripts/install makes them): {r.stderr.strip()[-300:]}")
     return None
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The topmost proper ancestor of path that others may not traverse."""
+    parts = Path(path).parts
+    for i in range(1, len(parts) - 1):
+        anc = os.path.join(*parts[:i + 1])
+        if not os.stat(anc).st_mode & stat.S_IXOTH:
+            return anc
+    return None
+
+
+def reach_steps(hold: Path) -> list[str]:
+    """Shell lines, run as root in a private mount namespace, that let any user
+    reach the repository and fsd when an ancestor directory is closed to others
+    (a clone under /root, say): the repository is held by a bind mount, a 0755
+    tmpfs covers the topmost closed ancestor, the path is made again in it and
+    the repository bind-mounted back at the same place (the venv's scripts name
+    absolute paths). Nothing when every ancestor is open."""
+    paths = [str(mounts.REPO)]
+    fsd_dir = os.path.dirname(os.path.realpath(mounts.fsd_executable()))
+    if not fsd_dir.startswith(str(mounts.REPO) + "/"):
+        paths.append(fsd_dir)
+    todo = [(p, _closed_ancestor(p)) for p in paths]
+    todo = [(p, anc) for p, anc in todo if anc is not None]
+    q = shlex.quote
+    holds = [f"{hold}/reach-{i}" for i in range(len(todo))]
+    steps = [f"mkdir -p {h} && mount --bind {q(p)} {h}" for h, (p, _) in zip(holds, todo)]
+    for anc in dict.fromkeys(anc for _, anc in todo):
+        steps.append(f"mount -t tmpfs -o mode=0755 strata-reach {q(anc)}")
+    steps += [f"mkdir -p {q(p)} && mount --bind {h} {q(p)}" for h, (p, _) in zip(holds, todo)]
+    return steps
 
 
 # -- the sandbox -------------------------------------------------------------------------
@@ -381,7 +414,8 @@ class Agent:
         user = None if self.root_agent else self.box.user
         home = "/root" if user is None else user.home
         env = {"HOME": home, "PATH": SAFE_PATH, "LANG": "C.UTF-8", **self.env}
-        steps = ["set -e", f"mount --bind {self.box.fuse_node} /dev/fuse"]
+        steps = ["set -e", f"mount --bind {self.box.fuse_node} /dev/fuse",
+                 *reach_steps(self.box.fuse_node.parent)]
         if self.cgroup_v1_only:
             steps.append("if mountpoint -q /sys/fs/cgroup/unified; then umount /sys/fs/cgroup/unified; fi")
         if self.shared_root:
