@@ -42,9 +42,17 @@ class AttrOps:
         index = node.lowers[0] if node.is_dir else node.layer
         return self.stack.lowers[index], node.path()
 
+    @staticmethod
+    def open_fd(node: Node) -> int | None:
+        """For a node with no name left: a descriptor of its real file, upper first."""
+        if not node.gone or not node.fds:
+            return None
+        return max(node.fds, key=node.fds.get)
+
     def real_stat(self, node: Node) -> os.stat_result:
-        if node.gone and node.fds:
-            return os.fstat(next(iter(node.fds)))
+        fd = self.open_fd(node)
+        if fd is not None:
+            return os.fstat(fd)
         if node.lower_stat is not None and not node.upper:
             return node.lower_stat
         layer, rel = self.location(node)
@@ -97,15 +105,19 @@ class AttrOps:
         return attr
 
     async def setattr(self, node: Node, attr, fields, fd: int | None) -> pyfuse3.EntryAttributes:
-        changes_data = fields.update_size
-        if changes_data:
-            await self.copyup.ensure(node, data=attr.st_size > 0)
-        elif self.metacopy:
-            await self.copyup.metadata(node)
-        else:
-            await self.copyup.ensure(node)
+        """Change attributes; a file with no name left (unlinked while open) is
+        changed through its open descriptor on the upper."""
+        target = self.open_fd(node)
+        if target is not None and not node.fds[target]:
+            raise fail(errno.ENOENT)  # only a lower descriptor: nothing of it may change
+        if target is None:
+            if fields.update_size:
+                await self.copyup.ensure(node, data=attr.st_size > 0)
+            elif self.metacopy:
+                await self.copyup.metadata(node)
+            else:
+                await self.copyup.ensure(node)
         upper, rel = self.stack.upper, node.path()
-        target = fd if node.gone and fd is not None else None
         override = self.idmap.override_xattr
         if override is not None and (fields.update_uid or fields.update_gid or fields.update_mode):
             self._set_override(node, attr, fields)

@@ -26,6 +26,16 @@ _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c
 _DROP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
 
+class Handle:
+    __slots__ = ("fd", "node", "flags", "on_upper")
+
+    def __init__(self, fd: int, node: Node, flags: int, on_upper: bool):
+        self.fd = fd
+        self.node = node
+        self.flags = flags
+        self.on_upper = on_upper
+
+
 class FileOps:
     def __init__(self, stack: Stack, table: InodeTable, copyup: CopyUp, writable: bool, fsync: bool):
         self.stack = stack
@@ -33,7 +43,7 @@ class FileOps:
         self.copyup = copyup
         self.writable = writable
         self.fsync_enabled = fsync
-        self.handles: dict[int, tuple[int, Node]] = {}
+        self.handles: dict[int, Handle] = {}
         self._ids = itertools.count(1)
 
     async def open(self, node: Node, flags: int) -> pyfuse3.FileInfo:
@@ -42,38 +52,48 @@ class FileOps:
             if not self.writable:
                 raise fail(errno.EROFS)
             await self.copyup.ensure(node, data=not flags & os.O_TRUNC)
-        if node.upper and not node.metacopy:
-            layer = self.stack.upper
-        else:
-            layer = self.stack.lowers[node.layer]
-        fd = layer.open(node.path(), flags & ~_DROP_FLAGS)
+        flags &= ~_DROP_FLAGS
+        on_upper = node.upper and not node.metacopy
+        layer = self.stack.upper if on_upper else self.stack.lowers[node.layer]
+        fd = layer.open(node.path(), flags)
         fh = next(self._ids)
-        self.handles[fh] = (fd, node)
-        self.table.opened(node, fd)
+        self.handles[fh] = Handle(fd, node, flags & ~os.O_TRUNC, on_upper)
+        self.table.opened(node, fd, on_upper)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     def fd(self, fh: int) -> int:
-        return self.handles[fh][0]
+        """The real descriptor of a handle.  A handle opened on a lower file moves
+        to the upper copy once there is one, so that it reads what was written
+        through other descriptors since (as on the kernel overlay)."""
+        handle = self.handles[fh]
+        node = handle.node
+        if not handle.on_upper and node.upper and not node.metacopy and not node.gone:
+            fd = self.stack.upper.open(node.path(), handle.flags)
+            self.table.closed(node, handle.fd)
+            os.close(handle.fd)
+            handle.fd, handle.on_upper = fd, True
+            self.table.opened(node, fd, True)
+        return handle.fd
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
-        return os.pread(self.handles[fh][0], size, offset)
+        return os.pread(self.fd(fh), size, offset)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
-        return os.pwrite(self.handles[fh][0], data, offset)
+        return os.pwrite(self.fd(fh), data, offset)
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         """fallocate(2) on the real file, punch-hole and keep-size included."""
-        if _libc.fallocate(self.handles[fh][0], mode, offset, length) != 0:
+        if _libc.fallocate(self.fd(fh), mode, offset, length) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
 
     def lseek(self, fh: int, offset: int, whence: int) -> int:
         """SEEK_DATA / SEEK_HOLE, answered by the real file."""
-        return os.lseek(self.handles[fh][0], offset, whence)
+        return os.lseek(self.fd(fh), offset, whence)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         if self.fsync_enabled:
-            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.handles[fh][0])
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.fd(fh))
 
     async def fsync_dir(self, node: Node) -> None:
         """Sync a directory's upper entries (a lower one never changes)."""
@@ -86,6 +106,6 @@ class FileOps:
             os.close(fd)
 
     def release(self, fh: int) -> None:
-        fd, node = self.handles.pop(fh)
-        os.close(fd)
-        self.table.closed(node, fd)
+        handle = self.handles.pop(fh)
+        os.close(handle.fd)
+        self.table.closed(handle.node, handle.fd)

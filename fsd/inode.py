@@ -56,7 +56,7 @@ class Node:
         self.lowers: tuple[int, ...] = ()
         self.opaque = False
         self.lookups = 0
-        self.fds: set[int] = set()  # real fds of open files, for fstat after unlink
+        self.fds: dict[int, bool] = {}  # real fds of open files -> on the upper; for use after unlink
         self.lower_stat = None  # the immutable lstat of a lower-only object
         self.upper_entries = None  # cached upper listing of a directory
         self.lower_entries = None  # cached merged listing of a directory's lowers
@@ -188,11 +188,11 @@ class InodeTable:
         node.lookups = max(0, node.lookups - count)
         self._drop_if_unused(node)
 
-    def opened(self, node: Node, fd: int) -> None:
-        node.fds.add(fd)
+    def opened(self, node: Node, fd: int, on_upper: bool) -> None:
+        node.fds[fd] = on_upper
 
     def closed(self, node: Node, fd: int) -> None:
-        node.fds.discard(fd)
+        node.fds.pop(fd, None)
         self._drop_if_unused(node)
 
     def unused(self, node: Node) -> None:
