@@ -29,8 +29,6 @@ from support.rootless import Sandbox
 
 BASE = "localhost/strata-base"
 
-pytestmark = pytest.mark.fuse_deadline(600)
-
 
 @pytest.fixture(scope="module")
 def podman_ready():
