@@ -14,7 +14,8 @@ import os
 import re
 import subprocess
 import threading
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import mounts
@@ -87,6 +88,15 @@ class FsdMount:
     proc: subprocess.Popen | None = None  # foreground (-f) starts
     output_file: object = None  # foreground starts: stdout+stderr, a binary file object
     unmounted: bool = False
+    devs: list[str] = field(default_factory=list)  # "0:NN" of the FUSE mount
+    note: str = ""  # set by wait_gone when another mount namespace held the mount
+
+    def __post_init__(self):
+        self.remember_dev()
+
+    def remember_dev(self):
+        self.devs = sorted({m.dev for m in mounts.mounts_at(self.mnt) if m.fstype.startswith("fuse")}
+                           | set(self.devs))
 
     def output(self) -> str:
         if self.output_file is None:
@@ -105,8 +115,11 @@ class FsdMount:
         """Assert the mount disappears and every daemon process exits."""
         assert mounts.wait_for(lambda: not mounts.is_mounted(self.mnt), timeout), \
             f"{self.mnt} still mounted after {timeout}s"
-        left = mounts.wait_exited(self.pids, timeout)
-        assert not left, f"daemon {left} still running {timeout}s after the unmount"
+        left, self.note = mounts.wait_daemon_exit(self.pids, self.devs, timeout)
+        if self.note:
+            warnings.warn(f"{self.mnt}: {self.note}; its connection was aborted", stacklevel=2)
+        assert not left, f"daemon {left} still running {timeout}s after the unmount: " + \
+            " | ".join(mounts.describe_process(p) for p in left) + (f" ({self.note})" if self.note else "")
         if self.proc is not None:
             try:
                 self.proc.wait(timeout)
@@ -173,6 +186,7 @@ class FsdRunner:
                 raise AssertionError(f"fsd -f did not mount {mnt} within {wait_mounted}s "
                                      f"(exit {p.poll()}, timed out {not ok}): {errf.read().decode()}")
             self.deadline.watch_mount(mnt)
+            m.remember_dev()
         return m
 
     def track(self, mountpoint, cwd=None):

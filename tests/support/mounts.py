@@ -147,11 +147,67 @@ def pids_with_arg(*args) -> list[int]:
     return sorted(out)
 
 
+def describe_process(pid: int) -> str:
+    """cmdline, state and each thread's kernel wait channel: why a process is stuck."""
+    try:
+        argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        threads = []
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            t = f"/proc/{pid}/task/{tid}"
+            threads.append(f"{tid} {open(f'{t}/comm').read().strip()} "
+                           f"state {_proc_state(int(tid))} wchan {open(f'{t}/wchan').read() or '-'}")
+    except OSError as e:
+        return f"pid {pid}: gone ({e.strerror})"
+    cmd = " ".join(os.fsdecode(a) for a in argv if a)[:300]
+    return f"pid {pid} [{cmd}] state {_proc_state(pid)}; threads: " + "; ".join(threads)
+
+
 def wait_exited(pids, timeout: float) -> list[int]:
     """Wait until every pid is gone; return the ones still alive."""
     pids = list(pids)
     wait_for(lambda: not any(alive(p) for p in pids), timeout)
     return [p for p in pids if alive(p)]
+
+
+def namespaces_holding(dev: str) -> list[str]:
+    """Other mount namespaces where the mount of device dev ("0:NN") is still
+    mounted. Such a copy (a namespace made by unshare -m, say, while the mount
+    existed) keeps a FUSE connection, and so its daemon, alive after the mount
+    is gone from ours: nothing the daemon could know about."""
+    mine = os.readlink("/proc/self/ns/mnt")
+    seen, out = {mine}, []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            ns = os.readlink(f"/proc/{d}/ns/mnt")
+            if ns in seen:
+                continue
+            seen.add(ns)
+            with open(f"/proc/{d}/mountinfo") as f:
+                held = any(line.split()[2] == dev for line in f)
+        except OSError:
+            continue
+        if held:
+            out.append(f"{ns} (first seen in {describe_process(int(d)).partition(';')[0]})")
+    return out
+
+
+def wait_daemon_exit(pids, devs, timeout: float) -> tuple[list[int], str]:
+    """Wait for a daemon to exit after its mount went away; (still alive, note).
+
+    When the mount lives on in another mount namespace, the connection is
+    aborted (as the last unmount would) and the note says where it was held."""
+    left = wait_exited(pids, timeout)
+    note = ""
+    if left:
+        held = [h for dev in devs for h in namespaces_holding(dev)]
+        if held:
+            note = "the mount was still held in other mount namespaces: " + "; ".join(held)
+            for dev in devs:
+                fuse_abort(int(dev.split(":")[1]))
+            left = wait_exited(left, 5)
+    return left, note
 
 
 def kill_all(pids, timeout: float = 3.0):
@@ -250,9 +306,10 @@ def unmount_fuse(mnt, pids=(), timeout: float = 10.0) -> list[str]:
                 fuse_abort(m.minor)
             subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=timeout)
     pids = sorted(set(pids) | set(pids_with_arg(mnt)))
-    left = wait_exited(pids, timeout)
+    left, _ = wait_daemon_exit(pids, [m.dev for m in entries], timeout)
     if left:
-        problems.append(f"daemon pid(s) {left} still running {timeout:.0f}s after unmount; killed")
+        problems.append(f"daemon pid(s) {left} still running {timeout:.0f}s after unmount; killed. "
+                        + " | ".join(describe_process(p) for p in left))
         for m in entries:
             fuse_abort(m.minor)
         kill_all(left)
