@@ -468,3 +468,19 @@ def test_userns_squash_to_root_chown_succeeds_and_still_shows_root(userns):
         st = a.stat(mnt / rel)
         assert (st.st_uid, st.st_gid) == (0, 0), f"{rel}: squashed, yet shown as {st.st_uid}:{st.st_gid}"
     assert os.lstat(userns.bottom / "rootfile").st_uid == 0, "the lower changed"
+
+
+def test_userns_ids_outside_uidmapping_are_stored_as_overflow(userns):
+    """podman creates /etc/mtab and the bind-mount targets as the host's root
+    through a mount whose uidmapping does not cover it; fuse-overlayfs stores
+    such an id as the overflow id instead of refusing the call."""
+    a, mnt = userns.agent, userns.mnt
+    userns.mount("uidmapping=0:1:5000", "gidmapping=0:1:5000")  # disk 0.. shows as 1..: 0 is outside
+    assert a.call("getuid") == 0
+    assert a.errno_of("symlink", "/proc/mounts", str(mnt / "mtab")) == 0, "symlink by an unmapped id"
+    assert a.errno_of("mkdir", str(mnt / "dir"), 0o755) == 0, "mkdir by an unmapped id"
+    a.write(mnt / "file", "x\n")
+    assert a.errno_of("chown", str(mnt / "file"), 0, 0) == 0, "chown to an unmapped id"
+    for rel in ("mtab", "dir", "file"):
+        st = a.stat(mnt / rel)
+        assert (st.st_uid, st.st_gid) == (OVERFLOW, OVERFLOW), f"{rel}: shown as {st.st_uid}:{st.st_gid}"
