@@ -150,10 +150,18 @@ class CopyUp:
         return b"%s/%d" % (TMP_DIR, next(self._serial))
 
     def set_origin(self, layer: Layer, rel: bytes, key: int) -> None:
-        """Record the inode number an object keeps after it moved to the upper."""
+        """Record the inode number an object keeps after it moved to the upper:
+        in an xattr, or, where the filesystem refuses one (user.* on symlinks),
+        in memory for the life of the mount."""
         attr = self.markers.origin_xattr
-        if attr is not None:
+        try:
+            if attr is None:
+                raise OSError(errno.ENOTSUP, "no xattr for fsd's bookkeeping")
             layer.setxattr(rel, attr, b"%d" % key)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                raise
+            self.namei.origins[layer.lstat(rel).st_ino] = key
 
     def discard(self, rel: bytes) -> None:
         """Remove a work-area object (file or tree), ignoring what is already gone."""

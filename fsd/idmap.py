@@ -3,9 +3,11 @@
 Options as fuse-overlayfs defines them, so that stores written by one read
 correctly in the other:
 
-- `uidmapping=`/`gidmapping=` (`C:H:N` triples): ids on disk are host ids H,
-  shown as container ids C; a host id outside every range shows as the overflow
-  id 65534, as in a user namespace.
+- `uidmapping=`/`gidmapping=` (`C:H:N` triples): an id C+i on disk (as an image
+  stores it) shows as the host id H+i, which the container's user namespace in
+  turn shows as C+i; a disk id outside every range shows as the overflow id
+  65534.  podman passes `uidmapping=:0:300000:65536` for a container whose root
+  is host id 300000.
 - `squash_to_root`, `squash_to_uid=`, `squash_to_gid=`: every object shows that
   owner; chown succeeds and changes nothing on disk.
 - `xattr_permissions=1|2`: owner, group, mode (and file type of special files)
@@ -30,6 +32,7 @@ _TYPE_NAMES = {v: k for k, v in _TYPES.items()}
 
 
 def _lookup(ranges: tuple[IdMapping, ...], value: int, forward: bool) -> int | None:
+    """forward: container (disk) id -> host id; else host id -> container id."""
     for r in ranges:
         start, target = (r.container, r.host) if forward else (r.host, r.container)
         if start <= value < start + r.size:
@@ -82,10 +85,10 @@ class IdMap:
     def shown(self, uid: int, gid: int) -> tuple[int, int]:
         """Disk ids as the mount shows them."""
         if self.uids:
-            uid = _lookup(self.uids, uid, forward=False)
+            uid = _lookup(self.uids, uid, forward=True)
             uid = OVERFLOW_ID if uid is None else uid
         if self.gids:
-            gid = _lookup(self.gids, gid, forward=False)
+            gid = _lookup(self.gids, gid, forward=True)
             gid = OVERFLOW_ID if gid is None else gid
         if self.squash_uid is not None:
             uid = self.squash_uid
@@ -97,12 +100,12 @@ class IdMap:
         """Ids given through the mount (-1: unchanged) as they are stored; EINVAL
         for an id outside the mapping, as chown into a user namespace answers."""
         if self.uids and uid != -1:
-            mapped = _lookup(self.uids, uid, forward=True)
+            mapped = _lookup(self.uids, uid, forward=False)
             if mapped is None:
                 raise fail(errno.EINVAL)
             uid = mapped
         if self.gids and gid != -1:
-            mapped = _lookup(self.gids, gid, forward=True)
+            mapped = _lookup(self.gids, gid, forward=False)
             if mapped is None:
                 raise fail(errno.EINVAL)
             gid = mapped

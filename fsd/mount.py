@@ -244,6 +244,12 @@ def _mount_and_serve(params: OverlayParams, on_init, on_error) -> int:
 
 def run(params: OverlayParams, foreground: bool) -> int:
     """Mount and serve; in the background unless `foreground`.  Returns the exit code."""
+    if params.logfile:
+        try:
+            open(params.logfile, "a").close()
+        except OSError as exc:
+            print(f"fsd: logfile '{params.logfile}': {exc.strerror}", file=sys.stderr)
+            return 1
     os.umask(0)
     if foreground:
         _setup_logging(params, detached=False)

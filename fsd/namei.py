@@ -86,6 +86,9 @@ class Namei:
         self.stack = stack
         self.table = table
         self.markers = markers
+        # upper st_ino -> stable number, for objects copied up in this mount
+        # whose origin xattr the filesystem refused (see CopyUp.set_origin)
+        self.origins: dict[int, int] = {}
 
     # --- listings ----------------------------------------------------------------
 
@@ -188,7 +191,7 @@ class Namei:
             if not opaque and lower is not None and lower.kind == S_IFDIR:
                 lowers = self.merge_depth(lower.lowers, rel)
         attrs = upper.listxattr(rel) if self.markers.private_prefix is not None else ()
-        key = self._origin_key(rel) if self.markers.origin_xattr in attrs else None
+        key = self._origin_key(rel) if self.markers.origin_xattr in attrs else self.origins.get(st.st_ino)
         if key is None:
             key = self._real_key(rel, lowers, st)
         node = self.table.find(key, kind)
