@@ -136,13 +136,13 @@ class AttrOps:
             else:
                 upper.chmod(rel, mode)
         if fields.update_size:
-            if fd is not None:
-                os.ftruncate(fd, attr.st_size)
-            else:
-                real = upper.open(rel, os.O_WRONLY)
-                try:
-                    os.ftruncate(real, attr.st_size)
-                finally:
+            real = fd if fd is not None else upper.open(rel, os.O_WRONLY)
+            try:
+                os.ftruncate(real, attr.st_size)
+                if self.copyup.quota is not None:
+                    self.copyup.quota.record(os.fstat(real))
+            finally:
+                if real != fd:
                     os.close(real)
         if fields.update_atime or fields.update_mtime:
             now = os.fstat(target) if target is not None else upper.lstat(rel)
@@ -245,4 +245,6 @@ class AttrOps:
         out.f_ffree = sv.f_ffree
         out.f_favail = sv.f_favail
         out.f_namemax = NAME_MAX
+        if self.copyup.quota is not None:
+            self.copyup.quota.statfs(out, sv.f_frsize)
         return out

@@ -29,6 +29,7 @@ from .inode import InodeTable, Node
 from .layer import Layer, Stack
 from .namei import Namei, dir_is_opaque
 from .idmap import IdMap, format_override
+from .quota import Quota
 from .whiteout import Markers, is_marker_xattr
 
 log = logging.getLogger("fsd")
@@ -114,9 +115,10 @@ def copy_owner_mode_times(dst: Layer, rel: bytes, st: os.stat_result, idmap: IdM
 
 class CopyUp:
     def __init__(self, stack: Stack, table: InodeTable, namei: Namei, markers: Markers,
-                 idmap: IdMap, fsync: bool):
+                 idmap: IdMap, quota: Quota | None, fsync: bool):
         self.stack = stack
         self.idmap = idmap
+        self.quota = quota
         self.table = table
         self.namei = namei
         self.markers = markers
@@ -163,9 +165,21 @@ class CopyUp:
                 raise
             self.namei.origins[layer.lstat(rel).st_ino] = key
 
-    def discard(self, rel: bytes) -> None:
-        """Remove a work-area object (file or tree), ignoring what is already gone."""
-        discard_tree(self.stack.work, rel)
+    def discard(self, rel: bytes, from_upper: bool = False) -> None:
+        """Remove a work-area object (file or tree), ignoring what is already gone;
+        `from_upper`: it was moved out of the upper, so its usage is freed."""
+        release = self.quota.released if from_upper and self.quota is not None else None
+        discard_tree(self.stack.work, rel, release)
+
+    def account(self, rel: bytes) -> None:
+        """Take the usage of an upper object that was made or changed."""
+        if self.quota is not None:
+            self.quota.record(self.stack.upper.lstat(rel))
+
+    def account_tree(self, rel: bytes) -> None:
+        if self.quota is not None:
+            for st in walk_stats(self.stack.upper, rel):
+                self.quota.record(st)
 
     @contextlib.contextmanager
     def _times_kept(self, parent: Node):
@@ -207,6 +221,9 @@ class CopyUp:
         rel = node.path()
         src = self.stack.lowers[node.lowers[0] if node.is_dir else node.layer]
         st = src.lstat(rel)
+        if self.quota is not None:
+            full = stat.S_ISREG(st.st_mode) and data and not metadata_only
+            self.quota.check(st.st_blocks * 512 if full or stat.S_ISDIR(st.st_mode) else 0, inodes=1)
         work = self.stack.work
         tmp = self.tmp_name()
         try:
@@ -238,6 +255,7 @@ class CopyUp:
         except BaseException:
             self.discard(tmp)
             raise
+        self.account(rel)
         node.upper = True
         node.metacopy = metadata_only
         node.lower_stat = None
@@ -320,10 +338,12 @@ class CopyUp:
         src = self.stack.lowers[node.layer]
         upper = self.stack.upper
         st = upper.lstat(rel)
-        size = src.lstat(rel).st_size
+        lower = src.lstat(rel)
+        if self.quota is not None:
+            self.quota.check(lower.st_blocks * 512)
         tmp = self.tmp_name()
         try:
-            await self._copy_file(src, rel, tmp, size)
+            await self._copy_file(src, rel, tmp, lower.st_size)
             copy_xattrs(upper, rel, self.stack.work, tmp)
             self.set_origin(self.stack.work, tmp, node.key)
             copy_owner_mode_times(self.stack.work, tmp, st, self.idmap)
@@ -331,6 +351,7 @@ class CopyUp:
         except BaseException:
             self.discard(tmp)
             raise
+        self.account(rel)
         node.metacopy = False
 
     # --- whole trees, for renaming a directory that has lower parts ------------
@@ -348,6 +369,9 @@ class CopyUp:
         try:
             await trio.to_thread.run_sync(
                 self._tree, node.upper, node.lowers, rel, tmp, node.key, linked, abandon_on_cancel=False)
+            if self.quota is not None:
+                new = [st for st in walk_stats(self.stack.work, tmp) if st.st_nlink == 1]
+                self.quota.check(sum(st.st_blocks * 512 for st in new), inodes=len(new))
         except BaseException:
             self.discard(tmp)
             raise
@@ -441,16 +465,28 @@ def _hardlinked_files(layer: Layer) -> dict[int, list[bytes]]:
     return found
 
 
-def discard_tree(layer: Layer, rel: bytes) -> None:
-    """Remove rel and everything below it in layer; missing is fine."""
+def walk_stats(layer: Layer, rel: bytes):
+    """lstat of rel and of everything below it."""
+    st = layer.lstat(rel)
+    yield st
+    if stat.S_ISDIR(st.st_mode):
+        for name, _, _ in layer.scandir(rel):
+            yield from walk_stats(layer, rel + b"/" + name)
+
+
+def discard_tree(layer: Layer, rel: bytes, release=None) -> None:
+    """Remove rel and everything below it in layer; missing is fine.
+    `release(st)` is told of each object removed."""
     try:
         st = layer.lstat(rel)
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode):
+    if stat.S_ISDIR(st.st_mode):
+        for name, _, _ in layer.scandir(rel):
+            discard_tree(layer, rel + b"/" + name, release)
+        layer.rmdir(rel)
+    else:
         layer.unlink(rel)
-        return
-    for name, _, _ in layer.scandir(rel):
-        discard_tree(layer, rel + b"/" + name)
-    layer.rmdir(rel)
+    if release is not None:
+        release(st)
 

@@ -86,6 +86,8 @@ class DirOps:
         await self.copyup.ensure_all(parent)
         self._check_new_name(parent, name)  # re-check: the copy-up awaited
         kind = stat.S_IFMT(mode)
+        if self.copyup.quota is not None:
+            self.copyup.quota.check(4096 if kind == stat.S_IFDIR else 0, inodes=1)
         rel = parent.child_path(name)
         pst = self.stack.upper.lstat(parent.path())
         if pst.st_mode & stat.S_ISGID:
@@ -106,7 +108,14 @@ class DirOps:
                 self.copyup.discard(tmp)
                 raise
         self.namei.upper_added(parent, name, kind)
+        self._account(rel, parent)
         return self.namei.lookup(parent, name)
+
+    def _account(self, *places) -> None:
+        """Take the usage of changed upper objects (paths or directory nodes)."""
+        if self.copyup.quota is not None:
+            for place in places:
+                self.copyup.account(place if isinstance(place, bytes) else place.path())
 
     def _make(self, layer, rel: bytes, mode: int, rdev: int, target: bytes | None, uid: int, gid: int) -> None:
         """Create one object owned by (uid, gid) as given through the mount.  Under
@@ -147,21 +156,28 @@ class DirOps:
         """Move work-area object tmp to parent/name, where a whiteout now is."""
         work, upper = self.stack.work, self.stack.upper
         rel = parent.child_path(name)
-        if self.markers.whiteout == "chardev" and upper.try_lstat(rel) is not None:
+        old = upper.try_lstat(rel) if self.markers.whiteout == "chardev" else None
+        if old is not None:
             if kind == stat.S_IFDIR:
                 work.rename(tmp, upper, rel, RENAME_EXCHANGE)
                 work.unlink(tmp)  # now the old whiteout
             else:
                 work.rename(tmp, upper, rel)
+            self._released(old)
         else:
             work.rename(tmp, upper, rel, RENAME_NOREPLACE)
             self._drop_whiteout_file(parent, name)
 
     def _drop_whiteout_file(self, parent: Node, name: bytes) -> None:
-        try:
-            self.stack.upper.unlink(parent.child_path(WH_PREFIX + name))
-        except FileNotFoundError:
-            pass
+        rel = parent.child_path(WH_PREFIX + name)
+        old = self.stack.upper.try_lstat(rel)
+        if old is not None:
+            self.stack.upper.unlink(rel)
+            self._released(old)
+
+    def _released(self, st) -> None:
+        if self.copyup.quota is not None:
+            self.copyup.quota.released(st)
 
     async def link(self, node: Node, parent: Node, name: bytes) -> Node:
         if node.is_dir:
@@ -184,6 +200,7 @@ class DirOps:
         else:
             upper.link(src, upper, parent.child_path(name))
         self.namei.upper_added(parent, name, node.kind)
+        self._account(parent)
         node.add_link(parent, name)
         return node
 
@@ -218,19 +235,20 @@ class DirOps:
         in_upper = name in self.namei.upper_entries(parent).names
         nlink = 1
         if in_upper:
-            nlink = upper.lstat(rel).st_nlink
+            before = upper.lstat(rel)
+            nlink = before.st_nlink
             if not whiteout:
                 if node.is_dir:
                     tmp = self.copyup.tmp_name()
                     upper.rename(rel, work, tmp)
-                    self.copyup.discard(tmp)  # may hold whiteouts
+                    self.copyup.discard(tmp, from_upper=True)  # may hold whiteouts
                 else:
                     upper.unlink(rel)
             elif self.markers.whiteout == "chardev":
                 tmp = self._work_whiteout()
                 if node.is_dir:
                     work.rename(tmp, upper, rel, RENAME_EXCHANGE)
-                    self.copyup.discard(tmp)
+                    self.copyup.discard(tmp, from_upper=True)
                 else:
                     work.rename(tmp, upper, rel)
             else:
@@ -238,13 +256,18 @@ class DirOps:
                 if node.is_dir:
                     tmp = self.copyup.tmp_name()
                     upper.rename(rel, work, tmp)
-                    self.copyup.discard(tmp)
+                    self.copyup.discard(tmp, from_upper=True)
                 else:
                     upper.unlink(rel)
+            if self.copyup.quota is not None and not node.is_dir:
+                self.copyup.quota.released(before)
         else:
             if node.lower_stat is not None:
                 nlink = node.lower_stat.st_nlink
             self.make_whiteout(parent.path(), name)
+        if whiteout:
+            self._account(parent.child_path(self.markers.whiteout_name(name)))
+        self._account(parent)
         self.namei.upper_removed(parent, name, whiteout)
         node.drop_link(parent, name)
         if node.gone and nlink > 1:
@@ -315,8 +338,9 @@ class DirOps:
     def _clear_dir(self, rel: bytes) -> None:
         """Remove the whiteouts left in an upper dir that is empty in the merged view."""
         upper = self.stack.upper
+        release = self.copyup.quota.released if self.copyup.quota is not None else None
         for name, _, _ in upper.scandir(rel):
-            discard_tree(upper, _join(rel, name))
+            discard_tree(upper, _join(rel, name), release)
 
     def _move_upper(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes, dst: Node | None) -> None:
         """Rename an object that lives wholly in the upper (a file, or a directory
@@ -332,11 +356,14 @@ class DirOps:
             src.opaque = True
         if dst_in_upper and dst.is_dir:
             self._clear_dir(rel2)
+        replaced = upper.try_lstat(rel2) if self.copyup.quota is not None else None
         chardev = self.markers.whiteout == "chardev"
         if dst_whiteout and chardev and src.is_dir:
             upper.rename(rel1, upper, rel2, RENAME_EXCHANGE)  # the whiteout lands at rel1
             if not leave_whiteout:
                 upper.unlink(rel1)
+            else:
+                replaced = None  # the whiteout lives on at rel1
             leave_whiteout = False
         elif leave_whiteout and chardev and self.markers.rename_whiteout:
             upper.rename(rel1, upper, rel2, RENAME_WHITEOUT)
@@ -350,6 +377,11 @@ class DirOps:
         whiteout_left = self.namei.lower_has(p1, n1)
         self.namei.upper_removed(p1, n1, whiteout_left)
         self.namei.upper_added(p2, n2, src.kind)
+        if replaced is not None:
+            self._released(replaced)
+        if whiteout_left:
+            self._account(p1.child_path(self.markers.whiteout_name(n1)))
+        self._account(p1, p2)
 
     async def _move_merged_dir(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes) -> list:
         """Rename a directory with lower parts: copy its merged tree into the work
@@ -367,7 +399,7 @@ class DirOps:
             if n2 in dst_entries.names:
                 self._clear_dir(rel2)
                 work.rename(tmp, upper, rel2, RENAME_EXCHANGE)
-                self.copyup.discard(tmp)
+                self.copyup.discard(tmp, from_upper=True)
             elif n2 in dst_entries.whiteouts:
                 self._replace_whiteout(tmp, p2, n2, stat.S_IFDIR)
             else:
@@ -378,6 +410,9 @@ class DirOps:
         self.namei.upper_added(p2, n2, stat.S_IFDIR)
         self._remove_moved_source(p1, n1, src)
         work.unlink(JOURNAL)
+        if self.copyup.quota is not None:
+            self.copyup.account_tree(rel2)
+            self._account(p1, p2)
         for node in self.table.all_below(src):
             node.upper, node.lowers, node.metacopy = True, (), False
             node.lower_entries = node.upper_entries = node.lower_stat = None
@@ -438,10 +473,12 @@ class DirOps:
                     self.make_whiteout(p1.path(), n1)
                 tmp = self.copyup.tmp_name()
                 upper.rename(rel1, work, tmp)
-            self.copyup.discard(tmp)
+            self.copyup.discard(tmp, from_upper=True)
         elif whiteout:
             self.make_whiteout(p1.path(), n1)
         self.namei.upper_removed(p1, n1, whiteout)
+        if whiteout:
+            self._account(p1.child_path(self.markers.whiteout_name(n1)))
 
     def _exchange(self, p1: Node, n1: bytes, a: Node, p2: Node, n2: bytes, b: Node) -> None:
         """RENAME_EXCHANGE of two names wholly in the upper."""

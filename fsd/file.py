@@ -23,6 +23,7 @@ from .layer import Stack
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+FALLOC_FL_PUNCH_HOLE = 0x02
 _DROP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
 
 
@@ -79,13 +80,28 @@ class FileOps:
         return os.pread(self.fd(fh), size, offset)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
-        return os.pwrite(self.fd(fh), data, offset)
+        fd = self.fd(fh)
+        quota = self.copyup.quota
+        if quota is None:
+            return os.pwrite(fd, data, offset)
+        size = quota.write_size(os.fstat(fd), offset, len(data))
+        if size == 0:
+            raise fail(errno.EDQUOT)
+        written = os.pwrite(fd, data[:size] if size < len(data) else data, offset)
+        quota.record(os.fstat(fd))
+        return written
 
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         """fallocate(2) on the real file, punch-hole and keep-size included."""
-        if _libc.fallocate(self.fd(fh), mode, offset, length) != 0:
+        fd = self.fd(fh)
+        quota = self.copyup.quota
+        if quota is not None and not mode & FALLOC_FL_PUNCH_HOLE:
+            quota.check(length)
+        if _libc.fallocate(fd, mode, offset, length) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
+        if quota is not None:
+            quota.record(os.fstat(fd))
 
     def lseek(self, fh: int, offset: int, whence: int) -> int:
         """SEEK_DATA / SEEK_HOLE, answered by the real file."""

@@ -31,6 +31,7 @@ from .layer import RENAME_WHITEOUT, Layer, Stack
 from .namei import Namei
 from .ops import Operations
 from .params import OverlayParams, ParamError
+from .quota import Quota
 from .readdir import ReaddirOps
 from .whiteout import Markers, whiteout_mode
 
@@ -138,7 +139,11 @@ class Mount:
         self.namei.root_node()
         fsync = params.fsync and not params.volatile
         idmap = IdMap(params)
-        copyup = CopyUp(self.stack, self.table, self.namei, markers, idmap, fsync)
+        quota = None
+        if params.quota_bytes is not None or params.quota_inodes is not None:
+            quota = Quota(params.quota_bytes, params.quota_inodes)
+            quota.scan(upper.fd)  # before serving: no request waits for it
+        copyup = CopyUp(self.stack, self.table, self.namei, markers, idmap, quota, fsync)
         attrs = AttrOps(self.stack, copyup, idmap, params.timeout, params.static_nlink, params.metacopy)
         dirs = DirOps(self.stack, self.table, self.namei, copyup, markers, idmap)
         if work is not None:

@@ -50,6 +50,8 @@ class OverlayParams:
     static_nlink: bool = False
     noacl: bool = False
     xattr_permissions: int = 0
+    quota_bytes: int | None = None
+    quota_inodes: int | None = None
     passthrough: tuple[str, ...] = ()  # generic mount flags handed to the kernel
     warnings: tuple[str, ...] = ()
 
@@ -135,6 +137,19 @@ def _parse_int(name: str, value: str, minimum: int = 0) -> int:
     if number < minimum:
         raise ParamError(f"bad value for option '{name}': '{value}'")
     return number
+
+
+_SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _parse_size(name: str, value: str) -> int:
+    """N with an optional K, M, G or T suffix (powers of 1024)."""
+    text = value.strip().lower().removesuffix("b").removesuffix("i")
+    suffix = text[-1:] if text[-1:] in _SIZE_SUFFIXES else ""
+    number = text[: len(text) - len(suffix)]
+    if not number.isdigit():
+        raise ParamError(f"bad value for option '{name}': '{value}' (want N, NK, NM or NG)")
+    return int(number) * _SIZE_SUFFIXES[suffix]
 
 
 def _parse_bool(name: str, value: str | None) -> bool:
@@ -255,10 +270,16 @@ def parse_options(option_strings: list[str], mountpoint: str, cwd: str | None = 
         if v not in ("0", "1", "2"):
             raise ParamError(f"bad value for option 'xattr_permissions': '{v}' (want 0, 1 or 2)")
         kw["xattr_permissions"] = int(v)
+    if "quota_bytes" in values:
+        kw["quota_bytes"] = _parse_size("quota_bytes", take_value("quota_bytes"))
+    if "quota_inodes" in values:
+        kw["quota_inodes"] = _parse_int("quota_inodes", take_value("quota_inodes"))
     if "rw" in values:
         kw["ro"] = False
     if upper is None:
         kw["ro"] = True
+        if "quota_bytes" in kw or "quota_inodes" in kw:
+            raise ParamError("quota_bytes and quota_inodes need an upperdir")
 
     for key in list(values):
         value = values.pop(key)

@@ -9,7 +9,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 FSD_LEVELS = {
     "params": 0, "errors": 0,
-    "layer": 1, "idmap": 1,
+    "layer": 1, "idmap": 1, "quota": 1,
     "whiteout": 2, "inode": 2,
     "namei": 3,
     "copy_up": 4,
