@@ -70,7 +70,7 @@ def _sha_through(path: Path) -> tuple[int, str]:
 
 def _start(code: str, *args) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _dirs(tmp_path: Path) -> tuple[Path, Path]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.convert import convert_layers
-from support.layergen import make_layers, make_opaque, whiteout, write
+from support.layergen import make_layers, write
 from support.snapshot import compare, invariant_problems, snapshot
 from support.upper_ops import daemon_pids, errno_of, io_counters, kind_of, pattern, write_big
 
