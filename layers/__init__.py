@@ -5,7 +5,10 @@ checks it):
 
 0  errors, digest, layout          kinds of failure, identity, the on-disk tree
 1  fsutil, records, config         atomic writes, locks, leases; records; storage.conf
-2  archive, recordstore, changes   layer tars in; record files; reading layer stacks
+   tarsplit                        what rebuilds a layer's exact tar from its dir
+2  archive, recordstore, changes,  layer tars in and out; record files; reading
+   changeset, ociwriter            layer stacks; what a layer made from a dir holds;
+                                   writing OCI image layouts
    source, drivers.base            what an import reads; the driver interface
 3  layerstore, imagestore,         one kind of record each; siblings never import
    containerstore, mounts,         each other

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
 import os
 import shutil
 import stat
@@ -33,12 +34,13 @@ import threading
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 from . import layout
 from .digest import Digest, HashingReader
 from .errors import BadArchive, UnsafeArchive
-from .fsutil import crash_point, sync_tree
+from .fsutil import clone_file, crash_point, sync_tree
+from .tarsplit import SplitRecorder, SplitWriter, checksum
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -66,6 +68,7 @@ class ExtractResult:
     tar_size: int
     compression: str | None        # "gzip", "zstd" or None
     entries: int
+    split: bool = False            # a tar-split was recorded (see tarsplit.py)
 
 
 def detect_compression(head: bytes) -> str | None:
@@ -162,8 +165,14 @@ class _Zstd:
 
 def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
                   where: str = "layer",
-                  on_progress: Callable[[int], None] | None = None) -> ExtractResult:
-    """Stream the layer tar `blob` into the empty dir `dest`.  See module doc."""
+                  on_progress: Callable[[int], None] | None = None,
+                  split_path: str | None = None) -> ExtractResult:
+    """Stream the layer tar `blob` into the empty dir `dest`.  See module doc.
+
+    With `split_path`, the tar-split is written there (`ExtractResult.split`);
+    a tar that replaces one of its own files by a later entry cannot be
+    rebuilt from the dir, and gets none (the file is removed).
+    """
     blob_reader = HashingReader(blob, on_progress)
     head = blob_reader.read(6)
     compression = detect_compression(head)
@@ -178,18 +187,21 @@ def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
         stream = raw
     # Uncompressed, the blob is the tar: one hash serves as digest and diffID.
     tar_reader = blob_reader if compression is None else HashingReader(stream)
+    split = SplitWriter(split_path) if split_path else None
+    recorder = SplitRecorder(stream if compression is None else tar_reader, split)
     ok = False
     try:
         try:
-            with _Extractor(dest, options) as ex:
-                tf = tarfile.open(fileobj=stream if compression is None else tar_reader,
-                                  mode="r|", tarinfo=_SafeTarInfo, errorlevel=2)
+            with _Extractor(dest, options, recorder) as ex:
+                tf = tarfile.open(fileobj=recorder, mode="r|", tarinfo=_SafeTarInfo,
+                                  errorlevel=2)
                 for member in tf:
                     ex.add(member, tf)
                     if ex.count == 2:
                         crash_point("extracting")
                 ex.finish()
-            tar_reader.drain()   # the diffID covers the tar's trailing padding
+            recorder.drain()   # the diffID covers the tar's trailing padding
+            recorder.finish()
             if zstd is None and tar_reader is not blob_reader:
                 blob_reader.drain()
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
@@ -201,10 +213,16 @@ def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
     finally:
         if zstd is not None:
             zstd.close(check=ok)
+        if split is not None and not (ok and ex.split_ok):
+            split.abandon()
+            split = None
+    if split is not None:
+        split.close()
     sync_tree(dest)
     return ExtractResult(blob_digest=blob_reader.digest(), blob_size=blob_reader.count,
                          diff_id=tar_reader.digest(), tar_size=tar_reader.count,
-                         compression=compression, entries=ex.count)
+                         compression=compression, entries=ex.count,
+                         split=split is not None)
 
 
 def _tar_error(e: BaseException) -> str:
@@ -232,12 +250,19 @@ def clean_name(name: str) -> list[str]:
 class _Extractor:
     """Applies tar members one by one under `dest` (see the module doc)."""
 
-    def __init__(self, dest: str, options: ExtractOptions):
+    def __init__(self, dest: str, options: ExtractOptions,
+                 recorder: SplitRecorder | None = None):
         self.options = options
         self.root_fd = os.open(dest, _DIR_FLAGS)
         self.dirs: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self.dir_times: list[tuple[tuple[str, ...], int]] = []
         self.count = 0
+        self.recorder = recorder
+        # The split refers to files by path: a later entry that replaces one
+        # (or a directory holding one) makes the split unusable.
+        self.split_ok = True
+        self._split_files: set[tuple[str, ...]] = set()
+        self._split_dirs: set[tuple[str, ...]] = set()
 
     def __enter__(self) -> "_Extractor":
         return self
@@ -294,7 +319,10 @@ class _Extractor:
 
     # -- members -------------------------------------------------------------
 
-    def add(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+    def add(self, m: tarfile.TarInfo, tf: tarfile.TarFile | None = None,
+            src_fd: int | None = None) -> None:
+        """Apply one entry.  A regular file's data comes from the tar `tf`, or,
+        when building a layer from a tree (`src_fd`), is cloned from that fd."""
         self.count += 1
         if self.count > self.options.max_entries:
             raise UnsafeArchive(m.name, f"more than {self.options.max_entries} entries")
@@ -306,6 +334,9 @@ class _Extractor:
                 self._set_meta(self.root_fd, None, m, is_dir=True)
                 self.dir_times.append(((), int(m.mtime)))
             return
+        key = tuple(parts)
+        if key in self._split_files or (key in self._split_dirs and not m.isdir()):
+            self.split_ok = False
         name = parts[-1]
         if name.startswith(layout.WHITEOUT_PREFIX):
             self._add_marker(m, parts)
@@ -315,7 +346,7 @@ class _Extractor:
             if m.isdir():
                 self._add_dir(m, parent, name, tuple(parts))
             elif m.isreg():
-                self._add_file(m, tf, parent, name)
+                self._add_file(m, tf, src_fd, parent, name, key)
             elif m.issym():
                 self._remove(parent, name)
                 os.symlink(m.linkname, name, dir_fd=parent)
@@ -376,25 +407,45 @@ class _Extractor:
         self._set_meta(fd, None, m, is_dir=True)
         self.dir_times.append((parts, int(m.mtime)))
 
-    def _add_file(self, m: tarfile.TarInfo, tf: tarfile.TarFile, parent: int,
-                  name: str) -> None:
+    def _add_file(self, m: tarfile.TarInfo, tf: tarfile.TarFile | None,
+                  src_fd: int | None, parent: int, name: str,
+                  key: tuple[str, ...]) -> None:
         self._remove(parent, name)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600, dir_fd=parent)
         try:
-            src = tf.extractfile(m)
-            remaining = m.size
-            while remaining > 0:
-                data = src.read(min(_CHUNK, remaining))
-                if not data:
-                    raise BadArchive(m.name, "truncated archive (unexpected end of data)")
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                remaining -= len(data)
+            if src_fd is not None:
+                clone_file(src_fd, fd)
+            else:
+                self._copy_data(m, tf, fd, key)
             self._set_meta(fd, None, m)
         finally:
             os.close(fd)
+
+    def _copy_data(self, m: tarfile.TarInfo, tf: tarfile.TarFile, fd: int,
+                   key: tuple[str, ...]) -> None:
+        """The member's data from the tar into `fd`; its bytes are left out of
+        the split, which refers to this file instead (not for sparse files)."""
+        recorder = self.recorder if m.size and m.sparse is None else None
+        if recorder is not None:
+            recorder.data_begins(m.offset_data, m.size, "/".join(key))
+            self._split_files.add(key)
+            for i in range(1, len(key)):
+                self._split_dirs.add(key[:i])
+        h = checksum()
+        src = tf.extractfile(m)
+        remaining = m.size
+        while remaining > 0:
+            data = src.read(min(_CHUNK, remaining))
+            if not data:
+                raise BadArchive(m.name, "truncated archive (unexpected end of data)")
+            h.update(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            remaining -= len(data)
+        if recorder is not None:
+            recorder.data_done(h.intdigest())
 
     def _add_hardlink(self, m: tarfile.TarInfo, parent: int, name: str) -> None:
         try:
@@ -445,8 +496,8 @@ class _Extractor:
             if opts.force_mask is not None:
                 on_disk = opts.force_mask
             on_disk |= 0o700 if is_dir else 0o600
-            value = f"{m.uid}:{m.gid}:0{mode:03o}:{'dir' if is_dir else 'file'}"
-            os.setxattr(fd, layout.OVERRIDE_STAT_XATTR, value.encode())
+            os.setxattr(fd, layout.OVERRIDE_STAT_XATTR, layout.format_override_stat(
+                m.uid, m.gid, mode, "dir" if is_dir else "file"))
         elif opts.privileged:
             try:
                 if name is None:
@@ -493,3 +544,111 @@ class _Extractor:
             except (UnsafeArchive, OSError):
                 continue  # replaced by a later entry
             os.utime(fd, ns=(mtime * 1_000_000_000,) * 2)
+
+
+# -- tars out ------------------------------------------------------------------------
+
+
+class TarWriter:
+    """Writes a tar stream entry by entry into `out` (None: nowhere), hashing
+    it — its sha256 is the diffID of the layer it describes — and recording
+    its tar-split when given one.
+
+    Entries are PAX headers as `TarInfo.tobuf` makes them; a regular file's
+    data is read from `src_fd`, exactly `size` bytes (BadArchive if the file
+    changed size underneath).  `close()` writes the two end blocks and returns
+    (diffID, tar bytes).
+    """
+
+    def __init__(self, out: BinaryIO | None = None, split: SplitWriter | None = None):
+        self._out = out
+        self._split = split
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def _emit(self, data: bytes, raw: bool = True) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+        if self._out is not None:
+            self._out.write(data)
+        if raw and self._split is not None:
+            self._split.raw(data)
+
+    def add(self, ti: tarfile.TarInfo, src_fd: int | None = None) -> None:
+        self._emit(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if not (ti.isreg() and ti.size):
+            return
+        if self._split is not None:
+            self._split.file("/".join(clean_name(ti.name)), ti.size)
+        h = checksum()
+        offset = 0
+        while offset < ti.size:
+            data = os.pread(src_fd, min(_CHUNK, ti.size - offset), offset)
+            if not data:
+                raise BadArchive(ti.name, f"file shrank below {ti.size} bytes while "
+                                          "being written")
+            h.update(data)
+            self._emit(data, raw=False)
+            offset += len(data)
+        if self._split is not None:
+            self._split.file_checksum(h.intdigest())
+        self._emit(b"\0" * ((-ti.size) % tarfile.BLOCKSIZE))
+
+    def close(self) -> tuple[Digest, int]:
+        self._emit(b"\0" * (2 * tarfile.BLOCKSIZE))
+        return Digest(self._hash.hexdigest()), self.size
+
+
+def write_tar(entries: Iterable[tuple[tarfile.TarInfo, str | None]], out: BinaryIO | None,
+              split: SplitWriter | None = None) -> tuple[Digest, int]:
+    """Write `entries` (see `changeset.py`) as one tar; (sha256, bytes)."""
+    writer = TarWriter(out, split)
+    for ti, src in entries:
+        if src is None:
+            writer.add(ti)
+            continue
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            writer.add(ti, fd)
+        finally:
+            os.close(fd)
+    return writer.close()
+
+
+def build_layer(entries: Iterable[tuple[tarfile.TarInfo, str | None]], dest: str,
+                options: ExtractOptions, split_path: str) -> ExtractResult:
+    """A layer dir in the empty `dest` and its tar-split from `entries`, in one
+    pass: each entry goes into the tar stream (hashed: the diffID; the tar
+    itself is not kept) and is applied to `dest` as extraction would, a file's
+    data cloned from its source (reflink where the filesystem can) instead of
+    copied out of the tar.  The layer dir is what extracting that tar gives."""
+    split = SplitWriter(split_path)
+    writer = TarWriter(None, split)
+    ok = False
+    try:
+        with _Extractor(dest, options) as ex:
+            for ti, src in entries:
+                if src is None:
+                    writer.add(ti)
+                    ex.add(ti)
+                    continue
+                fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    writer.add(ti, fd)
+                    if os.fstat(fd).st_size != ti.size:
+                        raise BadArchive(ti.name, "file changed size while being written")
+                    ex.add(ti, src_fd=fd)
+                finally:
+                    os.close(fd)
+                if ex.count == 2:
+                    crash_point("building")
+            ex.finish()
+        diff_id, size = writer.close()
+        ok = True
+    finally:
+        if not ok:
+            split.abandon()
+    split.close()
+    sync_tree(dest)
+    return ExtractResult(blob_digest=diff_id, blob_size=size, diff_id=diff_id,
+                         tar_size=size, compression=None, entries=ex.count, split=True)

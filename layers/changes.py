@@ -158,11 +158,12 @@ def logical_stat(path: str, st: os.stat_result) -> tuple[int, int, int]:
     rootless store when present (uid:gid:0mode[:type]), else the real ones."""
     if not stat.S_ISLNK(st.st_mode):
         try:
-            raw = os.getxattr(path, layout.OVERRIDE_STAT_XATTR, follow_symlinks=False)
-            uid, gid, mode = raw.decode().split(":")[:3]
-            return stat.S_IFMT(st.st_mode) | (int(mode, 8) & 0o7777), int(uid), int(gid)
-        except (OSError, ValueError, UnicodeDecodeError):
-            pass
+            found = layout.parse_override_stat(
+                os.getxattr(path, layout.OVERRIDE_STAT_XATTR, follow_symlinks=False))
+        except OSError:
+            found = None
+        if found is not None:
+            return stat.S_IFMT(st.st_mode) | found[2], found[0], found[1]
     return st.st_mode, st.st_uid, st.st_gid
 
 

@@ -39,6 +39,11 @@ class LayerStore(RecordStore[Layer]):
     def diff_dir(self, layer_id: Digest) -> str:
         return self.paths.layer_diff(layer_id)
 
+    def split_file(self, layer_id: Digest) -> str | None:
+        """The layer's tar-split, None when it has none."""
+        path = self.paths.layer_split(layer_id)
+        return path if os.path.exists(path) else None
+
     def publish(self, layer: Layer, staged_dir: str, lease: str) -> None:
         """Move `staged_dir` (holding `diff/`, synced) into place as `layer`."""
         self.save(layer.id.hex, replace(layer, incomplete=True, lease=lease))

@@ -8,6 +8,9 @@ Store root (`graphroot`)::
     lock                        the store lock (fcntl.flock); holds the holder's pid
     layers/<chainid-hex>.json   Layer record
     layers/<chainid-hex>/diff/  the layer's content, a lowerdir
+    layers/<chainid-hex>/tar-split.gz  what rebuilds the layer's exact tar from
+                                diff/ (see tarsplit.py); absent for a layer
+                                whose tar replaced its own files
     images/<id>.json            Image record (id = hex of the config digest)
     containers/<id>.json        Container record
     containers/<id>/            the driver's dirs: upper/ work/ merged/ (fuse,
@@ -45,6 +48,7 @@ CONTAINERS = "containers"
 STAGING = "staging"
 LEASE = "lease"
 MOUNTS = "mounts.json"
+SPLIT = "tar-split.gz"
 
 # Marks of a directory that is some other program's store: refused.
 FOREIGN_STORES = (
@@ -71,6 +75,23 @@ PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.",
 
 FORM_OCI = "oci"          # whiteouts as .wh. files: what fsd and vfs read
 FORM_OVERLAY = "overlay"  # char dev 0/0 and trusted.overlay.opaque: the kernel's
+
+
+def parse_override_stat(raw: bytes) -> tuple[int, int, int, str | None] | None:
+    """`uid:gid:0mode[:type]` (containers/storage's override_stat, as fsd's
+    `xattr_permissions=2` writes it) → (uid, gid, permission bits, type), the
+    type being None, `file`, `dir`, `symlink`, `pipe`, `socket`, `char-MAJ-MIN`
+    or `block-MAJ-MIN`; None when malformed."""
+    try:
+        fields = raw.decode().split(":")
+        uid, gid, mode = int(fields[0]), int(fields[1]), int(fields[2], 8)
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+    return uid, gid, mode & 0o7777, fields[3] if len(fields) > 3 else None
+
+
+def format_override_stat(uid: int, gid: int, mode: int, kind: str) -> bytes:
+    return f"{uid}:{gid}:0{mode & 0o7777:03o}:{kind}".encode()
 
 
 def is_private_xattr(name: str) -> bool:
@@ -151,6 +172,9 @@ class StorePaths:
 
     def layer_diff(self, layer_id: Digest) -> str:
         return os.path.join(self.layers, layer_id.hex, "diff")
+
+    def layer_split(self, layer_id: Digest) -> str:
+        return os.path.join(self.layers, layer_id.hex, SPLIT)
 
     def layer_extract_lock(self, layer_id: Digest) -> str:
         return os.path.join(self.staging, layer_id.hex + ".lock")
