@@ -141,6 +141,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("container")
     c.add_argument("--format", choices=("text", "json"), default="text")
 
+    c = sub.add_parser("commit", help="a new image: the container's image plus its changes "
+                                      "as one layer (SOURCE_DATE_EPOCH clamps times)")
+    c.add_argument("container")
+    c.add_argument("name", nargs="?", metavar="NAME[:TAG]")
+
+    c = sub.add_parser("export", help="a tar of a container's merged tree, or of one "
+                                      "layer's changeset")
+    c.add_argument("ref", metavar="CONTAINER|LAYER")
+    c.add_argument("-o", "--output", required=True, metavar="FILE")
+
+    c = sub.add_parser("save", help="write an image as an OCI image layout")
+    c.add_argument("image")
+    c.add_argument("-o", "--output", required=True, metavar="DIR|FILE",
+                   help="a directory (existing, or ending with /) or a tar file")
+    c.add_argument("--format", choices=("oci-dir", "oci-archive"),
+                   help="directory or tar, whatever the name of the output")
+
     sub.add_parser("config", help="print the effective configuration")
 
     sub.add_parser("check", help="compare records with the disk; exit 1 on problems")
@@ -293,6 +310,37 @@ def _cmd_diff(store: Store, args) -> int:
     return 0
 
 
+def source_date_epoch() -> int | None:
+    """$SOURCE_DATE_EPOCH (reproducible builds), None when unset or empty."""
+    text = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise UsageError(f"SOURCE_DATE_EPOCH must be a number of seconds, not {text!r}")
+    return int(text)
+
+
+def _cmd_commit(store: Store, args) -> int:
+    print(store.commit(args.container, args.name, epoch=source_date_epoch()).id)
+    return 0
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        print(f"layers: warning: {line}", file=sys.stderr)
+
+
+def _cmd_export(store: Store, args) -> int:
+    _warn(store.export(args.ref, args.output, epoch=source_date_epoch()))
+    return 0
+
+
+def _cmd_save(store: Store, args) -> int:
+    as_tar = None if args.format is None else args.format == "oci-archive"
+    _warn(store.save(args.image, args.output, as_tar=as_tar))
+    return 0
+
+
 def _cmd_check(store: Store, args) -> int:
     problems = store.check()
     for line in store.repaired + problems:
@@ -316,5 +364,6 @@ COMMANDS = {
     "import": _cmd_import, "images": _cmd_images, "inspect": _cmd_inspect,
     "tag": _cmd_tag, "rmi": _cmd_rmi, "create": _cmd_create, "mount": _cmd_mount,
     "umount": _cmd_umount, "rm": _cmd_rm, "ps": _cmd_ps, "diff": _cmd_diff,
-    "check": _cmd_check, "reset": _cmd_reset,
+    "check": _cmd_check, "reset": _cmd_reset, "commit": _cmd_commit,
+    "export": _cmd_export, "save": _cmd_save,
 }

@@ -43,6 +43,10 @@ class ContainerStore(RecordStore[Container]):
                 raise AmbiguousReference(ref, [m.id[:12] for m in matches])
         raise ContainerUnknown(ref)
 
+    def get_complete(self, container_id: str) -> Container | None:
+        c = self.load(container_id)
+        return c if c is not None and not c.incomplete else None
+
     def name_taken(self, name: str) -> Container | None:
         for c in self.all(include_incomplete=True):
             if c.name == name:

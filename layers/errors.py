@@ -87,12 +87,18 @@ class ImageInUse(LayersError):
 
 
 class ContainerMounted(LayersError):
-    def __init__(self, container: str, count: int):
+    def __init__(self, container: str, count: int,
+                 hint: str = "umount it first or use -f"):
         self.container = container
         self.count = count
-        super().__init__(
-            f"container {container} is mounted ({count}x); umount it first or use -f"
-        )
+        super().__init__(f"container {container} is mounted ({count}x); {hint}")
+
+
+class ContainerBusy(LayersError):
+    def __init__(self, container: str, what: str):
+        self.container = container
+        self.what = what
+        super().__init__(f"container {container} is busy: {what}")
 
 
 class DigestMismatch(LayersError):
@@ -101,6 +107,16 @@ class DigestMismatch(LayersError):
         self.expected = expected
         self.got = got
         super().__init__(f"digest mismatch for {what}: expected {expected}, got {got}")
+
+
+class LayerCorrupt(LayersError):
+    """A layer's content no longer matches what was recorded for it."""
+
+    def __init__(self, layer: str, path: str, reason: str):
+        self.layer = layer
+        self.path = path
+        self.reason = reason
+        super().__init__(f"layer {layer} is corrupt: {path}: {reason}")
 
 
 class StoreLocked(LayersError):

@@ -2,8 +2,8 @@
 
 Level 1: imports `errors`, `layout`.
 
-- `atomic_write`: temp file, fsync, rename, fsync of the directory: a reader
-  sees the old bytes or the new, never half.
+- `atomic_write`, `atomic_file`: temp file, fsync, rename, fsync of the
+  directory: a reader sees the old bytes or the new, never half.
 - `StoreLock`: the store lock (flock on `lock`); the holder writes its pid
   there so a waiter can name it.  The kernel drops it when the holder dies.
 - `Lease`: a private staging dir whose `lease` file is flock'ed for the life of
@@ -26,7 +26,7 @@ import shutil
 import signal
 import stat
 import time
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from . import layout
 from .errors import StoreLocked, UnsafeArchive
@@ -65,6 +65,28 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
         os.unlink(tmp)
         raise
     os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(parent)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A new file published at `path` when the block ends without an error
+    (temp file beside it, fsync, rename, fsync of the directory); on an error
+    nothing appears and the temp file is removed."""
+    parent, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    f = os.fdopen(fd, "wb", buffering=1 << 20)
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+    except BaseException:
+        f.close()
+        os.unlink(tmp)
+        raise
+    f.close()
     os.rename(tmp, path)
     fsync_dir(parent)
 

@@ -2,6 +2,8 @@
 
 Level 3: imports `errors`, `digest`, `layout`, `records`, `recordstore`.
 
+`committed_config` makes the config of an image made by `commit`.
+
 An image's id is the hex of its config digest.  Names (`name:tag`) are
 unique across images: `claim_names` moves a name from its old image.
 References (`resolve`) are a name, a full id, or an unambiguous id prefix
@@ -10,6 +12,10 @@ of at least 4 hex digits.
 
 from __future__ import annotations
 
+import json
+import time
+
+from .digest import Digest
 from .errors import AmbiguousReference, BadReference, ImageUnknown
 from .layout import StorePaths
 from .records import Image, parse_image_name, replace
@@ -57,3 +63,20 @@ class ImageStore(RecordStore[Image]):
         image = replace(image, names=merged)
         self.save(image.id, image)
         return image
+
+
+def committed_config(base: str, diff_id: Digest, created: float) -> bytes:
+    """The config of an image made by committing a container of the image whose
+    config is `base`: one more diffID, a new creation time, one more history
+    entry when the base has a history.  Compact and key-sorted, so that the
+    same commit gives the same image id."""
+    doc = json.loads(base)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    rootfs = doc.get("rootfs") if isinstance(doc.get("rootfs"), dict) else {}
+    diff_ids = list(rootfs.get("diff_ids") or [])
+    doc["rootfs"] = {**rootfs, "type": "layers", "diff_ids": diff_ids + [str(diff_id)]}
+    doc["created"] = stamp
+    if isinstance(doc.get("history"), list):
+        doc["history"] = doc["history"] + [{"created": stamp,
+                                            "created_by": "layers commit"}]
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()

@@ -16,16 +16,19 @@ Rules kept here and nowhere else:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 from . import fsutil, layout
-from .archive import ExtractOptions, extract_layer
+from . import tarsplit
+from .archive import ExtractOptions, build_layer, extract_layer, write_tar
+from .changeset import MetacopyUpper, tree_entries
 from .config import DEFAULT_DRIVER, Config
 from .containerstore import ContainerStore
 from .digest import Digest, HashingReader, chain_ids
@@ -33,12 +36,15 @@ from .drivers.base import Driver, Mounted
 from .drivers.fuse import FuseDriver
 from .drivers.overlay import OverlayDriver
 from .drivers.vfs import VfsDriver
-from .errors import (BadArchive, BadReference, ContainerMounted, ContainerUnknown,
-                     DigestMismatch, ImageInUse, ImageUnknown,
-                     LayersError, NameInUse, NotAStore, NotFound, StoreMismatch)
-from .imagestore import ImageStore
+from .errors import (BadArchive, BadReference, ContainerBusy, ContainerMounted,
+                     ContainerUnknown, DigestMismatch, DriverError, ImageInUse, ImageUnknown,
+                     LayersError, LayerUnknown, NameInUse, NotAStore, NotFound,
+                     StoreMismatch, UsageError)
+from .imagestore import ImageStore, committed_config
 from .layerstore import LayerStore
 from .mounts import MountEntry, MountRegistry
+from .ociwriter import (CONFIG, LAYER_TAR, MANIFEST, REF_NAME, canonical_json, descriptor,
+                        open_layout)
 from .records import (Container, Image, Layer, check_container_name,
                       parse_image_name, replace)
 from .source import ImageSource, LayerBlob, bare_layer_config, open_source
@@ -383,17 +389,15 @@ class Store:
         """Extract `blob` into `staged/diff`, verify it; the Layer to publish."""
         diff = os.path.join(staged, "diff")
         os.makedirs(diff, mode=0o755)
-        options = ExtractOptions(form=self.driver.form, privileged=self.privileged,
-                                 override_stat=self._override_stat,
-                                 force_mask=self.config.force_mask,
-                                 ignore_chown_errors=self.config.ignore_chown_errors)
+        options = self._extract_options()
         if progress:
             progress.layer_start(index, total, blob.where, blob.size)
         what = f"layer {index + 1}/{total} ({blob.where})"
         try:
             with blob.open() as f:
                 result = extract_layer(f, diff, options, where=blob.where,
-                                       on_progress=progress.layer_bytes if progress else None)
+                                       on_progress=progress.layer_bytes if progress else None,
+                                       split_path=os.path.join(staged, layout.SPLIT))
         except BadArchive:
             # A corrupt blob: when its digest is known, say that, naming both.
             got = self._blob_digest(blob) if blob.digest is not None else None
@@ -407,7 +411,13 @@ class Store:
         return Layer(id=layer_id or result.diff_id, diff_id=result.diff_id, parent=parent,
                      compressed_digest=result.blob_digest if result.compression else None,
                      created=time.time(), tar_size=result.tar_size,
-                     size=fsutil.allocated_size(diff))
+                     size=fsutil.allocated_size(staged))
+
+    def _extract_options(self) -> ExtractOptions:
+        return ExtractOptions(form=self.driver.form, privileged=self.privileged,
+                              override_stat=self._override_stat,
+                              force_mask=self.config.force_mask,
+                              ignore_chown_errors=self.config.ignore_chown_errors)
 
     @staticmethod
     def _blob_digest(blob: LayerBlob) -> Digest:
@@ -532,6 +542,7 @@ class Store:
         """Mount the container (or count one more user); its mount point."""
         with self.lock:
             c = self.containers.resolve(ref)
+            self._refuse_busy(c)
             cdir = self.containers.container_dir(c.id)
             entry = self.registry.get(c.id)
             if entry is not None:
@@ -575,6 +586,7 @@ class Store:
         with self._lease() as lease:
             with self.lock:
                 c = self.containers.resolve(ref)
+                self._refuse_busy(c)
                 entry = self.registry.get(c.id)
                 if entry is not None and not force:
                     raise ContainerMounted(c.name, entry.count)
@@ -586,6 +598,185 @@ class Store:
         c = self.containers.resolve(ref)
         return self.driver.changes(self.containers.container_dir(c.id),
                                    self._lowers_of(c))
+
+    def _refuse_busy(self, c: Container) -> None:
+        """A complete container record carrying a live lease is being
+        committed; nobody mounts or removes it meanwhile."""
+        if not c.incomplete and fsutil.lease_alive(self.paths.staging, c.lease):
+            raise ContainerBusy(c.name, "a commit is reading it")
+
+    def commit(self, ref: str, name: str | None = None,
+               epoch: int | None = None) -> Image:
+        """A new image: the container's image plus one layer of its changes.
+
+        The container must be unmounted (ContainerMounted); it is marked busy
+        (its record carries this command's lease) so that nothing mounts or
+        removes it while its changes are read, outside the store lock.  The
+        layer is built from the upper in one pass (`archive.build_layer`):
+        its diffID is the hash of the changeset tar, its content cloned from
+        the upper.  `epoch` (SOURCE_DATE_EPOCH) clamps timestamps and sets the
+        image's creation time, so that the same changes give the same image.
+        """
+        names = [parse_image_name(name)] if name else []
+        with self._lease() as lease:
+            with self.lock:
+                c = self.containers.resolve(ref)
+                self._refuse_busy(c)
+                entry = self.registry.get(c.id)
+                if entry is not None:
+                    raise ContainerMounted(c.name, entry.count, "umount it before commit")
+                image = self.images.get(c.image)
+                if image is None:
+                    raise ImageUnknown(c.image)
+                self.containers.save(c.id, replace(c, lease=lease.token))
+            try:
+                return self._commit(c, image, names, epoch, lease)
+            finally:
+                with self.lock:
+                    now = self.containers.load(c.id)
+                    if now is not None and now.lease == lease.token:
+                        self.containers.save(c.id, replace(now, lease=None))
+
+    def _commit(self, c: Container, image: Image, names: list[str], epoch: int | None,
+                lease: fsutil.Lease) -> Image:
+        staged = os.path.join(lease.path, "commit")
+        diff = os.path.join(staged, "diff")
+        os.makedirs(diff, mode=0o755)
+        cdir = self.containers.container_dir(c.id)
+        try:
+            entries = self.driver.changeset(cdir, self._lowers_of(c), epoch)
+            result = build_layer(entries, diff, self._extract_options(),
+                                 os.path.join(staged, layout.SPLIT))
+        except MetacopyUpper as e:
+            raise DriverError(self.driver.name, f"{e.path} holds metadata only "
+                              "(metacopy); mount without metacopy to commit") from None
+        fsutil.crash_point("commit-built")
+        parent = image.top_layer
+        layer_id = chain_ids([result.diff_id] if parent is None
+                             else [parent, result.diff_id])[-1]
+        created = time.time() if epoch is None else float(epoch)
+        layer = Layer(id=layer_id, diff_id=result.diff_id, parent=parent,
+                      compressed_digest=None, created=created,
+                      tar_size=result.tar_size, size=fsutil.allocated_size(staged))
+        config = committed_config(image.config, result.diff_id, created)
+        image_id = Digest.of_bytes(config).hex
+        with self.lock:
+            if self.containers.get_complete(c.id) is None:
+                raise ContainerUnknown(c.name)
+            if self.layers.get(layer_id) is None:
+                self.layers.publish(layer, staged, lease.token)
+            fsutil.crash_point("commit-layer-published")
+            new = self.images.get(image_id)
+            if new is None:
+                new = Image(id=image_id, names=(), layers=image.layers + (layer_id,),
+                            config=config.decode(), manifest_digest=None, created=created)
+                self.images.save(image_id, new)
+            return self.images.claim_names(new, names)
+
+    # -- export and save -----------------------------------------------------------
+
+    @contextmanager
+    def _pinned(self, layer_ids: tuple[Digest, ...], lease: fsutil.Lease) -> Iterator[None]:
+        """Keep `layer_ids` in the store while they are read, outside the lock:
+        an incomplete image record holding them, with this command's lease
+        (repair removes it if the command dies; `rmi`, `prune` see the layers
+        referenced meanwhile)."""
+        pin = Image(id=secrets.token_hex(32), names=(), layers=layer_ids, config="{}",
+                    manifest_digest=None, created=time.time(), incomplete=True,
+                    lease=lease.token)
+        with self.lock:
+            for lid in layer_ids:
+                if self.layers.get(lid) is None:
+                    raise LayerUnknown(str(lid))
+            self.images.save(pin.id, pin)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.images.delete(pin.id)
+
+    def _layer_tar(self, layer: Layer, lease: fsutil.Lease,
+                   warnings: list[str]) -> tuple[Digest, int, Callable[[], Iterator[bytes]]]:
+        """(digest, size, chunks) of the layer's tar: rebuilt exactly from its
+        tar-split (its digest is the diffID; a changed file raises
+        LayerCorrupt), else made anew from its dir (a new digest; warned)."""
+        diff = self.layers.diff_dir(layer.id)
+        split = self.layers.split_file(layer.id)
+        if split is not None:
+            return layer.diff_id, layer.tar_size, \
+                lambda: tarsplit.replay(split, diff, layer.id.short)
+        path = os.path.join(lease.path, f"{layer.id.hex}.tar")
+        with open(path, "wb") as f:
+            digest, size = write_tar(tree_entries(diff, markers=True), f)
+        warnings.append(f"layer {layer.id.short} has no tar-split; its tar was made "
+                        f"anew, with diffID {digest} instead of {layer.diff_id}")
+        return digest, size, lambda: _file_chunks(path)
+
+    def export(self, ref: str, path: str, epoch: int | None = None) -> list[str]:
+        """Write a tar to `path`: a container's merged tree (mounted for the
+        time it takes, unless it is already), or one layer's changeset, byte
+        for byte the tar it was made from.  Returns warnings."""
+        warnings: list[str] = []
+        try:
+            c = self.containers.resolve(ref)
+        except (ContainerUnknown, BadReference):
+            c = None
+        if c is not None:
+            mountpoint = self.mount(c.id)
+            try:
+                with fsutil.atomic_file(path) as f:
+                    write_tar(tree_entries(mountpoint, markers=False, epoch=epoch), f)
+            finally:
+                self.umount(c.id)
+            return warnings
+        layer = self._resolve_layer(ref)
+        if layer is None:
+            raise NotFound(ref)
+        with self._lease() as lease, self._pinned((layer.id,), lease):
+            digest, size, chunks = self._layer_tar(layer, lease, warnings)
+            with fsutil.atomic_file(path) as f:
+                h = hashlib.sha256()
+                for data in chunks():
+                    h.update(data)
+                    f.write(data)
+                if Digest(h.hexdigest()) != digest:
+                    raise DigestMismatch(f"layer {layer.id.short}", str(digest),
+                                         f"sha256:{h.hexdigest()}")
+        return warnings
+
+    def save(self, ref: str, path: str, as_tar: bool | None = None) -> list[str]:
+        """Write the image `ref` as an OCI image layout: a directory (`path`
+        is one, or ends with "/") or a tar.  Layers go uncompressed, rebuilt
+        from their tar-splits, so the config — and with it the image id and
+        every ChainID — is the one imported.  Returns warnings."""
+        image = self.images.resolve(ref)
+        if as_tar is None:
+            as_tar = not (path.endswith("/") or os.path.isdir(path))
+        if not as_tar and os.path.isdir(path) and os.listdir(path):
+            raise UsageError(f"{path} is not empty")
+        warnings: list[str] = []
+        with self._lease() as lease, self._pinned(image.layers, lease), \
+                open_layout(path, as_tar) as out:
+            descs, diff_ids = [], []
+            for lid in image.layers:
+                layer = self.layers.get(lid)
+                digest, size, chunks = self._layer_tar(layer, lease, warnings)
+                out.add_blob(digest, size, chunks())
+                descs.append(descriptor(LAYER_TAR, digest, size))
+                diff_ids.append(str(digest))
+            config = image.config.encode()
+            doc = json.loads(config)
+            if doc.get("rootfs", {}).get("diff_ids") != diff_ids:
+                doc.setdefault("rootfs", {"type": "layers"})["diff_ids"] = diff_ids
+                config = canonical_json(doc)
+                warnings.append(f"image {image.id[:12]} saved with a new config "
+                                f"(id {Digest.of_bytes(config).hex[:12]})")
+            manifest = {"schemaVersion": 2, "mediaType": MANIFEST,
+                        "config": out.add_json(CONFIG, config), "layers": descs}
+            mdesc = out.add_json(MANIFEST, manifest)
+            out.finish([{**mdesc, "annotations": {REF_NAME: n}} for n in image.names]
+                       or [mdesc])
+        return warnings
 
     # -- whole store -------------------------------------------------------------
 
@@ -621,14 +812,16 @@ class Store:
             for rs in (self.layers, self.images, self.containers):
                 problems += [str(e) for e in rs.corrupt]
             for layer in layers.values():
-                if layer.incomplete:
+                if self._dead(layer):
                     problems.append(f"layer {layer.id.short} is incomplete")
+                elif layer.incomplete:
+                    continue            # in-flight work of a live command
                 elif not os.path.isdir(self.layers.diff_dir(layer.id)):
                     problems.append(f"layer {layer.id.short} has no content")
             for path in self.layers.orphan_dirs():
                 problems.append(f"layer dir {os.path.basename(path)} has no record")
             for image in self.images.all(include_incomplete=True):
-                if image.incomplete:
+                if self._dead(image):
                     problems.append(f"image {image.id[:12]} is incomplete")
                 for lid in image.layers:
                     if lid not in layers and not image.incomplete:
@@ -648,6 +841,12 @@ class Store:
                         not fsutil.lease_alive(self.paths.staging, name):
                     problems.append(f"staging leftover {name}")
         return problems
+
+
+def _file_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while data := f.read(1 << 20):
+            yield data
 
 
 def _read_marker(root: str) -> dict | None:

@@ -1,6 +1,6 @@
 """The driver interface and what every driver shares: reading the mount table.
 
-Level 2: imports `errors`, `layout`, `changes`.
+Level 2: imports `errors`, `layout`, `changes`, `changeset`.
 
 A driver is told, for one container, its own dir (`cdir`, created empty by
 the store) and its image's layer content dirs TOP first (`lowers`).  It owns
@@ -15,6 +15,8 @@ what goes inside `cdir`.  Contract of each method:
   daemon leaves "transport endpoint is not connected").
 - `clean_dead(cdir, mounted)`: detach what a dead mount left behind.
 - `changes(cdir, lowers)`: the container's A/C/D list (see `changes.py`).
+- `changeset(cdir, lowers, epoch)`: the entries of a layer holding the
+  container's changes (see `changeset.py`); the container is not mounted.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
-from .. import changes
+from .. import changes, changeset
 
 
 @dataclass(frozen=True)
@@ -113,3 +116,8 @@ class Driver:
 
     def changes(self, cdir: str, lowers: list[str]) -> list[tuple[str, str]]:
         return changes.upper_changes(os.path.join(cdir, "upper"), lowers)
+
+    def changeset(self, cdir: str, lowers: list[str],
+                  epoch: int | None) -> Iterator[changeset.Entry]:
+        return changeset.tree_entries(os.path.join(cdir, "upper"), markers=True,
+                                      epoch=epoch)

@@ -1,6 +1,6 @@
 """The `vfs` driver: a full copy of the image per container; works anywhere.
 
-Level 3: imports `layout`, `fsutil`, `changes`, `drivers.base`.
+Level 3: imports `layout`, `fsutil`, `changes`, `changeset`, `drivers.base`.
 
 `create` applies the layers bottom-up into `cdir/rootfs`: whiteouts remove,
 opaque dirs are emptied first, everything else is copied with owner, mode,
@@ -15,7 +15,7 @@ import errno
 import os
 import stat
 
-from .. import changes, fsutil, layout
+from .. import changes, changeset, fsutil, layout
 from .base import Driver, Mounted
 
 
@@ -128,3 +128,7 @@ class VfsDriver(Driver):
 
     def changes(self, cdir: str, lowers: list[str]) -> list[tuple[str, str]]:
         return changes.tree_changes(os.path.join(cdir, "rootfs"), lowers)
+
+    def changeset(self, cdir: str, lowers: list[str], epoch: int | None):
+        rootfs = os.path.join(cdir, "rootfs")
+        return changeset.changes_entries(rootfs, changes.tree_changes(rootfs, lowers), epoch)
