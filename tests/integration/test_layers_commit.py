@@ -1,0 +1,116 @@
+"""diff, commit, export and save through the real `layers` program on every
+driver: what a container did through its mount (write, delete, replace a
+directory, rename one) comes out of the upper as D/A/C, goes into a layer, and
+a container of the committed image sees exactly the merged tree the first one
+saw.  The saved image loads into podman with the same ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
+
+from storetools import (StoreEnv, directory, file, oci_layout, store_env,  # noqa: E402,F401
+                        symlink, tar_bytes, tree_snapshot)
+
+BASE = tar_bytes([
+    directory("etc"), file("etc/os-release", "ID=base\n"), file("etc/hosts", "h\n"),
+    directory("usr/share/doc/pkg"), file("usr/share/doc/pkg/README", "r\n"),
+    file("usr/share/doc/pkg/NEWS", "n\n"), file("usr/share/doc/other", "o\n"),
+    directory("srv/data"), file("srv/data/a", "a\n"), file("bin/sh", "sh\n", mode=0o755),
+    symlink("bin/bash", "sh"),
+])
+TOP = tar_bytes([file("etc/.wh.hosts"), file("app/main", "main\n", mode=0o755)])
+
+
+def run(env: StoreEnv, *args: str, **kw) -> str:
+    r = env.cli_proc(*args, **kw)
+    assert r.code == 0, f"layers {' '.join(args)}: {r.err}"
+    return r.out.strip()
+
+
+@pytest.mark.parametrize("store_env", ["vfs", "overlay", "fuse"], indirect=True)
+def test_diff_commit_and_a_container_of_the_new_image(store_env, tmp_path):
+    env = store_env
+    built = oci_layout(tmp_path / "img", [BASE, TOP], ref_name="base:1")
+    run(env, "import", "-q", str(built.path))
+    run(env, "create", "base:1", "--name", "c")
+    mp = run(env, "mount", "c")
+    Path(mp, "etc/os-release").write_text("ID=changed\n")
+    Path(mp, "etc/motd").write_text("hello\n")
+    os.unlink(os.path.join(mp, "bin/bash"))
+    shutil.rmtree(os.path.join(mp, "usr/share/doc"))          # replaced: opaque
+    os.makedirs(os.path.join(mp, "usr/share/doc/pkg"))
+    Path(mp, "usr/share/doc/pkg/README").write_text("new readme\n")
+    # mv: the kernel overlay answers EXDEV (no redirect_dir) and mv copies
+    shutil.move(os.path.join(mp, "srv/data"), os.path.join(mp, "srv/moved"))
+    os.chmod(os.path.join(mp, "app"), 0o700)
+    seen = tree_snapshot(mp)
+    diff = run(env, "diff", "c").splitlines()
+    run(env, "umount", "c")
+    assert run(env, "diff", "c").splitlines() == diff      # read from disk, not the mount
+    expected = {"C /app", "D /bin/bash", "A /etc/motd", "C /etc/os-release",
+                "D /srv/data", "A /srv/moved", "A /srv/moved/a",
+                "D /usr/share/doc/other", "D /usr/share/doc/pkg/NEWS",
+                "C /usr/share/doc/pkg/README"}
+    if env.driver != "vfs":
+        expected.add("C /usr/share/doc")                  # replaced
+    assert set(diff) == expected, diff
+    new_id = run(env, "commit", "c", "app:2", SOURCE_DATE_EPOCH="1700000000")
+    info = json.loads(run(env, "inspect", "app:2"))
+    assert info["id"] == new_id and len(info["layers"]) == 3
+    assert info["config"]["created"] == "2023-11-14T22:13:20Z"
+    run(env, "create", "app:2", "--name", "d")
+    mp2 = run(env, "mount", "d")
+    assert tree_snapshot(mp2) == seen
+    assert run(env, "diff", "d") == ""
+    run(env, "umount", "d")
+
+
+@pytest.mark.parametrize("store_env", ["vfs"], indirect=True)
+def test_save_loads_into_podman_with_the_same_ids(store_env, tmp_path):
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    env = store_env
+    built = oci_layout(tmp_path / "img", [BASE, TOP], ref_name="base:1")
+    run(env, "import", "-q", str(built.path))
+    run(env, "create", "base:1", "--name", "c")
+    mp = run(env, "mount", "c")
+    Path(mp, "etc/motd").write_text("hello\n")
+    run(env, "umount", "c")
+    image_id = run(env, "commit", "c", "app:2")
+    diff_ids = json.loads(run(env, "inspect", "app:2"))["config"]["rootfs"]["diff_ids"]
+    run(env, "save", "app:2", "-o", str(tmp_path / "app.tar"))
+    runroot = tempfile.mkdtemp(prefix="strata-podman-")   # podman wants it short
+    podman = ["podman", "--root", str(tmp_path / "podman"), "--runroot", runroot,
+              "--storage-driver", "vfs"]
+    try:
+        p = subprocess.run(podman + ["load", "-q", "-i", str(tmp_path / "app.tar")],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        p = subprocess.run(podman + ["image", "inspect", "localhost/app:2"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        doc = json.loads(p.stdout)[0]
+        assert doc["Id"] == image_id and doc["RootFS"]["Layers"] == diff_ids
+        # and back: what podman saves imports into Strata with the same ChainIDs
+        p = subprocess.run(podman + ["save", "--format", "oci-archive", "-o",
+                                     str(tmp_path / "back.tar"), "localhost/app:2"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+    finally:
+        subprocess.run(podman + ["system", "reset", "-f"], capture_output=True, timeout=120)
+        shutil.rmtree(runroot, ignore_errors=True)
+    (tmp_path / "fresh").mkdir()
+    fresh = StoreEnv(tmp_path / "fresh")
+    assert run(fresh, "import", "-q", str(tmp_path / "back.tar")) == image_id
+    assert json.loads(run(fresh, "inspect", image_id))["layers"] == \
+        json.loads(run(env, "inspect", "app:2"))["layers"]
