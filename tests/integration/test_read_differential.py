@@ -114,13 +114,33 @@ def test_merged_tree_matches_kernel(tmp_path, seed, nlayers, mount_fsd, mount_ke
         "mounting fsd read-only changed a lower layer"
 
 
-def test_read_paths(tmp_path, mount_fsd):
-    """pread at odd offsets (and past the end), mmap, sendfile out of the mount."""
+def test_read_paths(tmp_path, mount_fsd, mount_kernel_overlay):
+    """pread at odd offsets (and past the end), mmap, sendfile out of the mount;
+    a sparse file keeps its holes (st_blocks, SEEK_DATA/SEEK_HOLE as the kernel)."""
     top, bottom = make_layers(tmp_path, 2)
     data = os.urandom(3 * 1024 * 1024 + 123)
     write(bottom, "big", data)
     write(top, "small", b"0123456789")
+    with open(top / "sparse", "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+        f.seek(2 * 1024 * 1024)
+        f.write(b"data in the middle")
+        f.seek(6 * 1024 * 1024)
+        f.write(b"and later")
     m = mount_fsd([top, bottom]).mnt
+    k = mount_kernel_overlay(convert_layers([top, bottom], tmp_path / "k"))
+    assert os.stat(m / "sparse").st_blocks == os.stat(top / "sparse").st_blocks
+    seeks = {}
+    for root in (m, k):
+        sfd = os.open(root / "sparse", os.O_RDONLY)
+        try:
+            seeks[root] = [_errno(os.lseek, sfd, off, how) if off >= 8 * 1024 * 1024 else
+                           os.lseek(sfd, off, how)
+                           for off in (0, 4096, 2 * 1024 * 1024 + 5, 3 * 1024 * 1024, 8 * 1024 * 1024)
+                           for how in (os.SEEK_DATA, os.SEEK_HOLE)]
+        finally:
+            os.close(sfd)
+    assert seeks[m] == seeks[k], "SEEK_DATA/SEEK_HOLE answers differ from the kernel's"
     fd = os.open(m / "big", os.O_RDONLY)
     try:
         for off, n in ((0, 1), (4095, 2), (131071, 65538), (len(data) - 5, 100), (len(data), 10),

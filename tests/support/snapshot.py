@@ -58,6 +58,7 @@ class Snapshot:
     dev: dict[str, int] = field(default_factory=dict)  # path -> st_dev
     d_ino: dict[str, int] = field(default_factory=dict)  # path -> d_ino from readdir
     d_kind: dict[str, str] = field(default_factory=dict)  # path -> dir/symlink/file/other by d_type
+    dir_nlink: dict[str, int] = field(default_factory=dict)  # directories' st_nlink (not compared)
     phantoms: list[str] = field(default_factory=list)  # listed by readdir, lstat ENOENT
     errors: list[str] = field(default_factory=list)  # readdir/lstat failures other than that
 
@@ -143,6 +144,7 @@ def snapshot(root, contents: bool = True) -> Snapshot:
     snap.entries["."] = _entry(root, st, contents)
     snap.ino["."] = st.st_ino
     snap.dev["."] = st.st_dev
+    snap.dir_nlink["."] = st.st_nlink
     _walk(snap, root, "", contents)
     return snap
 
@@ -176,6 +178,7 @@ def _walk(snap: Snapshot, root: str, rel: str, contents: bool):
         snap.d_ino[child] = d_ino
         snap.d_kind[child] = d_kind
         if stat.S_ISDIR(st.st_mode):
+            snap.dir_nlink[child] = st.st_nlink
             _walk(snap, root, child, contents)
 
 
@@ -190,6 +193,14 @@ def invariant_problems(snap: Snapshot, check_d_ino: bool = True) -> list[str]:
         kind = snap.entries[p].kind
         if dk != (kind if kind in ("dir", "symlink", "file") else "other"):
             out.append(f"{p}: readdir d_type says {dk}, lstat says {kind}")
+    subdirs: dict[str, int] = {p: 0 for p in snap.dir_nlink}
+    for p, e in snap.entries.items():
+        if e.kind == "dir" and p != ".":
+            parent = p.rpartition("/")[0] or "."
+            subdirs[parent] = subdirs.get(parent, 0) + 1
+    for p, n in sorted(snap.dir_nlink.items()):  # find(1) trusts nlink - 2 as the subdir count
+        if n != 1 and n < 2 + subdirs.get(p, 0):
+            out.append(f"{p}: directory st_nlink {n} < 2 + {subdirs[p]} subdirectories (and not 1)")
     root_dev = snap.dev["."]
     out += [f"{p}: st_dev {d} != mount root's {root_dev}" for p, d in sorted(snap.dev.items()) if d != root_dev]
     by_ino: dict[int, list[str]] = {}
