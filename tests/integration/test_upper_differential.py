@@ -4,8 +4,9 @@ sequence of operations on both, every result compared, then the whole trees.
 Each seed: a random layer stack (tests/support/layergen.py); the kernel overlay
 mounts a kernel-format copy with its own upper/work, fsd the original with
 another. tests/support/upper_ops.py generates the operations (create O_EXCL,
-write/append/truncate, O_TRUNC, unlink, rmdir, mkdir over whiteouts, fifos,
-symlinks, links, renames with NOREPLACE/EXCHANGE, chmod, chown, utimens with
+write/append/truncate, O_TRUNC, fallocate punch-hole, fsync/fdatasync, unlink,
+rmdir, mkdir over whiteouts, fifos, sockets, devices (0/0 refused), symlinks,
+links, renames with NOREPLACE/EXCHANGE, chmod, chown, utimens with
 UTIME_NOW/OMIT, user.* xattrs, reads) and reads back what each one touched.
 
 Where fsd does better than the kernel on purpose, the random sequence stays
@@ -31,7 +32,8 @@ from support import layergen
 from support.convert import convert_layer, convert_layers
 from support.layergen import make_layers, whiteout, write
 from support.snapshot import compare, invariant_problems, snapshot
-from support.upper_ops import (OpGenerator, apply, errno_of, run_sequence, show_op, times_settled, walk, dir_times_dropped)
+from support.upper_ops import (OpGenerator, apply, dir_times_dropped, errno_of, run_sequence, show_op,
+                               times_settled, walk)
 
 SEEDS = [101, 102, 103, 104, 105]
 OPS = 150

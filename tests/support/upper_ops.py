@@ -372,6 +372,45 @@ def _op_mkfifo(root, rel, mode):
     return _result(root, [rel], lambda: os.mkfifo(p, mode))
 
 
+def _op_mknod(root, rel, kind, major, minor):
+    p = _safe(root, rel)
+    fmt = {"fifo": stat.S_IFIFO, "sock": stat.S_IFSOCK, "chr": stat.S_IFCHR}[kind]
+    return _result(root, [rel], lambda: os.mknod(p, fmt | 0o644, os.makedev(major, minor)))
+
+
+def _punch(path: str, offset: int, length: int) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        punch_hole(fd, offset, length)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _op_punch(root, rel, offset, length):
+    p = _safe(root, rel)
+    if k := _regular_or_absent(p):
+        return ("not opened", k)
+    return _result(root, [rel], lambda: _punch(p, offset, length))
+
+
+def _sync_write(path: str, data: bytes, datasync: bool) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        os.write(fd, data)
+        (os.fdatasync if datasync else os.fsync)(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def _op_fsync(root, rel, data, datasync):
+    p = _safe(root, rel)
+    if k := _regular_or_absent(p):
+        return ("not opened", k)
+    return _result(root, [rel], lambda: _sync_write(p, data, datasync))
+
+
 def _op_symlink(root, rel, target):
     p = _safe(root, rel)
     return _result(root, [rel], lambda: os.symlink(target, p))
@@ -477,7 +516,7 @@ def _op_listdir(root, rel):
 _APPLY = {
     "create": _op_create, "write": _op_write, "append": _op_append, "open_trunc": _op_open_trunc,
     "truncate": _op_truncate, "unlink": _op_unlink, "rmdir": _op_rmdir, "mkdir": _op_mkdir,
-    "mkfifo": _op_mkfifo, "symlink": _op_symlink, "link": _op_link, "rename": _op_rename,
+    "mkfifo": _op_mkfifo, "mknod": _op_mknod, "punch": _op_punch, "fsync": _op_fsync, "symlink": _op_symlink, "link": _op_link, "rename": _op_rename,
     "chmod": _op_chmod, "chown": _op_chown, "utime": _op_utime, "setxattr": _op_setxattr,
     "removexattr": _op_removexattr, "read": _op_read, "stat": _op_stat, "listdir": _op_listdir,
 }
@@ -495,7 +534,7 @@ def show_op(op: tuple) -> str:
 
 _WEIGHTS = {
     "create": 8, "write": 6, "append": 5, "truncate": 4, "open_trunc": 4, "unlink": 7, "rmdir": 4,
-    "mkdir": 7, "mkfifo": 2, "symlink": 3, "link": 5, "rename": 10, "chmod": 4, "chown": 3,
+    "mkdir": 7, "mkfifo": 2, "mknod": 2, "punch": 3, "fsync": 2, "symlink": 3, "link": 5, "rename": 10, "chmod": 4, "chown": 3,
     "utime": 4, "setxattr": 4, "removexattr": 3, "read": 4, "stat": 3, "listdir": 3,
 }
 _MODES = (0o644, 0o600, 0o755, 0o4755, 0o2750, 0o1777, 0o000, 0o444)
@@ -578,6 +617,15 @@ class OpGenerator:
                     rng.choice((0o755, 0o700, 0o2775, 0o1777)))
         if name == "mkfifo":
             return ("mkfifo", self._new_name(view), 0o644)
+        if name == "mknod":  # 0/0 is a whiteout: the kernel overlay refuses to make one (EPERM)
+            kind, major, minor = rng.choice((("sock", 0, 0), ("chr", 1, 3), ("chr", 1, 5), ("chr", 0, 0),
+                                             ("fifo", 0, 0)))
+            return ("mknod", self._new_name(view), kind, major, minor)
+        if name == "punch":
+            return ("punch", self._any(view, files), rng.choice((0, 100, 4096, 8192)),
+                    rng.choice((1, 4096, 10_000, 1 << 20)))
+        if name == "fsync":
+            return ("fsync", self._any(view, files), self._data(0, 2000), rng.random() < 0.5)
         if name == "symlink":
             return ("symlink", self._new_name(view), rng.choice(("target", "../up", "/abs/x", self._any(view))))
         if name == "link":
