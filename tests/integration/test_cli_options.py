@@ -137,8 +137,7 @@ def test_accepted_form(paths, mount_fsd, fsd_log, form):
     r = mount_fsd.run(args, mnt_arg, cwd=cwd)
     assert r.returncode == 0, r.describe()
     assert mounts.is_mounted(paths.mnt, mounts.FSD_FSTYPE), r.describe()
-    if "volatile" not in form:
-        assert "unknown option" not in r.stderr, r.describe()
+    assert "unknown option" not in r.stderr, r.describe()
     assert_merged(paths.mnt)
     # the daemon left the cwd it was started in: the stack must stay reachable
     assert (paths.mnt / "bottom.txt").read_text() == "bottom"
