@@ -75,6 +75,15 @@ class AttrOps:
         uid, gid = self.idmap.shown(uid, gid)
         return uid, gid, mode, rdev
 
+    def negative_entry(self) -> pyfuse3.EntryAttributes:
+        """"No such name", cached by the kernel: every change of the merged view
+        goes through this mount, and the kernel drops a negative entry itself
+        when it creates the name."""
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = 0
+        attr.entry_timeout = self.timeout
+        return attr
+
     def entry(self, node: Node) -> pyfuse3.EntryAttributes:
         st = self.real_stat(node)
         uid, gid, mode, rdev = self.owner(node, st)

@@ -22,7 +22,8 @@ from .idmap import IdMap, format_override
 from .inode import InodeTable, Node
 from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, Stack
 from .namei import Namei
-from .whiteout import NAME_MAX, OPAQUE_FILE, WH_PREFIX, Markers, is_reserved_name, whiteout_mode
+from .whiteout import (NAME_MAX, OPAQUE_FILE, WH_PREFIX, Markers, is_reserved_name, is_whiteout_dev,
+                       whiteout_mode)
 
 
 JOURNAL = b"moving"  # in the work area: a directory move under way
@@ -81,7 +82,10 @@ class DirOps:
 
     async def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int,
                      rdev: int = 0, target: bytes | None = None) -> Node:
-        """Make a new object of S_IFMT(mode); returns its node.  EEXIST if taken."""
+        """Make a new object of S_IFMT(mode); returns its node.  EEXIST if taken;
+        EPERM for a character device 0/0, which is a whiteout here (as the kernel)."""
+        if is_whiteout_dev(stat.S_IFMT(mode), rdev):
+            raise fail(errno.EPERM, name)
         self._check_new_name(parent, name)
         await self.copyup.ensure_all(parent)
         self._check_new_name(parent, name)  # re-check: the copy-up awaited

@@ -18,10 +18,8 @@ correctly in the other:
 
 from __future__ import annotations
 
-import errno
 import stat
 
-from .errors import fail
 from .params import IdMapping, OverlayParams
 
 OVERFLOW_ID = 65534
@@ -97,16 +95,13 @@ class IdMap:
         return uid, gid
 
     def on_disk(self, uid: int, gid: int) -> tuple[int, int]:
-        """Ids given through the mount (-1: unchanged) as they are stored; EINVAL
-        for an id outside the mapping, as chown into a user namespace answers."""
+        """Ids given through the mount (-1: unchanged) as they are stored; an id
+        outside the mapping is stored as the overflow id, as fuse-overlayfs does
+        (podman's `--uidmap` creates files as ids it does not map)."""
         if self.uids and uid != -1:
             mapped = _lookup(self.uids, uid, forward=False)
-            if mapped is None:
-                raise fail(errno.EINVAL)
-            uid = mapped
+            uid = OVERFLOW_ID if mapped is None else mapped
         if self.gids and gid != -1:
             mapped = _lookup(self.gids, gid, forward=False)
-            if mapped is None:
-                raise fail(errno.EINVAL)
-            gid = mapped
+            gid = OVERFLOW_ID if mapped is None else mapped
         return uid, gid

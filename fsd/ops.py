@@ -59,7 +59,11 @@ class Operations(pyfuse3.Operations):
 
     @translate
     async def lookup(self, parent_inode, name, ctx=None):
-        return self._reply(self.namei.lookup(self.table[parent_inode], name))
+        try:
+            node = self.namei.lookup(self.table[parent_inode], name)
+        except FileNotFoundError:
+            return self.attrs.negative_entry()
+        return self._reply(node)
 
     async def forget(self, inode_list):
         for inode, count in inode_list:
