@@ -150,8 +150,11 @@ def _state(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.fuse_deadline(90)
-@pytest.mark.parametrize("when", ["early", "late"])
+@pytest.mark.parametrize("when", ["early", "late", "switch"])
 def test_sigkill_during_rename_of_a_merged_directory(tmp_path, mount_fsd, when):
+    """early/late: while the moved tree is built in the work area; switch: once
+    fsd has recorded that it is about to switch the trees (its journal
+    WORKDIR/fsd/moving exists), if that moment is caught."""
     top, bottom = make_layers(tmp_path / "layers", 2)
     _merged_tree(top, bottom)
     upper, work = _dirs(tmp_path)
@@ -161,10 +164,12 @@ def test_sigkill_during_rename_of_a_merged_directory(tmp_path, mount_fsd, when):
     expected = _state(m.mnt / "tree")
     assert len(expected) > 100
 
-    limit = {"early": 1, "late": 60 * MiB}[when]
+    limit = {"early": 1, "late": 60 * MiB, "switch": None}[when]
     mover = _start("import os, sys; os.rename(sys.argv[1], sys.argv[2])", m.mnt / "tree", m.mnt / "moved")
 
     def far_enough():
+        if limit is None:
+            return (work / "fsd" / "moving").exists() or mover.poll() is not None
         built = _building(work)
         return len(built) > 1 and sum(s for _, s in built) >= limit
     hit = wait_until(far_enough, 30)
@@ -174,10 +179,12 @@ def test_sigkill_during_rename_of_a_merged_directory(tmp_path, mount_fsd, when):
     except subprocess.TimeoutExpired:
         mover.kill()
         pytest.fail("the renaming process hung after the daemon died")
-    assert hit, f"the tree was never seen being built ({when}); nothing was tested"
+    if when != "switch":
+        assert hit, f"the tree was never seen being built ({when}); nothing was tested"
 
     m2 = mount_fsd([top, bottom], upper, work)
     assert os.listdir(_tmp_dir(work)) == [], f"work area not cleaned at mount: {_building(work)[:10]}"
+    assert not (work / "fsd" / "moving").exists(), "the move journal outlived the mount that finished it"
     old, new = (m2.mnt / "tree").exists(), (m2.mnt / "moved").exists()
     assert old != new, f"after the crash: old name present {old}, new name present {new}"
     got = _state(m2.mnt / ("tree" if old else "moved"))
