@@ -340,3 +340,36 @@ def test_hard_links_leaving_a_renamed_merged_directory(tmp_path, mount_fsd):
     assert (f / "other/y").read_text() == "linked+more", "the hard link to outside the moved tree broke"
     assert os.lstat(f / "other/y").st_ino == os.lstat(f / "dir2/x").st_ino == ino
     assert os.lstat(f / "dir2/x").st_nlink == 2
+
+
+def test_lower_hard_link_names_removed_or_added_through_the_mount(tmp_path, mount_fsd):
+    top, bottom = make_layers(tmp_path / "l", 2)
+    a = write(bottom, "a", "data")
+    for n in ("b", "c", "d/e"):
+        (bottom / n).parent.mkdir(exist_ok=True)
+        os.link(a, bottom / n)
+    upper, work = tmp_path / "up", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    fm = mount_fsd([top, bottom], upper, work)
+    f = fm.mnt
+    ino = os.lstat(f / "a").st_ino
+    os.unlink(f / "c")  # removed before the copy-up: must not come back with it
+    os.link(f / "b", f / "new")  # a link to a lower hard link copies up the group, then links
+    names = ("a", "b", "d/e", "new")
+    for n in names:
+        st = os.lstat(f / n)
+        assert (st.st_ino, st.st_nlink) == (ino, 4), n
+    assert errno_of(os.lstat, f / "c") == "ENOENT"
+    with open(f / "d/e", "a") as fh:
+        fh.write("!")
+    assert {(f / n).read_text() for n in names} == {"data!"}
+    os.unlink(f / "a")
+    assert {os.lstat(f / n).st_nlink for n in ("b", "d/e", "new")} == {3}
+    fm.unmount()
+    f = mount_fsd([top, bottom], upper, work).mnt
+    assert errno_of(os.lstat, f / "c") == "ENOENT"
+    assert errno_of(os.lstat, f / "a") == "ENOENT"
+    for n in ("b", "d/e", "new"):
+        st = os.lstat(f / n)
+        assert (st.st_ino, st.st_nlink, (f / n).read_text()) == (ino, 3, "data!"), n

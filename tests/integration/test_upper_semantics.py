@@ -586,3 +586,28 @@ def test_read_through_an_old_descriptor_sees_a_later_copy_up(st, tmp_path, mount
             os.close(ro)
     assert got["kernel"] == (b"NEW DATA", 4 * MiB)
     assert got["fsd"] == got["kernel"]
+
+
+# -- start-up and the upper filesystem ----------------------------------------------------------------
+
+def test_second_mount_of_the_same_upper_is_refused(st, mount_fsd, fsd_log):
+    write(st.bottom, "f", "f")
+    m = st.mount()
+    mnt2 = mount_fsd.new_mountpoint()
+    opts = ",".join([f"lowerdir={st.top}:{st.bottom}", f"upperdir={st.upper}", f"workdir={st.work}"])
+    r = mount_fsd.run(["-o", opts, mnt2], mnt2)
+    assert r.returncode not in (0, None), "a second mount of one upper/workdir was allowed:\n" + r.describe()
+    lines = r.stderr_lines
+    assert len(lines) == 1 and lines[0].startswith("fsd: ") and "use" in lines[0], r.describe()
+    assert not os.path.ismount(mnt2)
+    write(m, "g", "still served")
+    assert sorted(os.listdir(m)) == ["f", "g"]
+
+
+def test_statfs_reports_the_upper(st):
+    m = st.mount()
+    got, real = os.statvfs(m), os.statvfs(st.upper)
+    assert not got.f_flag & os.ST_RDONLY
+    assert got.f_frsize * got.f_blocks == real.f_frsize * real.f_blocks
+    assert got.f_files == real.f_files
+    assert abs(got.f_bavail * got.f_frsize - real.f_bavail * real.f_frsize) < 256 * MiB
