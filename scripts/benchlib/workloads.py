@@ -1,0 +1,313 @@
+"""The workloads of issue 9, and how one of them is timed on one mount.
+
+A *group* is what runs on one fresh mount: `w1` times the cold `find`, then
+the same `find` warm (`w1w`); `w3` times the sequential read, then the random
+reads (`w3r`). `GROUPS[name].run(ctx)` runs a group through a `Context`,
+which owns the mount's timing: `ctx.cold()` before a cold measurement,
+`ctx.time_cmd(id, ...)` / `ctx.time_worker(id, ...)` / `ctx.time_fio(id, ...)`
+for one measured step. A step that fails raises `WorkloadError`: it and the
+rest of its group are reported as failed for that implementation, and the
+run goes on with the next mount.
+
+Times are wall-clock seconds of the step alone (a worker's loop, fio's own
+runtime, or the command); daemon CPU is the FUSE daemon's user+system time
+over the step, from /proc (None for the kernel overlay).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .mounts import Mount, drop_caches
+
+WORKER = str(Path(__file__).resolve().with_name("worker.py"))
+
+
+class WorkloadError(Exception):
+    """A measured step failed (not a timing); str(self) is one line."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    id: str
+    title: str
+    target: str  # as the issue states it: "<= 1.0", ">= 0.8 throughput", "" (none)
+
+
+@dataclass
+class Step:
+    seconds: float
+    cpu: float | None = None
+    info: dict = field(default_factory=dict)
+
+
+class Context:
+    """What a group needs to run and time its steps on one mount."""
+
+    def __init__(self, impl: str, mount: Mount | None, data: dict[str, Path], scratch: Path,
+                 small: bool, timeout: float, fio: str | None, layers_exe: str):
+        self.impl = impl
+        self.mount = mount
+        self.data = data
+        self.scratch = scratch
+        self.small = small
+        self.timeout = timeout
+        self.fio = fio
+        self.layers_exe = layers_exe
+        self.steps: dict[str, Step] = {}
+
+    @property
+    def merged(self) -> Path:
+        return self.mount.merged
+
+    def cold(self, *warm_files: Path) -> None:
+        """Drop caches, then bring back what is not being measured (the tools
+        and any input file named) so that only the mount starts cold."""
+        drop_caches()
+        for tool in ("find", "tar", "cat", "rm", "bash", "sha256sum", "sync"):
+            subprocess.run([tool, "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-c", "pass"])
+        for f in warm_files:
+            with open(f, "rb") as fh:
+                while fh.read(1 << 20):
+                    pass
+
+    def _cpu(self) -> float | None:
+        return self.mount.daemon_cpu() if self.mount else None
+
+    def _run(self, argv: list[str], cwd=None, capture=False) -> tuple[str, float, object]:
+        """Run argv to its end within the deadline: (stdout if capture, wall seconds,
+        rusage). Without capture its output goes to /dev/null."""
+        out_path = self.scratch / "step.out"
+        err_path = self.scratch / "step.err"
+        with open(out_path if capture else os.devnull, "wb") as out, open(err_path, "wb") as err:
+            t = time.perf_counter()
+            p = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            try:
+                _, status, rusage = _wait4(p, self.timeout)
+            except BaseException as exc:
+                _stop(p, self.mount)
+                if isinstance(exc, subprocess.TimeoutExpired):
+                    raise WorkloadError(f"{_show(argv)}: still running after {self.timeout:.0f}s; "
+                                        "connection aborted") from None
+                raise
+            wall = time.perf_counter() - t
+        stdout = out_path.read_text(errors="replace") if capture else ""
+        if status:
+            tail = " | ".join(err_path.read_text(errors="replace").strip().splitlines()[-4:])
+            raise WorkloadError(f"{_show(argv)}: exit {status}: {tail or '(no output)'}")
+        return stdout, wall, rusage
+
+    def time_cmd(self, wid: str, argv: list[str], cwd=None) -> Step:
+        cpu0 = self._cpu()
+        _, wall, rusage = self._run(argv, cwd)
+        return self._record(wid, Step(wall), cpu0, rusage)
+
+    def time_worker(self, wid: str, *args: str) -> Step:
+        cpu0 = self._cpu()
+        out, _, rusage = self._run([sys.executable, WORKER, *args], cwd=self.scratch, capture=True)
+        try:
+            result = json.loads(out.strip().splitlines()[-1])
+            seconds = float(result.pop("seconds"))
+        except (ValueError, KeyError, IndexError):
+            raise WorkloadError(f"worker {args[0]}: malformed output {out[:200]!r}") from None
+        return self._record(wid, Step(seconds, info=result), cpu0, rusage)
+
+    def time_fio(self, wid: str, path: Path, count: int) -> Step:
+        cpu0 = self._cpu()
+        size = path.stat().st_size
+        out, _, rusage = self._run([
+            self.fio, "--name=randread", f"--filename={path}", "--readonly", "--rw=randread",
+            "--bs=4k", "--ioengine=psync", f"--size={size}", f"--io_size={count * 4096}",
+            "--randrepeat=0", "--randseed=42", "--invalidate=0", "--output-format=json"],
+            cwd=self.scratch, capture=True)
+        try:
+            job = json.loads(out[out.index("{"):])["jobs"][0]["read"]
+            seconds = job["runtime"] / 1000
+            ios = job["total_ios"]
+        except (ValueError, KeyError, IndexError):
+            raise WorkloadError(f"fio: malformed output {out[:200]!r}") from None
+        if ios != count:
+            raise WorkloadError(f"fio: {ios} reads done, {count} asked")
+        return self._record(wid, Step(seconds, info={"tool": "fio", "reads": ios}), cpu0, rusage)
+
+    def _record(self, wid: str, step: Step, cpu0, rusage) -> Step:
+        cpu1 = self._cpu()
+        if cpu0 is not None and cpu1 is not None:
+            step.cpu = cpu1 - cpu0
+        elif self.mount is None and rusage is not None:  # no daemon: the command's own CPU
+            step.cpu = rusage.ru_utime + rusage.ru_stime
+        self.steps[wid] = step
+        return step
+
+
+def _wait4(p: subprocess.Popen, timeout: float):
+    """Wait for p like Popen.wait, also returning its rusage (children included)."""
+    end = time.monotonic() + timeout
+    while True:
+        pid, status, rusage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return pid, p.returncode, rusage
+        if time.monotonic() > end:
+            raise subprocess.TimeoutExpired(p.args, timeout)
+        time.sleep(0.002)
+
+
+def _stop(p: subprocess.Popen, mount: Mount | None) -> None:
+    """Kill a step; if it is stuck in the filesystem, abort the mount's connection."""
+    if p.returncode is not None:
+        return
+    p.kill()
+    try:
+        p.wait(5)
+    except subprocess.TimeoutExpired:
+        if mount:
+            mount.abort()
+        p.wait(30)
+
+
+def _show(argv: list[str]) -> str:
+    text = " ".join(argv)
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+# -- the groups ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    workloads: tuple[Workload, ...]
+    data: tuple[str, ...]  # components of data.py it needs
+    run: Callable[[Context], None]
+    lowers: str = "lower"  # "lower": the lower tree; "stack": the 64 layers; "": no mount
+    volatile: bool = False
+
+
+def _find(ctx: Context, wid: str) -> None:
+    # -printf of the size makes find stat every entry, as a container start does.
+    ctx.time_cmd(wid, ["find", ".", "-printf", "%y %s\n"], cwd=ctx.merged)
+
+
+def run_w1(ctx: Context) -> None:
+    ctx.cold()
+    _find(ctx, "w1")
+    _find(ctx, "w1w")
+
+
+def run_w2(ctx: Context) -> None:
+    ctx.cold()
+    # GNU tar does not read files it writes to /dev/null: hence the cat.
+    ctx.time_cmd("w2", ["bash", "-o", "pipefail", "-c", "tar cf - rootfs small | cat >/dev/null"],
+                 cwd=ctx.merged)
+
+
+def run_w3(ctx: Context) -> None:
+    big = ctx.merged / "big"
+    ctx.cold()
+    step = ctx.time_worker("w3", "seqread", str(big))
+    if step.info.get("bytes") != big.stat().st_size:
+        raise WorkloadError(f"w3: read {step.info.get('bytes')} bytes of {big.stat().st_size}")
+    count = 64 if ctx.small else 4096
+    ctx.cold()
+    if ctx.fio:
+        ctx.time_fio("w3r", big, count)
+    else:
+        ctx.time_worker("w3r", "randread", str(big), str(count), "42").info["tool"] = "python"
+
+
+def run_w4(ctx: Context) -> None:
+    spec = json.loads((ctx.data["lower"] / "spec.json").read_text())
+    listfile = ctx.scratch / "w4.list"
+    listfile.write_text("".join(p + "\n" for p in spec["w4_files"]))
+    ctx.cold()
+    ctx.time_worker("w4", "append", str(ctx.merged), str(listfile))
+    lower = ctx.data["lower"] / "tree"
+    for rel in spec["w4_files"][:50]:
+        want = (lower / rel).stat().st_size + 1
+        if (ctx.merged / rel).stat().st_size != want or (ctx.mount.upper / rel).stat().st_size != want:
+            raise WorkloadError(f"w4: {rel} was not copied up with one byte more")
+
+
+def _createsync(ctx: Context, wid: str) -> None:
+    d = ctx.merged / "w5"
+    d.mkdir()
+    ctx.time_worker(wid, "createsync", str(d), "20" if ctx.small else "2000")
+
+
+def run_w5(ctx: Context) -> None:
+    _createsync(ctx, "w5")
+
+
+def run_w5v(ctx: Context) -> None:
+    _createsync(ctx, "w5v")
+
+
+def run_w6(ctx: Context) -> None:
+    tarball = ctx.data["untar"] / "untar.tar"
+    d = ctx.merged / "w6"
+    d.mkdir()
+    ctx.cold(tarball)
+    ctx.time_cmd("w6", ["tar", "-C", str(d), "-xf", str(tarball)])
+
+
+def run_w7(ctx: Context) -> None:
+    ctx.cold()
+    ctx.time_cmd("w7", ["rm", "-rf", "small/g0"], cwd=ctx.merged)
+    if (ctx.merged / "small" / "g0").exists():
+        raise WorkloadError("w7: small/g0 is still there after rm -rf")
+
+
+def run_w9(ctx: Context) -> None:
+    ctx.cold()
+    step = ctx.time_worker("w9", "statlist", str(ctx.merged), str(ctx.data["stack"] / "paths.txt"))
+    step.info.pop("paths", None)
+
+
+def run_w10(ctx: Context) -> None:
+    """Not on a mount: ctx.impl is IMPORT_BASELINE or IMPORT_OURS."""
+    tarball = ctx.data["import"] / "layer.tar"
+    out = ctx.scratch / "w10"
+    (out / "tree").mkdir(parents=True)
+    try:
+        ctx.cold()
+        if ctx.impl == IMPORT_BASELINE:
+            # The store syncs what it imports; so does the baseline.
+            ctx.time_cmd("w10", ["bash", "-c", 'sha256sum "$1" >/dev/null && tar -C "$2" -xf "$1" && sync',
+                                 "w10", str(tarball), str(out / "tree")])
+        else:
+            ctx.time_cmd("w10", [ctx.layers_exe, "--root", str(out / "root"), "--runroot", str(out / "run"),
+                                 "import", "-q", str(tarball)])
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+IMPORT_BASELINE = "tar -x + sha256sum"
+IMPORT_OURS = "layers import"
+
+GROUPS = {g.name: g for g in (
+    Group("w1", (Workload("w1", "find stat storm, cold", "<= 1.0"),
+                 Workload("w1w", "find stat storm, warm", "<= 1.0")), ("lower",), run_w1),
+    Group("w2", (Workload("w2", "read every file (tar | cat), cold", "<= 1.5"),), ("lower",), run_w2),
+    Group("w3", (Workload("w3", "sequential read 256 MiB, cold", "<= 1.1"),
+                 Workload("w3r", "4 KiB random reads, cold", "")), ("lower",), run_w3),
+    Group("w4", (Workload("w4", "copy-up: append 1 byte to 2,000 files", "<= 1.2"),), ("lower",), run_w4),
+    Group("w5", (Workload("w5", "create+4 KiB+fsync+unlink x 2,000", "<= 2.0"),), ("lower",), run_w5),
+    Group("w5v", (Workload("w5v", "the same, volatile", "<= 1.5"),), ("lower",), run_w5v, volatile=True),
+    Group("w6", (Workload("w6", "untar 40 MB", "<= 2.0"),), ("lower", "untar"), run_w6),
+    Group("w7", (Workload("w7", "rm -rf lower subtree (~4,000 entries)", "<= 0.5"),), ("lower",), run_w7),
+    Group("w9", (Workload("w9", "64-layer stack: stat every path, cold", "<= 0.7"),), ("stack",), run_w9,
+          lowers="stack"),
+    Group("w10", (Workload("w10", "import 200 MB layer tar", ">= 0.8 throughput"),), ("import",), run_w10,
+          lowers=""),
+)}
+
+WORKLOAD_GROUP = {w.id: g.name for g in GROUPS.values() for w in g.workloads}
