@@ -147,6 +147,71 @@ def test_open_read_only_lower_file_after_unlink(st):
     assert _kind(m / "f") == "ENOENT"
 
 
+def test_objects_with_no_name_left_never_reach_the_root(st):
+    """The kernel may still send requests for a file or directory whose last
+    name is gone without a file being open (an O_PATH descriptor, a directory
+    descriptor, or a lookup racing with a rename). They must act on that object
+    or fail ENOENT, never on the mount's root (nor EIO: a wrong file type)."""
+    write(st.bottom, "lower-file", "l")
+    (st.bottom / "lower-dir").mkdir()
+    m = st.mount()
+    write(m, "upper-file", "u")
+    os.mkdir(m / "upper-dir")
+    root = os.lstat(m)
+    got, bad = {}, []
+
+    def fstat_kind(fd):
+        s = os.fstat(fd)
+        return f"{kind_of(s)} nlink {s.st_nlink}" if kind_of(s) != "dir" else "dir"
+
+    for n in ("lower-file", "upper-file"):
+        fd = os.open(m / n, os.O_PATH | os.O_NOFOLLOW)
+        try:
+            os.unlink(m / n)
+            proc = f"/proc/self/fd/{fd}"
+            got[f"{n} fstat"] = _try(fstat_kind, fd)
+            got[f"{n} chmod"] = errno_of(os.chmod, proc, 0o600)
+            got[f"{n} utime"] = errno_of(os.utime, proc, ns=(10**18, 10**18))
+        finally:
+            os.close(fd)
+    for n in ("lower-dir", "upper-dir"):
+        fd = os.open(m / n, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.rmdir(m / n)
+            got[f"{n} fstat"] = _try(fstat_kind, fd)
+            got[f"{n} fchmod"] = errno_of(os.fchmod, fd, 0o700)
+            got[f"{n} fchown"] = errno_of(os.fchown, fd, 7, 7)
+            got[f"{n} create in"] = errno_of(os.open, "x", os.O_CREAT | os.O_WRONLY, dir_fd=fd)
+        finally:
+            os.close(fd)
+    for what, res in got.items():
+        if what.endswith("fstat"):
+            ok = res in ("file nlink 0", "dir")
+        elif what.endswith("create in"):
+            ok = res == "ENOENT"
+        else:
+            ok = res in ("ok", "ENOENT")
+        if not ok:
+            bad.append(f"{what}: {res}")
+    after = os.lstat(m)
+    if (after.st_mode, after.st_uid, after.st_gid, after.st_mtime_ns) != \
+            (root.st_mode, root.st_uid, root.st_gid, root.st_mtime_ns):
+        bad.append(f"the mount's root changed: mode {root.st_mode:o} -> {after.st_mode:o}, "
+                   f"owner {root.st_uid}:{root.st_gid} -> {after.st_uid}:{after.st_gid}")
+    up = os.lstat(st.upper)
+    if (up.st_mode, up.st_uid) != (root.st_mode, root.st_uid):
+        bad.append(f"the upper's root changed: mode {root.st_mode:o} -> {up.st_mode:o}, uid {up.st_uid}")
+    assert not bad, "requests for removed objects:\n" + "\n".join(bad)
+    assert sorted(os.listdir(m)) == []
+
+
+def _try(fn, *args) -> str:
+    try:
+        return fn(*args)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+
 # -- a name deleted and created again -------------------------------------------------------
 
 def _make(path: Path, kind: str):
