@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("create", help="create a container from an image")
     c.add_argument("image")
     c.add_argument("--name")
+    c.add_argument("-v", "--volume", action="append", default=[], metavar="SPEC",
+                   help="NAME:/path[:ro] (named volume, made when missing), "
+                        "/host/path:/path[:ro] (bind), /path (anonymous volume)")
+    c.add_argument("--tmpfs", action="append", default=[], metavar="/path[:OPTS]",
+                   help="a tmpfs, OPTS like size=64m,mode=1777")
 
     c = sub.add_parser("mount", help="mount a container, print its mount point")
     c.add_argument("container")
@@ -132,6 +137,27 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("rm", help="remove a container")
     c.add_argument("containers", nargs="+")
     c.add_argument("-f", "--force", action="store_true", help="unmount it first")
+    c.add_argument("-v", "--volumes", action="store_true",
+                   help="also its anonymous volumes no other container uses")
+
+    v = sub.add_parser("volume", help="named volumes: create, ls, inspect, rm, prune")
+    vsub = v.add_subparsers(dest="volume_command", metavar="COMMAND")
+    vsub.required = True
+    c = vsub.add_parser("create", help="create a volume (a random name when none)")
+    c.add_argument("name", nargs="?")
+    c.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
+    c = vsub.add_parser("ls", help="list volumes")
+    c.add_argument("-q", "--quiet", action="store_true", help="names only")
+    c.add_argument("--format", choices=("table", "json"), default="table")
+    c = vsub.add_parser("inspect", help="JSON description of volumes")
+    c.add_argument("names", nargs="+")
+    c = vsub.add_parser("rm", help="remove volumes and their data")
+    c.add_argument("names", nargs="+")
+    c.add_argument("-f", "--force", action="store_true",
+                   help="also remove the containers using them")
+    c = vsub.add_parser("prune", help="remove unused anonymous volumes (-a: all unused)")
+    c.add_argument("-a", "--all", action="store_true")
+    c.add_argument("--dry-run", action="store_true")
 
     c = sub.add_parser("ps", help="list containers")
     c.add_argument("-q", "--quiet", action="store_true", help="ids only")
@@ -160,7 +186,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config", help="print the effective configuration")
 
-    sub.add_parser("check", help="compare records with the disk; exit 1 on problems")
+    c = sub.add_parser("df", help="disk used by images, containers and volumes")
+    c.add_argument("-v", "--verbose", action="store_true", help="per image, container, volume")
+    c.add_argument("--format", choices=("table", "json"), default="table")
+
+    c = sub.add_parser("prune", help="remove what nothing uses: unmounted containers, "
+                                     "dangling images, anonymous volumes, debris")
+    c.add_argument("kind", nargs="?", choices=("images", "containers", "volumes"),
+                   help="only this kind")
+    c.add_argument("-a", "--all", action="store_true",
+                   help="images: every image no container uses; volumes: every unused one")
+    c.add_argument("--dry-run", action="store_true", help="say what would go")
+
+    c = sub.add_parser("check", help="compare records with the disk; exit 1 on problems")
+    c.add_argument("--verify", action="store_true",
+                   help="also rebuild every layer's tar and compare it with its diffID")
+    c.add_argument("--repair", action="store_true",
+                   help="fix what can be fixed and say what was removed")
 
     c = sub.add_parser("reset", help="unmount everything and remove the store")
     c.add_argument("-f", "--force", action="store_true", help="really do it")
@@ -259,7 +301,8 @@ def _cmd_rmi(store: Store, args) -> int:
 
 
 def _cmd_create(store: Store, args) -> int:
-    print(store.create(args.image, name=args.name).id)
+    print(store.create(args.image, name=args.name, volumes=args.volume,
+                       tmpfs=args.tmpfs).id)
     return 0
 
 
@@ -275,7 +318,7 @@ def _cmd_umount(store: Store, args) -> int:
 
 def _cmd_rm(store: Store, args) -> int:
     for ref in args.containers:
-        print(store.rm(ref, force=args.force).id)
+        print(store.rm(ref, force=args.force, volumes=args.volumes).id)
     return 0
 
 
@@ -341,11 +384,108 @@ def _cmd_save(store: Store, args) -> int:
     return 0
 
 
-def _cmd_check(store: Store, args) -> int:
-    problems = store.check()
-    for line in store.repaired + problems:
+def _cmd_volume(store: Store, args) -> int:
+    cmd = args.volume_command
+    if cmd == "create":
+        labels = {}
+        for item in args.label:
+            key, eq, value = item.partition("=")
+            if not eq or not key:
+                raise UsageError(f"label {item!r} is not KEY=VALUE")
+            labels[key] = value
+        print(store.volume_create(args.name, labels).name)
+    elif cmd == "ls":
+        volumes = store.list_volumes()
+        users = store.volume_users()
+        if args.quiet:
+            for v in volumes:
+                print(v.name)
+        elif args.format == "json":
+            print(json.dumps([store.volume_inspect(v.name) for v in volumes], indent=1))
+        else:
+            rows = [("NAME", "ANONYMOUS", "CONTAINERS", "CREATED")]
+            for v in volumes:
+                rows.append((v.name, "yes" if v.anonymous else "no",
+                             ",".join(sorted(users.get(v.name, []))) or "-", _ago(v.created)))
+            _table(rows)
+    elif cmd == "inspect":
+        print(json.dumps([store.volume_inspect(n) for n in args.names], indent=2))
+    elif cmd == "rm":
+        for name in args.names:
+            for line in store.volume_rm(name, force=args.force):
+                print(line)
+    elif cmd == "prune":
+        _print_prune(store.prune(("volumes",), all=args.all, dry_run=args.dry_run),
+                     args.dry_run)
+    return 0
+
+
+def _cmd_df(store: Store, args) -> int:
+    usage = store.df()
+    if args.format == "json":
+        print(json.dumps([u.as_dict() for u in usage], indent=1))
+        return 0
+    rows = [("TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE")]
+    for u in usage:
+        share = f" ({100 * u.reclaimable / u.size:.0f}%)" if u.size else ""
+        rows.append((u.kind, str(u.total), str(u.active), _human(u.size),
+                     _human(u.reclaimable) + share))
+    _table(rows)
+    if args.verbose:
+        images, containers, volumes = usage
+        print()
+        rows = [("IMAGE ID", "NAMES", "SIZE", "SHARED", "UNIQUE", "CONTAINERS")]
+        for i in images.items:
+            rows.append((i["id"][:12], ",".join(i["names"]) or "<none>", _human(i["size"]),
+                         _human(i["shared"]), _human(i["unique"]), str(i["containers"])))
+        _table(rows)
+        print()
+        rows = [("CONTAINER ID", "NAME", "IMAGE", "SIZE", "MOUNTED")]
+        for c in containers.items:
+            rows.append((c["id"][:12], c["name"], c["image"][:12], _human(c["size"]),
+                         "yes" if c["mounted"] else "no"))
+        _table(rows)
+        print()
+        rows = [("VOLUME", "ANONYMOUS", "SIZE", "CONTAINERS")]
+        for v in volumes.items:
+            rows.append((v["name"], "yes" if v["anonymous"] else "no", _human(v["size"]),
+                         ",".join(v["containers"]) or "-"))
+        _table(rows)
+    return 0
+
+
+def _print_prune(items: list[tuple[str, int | None]], dry_run: bool) -> None:
+    verb = "would remove" if dry_run else "removed"
+    freed = 0
+    for label, size in items:
+        print(f"{verb} {label}" + (f" ({_human(size)})" if size else ""))
+        freed += size or 0
+    print(f"{'would free' if dry_run else 'freed'} {_human(freed)} ({freed} bytes)")
+
+
+def _cmd_prune(store: Store, args) -> int:
+    for line in store.repaired:
         print(line)
-    return 1 if problems else 0
+    kinds = (args.kind,) if args.kind else ("containers", "images", "volumes")
+    _print_prune(store.prune(kinds, all=args.all, dry_run=args.dry_run,
+                             debris=args.kind is None), args.dry_run)
+    return 0
+
+
+def _cmd_check(store: Store, args) -> int:
+    for line in store.repaired:
+        print(line)
+    problems = store.problems(verify=args.verify)
+    for p in problems:
+        print(p.message if p.severity == "error" else f"note: {p.message}")
+    errors = [p for p in problems if p.severity == "error"]
+    if args.repair and errors:
+        for line in store.repair_problems(errors):
+            print(line)
+        errors = [p for p in store.problems(verify=args.verify) if p.severity == "error"]
+        for p in errors:
+            print(f"left: {p.message}")
+    return 1 if errors else 0
 
 
 def _cmd_reset(store: Store, args) -> int:
@@ -366,4 +506,5 @@ COMMANDS = {
     "umount": _cmd_umount, "rm": _cmd_rm, "ps": _cmd_ps, "diff": _cmd_diff,
     "check": _cmd_check, "reset": _cmd_reset, "commit": _cmd_commit,
     "export": _cmd_export, "save": _cmd_save,
+    "volume": _cmd_volume, "df": _cmd_df, "prune": _cmd_prune,
 }

@@ -56,6 +56,22 @@ class ContainerUnknown(LayersError):
         super().__init__(f"container not known: {ref}")
 
 
+class VolumeUnknown(LayersError):
+    def __init__(self, ref: str):
+        self.ref = ref
+        super().__init__(f"volume not known: {ref}")
+
+
+class VolumeInUse(LayersError):
+    def __init__(self, volume: str, containers: list[str]):
+        self.volume = volume
+        self.containers = containers
+        super().__init__(
+            f"volume {volume} is in use by container(s) {', '.join(containers)}; "
+            "remove them first or use -f"
+        )
+
+
 class NotFound(LayersError):
     def __init__(self, ref: str):
         self.ref = ref

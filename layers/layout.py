@@ -15,6 +15,8 @@ Store root (`graphroot`)::
     containers/<id>.json        Container record
     containers/<id>/            the driver's dirs: upper/ work/ merged/ (fuse,
                                 overlay) or rootfs/ (vfs)
+    volumes/<name>.json         Volume record
+    volumes/<name>/_data/       the volume's data, bind-mounted into containers
     staging/<token>/            in-flight work of one command; its `lease`
                                 file is flock'ed while the command lives
     staging/<hex>.lock          taken while one process imports that layer or image
@@ -35,9 +37,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 
 from .digest import Digest, check_id
+from .errors import BadReference
 
 FORMAT = 1
 MARKER = "strata.json"
@@ -45,6 +49,8 @@ LOCK = "lock"
 LAYERS = "layers"
 IMAGES = "images"
 CONTAINERS = "containers"
+VOLUMES = "volumes"
+VOLUME_DATA = "_data"
 STAGING = "staging"
 LEASE = "lease"
 MOUNTS = "mounts.json"
@@ -126,6 +132,16 @@ def is_opaque_dir(path: str, names: set[str] | None = None) -> bool:
     return False
 
 
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
+
+
+def check_volume_name(text: str) -> str:
+    """A volume name, safe as a file name (never `.`-led, no `/`)."""
+    if not isinstance(text, str) or not _VOLUME_NAME.fullmatch(text):
+        raise BadReference(str(text), "volume name")
+    return text
+
+
 def record_file(directory: str, key: str) -> str:
     """`<dir>/<key>.json`: where every record lives (key: 64 hex, checked)."""
     return os.path.join(directory, check_id(key) + ".json")
@@ -160,6 +176,19 @@ class StorePaths:
         return os.path.join(self.root, CONTAINERS)
 
     @property
+    def volumes(self) -> str:
+        return os.path.join(self.root, VOLUMES)
+
+    def volume_record(self, name: str) -> str:
+        return os.path.join(self.volumes, check_volume_name(name) + ".json")
+
+    def volume_dir(self, name: str) -> str:
+        return os.path.join(self.volumes, check_volume_name(name))
+
+    def volume_data(self, name: str) -> str:
+        return os.path.join(self.volume_dir(name), VOLUME_DATA)
+
+    @property
     def staging(self) -> str:
         return os.path.join(self.root, STAGING)
 
@@ -186,4 +215,4 @@ class StorePaths:
         return os.path.join(self.containers, check_id(container_id))
 
     def record_dirs(self) -> tuple[str, ...]:
-        return (self.layers, self.images, self.containers, self.staging)
+        return (self.layers, self.images, self.containers, self.volumes, self.staging)

@@ -1,6 +1,6 @@
 """The store's records: frozen dataclasses with a versioned JSON codec.
 
-Level 1: imports `errors`, `digest`.
+Level 1: imports `errors`, `digest`, `layout`.
 
 Every record carries `incomplete` and `lease`: a record is written with
 `incomplete=True` and the lease token of the command doing the work before the
@@ -9,19 +9,23 @@ done.  A reader treats an incomplete record as absent; a later command whose
 lease check finds the owner dead removes its leftovers.
 
 Names: images are `NAME[:TAG]` (tag defaults to `latest`) in the grammar of
-OCI references; containers are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+OCI references; containers and volumes are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+A container's mounts (`MountSpec`) are parsed from podman's `-v`/`--tmpfs`
+forms here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any, Type, TypeVar
 
 from .digest import Digest, check_id
 from .errors import BadReference, CorruptRecord
+from .layout import check_volume_name
 
 SCHEMA = 1
 
@@ -85,6 +89,19 @@ class Image:
 
 
 @dataclass(frozen=True)
+class MountSpec:
+    """One mount of a container, as podman's `-v`/`--tmpfs` give it."""
+    type: str                        # "volume", "bind" or "tmpfs"
+    source: str | None               # volume name, host path; None for tmpfs
+    destination: str                 # absolute, normalized path in the container
+    options: tuple[str, ...] = ()
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options
+
+
+@dataclass(frozen=True)
 class Container:
     id: str
     name: str
@@ -93,10 +110,70 @@ class Container:
     driver: str
     created: float
     incomplete: bool = False
+    lease: str | None = None         # on a complete record: busy while alive
+    mounts: tuple[MountSpec, ...] = ()
+
+    def volumes(self) -> set[str]:
+        return {m.source for m in self.mounts if m.type == "volume" and m.source}
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    created: float
+    labels: tuple[tuple[str, str], ...] = ()    # sorted (key, value) pairs
+    anonymous: bool = False          # made for one container by `-v /path`
+    incomplete: bool = False
     lease: str | None = None
 
 
-R = TypeVar("R", Layer, Image, Container)
+R = TypeVar("R", Layer, Image, Container, Volume)
+
+_MOUNT_OPTIONS = {"ro", "rw", "nosuid", "nodev", "noexec", "suid", "dev", "exec",
+                  "bind", "rbind"}
+_TMPFS_OPTION = re.compile(r"size=[0-9]+[kmgKMG]?|mode=[0-7]{3,4}|nr_inodes=[0-9]+[kmgKMG]?")
+
+
+def _container_path(text: str, spec: str) -> str:
+    if not text.startswith("/") or "\0" in text:
+        raise BadReference(spec, "mount spec (paths must be absolute)")
+    path = posixpath.normpath(text)
+    if path.startswith("//"):
+        path = "/" + path.lstrip("/")
+    if path == "/":
+        raise BadReference(spec, "mount spec (cannot mount over /)")
+    return path
+
+
+def parse_volume_spec(text: str) -> MountSpec:
+    """podman's `-v`: `DEST` (anonymous volume), `NAME:DEST[:OPTS]` (named
+    volume), `/HOST:DEST[:OPTS]` (bind); OPTS a comma list (ro, rw, nosuid,
+    nodev, noexec, …).  BadReference for anything else."""
+    parts = text.split(":") if isinstance(text, str) else []
+    if not 1 <= len(parts) <= 3 or not all(parts):
+        raise BadReference(str(text), "mount spec")
+    if len(parts) == 1:
+        return MountSpec("volume", None, _container_path(parts[0], text))
+    source, dest = parts[0], _container_path(parts[1], text)
+    options = tuple(parts[2].split(",")) if len(parts) == 3 else ()
+    for opt in options:
+        if opt not in _MOUNT_OPTIONS:
+            raise BadReference(text, f"mount spec (unknown option {opt!r})")
+    if "ro" in options and "rw" in options:
+        raise BadReference(text, "mount spec (ro and rw)")
+    if source.startswith("/"):
+        return MountSpec("bind", posixpath.normpath(source), dest, options)
+    return MountSpec("volume", check_volume_name(source), dest, options)
+
+
+def parse_tmpfs_spec(text: str) -> MountSpec:
+    """podman's `--tmpfs DEST[:OPTS]`, OPTS like size=64m,mode=1777,ro."""
+    dest, _, opts = text.partition(":") if isinstance(text, str) else ("", "", "")
+    options = tuple(opts.split(",")) if opts else ()
+    for opt in options:
+        if opt not in _MOUNT_OPTIONS - {"bind", "rbind"} and not _TMPFS_OPTION.fullmatch(opt):
+            raise BadReference(text, f"tmpfs spec (unknown option {opt!r})")
+    return MountSpec("tmpfs", None, _container_path(dest, text), options)
 
 _DIGEST_FIELDS = {"id", "diff_id", "parent", "compressed_digest", "manifest_digest"}
 
@@ -104,12 +181,17 @@ _DIGEST_FIELDS = {"id", "diff_id", "parent", "compressed_digest", "manifest_dige
 def _encode_value(name: str, value: Any) -> Any:
     if isinstance(value, Digest):
         return str(value)
+    if isinstance(value, MountSpec):
+        return {"type": value.type, "source": value.source,
+                "destination": value.destination, "options": list(value.options)}
+    if name == "labels":
+        return dict(value)
     if isinstance(value, tuple):
         return [_encode_value(name, v) for v in value]
     return value
 
 
-def encode(record: Layer | Image | Container) -> bytes:
+def encode(record: Layer | Image | Container | Volume) -> bytes:
     data: dict[str, Any] = {"schema": SCHEMA}
     for f in dataclasses.fields(record):
         data[f.name] = _encode_value(f.name, getattr(record, f.name))
@@ -156,15 +238,38 @@ def _decode_field(cls: type, name: str, value: Any) -> Any:
         return float(_expect(value, (int, float), name))
     if name in ("tar_size", "size"):
         return int(_expect(value, int, name))
-    if name == "incomplete":
+    if name in ("incomplete", "anonymous"):
         return bool(_expect(value, bool, name))
     if name == "name":
-        return check_container_name(value)
+        return check_volume_name(value) if cls is Volume else check_container_name(value)
+    if name == "mounts":
+        return tuple(_decode_mount(m) for m in _expect(value, list, name))
+    if name == "labels":
+        labels = _expect(value, dict, name)
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+            raise TypeError("field 'labels' has the wrong type")
+        return tuple(sorted(labels.items()))
     if name in ("config", "driver"):
         return _expect(value, str, name)
     if name == "lease":
         return None if value is None else _expect(value, str, name)
     raise CorruptRecord("<record>", f"unexpected field {name}")
+
+
+def _decode_mount(doc: Any) -> MountSpec:
+    doc = _expect(doc, dict, "mounts")
+    kind = doc.get("type")
+    if kind not in ("volume", "bind", "tmpfs"):
+        raise TypeError(f"unknown mount type {kind!r}")
+    source = doc.get("source")
+    if kind == "volume" and source is not None:
+        source = check_volume_name(source)
+    elif source is not None:
+        source = _expect(source, str, "mounts")
+    dest = _expect(doc.get("destination"), str, "mounts")
+    options = tuple(_expect(o, str, "mounts")
+                    for o in _expect(doc.get("options", []), list, "mounts"))
+    return MountSpec(kind, source, _container_path(dest, dest), options)
 
 
 def _expect(value: Any, types, name: str) -> Any:

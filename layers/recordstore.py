@@ -15,7 +15,7 @@ from typing import Generic, Iterator, Type
 
 from . import fsutil
 from .layout import record_file
-from .errors import CorruptRecord
+from .errors import BadReference, CorruptRecord
 from .records import R, decode, encode
 
 
@@ -58,6 +58,9 @@ class RecordStore(Generic[R]):
                 record = self.load(name[:-5])
             except CorruptRecord as e:
                 self.corrupt.append(e)
+                continue
+            except BadReference as e:     # a file name no record has
+                self.corrupt.append(CorruptRecord(os.path.join(self.dir, name), e.message))
                 continue
             if record is not None and (include_incomplete or not record.incomplete):
                 yield record

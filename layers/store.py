@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 from . import fsutil, layout
-from . import tarsplit
+from . import check as checkmod
+from . import gc, tarsplit
 from .archive import ExtractOptions, build_layer, extract_layer, write_tar
 from .changeset import MetacopyUpper, tree_entries
 from .config import DEFAULT_DRIVER, Config
@@ -39,15 +40,17 @@ from .drivers.vfs import VfsDriver
 from .errors import (BadArchive, BadReference, ContainerBusy, ContainerMounted,
                      ContainerUnknown, DigestMismatch, DriverError, ImageInUse, ImageUnknown,
                      LayersError, LayerUnknown, NameInUse, NotAStore, NotFound,
-                     StoreMismatch, UsageError)
+                     StoreMismatch, UsageError, VolumeInUse, VolumeUnknown)
 from .imagestore import ImageStore, committed_config
 from .layerstore import LayerStore
 from .mounts import MountEntry, MountRegistry
 from .ociwriter import (CONFIG, LAYER_TAR, MANIFEST, REF_NAME, canonical_json, descriptor,
                         open_layout)
-from .records import (Container, Image, Layer, check_container_name,
-                      parse_image_name, replace)
+from .layout import check_volume_name
+from .records import (Container, Image, Layer, MountSpec, Volume, check_container_name,
+                      parse_image_name, parse_tmpfs_spec, parse_volume_spec, replace)
 from .source import ImageSource, LayerBlob, bare_layer_config, open_source
+from .volumes import VolumeStore
 
 DRIVERS = ("fuse", "overlay", "vfs")
 
@@ -74,6 +77,7 @@ class Store:
         self.layers = LayerStore(self.paths)
         self.images = ImageStore(self.paths)
         self.containers = ContainerStore(self.paths)
+        self.volumes = VolumeStore(self.paths)
         self.registry = MountRegistry(self.paths.mounts)
         self.privileged = os.geteuid() == 0
         self.driver = self._make_driver(driver_name)
@@ -148,7 +152,7 @@ class Store:
         with self._lease() as lease:
             with self.lock:
                 done += self._repair_staging(lease.token)
-                for rs in (self.layers, self.images, self.containers):
+                for rs in (self.layers, self.images, self.containers, self.volumes):
                     for tmp in rs.leftover_tmp_files():
                         os.unlink(tmp)
                         done.append(f"removed temp file {tmp}")
@@ -185,6 +189,10 @@ class Store:
             if self._dead(image):
                 self.images.delete(image.id)
                 done.append(f"removed interrupted image {image.id[:12]}")
+        for v in list(self.volumes.all(include_incomplete=True)):
+            if self._dead(v):
+                self.volumes.remove_leftover(v)
+                done.append(f"removed interrupted volume {v.name}")
         for layer in list(self.layers.all(include_incomplete=True)):
             if self._dead(layer):
                 self.layers.remove_leftover(layer)
@@ -269,6 +277,7 @@ class Store:
             entry = self.registry.get(c.id)
             return {"type": "container", "id": c.id, "name": c.name, "image": c.image,
                     "layers": [str(x) for x in c.layers], "driver": c.driver,
+                    "mounts": [self._mount_doc(m) for m in c.mounts],
                     "created": c.created, "dir": self.containers.container_dir(c.id),
                     "mounted": entry is not None,
                     "mountpoint": entry.mountpoint if entry else None,
@@ -295,6 +304,13 @@ class Store:
                 if layer.compressed_digest else None,
                 "created": layer.created, "tar_size": layer.tar_size, "size": layer.size,
                 "dir": self.layers.diff_dir(layer.id)}
+
+    def _mount_doc(self, m: MountSpec) -> dict:
+        doc = {"type": m.type, "source": m.source, "destination": m.destination,
+               "options": list(m.options)}
+        if m.type == "volume":
+            doc["path"] = self.volumes.data_dir(m.source)
+        return doc
 
     def _resolve_layer(self, ref: str) -> Layer | None:
         text = ref[7:] if ref.startswith("sha256:") else ref
@@ -500,8 +516,18 @@ class Store:
 
     # -- containers --------------------------------------------------------------
 
-    def create(self, image_ref: str, name: str | None = None) -> Container:
+    def create(self, image_ref: str, name: str | None = None,
+               volumes: list[str] = (), tmpfs: list[str] = ()) -> Container:
+        """A container of the image: its record, its driver dirs, its mounts.
+
+        `volumes` are podman's `-v` specs: a named volume is created when
+        missing, `-v /path` makes an anonymous one; a bind source must exist.
+        `tmpfs` are `--tmpfs` specs.  The mounts are recorded in the container
+        (`layers bundle` turns them into a runtime's mounts).
+        """
+        mounts = self._parse_mounts(volumes, tmpfs)
         with self._lease() as lease:
+            made: list[str] = []
             with self.lock:
                 image = self.images.resolve(image_ref)
                 if name is not None:
@@ -509,12 +535,13 @@ class Store:
                     other = self.containers.name_taken(name)
                     if other is not None:
                         raise NameInUse(name, f"container {other.id[:12]}")
+                mounts = self._provide_volumes(mounts, made, lease)
                 cid = secrets.token_hex(32)
                 name = name or f"strata-{cid[:12]}"
                 container = Container(id=cid, name=name, image=image.id,
                                       layers=image.layers, driver=self.driver.name,
                                       created=time.time(), incomplete=True,
-                                      lease=lease.token)
+                                      lease=lease.token, mounts=mounts)
                 self.containers.save(cid, container)
                 cdir = self.containers.container_dir(cid)
                 os.mkdir(cdir, 0o700)
@@ -528,7 +555,42 @@ class Store:
             except BaseException:
                 with self.lock:
                     self.containers.remove_leftover(container)
+                    for vname in made:
+                        v = self.volumes.get(vname)
+                        if v is not None and v.anonymous:
+                            self.volumes.begin_delete(v, lease.path, lease.token)
                 raise
+
+    @staticmethod
+    def _parse_mounts(volumes: list[str], tmpfs: list[str]) -> tuple[MountSpec, ...]:
+        mounts = [parse_volume_spec(v) for v in volumes] + [parse_tmpfs_spec(t) for t in tmpfs]
+        seen: set[str] = set()
+        for m in mounts:
+            if m.destination in seen:
+                raise UsageError(f"two mounts at {m.destination}")
+            seen.add(m.destination)
+            if m.type == "bind" and not os.path.exists(m.source):
+                raise UsageError(f"bind source {m.source} does not exist")
+        return tuple(mounts)
+
+    def _provide_volumes(self, mounts: tuple[MountSpec, ...], made: list[str],
+                         lease: fsutil.Lease) -> tuple[MountSpec, ...]:
+        """Create the volumes `mounts` name that do not exist yet, and an
+        anonymous one for each `-v /path` (their names go into `made`).
+        Caller holds the lock."""
+        out = []
+        for m in mounts:
+            if m.type == "volume":
+                vname = m.source or secrets.token_hex(32)
+                existing = self.volumes.load(vname)
+                if existing is not None and existing.incomplete:
+                    raise NameInUse(vname, "a volume being created or removed")
+                if existing is None:
+                    self.volumes.create(vname, (), m.source is None, lease.token)
+                    made.append(vname)
+                m = dataclasses.replace(m, source=vname)
+            out.append(m)
+        return tuple(out)
 
     def _lowers_of(self, c: Container) -> list[str]:
         lowers = self.lowers(c.layers)
@@ -582,7 +644,9 @@ class Store:
             self.driver.clean_dead(cdir, mounted)
         self.registry.remove(c.id)
 
-    def rm(self, ref: str, force: bool = False) -> Container:
+    def rm(self, ref: str, force: bool = False, volumes: bool = False) -> Container:
+        """Remove a container (mounted: only with `force`); with `volumes`, also
+        its anonymous volumes that no other container uses."""
         with self._lease() as lease:
             with self.lock:
                 c = self.containers.resolve(ref)
@@ -592,7 +656,71 @@ class Store:
                     raise ContainerMounted(c.name, entry.count)
                 self._umount_all(c)
                 self.containers.begin_delete(c, lease.path, lease.token)
+                if volumes:
+                    users = self.volume_users()
+                    for vname in sorted(c.volumes()):
+                        v = self.volumes.get(vname)
+                        if v is not None and v.anonymous and not users.get(vname):
+                            self.volumes.begin_delete(v, lease.path, lease.token)
             return c
+
+    # -- volumes -----------------------------------------------------------------
+
+    def volume_users(self) -> dict[str, list[str]]:
+        """Volume name → names of the containers using it (also those in flight)."""
+        users: dict[str, list[str]] = {}
+        for c in self.containers.all(include_incomplete=True):
+            for vname in c.volumes():
+                users.setdefault(vname, []).append(c.name)
+        return users
+
+    def volume(self, name: str) -> Volume:
+        v = self.volumes.get(check_volume_name(name))
+        if v is None:
+            raise VolumeUnknown(name)
+        return v
+
+    def list_volumes(self) -> list[Volume]:
+        return sorted(self.volumes.all(), key=lambda v: (v.created, v.name))
+
+    def volume_create(self, name: str | None = None,
+                      labels: dict[str, str] | None = None) -> Volume:
+        """A named volume (a random name when none is given); NameInUse when
+        the name is taken."""
+        if name is not None:
+            check_volume_name(name)
+        with self._lease() as lease, self.lock:
+            name = name or secrets.token_hex(32)
+            if self.volumes.load(name) is not None:
+                raise NameInUse(name, "a volume")
+            return self.volumes.create(name, tuple(sorted((labels or {}).items())),
+                                       False, lease.token)
+
+    def volume_inspect(self, name: str) -> dict:
+        v = self.volume(name)
+        return {"type": "volume", "name": v.name, "mountpoint": self.volumes.data_dir(v.name),
+                "created": v.created, "labels": dict(v.labels), "anonymous": v.anonymous,
+                "containers": sorted(self.volume_users().get(v.name, []))}
+
+    def volume_rm(self, name: str, force: bool = False) -> list[str]:
+        """Remove a volume and its data.  VolumeInUse names the containers using
+        it, unless `force` removes them first (unmounting them)."""
+        done = []
+        with self._lease() as lease:
+            with self.lock:
+                v = self.volume(name)
+                users = [c for c in self.containers.all(include_incomplete=True)
+                         if v.name in c.volumes()]
+                if users and not force:
+                    raise VolumeInUse(v.name, sorted(c.name for c in users))
+                for c in users:
+                    self._refuse_busy(c)
+                    self._umount_all(c)
+                    self.containers.begin_delete(c, lease.path, lease.token)
+                    done.append(f"removed container {c.name}")
+                self.volumes.begin_delete(v, lease.path, lease.token)
+                done.append(f"removed volume {v.name}")
+        return done
 
     def diff(self, ref: str) -> list[tuple[str, str]]:
         c = self.containers.resolve(ref)
@@ -778,6 +906,89 @@ class Store:
                        or [mdesc])
         return warnings
 
+    # -- disk usage and cleanup ------------------------------------------------------
+
+    def _snapshot(self) -> gc.Snapshot:
+        """The records as gc sees them; caller holds the lock."""
+        containers = list(self.containers.all(include_incomplete=True))
+        images = list(self.images.all(include_incomplete=True))
+        return gc.Snapshot(
+            layers={layer.id: layer for layer in self.layers.all()},
+            images=[i for i in images if not i.incomplete],
+            containers=[c for c in containers if not c.incomplete],
+            volumes=list(self.volumes.all()),
+            in_flight=[r for r in containers + images if r.incomplete],
+            mounted=set(self.registry.load()),
+            busy={c.id for c in containers if not c.incomplete
+                  and fsutil.lease_alive(self.paths.staging, c.lease)},
+            container_dir=self.containers.container_dir,
+            volume_dir=self.paths.volume_dir)
+
+    def df(self) -> list[gc.Usage]:
+        """Images, containers, volumes: total, active, size, reclaimable (bytes
+        allocated on disk); the records are read under the lock, containers
+        and volumes measured outside it."""
+        with self.lock:
+            snap = self._snapshot()
+        return gc.disk_usage(snap, _measure)
+
+    def prune(self, kinds: tuple[str, ...] = gc.KINDS, all: bool = False,
+              dry_run: bool = False, debris: bool = False) -> list[tuple[str, int | None]]:
+        """Remove what `gc.plan_prune` plans, in one hold of the lock (records
+        taken out, content moved into this command's staging dir), then measure
+        and delete the content outside the lock.  With `debris`, also stale
+        lock files in staging.  (label, bytes freed) per item; with `dry_run`,
+        what would be removed and the bytes it holds now."""
+        with self._lease() as lease:
+            done: list[tuple[gc.Removal, str | None]] = []
+            with self.lock:
+                plan = gc.plan_prune(self._snapshot(), kinds, all,
+                                     all_volumes=all and kinds == ("volumes",))
+                if debris:
+                    plan += self._stale_locks()
+                for r in plan:
+                    if dry_run:
+                        done.append((r, self._content_path(r)))
+                    else:
+                        done.append((r, self._take_out(r, lease)))
+                        fsutil.crash_point("pruning")
+            return [(r.label, r.size if r.size is not None
+                     else (_measure(path) if path else None)) for r, path in done]
+
+    def _stale_locks(self) -> list[gc.Removal]:
+        out = []
+        for name in sorted(os.listdir(self.paths.staging)):
+            if name.endswith(".lock") and not fsutil.flock_held(
+                    os.path.join(self.paths.staging, name)):
+                out.append(gc.Removal("lock", name, f"stale lock {name}", 0))
+        return out
+
+    def _content_path(self, r: gc.Removal) -> str | None:
+        if r.kind == "container":
+            return self.containers.container_dir(r.key)
+        if r.kind == "volume":
+            return self.paths.volume_dir(r.key)
+        return None
+
+    def _take_out(self, r: gc.Removal, lease: fsutil.Lease) -> str | None:
+        """Remove one planned item's record; its content lands in the lease's
+        dir (its path returned, to measure before the lease removes it)."""
+        if r.kind == "container":
+            self.containers.begin_delete(self.containers.load(r.key), lease.path,
+                                         lease.token)
+            return os.path.join(lease.path, r.key)
+        if r.kind == "image":
+            self.images.delete(r.key)
+            return None
+        if r.kind == "volume":
+            self.volumes.begin_delete(self.volumes.load(r.key), lease.path, lease.token)
+            return os.path.join(lease.path, "volume-" + r.key)
+        if r.kind == "layer":
+            self.layers.begin_delete(Digest(r.key), lease.path, lease.token)
+            return None
+        fsutil.remove_file(os.path.join(self.paths.staging, r.key))
+        return None
+
     # -- whole store -------------------------------------------------------------
 
     def reset(self) -> list[str]:
@@ -804,43 +1015,103 @@ class Store:
         done.append(f"removed store {root}")
         return done
 
-    def check(self) -> list[str]:
-        """Problems found comparing records with the disk (empty: consistent)."""
-        problems: list[str] = []
-        with self.lock:
-            layers = {layer.id: layer for layer in self.layers.all(include_incomplete=True)}
-            for rs in (self.layers, self.images, self.containers):
-                problems += [str(e) for e in rs.corrupt]
-            for layer in layers.values():
-                if self._dead(layer):
-                    problems.append(f"layer {layer.id.short} is incomplete")
-                elif layer.incomplete:
-                    continue            # in-flight work of a live command
-                elif not os.path.isdir(self.layers.diff_dir(layer.id)):
-                    problems.append(f"layer {layer.id.short} has no content")
-            for path in self.layers.orphan_dirs():
-                problems.append(f"layer dir {os.path.basename(path)} has no record")
-            for image in self.images.all(include_incomplete=True):
-                if self._dead(image):
-                    problems.append(f"image {image.id[:12]} is incomplete")
-                for lid in image.layers:
-                    if lid not in layers and not image.incomplete:
-                        problems.append(f"image {image.id[:12]} lacks layer {lid.short}")
-            refs = self._referenced_layers()
-            for lid in layers:
-                if lid not in refs:
-                    problems.append(f"layer {lid.short} is not referenced")
-            images = {i.id for i in self.images.all()}
-            for c in self.containers.all(include_incomplete=True):
-                if c.image not in images:
-                    problems.append(f"container {c.name} uses missing image {c.image[:12]}")
-                if not os.path.isdir(self.containers.container_dir(c.id)):
-                    problems.append(f"container {c.name} has no dir")
-            for name in os.listdir(self.paths.staging):
-                if not name.endswith(".lock") and \
-                        not fsutil.lease_alive(self.paths.staging, name):
-                    problems.append(f"staging leftover {name}")
-        return problems
+    def check(self, verify: bool = False) -> list[str]:
+        """Problems found comparing records with the disk (empty: consistent);
+        with `verify`, layers whose content does not hash to their diffID."""
+        return [p.message for p in self.problems(verify) if p.severity == checkmod.ERROR]
+
+    def problems(self, verify: bool = False) -> list[checkmod.Problem]:
+        """`check.find_problems` under the lock; with `verify`, every layer is
+        then rebuilt and hashed outside it, pinned meanwhile."""
+        if not verify:
+            with self.lock:
+                return checkmod.find_problems(self.layers, self.images, self.containers,
+                                              self.volumes, self.paths.staging)
+        with self._lease() as lease:
+            with self.lock:
+                found = checkmod.find_problems(self.layers, self.images, self.containers,
+                                               self.volumes, self.paths.staging)
+                layers = [layer for layer in self.layers.all()
+                          if os.path.isdir(self.layers.diff_dir(layer.id))]
+            with self._pinned(tuple(layer.id for layer in layers), lease):
+                for layer in layers:
+                    problem = checkmod.verify_layer(self.layers, layer)
+                    if problem is not None:
+                        found.append(problem)
+        return found
+
+    def repair_problems(self, problems: list[checkmod.Problem]) -> list[str]:
+        """Fix what `problems` lists where it can; lines saying what was done
+        (and what cannot be done: a container on a damaged layer stays)."""
+        done: list[str] = []
+        order = ("corrupt-record", "container-no-dir", "container-orphan")
+        problems = sorted(problems, key=lambda p: order.index(p.kind)
+                          if p.kind in order else len(order))
+        with self._lease() as lease:
+            with self.lock:
+                for p in problems:
+                    done += self._repair_one(p, lease)
+                done += self._collect_layers(lease)
+        done += self.repair()
+        return done
+
+    def _repair_one(self, p: checkmod.Problem, lease: fsutil.Lease) -> list[str]:
+        kind = p.kind
+        if kind == "corrupt-record":
+            fsutil.remove_file(p.subject)
+            return [f"removed corrupt record {p.subject}"]
+        if kind in ("layer-no-content", "layer-corrupt"):
+            lid = Digest(p.subject)
+            out = []
+            for image in list(self.images.all()):
+                if lid in image.layers:
+                    users = [c.name for c in self.containers.all() if c.image == image.id]
+                    if users:
+                        out.append(f"kept image {image.id[:12]}: container(s) "
+                                   f"{', '.join(users)} use it; remove them")
+                        continue
+                    self.images.delete(image.id)
+                    out.append(f"removed image {image.id[:12]} (damaged layer {lid.short})")
+            if not any(lid in r.layers for r in list(self.images.all())
+                       + list(self.containers.all())):
+                self.layers.begin_delete(lid, lease.path, lease.token)
+                out.append(f"removed damaged layer {lid.short}")
+            return out
+        if kind == "image-missing-layer":
+            if any(c.image == p.subject for c in self.containers.all()):
+                return [f"kept image {p.subject[:12]}: containers use it"]
+            self.images.delete(p.subject)
+            return [f"removed image {p.subject[:12]} (a layer is missing)"]
+        if kind == "container-no-dir":
+            c = self.containers.load(p.subject)
+            if c is not None:
+                self.registry.remove(c.id)
+                self.containers.delete(c.id)
+                return [f"removed container {c.name} (its dir was gone)"]
+        if kind in ("container-orphan", "layer-orphan"):
+            fsutil.remove_tree(p.subject)
+            return [f"removed {p.subject}"]
+        if kind == "container-missing-volume":
+            if self.volumes.load(p.subject) is None:
+                self.volumes.create(p.subject, (), False, lease.token)
+                return [f"recreated missing volume {p.subject} (empty)"]
+        if kind == "volume-no-dir":
+            os.makedirs(self.volumes.data_dir(p.subject), mode=0o755, exist_ok=True)
+            return [f"recreated the data dir of volume {p.subject} (empty)"]
+        if kind == "volume-orphan":
+            self.volumes.adopt(p.subject)
+            return [f"adopted volume dir {p.subject} as a named volume"]
+        if kind == "layer-unreferenced":
+            self.layers.begin_delete(Digest(p.subject), lease.path, lease.token)
+            return [f"removed unreferenced layer {p.subject[:12]}"]
+        return []
+
+
+def _measure(path: str) -> int:
+    try:
+        return fsutil.allocated_size(path)
+    except FileNotFoundError:      # removed meanwhile
+        return 0
 
 
 def _file_chunks(path: str) -> Iterator[bytes]:
@@ -884,5 +1155,6 @@ def _skeleton(root: str, name: str) -> bool:
     path = os.path.join(root, name)
     if name == layout.LOCK or fsutil.is_tmp_name(name):
         return os.path.isfile(path)
-    return name in (layout.LAYERS, layout.IMAGES, layout.CONTAINERS, layout.STAGING) \
+    return name in (layout.LAYERS, layout.IMAGES, layout.CONTAINERS, layout.VOLUMES,
+                    layout.STAGING) \
         and os.path.isdir(path) and not os.listdir(path)
