@@ -207,6 +207,21 @@ def lease_alive(staging_root: str, token: str | None) -> bool:
     return False
 
 
+def flock_held(path: str) -> bool:
+    """Whether some process holds a flock on the file at `path`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 @contextlib.contextmanager
 def exclusive_flock(path: str) -> Iterator[None]:
     """Hold an exclusive flock on `path` (created if needed); waits for it."""
@@ -256,19 +271,24 @@ def sync_tree(path: str) -> None:
 
 
 def allocated_size(path: str) -> int:
-    """Real allocated bytes under `path`, hard links counted once."""
+    """Real allocated bytes under `path`, hard links counted once, as `du -sx`:
+    what is mounted below (a container's merged mount) is not counted."""
     seen: set[tuple[int, int]] = set()
     total = 0
+    dev = os.lstat(path).st_dev
     stack = [path]
     while stack:
         top = stack.pop()
         st = os.lstat(top)
         total += st.st_blocks * 512
+        if not stat.S_ISDIR(st.st_mode):
+            continue
         with os.scandir(top) as it:
             for entry in it:
                 est = entry.stat(follow_symlinks=False)
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+                    if est.st_dev == dev:
+                        stack.append(entry.path)
                     continue
                 if est.st_nlink > 1:
                     key = (est.st_dev, est.st_ino)

@@ -1,0 +1,146 @@
+"""Checking a store: records against the disk, both ways, and layer contents
+against their diffIDs.
+
+Level 4: imports `errors`, `digest`, `fsutil`, `tarsplit`, `records`, and the
+level-3 stores (read only: the facade repairs).
+
+`find_problems(view)` compares, under the store lock: records without
+content (a layer without its diff dir, a container without its dir, a volume
+without its data dir), content without records (layer, container and volume
+dirs nobody records), records that cannot be read, references to what is not
+there (an image's layers, a container's image and volumes), leftovers of
+interrupted work (incomplete records and staging dirs whose command died).
+In-flight work of a live command is not a problem.
+
+`verify_layer(…)` rebuilds a layer's tar from its tar-split and hashes it: a
+mismatch names the layer and, through the per-file checksums, the file.
+It is slow; the facade runs it outside the lock, the layers pinned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from . import fsutil, tarsplit
+from .containerstore import ContainerStore
+from .digest import Digest
+from .errors import LayerCorrupt
+from .imagestore import ImageStore
+from .layerstore import LayerStore
+from .records import Layer
+from .volumes import VolumeStore
+
+ERROR, NOTE = "error", "note"
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str             # what is wrong (the repair depends on it)
+    subject: str          # layer ChainID hex, image id, container id, volume name, path
+    message: str
+    severity: str = ERROR
+
+
+def find_problems(layers: LayerStore, images: ImageStore, containers: ContainerStore,
+                  volumes: VolumeStore, staging: str) -> list[Problem]:
+    """Everything inconsistent between the records and the disk (module doc)."""
+    out: list[Problem] = []
+
+    def dead(record) -> bool:
+        return record.incomplete and not fsutil.lease_alive(staging, record.lease)
+
+    all_layers = {x.id: x for x in layers.all(include_incomplete=True)}
+    all_images = list(images.all(include_incomplete=True))
+    all_containers = list(containers.all(include_incomplete=True))
+    all_volumes = {v.name: v for v in volumes.all(include_incomplete=True)}
+    for rs in (layers, images, containers, volumes):
+        out += [Problem("corrupt-record", e.path, str(e)) for e in rs.corrupt]
+
+    for layer in all_layers.values():
+        if dead(layer):
+            out.append(Problem("incomplete", layer.id.hex,
+                               f"layer {layer.id.short} is incomplete"))
+        elif not layer.incomplete and not os.path.isdir(layers.diff_dir(layer.id)):
+            out.append(Problem("layer-no-content", layer.id.hex,
+                               f"layer {layer.id.short} has no content"))
+    for path in layers.orphan_dirs():
+        out.append(Problem("layer-orphan", path,
+                           f"layer dir {os.path.basename(path)} has no record"))
+
+    refs: set[Digest] = set()
+    for image in all_images:
+        refs.update(image.layers)
+        if dead(image):
+            out.append(Problem("incomplete", image.id, f"image {image.id[:12]} is incomplete"))
+        elif not image.incomplete:
+            for lid in image.layers:
+                if lid not in all_layers:
+                    out.append(Problem("image-missing-layer", image.id,
+                                       f"image {image.id[:12]} lacks layer {lid.short}"))
+    complete_images = {i.id for i in all_images if not i.incomplete}
+    for c in all_containers:
+        refs.update(c.layers)
+        if dead(c):
+            out.append(Problem("incomplete", c.id, f"container {c.name} is incomplete"))
+            continue
+        if c.incomplete:
+            continue
+        if c.image not in complete_images:
+            out.append(Problem("container-missing-image", c.id,
+                               f"container {c.name} uses missing image {c.image[:12]}"))
+        if not os.path.isdir(containers.container_dir(c.id)):
+            out.append(Problem("container-no-dir", c.id, f"container {c.name} has no dir"))
+        for lid in c.layers:
+            if lid not in all_layers:
+                out.append(Problem("container-missing-layer", c.id,
+                                   f"container {c.name} lacks layer {lid.short}"))
+        for vname in sorted(c.volumes()):
+            if vname not in all_volumes:
+                out.append(Problem("container-missing-volume", vname,
+                                   f"container {c.name} uses missing volume {vname}"))
+    known = {c.id for c in all_containers}
+    for name in sorted(os.listdir(containers.dir)):
+        path = os.path.join(containers.dir, name)
+        if os.path.isdir(path) and name not in known and not fsutil.is_tmp_name(name):
+            out.append(Problem("container-orphan", path,
+                               f"container dir {name} has no record"))
+    for lid, layer in all_layers.items():
+        if lid not in refs and not layer.incomplete:
+            out.append(Problem("layer-unreferenced", lid.hex,
+                               f"layer {lid.short} is not referenced"))
+
+    for v in all_volumes.values():
+        if dead(v):
+            out.append(Problem("incomplete", v.name, f"volume {v.name} is incomplete"))
+        elif not v.incomplete and not os.path.isdir(volumes.data_dir(v.name)):
+            out.append(Problem("volume-no-dir", v.name, f"volume {v.name} has no data dir"))
+    for name in volumes.orphan_dirs():
+        out.append(Problem("volume-orphan", name, f"volume dir {name} has no record"))
+
+    for name in sorted(os.listdir(staging)):
+        if not name.endswith(".lock") and not fsutil.lease_alive(staging, name):
+            out.append(Problem("staging-leftover", name, f"staging leftover {name}"))
+    return out
+
+
+def verify_layer(layers: LayerStore, layer: Layer) -> Problem | None:
+    """Rebuild the layer's tar and compare its hash with the diffID."""
+    split = layers.split_file(layer.id)
+    if split is None:
+        return Problem("unverifiable", layer.id.hex,
+                       f"layer {layer.id.short} cannot be verified: it has no tar-split",
+                       NOTE)
+    h = hashlib.sha256()
+    try:
+        for data in tarsplit.replay(split, layers.diff_dir(layer.id), layer.id.short):
+            h.update(data)
+    except LayerCorrupt as e:
+        return Problem("layer-corrupt", layer.id.hex, str(e))
+    got = Digest(h.hexdigest())
+    if got != layer.diff_id:
+        return Problem("layer-corrupt", layer.id.hex,
+                       f"layer {layer.id.short} is corrupt: its tar hashes to {got}, "
+                       f"not its diffID {layer.diff_id}")
+    return None
