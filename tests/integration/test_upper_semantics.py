@@ -329,6 +329,29 @@ def test_inode_numbers_kept_across_copy_up_rename_and_remount(st):
     assert invariant_problems(snapshot(m, contents=False)) == []
 
 
+def test_new_file_on_a_just_freed_inode_keeps_its_number_across_remount(st):
+    """The upper's filesystem hands a freed inode number to the next new file
+    while the kernel may still hold the old file (open, or only looked up):
+    whatever number fsd gives the newcomer, it keeps it after a remount."""
+    m = st.mount()
+    held, numbers = [], {}
+    try:
+        for i in range(4):
+            write(m, f"old{i}", "old")
+            old = os.lstat(m / f"old{i}").st_ino
+            held.append(os.open(m / f"old{i}", os.O_RDONLY if i % 2 else os.O_PATH))
+            os.unlink(m / f"old{i}")
+            write(m, f"new{i}", "new")
+            numbers[f"new{i}"] = os.lstat(m / f"new{i}").st_ino
+            assert numbers[f"new{i}"] != old
+    finally:
+        for fd in held:
+            os.close(fd)
+    m = st.remount()
+    after = {n: os.lstat(m / n).st_ino for n in numbers}
+    assert after == numbers, "inode numbers of new files changed across a remount"
+
+
 # -- marker formats in the upper -------------------------------------------------------------
 
 def _upper_markers(upper: Path) -> dict[str, list[str]]:
