@@ -516,7 +516,8 @@ def _op_listdir(root, rel):
 _APPLY = {
     "create": _op_create, "write": _op_write, "append": _op_append, "open_trunc": _op_open_trunc,
     "truncate": _op_truncate, "unlink": _op_unlink, "rmdir": _op_rmdir, "mkdir": _op_mkdir,
-    "mkfifo": _op_mkfifo, "mknod": _op_mknod, "punch": _op_punch, "fsync": _op_fsync, "symlink": _op_symlink, "link": _op_link, "rename": _op_rename,
+    "mkfifo": _op_mkfifo, "mknod": _op_mknod, "punch": _op_punch, "fsync": _op_fsync, "symlink": _op_symlink,
+    "link": _op_link, "rename": _op_rename,
     "chmod": _op_chmod, "chown": _op_chown, "utime": _op_utime, "setxattr": _op_setxattr,
     "removexattr": _op_removexattr, "read": _op_read, "stat": _op_stat, "listdir": _op_listdir,
 }
@@ -534,7 +535,8 @@ def show_op(op: tuple) -> str:
 
 _WEIGHTS = {
     "create": 8, "write": 6, "append": 5, "truncate": 4, "open_trunc": 4, "unlink": 7, "rmdir": 4,
-    "mkdir": 7, "mkfifo": 2, "mknod": 2, "punch": 3, "fsync": 2, "symlink": 3, "link": 5, "rename": 10, "chmod": 4, "chown": 3,
+    "mkdir": 7, "mkfifo": 2, "mknod": 2, "punch": 3, "fsync": 2, "symlink": 3, "link": 5, "rename": 10,
+    "chmod": 4, "chown": 3,
     "utime": 4, "setxattr": 4, "removexattr": 3, "read": 4, "stat": 3, "listdir": 3,
 }
 _MODES = (0o644, 0o600, 0o755, 0o4755, 0o2750, 0o1777, 0o000, 0o444)
