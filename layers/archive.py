@@ -631,15 +631,16 @@ def build_layer(entries: Iterable[tuple[tarfile.TarInfo, str | None]], dest: str
                 if src is None:
                     writer.add(ti)
                     ex.add(ti)
-                    continue
-                fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    writer.add(ti, fd)
-                    if os.fstat(fd).st_size != ti.size:
-                        raise BadArchive(ti.name, "file changed size while being written")
-                    ex.add(ti, src_fd=fd)
-                finally:
-                    os.close(fd)
+                else:
+                    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    try:
+                        writer.add(ti, fd)
+                        if os.fstat(fd).st_size != ti.size:
+                            raise BadArchive(ti.name, "file changed size while being "
+                                                      "written")
+                        ex.add(ti, src_fd=fd)
+                    finally:
+                        os.close(fd)
                 if ex.count == 2:
                     crash_point("building")
             ex.finish()
