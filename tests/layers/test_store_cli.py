@@ -52,9 +52,20 @@ def test_container_lifecycle(imported):
     (["create", "demo:1", "--name", "a/b"], 2, "invalid container name: 'a/b'"),
     (["inspect", "zzz"], 1, "no container, image or layer matches zzz"),
     (["reset"], 2, "reset removes the whole store; repeat with -f"),
+    (["commit", "ghost"], 1, "container not known: ghost"),
+    (["commit", "c1", "Bad Name"], 2, "invalid image name: 'Bad Name'"),
+    (["export", "zzzz", "-o", "/tmp/never"], 1, "no container, image or layer matches zzzz"),
+    (["save", "nope", "-o", "/tmp/never"], 1, "image not known: nope"),
+    (["create", "demo:1", "-v", "x:rel"], 2,
+     "invalid mount spec (paths must be absolute): 'x:rel'"),
+    (["create", "demo:1", "-v", "/no/such/dir:/x"], 2, "bind source /no/such/dir does not exist"),
+    (["volume", "rm", "nope"], 1, "volume not known: nope"),
+    (["volume", "create", "-l", "novalue"], 2, "label 'novalue' is not KEY=VALUE"),
+    (["volume", "inspect", "../x"], 2, "invalid volume name: '../x'"),
 ])
 def test_user_errors_are_one_line(imported, args, code, message):
     env, _ = imported
+    env.ok("create", "demo:1", "--name", "c1")
     r = env.cli(*args)
     assert (r.code, r.err) == (code, f"layers: {message}\n")
     assert r.out == ""
@@ -147,3 +158,36 @@ def test_quick_imports_show_no_progress():
     p.layer_done(None)
     p.finish()
     assert stream.getvalue() == ""
+
+
+def test_commit_volume_df_prune_output(imported, monkeypatch):
+    env, image_id = imported
+    env.ok("create", "demo:1", "--name", "web", "-v", "data:/data")
+    mp = env.ok("mount", "web").out.strip()
+    with open(os.path.join(mp, "new"), "w") as f:
+        f.write("x")
+    env.ok("umount", "web")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "soon")
+    r = env.cli("commit", "web")
+    assert (r.code, r.err) == (2, "layers: SOURCE_DATE_EPOCH must be a number of seconds, "
+                                  "not 'soon'\n")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    new_id = env.ok("commit", "web", "demo:2").out.strip()
+    assert json.loads(env.ok("inspect", "demo:2").out)["id"] == new_id
+    ls = env.ok("volume", "ls").lines
+    assert ls[0].split() == ["NAME", "ANONYMOUS", "CONTAINERS", "CREATED"]
+    assert ls[1].startswith("data  no         web ")
+    df = env.ok("df", "-v").lines
+    assert df[0].split() == ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"]
+    assert [line.split()[:3] for line in df[1:4]] == [
+        ["images", "2", "1"], ["containers", "1", "0"], ["volumes", "1", "1"]]
+    assert "IMAGE ID" in df[5] and "SHARED" in df[5]
+    doc = json.loads(env.ok("df", "--format", "json").out)
+    assert [u["type"] for u in doc] == ["images", "containers", "volumes"]
+    out = env.ok("prune", "--dry-run").lines
+    assert out[0].startswith("would remove container web (")
+    assert out[-1].startswith("would free ")
+    out = env.ok("prune").lines
+    assert out[0].startswith("removed container web (") and out[-1].startswith("freed ")
+    assert env.ok("volume", "prune", "-a").lines[0].startswith("removed volume data (")
+    assert env.ok("ps", "-q").out == "" and env.ok("volume", "ls", "-q").out == ""
