@@ -1,9 +1,11 @@
 """Targeted checks of fsd's writable upper that a random sequence would rarely
-hit, or that need a look at the upper on disk: open-after-unlink, names
-re-created as another type, inode numbers across copy-up and remount, the
-marker formats fsd writes (whiteout=file, opaque only over a whiteout), sparse
-and O_TRUNC copy-ups that copy no more data than needed, fsync=0/volatile,
-metacopy=on, and kernel caches that follow every change.
+hit, or that need a look at the upper on disk: open-after-unlink and requests
+for objects with no name left, names re-created as another type, inode numbers
+across copy-up and remount (also on a reused upper inode), the marker formats
+fsd writes (whiteout=file, opaque only over a whiteout), copy-up of every file
+type, sparse and O_TRUNC copy-ups that copy no more data than needed,
+fsync=0/volatile, metacopy=on, kernel caches that follow every change, a
+second mount of one upper refused, statfs of the upper.
 
 "Copies no data" is measured with /proc/PID/io of the daemon: copy_file_range,
 read and write all count in its rchar/wchar.
