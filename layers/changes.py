@@ -10,6 +10,8 @@ Markers are read in every form (`layout`): `.wh.` files, char dev 0/0,
 - `listing(lowers, parts)`: the merged names of a directory.
 - `upper_changes(upper, lowers)`: A/C/D from an upper dir alone.
 - `tree_changes(tree, lowers)`: A/C/D by comparing a full copy (vfs).
+- `without_mountpoints(changes, paths)`: leaves out what a runtime added to
+  mount on.
 """
 
 from __future__ import annotations
@@ -174,6 +176,31 @@ def _lower_path(lowers: list[str], parts: list[str]) -> str | None:
         if os.path.lexists(path):
             return path
     return None
+
+
+RUNTIME_MOUNTPOINTS = ("/dev", "/proc", "/sys")
+
+
+def without_mountpoints(changes: list[tuple[str, str]],
+                        mountpoints: set[str]) -> list[tuple[str, str]]:
+    """`changes` without the directories a runtime adds to mount things on
+    (the container's mount destinations, /dev, /proc, /sys): an added
+    mountpoint, what lies below it, and the added directories leading to it
+    when nothing else changed below them.  What podman's diff leaves out."""
+    hidden = set()
+    for kind, path in changes:
+        if kind == ADDED and (path in mountpoints or any(
+                path.startswith(m + "/") for m in mountpoints)):
+            hidden.add(path)
+    if not hidden:
+        return changes
+    # deepest first, so that a hidden parent hides its own parent in turn
+    for kind, path in sorted(changes, key=lambda c: -c[1].count("/")):
+        if kind == ADDED and path not in hidden \
+                and any(h.startswith(path + "/") for h in hidden) \
+                and all(q in hidden for _, q in changes if q.startswith(path + "/")):
+            hidden.add(path)
+    return [(k, p) for k, p in changes if p not in hidden]
 
 
 def _meta_differs(path: str, a: os.stat_result, lower: str | None,

@@ -167,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("container")
     c.add_argument("--format", choices=("text", "json"), default="text")
 
+    c = sub.add_parser("bundle", help="write an OCI runtime bundle (config.json) for a "
+                                      "container; it stays mounted until `umount`")
+    c.add_argument("container")
+    c.add_argument("dir")
+    c.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                   help="instead of the image's command")
+
     c = sub.add_parser("commit", help="a new image: the container's image plus its changes "
                                       "as one layer (SOURCE_DATE_EPOCH clamps times)")
     c.add_argument("container")
@@ -363,6 +370,12 @@ def source_date_epoch() -> int | None:
     return int(text)
 
 
+def _cmd_bundle(store: Store, args) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    print(store.bundle(args.container, args.dir, argv or None))
+    return 0
+
+
 def _cmd_commit(store: Store, args) -> int:
     print(store.commit(args.container, args.name, epoch=source_date_epoch()).id)
     return 0
@@ -506,5 +519,5 @@ COMMANDS = {
     "umount": _cmd_umount, "rm": _cmd_rm, "ps": _cmd_ps, "diff": _cmd_diff,
     "check": _cmd_check, "reset": _cmd_reset, "commit": _cmd_commit,
     "export": _cmd_export, "save": _cmd_save,
-    "volume": _cmd_volume, "df": _cmd_df, "prune": _cmd_prune,
+    "volume": _cmd_volume, "df": _cmd_df, "prune": _cmd_prune, "bundle": _cmd_bundle,
 }

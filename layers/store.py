@@ -29,6 +29,8 @@ from . import fsutil, layout
 from . import check as checkmod
 from . import gc, tarsplit
 from .archive import ExtractOptions, build_layer, extract_layer, write_tar
+from .bundle import runtime_config
+from .changes import RUNTIME_MOUNTPOINTS, without_mountpoints
 from .changeset import MetacopyUpper, tree_entries
 from .config import DEFAULT_DRIVER, Config
 from .containerstore import ContainerStore
@@ -664,6 +666,28 @@ class Store:
                             self.volumes.begin_delete(v, lease.path, lease.token)
             return c
 
+    def bundle(self, ref: str, directory: str, args: list[str] | None = None) -> str:
+        """Write an OCI runtime bundle for the container into `directory`:
+        `config.json` (see `bundle.py`) whose root is the container's merged
+        mount.  The container is mounted for it (one more user: `umount` it
+        when the runtime is done).  Returns the config's path."""
+        c = self.containers.resolve(ref)
+        image = self.images.get(c.image)
+        config = json.loads(image.config) if image is not None else {}
+        for vname in c.volumes():
+            self.volume(vname)
+        mountpoint = self.mount(c.id)
+        try:
+            doc = runtime_config(mountpoint, config, c.mounts, self.volumes.data_dir,
+                                 hostname=c.name[:63], args=args)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            path = os.path.join(directory, "config.json")
+            fsutil.atomic_write(path, (json.dumps(doc, indent=1) + "\n").encode())
+        except BaseException:
+            self.umount(c.id)
+            raise
+        return path
+
     # -- volumes -----------------------------------------------------------------
 
     def volume_users(self) -> dict[str, list[str]]:
@@ -723,9 +747,12 @@ class Store:
         return done
 
     def diff(self, ref: str) -> list[tuple[str, str]]:
+        """A/C/D of the container against its image, but for the mountpoints
+        a runtime added for its mounts (`changes.without_mountpoints`)."""
         c = self.containers.resolve(ref)
-        return self.driver.changes(self.containers.container_dir(c.id),
-                                   self._lowers_of(c))
+        found = self.driver.changes(self.containers.container_dir(c.id), self._lowers_of(c))
+        return without_mountpoints(found, set(RUNTIME_MOUNTPOINTS)
+                                   | {m.destination for m in c.mounts})
 
     def _refuse_busy(self, c: Container) -> None:
         """A complete container record carrying a live lease is being
