@@ -53,6 +53,8 @@ class AttrOps:
         fd = self.open_fd(node)
         if fd is not None:
             return os.fstat(fd)
+        if node.gone and node.last_stat is not None:
+            return node.last_stat
         if node.lower_stat is not None and not node.upper:
             return node.lower_stat
         layer, rel = self.location(node)
@@ -126,8 +128,9 @@ class AttrOps:
                 await self.copyup.metadata(node)
             else:
                 await self.copyup.ensure(node)
-        upper, rel = self.stack.upper, node.path()
-        override = self.idmap.override_xattr
+        upper = self.stack.upper
+        rel = node.path() if target is None else None
+        override = self.idmap.override_xattr if target is None else None
         if override is not None and (fields.update_uid or fields.update_gid or fields.update_mode):
             self._set_override(node, attr, fields)
         elif fields.update_uid or fields.update_gid:
@@ -145,13 +148,13 @@ class AttrOps:
             else:
                 upper.chmod(rel, mode)
         if fields.update_size:
-            real = fd if fd is not None else upper.open(rel, os.O_WRONLY)
+            real = fd if fd is not None else target if target is not None else upper.open(rel, os.O_WRONLY)
             try:
                 os.ftruncate(real, attr.st_size)
                 if self.copyup.quota is not None:
                     self.copyup.quota.record(os.fstat(real))
             finally:
-                if real != fd:
+                if real not in (fd, target):
                     os.close(real)
         if fields.update_atime or fields.update_mtime:
             now = os.fstat(target) if target is not None else upper.lstat(rel)

@@ -238,8 +238,9 @@ class DirOps:
         whiteout = self.namei.lower_has(parent, name)
         in_upper = name in self.namei.upper_entries(parent).names
         nlink = 1
+        last = node.lower_stat
         if in_upper:
-            before = upper.lstat(rel)
+            before = last = upper.lstat(rel)
             nlink = before.st_nlink
             if not whiteout:
                 if node.is_dir:
@@ -274,9 +275,10 @@ class DirOps:
         self._account(parent)
         self.namei.upper_removed(parent, name, whiteout)
         node.drop_link(parent, name)
-        if node.gone and nlink > 1:
+        if node.gone and nlink > 1 and not node.is_dir:
             node.gone = False  # other names of the file remain, not yet looked up
         if node.gone:
+            node.last_stat = last
             self.table.retire(node)
 
     # --- rename -------------------------------------------------------------------

@@ -18,6 +18,7 @@ node leaves the table when the kernel has forgotten it and no file is open on it
 
 from __future__ import annotations
 
+import errno
 import itertools
 import stat
 
@@ -43,7 +44,7 @@ class Node:
     __slots__ = (
         "ino", "key", "kind", "links", "upper", "layer", "lowers", "opaque",
         "lookups", "fds", "lower_stat", "upper_entries", "lower_entries",
-        "lock", "gone", "metacopy", "__weakref__",
+        "lock", "gone", "metacopy", "last_stat", "__weakref__",
     )
 
     def __init__(self, ino: int, key: int, kind: int):
@@ -63,6 +64,7 @@ class Node:
         self.lock = None  # trio.Lock, made when a copy-up needs one
         self.gone = False  # every name of it has been removed
         self.metacopy = False  # upper holds metadata only; data still in `layer`
+        self.last_stat = None  # its stat when its last name went, for fstat after that
 
     @property
     def is_dir(self) -> bool:
@@ -77,13 +79,17 @@ class Node:
         return self.links[-1][1] if self.links else b""
 
     def path(self) -> bytes:
-        """The path relative to a layer root, built from the names up to the root."""
+        """The path relative to a layer root, built from the names up to the root.
+        ENOENT for an object that no longer has a name (it must never be taken
+        for the root, whose path is b"")."""
         parts = []
         node = self
         while node.links:
             parent, name = node.links[-1]
             parts.append(name)
             node = parent
+        if node.ino != pyfuse3.ROOT_INODE:
+            raise OSError(errno.ENOENT, "no name left", self.ino)
         parts.reverse()
         return b"/".join(parts)
 

@@ -197,6 +197,8 @@ class Namei:
         node = self.table.find(key, kind)
         if node is None:
             node = self.table.add(key, kind)
+            if node.ino != key:
+                self._keep_number(rel, node)
         if self.markers.metacopy_xattr in attrs and lower is not None and lower.kind == stat.S_IFREG:
             node.metacopy, node.layer = True, lower.layer
         else:
@@ -252,6 +254,16 @@ class Namei:
                 return None
         entry = self.lower_entries(node).get(name) if node.lowers else None
         return node if entry is not None and entry.layer == index else None
+
+    def _keep_number(self, rel: bytes, node: Node) -> None:
+        """A new upper object whose natural number the kernel still holds for a
+        deleted one got a fresh number: record it like a copy-up's origin, so
+        that it keeps it after a remount."""
+        try:
+            self.stack.upper.setxattr(rel, self.markers.origin_xattr, b"%d" % node.ino)
+        except (OSError, TypeError):
+            return  # no xattrs (or read-only): the number holds for this mount only
+        self.table.rekey(node, node.ino)
 
     def merge_depth(self, candidates: tuple[int, ...], rel: bytes) -> tuple[int, ...]:
         """Cut the candidate lower dirs after the first opaque one."""
