@@ -294,6 +294,11 @@ class _Extractor:
         except FileNotFoundError:
             os.mkdir(name, 0o755, dir_fd=parent)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            if self.options.override_stat:
+                # a parent the tar implies: root's, as a privileged extraction
+                # makes it, not the unprivileged user's
+                os.setxattr(fd, layout.OVERRIDE_STAT_XATTR,
+                            layout.format_override_stat(0, 0, 0o755, "dir"))
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafeArchive(entry, f"'{'/'.join(parts)}' is a symlink or "

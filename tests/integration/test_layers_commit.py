@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 
-from storetools import (StoreEnv, directory, file, oci_layout, store_env,  # noqa: E402,F401
-                        symlink, tar_bytes, tree_snapshot)
+from storetools import (NOBODY, StoreEnv, directory, file, nobody_dir,  # noqa: E402,F401
+                        oci_layout, run_as_nobody, store_env, symlink, tar_bytes,
+                        tree_snapshot)
 
 BASE = tar_bytes([
     directory("etc"), file("etc/os-release", "ID=base\n"), file("etc/hosts", "h\n"),
@@ -115,3 +117,42 @@ def test_save_loads_into_podman_with_the_same_ids(store_env, tmp_path):
     assert run(fresh, "import", "-q", str(tmp_path / "back.tar")) == image_id
     assert json.loads(run(fresh, "inspect", image_id))["layers"] == \
         json.loads(run(env, "inspect", "app:2"))["layers"]
+
+
+OWNED = tar_bytes([directory("home/u", mode=0o700, uid=1000, gid=1000),
+                   file("home/u/notes", "mine\n", mode=0o600, uid=1000, gid=1000),
+                   file("etc/motd", "hi\n"), file("bin/sh", "sh\n", mode=0o755)])
+
+
+def test_rootless_commit_keeps_the_image_owners(nobody_dir):
+    """As an unprivileged user the store keeps owners in override_stat xattrs;
+    a commit writes them, not the user's own ids, into the layer tar, and
+    what is saved imports into another rootless store with the same ids."""
+    built = oci_layout(nobody_dir / "img", [OWNED], ref_name="owned:1")
+
+    def nobody(*args: str, store: str = "store") -> str:
+        r = run_as_nobody(nobody_dir, *args, store=store)
+        assert r.returncode == 0, f"layers {' '.join(args)}: {r.stderr}"
+        return r.stdout.strip()
+
+    nobody("import", "-q", str(built.path))
+    nobody("create", "owned:1", "--name", "c")
+    mp = nobody("mount", "c")
+    r = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                        "--clear-groups", "sh", "-c",
+                        f"echo changed > {mp}/home/u/notes && rm {mp}/bin/sh"
+                        f" && echo new > {mp}/new"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    nobody("umount", "c")
+    assert nobody("diff", "c").splitlines() == ["D /bin/sh", "C /home/u/notes", "A /new"]
+    image_id = nobody("commit", "c", "owned:2")
+    top = json.loads(nobody("inspect", "owned:2"))["layers"][-1]
+    nobody("export", top, "-o", str(nobody_dir / "top.tar"))
+    with tarfile.open(nobody_dir / "top.tar") as tf:
+        got = {m.name: (m.uid, m.gid, m.mode) for m in tf.getmembers()}
+    assert got == {"bin": (0, 0, 0o755), "bin/.wh.sh": (0, 0, 0o600),
+                   "home": (0, 0, 0o755), "home/u": (1000, 1000, 0o700),
+                   "home/u/notes": (1000, 1000, 0o600), "new": (NOBODY, NOBODY, 0o644)}
+    nobody("save", "owned:2", "-o", str(nobody_dir / "owned2.tar"))
+    assert nobody("import", "-q", str(nobody_dir / "owned2.tar"), store="other") == image_id
+    assert nobody("check", "--verify", store="other") == ""

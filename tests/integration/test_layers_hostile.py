@@ -7,19 +7,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 
-from storetools import (LAYERS_EXE, StoreEnv, TarEntry, directory, docker_archive,  # noqa: E402
-                        file, hostile_corpus, oci_layout, sha256, store_env, symlink,
-                        tar_bytes)
+from storetools import (LAYERS_EXE, NOBODY, StoreEnv, TarEntry, directory,  # noqa: E402
+                        docker_archive, file, hostile_corpus, nobody_dir, oci_layout,
+                        run_as_nobody, sha256, store_env, symlink, tar_bytes)
 
 ROOT = os.geteuid() == 0
 
@@ -91,32 +89,6 @@ def test_truncated_image_archive(store_env, tmp_path):
 
 
 # -- as an unprivileged user ---------------------------------------------------------------
-
-NOBODY = 65534
-
-
-@pytest.fixture
-def nobody_dir():
-    if not ROOT or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run as an unprivileged user")
-    d = Path(tempfile.mkdtemp(prefix="strata-nobody-"))
-    d.chmod(0o777)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def run_as_nobody(d: Path, *args: str) -> subprocess.CompletedProcess:
-    conf = d / "storage.conf"
-    if not conf.exists():
-        conf.write_text("")
-        conf.chmod(0o644)
-    env = {"PATH": os.environ["PATH"], "HOME": str(d), "STRATA_STORAGE_CONF": str(conf),
-           "XDG_RUNTIME_DIR": str(d / "run")}
-    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                           "--clear-groups", LAYERS_EXE, "--root", str(d / "store"),
-                           "--runroot", str(d / "run"), "--driver", "vfs", *args],
-                          capture_output=True, text=True, env=env, timeout=60)
-
 
 def test_unprivileged_import_keeps_owners_in_xattr_and_refuses_devices(nobody_dir):
     dev = nobody_dir / "dev.tar"

@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 
-from storetools import (StoreEnv, TarEntry, directory, file, oci_layout,  # noqa: E402,F401
+from storetools import (StoreEnv, directory, file, oci_layout,  # noqa: E402,F401
                         store_env, symlink, tar_bytes)
 
 

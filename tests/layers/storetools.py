@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -371,6 +372,37 @@ def _failed(request) -> bool:
     return rep is not None and rep.failed
 
 
+# -- as an unprivileged user ------------------------------------------------------------
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def nobody_dir():
+    """A world-writable temp dir (not under pytest's root-only tmp_path) for
+    commands run as `nobody`."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as an unprivileged user")
+    d = Path(tempfile.mkdtemp(prefix="strata-nobody-"))
+    d.chmod(0o777)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def run_as_nobody(d: Path, *args: str, store: str = "store") -> subprocess.CompletedProcess:
+    """`layers … ARGS` as nobody on the vfs store `d/store`."""
+    conf = d / "storage.conf"
+    if not conf.exists():
+        conf.write_text("")
+        conf.chmod(0o644)
+    env = {"PATH": os.environ["PATH"], "HOME": str(d), "STRATA_STORAGE_CONF": str(conf),
+           "XDG_RUNTIME_DIR": str(d / "run")}
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                           "--clear-groups", LAYERS_EXE, "--root", str(d / store),
+                           "--runroot", str(d / "run"), "--driver", "vfs", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
 def tree_snapshot(root) -> dict:
     """path → (kind, mode, uid, gid, content-or-target) for a merged tree."""
     root = str(root)
@@ -405,7 +437,7 @@ def wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
 __all__ = ["TarEntry", "file", "directory", "symlink", "hardlink", "tar_bytes", "make_tar",
            "compress", "sha256", "chain_ids", "oci_layout", "docker_archive", "StoreEnv",
            "store_env", "tree_snapshot", "wait_until", "mount_fstype", "unmount_under",
-           "driver_skip_reason", "LAYERS_EXE"]
+           "driver_skip_reason", "LAYERS_EXE", "NOBODY", "nobody_dir", "run_as_nobody"]
 
 
 # -- the hostile corpus ---------------------------------------------------------------------

@@ -155,3 +155,11 @@ def test_hostile_archives_are_refused_naming_the_entry(tmp_path, case):
     canary.mkdir()
     h = next(h for h in hostile_corpus(str(canary)) if h.id == case)
     _check_hostile(tmp_path, h, ExtractOptions(privileged=ROOT and not h.needs_unprivileged))
+
+
+def test_parents_a_tar_implies_are_roots_in_a_rootless_store(tmp_path):
+    dest, _ = extract(tmp_path, tar_bytes([file("a/b/f", "x", uid=7, gid=8)]),
+                      override_stat=True)
+    for d in ("a", "a/b"):
+        assert os.getxattr(dest / d, "user.containers.override_stat") == b"0:0:0755:dir"
+    assert os.getxattr(dest / "a/b/f", "user.containers.override_stat") == b"7:8:0644:file"
