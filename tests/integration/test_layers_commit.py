@@ -75,6 +75,11 @@ def test_diff_commit_and_a_container_of_the_new_image(store_env, tmp_path):
     mp2 = run(env, "mount", "d")
     assert tree_snapshot(mp2) == seen
     assert run(env, "diff", "d") == ""
+    run(env, "export", "d", "-o", str(tmp_path / "d.tar"))       # the merged tree
+    with tarfile.open(tmp_path / "d.tar") as tf:
+        names = {"/" + m.name for m in tf.getmembers()}
+        assert tf.extractfile("usr/share/doc/pkg/README").read() == b"new readme\n"
+    assert names == set(seen)
     run(env, "umount", "d")
 
 
