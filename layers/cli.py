@@ -20,6 +20,7 @@ import traceback
 from . import config as configmod
 from .errors import LayersError, UsageError
 from .records import Layer
+from .registry import command as registrycmd
 from .store import Store
 
 
@@ -190,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a directory (existing, or ending with /) or a tar file")
     c.add_argument("--format", choices=("oci-dir", "oci-archive"),
                    help="directory or tar, whatever the name of the output")
+
+    registrycmd.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective configuration")
 
@@ -521,3 +524,4 @@ COMMANDS = {
     "export": _cmd_export, "save": _cmd_save,
     "volume": _cmd_volume, "df": _cmd_df, "prune": _cmd_prune, "bundle": _cmd_bundle,
 }
+COMMANDS.update(registrycmd.COMMANDS)

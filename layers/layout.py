@@ -20,6 +20,10 @@ Store root (`graphroot`)::
     staging/<token>/            in-flight work of one command; its `lease`
                                 file is flock'ed while the command lives
     staging/<hex>.lock          taken while one process imports that layer or image
+    registry/parked/<chainid-hex>/  a layer a pull extracted and verified, not yet
+    registry/parked/<chainid-hex>.json  published (its record); see registry/parking.py
+    registry/blobinfo.json      blobs pulled or pushed: digest → size, media type,
+                                diffID, repositories holding it (a cache)
 
 Runtime root (`runroot`)::
 
@@ -52,6 +56,7 @@ CONTAINERS = "containers"
 VOLUMES = "volumes"
 VOLUME_DATA = "_data"
 STAGING = "staging"
+REGISTRY = "registry"
 LEASE = "lease"
 MOUNTS = "mounts.json"
 SPLIT = "tar-split.gz"
@@ -191,6 +196,14 @@ class StorePaths:
     @property
     def staging(self) -> str:
         return os.path.join(self.root, STAGING)
+
+    @property
+    def parked(self) -> str:
+        return os.path.join(self.root, REGISTRY, "parked")
+
+    @property
+    def blobinfo(self) -> str:
+        return os.path.join(self.root, REGISTRY, "blobinfo.json")
 
     @property
     def mounts(self) -> str:

@@ -16,6 +16,7 @@ Rules kept here and nowhere else:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -53,6 +54,12 @@ from .records import (Container, Image, Layer, MountSpec, Volume, check_containe
                       parse_image_name, parse_tmpfs_spec, parse_volume_spec, replace)
 from .source import ImageSource, LayerBlob, bare_layer_config, open_source
 from .volumes import VolumeStore
+from .registry import parking
+from .registry.blobinfo import BlobInfoCache
+from .registry.parallel import run_bounded
+from .registry.session import (LayerTransfer, PullReport, PushReport, RegistryOptions,
+                               open_pull, open_push)
+from .registry.upload import PushedBlob
 
 DRIVERS = ("fuse", "overlay", "vfs")
 
@@ -475,6 +482,171 @@ class Store:
                               created=time.time())
                 self.images.save(image_id, image)
             return self.images.claim_names(image, names)
+
+    # -- registries --------------------------------------------------------------
+
+    def pull(self, ref: str, options: RegistryOptions, name: str | None = None,
+             progress: Progress | None = None) -> PullReport:
+        """Pull the image `ref` names from its registry (or a mirror: see
+        `registry/session.py`); record it under that name (or `name`).
+
+        Only the layers the store lacks are fetched, `options.jobs` at a time.
+        Each goes through `_extract` — the extraction `import` uses: streamed,
+        decompressed, hashed, blob digest and diffID verified — into this
+        command's staging dir, then is parked (`registry/parking.py`).  When
+        all are there, the parked layers are published and the image recorded
+        in one hold of the lock.  An interrupted pull leaves no layer and no
+        image visible; the layers it finished stay parked for the next pull.
+        Raises DigestMismatch, BadArchive, UnsafeArchive, the registry errors.
+        """
+        names = [parse_image_name(name)] if name else None
+        started = time.monotonic()
+        parking.expire(self.paths.parked)
+        with open_pull(ref, options) as pulled, self._lease() as lease:
+            remote = pulled.remote
+            src = remote.source
+            image_id = Digest.of_bytes(src.config).hex
+            with fsutil.exclusive_flock(self.paths.image_import_lock(image_id)):
+                image, outcomes = self._import_pulled(
+                    src, image_id, src.names if names is None else names, lease, progress,
+                    pulled.abort, options.jobs)
+            cache = BlobInfoCache(self.paths.blobinfo)
+            for blob, media in zip(src.layers, remote.layer_media_types):
+                cache.record(blob.digest, blob.size, media, blob.diff_id, remote.reference.name)
+            cache.save()
+            chain = chain_ids(src.diff_ids)
+            return PullReport(
+                reference=str(pulled.asked), found_at=str(remote.reference),
+                image_id=image.id, names=image.names, manifest_digest=src.manifest_digest,
+                layers=[LayerTransfer(i, chain[i], b.digest, b.size, outcomes[i],
+                                      remote.received.get(b.digest, 0))
+                        for i, b in enumerate(src.layers)],
+                received=remote.bytes_received, seconds=time.monotonic() - started,
+                mirrors_passed=pulled.mirrors_passed)
+
+    def _import_pulled(self, src: ImageSource, image_id: str, names: list[str],
+                       lease: fsutil.Lease, progress: Progress | None,
+                       abort, jobs: int) -> tuple[Image, list[str]]:
+        """`_import_config_image` for a pull: layers parked in parallel, then
+        published with the image (see `pull`).  The image and each layer's
+        outcome ("present", "parked", "fetched")."""
+        diff_ids = src.diff_ids
+        chain = chain_ids(diff_ids)
+        with self.lock:
+            existing = self.images.get(image_id)
+            if existing is not None:
+                return self.images.claim_names(existing, names), ["present"] * len(chain)
+            image = Image(id=image_id, names=(), layers=tuple(chain),
+                          config=src.config.decode(), manifest_digest=src.manifest_digest,
+                          created=time.time(), incomplete=True, lease=lease.token)
+            self.images.save(image_id, image)
+        try:
+            calls = [functools.partial(self._park_layer, blob, i, chain, diff_ids, lease,
+                                       progress) for i, blob in enumerate(src.layers)]
+            outcomes = run_bounded(jobs, calls, abort)
+            fsutil.crash_point("pull-parked")
+            with self.lock:
+                for i, lid in enumerate(chain):
+                    if self.layers.get(lid) is not None:
+                        parking.drop(self.paths.parked, lid)   # another pull published it
+                        continue
+                    layer = parking.find(self.paths.parked, lid, diff_ids[i],
+                                         chain[i - 1] if i else None)
+                    if layer is None:
+                        raise LayerUnknown(f"{lid} (parked by this pull, then gone)")
+                    self.layers.publish(layer, parking.content_dir(self.paths.parked, lid),
+                                        lease.token)
+                    parking.forget(self.paths.parked, lid)
+                self.images.save(image_id, replace(image, incomplete=False, lease=None))
+                return self.images.claim_names(self.images.get(image_id), names), outcomes
+        except BaseException:
+            with self.lock:
+                self.images.delete(image_id)
+                self._collect_layers(lease)
+            raise
+
+    def _park_layer(self, blob: LayerBlob, index: int, chain: list[Digest],
+                    diff_ids: list[Digest], lease: fsutil.Lease,
+                    progress: Progress | None) -> str:
+        """Make layer `index` present or parked; runs on a transfer thread, so
+        it never takes the store lock.  "present", "parked" or "fetched"."""
+        lid, total = chain[index], len(chain)
+        parent = chain[index - 1] if index else None
+
+        def found() -> str | None:
+            if self.layers.get(lid) is not None:
+                return "present"
+            if parking.find(self.paths.parked, lid, diff_ids[index], parent) is not None:
+                return "parked"
+            return None
+
+        outcome = found()
+        if outcome is None:
+            with fsutil.exclusive_flock(self.paths.layer_extract_lock(lid)):
+                outcome = found()
+                if outcome is None:
+                    staged = os.path.join(lease.path, lid.hex)
+                    layer = self._extract(blob, index, total, staged, progress,
+                                          parent=parent, layer_id=lid)
+                    parking.park(self.paths.parked, layer, staged)
+                    fsutil.crash_point("pull-layer-parked")
+                    if progress:
+                        progress.layer_done(layer)
+                    return "fetched"
+        if progress:
+            progress.layer_start(index, total, blob.where, blob.size)
+            progress.layer_done(None)
+        return outcome
+
+    def push(self, ref: str, dest: str | None, options: RegistryOptions,
+             progress: Progress | None = None) -> PushReport:
+        """Push the image `ref` to `dest` (default: its first name): only the
+        blobs the registry lacks are uploaded (`registry/upload.py`),
+        `options.jobs` at a time; layers are rebuilt from their tar-splits
+        (as `save` does), so the config — the image id — is the one pulled
+        or imported.  The layers are pinned meanwhile."""
+        image = self.images.resolve(ref)
+        if dest is None:
+            if not image.names:
+                raise UsageError(f"image {image.id[:12]} has no name; say where to push it")
+            dest = image.names[0]
+        started = time.monotonic()
+        warnings: list[str] = []
+        cache = BlobInfoCache(self.paths.blobinfo)
+        with self._lease() as lease, self._pinned(image.layers, lease), \
+                open_push(dest, options, cache) as pusher:
+            layers = [self.layers.get(lid) for lid in image.layers]
+
+            def one(i: int) -> PushedBlob:
+                layer = layers[i]
+                if progress:
+                    progress.layer_start(i, len(layers), str(layer.diff_id), None)
+                blob = pusher.push_layer(
+                    layer.diff_id, layer.tar_size,
+                    lambda: self._layer_tar(layer, lease, warnings), lease.path, progress)
+                if progress:
+                    progress.layer_done(layer if blob.status == "uploaded" else None)
+                return blob
+
+            blobs = run_bounded(options.jobs, [functools.partial(one, i)
+                                               for i in range(len(layers))],
+                                pusher.client.abort)
+            config = image.config.encode()
+            diff_ids = [str(b.diff_id) for b in blobs]
+            doc = json.loads(config)
+            if doc.get("rootfs", {}).get("diff_ids") != diff_ids:
+                doc.setdefault("rootfs", {"type": "layers"})["diff_ids"] = diff_ids
+                config = canonical_json(doc)
+                warnings.append(f"image {image.id[:12]} pushed with a new config "
+                                f"(id {Digest.of_bytes(config).hex[:12]})")
+            config_blob = pusher.push_config(config)
+            manifest_digest, _ = pusher.push_manifest(config_blob, blobs)
+            destination = str(pusher.ref)
+        cache.save()
+        return PushReport(destination=destination, image_id=image.id,
+                          manifest_digest=manifest_digest, layers=blobs, config=config_blob,
+                          sent=pusher.bytes_sent, seconds=time.monotonic() - started,
+                          warnings=warnings)
 
     # -- images ----------------------------------------------------------------
 

@@ -17,6 +17,12 @@ LEVELS = {
     "drivers": 4, "volumes": 3, "gc": 4, "check": 4,
     "store": 5,
     "cli": 6, "__init__": 0,
+    # pull and push (layers/registry/): below the facade, `command` above it
+    "registry": 0, "registry.errors": 0.05, "registry.auth": 0, "registry.parallel": 0,
+    "registry.display": 0, "registry.reference": 0.3, "registry.credentials": 1.1,
+    "registry.regconf": 1.1, "registry.parking": 1.5, "registry.blobinfo": 1.5,
+    "registry.client": 2, "registry.remote": 2.8, "registry.upload": 2.8,
+    "registry.session": 3, "registry.command": 5.5,
 }
 PKG = Path(layers.__file__).parent
 

@@ -1,0 +1,189 @@
+"""`layers pull` and `layers push`: their arguments, what they print.
+
+Level 5.5 (between the facade and `cli`): imports `layers.errors`, and
+`registry.session`, `registry.remote`, `registry.credentials`,
+`registry.display`, `registry.upload`; the store is the object `cli` passes
+in, not an import.
+
+stdout: the image id (pull) or the manifest digest (push), or with
+`--format json` the whole transfer report.  stderr: per layer, whether it
+was reused or transferred and how many bytes, then a summary line (not with
+`-q`); on a terminal, per-layer progress while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import UsageError
+from .credentials import parse_creds
+from .display import TransferDisplay, human
+from .remote import Platform
+from .session import DEFAULT_JOBS, PullReport, PushReport, RegistryOptions
+from .upload import COMPRESSIONS, FORMATS
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("true", "1", "yes", "on"):
+        return True
+    if low in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return n
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return n
+
+
+def _common(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--tls-verify", type=_bool, nargs="?", const=True, default=None,
+                   metavar="BOOL", help="verify TLS (default: true, unless registries.conf "
+                                        "marks the registry insecure); false also allows "
+                                        "plain HTTP")
+    c.add_argument("--cert-dir", metavar="DIR",
+                   help="CA certificates (*.crt) and client certificates (*.cert, *.key)")
+    c.add_argument("--creds", metavar="USER:PASSWORD", help="credentials for the registry")
+    c.add_argument("--authfile", metavar="FILE",
+                   help="auth.json to read credentials from (default: podman's and docker's)")
+    c.add_argument("--registries-conf", metavar="FILE", help="registries.conf to use")
+    c.add_argument("-j", "--jobs", type=_positive, default=DEFAULT_JOBS, metavar="N",
+                   help=f"layers transferred at once (default {DEFAULT_JOBS})")
+    c.add_argument("--retries", type=_count, default=3, metavar="N",
+                   help="retries of a failed request, with back-off (default 3)")
+    c.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="network timeout (default 60)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress, no per-layer lines")
+    c.add_argument("--format", dest="output", choices=("text", "json"), default="text",
+                   help="json: the transfer report on stdout")
+
+
+def add_parsers(sub) -> None:
+    c = sub.add_parser("pull", help="pull an image from a registry (only the layers "
+                                    "the store lacks)")
+    c.add_argument("reference", metavar="[REGISTRY/]REPOSITORY[:TAG][@DIGEST]")
+    c.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
+                   help="from an image index (default: the host's)")
+    c.add_argument("--name", metavar="NAME[:TAG]", help="name the image this, not the reference")
+    _common(c)
+
+    c = sub.add_parser("push", help="push an image to a registry (only the blobs it lacks)")
+    c.add_argument("image")
+    c.add_argument("destination", nargs="?", metavar="[REGISTRY/]REPOSITORY[:TAG]",
+                   help="default: the image's first name")
+    c.add_argument("--manifest-format", dest="manifest_format", choices=FORMATS,
+                   default="oci", help="oci (default) or v2s2 (Docker)")
+    c.add_argument("--compression-format", choices=COMPRESSIONS, default="gzip")
+    c.add_argument("--compression-level", type=int, choices=range(1, 10), default=6,
+                   metavar="1-9")
+    c.add_argument("--chunk-size", type=_count, default=0, metavar="BYTES",
+                   help="upload in PATCH requests of this size (default: one PUT)")
+    _common(c)
+
+
+def options_from(args) -> RegistryOptions:
+    creds = parse_creds(args.creds) if args.creds else None
+    platform = Platform.parse(args.platform) if getattr(args, "platform", None) else None
+    return RegistryOptions(
+        tls_verify=args.tls_verify, cert_dir=args.cert_dir, creds=creds,
+        authfile=args.authfile, registries_conf=args.registries_conf,
+        retries=args.retries, timeout=args.timeout, jobs=args.jobs, platform=platform,
+        format=getattr(args, "manifest_format", "oci"),
+        compression=getattr(args, "compression_format", "gzip"),
+        compression_level=getattr(args, "compression_level", 6),
+        chunk_size=getattr(args, "chunk_size", 0))
+
+
+def _display(args, verb: str) -> TransferDisplay | None:
+    if args.quiet or not sys.stderr.isatty():
+        return None
+    return TransferDisplay(verb)
+
+
+def cmd_pull(store, args) -> int:
+    options = options_from(args)
+    display = _display(args, "pulling")
+    report: PullReport = store.pull(args.reference, options, name=args.name,
+                                    progress=display)
+    if display:
+        display.finish()
+    if not args.quiet:
+        for line in pull_lines(report):
+            print(line, file=sys.stderr)
+    if args.output == "json":
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        print(report.image_id)
+    return 0
+
+
+def pull_lines(report: PullReport) -> list[str]:
+    words = {"present": "already in the store", "parked": "kept from an interrupted pull",
+             "fetched": "fetched"}
+    out = [f"{report.found_at}: passed over mirror {m}" for m in report.mirrors_passed]
+    for t in report.layers:
+        amount = f" {human(t.received)}" if t.received else ""
+        out.append(f"layer {t.index + 1}/{len(report.layers)} {t.blob.short}: "
+                   f"{words[t.outcome]}{amount}")
+    fetched = sum(1 for t in report.layers if t.outcome == "fetched")
+    out.append(f"pulled {report.reference}: {fetched} layer(s) fetched "
+               f"({human(report.received)}), {len(report.layers) - fetched} reused, "
+               f"in {report.seconds:.1f}s")
+    return out
+
+
+def cmd_push(store, args) -> int:
+    options = options_from(args)
+    if args.destination is None and args.image is None:
+        raise UsageError("push needs an image")
+    display = _display(args, "pushing")
+    report: PushReport = store.push(args.image, args.destination, options, progress=display)
+    if display:
+        display.finish()
+    for w in report.warnings:
+        print(f"layers: warning: {w}", file=sys.stderr)
+    if not args.quiet:
+        for line in push_lines(report):
+            print(line, file=sys.stderr)
+    if args.output == "json":
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        print(report.manifest_digest)
+    return 0
+
+
+def push_lines(report: PushReport) -> list[str]:
+    words = {"exists": "already in the registry", "mounted": "mounted from another repository",
+             "uploaded": "uploaded"}
+    out = []
+    for i, b in enumerate(report.layers):
+        amount = f" {human(b.sent)}" if b.sent else ""
+        out.append(f"layer {i + 1}/{len(report.layers)} {b.digest.short}: "
+                   f"{words[b.status]}{amount}")
+    out.append(f"config {report.config.digest.short}: {words[report.config.status]}")
+    uploaded = sum(1 for b in report.layers if b.status == "uploaded")
+    out.append(f"pushed {report.destination}@{report.manifest_digest}: {uploaded} layer(s) "
+               f"uploaded ({human(report.sent)}), {len(report.layers) - uploaded} reused, "
+               f"in {report.seconds:.1f}s")
+    return out
+
+
+COMMANDS = {"pull": cmd_pull, "push": cmd_push}
