@@ -35,11 +35,22 @@ _libc = ctypes.CDLL(None, use_errno=True)
 FICLONE = 0x40049409
 
 
+_pause_hits: dict[str, int] = {}
+
+
 def crash_point(name: str) -> None:
     """Test hook: SIGKILL this process here when $STRATA_CRASH_AT names this
-    point, so crash tests can stop a command at an exact step."""
+    point, so crash tests can stop a command at an exact step; SIGSTOP it when
+    $STRATA_PAUSE_AT is `name` or `name:N` (the N-th time it gets here), so a
+    test can act while the command is in flight (never at a point inside the
+    store lock)."""
     if os.environ.get("STRATA_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get("STRATA_PAUSE_AT")
+    if pause and pause.partition(":")[0] == name:
+        _pause_hits[name] = _pause_hits.get(name, 0) + 1
+        if str(_pause_hits[name]) == (pause.partition(":")[2] or "1"):
+            os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def fsync_dir(path: str) -> None:

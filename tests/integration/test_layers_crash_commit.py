@@ -1,12 +1,13 @@
 """Kill -9 of commit, rm, volume and prune commands at exact steps
 (`$STRATA_CRASH_AT`): the next command repairs, nothing is half-visible,
 `layers check` finds nothing, the container is not left busy, and the same
-command then succeeds."""
+command then succeeds.  And prune beside an import in flight."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 
-from storetools import (StoreEnv, directory, file, oci_layout, store_env,  # noqa: E402,F401
-                        tar_bytes)
+from storetools import (LAYERS_EXE, StoreEnv, directory, file, oci_layout,  # noqa: E402,F401
+                        store_env, tar_bytes, wait_until)
 
 BASE = tar_bytes([directory("etc"), file("etc/os-release", "ID=base\n"),
                   file("bin/sh", "sh\n", mode=0o755)])
@@ -102,3 +103,36 @@ def test_kill_prune(container, tmp_path, point):
     assert layer_dirs(env) == set()
     assert run(env, "volume", "ls", "-q").split() == ["data"]   # named volumes stay
     clean(env)
+
+
+def test_prune_while_an_import_runs_spares_its_layers(store_env, tmp_path):
+    """An import paused after publishing its first layer, the second extracted
+    in its staging dir: `prune -a` and `check` see in-flight work and remove
+    none of it, and the import then finishes."""
+    env = store_env
+    layers = [tar_bytes([file(f"l{i}/f{j}", os.urandom(1000)) for j in range(20)])
+              for i in range(3)]
+    built = oci_layout(tmp_path / "img", layers)
+    p = subprocess.Popen([LAYERS_EXE] + env.args() + ["import", "-q", str(built.path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=env.proc_env(STRATA_PAUSE_AT="extracted:2"))
+    try:
+        assert wait_until(lambda: _stopped(p.pid), 30)
+        assert env.ok("images", "-q").out == ""              # still in flight
+        assert layer_dirs(env) == {built.chain_ids[0][7:]}
+        out = env.ok("prune", "-a").lines
+        assert not any(line.startswith(("removed layer", "removed image")) for line in out)
+        assert not any("staging" in line for line in out)
+        assert layer_dirs(env) == {built.chain_ids[0][7:]}
+        assert env.cli("check").out == ""
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert env.ok("images", "-q").out.split() == [built.config_digest[7:]]
+    assert layer_dirs(env) == {c[7:] for c in built.chain_ids}
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
