@@ -2,7 +2,7 @@
 against their diffIDs.
 
 Level 4: imports `errors`, `digest`, `fsutil`, `tarsplit`, `records`, and the
-level-3 stores (read only: the facade repairs).
+level-3 stores.
 
 `find_problems(view)` compares, under the store lock: records without
 content (a layer without its diff dir, a container without its dir, a volume
@@ -15,6 +15,12 @@ In-flight work of a live command is not a problem.
 `verify_layer(…)` rebuilds a layer's tar from its tar-split and hashes it: a
 mismatch names the layer and, through the per-file checksums, the file.
 It is slow; the facade runs it outside the lock, the layers pinned.
+
+`repair(problem, …)` fixes one problem where it can, under the lock the
+facade holds: corrupt records go; a damaged layer goes with the images using
+it (unless a container uses them: that is said, not done); a record without
+content goes; content without a record goes, but for a volume's data, which
+is adopted; a missing volume or data dir is made again, empty.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from .digest import Digest
 from .errors import LayerCorrupt
 from .imagestore import ImageStore
 from .layerstore import LayerStore
+from .mounts import MountRegistry
 from .records import Layer
 from .volumes import VolumeStore
 
@@ -144,3 +151,58 @@ def verify_layer(layers: LayerStore, layer: Layer) -> Problem | None:
                        f"layer {layer.id.short} is corrupt: its tar hashes to {got}, "
                        f"not its diffID {layer.diff_id}")
     return None
+
+
+def repair(p: Problem, layers: LayerStore, images: ImageStore, containers: ContainerStore,
+           volumes: VolumeStore, registry: MountRegistry, lease: fsutil.Lease) -> list[str]:
+    """Fix one problem where it can (the caller holds the store lock); lines
+    saying what was done, or why not (a container on a damaged layer stays)."""
+    kind = p.kind
+    if kind == "corrupt-record":
+        fsutil.remove_file(p.subject)
+        return [f"removed corrupt record {p.subject}"]
+    if kind in ("layer-no-content", "layer-corrupt"):
+        lid = Digest(p.subject)
+        out = []
+        for image in list(images.all()):
+            if lid in image.layers:
+                users = [c.name for c in containers.all() if c.image == image.id]
+                if users:
+                    out.append(f"kept image {image.id[:12]}: container(s) "
+                               f"{', '.join(users)} use it; remove them")
+                    continue
+                images.delete(image.id)
+                out.append(f"removed image {image.id[:12]} (damaged layer {lid.short})")
+        if not any(lid in r.layers for r in list(images.all())
+                   + list(containers.all())):
+            layers.begin_delete(lid, lease.path, lease.token)
+            out.append(f"removed damaged layer {lid.short}")
+        return out
+    if kind == "image-missing-layer":
+        if any(c.image == p.subject for c in containers.all()):
+            return [f"kept image {p.subject[:12]}: containers use it"]
+        images.delete(p.subject)
+        return [f"removed image {p.subject[:12]} (a layer is missing)"]
+    if kind == "container-no-dir":
+        c = containers.load(p.subject)
+        if c is not None:
+            registry.remove(c.id)
+            containers.delete(c.id)
+            return [f"removed container {c.name} (its dir was gone)"]
+    if kind in ("container-orphan", "layer-orphan"):
+        fsutil.remove_tree(p.subject)
+        return [f"removed {p.subject}"]
+    if kind == "container-missing-volume":
+        if volumes.load(p.subject) is None:
+            volumes.create(p.subject, (), False, lease.token)
+            return [f"recreated missing volume {p.subject} (empty)"]
+    if kind == "volume-no-dir":
+        os.makedirs(volumes.data_dir(p.subject), mode=0o755, exist_ok=True)
+        return [f"recreated the data dir of volume {p.subject} (empty)"]
+    if kind == "volume-orphan":
+        volumes.adopt(p.subject)
+        return [f"adopted volume dir {p.subject} as a named volume"]
+    if kind == "layer-unreferenced":
+        layers.begin_delete(Digest(p.subject), lease.path, lease.token)
+        return [f"removed unreferenced layer {p.subject[:12]}"]
+    return []

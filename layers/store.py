@@ -1249,61 +1249,11 @@ class Store:
         with self._lease() as lease:
             with self.lock:
                 for p in problems:
-                    done += self._repair_one(p, lease)
+                    done += checkmod.repair(p, self.layers, self.images, self.containers,
+                                            self.volumes, self.registry, lease)
                 done += self._collect_layers(lease)
         done += self.repair()
         return done
-
-    def _repair_one(self, p: checkmod.Problem, lease: fsutil.Lease) -> list[str]:
-        kind = p.kind
-        if kind == "corrupt-record":
-            fsutil.remove_file(p.subject)
-            return [f"removed corrupt record {p.subject}"]
-        if kind in ("layer-no-content", "layer-corrupt"):
-            lid = Digest(p.subject)
-            out = []
-            for image in list(self.images.all()):
-                if lid in image.layers:
-                    users = [c.name for c in self.containers.all() if c.image == image.id]
-                    if users:
-                        out.append(f"kept image {image.id[:12]}: container(s) "
-                                   f"{', '.join(users)} use it; remove them")
-                        continue
-                    self.images.delete(image.id)
-                    out.append(f"removed image {image.id[:12]} (damaged layer {lid.short})")
-            if not any(lid in r.layers for r in list(self.images.all())
-                       + list(self.containers.all())):
-                self.layers.begin_delete(lid, lease.path, lease.token)
-                out.append(f"removed damaged layer {lid.short}")
-            return out
-        if kind == "image-missing-layer":
-            if any(c.image == p.subject for c in self.containers.all()):
-                return [f"kept image {p.subject[:12]}: containers use it"]
-            self.images.delete(p.subject)
-            return [f"removed image {p.subject[:12]} (a layer is missing)"]
-        if kind == "container-no-dir":
-            c = self.containers.load(p.subject)
-            if c is not None:
-                self.registry.remove(c.id)
-                self.containers.delete(c.id)
-                return [f"removed container {c.name} (its dir was gone)"]
-        if kind in ("container-orphan", "layer-orphan"):
-            fsutil.remove_tree(p.subject)
-            return [f"removed {p.subject}"]
-        if kind == "container-missing-volume":
-            if self.volumes.load(p.subject) is None:
-                self.volumes.create(p.subject, (), False, lease.token)
-                return [f"recreated missing volume {p.subject} (empty)"]
-        if kind == "volume-no-dir":
-            os.makedirs(self.volumes.data_dir(p.subject), mode=0o755, exist_ok=True)
-            return [f"recreated the data dir of volume {p.subject} (empty)"]
-        if kind == "volume-orphan":
-            self.volumes.adopt(p.subject)
-            return [f"adopted volume dir {p.subject} as a named volume"]
-        if kind == "layer-unreferenced":
-            self.layers.begin_delete(Digest(p.subject), lease.path, lease.token)
-            return [f"removed unreferenced layer {p.subject[:12]}"]
-        return []
 
 
 def _measure(path: str) -> int:
