@@ -33,12 +33,14 @@ Entry = tuple[tarfile.TarInfo, "str | None"]
 _SKIPPED_XATTRS = ("security.selinux",)   # a host's labels, not the image's
 
 
-class MetacopyUpper(Exception):
-    """An upper file that holds metadata only: its data is in a lower layer."""
+class UpperNeedsLower(Exception):
+    """An upper entry that refers to a lower one for its content: a file that
+    holds metadata only (metacopy), a directory renamed by redirect."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, what: str):
         super().__init__(path)
         self.path = path
+        self.what = what
 
 
 @dataclass
@@ -185,6 +187,8 @@ def _tarinfo(w: _Walk, name: str, path: str, st: os.stat_result) -> tarfile.TarI
     elif kind == "socket" or fmt == stat.S_IFSOCK:
         return None
     elif fmt == stat.S_IFDIR:
+        if w.markers and _refers_below(path, ("overlay.redirect",)):
+            raise UpperNeedsLower(path, "is a renamed directory (redirect_dir)")
         ti.type = tarfile.DIRTYPE
     elif fmt == stat.S_IFLNK:
         ti.type = tarfile.SYMTYPE
@@ -198,8 +202,8 @@ def _tarinfo(w: _Walk, name: str, path: str, st: os.stat_result) -> tarfile.TarI
             return ti
         if st.st_nlink > 1:
             w.links[key] = name
-        if w.markers and _is_metacopy(path):
-            raise MetacopyUpper(path)
+        if w.markers and _refers_below(path, ("overlay.metacopy", "fsd.metacopy")):
+            raise UpperNeedsLower(path, "holds metadata only (metacopy)")
         ti.type = tarfile.REGTYPE
         ti.size = st.st_size
     elif fmt == stat.S_IFIFO:
@@ -213,12 +217,13 @@ def _tarinfo(w: _Walk, name: str, path: str, st: os.stat_result) -> tarfile.TarI
     return ti
 
 
-def _is_metacopy(path: str) -> bool:
+def _refers_below(path: str, suffixes: tuple[str, ...]) -> bool:
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return False
-    return any(n.endswith(("overlay.metacopy", "fsd.metacopy")) for n in names)
+    return any(n.endswith(suffixes) and not n.startswith("trusted.overlay.overlay.")
+               for n in names)
 
 
 def _xattrs(path: str, st: os.stat_result) -> dict[str, str]:

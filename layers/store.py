@@ -32,7 +32,7 @@ from . import gc, tarsplit
 from .archive import ExtractOptions, build_layer, extract_layer, write_tar
 from .bundle import runtime_config
 from .changes import RUNTIME_MOUNTPOINTS, without_mountpoints
-from .changeset import MetacopyUpper, tree_entries
+from .changeset import UpperNeedsLower, tree_entries
 from .config import DEFAULT_DRIVER, Config
 from .containerstore import ContainerStore
 from .digest import Digest, HashingReader, chain_ids
@@ -974,9 +974,9 @@ class Store:
             entries = self.driver.changeset(cdir, self._lowers_of(c), epoch)
             result = build_layer(entries, diff, self._extract_options(),
                                  os.path.join(staged, layout.SPLIT))
-        except MetacopyUpper as e:
-            raise DriverError(self.driver.name, f"{e.path} holds metadata only "
-                              "(metacopy); mount without metacopy to commit") from None
+        except UpperNeedsLower as e:
+            raise DriverError(self.driver.name, f"{e.path} {e.what}: its content is in a "
+                              "lower layer; mount without that option to commit") from None
         fsutil.crash_point("commit-built")
         parent = image.top_layer
         layer_id = chain_ids([result.diff_id] if parent is None

@@ -97,15 +97,21 @@ def test_hard_links_sockets_and_times(tmp_path):
     assert a.mtime == 1000 and new.mtime == 2000   # clamped, never raised
 
 
-def test_metacopy_upper_files_are_refused(tmp_path):
+def test_uppers_that_refer_to_lower_content_are_refused(tmp_path):
     up = str(tmp_path / "up")
-    mk(up, {"f": ""})
+    mk(up, {"f": "", "d": None})
     try:
         os.setxattr(os.path.join(up, "f"), "user.overlay.fsd.metacopy", b"")
     except OSError:
         pytest.skip("no user xattrs here")
-    with pytest.raises(changeset.MetacopyUpper):
+    with pytest.raises(changeset.UpperNeedsLower) as e:
         list(changeset.tree_entries(up))
+    assert e.value.what == "holds metadata only (metacopy)"
+    os.removexattr(os.path.join(up, "f"), "user.overlay.fsd.metacopy")
+    os.setxattr(os.path.join(up, "d"), "user.overlay.redirect", b"/old")
+    with pytest.raises(changeset.UpperNeedsLower) as e:
+        list(changeset.tree_entries(up))
+    assert e.value.what == "is a renamed directory (redirect_dir)"
 
 
 def test_changes_entries_for_a_full_copy(tmp_path):
