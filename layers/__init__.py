@@ -7,12 +7,13 @@ checks it):
 1  fsutil, records, config         atomic writes, locks, leases; records; storage.conf
    tarsplit                        what rebuilds a layer's exact tar from its dir
 2  archive, recordstore, changes,  layer tars in and out; record files; reading
-   changeset, ociwriter            layer stacks; what a layer made from a dir holds;
-                                   writing OCI image layouts
+   changeset, ociwriter, bundle    layer stacks; what a layer made from a dir holds;
+                                   writing OCI image layouts; runtime bundles
    source, drivers.base            what an import reads; the driver interface
 3  layerstore, imagestore,         one kind of record each; siblings never import
-   containerstore, mounts,         each other
-   drivers.fuse/overlay/vfs
+   containerstore, volumes,        each other
+   mounts, drivers.fuse/overlay/vfs
+4  gc, check                       df and prune by reachability; check and repair
 5  store                           the facade: lock, rules across records, mounting
 6  cli                             `layers …`
 
