@@ -1,8 +1,9 @@
 """diff, commit, export and save through the `layers` command line on every
-driver (commit as a process of its own): what a container did through its mount (write, delete, replace a
-directory, rename one) comes out of the upper as D/A/C, goes into a layer, and
-a container of the committed image sees exactly the merged tree the first one
-saw.  The saved image loads into podman with the same ids."""
+driver (commit as a process of its own): what a container did through its
+mount (write, delete, replace a directory, rename one) comes out of the upper
+as D/A/C, goes into a layer, and a container of the committed image sees
+exactly the merged tree the first one saw.  The saved image loads into podman
+with the same ids; an exported container imports into podman as into Strata."""
 
 from __future__ import annotations
 
@@ -109,6 +110,16 @@ def test_save_loads_into_podman_with_the_same_ids(store_env, tmp_path):
         assert p.returncode == 0, p.stderr
         doc = json.loads(p.stdout)[0]
         assert doc["Id"] == image_id and doc["RootFS"]["Layers"] == diff_ids
+        # a container's export: `podman import` gives the layer Strata's import gives
+        run(env, "export", "c", "-o", str(tmp_path / "c.tar"))
+        p = subprocess.run(podman + ["import", "-q", str(tmp_path / "c.tar"), "c:1"],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        p = subprocess.run(podman + ["image", "inspect", "localhost/c:1"],
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        imported = env.open().import_path(str(tmp_path / "c.tar"))[0]
+        assert json.loads(p.stdout)[0]["RootFS"]["Layers"] == [str(x) for x in imported.layers]
         # and back: what podman saves imports into Strata with the same ChainIDs
         p = subprocess.run(podman + ["save", "--format", "oci-archive", "-o",
                                      str(tmp_path / "back.tar"), "localhost/app:2"],
