@@ -911,6 +911,7 @@ class Store:
                     raise VolumeInUse(v.name, sorted(c.name for c in users))
                 for c in users:
                     self._refuse_busy(c)
+                for c in users:
                     self._umount_all(c)
                     self.containers.begin_delete(c, lease.path, lease.token)
                     done.append(f"removed container {c.name}")
