@@ -1,0 +1,402 @@
+"""fsd killed (SIGKILL) at many seeded points of a mixed workload, and what a
+process sees on a mount whose daemon died.
+
+Crash points: a worker process runs a seeded plan of operations on the mount -
+appends that copy up big and small lower files, pwrite, O_TRUNC writes, creates
+(also over whiteouts), unlink, renames of files and of merged directories,
+mkdir over whiteouts, rmdir of emptied lower directories, hard links,
+symlinks, chmod - and sends SIGKILL to the daemon at a seeded moment: after a
+delay into an operation, as soon as a copy-up is seen in the work area, or
+between two operations. The dead mount is detached (fusermount3 -uz) and fsd
+mounted again on the same upper. Then:
+
+- WORKDIR/fsd/tmp is empty (nothing half-built is kept),
+- the operation cut short left its paths in the old state, the new state, or a
+  state a process can see between its syscalls (a file created but not yet
+  written); never a partial copy (support/faults.py: CrashModel),
+- every other path is what the completed operations made it,
+- at the end of each epoch (a fresh upper every few crash points), fsd's view
+  equals the kernel overlay's view of the same lowers with fsd's upper on top.
+
+The stack is kernel-format (converted by support/convert.py) so that the
+kernel can mount it. Rerun one seed: STRATA_CRASH_SEED=N.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from support import layergen, mounts
+from support.convert import convert_layers
+from support.faults import (DEAD, CrashModel, daemon_pids, detach_dead, entries_below, names_of, observe,
+                            probe)
+from support.snapshot import compare, snapshot
+from support.upper_ops import write_big
+
+TESTS = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+SEED = int(os.environ.get("STRATA_CRASH_SEED", "7001"))
+ROUNDS_PER_EPOCH = 10
+PLAN = 8
+MAX_PROBLEMS = 5
+
+
+class _Resync(Exception):
+    """A problem was recorded: take the model from the mount and go on."""
+
+
+@pytest.fixture(scope="module")
+def crash_stack(tmp_path_factory) -> list[Path]:
+    """A seeded stack in the kernel's marker forms, with a few big lower files
+    (their copy-up takes long enough to be killed in the middle)."""
+    root = tmp_path_factory.mktemp("crash-stack")
+    stack = layergen.generate_stack(root / "gen", SEED, nlayers=3, size=0.5, big_files=1)
+    layers = convert_layers(stack.layers, root / "k")
+    bottom, top = layers[-1], layers[0]
+    (bottom / "big").mkdir()
+    for i in range(3):
+        write_big(bottom / "big" / f"b{i}", 12 * MiB + i * 4099, tag=b"crash%d" % i)
+    (top / "big").mkdir()
+    write_big(top / "big" / "t0", 6 * MiB + 7, tag=b"top")
+    for i in range(6):
+        (bottom / "big" / f"small{i}").write_bytes(os.urandom(1000 * i))
+    return layers
+
+
+def _work_tmp(work: Path) -> Path:
+    return work / "fsd" / "tmp"
+
+
+def _kill_spec(rng: random.Random, plan: list, model: CrashModel, work: Path) -> dict:
+    how = rng.choices(("delay", "copy-up", "between"), (5, 3, 2))[0]
+    at = rng.randrange(len(plan))
+    if how == "copy-up":
+        scratch = model.copy()
+        windows = []
+        for i, op in enumerate(plan):
+            o = scratch.paths.get(op[1]) if len(op) > 1 else None
+            if (op[0] in ("append", "trunc_write") and o is not None and o.lower_big) or \
+                    (op[0] == "rename" and o is not None and o.kind == "dir"):
+                windows.append(i)
+            scratch.apply(op)
+        if windows:
+            at = rng.choice(windows)
+        else:
+            how = "delay"
+    return {"how": how, "at": at, "delay": rng.choice((0.0, 0.0005, 0.002, 0.01, 0.03)) if how != "copy-up"
+            else rng.choice((0.0, 0.0, 0.001, 0.005)), "tmpdir": str(_work_tmp(work))}
+
+
+def _show(op) -> str:
+    return "(" + ", ".join(repr(x) if not isinstance(x, int) or x < 1000 else str(x) for x in op) + ")"
+
+
+class CrashRun:
+    def __init__(self, tmp_path: Path, layers: list[Path], mount_fsd, mount_kernel_overlay, seed: int):
+        self.tmp = tmp_path
+        self.layers = layers
+        self.mount_fsd = mount_fsd
+        self.mount_kernel = mount_kernel_overlay
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.reasons: Counter = Counter()
+        self.cut: Counter = Counter()  # kind of the operation cut short -> count
+        self.states: Counter = Counter()
+        self.history: list[str] = []
+        self.oplog: list[str] = []  # this epoch's operations and their results
+        self.problems: list[str] = []
+        self.initial_links: list[list[str]] = []
+
+    def fail(self, what: str, paths=(), resync: bool = True):
+        """Record a problem (the round goes on from what the mount shows now);
+        the test fails at the end with every problem met."""
+        paths = set(paths)
+        for group in self.initial_links:  # hard links of the epoch's start
+            if paths.intersection(group):
+                paths |= set(group)
+        names = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 2)}
+        related = [line for line in self.oplog if any(repr(n)[1:-1] in line for n in names)]
+        log = self.tmp / f"oplog-{len(self.problems)}.txt"
+        log.write_text("\n".join(self.oplog) + "\n")
+        self.problems.append(f"seed {self.seed}: {what}\n" +
+                             "".join(f"  (hard links at the epoch's start: {g})\n" for g in self.initial_links
+                                     if paths.intersection(g)) +
+                             "last rounds:\n" + "\n".join(self.history[-4:]) +
+                             "\noperations of this epoch on those paths and their parents:\n" + "\n".join(related[-40:]) +
+                             f"\n(all operations of the epoch: {log})")
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.report()
+        if resync:
+            raise _Resync()
+
+    def report(self):
+        if self.problems:
+            pytest.fail(f"{len(self.problems)} problem(s):\n\n" + "\n\n".join(self.problems), pytrace=False)
+
+    def epoch(self, e: int, rounds: int):
+        upper, work = self.tmp / f"e{e}-upper", self.tmp / f"e{e}-work"
+        upper.mkdir()
+        work.mkdir()
+        m = self.live = self.mount_fsd(self.layers, upper, work)
+        model = CrashModel.read(m.mnt, self.seed * 1000 + e)
+        self.oplog = []
+        self.initial_links = model.groups()
+        dirty: set[str] = set()  # every path the epoch's operations touched
+        for r in range(rounds):
+            fresh: set[str] = set()
+            try:
+                m, model = self.round(f"epoch {e} round {r}", m, model, upper, work, fresh)
+            except _Resync:
+                m = self.live
+                model = CrashModel.read(m.mnt, self.seed * 1000 + e + 100 * r)
+                dirty.clear()
+            dirty |= fresh
+        try:
+            self.check_model(f"end of epoch {e}", m, model, dirty)
+            self.compare_with_kernel(m, upper, f"epoch {e}")
+        except _Resync:
+            pass
+        m.unmount()
+
+    def round(self, where: str, m, model: CrashModel, upper: Path, work: Path, dirty: set[str]):
+        """One crash point; dirty gets the paths it touched, which are checked."""
+        plan = model.plan(PLAN)
+        kill = _kill_spec(self.rng, plan, model, work)
+        spec = self.tmp / "spec.json"
+        spec.write_text(json.dumps({"root": str(m.mnt), "plan": plan, "kill": kill, "pids": daemon_pids(m)}))
+        worker = subprocess.Popen([sys.executable, "-m", "support.faults", "crash-worker", str(spec)], cwd=TESTS,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = worker.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            out, err = worker.communicate()
+            self.fail(f"{where}: the worker hung (the daemon was to be killed at {kill}); output so far:\n{out}",
+                      resync=False)
+            self.report()
+        assert worker.returncode == 0, f"{where}: worker failed: {err}"
+        lines = [json.loads(line) for line in out.splitlines()]
+        reason = lines[-1]["kill"]
+        self.reasons[reason] += 1
+        detach_dead(m)
+
+        cut = None
+        unexpected = False
+        for i, res in lines[:-1]:
+            op = plan[i]
+            self.oplog.append(f"  {where} #{i} {_show(op)} -> {res}")
+            if res == "ok":
+                dirty |= model.touched(op)
+                model.apply(op)
+            elif res in DEAD:
+                cut = op
+                break
+            else:
+                self.fail(f"{where}: {_show(op)} failed with {res} before the kill (the model expected success)",
+                          op[1:3], resync=False)
+                unexpected = True
+                break
+        self.history.append(f"{where}: ran {len(lines) - 1} of {len(plan)} ops; killed {reason}; "
+                            f"cut short: {_show(cut) if cut else 'none'}")
+
+        m = self.live = self.mount_fsd(self.layers, upper, work)
+        left = entries_below(_work_tmp(work))
+        if left:
+            self.fail(f"{where}: {_work_tmp(work)} not empty after the remount: {left[:10]}")
+        if unexpected:
+            raise _Resync()
+        if cut is not None:
+            self.cut[cut[0]] += 1
+            touched = model.touched(cut)
+            cands = model.candidates(cut)
+            for _, c in cands:
+                touched |= c.touched(cut) if cut[0] != "rename" else set()
+            seen = {p: observe(m.mnt, p) for p in sorted(touched)}
+            for name, c in cands:
+                if all(c.expect(p) == seen[p] for p in touched):
+                    model = c
+                    self.states[name] += 1
+                    break
+            else:
+                lines_ = [f"  {p!r}: got {seen[p]!r}; " + "; ".join(f"{n} {c.expect(p)!r}" for n, c in cands)
+                          for p in sorted(touched) if any(c.expect(p) != seen[p] for _, c in cands)]
+                self.fail(f"{where}: after SIGKILL during {_show(cut)} ({reason}), neither the old nor the new "
+                          f"state is visible:\n" + "\n".join(lines_[:20]), touched)
+            dirty |= touched
+        self.check_model(where, m, model, dirty)
+        return m, model
+
+    def check_model(self, where: str, m, model: CrashModel, dirty: set[str]):
+        got = names_of(m.mnt)
+        want = {p: o.kind for p, o in model.paths.items()}
+        if got != want:
+            missing = sorted(set(want) - set(got))
+            extra = sorted(set(got) - set(want))
+            kinds = sorted(p for p in set(got) & set(want) if got[p] != want[p])
+            self.fail(f"{where}: the merged tree is not what the operations made: missing {missing[:10]}, "
+                      f"unexpected {extra[:10]}, other type {[(p, want[p], got[p]) for p in kinds[:10]]}",
+                      missing[:5] + extra[:5] + kinds[:5])
+        bad = [(p, model.expect(p), observe(m.mnt, p)) for p in sorted(dirty)]
+        bad = [b for b in bad if b[1] != b[2]]
+        if bad:
+            self.fail(f"{where}: paths not in the state the operations left:\n" +
+                      "\n".join(f"  {p!r}: want {w!r} got {g!r}" for p, w, g in bad[:15]), [b[0] for b in bad])
+        for group in model.groups():
+            if dirty.intersection(group):
+                inos = {p: os.lstat(m.mnt / p).st_ino for p in group}
+                if len(set(inos.values())) != 1:
+                    self.fail(f"{where}: hard links no longer one file: {inos}", group)
+
+    def compare_with_kernel(self, m, upper: Path, what: str):
+        k = self.mount_kernel([upper, *self.layers])
+        try:
+            diffs = compare(snapshot(k), snapshot(m.mnt), "kernel", "fsd")
+        finally:
+            self.mount_kernel.umount(k)
+        if diffs:
+            self.fail(f"{what}: fsd's view differs from the kernel overlay's on the same upper:\n" +
+                      "\n".join(diffs[:30]), [p for d in diffs for p in re.findall(r"'([^']+)'", d)])
+
+
+def _run(kills: int, tmp_path, crash_stack, mount_fsd, mount_kernel_overlay, seed: int):
+    run = CrashRun(tmp_path, crash_stack, mount_fsd, mount_kernel_overlay, seed)
+    e = 0
+    done = 0
+    while done < kills:
+        n = min(ROUNDS_PER_EPOCH, kills - done)
+        run.epoch(e, n)
+        done += n
+        e += 1
+    run.report()
+    print(f"kills: {dict(run.reasons)}; cut short: {dict(run.cut)}; states after a cut: {dict(run.states)}")
+    assert sum(run.reasons.values()) == kills
+    assert run.reasons["copy-up in progress"] >= max(2, kills // 20), \
+        f"too few kills landed in a copy-up: {dict(run.reasons)}"
+    assert sum(run.cut.values()) >= kills // 2, f"too few operations were cut short: {dict(run.cut)}"
+
+
+@pytest.mark.fuse_deadline(150)
+def test_sigkill_at_50_points_of_a_mixed_workload(tmp_path, crash_stack, mount_fsd, mount_kernel_overlay):
+    _run(50, tmp_path, crash_stack, mount_fsd, mount_kernel_overlay, SEED)
+
+
+@pytest.mark.long
+@pytest.mark.fuse_deadline(1200)
+def test_sigkill_at_400_points_of_a_mixed_workload(tmp_path, crash_stack, mount_fsd, mount_kernel_overlay):
+    _run(400, tmp_path, crash_stack, mount_fsd, mount_kernel_overlay, SEED + 1)
+
+
+# -- a dead daemon ------------------------------------------------------------------------------
+
+_HOLDER = r"""
+import os, sys, time
+path, mode = sys.argv[1], sys.argv[2]
+if mode == "cwd":
+    os.chdir(path)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    try:
+        os.listdir("."); print("ok")
+    except OSError as e:
+        import errno; print(errno.errorcode[e.errno])
+elif mode == "fd":
+    fd = os.open(path, os.O_RDWR)
+    os.read(fd, 1)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    out = []
+    for call in (lambda: os.pread(fd, 10, 0), lambda: os.pwrite(fd, b"x", 0), lambda: os.fstat(fd),
+                 lambda: os.fsync(fd)):
+        try:
+            call(); out.append("ok")
+        except OSError as e:
+            import errno; out.append(errno.errorcode[e.errno])
+    try:
+        os.close(fd); out.append("ok")
+    except OSError as e:
+        import errno; out.append(errno.errorcode[e.errno])
+    print(" ".join(out))
+"""
+
+
+def _holder(path: Path, mode: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), mode], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    return p
+
+
+def _finish(p: subprocess.Popen, timeout: float = 10) -> str:
+    try:
+        out, err = p.communicate("go\n", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        return "HUNG"
+    return out.strip() or err.strip()[-200:]
+
+
+@pytest.mark.fuse_deadline(60)
+def test_a_dead_daemon_gives_enotconn_not_a_hang(tmp_path, mount_fsd):
+    lower, upper, work = tmp_path / "lower", tmp_path / "upper", tmp_path / "work"
+    for d in (lower, upper, work):
+        d.mkdir()
+    layergen.write(lower, "dir/file", "lower data")
+    layergen.write(lower, "dir/other", "other")
+    m = mount_fsd([lower], upper, work)
+    in_cwd = _holder(m.mnt / "dir", "cwd")
+    with_fd = _holder(m.mnt / "dir/file", "fd")
+    pids = daemon_pids(m)
+
+    # a request in flight when the daemon dies: stop the daemon, start a lookup, kill
+    for p in pids:
+        os.kill(p, signal.SIGSTOP)
+    pending = subprocess.Popen([sys.executable, "-c", "import os, sys, errno\ntry:\n    os.stat(sys.argv[1]); print('ok')\n"
+                                "except OSError as e:\n    print(errno.errorcode[e.errno])", str(m.mnt / "never-seen")],
+                               stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    assert pending.poll() is None, "the lookup did not wait for the stopped daemon"
+    for p in pids:
+        os.kill(p, signal.SIGKILL)
+    assert not mounts.wait_exited(pids, 10), "the daemon survived SIGKILL"
+    try:
+        out, _ = pending.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        pending.kill()
+        pending.wait()
+        pytest.fail("a lookup pending when the daemon died hangs")
+    assert out.strip() in ("ECONNABORTED", "ENOTCONN"), f"a pending lookup ended with {out.strip()}"
+
+    # still mounted, nobody serving it
+    assert mounts.is_mounted(m.mnt), "the dead mount vanished by itself"
+    got = {f"{op} {path or '.'}": probe(m.mnt / path, op) for op, path in (
+        ("stat", "dir/file"), ("stat", "new-name"), ("listdir", "dir"), ("read", "dir/other"),
+        ("write", "dir/file"), ("create", "dir/new"), ("mkdir", "d2"), ("statvfs", ""))}
+    got["kept cwd: listdir ."] = _finish(in_cwd)
+    got["kept fd: pread pwrite fstat fsync close"] = _finish(with_fd)
+    df = subprocess.run(["timeout", "10", "df", "-a"], capture_output=True, text=True)
+    got["df -a (exit)"] = str(df.returncode)
+    want = {k: "ENOTCONN" for k in got}
+    want["kept fd: pread pwrite fstat fsync close"] = "ENOTCONN ENOTCONN ENOTCONN ENOTCONN ENOTCONN"
+    want["df -a (exit)"] = "1"  # df reports the dead mount and goes on
+    bad = {k: (v, want[k]) for k, v in got.items() if v != want[k]}
+    assert not bad, "on a dead mount (got, want): " + repr(bad)
+    assert str(m.mnt) in df.stderr, df.stderr
+
+    # detach and mount again: the data is there
+    detach_dead(m)
+    assert probe(m.mnt / "dir", "stat") == "ENOENT"
+    m2 = mount_fsd([lower], upper, work)
+    assert (m2.mnt / "dir/file").read_text() == "lower data"
+    assert entries_below(_work_tmp(work)) == []
