@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 
@@ -119,15 +120,18 @@ def _decode_entry(entry, path: str) -> Credentials | None:
     return None
 
 
-def _helper(name: str, server: str, path: str) -> Credentials | None:
+def _helper(name: str, server: str, path: str, env) -> Credentials | None:
     exe = f"docker-credential-{name}"
     if "/" in name:
         raise ConfigError(path, f"credential helper name {name!r}")
+    found = shutil.which(exe, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise ConfigError(path, f"credential helper {exe} is not installed")
     try:
-        p = subprocess.run([exe, "get"], input=server.encode(), capture_output=True,
+        p = subprocess.run([found, "get"], input=server.encode(), capture_output=True,
                            timeout=HELPER_TIMEOUT)
-    except FileNotFoundError:
-        raise ConfigError(path, f"credential helper {exe} is not installed") from None
+    except OSError as e:
+        raise ConfigError(path, f"credential helper {exe}: {e.strerror or e}") from None
     except subprocess.TimeoutExpired:
         raise ConfigError(path, f"credential helper {exe} did not answer") from None
     if p.returncode != 0:
@@ -156,7 +160,7 @@ def find_credentials(registry: str, repository: str, env=os.environ,
         helpers = {_normalize_key(k): v for k, v in helpers.items()}
         for key in wanted:
             if key in helpers and isinstance(helpers[key], str):
-                found = _helper(helpers[key], key, path)
+                found = _helper(helpers[key], key, path, env)
                 if found is not None:
                     return found
             creds = _decode_entry(by_key.get(key), path)
@@ -164,7 +168,7 @@ def find_credentials(registry: str, repository: str, env=os.environ,
                 return creds
         if isinstance(doc.get("credsStore"), str) and doc["credsStore"]:
             server = "https://index.docker.io/v1/" if registry == DOCKER_HUB else registry
-            found = _helper(doc["credsStore"], server, path)
+            found = _helper(doc["credsStore"], server, path, env)
             if found is not None:
                 return found
     return None
