@@ -1,6 +1,9 @@
 """fsd killed (SIGKILL) at many seeded points of a mixed workload, and what a
 process sees on a mount whose daemon died.
 
+Also: the daemon killed right before each of the calls by which one operation
+changes the upper (strace fault injection), one kill point per call.
+
 Crash points: a worker process runs a seeded plan of operations on the mount -
 appends that copy up big and small lower files, pwrite, O_TRUNC writes, creates
 (also over whiteouts), unlink, renames of files and of merged directories,
@@ -24,6 +27,7 @@ kernel can mount it. Rerun one seed: STRATA_CRASH_SEED=N.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -39,8 +43,8 @@ import pytest
 
 from support import layergen, mounts
 from support.convert import convert_layers
-from support.faults import (DEAD, CrashModel, daemon_pids, detach_dead, entries_below, names_of, observe,
-                            probe)
+from support.faults import (DEAD, MUTATING, NAMESPACE, CrashModel, Strace, daemon_pids, detach_dead,
+                            entries_below, kill_before, kill_points, names_of, observe, probe, run_op)
 from support.snapshot import compare, snapshot
 from support.upper_ops import write_big
 
@@ -96,6 +100,11 @@ def _kill_spec(rng: random.Random, plan: list, model: CrashModel, work: Path) ->
             how = "delay"
     return {"how": how, "at": at, "delay": rng.choice((0.0, 0.0005, 0.002, 0.01, 0.03)) if how != "copy-up"
             else rng.choice((0.0, 0.0, 0.001, 0.005)), "tmpdir": str(_work_tmp(work))}
+
+
+def _mount_error(e: AssertionError) -> str:
+    """The fsd error line in a failed mount_fsd's message."""
+    return next((line for line in str(e).splitlines() if line.startswith("fsd: ")), str(e)[-300:])
 
 
 def _show(op) -> str:
@@ -210,7 +219,11 @@ class CrashRun:
         self.history.append(f"{where}: ran {len(lines) - 1} of {len(plan)} ops; killed {reason}; "
                             f"cut short: {_show(cut) if cut else 'none'}")
 
-        m = self.live = self.mount_fsd(self.layers, upper, work)
+        try:
+            m = self.live = self.mount_fsd(self.layers, upper, work)
+        except AssertionError as e:
+            self.fail(f"{where}: fsd does not mount again after the crash: {_mount_error(e)}", resync=False)
+            self.report()
         left = entries_below(_work_tmp(work))
         if left:
             self.fail(f"{where}: {_work_tmp(work)} not empty after the remount: {left[:10]}")
@@ -400,3 +413,184 @@ def test_a_dead_daemon_gives_enotconn_not_a_hang(tmp_path, mount_fsd):
     m2 = mount_fsd([lower], upper, work)
     assert (m2.mnt / "dir/file").read_text() == "lower data"
     assert entries_below(_work_tmp(work)) == []
+
+
+# -- kill points at the daemon's own syscalls ------------------------------------------------------
+# A clean run of one operation, traced, lists the syscalls by which fsd changes the upper and the
+# work area; then, for each, the same operation from the same state with the daemon killed right
+# before that call (strace -e inject=CALL:signal=SIGKILL -P PATH). After the remount the whole
+# tree must be the one before the operation or the one after it (times aside), the work area
+# empty, and the kernel overlay must read the upper as fsd shows it.
+
+def _lower_links(root: Path) -> list[Path]:
+    """a/x, b/y, c/z: one lower file with three names; d/ an empty lower dir."""
+    (top,) = layergen.make_layers(root, 1)
+    layergen.write(top, "a/x", os.urandom(100_000))
+    for n in ("b/y", "c/z"):
+        (top / n).parent.mkdir()
+        os.link(top / "a/x", top / n)
+    (top / "d").mkdir()
+    layergen.write(top, "a/other", "other")
+    return [top]
+
+
+def _merged_tree(root: Path) -> list[Path]:
+    """dir/ merged from two layers, with a whiteout, a subdir, and a file whose
+    other name (other/y) is outside dir."""
+    top, bottom = layergen.make_layers(root, 2)
+    for i in range(4):
+        layergen.write(bottom, f"dir/f{i}", f"file {i}" * 100)
+    layergen.write(bottom, "dir/sub/g", "g")
+    layergen.write(bottom, "dir/x", "linked")
+    (bottom / "other").mkdir()
+    os.link(bottom / "dir/x", bottom / "other/y")
+    layergen.write(top, "dir/t", "top")
+    layergen.whiteout(top, "dir/f3", "chardev")
+    return [top, bottom]
+
+
+def _lower_dir(root: Path) -> list[Path]:
+    top, bottom = layergen.make_layers(root, 2)
+    layergen.write(bottom, "d/a", "a")
+    layergen.write(bottom, "d/b", "b")
+    layergen.write(top, "d/c", "c")
+    layergen.write(bottom, "f", "f" * 5000)
+    layergen.write(top, "g", "g" * 7000)
+    return [top, bottom]
+
+
+# name: (layers, operations done first through the mount, the operation cut short, in the default run)
+POINT_SCENARIOS = {
+    "append to a lower file with three names": (_lower_links, [], ["append", "a/x", 100, "t"], True),
+    "hard link to a lower file with three names": (_lower_links, [], ["link", "a/x", "d/new"], True),
+    "rename of a merged dir with a hard link leaving it": (_merged_tree, [], ["rename", "dir", "moved"], True),
+    "mkdir over a whiteout": (_lower_dir, [["unlink", "d/a"], ["unlink", "d/b"], ["unlink", "d/c"],
+                                           ["rmdir", "d"]], ["mkdir", "d"], True),
+    "rmdir of an emptied merged dir": (_lower_dir, [["unlink", "d/a"], ["unlink", "d/b"], ["unlink", "d/c"]],
+                                       ["rmdir", "d"], False),
+    "unlink of a lower file": (_lower_dir, [], ["unlink", "d/a"], False),
+    "rename of a lower file over another": (_lower_dir, [], ["rename", "f", "g"], False),
+    "rename of a lower file into a merged dir": (_lower_dir, [], ["rename", "f", "d/f"], False),
+}
+
+
+def _timeless(snap):
+    out = dataclasses.replace(snap, entries=dict(snap.entries))
+    for p, e in snap.entries.items():
+        out.entries[p] = dataclasses.replace(e, mtime_ns=None)
+    return out
+
+
+def _op_in_child(root: Path, op: list) -> str:
+    p = subprocess.run([sys.executable, "-m", "support.faults", "run-op", str(root), json.dumps(op)], cwd=TESTS,
+                       capture_output=True, text=True, timeout=60)
+    return p.stdout.strip() or p.stderr.strip()[-300:]
+
+
+class Points:
+    def __init__(self, tmp_path: Path, mount_fsd, mount_kernel_overlay, name: str):
+        build, self.pre, self.op, _ = POINT_SCENARIOS[name]
+        self.tmp = tmp_path / re.sub(r"\W+", "-", name)
+        self.lowers = build(self.tmp / "layers")
+        self.mount_fsd = mount_fsd
+        self.mount_kernel = mount_kernel_overlay
+        self.name = name
+        self._n = 0
+
+    def fresh(self):
+        """A new upper, with the operations before the one cut short done."""
+        self._n += 1
+        upper, work = self.tmp / f"upper{self._n}", self.tmp / f"work{self._n}"
+        upper.mkdir()
+        work.mkdir()
+        m = self.mount_fsd(self.lowers, upper, work)
+        for op in self.pre:
+            run_op(str(m.mnt), op)
+        return m, upper, work
+
+    def clean_run(self):
+        m, upper, work = self.fresh()
+        self.old = _timeless(snapshot(m.mnt))
+        trace = Strace(daemon_pids(m)[0], ",".join(MUTATING), self.tmp / "clean.trace", options=())
+        res = _op_in_child(m.mnt, self.op)
+        trace.stop()
+        assert res == "ok", f"{self.name}: {self.op} failed without a crash: {res}"
+        m.unmount()
+        m = self.mount_fsd(self.lowers, upper, work)
+        self.new = _timeless(snapshot(m.mnt))
+        m.unmount()
+        assert compare(self.old, self.new), f"{self.name}: the operation changed nothing"
+        return trace.calls()
+
+    def kill_at(self, point) -> list[str]:
+        """Problems after a kill at point; [] when there are none."""
+        m, upper, work = self.fresh()
+        snapshot(m.mnt)  # the lookups of the clean run, in its order (a hard link is copied up by its last name)
+        trace = kill_before(daemon_pids(m)[0], point, self.tmp / f"kill{self._n}.trace")
+        res = _op_in_child(m.mnt, self.op)
+        trace.stop()
+        if not trace.killed():
+            m.unmount()
+            return [f"kill point {point} was not reached (the operation gave {res})"]
+        detach_dead(m)
+        problems = []
+        if res not in DEAD:
+            problems.append(f"the operation, cut short by the kill, returned {res}")
+        try:
+            m = self.mount_fsd(self.lowers, upper, work)
+        except AssertionError as e:
+            return problems + [f"fsd does not mount again: {_mount_error(e)}"]
+        left = entries_below(_work_tmp(work))
+        if left:
+            problems.append(f"work area not empty after the remount: {left[:8]}")
+        got = snapshot(m.mnt)
+        now = _timeless(got)
+        vs_old, vs_new = compare(self.old, now, "before", "after the crash"), compare(self.new, now, "done", "after the crash")
+        if vs_old and vs_new:
+            problems.append("neither the state before the operation nor the one after it:\n    " +
+                            "\n    ".join(vs_old[:6]) + "\n    --- against the completed operation:\n    " +
+                            "\n    ".join(vs_new[:6]))
+        k = self.mount_kernel([upper, *self.lowers])
+        try:
+            kdiff = compare(snapshot(k), got, "kernel", "fsd")
+        finally:
+            self.mount_kernel.umount(k)
+        if kdiff:
+            problems.append("the kernel overlay reads the upper differently:\n    " + "\n    ".join(kdiff[:8]))
+        m.unmount()
+        return problems
+
+
+def _spread(items: list, k: int | None) -> list:
+    """k items spread evenly over items, first and last included (all if k is None)."""
+    if k is None or len(items) <= k:
+        return items
+    return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)]
+
+
+def _kill_points(tmp_path, mount_fsd, mount_kernel_overlay, names, kinds, per_scenario=None):
+    report = []
+    total = 0
+    for name in names:
+        pts = Points(tmp_path, mount_fsd, mount_kernel_overlay, name)
+        points = _spread(kill_points(pts.clean_run(), kinds), per_scenario)
+        assert points, f"{name}: no kill point found in the trace"
+        for point in points:
+            total += 1
+            for problem in pts.kill_at(point):
+                report.append(f"{name} {pts.op}: SIGKILL before {point[0]}(... {point[1]!r} ...) "
+                              f"#{point[2]}: {problem}")
+    if report:
+        pytest.fail(f"{len(report)} problem(s) at {total} kill points:\n" + "\n".join(report), pytrace=False)
+
+
+@pytest.mark.fuse_deadline(150)
+def test_sigkill_before_namespace_changes_of_an_operation(tmp_path, mount_fsd, mount_kernel_overlay):
+    names = [n for n, s in POINT_SCENARIOS.items() if s[3]]
+    _kill_points(tmp_path, mount_fsd, mount_kernel_overlay, names, NAMESPACE, per_scenario=4)
+
+
+@pytest.mark.long
+@pytest.mark.fuse_deadline(900)
+def test_sigkill_before_each_change_of_an_operation(tmp_path, mount_fsd, mount_kernel_overlay):
+    _kill_points(tmp_path, mount_fsd, mount_kernel_overlay, list(POINT_SCENARIOS), MUTATING)

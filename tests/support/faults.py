@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import stat
 import struct
@@ -182,15 +183,17 @@ def drop_caches() -> None:
 # -- strace ----------------------------------------------------------------------------------------
 
 class Strace:
-    """strace -f -y -e trace=SYSCALLS attached to pid (all its threads, and new ones)."""
+    """strace -f -e trace=SYSCALLS attached to pid (all its threads, and new ones);
+    options: extra strace arguments (-y, -P PATH, -e inject=...)."""
 
-    def __init__(self, pid: int, syscalls: str, out: Path):
+    def __init__(self, pid: int, syscalls: str, out: Path, options=("-y",), cwd=None):
         self.out = Path(out)
         self.err = self.out.with_suffix(".stderr")
         self._errf = open(self.err, "w+")
-        self.proc = subprocess.Popen(["strace", "-f", "-y", "-q", "-e", f"trace={syscalls}",
+        self.proc = subprocess.Popen(["strace", "-f", "-q", "-s", "4096", *options, "-e", f"trace={syscalls}",
                                       "-o", str(self.out), "-p", str(pid)],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errf)
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errf,
+                                     cwd=cwd)
         # strace says nothing when attached with -q; wait until it is tracing every thread
         tids = set(os.listdir(f"/proc/{pid}/task"))
         end = time.monotonic() + 10
@@ -230,6 +233,49 @@ class Strace:
             return self.out.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return []
+
+    def calls(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(syscall, its string arguments) of every call traced, in order."""
+        out = []
+        for line in self.lines():
+            m = _CALL.match(line)
+            if m:
+                out.append((m.group(1), tuple(_STRING.findall(m.group(2)))))
+        return out
+
+    def killed(self) -> bool:
+        return any("+++ killed by SIGKILL +++" in line for line in self.lines())
+
+
+_CALL = re.compile(r"^\d+\s+(\w+)\((.*)")
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+# syscalls that change a layer; a kill point is the first call of one of them on a path
+MUTATING = ("mkdirat", "mknodat", "symlinkat", "linkat", "renameat", "renameat2", "unlinkat", "fchownat",
+            "fchmodat", "utimensat")  # xattr calls name /proc/self/fd/N/...: no -P for them
+NAMESPACE = ("mknodat", "symlinkat", "linkat", "renameat", "renameat2", "unlinkat")
+
+
+def kill_points(calls, kinds=MUTATING) -> list[tuple[str, str, int]]:
+    """From a clean run's calls: (syscall, path, n) for each call of kinds - the
+    n-th call of that syscall naming that path - to kill the daemon right there."""
+    seen: dict[tuple[str, str], int] = {}
+    out = []
+    for name, strings in calls:
+        if name not in kinds or not strings:
+            continue
+        path = strings[-1]
+        key = (name, path)
+        seen[key] = seen.get(key, 0) + 1
+        out.append((name, path, seen[key]))
+    return out
+
+
+def kill_before(pid: int, point: tuple[str, str, int], out: Path) -> Strace:
+    """Have the daemon killed (SIGKILL, the call not made) when it reaches point."""
+    name, path, n = point
+    return Strace(pid, name, out, ("-P", path, "-e", f"inject={name}:error=EIO:signal=SIGKILL:when={n}"),
+                  cwd="/")  # a relative -P path must not resolve against strace's cwd
 
 
 # -- users -----------------------------------------------------------------------------------------
@@ -888,3 +934,9 @@ def crash_worker(spec_path: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1] == "crash-worker":
         crash_worker(sys.argv[2])
+    elif sys.argv[1] == "run-op":  # ROOT JSON-OP: prints "ok" or the errno name
+        try:
+            run_op(sys.argv[2], json.loads(sys.argv[3]))
+            print("ok")
+        except OSError as e:
+            print(errname(e))
