@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 
-from ..errors import UsageError
 from .credentials import parse_creds
 from .display import TransferDisplay, human
 from .remote import Platform
@@ -126,7 +125,8 @@ def cmd_pull(store, args) -> int:
     if display:
         display.finish()
     if not args.quiet:
-        for line in pull_lines(report):
+        # on a terminal the display already shows each layer's outcome
+        for line in pull_lines(report)[-1 if display else 0:]:
             print(line, file=sys.stderr)
     if args.output == "json":
         print(json.dumps(report.as_dict(), indent=1))
@@ -152,8 +152,6 @@ def pull_lines(report: PullReport) -> list[str]:
 
 def cmd_push(store, args) -> int:
     options = options_from(args)
-    if args.destination is None and args.image is None:
-        raise UsageError("push needs an image")
     display = _display(args, "pushing")
     report: PushReport = store.push(args.image, args.destination, options, progress=display)
     if display:
@@ -161,7 +159,7 @@ def cmd_push(store, args) -> int:
     for w in report.warnings:
         print(f"layers: warning: {w}", file=sys.stderr)
     if not args.quiet:
-        for line in push_lines(report):
+        for line in push_lines(report)[-1 if display else 0:]:
             print(line, file=sys.stderr)
     if args.output == "json":
         print(json.dumps(report.as_dict(), indent=1))

@@ -233,7 +233,7 @@ def test_docker_v2s2_manifest_chunked_upload_and_mount(machines, proxy, registry
     assert [x["status"] for x in rep["layers"]] == ["mounted", "mounted"]
 
 
-def test_uncompressed_oci_layers_and_zstd_pull(machines, proxy, registry, tmp_path):
+def test_uncompressed_oci_layers_and_zstd_pull(machines, proxy, registry, skopeo, tmp_path):
     a, b = machines
     built = import_image(a, tmp_path, [BASE, APP1], "plain:1")
     repo = f"{proxy.host}/plain/app"
@@ -241,6 +241,17 @@ def test_uncompressed_oci_layers_and_zstd_pull(machines, proxy, registry, tmp_pa
     assert [x["digest"] for x in rep["layers"]] == built.diff_ids
     b.ok("pull", f"{repo}:1", INSECURE)
     assert inspect(b, f"{repo}:1")["layers"] == built.chain_ids
+    # zstd layers, as skopeo copies them from a layout that has them
+    zst = oci_layout(tmp_path / "zstd", [BASE, EXTRA], compression="zstd")
+    ref = f"{registry.host}/zstd/app:1"
+    _skopeo(skopeo, "copy", "--dest-tls-verify=false", f"oci:{zst.path}", f"docker://{ref}")
+    manifest = httpx.get(f"http://{registry.host}/v2/zstd/app/manifests/1", headers={
+        "Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+    assert {x["mediaType"] for x in manifest["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar+zstd"}
+    rep = b.report("pull", ref, INSECURE)
+    assert [x["outcome"] for x in rep["layers"]] == ["present", "fetched"]
+    assert inspect(b, ref)["layers"] == zst.chain_ids
 
 
 # -- index, skopeo ----------------------------------------------------------------------------
