@@ -185,11 +185,13 @@ class Bench:
         ctx = Context(impl, None, self.data, ctx_dir, self.args.small, self.args.timeout, self.fio,
                       str(REPO / ".venv" / "bin" / "layers"))
         error = None
+        mount = None
         try:
             if group.lowers:
                 lowers, cwd = self._lowers(group)
+                deadline = self.args.timeout * (len(group.workloads) + 1)
                 mount = self.impls[impl].open_mount(lowers, self.run_dir / f"r{rep}-{gname}-{impl}",
-                                                    volatile=group.volatile, cwd=cwd)
+                                                    volatile=group.volatile, cwd=cwd, deadline=deadline)
                 with mount:
                     ctx.mount = mount
                     group.run(ctx)
@@ -199,6 +201,8 @@ class Bench:
             error = str(exc)
         except (OSError, subprocess.SubprocessError) as exc:
             error = f"{type(exc).__name__}: {exc}"
+            if mount is not None and mount.expired:
+                error = f"hung: connection aborted after {mount.deadline:.0f}s; then {error}"
         except Exception as exc:  # a bug of the bench: report it, keep the others' results
             error = f"{type(exc).__name__}: {exc}"
             say(traceback.format_exc())
@@ -269,6 +273,8 @@ def main(argv=None) -> int:
         "data": {name: {k: v for k, v in (datamod.load_spec(p) or {}).items() if k != "w4_files"}
                  for name, p in bench.data.items()},
     }
+    if args.small:
+        print("(--small: toy data, the sizes in the titles do not apply; a smoke test, not a benchmark)")
     print(render_table(summary), end="")
     if errors:
         print("\nerrors:")

@@ -143,7 +143,6 @@ def _build_lower(out: Path, p: dict) -> dict:
         if os.path.isdir(src):
             subprocess.run(["cp", "-a", "--", src, str(dst)], check=True)
     rng = random.Random(4096)
-    appended = []
     for g in range(p["groups"]):
         for d in range(p["dirs_per_group"]):
             for f in range(p["files_per_dir"]):
@@ -202,7 +201,7 @@ def _build_stack(out: Path, p: dict) -> dict:
             whiteouts += 1
         if i % 8 == 0:  # a whole directory of a layer below goes
             victim = f"l{rng.randrange(i):02d}"
-            if merged.get(victim) == "d":
+            if merged.get(victim) == "d" and not (layer / victim).exists():
                 _mknod_whiteout(layer / victim)
                 for r in [r for r in merged if r == victim or r.startswith(victim + "/")]:
                     del merged[r]

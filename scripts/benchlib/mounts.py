@@ -1,11 +1,14 @@
 """Mounting the three implementations on the same lowers, and always unmounting.
 
-`Implementation.open_mount(lowers, scratch, volatile=, cwd=)` returns a
-`Mount` to use as a context manager: on entry the merged view is live at
-`mount.merged`, with an upper and a workdir made fresh under `scratch`; on
-exit (normal, exception or Ctrl-C) it is unmounted, its daemon has exited and
-the upper, work and mountpoint directories are removed. Every live mount is
-also in `LIVE`, which `cleanup_all()` empties at exit as a last resort.
+`Implementation.open_mount(lowers, scratch, volatile=, cwd=, deadline=)`
+returns a `Mount` to use as a context manager: on entry the merged view is
+live at `mount.merged`, with an upper and a workdir made fresh under
+`scratch`; on exit (normal, exception or Ctrl-C) it is unmounted, its daemon
+has exited and the upper, work and mountpoint directories are removed. Every
+live mount is also in `LIVE`, which `cleanup_all()` empties at exit as a last
+resort. A FUSE mount still open `deadline` seconds after it came up has its
+connection aborted (`mount.expired`): whatever hangs on it, the bench
+included, gets an error instead of waiting forever.
 
 Nothing here stats a mountpoint to learn whether it is mounted: the mount
 table in /proc says so, and a hung daemon cannot hang a read of it. Every wait
@@ -25,6 +28,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -132,7 +136,7 @@ class Mount:
     """One live mount of an implementation, with its fresh upper and workdir."""
 
     def __init__(self, impl: "Implementation", lowers: list[str], scratch: Path,
-                 volatile: bool, cwd: str | None):
+                 volatile: bool, cwd: str | None, deadline: float | None):
         self.impl = impl
         self.lowers = lowers
         self.volatile = volatile
@@ -144,6 +148,9 @@ class Mount:
         self.log = scratch.parent / f"{scratch.name}.{impl.name}.log"
         self.proc: subprocess.Popen | None = None
         self.dev: str | None = None
+        self.deadline = deadline
+        self.expired = False
+        self._watchdog: threading.Timer | None = None
 
     # The option string all three take; lowers may be relative to self.cwd.
     def options(self) -> str:
@@ -170,6 +177,10 @@ class Mount:
         LIVE.append(self)
         try:
             self._start()
+            if self.deadline and self.impl.fuse:
+                self._watchdog = threading.Timer(self.deadline, self._expire)
+                self._watchdog.daemon = True
+                self._watchdog.start()
         except BaseException:
             with signals_held():
                 self.close()
@@ -181,6 +192,10 @@ class Mount:
             problems = self.close()
         if problems and exc[0] is None:
             raise MountError(f"{self.impl.name}: " + "; ".join(problems))
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.abort()
 
     def _start(self) -> None:
         if not self.impl.fuse:
@@ -220,6 +235,10 @@ class Mount:
         """Unmount, make the daemon exit, remove the scratch dirs; what went wrong."""
         problems = []
         merged = str(self.merged)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self.expired:
+            problems.append(f"connection aborted {self.deadline:.0f}s after mounting (hung)")
         if self.impl.fuse:
             if mounts_at(merged):
                 try:
@@ -229,8 +248,9 @@ class Mount:
                         problems.append(f"fusermount3 -u failed: {r.stderr.strip()}")
                 except subprocess.TimeoutExpired:
                     problems.append("fusermount3 -u hung")
-            if self.proc is not None and not _wait_gone(self.proc, UNMOUNT_TIMEOUT):
-                problems.append(f"daemon {self.proc.pid} still running {UNMOUNT_TIMEOUT:.0f}s "
+            wait = 2.0 if self.expired else UNMOUNT_TIMEOUT  # a hung daemon will not exit
+            if self.proc is not None and not _wait_gone(self.proc, wait):
+                problems.append(f"daemon {self.proc.pid} still running {wait:.0f}s "
                                 "after unmount; aborted and killed")
                 self.abort()
                 self.proc.kill()
@@ -264,8 +284,8 @@ class Implementation:
         return self.executable is not None
 
     def open_mount(self, lowers: list[str], scratch: Path, volatile: bool = False,
-                   cwd: str | None = None) -> Mount:
-        return Mount(self, lowers, scratch, volatile, cwd)
+                   cwd: str | None = None, deadline: float | None = None) -> Mount:
+        return Mount(self, lowers, scratch, volatile, cwd, deadline)
 
 
 def cleanup_all() -> list[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -90,14 +91,18 @@ class Context:
         err_path = self.scratch / "step.err"
         with open(out_path if capture else os.devnull, "wb") as out, open(err_path, "wb") as err:
             t = time.perf_counter()
-            p = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            # In a process group of its own, so that all of it can be stopped
+            # (fio forks its jobs). Never with its cwd in the mount: a fork that
+            # chdirs into a hung mount blocks the bench in vfork, deadline or not.
+            p = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                 process_group=0)
             try:
                 _, status, rusage = _wait4(p, self.timeout)
             except BaseException as exc:
                 _stop(p, self.mount)
                 if isinstance(exc, subprocess.TimeoutExpired):
                     raise WorkloadError(f"{_show(argv)}: still running after {self.timeout:.0f}s; "
-                                        "connection aborted") from None
+                                        "killed") from None
                 raise
             wall = time.perf_counter() - t
         stdout = out_path.read_text(errors="replace") if capture else ""
@@ -106,9 +111,9 @@ class Context:
             raise WorkloadError(f"{_show(argv)}: exit {status}: {tail or '(no output)'}")
         return stdout, wall, rusage
 
-    def time_cmd(self, wid: str, argv: list[str], cwd=None) -> Step:
+    def time_cmd(self, wid: str, argv: list[str]) -> Step:
         cpu0 = self._cpu()
-        _, wall, rusage = self._run(argv, cwd)
+        _, wall, rusage = self._run(argv)
         return self._record(wid, Step(wall), cpu0, rusage)
 
     def time_worker(self, wid: str, *args: str) -> Step:
@@ -163,16 +168,33 @@ def _wait4(p: subprocess.Popen, timeout: float):
 
 
 def _stop(p: subprocess.Popen, mount: Mount | None) -> None:
-    """Kill a step; if it is stuck in the filesystem, abort the mount's connection."""
-    if p.returncode is not None:
-        return
-    p.kill()
-    try:
-        p.wait(5)
-    except subprocess.TimeoutExpired:
+    """Kill a step and every process it started; if one is stuck in the
+    filesystem, abort the mount's connection first."""
+    def group_alive() -> bool:
+        try:
+            os.killpg(p.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    for attempt in range(3):
+        if group_alive():
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if p.returncode is None:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        end = time.monotonic() + 5
+        while group_alive() and time.monotonic() < end:
+            time.sleep(0.05)
+        if not group_alive() and p.returncode is not None:
+            return
         if mount:
             mount.abort()
-        p.wait(30)
 
 
 def _show(argv: list[str]) -> str:
@@ -194,7 +216,7 @@ class Group:
 
 def _find(ctx: Context, wid: str) -> None:
     # -printf of the size makes find stat every entry, as a container start does.
-    ctx.time_cmd(wid, ["find", ".", "-printf", "%y %s\n"], cwd=ctx.merged)
+    ctx.time_cmd(wid, ["find", str(ctx.merged), "-printf", "%y %s\n"])
 
 
 def run_w1(ctx: Context) -> None:
@@ -206,8 +228,8 @@ def run_w1(ctx: Context) -> None:
 def run_w2(ctx: Context) -> None:
     ctx.cold()
     # GNU tar does not read files it writes to /dev/null: hence the cat.
-    ctx.time_cmd("w2", ["bash", "-o", "pipefail", "-c", "tar cf - rootfs small | cat >/dev/null"],
-                 cwd=ctx.merged)
+    ctx.time_cmd("w2", ["bash", "-o", "pipefail", "-c", 'tar -C "$1" -cf - rootfs small | cat >/dev/null',
+                        "w2", str(ctx.merged)])
 
 
 def run_w3(ctx: Context) -> None:
@@ -261,7 +283,7 @@ def run_w6(ctx: Context) -> None:
 
 def run_w7(ctx: Context) -> None:
     ctx.cold()
-    ctx.time_cmd("w7", ["rm", "-rf", "small/g0"], cwd=ctx.merged)
+    ctx.time_cmd("w7", ["rm", "-rf", str(ctx.merged / "small" / "g0")])
     if (ctx.merged / "small" / "g0").exists():
         raise WorkloadError("w7: small/g0 is still there after rm -rf")
 
@@ -280,8 +302,8 @@ def run_w10(ctx: Context) -> None:
     try:
         ctx.cold()
         if ctx.impl == IMPORT_BASELINE:
-            # The store syncs what it imports; so does the baseline.
-            ctx.time_cmd("w10", ["bash", "-c", 'sha256sum "$1" >/dev/null && tar -C "$2" -xf "$1" && sync',
+            # The store makes what it imports durable with one syncfs; so does the baseline.
+            ctx.time_cmd("w10", ["bash", "-c", 'sha256sum "$1" >/dev/null && tar -C "$2" -xf "$1" && sync -f "$2"',
                                  "w10", str(tarball), str(out / "tree")])
         else:
             ctx.time_cmd("w10", [ctx.layers_exe, "--root", str(out / "root"), "--runroot", str(out / "run"),
