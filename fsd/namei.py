@@ -71,9 +71,10 @@ def _scan(layer: Layer, rel: bytes) -> tuple[dict[bytes, int], set[bytes], bool]
     return names, whiteouts, opaque
 
 
-def dir_is_opaque(layer: Layer, rel: bytes) -> bool:
-    """Opaque by xattr or by a `.wh..wh..opq` file."""
-    attrs = layer.listxattr(rel)
+def dir_is_opaque(layer: Layer, rel: bytes, attrs: list[bytes] | None = None) -> bool:
+    """Opaque by xattr or by a `.wh..wh..opq` file; `attrs`: its xattr names, if known."""
+    if attrs is None:
+        attrs = layer.listxattr(rel)
     if opaque_by_xattr(attrs, lambda a: layer.try_getxattr(rel, a)):
         return True
     return layer.try_lstat((rel + b"/" if rel else b"") + OPAQUE_FILE) is not None
@@ -174,23 +175,23 @@ class Namei:
                 return None
         lower = self.lower_entries(parent).get(name) if parent.lowers else None
         if in_upper:
-            return self._upper_child(parent, name, upper.names[name], lower)
+            return self._upper_child(parent, name, lower)
         if lower is None:
             return None
         return self._lower_child(parent, name, lower)
 
-    def _upper_child(self, parent: Node, name: bytes, kind: int, lower: Entry | None) -> Node:
+    def _upper_child(self, parent: Node, name: bytes, lower: Entry | None) -> Node:
         upper = self.stack.upper
         rel = parent.child_path(name)
         st = upper.lstat(rel)
         kind = stat.S_IFMT(st.st_mode)
         lowers: tuple[int, ...] = ()
         opaque = False
+        attrs = upper.listxattr(rel) if self.markers.private_prefix is not None or kind == S_IFDIR else ()
         if kind == S_IFDIR:
-            opaque = dir_is_opaque(upper, rel)
+            opaque = dir_is_opaque(upper, rel, attrs)
             if not opaque and lower is not None and lower.kind == S_IFDIR:
                 lowers = self.merge_depth(lower.lowers, rel)
-        attrs = upper.listxattr(rel) if self.markers.private_prefix is not None else ()
         key = self._origin_key(rel) if self.markers.origin_xattr in attrs else self.origins.get(st.st_ino)
         if key is None:
             key = self._real_key(rel, lowers, st)
