@@ -84,7 +84,8 @@ def wait_for_port(port: int, timeout: float = START_TIMEOUT) -> bool:
 def make_cert(directory: Path, name: str = "127.0.0.1") -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (openssl): (cert, key)."""
     cert, key = directory / "registry.crt", directory / "registry.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+    openssl = ensure_installed("openssl", "openssl")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                     "-subj", f"/CN={name}", "-addext", f"subjectAltName=IP:{name}",
                     "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
