@@ -111,10 +111,11 @@ class Context:
             raise WorkloadError(f"{_show(argv)}: exit {status}: {tail or '(no output)'}")
         return stdout, wall, rusage
 
-    def time_cmd(self, wid: str, argv: list[str]) -> Step:
+    def time_cmd(self, wid: str, argv: list[str], capture=False) -> tuple[Step, str]:
+        """The step and, with capture, what the command printed."""
         cpu0 = self._cpu()
-        _, wall, rusage = self._run(argv)
-        return self._record(wid, Step(wall), cpu0, rusage)
+        out, wall, rusage = self._run(argv, capture=capture)
+        return self._record(wid, Step(wall), cpu0, rusage), out
 
     def time_worker(self, wid: str, *args: str) -> Step:
         cpu0 = self._cpu()
@@ -216,7 +217,10 @@ class Group:
 
 def _find(ctx: Context, wid: str) -> None:
     # -printf of the size makes find stat every entry, as a container start does.
-    ctx.time_cmd(wid, ["find", str(ctx.merged), "-printf", "%y %s\n"])
+    _, out = ctx.time_cmd(wid, ["find", str(ctx.merged), "-printf", "%y %s\n"], capture=True)
+    want = json.loads((ctx.data["lower"] / "spec.json").read_text())["entries"] + 1
+    if out.count("\n") != want:
+        raise WorkloadError(f"{wid}: find listed {out.count(chr(10))} entries, the lower tree has {want}")
 
 
 def run_w1(ctx: Context) -> None:
