@@ -1,17 +1,24 @@
-"""pyfuse3 as scripts/install builds it: fallocate and lseek reach the filesystem.
+"""pyfuse3 as scripts/install builds it, with the patches under patches/.
 
 Stock pyfuse3 3.5.0 leaves the FUSE fallocate and lseek requests unanswered
 by the filesystem (libfuse replies ENOSYS): the kernel then fails every
 fallocate(2) on the mount with EOPNOTSUPP, and lseek(SEEK_HOLE) finds a hole
 only at the end of the file. patches/pyfuse3-3.5.0-fallocate-lseek.patch adds
 Operations.fallocate(fh, mode, offset, length) and Operations.lseek(fh, offset,
-whence); these tests fail without it.
+whence). The results are checked on the backing file: blocks freed, zeros
+read, the holes that lseek reports.
 
-The filesystem under test is a flat passthrough of one backing directory,
-defined below and served by a child process (`python THIS_FILE BACKING
-MOUNTPOINT`), so pyfuse3's one-mount-per-process state stays out of pytest.
-The results are checked on the backing file: blocks freed, zeros read, the
-holes that lseek reports.
+Stock opendir can only return a file handle, so the kernel never caches a
+directory listing. patches/pyfuse3-3.5.0-opendir-cache.patch lets it return a
+FileInfo whose cache_readdir and keep_cache become FOPEN_CACHE_DIR and
+FOPEN_KEEP_CACHE: a second listing of an unchanged directory is then served by
+the kernel. The results are the daemon's own counts of opendir and readdir
+requests, read through the CALLS_XATTR of the mount's root.
+
+These tests fail without the patches. The filesystem under test is a flat
+passthrough of one backing directory, defined below and served by a child
+process (`python THIS_FILE BACKING MOUNTPOINT [OPENDIR_REPLY]`), so pyfuse3's
+one-mount-per-process state stays out of pytest.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import os
 import subprocess
@@ -30,6 +38,7 @@ import pytest
 import trio
 
 FSTYPE = "fuse.strata-pyfuse3-patch"
+CALLS_XATTR = "user.passthrough.calls"  # on the root: {"opendir": n, "readdir": n} as JSON
 FALLOC_FL_KEEP_SIZE = 0x01  # <linux/falloc.h>
 FALLOC_FL_PUNCH_HOLE = 0x02
 MiB = 1 << 20
@@ -57,18 +66,38 @@ def _fuse_errors():
         raise pyfuse3.FUSEError(e.errno) from e
 
 
+# What opendir returns for its file handle, by the name given on the command line.
+OPENDIR_REPLIES = {
+    "int": lambda fh: fh,
+    "FileInfo": lambda fh: pyfuse3.FileInfo(fh=fh),
+    "cache_readdir": lambda fh: pyfuse3.FileInfo(fh=fh, cache_readdir=True, keep_cache=False),
+    "cache_readdir+keep_cache": lambda fh: pyfuse3.FileInfo(fh=fh, cache_readdir=True,
+                                                            keep_cache=True),
+}
+
+
 class Passthrough(pyfuse3.Operations):
     """Regular files in the root of the backing directory, nothing more.
 
-    Attributes are not cached (timeouts 0), so every stat shows the backing file."""
+    Attributes are not cached (timeouts 0), so every stat shows the backing
+    file. The root's mtime and ctime though are those the backing directory had
+    at mount: a kernel that caches the listing then learns of a change to it
+    only from requests through the mount (as with fsd, whose lowers never
+    change), not from a new mtime (which drops the cached listing too).
+    opendir answers with OPENDIR_REPLIES[opendir_reply]; opendir and readdir
+    requests are counted and the counts read through CALLS_XATTR."""
 
     enable_writeback_cache = False
 
-    def __init__(self, backing: str):
+    def __init__(self, backing: str, opendir_reply: str = "int"):
         super().__init__()
         self.dirfd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY)
         self.names: dict[int, bytes] = {}  # inode -> name in the backing dir
         self.inodes: dict[bytes, int] = {}
+        self.opendir_reply = OPENDIR_REPLIES[opendir_reply]
+        self.calls = {"opendir": 0, "readdir": 0}
+        st = os.fstat(self.dirfd)
+        self.root_times = {"st_mtime_ns": st.st_mtime_ns, "st_ctime_ns": st.st_ctime_ns}
 
     def _inode(self, name: bytes) -> int:
         if name not in self.inodes:
@@ -95,7 +124,10 @@ class Passthrough(pyfuse3.Operations):
     async def getattr(self, inode, ctx):
         with _fuse_errors():
             if inode == pyfuse3.ROOT_INODE:
-                return self._entry(inode, os.fstat(self.dirfd))
+                e = self._entry(inode, os.fstat(self.dirfd))
+                for a, t in self.root_times.items():
+                    setattr(e, a, t)
+                return e
             return self._entry(inode, os.stat(self.names[inode], dir_fd=self.dirfd,
                                               follow_symlinks=False))
 
@@ -128,13 +160,38 @@ class Passthrough(pyfuse3.Operations):
         with _fuse_errors():
             return os.lseek(fh, offset, whence)
 
+    async def opendir(self, inode, ctx):
+        if inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self.calls["opendir"] += 1
+        return self.opendir_reply(inode)
 
-def serve(backing: str, mountpoint: str) -> None:
+    async def readdir(self, fh, start_id, token):
+        """The backing directory's names in sorted order; next_id is the index of the next."""
+        self.calls["readdir"] += 1
+        with _fuse_errors():
+            names = sorted(os.fsencode(n) for n in os.listdir(self.dirfd))
+            for i in range(start_id, len(names)):
+                st = os.stat(names[i], dir_fd=self.dirfd, follow_symlinks=False)
+                if not pyfuse3.readdir_reply(token, names[i], self._entry(self._inode(names[i]), st),
+                                             i + 1):
+                    return
+
+    async def releasedir(self, fh):
+        pass
+
+    async def getxattr(self, inode, name, ctx):
+        if inode != pyfuse3.ROOT_INODE or name != os.fsencode(CALLS_XATTR):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return json.dumps(self.calls).encode()
+
+
+def serve(backing: str, mountpoint: str, opendir_reply: str = "int") -> None:
     """Mount the passthrough of backing on mountpoint until it is unmounted."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = set(pyfuse3.default_options) | {"fsname=strata-pyfuse3-patch",
                                               "subtype=strata-pyfuse3-patch"}
-    pyfuse3.init(Passthrough(backing), mountpoint, options)
+    pyfuse3.init(Passthrough(backing, opendir_reply), mountpoint, options)
     try:
         trio.run(pyfuse3.main)
     except BaseException:
@@ -149,8 +206,10 @@ def serve(backing: str, mountpoint: str) -> None:
 def passthrough(tmp_path, fuse_deadline, request):
     """(backing dir, mountpoint) of a running passthrough mount.
 
-    Unmounted at teardown even when the test failed; a daemon that crashed,
-    exited non-zero or logged an error fails the test."""
+    Its opendir answers as OPENDIR_REPLIES[request.param] when the test
+    parametrizes this fixture (indirect), else with an int. Unmounted at
+    teardown even when the test failed; a daemon that crashed, exited non-zero
+    or logged an error fails the test."""
     from support import mounts  # here: the child, run as a script, has no tests/ on its path
 
     if os.geteuid() != 0:
@@ -160,11 +219,11 @@ def passthrough(tmp_path, fuse_deadline, request):
     backing, mnt = tmp_path / "backing", tmp_path / "mnt"
     backing.mkdir()
     mnt.mkdir()
-    _skip_unless_backing_punches_holes(backing)
+    opendir_reply = getattr(request, "param", "int")
 
     log_path = tmp_path / "passthrough.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, __file__, str(backing), str(mnt)],
+        proc = subprocess.Popen([sys.executable, __file__, str(backing), str(mnt), opendir_reply],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         mounts.wait_for(lambda: mounts.is_mounted(mnt, FSTYPE) or proc.poll() is not None, 15)
@@ -212,6 +271,7 @@ def _skip_unless_backing_punches_holes(backing: Path) -> None:
 
 def test_fallocate_allocates_and_punch_hole_frees_blocks(passthrough):
     backing, mnt = passthrough
+    _skip_unless_backing_punches_holes(backing)
     size, hole_off, hole_len = 4 * MiB, MiB, 2 * MiB
     fd = os.open(mnt / "f", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -250,6 +310,7 @@ def test_fallocate_allocates_and_punch_hole_frees_blocks(passthrough):
 
 def test_lseek_finds_data_and_holes(passthrough):
     backing, mnt = passthrough
+    _skip_unless_backing_punches_holes(backing)
     # data [0, 64 KiB), hole [64 KiB, 1 MiB), data [1 MiB, 1 MiB + 64 KiB), end
     chunk, gap = 64 << 10, MiB
     with open(backing / "sparse", "wb") as f:
@@ -272,5 +333,114 @@ def test_lseek_finds_data_and_holes(passthrough):
         os.close(fd)
 
 
+def _calls(mnt: Path) -> dict[str, int]:
+    """The daemon's counts of opendir and readdir requests so far."""
+    return json.loads(os.getxattr(mnt, CALLS_XATTR))
+
+
+def _listing(mnt: Path) -> tuple[list[str], dict[str, int]]:
+    """The sorted names in mnt, and the requests their listing sent to the daemon."""
+    before = _calls(mnt)
+    names = sorted(os.listdir(mnt))
+    after = _calls(mnt)
+    return names, {k: after[k] - before[k] for k in after}
+
+
+def _page_cache_drops() -> int:
+    """How many times the page cache was dropped (drop_caches) since boot."""
+    with open("/proc/vmstat") as f:
+        for line in f:
+            name, value = line.split()
+            if name == "drop_pagecache":
+                return int(value)
+    return 0
+
+
+def _retried_if_page_cache_dropped(check, attempts: int = 5):
+    """check(attempt) for attempt 0, 1, ... until it returns.
+
+    The kernel keeps cached listings in the page cache, which other tests on
+    this machine drop (/proc/sys/vm/drop_caches): a check that failed while
+    that happened is tried again, any other failure is one."""
+    for attempt in range(attempts):
+        drops = _page_cache_drops()
+        try:
+            return check(attempt)
+        except AssertionError:
+            if attempt == attempts - 1 or _page_cache_drops() == drops:
+                raise
+
+
+def _require_opendir_cache_patch() -> None:
+    # Without it the daemon's opendir raises TypeError (FileInfo takes no
+    # cache_readdir, and is no file handle): name the cause instead.
+    if not hasattr(pyfuse3.FileInfo(), "cache_readdir"):
+        pytest.fail("pyfuse3.FileInfo has no cache_readdir: this pyfuse3 lacks "
+                    "patches/pyfuse3-3.5.0-opendir-cache.patch (run scripts/install)",
+                    pytrace=False)
+
+
+@pytest.mark.parametrize("passthrough, served_by_the_kernel", [
+    # An int (stock pyfuse3's only answer) or FileInfo's defaults: no caching.
+    ("int", False),
+    ("FileInfo", False),
+    # The listing is cached, but dropped at the next open without keep_cache.
+    ("cache_readdir", False),
+    ("cache_readdir+keep_cache", True),
+], indirect=["passthrough"])
+def test_opendir_cache_flags_decide_whether_a_second_listing_reaches_readdir(
+        passthrough, served_by_the_kernel, request):
+    backing, mnt = passthrough
+    if request.node.callspec.params["passthrough"] != "int":
+        _require_opendir_cache_patch()
+    names = [f"f{i:03}" for i in range(200)]  # two pages of the kernel's cache
+    for name in names:
+        (backing / name).touch()
+
+    listed, calls = _listing(mnt)
+    assert (listed, calls["opendir"], calls["readdir"] > 1) == (names, 1, True)
+
+    def second_listing(attempt):
+        if attempt:
+            _listing(mnt)  # fills the cache again
+        listed, calls = _listing(mnt)
+        assert listed == names
+        assert calls["opendir"] == 1  # a new open, which reached the daemon
+        if served_by_the_kernel:
+            assert calls["readdir"] == 0
+        else:
+            assert calls["readdir"] > 0
+
+    _retried_if_page_cache_dropped(second_listing)
+
+
+@pytest.mark.parametrize("passthrough", ["cache_readdir+keep_cache"], indirect=True)
+def test_cached_listing_is_dropped_when_the_directory_changes_through_the_mount(passthrough):
+    backing, mnt = passthrough
+    _require_opendir_cache_patch()
+    for name in ("a", "b"):
+        (backing / name).touch()
+
+    def changes(attempt):
+        behind, created = f"behind{attempt}", f"c{attempt}"
+        names = sorted(os.listdir(backing))
+        assert _listing(mnt)[0] == names
+        assert _listing(mnt) == (names, {"opendir": 1, "readdir": 0})
+
+        # A change behind the kernel's back (never one in a lower) goes unseen:
+        # the root's mtime does not change, so nothing tells the kernel.
+        (backing / behind).touch()
+        assert _listing(mnt) == (names, {"opendir": 1, "readdir": 0})
+
+        # A change through the mount drops the cached listing (fuse_dir_changed).
+        os.close(os.open(mnt / created, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        names = sorted(names + [behind, created])
+        listed, calls = _listing(mnt)
+        assert (listed, calls["readdir"] > 0) == (names, True)
+        assert _listing(mnt) == (names, {"opendir": 1, "readdir": 0})  # cached anew
+
+    _retried_if_page_cache_dropped(changes)
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2])
+    serve(*sys.argv[1:])
