@@ -79,6 +79,35 @@ def used_bytes(path) -> int:
     return (sv.f_blocks - sv.f_bfree) * sv.f_frsize
 
 
+def remove_tree(path) -> None:
+    """rm -rf path, however deep (shutil.rmtree recurses, and a 1000-level tree
+    is too deep for it); mounts below are not crossed (umount them first)."""
+    path = os.fspath(path)
+    if not os.path.lexists(path):
+        return
+    if not os.path.isdir(path) or os.path.islink(path):
+        os.unlink(path)
+        return
+    stack = [(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW), None)]
+    while stack:
+        fd, name = stack[-1]
+        sub = None
+        with os.scandir(fd) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    sub = e.name
+                    break
+                os.unlink(e.name, dir_fd=fd)
+        if sub is not None:
+            stack.append((os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), sub))
+            continue
+        os.close(fd)
+        stack.pop()
+        if stack:
+            os.rmdir(name, dir_fd=stack[-1][0])
+    os.rmdir(path)
+
+
 def entries_below(path) -> list[str]:
     """Every name below a real directory (relative), for 'nothing left behind' checks."""
     out = []
