@@ -13,6 +13,13 @@ Level 1: imports `errors`.
     mountopt = "nodev"
     ignore_chown_errors = "true"
     force_mask = "shared"      # shared (0755), private (0700) or octal
+    [storage.options]
+    size = "10G"               # default limits of a container's writable layer
+    inodes = "100000"          # (also under [storage.options.overlay])
+    user_quota = "50G"         # all containers of one user in this store
+
+Sizes are an integer or N with K, M, G or T (powers of 1024, as in
+containers-storage); "" means no limit.
 
 It is found at `$STRATA_STORAGE_CONF`, `~/.config/strata/storage.conf`
 (`$XDG_CONFIG_HOME`), then `/etc/strata/storage.conf`; the first that exists
@@ -35,7 +42,7 @@ _KNOWN = {
                 "transient_store"},
     "storage.options": {"overlay", "additionalimagestores", "pull_options",
                         "mount_program", "mountopt", "ignore_chown_errors",
-                        "force_mask"},
+                        "force_mask", "size", "inodes", "user_quota"},
     "storage.options.overlay": {"mount_program", "mountopt", "ignore_chown_errors",
                                 "force_mask", "skip_mount_home", "inodes", "size",
                                 "use_composefs"},
@@ -53,6 +60,9 @@ class Config:
     force_mask: int | None
     source: str | None                  # the storage.conf read, if any
     warnings: tuple[str, ...] = field(default=())
+    size: int | None = None             # default byte limit of a container
+    inodes: int | None = None           # default inode limit of a container
+    user_quota: int | None = None       # bytes for all of one user's containers
 
     def as_dict(self) -> dict:
         return {"root": self.root, "runroot": self.runroot,
@@ -60,7 +70,8 @@ class Config:
                 "mount_program": self.mount_program, "mountopt": self.mountopt,
                 "ignore_chown_errors": self.ignore_chown_errors,
                 "force_mask": None if self.force_mask is None else f"0{self.force_mask:o}",
-                "storage_conf": self.source}
+                "storage_conf": self.source, "size": self.size, "inodes": self.inodes,
+                "user_quota": self.user_quota}
 
 
 def default_root(env=os.environ, euid: int | None = None) -> str:
@@ -113,6 +124,35 @@ def parse_force_mask(value, path: str) -> int | None:
     return mask
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value, where: str, key: str = "size") -> int | None:
+    """A limit in bytes: an integer, or N with K, M, G or T (powers of 1024;
+    "B" or "iB" may follow); "" or None: no limit.  ConfigError(where, …)
+    for anything else, 0 included (a writable layer that holds nothing)."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower() if not isinstance(value, bool) else "?"
+    text = text.removesuffix("b").removesuffix("i")
+    unit = text[-1:] if text[-1:] in _SIZE_UNITS else ""
+    number = text[:len(text) - len(unit)]
+    if not (number.isascii() and number.isdigit()) or int(number) == 0:
+        raise ConfigError(where, f"{key} {value!r} is not a size above 0 "
+                                 "(N, NK, NM, NG or NT)")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def parse_count(value, where: str, key: str = "inodes") -> int | None:
+    """A limit on a number of objects: an integer above 0; "" or None: none."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip() if not isinstance(value, bool) else "?"
+    if not (text.isascii() and text.isdigit()) or int(text) == 0:
+        raise ConfigError(where, f"{key} {value!r} is not a number above 0")
+    return int(text)
+
+
 def _truthy(value) -> bool:
     return value is True or str(value).lower() in ("true", "1", "yes")
 
@@ -155,6 +195,10 @@ def load(root: str | None = None, runroot: str | None = None,
         force_mask=parse_force_mask(opt("force_mask"), path or "storage.conf"),
         source=path,
         warnings=tuple(warnings),
+        size=parse_size(opt("size"), path or "storage.conf"),
+        inodes=parse_count(opt("inodes"), path or "storage.conf"),
+        user_quota=parse_size(options.get("user_quota"), path or "storage.conf",
+                              "user_quota"),
     )
 
 

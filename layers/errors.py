@@ -206,3 +206,27 @@ class MountFailed(LayersError):
         self.mountpoint = mountpoint
         self.reason = reason
         super().__init__(f"{driver}: cannot mount {mountpoint}: {reason}")
+
+
+def size_text(n: int) -> str:
+    """Bytes in the binary units limits are given in (`size=`, `--size`):
+    `50 MiB`, `1.5 GiB`, `512 B`."""
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if abs(n) >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f} {unit}" if n % (1 << shift) == 0 else f"{value:.1f} {unit}"
+    return f"{n} B"
+
+
+class QuotaExceeded(LayersError):
+    """A create that would take a user past `[storage.options] user_quota`."""
+
+    def __init__(self, uid: int, limit: int, used: int, containers: int, asked: int):
+        self.uid = uid
+        self.limit = limit
+        self.used = used
+        self.containers = containers
+        self.asked = asked
+        asks = f"; this container asks {size_text(asked)}" if asked else ""
+        super().__init__(f"user_quota exceeded for uid {uid}: limit {size_text(limit)}, "
+                         f"in use {size_text(used)} by {containers} container(s){asks}")

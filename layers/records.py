@@ -11,7 +11,8 @@ lease check finds the owner dead removes its leftovers.
 Names: images are `NAME[:TAG]` (tag defaults to `latest`) in the grammar of
 OCI references; containers and volumes are `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
 A container's mounts (`MountSpec`) are parsed from podman's `-v`/`--tmpfs`
-forms here.
+forms here; its limits (`Quota`) and the uid that created it (`owner`) are
+kept for the driver and for the per-user quota.
 """
 
 from __future__ import annotations
@@ -102,6 +103,18 @@ class MountSpec:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """Limits of a container's writable layer (None: no limit): allocated
+    bytes and objects, hard links once, as fsd's quota_bytes=/quota_inodes=
+    count them.  Only a driver that can enforce them accepts them."""
+    bytes: int | None = None
+    inodes: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.bytes is not None or self.inodes is not None
+
+
+@dataclass(frozen=True)
 class Container:
     id: str
     name: str
@@ -112,6 +125,8 @@ class Container:
     incomplete: bool = False
     lease: str | None = None         # on a complete record: busy while alive
     mounts: tuple[MountSpec, ...] = ()
+    quota: Quota = Quota()
+    owner: int | None = None         # uid that created it; None: the store's owner
 
     def volumes(self) -> set[str]:
         return {m.source for m in self.mounts if m.type == "volume" and m.source}
@@ -181,6 +196,8 @@ _DIGEST_FIELDS = {"id", "diff_id", "parent", "compressed_digest", "manifest_dige
 def _encode_value(name: str, value: Any) -> Any:
     if isinstance(value, Digest):
         return str(value)
+    if isinstance(value, Quota):
+        return {"bytes": value.bytes, "inodes": value.inodes}
     if isinstance(value, MountSpec):
         return {"type": value.type, "source": value.source,
                 "destination": value.destination, "options": list(value.options)}
@@ -244,6 +261,11 @@ def _decode_field(cls: type, name: str, value: Any) -> Any:
         return check_volume_name(value) if cls is Volume else check_container_name(value)
     if name == "mounts":
         return tuple(_decode_mount(m) for m in _expect(value, list, name))
+    if name == "quota":
+        doc = _expect(value, dict, name)
+        return Quota(_limit(doc.get("bytes"), name), _limit(doc.get("inodes"), name))
+    if name == "owner":
+        return _limit(value, name, minimum=0)
     if name == "labels":
         labels = _expect(value, dict, name)
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
@@ -270,6 +292,14 @@ def _decode_mount(doc: Any) -> MountSpec:
     options = tuple(_expect(o, str, "mounts")
                     for o in _expect(doc.get("options", []), list, "mounts"))
     return MountSpec(kind, source, _container_path(dest, dest), options)
+
+
+def _limit(value: Any, name: str, minimum: int = 1) -> int | None:
+    if value is None:
+        return None
+    if _expect(value, int, name) < minimum:
+        raise ValueError(f"field {name!r} is below {minimum}")
+    return value
 
 
 def _expect(value: Any, types, name: str) -> Any:
