@@ -168,7 +168,10 @@ class Operations(pyfuse3.Operations):
 
     @translate
     async def opendir(self, inode, ctx):
-        return self.listings.opendir(self.table[inode])
+        # Every change of a listing goes through this mount, and the kernel
+        # drops a cached listing itself when it makes one: let it keep them.
+        fh = self.listings.opendir(self.table[inode])
+        return pyfuse3.FileInfo(fh=fh, cache_readdir=True, keep_cache=True)
 
     @translate
     async def readdir(self, fh, start_id, token):
