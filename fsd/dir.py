@@ -143,15 +143,18 @@ class DirOps:
                 os.close(layer.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             disk_uid, disk_gid = self.idmap.on_disk(uid, gid)
-            try:
-                layer.chown(rel, disk_uid, disk_gid)
-                chowned = True
-            except PermissionError:
-                chowned = False  # rootless: the caller's ids are the daemon's own
+            made = layer.lstat(rel)
+            chowned = (made.st_uid, made.st_gid) == (disk_uid, disk_gid)
+            if not chowned:
+                try:
+                    layer.chown(rel, disk_uid, disk_gid)
+                    chowned = True
+                except PermissionError:
+                    pass  # rootless: the caller's ids are the daemon's own
             if override is not None and kind != stat.S_IFLNK and not chowned:
                 layer.setxattr(rel, override, format_override(disk_uid, disk_gid, mode, rdev))
-            if kind != stat.S_IFLNK:
-                layer.chmod(rel, perm)
+            if kind != stat.S_IFLNK and (stat.S_IMODE(made.st_mode) != perm or perm & 0o6000):
+                layer.chmod(rel, perm)  # chown clears set-id bits; mkdir ignores some
         except BaseException:
             (layer.rmdir if kind == stat.S_IFDIR else layer.unlink)(rel)
             raise
