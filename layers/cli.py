@@ -18,7 +18,7 @@ import time
 import traceback
 
 from . import config as configmod
-from .errors import LayersError, UsageError
+from .errors import ConfigError, LayersError, UsageError, size_text
 from .records import Layer
 from .registry import command as registrycmd
 from .store import Store
@@ -84,6 +84,15 @@ class TerminalProgress:
             self.stream.flush()
 
 
+def _limit_arg(parse, flag: str):
+    def convert(text: str) -> int | None:
+        try:
+            return parse(text, flag, flag[2:])
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(e.reason) from None
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layers",
                                 description="Strata: content-addressed layer store")
@@ -127,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "/host/path:/path[:ro] (bind), /path (anonymous volume)")
     c.add_argument("--tmpfs", action="append", default=[], metavar="/path[:OPTS]",
                    help="a tmpfs, OPTS like size=64m,mode=1777")
+    c.add_argument("--size", type=_limit_arg(configmod.parse_size, "--size"),
+                   metavar="N[KMG]", help="limit of its writable layer in bytes "
+                   "(default: storage.conf size); the fuse driver only")
+    c.add_argument("--inodes", type=_limit_arg(configmod.parse_count, "--inodes"),
+                   metavar="N", help="limit of the objects in its writable layer "
+                   "(default: storage.conf inodes); the fuse driver only")
 
     c = sub.add_parser("mount", help="mount a container, print its mount point")
     c.add_argument("container")
@@ -195,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     registrycmd.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective configuration")
+
+    c = sub.add_parser("info", help="the store's facts; warns when its filesystem is a "
+                                    "network one or lacks xattrs or d_type")
+    c.add_argument("--format", choices=("text", "json"), default="text")
 
     c = sub.add_parser("df", help="disk used by images, containers and volumes")
     c.add_argument("-v", "--verbose", action="store_true", help="per image, container, volume")
@@ -312,7 +331,7 @@ def _cmd_rmi(store: Store, args) -> int:
 
 def _cmd_create(store: Store, args) -> int:
     print(store.create(args.image, name=args.name, volumes=args.volume,
-                       tmpfs=args.tmpfs).id)
+                       tmpfs=args.tmpfs, size=args.size, inodes=args.inodes).id)
     return 0
 
 
@@ -456,17 +475,64 @@ def _cmd_df(store: Store, args) -> int:
                          _human(i["shared"]), _human(i["unique"]), str(i["containers"])))
         _table(rows)
         print()
-        rows = [("CONTAINER ID", "NAME", "IMAGE", "SIZE", "MOUNTED")]
+        rows = [("CONTAINER ID", "NAME", "IMAGE", "SIZE", "MOUNTED", "QUOTA")]
         for c in containers.items:
             rows.append((c["id"][:12], c["name"], c["image"][:12], _human(c["size"]),
-                         "yes" if c["mounted"] else "no"))
+                         "yes" if c["mounted"] else "no", _quota_text(c["quota"])))
         _table(rows)
+        if store.config.user_quota is not None:
+            u = store.user_usage()
+            print(f"user quota of uid {u.uid}: {size_text(u.used)} of "
+                  f"{size_text(u.limit)} in {u.containers} container(s)")
         print()
         rows = [("VOLUME", "ANONYMOUS", "SIZE", "CONTAINERS")]
         for v in volumes.items:
             rows.append((v["name"], "yes" if v["anonymous"] else "no", _human(v["size"]),
                          ",".join(v["containers"]) or "-"))
         _table(rows)
+    return 0
+
+
+def _quota_text(quota: dict | None) -> str:
+    """A container's writable layer against its limits: `12.5 MiB of 50 MiB,
+    7 of 1000 inodes`; `-` without limits."""
+    if quota is None:
+        return "-"
+    used = size_text(quota["used_bytes"])
+    parts = [f"{used} of {size_text(quota['bytes'])}" if quota["bytes"] is not None
+             else used]
+    if quota["inodes"] is not None:
+        parts.append(f"{quota['used_inodes']} of {quota['inodes']} inodes")
+    return ", ".join(parts)
+
+
+def _cmd_info(store: Store, args) -> int:
+    facts, warnings = store.info()
+    _warn(warnings)
+    if args.format == "json":
+        print(json.dumps({**facts, "warnings": warnings}, indent=1))
+        return 0
+    fs, limits = facts["filesystem"], facts["limits"]
+    where = f"{fs['fstype']} ({fs['source']} at {fs['mountpoint']})" if fs["fstype"] \
+        else "unknown"
+    space = f", {_human(fs['free'])} free of {_human(fs['size'])}" if "size" in fs else ""
+    user = "none" if limits["user_quota"] is None else size_text(limits["user_quota"])
+    for key, value in (
+            ("root", facts["root"]), ("runroot", facts["runroot"]),
+            ("driver", facts["driver"]), ("storage.conf", facts["storage_conf"] or "-"),
+            ("filesystem", where + space),
+            ("xattrs", "yes" if fs["xattrs"] else "no"),
+            ("d_type", "yes" if fs["d_type"] else "no"),
+            ("layers", facts["layers"]), ("images", facts["images"]),
+            ("containers", facts["containers"]), ("volumes", facts["volumes"]),
+            ("container size", "no limit" if limits["size"] is None
+             else size_text(limits["size"])),
+            ("container inodes", "no limit" if limits["inodes"] is None
+             else limits["inodes"]),
+            ("user quota", f"{user}; uid {limits['uid']} uses "
+                           f"{size_text(limits['user_usage'])} in "
+                           f"{limits['user_containers']} container(s)")):
+        print(f"{key}: {value}")
     return 0
 
 
@@ -522,6 +588,7 @@ COMMANDS = {
     "umount": _cmd_umount, "rm": _cmd_rm, "ps": _cmd_ps, "diff": _cmd_diff,
     "check": _cmd_check, "reset": _cmd_reset, "commit": _cmd_commit,
     "export": _cmd_export, "save": _cmd_save,
-    "volume": _cmd_volume, "df": _cmd_df, "prune": _cmd_prune, "bundle": _cmd_bundle,
+    "volume": _cmd_volume, "df": _cmd_df, "info": _cmd_info, "prune": _cmd_prune,
+    "bundle": _cmd_bundle,
 }
 COMMANDS.update(registrycmd.COMMANDS)

@@ -284,14 +284,22 @@ def sync_tree(path: str) -> None:
 def allocated_size(path: str) -> int:
     """Real allocated bytes under `path`, hard links counted once, as `du -sx`:
     what is mounted below (a container's merged mount) is not counted."""
+    return tree_usage(path)[0]
+
+
+def tree_usage(path: str) -> tuple[int, int]:
+    """(allocated bytes, objects) under `path` itself included, hard links
+    once, what is mounted below left out: what fsd's quota_bytes= and
+    quota_inodes= count for an upper."""
     seen: set[tuple[int, int]] = set()
-    total = 0
+    total = objects = 0
     dev = os.lstat(path).st_dev
     stack = [path]
     while stack:
         top = stack.pop()
         st = os.lstat(top)
         total += st.st_blocks * 512
+        objects += 1
         if not stat.S_ISDIR(st.st_mode):
             continue
         with os.scandir(top) as it:
@@ -307,7 +315,8 @@ def allocated_size(path: str) -> int:
                         continue
                     seen.add(key)
                 total += est.st_blocks * 512
-    return total
+                objects += 1
+    return total, objects
 
 
 def open_beneath(dirfd: int, relpath: str, flags: int = os.O_RDONLY) -> int:

@@ -6,10 +6,11 @@ Pure functions over a `Snapshot` of the records (taken by the facade under
 the store lock): nothing here touches the disk but through the `measure`
 function the caller passes (real allocated bytes of a path, hard links once).
 
-- `disk_usage(snap, measure)`: images, containers, volumes — total, active,
-  size, reclaimable — and per-item detail.  A layer's size is the one recorded
-  when it was sealed, so the image part is instant; containers and volumes
-  change while they live and are measured.
+- `disk_usage(snap, measure, writable)`: images, containers, volumes — total,
+  active, size, reclaimable — and per-item detail; a container with limits
+  also gets its writable layer's usage against them (`writable` measures it).
+  A layer's size is the one recorded when it was sealed, so the image part is
+  instant; containers and volumes change while they live and are measured.
 - `plan_prune(snap, kinds, all)`: what a prune removes, in order: containers
   (unmounted, not busy), then images (dangling, or with `all` every image no
   remaining container uses), then volumes (anonymous and unused, or with `all`
@@ -83,8 +84,13 @@ def _sum(snap: Snapshot, ids) -> int:
     return sum(snap.layers[i].size for i in ids if i in snap.layers)
 
 
-def disk_usage(snap: Snapshot, measure: Callable[[str], int]) -> list[Usage]:
-    """Usage of images, containers and volumes (see the module doc)."""
+def disk_usage(snap: Snapshot, measure: Callable[[str], int],
+               writable: Callable[[Container], tuple[int, int]] | None = None
+               ) -> list[Usage]:
+    """Usage of images, containers and volumes (see the module doc).  A
+    container item's "quota": None, or its limits ("bytes", "inodes", None
+    for no limit) and what its writable layer uses ("used_bytes",
+    "used_inodes", from `writable`)."""
     by_container = _layers_of(snap.containers + [r for r in snap.in_flight
                                                   if isinstance(r, Container)])
     images = Usage("images")
@@ -109,8 +115,13 @@ def disk_usage(snap: Snapshot, measure: Callable[[str], int]) -> list[Usage]:
         containers.size += size
         containers.active += active
         containers.reclaimable += 0 if active else size
+        quota = None
+        if c.quota and writable is not None:
+            used_bytes, used_inodes = writable(c)
+            quota = {"bytes": c.quota.bytes, "inodes": c.quota.inodes,
+                     "used_bytes": used_bytes, "used_inodes": used_inodes}
         containers.items.append({"id": c.id, "name": c.name, "image": c.image,
-                                 "size": size, "mounted": active})
+                                 "size": size, "mounted": active, "quota": quota})
 
     volumes = Usage("volumes", total=len(snap.volumes))
     users = _volumes_used(snap.containers + [r for r in snap.in_flight

@@ -28,7 +28,8 @@ from typing import Callable, Iterator, Protocol
 
 from . import fsutil, layout
 from . import check as checkmod
-from . import gc, tarsplit
+from . import fsprobe, gc, tarsplit
+from . import quota as quotas
 from .archive import ExtractOptions, build_layer, extract_layer, write_tar
 from .bundle import runtime_config
 from .changes import RUNTIME_MOUNTPOINTS, without_mountpoints
@@ -287,6 +288,8 @@ class Store:
             return {"type": "container", "id": c.id, "name": c.name, "image": c.image,
                     "layers": [str(x) for x in c.layers], "driver": c.driver,
                     "mounts": [self._mount_doc(m) for m in c.mounts],
+                    "quota": {"bytes": c.quota.bytes, "inodes": c.quota.inodes},
+                    "owner": c.owner,
                     "created": c.created, "dir": self.containers.container_dir(c.id),
                     "mounted": entry is not None,
                     "mountpoint": entry.mountpoint if entry else None,
@@ -691,15 +694,26 @@ class Store:
     # -- containers --------------------------------------------------------------
 
     def create(self, image_ref: str, name: str | None = None,
-               volumes: list[str] = (), tmpfs: list[str] = ()) -> Container:
+               volumes: list[str] = (), tmpfs: list[str] = (),
+               size: int | None = None, inodes: int | None = None) -> Container:
         """A container of the image: its record, its driver dirs, its mounts.
 
         `volumes` are podman's `-v` specs: a named volume is created when
         missing, `-v /path` makes an anonymous one; a bind source must exist.
         `tmpfs` are `--tmpfs` specs.  The mounts are recorded in the container
         (`layers bundle` turns them into a runtime's mounts).
+
+        `size`/`inodes` limit its writable layer (default: storage.conf
+        `size`/`inodes`); DriverError when the driver cannot enforce them.
+        QuotaExceeded when it would take its user past `user_quota` (see
+        `quota.py`): the user's containers are measured first, outside the
+        lock, and the check is made under it with the records of that moment.
         """
         mounts = self._parse_mounts(volumes, tmpfs)
+        quota = quotas.container_quota(self.config, size, inodes)
+        self.driver.check_quota(quota)
+        uid = os.geteuid()
+        written = self._written(uid) if self.config.user_quota is not None else {}
         with self._lease() as lease:
             made: list[str] = []
             with self.lock:
@@ -709,13 +723,15 @@ class Store:
                     other = self.containers.name_taken(name)
                     if other is not None:
                         raise NameInUse(name, f"container {other.id[:12]}")
+                quotas.check_user_quota(self._user_usage(uid, written), quota)
                 mounts = self._provide_volumes(mounts, made, lease)
                 cid = secrets.token_hex(32)
                 name = name or f"strata-{cid[:12]}"
                 container = Container(id=cid, name=name, image=image.id,
                                       layers=image.layers, driver=self.driver.name,
                                       created=time.time(), incomplete=True,
-                                      lease=lease.token, mounts=mounts)
+                                      lease=lease.token, mounts=mounts, quota=quota,
+                                      owner=uid)
                 self.containers.save(cid, container)
                 cdir = self.containers.container_dir(cid)
                 os.mkdir(cdir, 0o700)
@@ -766,6 +782,39 @@ class Store:
             out.append(m)
         return tuple(out)
 
+    # -- limits ------------------------------------------------------------------
+
+    def _store_owner(self) -> int:
+        return os.stat(self.paths.root).st_uid
+
+    def _writable_usage(self, c: Container) -> tuple[int, int]:
+        """(bytes, objects) of what the container wrote; (0, 0) when gone."""
+        try:
+            return self.driver.writable_usage(self.containers.container_dir(c.id))
+        except FileNotFoundError:
+            return 0, 0
+
+    def _written(self, uid: int) -> dict[str, int]:
+        """Container id → bytes written, for the containers of `uid`."""
+        owner = self._store_owner()
+        return {c.id: self._writable_usage(c)[0]
+                for c in self.containers.all(include_incomplete=True)
+                if quotas.owner_of(c, owner) == uid}
+
+    def _user_usage(self, uid: int, written: dict[str, int]) -> quotas.UserUsage:
+        """What counts against `uid`'s user_quota now (caller holds the lock;
+        containers of commands that died are not counted)."""
+        live = [c for c in self.containers.all(include_incomplete=True) if not self._dead(c)]
+        return quotas.user_usage(live, uid, self._store_owner(), self.config.user_quota,
+                                 written)
+
+    def user_usage(self, uid: int | None = None) -> quotas.UserUsage:
+        """The user's (default: this process's) usage against user_quota."""
+        uid = os.geteuid() if uid is None else uid
+        written = self._written(uid)
+        with self.lock:
+            return self._user_usage(uid, written)
+
     def _lowers_of(self, c: Container) -> list[str]:
         lowers = self.lowers(c.layers)
         if lowers:
@@ -788,7 +837,7 @@ class Store:
                 self.driver.clean_dead(cdir, Mounted(entry.mountpoint, entry.pid))
                 self.registry.remove(c.id)
             self.driver.check_usable()
-            mounted = self.driver.mount(cdir, self._lowers_of(c))
+            mounted = self.driver.mount(cdir, self._lowers_of(c), c.quota)
             self.registry.put(MountEntry(container=c.id, mountpoint=mounted.mountpoint,
                                          count=1, pid=mounted.pid, driver=self.driver.name))
             return mounted.mountpoint
@@ -1130,7 +1179,7 @@ class Store:
         and volumes measured outside it."""
         with self.lock:
             snap = self._snapshot()
-        return gc.disk_usage(snap, _measure)
+        return gc.disk_usage(snap, _measure, self._writable_usage)
 
     def prune(self, kinds: tuple[str, ...] = gc.KINDS, all: bool = False,
               dry_run: bool = False, debris: bool = False) -> list[tuple[str, int | None]]:
@@ -1214,6 +1263,28 @@ class Store:
                 fsutil.remove_tree(os.path.join(parent, name))
         done.append(f"removed store {root}")
         return done
+
+    def info(self) -> tuple[dict, list[str]]:
+        """(facts, warnings): where the store is, its driver, what it holds,
+        its limits and this user's usage, and the filesystem under it, with
+        a warning for each check it fails (`fsprobe.examine`: a network
+        filesystem, no xattrs, no d_type; the probes write in this command's
+        staging dir)."""
+        with self._lease() as lease:
+            fs, warnings = fsprobe.examine(self.paths.root, lease.path)
+        usage = self.user_usage()
+        with self.lock:
+            counts = {kind: sum(1 for _ in records.all()) for kind, records in (
+                ("layers", self.layers), ("images", self.images),
+                ("containers", self.containers), ("volumes", self.volumes))}
+        facts = {"root": self.paths.root, "runroot": self.config.runroot,
+                 "driver": self.driver.name, "storage_conf": self.config.source,
+                 "filesystem": fs, **counts,
+                 "limits": {"size": self.config.size, "inodes": self.config.inodes,
+                            "user_quota": self.config.user_quota, "uid": usage.uid,
+                            "user_usage": usage.used,
+                            "user_containers": usage.containers}}
+        return facts, warnings
 
     def check(self, verify: bool = False) -> list[str]:
         """Problems found comparing records with the disk (empty: consistent);

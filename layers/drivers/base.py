@@ -1,6 +1,6 @@
-"""The driver interface and what every driver shares: reading the mount table.
+"""The driver interface and what every driver shares: seeing its mounts.
 
-Level 2: imports `errors`, `layout`, `changes`, `changeset`.
+Level 2: imports `errors`, `fsutil`, `records`, `fsprobe`, `changes`, `changeset`.
 
 A driver is told, for one container, its own dir (`cdir`, created empty by
 the store) and its image's layer content dirs TOP first (`lowers`).  It owns
@@ -8,8 +8,15 @@ what goes inside `cdir`.  Contract of each method:
 
 - `create(cdir, lowers)`: prepare the container's dirs; may be slow (vfs
   copies), so the store calls it outside the lock.
-- `mount(cdir, lowers) -> Mounted`: make the merged tree live; the store calls
-  it only when the registry holds no live mount.  `MountFailed` on failure.
+- `mount(cdir, lowers, quota) -> Mounted`: make the merged tree live; the store
+  calls it only when the registry holds no live mount.  `MountFailed` on failure.
+- `check_quota(quota)`: DriverError unless the driver can hold the container's
+  writable layer to `quota` (`records.Quota`).  Only `fuse` can: every write
+  passes through fsd (`quota_bytes=`, `quota_inodes=`).  The kernel overlay
+  and vfs write straight to the store's filesystem, and a project quota is
+  not ours to set, so they refuse a container with limits.
+- `writable_usage(cdir)`: (bytes, objects) of what the container wrote, as
+  the limits count them.
 - `umount(cdir, mounted)`: undo `mount`; a mount already gone is not an error.
 - `alive(cdir, mounted)`: whether the recorded mount still works (a dead fuse
   daemon leaves "transport endpoint is not connected").
@@ -26,41 +33,16 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from .. import changes, changeset
+from .. import changes, changeset, fsutil
+from ..errors import DriverError
+from ..fsprobe import mount_fstype
+from ..records import Quota
 
 
 @dataclass(frozen=True)
 class Mounted:
     mountpoint: str
     pid: int | None = None
-
-
-def _unescape_mountinfo(field: str) -> str:
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_fstype(path: str) -> str | None:
-    """The fs type mounted exactly at `path` (last one wins), or None."""
-    path = os.path.realpath(path) if os.path.exists(path) else os.path.abspath(path)
-    found = None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                fields = left.split()
-                if len(fields) > 4 and _unescape_mountinfo(fields[4]) == path:
-                    found = right.split()[0]
-    except OSError:
-        return None
-    return found
 
 
 def reachable(path: str) -> bool:
@@ -101,7 +83,16 @@ class Driver:
         for sub in ("upper", "work", "merged"):
             os.mkdir(os.path.join(cdir, sub), 0o755)
 
-    def mount(self, cdir: str, lowers: list[str]) -> Mounted:
+    def check_quota(self, quota: Quota) -> None:
+        if quota:
+            raise DriverError(self.name, "cannot enforce a container size or inode limit "
+                                         "(--size/--inodes, storage.conf size/inodes); "
+                                         "only the fuse driver can")
+
+    def writable_usage(self, cdir: str) -> tuple[int, int]:
+        return fsutil.tree_usage(os.path.join(cdir, "upper"))
+
+    def mount(self, cdir: str, lowers: list[str], quota: Quota = Quota()) -> Mounted:
         raise NotImplementedError
 
     def umount(self, cdir: str, mounted: Mounted) -> None:

@@ -1,12 +1,14 @@
 """The `fuse` driver: fsd as a mount program, exactly as containers/storage
 runs fuse-overlayfs.
 
-Level 3: imports `errors`, `drivers.base`.
+Level 3: imports `errors`, `records`, `drivers.base`.
 
 `fsd -o lowerdir=TOP:…:BOTTOM,upperdir=U,workdir=W MOUNTPOINT` returns 0 once
 the mount is live, the daemon staying in the background; on failure it
 prints one `fsd: …` line and exits non-zero.  `fusermount3 -u` unmounts and
 the daemon exits.  In option values `\\` `:` `,` are escaped with `\\`.
+A container's limits go to fsd as `quota_bytes=N,quota_inodes=N`: fsd counts
+every change of the upper, so they hold on any filesystem, rootless too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 import time
 
 from ..errors import DriverError, MountFailed
+from ..records import Quota
 from .base import Driver, Mounted, mount_fstype
 
 MOUNT_TIMEOUT = 60.0
@@ -80,7 +83,10 @@ class FuseDriver(Driver):
         if not os.path.exists("/dev/fuse"):
             raise DriverError(self.name, "/dev/fuse is missing")
 
-    def options(self, cdir: str, lowers: list[str]) -> str:
+    def check_quota(self, quota: Quota) -> None:
+        pass
+
+    def options(self, cdir: str, lowers: list[str], quota: Quota = Quota()) -> str:
         opts = [
             "lowerdir=" + ":".join(escape_option(p) for p in lowers),
             "upperdir=" + escape_option(os.path.join(cdir, "upper")),
@@ -90,11 +96,15 @@ class FuseDriver(Driver):
             opts.append("xattr_permissions=2")
         if self.mountopt:
             opts.append(self.mountopt)
+        if quota.bytes is not None:
+            opts.append(f"quota_bytes={quota.bytes}")
+        if quota.inodes is not None:
+            opts.append(f"quota_inodes={quota.inodes}")
         return ",".join(opts)
 
-    def mount(self, cdir: str, lowers: list[str]) -> Mounted:
+    def mount(self, cdir: str, lowers: list[str], quota: Quota = Quota()) -> Mounted:
         merged = os.path.join(cdir, "merged")
-        argv = [self.program(), "-o", self.options(cdir, lowers), merged]
+        argv = [self.program(), "-o", self.options(cdir, lowers, quota), merged]
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=MOUNT_TIMEOUT)

@@ -1,6 +1,10 @@
 """The `overlay` driver: the kernel's overlayfs, where this process may mount it.
 
-Level 3: imports `errors`, `layout`, `drivers.base`.
+Level 3: imports `errors`, `layout`, `records`, `drivers.base`.
+
+It cannot limit what a container writes (that would take an XFS project
+quota on the store's filesystem): a container with limits is refused
+(`Driver.check_quota`).
 
 Layers of a store using this driver are extracted in the kernel's marker
 form (`layout.FORM_OVERLAY`: char dev 0/0 whiteouts, trusted.overlay.opaque).
@@ -17,6 +21,7 @@ import subprocess
 
 from .. import layout
 from ..errors import DriverError, MountFailed
+from ..records import Quota
 from .base import Driver, Mounted, mount_fstype
 
 MAX_OPTIONS = 4000
@@ -61,7 +66,8 @@ class OverlayDriver(Driver):
                                          "overlay mount")
         return text
 
-    def mount(self, cdir: str, lowers: list[str]) -> Mounted:
+    def mount(self, cdir: str, lowers: list[str], quota: Quota = Quota()) -> Mounted:
+        self.check_quota(quota)
         merged = os.path.join(cdir, "merged")
         argv = ["mount", "-t", "overlay", "overlay", "-o", self.options(cdir, lowers),
                 os.path.relpath(merged, self.root)]

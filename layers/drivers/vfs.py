@@ -1,12 +1,15 @@
 """The `vfs` driver: a full copy of the image per container; works anywhere.
 
-Level 3: imports `layout`, `fsutil`, `changes`, `changeset`, `drivers.base`.
+Level 3: imports `layout`, `fsutil`, `records`, `changes`, `changeset`,
+`drivers.base`.
 
 `create` applies the layers bottom-up into `cdir/rootfs`: whiteouts remove,
 opaque dirs are emptied first, everything else is copied with owner, mode,
 xattrs and times (file data by reflink where the filesystem can).  Hard links
 inside the image stay hard links.  Nothing is mounted: `mount` returns the
 rootfs itself, and changes are found by comparing it with the layers.
+Nothing stands between a process and the rootfs, so no limit can hold: a
+container with limits is refused (`Driver.check_quota`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import stat
 
 from .. import changes, changeset, fsutil, layout
+from ..records import Quota
 from .base import Driver, Mounted
 
 
@@ -117,7 +121,8 @@ class VfsDriver(Driver):
             apply_layer(layer, rootfs, links, self.privileged)
             links.clear()
 
-    def mount(self, cdir: str, lowers: list[str]) -> Mounted:
+    def mount(self, cdir: str, lowers: list[str], quota: Quota = Quota()) -> Mounted:
+        self.check_quota(quota)
         return Mounted(os.path.join(cdir, "rootfs"), None)
 
     def umount(self, cdir: str, mounted: Mounted) -> None:
@@ -125,6 +130,9 @@ class VfsDriver(Driver):
 
     def alive(self, cdir: str, mounted: Mounted) -> bool:
         return os.path.isdir(mounted.mountpoint)
+
+    def writable_usage(self, cdir: str) -> tuple[int, int]:
+        return fsutil.tree_usage(os.path.join(cdir, "rootfs"))
 
     def changes(self, cdir: str, lowers: list[str]) -> list[tuple[str, str]]:
         return changes.tree_changes(os.path.join(cdir, "rootfs"), lowers)
