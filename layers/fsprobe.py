@@ -18,7 +18,6 @@ Level 1: imports nothing from the package.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 from dataclasses import dataclass
 
@@ -140,8 +139,7 @@ def probe_xattrs(scratch: str, privileged: bool | None = None) -> str | None:
                 if os.getxattr(path, f"{ns}.strata.probe") != b"1":
                     return f"{ns}.* extended attributes do not read back"
             except OSError as e:
-                return f"{ns}.* extended attributes refused " \
-                       f"({errno.errorcode.get(e.errno, e.errno)}: {e.strerror})"
+                return f"{ns}.* extended attributes refused ({e.strerror})"
         return None
     finally:
         os.unlink(path)
