@@ -197,10 +197,23 @@ class CopyUp:
 
     async def ensure(self, node: Node, data: bool = True) -> None:
         """Make node exist in the upper; with data=False a regular file gets no data
-        (it is about to be truncated)."""
+        (it is about to be truncated).  Ancestors are copied first, top-down, in a
+        loop: trees can be thousands of levels deep."""
         if node.upper and not node.metacopy:
             return
         await self.settle()
+        missing = []
+        ancestor = node.parent
+        while ancestor is not None and not ancestor.upper:
+            missing.append(ancestor)
+            ancestor = ancestor.parent
+        for ancestor in reversed(missing):
+            await self._ensure_one(ancestor, True)
+        await self._ensure_one(node, data)
+
+    async def _ensure_one(self, node: Node, data: bool) -> None:
+        if node.upper and not node.metacopy:
+            return
         if node.lock is None:
             node.lock = trio.Lock()
         async with node.lock:
@@ -210,7 +223,7 @@ class CopyUp:
             if parent is None:
                 raise fail(errno.ENOENT)
             if not parent.upper:
-                await self.ensure(parent)
+                await self.ensure(parent)  # its parent changed while we waited
             if node.metacopy:
                 await self._fill_data(node)
             else:

@@ -42,7 +42,10 @@ _FUSE_FLAGS = frozenset("nosuid suid nodev dev noexec exec noatime atime relatim
                         "strictatime nodiratime diratime sync async dirsync".split())
 
 
-def _raise_fd_limit() -> None:
+def _raise_limits() -> None:
+    """Enough descriptors for a deep stack, and recursion for deep trees (a
+    directory move walks the tree it copies)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -123,7 +126,7 @@ class Mount:
 
     def __init__(self, params: OverlayParams, on_init=None):
         self.params = params
-        _raise_fd_limit()
+        _raise_limits()
         self.lock_fd = None
         lowers = [Layer(p, i) for i, p in enumerate(params.lowerdirs)]
         upper = work = None

@@ -316,13 +316,10 @@ class Namei:
                 parent.upper_entries.whiteouts.discard(name)
 
     def root_node(self) -> Node:
-        """Make the root node: the upper root merged with every lower root."""
+        """Make the root node: the upper root merged with every lower root.  An
+        opaque marker on a layer's root means nothing, as for the kernel overlay
+        (a root is never looked up)."""
         node = self.table.make_root(stat.S_IFDIR)
-        lowers = tuple(range(len(self.stack.lowers)))
-        if self.stack.upper is not None:
-            node.upper = True
-            node.opaque = dir_is_opaque(self.stack.upper, b"")
-            if node.opaque:
-                lowers = ()
-        node.lowers = self.merge_depth(lowers, b"") if lowers else ()
+        node.upper = self.stack.upper is not None
+        node.lowers = tuple(range(len(self.stack.lowers)))
         return node
