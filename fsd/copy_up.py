@@ -38,6 +38,7 @@ FICLONE = 0x40049409
 BIG = 1 << 20  # files larger than this are copied in a worker thread
 _CHUNK = 1 << 24
 TMP_DIR = b"tmp"
+INDEX_DIR = b"index"  # copies of lower hard-linked files until all their names link them
 
 
 def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
@@ -239,6 +240,7 @@ class CopyUp:
             self.quota.check(st.st_blocks * 512 if full or stat.S_ISDIR(st.st_mode) else 0, inodes=1)
         work = self.stack.work
         tmp = self.tmp_name()
+        linked = None  # its index entry, for a file with several links
         try:
             if stat.S_ISDIR(st.st_mode):
                 work.mkdir(tmp, 0o700)
@@ -264,9 +266,17 @@ class CopyUp:
                 if not node.upper:
                     await self._copy(node, node.parent, data, metadata_only)
                 return
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                # In the index first, so that a crash before every name links
+                # the copy is finished at the next mount.
+                linked = b"%s/%d-%d" % (INDEX_DIR, node.layer, st.st_ino)
+                self.discard(linked)
+                work.link(tmp, work, linked)
             self._publish(tmp, parent, rel)
         except BaseException:
             self.discard(tmp)
+            if linked is not None and not node.upper:
+                self.discard(linked)
             raise
         self.account(rel)
         node.upper = True
@@ -275,13 +285,14 @@ class CopyUp:
         if node.is_dir:
             node.upper_entries = self.namei.scan_upper(rel)
         self.namei.upper_added(parent, node.name, node.kind)
-        if not node.is_dir and st.st_nlink > 1:
-            await self.link_other_names(node.layer, st.st_ino, rel)
+        if linked is not None:
+            await self.link_other_names(node.layer, st.st_ino, self.stack.upper, rel)
+            work.unlink(linked)
 
-    async def link_other_names(self, index: int, st_ino: int, rel: bytes) -> None:
-        """Keep a lower file's hard links: every other name of it that the merged
-        view still shows becomes a link to the new upper copy (fuse-overlayfs and
-        the kernel without index=on break them)."""
+    async def link_other_names(self, index: int, st_ino: int, src: Layer, src_rel: bytes) -> None:
+        """Keep a lower file's hard links: every name of it that the merged view
+        still shows from the lower becomes a link to its upper copy, src_rel in
+        src (fuse-overlayfs and the kernel without index=on break them)."""
         names = self._hardlinks.get(index)
         if names is None:
             layer = self.stack.lowers[index]
@@ -289,8 +300,6 @@ class CopyUp:
             self._hardlinks[index] = names
         upper = self.stack.upper
         for other in names.get(st_ino, ()):
-            if other == rel:
-                continue
             parent = self.namei.lower_parent(other, index)
             if parent is None:
                 continue
@@ -300,10 +309,26 @@ class CopyUp:
                 if self.namei.lower_parent(other, index) is not parent:
                     continue  # changed while the parent was copied up
                 with self._times_kept(parent):
-                    upper.link(rel, upper, other)
+                    src.link(src_rel, upper, other)
                 self.namei.upper_added(parent, name, stat.S_IFREG)
             finally:
                 self.table.unused(parent)
+
+    async def finish_interrupted_links(self) -> None:
+        """At mount: a copy-up of a hard-linked lower file cut short by a crash
+        left its copy in the index; link it at every name still showing the lower
+        file (the copy holds the lower data or later writes: either way the names
+        end up one file again), then drop the index entry."""
+        work = self.stack.work
+        for entry, _, _ in work.scandir(INDEX_DIR):
+            rel = INDEX_DIR + b"/" + entry
+            try:
+                index, st_ino = (int(x) for x in entry.split(b"-"))
+                if 0 <= index < len(self.stack.lowers):
+                    await self.link_other_names(index, st_ino, work, rel)
+            except ValueError:
+                log.warning("work area: unknown index entry %r removed", entry)
+            work.unlink(rel)
 
     async def _copy_file(self, src: Layer, rel: bytes, tmp: bytes, size: int) -> None:
         work = self.stack.work

@@ -322,7 +322,7 @@ class DirOps:
         src.drop_link(p1, n1)
         src.add_link(p2, n2)
         for index, st_ino, rel in hard_links:
-            await self.copyup.link_other_names(index, st_ino, rel)
+            await self.copyup.link_other_names(index, st_ino, self.stack.upper, rel)
 
     def _rename_pair(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> tuple[Node, Node | None]:
         """The source and destination nodes, after the checks rename(2) makes."""

@@ -22,7 +22,7 @@ import pyfuse3
 import trio
 
 from .attr import AttrOps
-from .copy_up import TMP_DIR, CopyUp, discard_tree
+from .copy_up import INDEX_DIR, TMP_DIR, CopyUp, discard_tree
 from .dir import DirOps
 from .file import FileOps
 from .idmap import IdMap
@@ -69,6 +69,8 @@ def open_work_area(params: OverlayParams) -> tuple[Layer, int]:
     work = Layer(path, UPPER)
     discard_tree(work, TMP_DIR)
     work.mkdir(TMP_DIR, 0o700)
+    if work.try_lstat(INDEX_DIR) is None:
+        work.mkdir(INDEX_DIR, 0o700)
     return work, lock_fd
 
 
@@ -151,6 +153,7 @@ class Mount:
         dirs = DirOps(self.stack, self.table, self.namei, copyup, markers, idmap)
         if work is not None:
             dirs.finish_interrupted_move()
+            trio.run(copyup.finish_interrupted_links)
         self.ops = Operations(
             self.stack, self.table, self.namei, attrs, dirs,
             FileOps(self.stack, self.table, copyup, params.writable, fsync),
