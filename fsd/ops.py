@@ -155,10 +155,6 @@ class Operations(pyfuse3.Operations):
         return self.files.lseek(fh, offset, whence)
 
     @translate
-    async def flush(self, fh):
-        return None
-
-    @translate
     async def release(self, fh):
         self.files.release(fh)
 
