@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("container")
     c.add_argument("--format", choices=("text", "json"), default="text")
 
+    c = sub.add_parser("analyze", help="layer efficiency of an image: what each layer adds, "
+                                       "changes, deletes, and the bytes later layers wasted")
+    c.add_argument("image")
+    c.add_argument("--format", choices=("text", "json"), default="text")
+    c.add_argument("--top", type=int, default=10, help="largest wasted paths shown")
+
     c = sub.add_parser("bundle", help="write an OCI runtime bundle (config.json) for a "
                                       "container; it stays mounted until `umount`")
     c.add_argument("container")
@@ -379,6 +385,28 @@ def _cmd_diff(store: Store, args) -> int:
     else:
         for kind, path in changes:
             sys.stdout.write(f"{kind} {os.fsencode(path).decode(errors='backslashreplace')}\n")
+    return 0
+
+
+def _cmd_analyze(store: Store, args) -> int:
+    report = store.analyze(args.image)
+    if args.format == "json":
+        print(json.dumps(report.to_json(args.top), indent=1))
+        return 0
+    rows = [("LAYER", "SIZE", "ADDED", "CHANGED", "DELETED", "WASTED")]
+    for lr in report.layers:
+        rows.append((lr.id.split(":")[-1][:12], _human(lr.size), str(lr.count("A")),
+                     str(lr.count("C")), str(lr.count("D")), _human(lr.wasted_bytes)))
+    _table(rows)
+    print(f"efficiency: {report.efficiency * 100:.1f}%")
+    print(f"wasted: {_human(report.wasted_bytes)} ({report.wasted_bytes} bytes) of "
+          f"{_human(report.total_bytes)} in files")
+    if report.wasted_paths[:args.top]:
+        print("largest wasted paths:")
+        _table([("COPIES", "BYTES", "PATH")] + [
+            (str(w.copies), _human(w.bytes),
+             os.fsencode(w.path).decode(errors="backslashreplace"))
+            for w in report.wasted_paths[:args.top]])
     return 0
 
 
@@ -589,6 +617,6 @@ COMMANDS = {
     "check": _cmd_check, "reset": _cmd_reset, "commit": _cmd_commit,
     "export": _cmd_export, "save": _cmd_save,
     "volume": _cmd_volume, "df": _cmd_df, "info": _cmd_info, "prune": _cmd_prune,
-    "bundle": _cmd_bundle,
+    "bundle": _cmd_bundle, "analyze": _cmd_analyze,
 }
 COMMANDS.update(registrycmd.COMMANDS)

@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Protocol
 from . import fsutil, layout
 from . import check as checkmod
 from . import fsprobe, gc, tarsplit
+from . import analyze as analyzemod
 from . import quota as quotas
 from .archive import ExtractOptions, build_layer, extract_layer, write_tar
 from .bundle import runtime_config
@@ -275,6 +276,16 @@ class Store:
             layer = self.layers.get(lid)
             total += layer.size if layer else 0
         return total
+
+    def analyze(self, ref: str) -> analyzemod.Report:
+        """Layer efficiency of the image `ref` (`analyze.py`); its layers are
+        pinned while they are read, outside the lock."""
+        image = self.images.resolve(ref)
+        with self._lease() as lease, self._pinned(image.layers, lease):
+            with self.lock:
+                found = [self.layers.get(lid) for lid in image.layers]
+            return analyzemod.analyze([(str(layer.id), self.layers.diff_dir(layer.id),
+                                        layer.size) for layer in found if layer])
 
     def lowers(self, layers: tuple[Digest, ...]) -> list[str]:
         """Layer content dirs, TOP first."""

@@ -12,7 +12,7 @@ LEVELS = {
     "fsutil": 1, "records": 1, "config": 1, "fsprobe": 1, "tarsplit": 1.5,
     "quota": 2, "ociwriter": 2, "bundle": 2,
     "archive": 2, "recordstore": 2, "changes": 2, "changeset": 2,
-    "source": 2.5, "drivers.base": 2.5,
+    "source": 2.5, "drivers.base": 2.5, "analyze": 2.5,
     "layerstore": 3, "imagestore": 3, "containerstore": 3, "mounts": 3,
     "drivers.fuse": 3, "drivers.overlay": 3, "drivers.vfs": 3,
     "drivers": 4, "volumes": 3, "gc": 4, "check": 4,
