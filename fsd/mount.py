@@ -247,6 +247,10 @@ def _mount_and_serve(params: OverlayParams, on_init, on_error) -> int:
         return on_error(f"{exc.strerror}{where}")
     try:
         trio.run(_serve)
+    except* ConnectionAbortedError:
+        # Someone aborted the FUSE connection (/sys/fs/fuse/connections/N/abort):
+        # no request can be answered any more; end as after an unmount.
+        log.warning("the kernel aborted the FUSE connection of %s", params.mountpoint)
     finally:
         pyfuse3.close(unmount=True)
         mount.close()
