@@ -284,6 +284,7 @@ def _run(args) -> int:
         if not args.force:
             raise UsageError("reset removes the whole store; repeat with -f")
     store = Store.open(cfg, lock_timeout=args.lock_timeout)
+    _warn(store.warnings)
     return COMMANDS[args.command](store, args)
 
 
@@ -547,7 +548,8 @@ def _cmd_info(store: Store, args) -> int:
     user = "none" if limits["user_quota"] is None else size_text(limits["user_quota"])
     for key, value in (
             ("root", facts["root"]), ("runroot", facts["runroot"]),
-            ("driver", facts["driver"]), ("storage.conf", facts["storage_conf"] or "-"),
+            ("driver", facts["driver"]), ("driver chosen", facts["driver_reason"]),
+            ("storage.conf", facts["storage_conf"] or "-"),
             ("filesystem", where + space),
             ("xattrs", "yes" if fs["xattrs"] else "no"),
             ("d_type", "yes" if fs["d_type"] else "no"),

@@ -4,7 +4,8 @@ Level 0: imports only `errors` and `digest`.
 
 Store root (`graphroot`)::
 
-    strata.json                 store marker: {"format": FORMAT, "driver": NAME}
+    strata.json                 store marker: {"format": FORMAT, "driver": NAME,
+                                "driver_reason": why it was chosen (driverchoice.py)}
     lock                        the store lock (fcntl.flock); holds the holder's pid
     layers/<chainid-hex>.json   Layer record
     layers/<chainid-hex>/diff/  the layer's content, a lowerdir

@@ -30,12 +30,13 @@ from . import fsutil, layout
 from . import check as checkmod
 from . import fsprobe, gc, tarsplit
 from . import analyze as analyzemod
+from . import driverchoice
 from . import quota as quotas
 from .archive import ExtractOptions, build_layer, extract_layer, write_tar
 from .bundle import runtime_config
 from .changes import RUNTIME_MOUNTPOINTS, without_mountpoints
 from .changeset import UpperNeedsLower, tree_entries
-from .config import DEFAULT_DRIVER, Config
+from .config import Config
 from .containerstore import ContainerStore
 from .digest import Digest, HashingReader, chain_ids
 from .drivers.base import Driver, Mounted
@@ -64,6 +65,8 @@ from .registry.session import (LayerTransfer, PullReport, PushReport, RegistryOp
 from .registry.upload import PushedBlob
 
 DRIVERS = ("fuse", "overlay", "vfs")
+CONFIGURED = "configured (--driver or storage.conf driver)"
+RECORDED = "recorded in strata.json when the store was created"
 
 
 class Progress(Protocol):
@@ -93,6 +96,7 @@ class Store:
         self.privileged = os.geteuid() == 0
         self.driver = self._make_driver(driver_name)
         self.repaired: list[str] = []
+        self.warnings: list[str] = []     # for the user, from opening (a new vfs store)
 
     # -- opening -------------------------------------------------------------
 
@@ -106,7 +110,14 @@ class Store:
         """
         root = config.root
         marker = _read_marker(root)
-        driver_name = marker["driver"] if marker else (config.driver or DEFAULT_DRIVER)
+        choice = None
+        if marker:
+            driver_name = marker["driver"]
+        elif config.driver:
+            driver_name = config.driver
+        else:                         # a new store, no driver configured
+            choice = driverchoice.choose_for(root, DRIVERS)
+            driver_name = choice.driver
         if marker and config.driver and config.driver != driver_name:
             raise StoreMismatch(root, f"uses the {driver_name} driver, not "
                                       f"{config.driver}; `layers reset` to switch")
@@ -116,21 +127,23 @@ class Store:
             if isinstance(store.driver, OverlayDriver):
                 store.driver.check_usable()   # its layers need root to extract
             os.makedirs(root, mode=0o700, exist_ok=True)
-            store._initialize(driver_name)
+            store._initialize(driver_name, choice.reason if choice else CONFIGURED)
+            if choice and choice.warning:
+                store.warnings.append(choice.warning)
         for d in store.paths.record_dirs():
             os.makedirs(d, mode=0o700, exist_ok=True)
         if repair:
             store.repair()
         return store
 
-    def _initialize(self, driver_name: str) -> None:
+    def _initialize(self, driver_name: str, reason: str) -> None:
         with self.lock:
             if _read_marker(self.paths.root) is not None:
                 return
             for d in self.paths.record_dirs():
                 os.makedirs(d, mode=0o700, exist_ok=True)
             doc = {"format": layout.FORMAT, "driver": driver_name,
-                   "created": time.time()}
+                   "created": time.time(), "driver_reason": reason}
             fsutil.atomic_write(self.paths.marker, json.dumps(doc).encode() + b"\n")
 
     def _make_driver(self, name: str) -> Driver:
@@ -1288,8 +1301,13 @@ class Store:
             counts = {kind: sum(1 for _ in records.all()) for kind, records in (
                 ("layers", self.layers), ("images", self.images),
                 ("containers", self.containers), ("volumes", self.volumes))}
+        marker = _read_marker(self.paths.root) or {}
+        reason = marker.get("driver_reason") or RECORDED
+        if self.driver.name == "vfs" and reason != CONFIGURED and reason != RECORDED:
+            warnings.append(driverchoice.VFS_WARNING)
         facts = {"root": self.paths.root, "runroot": self.config.runroot,
-                 "driver": self.driver.name, "storage_conf": self.config.source,
+                 "driver": self.driver.name, "driver_reason": reason,
+                 "storage_conf": self.config.source,
                  "filesystem": fs, **counts,
                  "limits": {"size": self.config.size, "inodes": self.config.inodes,
                             "user_quota": self.config.user_quota, "uid": usage.uid,

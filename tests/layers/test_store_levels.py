@@ -9,7 +9,7 @@ import layers
 
 LEVELS = {
     "errors": 0, "digest": 0.1, "layout": 0.2,
-    "fsutil": 1, "records": 1, "config": 1, "fsprobe": 1, "tarsplit": 1.5,
+    "fsutil": 1, "records": 1, "config": 1, "fsprobe": 1, "tarsplit": 1.5, "driverchoice": 1.5,
     "quota": 2, "ociwriter": 2, "bundle": 2,
     "archive": 2, "recordstore": 2, "changes": 2, "changeset": 2,
     "source": 2.5, "drivers.base": 2.5, "analyze": 2.5,
