@@ -150,8 +150,11 @@ def probe(path, op: str = "stat", timeout: float = 5.0) -> str:
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+        p.kill()  # a FUSE request already taken by the daemon is not killable: do not wait on it
+        try:
+            p.wait(1)
+        except subprocess.TimeoutExpired:
+            pass
         return "HUNG"
     return out.strip() or f"crashed: {err.strip()[-200:]}"
 
