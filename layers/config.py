@@ -5,7 +5,7 @@ Level 1: imports `errors`.
 `storage.conf` is TOML with the containers-storage keys that apply::
 
     [storage]
-    driver = "fuse"            # fuse | overlay | vfs ("overlay" with a
+    driver = "fuse"            # fuse | overlay | vfs | btrfs ("overlay" with a
     graphroot = "/var/lib/strata"  # mount_program means fuse, as in podman)
     runroot = "/run/strata"
     [storage.options.overlay]
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-DRIVERS = ("fuse", "overlay", "vfs")
+DRIVERS = ("fuse", "overlay", "vfs", "btrfs")
 DEFAULT_DRIVER = "fuse"
 
 _KNOWN = {

@@ -9,6 +9,8 @@ Store root (`graphroot`)::
     lock                        the store lock (fcntl.flock); holds the holder's pid
     layers/<chainid-hex>.json   Layer record
     layers/<chainid-hex>/diff/  the layer's content, a lowerdir
+    layers/<chainid-hex>/btrfs/ the btrfs driver's subvolume: the full tree of
+                                the image up to this layer (drivers/btrfs.py)
     layers/<chainid-hex>/tar-split.gz  what rebuilds the layer's exact tar from
                                 diff/ (see tarsplit.py); absent for a layer
                                 whose tar replaced its own files
@@ -61,6 +63,8 @@ REGISTRY = "registry"
 LEASE = "lease"
 MOUNTS = "mounts.json"
 SPLIT = "tar-split.gz"
+LAYER_DIFF = "diff"
+LAYER_SUBVOLUME = "btrfs"
 
 # Marks of a directory that is some other program's store: refused.
 FOREIGN_STORES = (

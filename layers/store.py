@@ -40,6 +40,7 @@ from .config import Config
 from .containerstore import ContainerStore
 from .digest import Digest, HashingReader, chain_ids
 from .drivers.base import Driver, Mounted
+from .drivers.btrfs import BtrfsDriver
 from .drivers.fuse import FuseDriver
 from .drivers.overlay import OverlayDriver
 from .drivers.vfs import VfsDriver
@@ -64,7 +65,7 @@ from .registry.session import (LayerTransfer, PullReport, PushReport, RegistryOp
                                open_pull, open_push)
 from .registry.upload import PushedBlob
 
-DRIVERS = ("fuse", "overlay", "vfs")
+DRIVERS = ("fuse", "overlay", "vfs", "btrfs")
 CONFIGURED = "configured (--driver or storage.conf driver)"
 RECORDED = "recorded in strata.json when the store was created"
 
@@ -124,8 +125,8 @@ class Store:
         store = cls(config, driver_name, lock_timeout)
         if marker is None:
             _refuse_foreign(root)
-            if isinstance(store.driver, OverlayDriver):
-                store.driver.check_usable()   # its layers need root to extract
+            if isinstance(store.driver, (OverlayDriver, BtrfsDriver)):
+                store.driver.check_usable()   # root to extract; a btrfs root
             os.makedirs(root, mode=0o700, exist_ok=True)
             store._initialize(driver_name, choice.reason if choice else CONFIGURED)
             if choice and choice.warning:
@@ -154,6 +155,8 @@ class Store:
             return OverlayDriver(self.paths.root, self.config.mountopt)
         if name == "vfs":
             return VfsDriver(self.privileged)
+        if name == "btrfs":
+            return BtrfsDriver(self.paths.root, self.privileged)
         raise StoreMismatch(self.paths.root, f"unknown driver {name!r}")
 
     @property

@@ -24,6 +24,11 @@ what goes inside `cdir`.  Contract of each method:
 - `changes(cdir, lowers)`: the container's A/C/D list (see `changes.py`).
 - `changeset(cdir, lowers, epoch)`: the entries of a layer holding the
   container's changes (see `changeset.py`); the container is not mounted.
+
+A snapshotting driver (`snapshots = True`: btrfs; zfs would be another)
+keeps, beside each layer's diff dir, a full tree of the image up to that
+layer, made from its parent's by snapshot, and makes a container a writable
+snapshot of its top layer's tree; it sees only `lowers` like any driver.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class Driver:
     name = "base"
     form = "oci"                   # layout.FORM_*: marker form of layer dirs
     has_upper = True
+    snapshots = False              # keeps per-layer snapshot trees (btrfs, zfs)
 
     def check_usable(self) -> None:
         """DriverError when this driver cannot work here."""

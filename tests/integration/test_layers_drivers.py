@@ -1,5 +1,5 @@
-"""The shared driver suite: the same scenarios on vfs, the kernel overlay and
-fuse (fsd).  Every mount is undone by the `store_env` fixture, even on failure,
+"""The shared driver suite: the same scenarios on vfs, the kernel overlay,
+fuse (fsd) and btrfs (a fresh btrfs on a loop device per test).  Every mount is undone by the `store_env` fixture, even on failure,
 and every test ends with the store's own consistency check."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from storetools import (TarEntry, directory, file, hardlink, mount_fstype,  # no
                         wait_until)
 
 ROOT = os.geteuid() == 0
-DRIVERS = ["vfs", "overlay", "fuse"]
+DRIVERS = ["vfs", "overlay", "fuse", "btrfs"]
+NO_MOUNT = ("vfs", "btrfs")     # the rootfs is a plain dir (a copy, a snapshot)
 pytestmark = pytest.mark.parametrize("store_env", DRIVERS, indirect=True)
 
 BASE = tar_bytes([
@@ -86,7 +87,7 @@ def image(store_env, tmp_path):
 
 
 def is_live_mount(env, mp: str) -> bool:
-    if env.driver == "vfs":
+    if env.driver in NO_MOUNT:
         return os.path.isdir(mp)
     return mount_fstype(mp) is not None
 
@@ -118,7 +119,7 @@ def test_write_delete_diff_and_persistence(store_env, image):
     assert "D /etc/shadow" in diff and "D /usr/share/doc/NEWS" in diff
     assert not any(line.endswith(("/bin", "/home", "/run")) for line in diff)
     store_env.ok("umount", "c")
-    assert not is_live_mount(store_env, mp) or store_env.driver == "vfs"
+    assert not is_live_mount(store_env, mp) or store_env.driver in NO_MOUNT
     mp = store_env.ok("mount", "c").out.strip()
     assert Path(mp, "etc/os-release").read_text() == "ID=changed\n"
     assert not os.path.exists(os.path.join(mp, "etc/shadow"))
@@ -136,7 +137,7 @@ def test_mount_counts_users(store_env, image):
     assert is_live_mount(store_env, mp)
     assert os.path.exists(os.path.join(mp, "app/main"))
     store_env.ok("umount", "c")
-    if store_env.driver != "vfs":
+    if store_env.driver not in NO_MOUNT:
         assert not is_live_mount(store_env, mp)
     assert store_env.ok("ps").lines[1].endswith(" -")
 
@@ -151,8 +152,8 @@ def test_rm_force_unmounts(store_env, image):
 
 
 def test_stale_mount_is_cleaned_by_the_next_command(store_env, image):
-    if store_env.driver == "vfs":
-        pytest.skip("vfs mounts nothing")
+    if store_env.driver in NO_MOUNT:
+        pytest.skip(f"{store_env.driver} mounts nothing")
     store_env.ok("create", "suite:1", "--name", "c")
     mp = store_env.ok("mount", "c").out.strip()
     info = json.loads(store_env.ok("inspect", "c").out)

@@ -349,7 +349,39 @@ def driver_skip_reason(driver: str) -> str | None:
             return "fsd is not installed"
         if shutil.which("fusermount3") is None:
             return "fusermount3 is missing"
+    if driver == "btrfs":
+        if os.geteuid() != 0:
+            return "a btrfs on a loop device needs root to mount"
+        if "btrfs" not in Path("/proc/filesystems").read_text():
+            return "no btrfs filesystem in this kernel"
+        if shutil.which("mkfs.btrfs") is None:
+            return "mkfs.btrfs is missing (apt-get install btrfs-progs)"
+        if not os.path.exists("/dev/loop-control"):
+            return "no loop devices"
     return None
+
+
+@contextlib.contextmanager
+def btrfs_loop(size: str = "300M"):
+    """A fresh btrfs on a loop device, mounted on a temp dir outside any
+    test's tmp_path (whose cleanup unmounts everything below it); unmounted
+    and removed on exit, even on failure."""
+    top = Path(tempfile.mkdtemp(prefix="strata-btrfs-"))
+    img, mnt = top / "img", top / "mnt"
+    mnt.mkdir()
+    mounted = False
+    try:
+        subprocess.run(["truncate", "-s", size, str(img)], check=True)
+        subprocess.run(["mkfs.btrfs", "-q", str(img)], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], check=True,
+                       capture_output=True)
+        mounted = True
+        yield mnt
+    finally:
+        if mounted:
+            unmount_under(mnt)
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+        shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture
@@ -360,11 +392,14 @@ def store_env(request, tmp_path):
     reason = driver_skip_reason(driver)
     if reason:
         pytest.skip(reason)
-    env = StoreEnv(tmp_path, driver)
-    yield env
-    env.cleanup()
-    if not _failed(request):
-        env.assert_consistent()
+    with contextlib.ExitStack() as stack:
+        env = StoreEnv(tmp_path, driver)
+        if driver == "btrfs":
+            env.root = stack.enter_context(btrfs_loop()) / "store"
+        yield env
+        env.cleanup()
+        if not _failed(request):
+            env.assert_consistent()
 
 
 def _failed(request) -> bool:

@@ -44,7 +44,7 @@ def test_unknown_keys_warn(tmp_path):
 
 
 @pytest.mark.parametrize("text, reason", [
-    ('[storage]\ndriver = "zfs"\n', "unknown driver 'zfs' (one of fuse, overlay, vfs)"),
+    ('[storage]\ndriver = "zfs"\n', "unknown driver 'zfs' (one of fuse, overlay, vfs, btrfs)"),
     ('[storage.options]\nforce_mask = "wide"\n',
      "force_mask 'wide' is not shared, private or octal"),
 ])

@@ -14,7 +14,7 @@ LEVELS = {
     "archive": 2, "recordstore": 2, "changes": 2, "changeset": 2,
     "source": 2.5, "drivers.base": 2.5, "analyze": 2.5,
     "layerstore": 3, "imagestore": 3, "containerstore": 3, "mounts": 3,
-    "drivers.fuse": 3, "drivers.overlay": 3, "drivers.vfs": 3,
+    "drivers.fuse": 3, "drivers.overlay": 3, "drivers.vfs": 3, "drivers.btrfs": 3.5,
     "drivers": 4, "volumes": 3, "gc": 4, "check": 4,
     "store": 5,
     "cli": 6, "__init__": 0,
