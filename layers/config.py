@@ -66,7 +66,9 @@ class Config:
 
     def as_dict(self) -> dict:
         return {"root": self.root, "runroot": self.runroot,
-                "driver": self.driver or DEFAULT_DRIVER,
+                # None: the store's recorded driver, or for a new store the
+                # one its filesystem calls for (driverchoice.py)
+                "driver": self.driver or "auto",
                 "mount_program": self.mount_program, "mountopt": self.mountopt,
                 "ignore_chown_errors": self.ignore_chown_errors,
                 "force_mask": None if self.force_mask is None else f"0{self.force_mask:o}",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,8 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 
-from storetools import (StoreEnv, btrfs_loop, driver_skip_reason, file,  # noqa: E402
-                        oci_layout, store_env, tar_bytes)
+from storetools import (LAYERS_EXE, NOBODY, StoreEnv, file, oci_layout,  # noqa: E402
+                        store_env, tar_bytes)
 
 from layers.drivers.btrfs import is_subvolume  # noqa: E402
 
@@ -98,3 +100,40 @@ def test_btrfs_refused_off_btrfs(store_env, tmp_path):
     env = StoreEnv(tmp_path / "plain", "btrfs")
     r = env.cli("images")
     assert r.code == 1 and "is not on btrfs (" in r.err, r.err
+
+
+def test_rootless_store_on_btrfs(store_env):
+    """As nobody, with no driver given: the store picks btrfs, makes and
+    removes subvolumes without privileges (rmdir of an empty subvolume)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to run as an unprivileged user")
+    mnt = store_env.root.parent
+    mnt.parent.chmod(0o755)
+    home = mnt / "nobody"
+    home.mkdir()
+    oci_layout(home / "img", [BASE, APP], ref_name="latest")
+    (home / "storage.conf").write_text("")
+    subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(home)], check=True)
+    env = {"PATH": os.environ["PATH"], "HOME": str(home),
+           "STRATA_STORAGE_CONF": str(home / "storage.conf"),
+           "XDG_RUNTIME_DIR": str(home / "run")}
+
+    def layers(*args: str) -> str:
+        p = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
+                            "--clear-groups", LAYERS_EXE, "--root", str(home / "store"),
+                            "--runroot", str(home / "run"), *args],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert p.returncode == 0, (args, p.stderr)
+        return p.stdout
+
+    layers("import", "-q", str(home / "img"), "--name", "r:1")
+    assert json.loads(layers("info", "--format", "json"))["driver"] == "btrfs"
+    layers("create", "r:1", "--name", "c")
+    mp = layers("mount", "c").strip()
+    assert is_subvolume(mp) and Path(mp, "app").read_text() == "one\n"
+    assert os.lstat(mp).st_uid == NOBODY
+    layers("umount", "c")
+    layers("rm", "c")
+    layers("rmi", "r:1")
+    assert os.listdir(home / "store" / "layers") == []
+    assert layers("check") == ""

@@ -76,3 +76,8 @@ def test_configured_and_recorded_drivers_are_kept(tmp_path, monkeypatch):
     info = json.loads(auto.ok("info", "--format", "json").out)
     assert (info["driver"], info["driver_reason"]) == ("fuse", RECORDED)
     assert driverchoice.VFS_WARNING not in info["warnings"]
+
+
+def test_config_says_auto_when_no_driver_is_set(tmp_path):
+    env = auto_env(tmp_path)
+    assert json.loads(env.ok("config").out)["driver"] == "auto"
