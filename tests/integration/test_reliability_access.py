@@ -1,0 +1,206 @@
+"""What an unprivileged user may do on a mount made by root with allow_other:
+exactly what the permission bits and ACLs allow - the kernel overlay on the
+same layers decides. Reading others' 0600 files, writing read-only files,
+chmod/chown/utimes of others' files, changes in others' directories and in a
+sticky directory; set-id bits cleared when a non-owner writes (in the view
+and in the upper on disk); POSIX ACLs that grant or deny more than the mode
+bits. Every check runs on the lower files, then again after root copied them
+all up. And a rootless mount without allow_other is closed to other users.
+
+The user is the test user of tests/support/rootless.py (made by its set-up);
+OTHER is a uid with no account, owner of "others'" files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support import mounts, rootless
+from support.convert import convert_layers
+from support.faults import posix_acl, run_as
+from support.layergen import make_layers, write
+
+OTHER = 4242
+KERNEL_OPTS = ("redirect_dir=off", "index=off", "metacopy=off")
+ACL = "system.posix_acl_access"
+
+
+@pytest.fixture(scope="module")
+def user() -> rootless.User:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if shutil.which("useradd") is None:
+        pytest.skip("needs useradd")
+    return rootless.ensure_user()
+
+
+def _file(layer: Path, rel: str, mode: int, uid: int = 0, gid: int = 0, text: str = "data") -> Path:
+    p = write(layer, rel, text)
+    os.chown(p, uid, gid)
+    os.chmod(p, mode)
+    return p
+
+
+def _dir(layer: Path, rel: str, mode: int, uid: int = 0, gid: int = 0) -> Path:
+    p = layer / rel
+    p.mkdir(parents=True, exist_ok=True)
+    os.chown(p, uid, gid)
+    os.chmod(p, mode)
+    return p
+
+
+def _stack(root: Path, user: rootless.User) -> list[Path]:
+    top, bottom = make_layers(root, 2)
+    for layer in (top, bottom):
+        os.chmod(layer, 0o755)
+    _file(bottom, "secret", 0o600, text="root's secret")
+    _file(bottom, "others-secret", 0o600, OTHER, OTHER, "other's secret")
+    _file(bottom, "readonly", 0o644)
+    _file(top, "others-file", 0o644, OTHER, OTHER)
+    _file(bottom, "world-writable", 0o666)
+    _file(bottom, "group-writable", 0o664, OTHER, user.gid)
+    _file(bottom, "suid", 0o4777, OTHER, OTHER)
+    _file(top, "sgid", 0o2777, OTHER, OTHER)
+    _file(bottom, "sgid-no-gx", 0o2767, OTHER, OTHER)  # no group exec: a locking mark, kept
+    _file(bottom, "suid-own-group", 0o4775, OTHER, user.gid)
+    _dir(bottom, "root-dir", 0o755)
+    _file(bottom, "root-dir/inside", 0o666)
+    _dir(bottom, "open-dir", 0o777)
+    _file(bottom, "open-dir/others", 0o644, OTHER, OTHER)
+    _dir(top, "sticky", 0o1777)
+    _file(top, "sticky/others", 0o666, OTHER, OTHER)
+    _dir(bottom, "sticky", 0o1777)
+    _file(bottom, "sticky/others-below", 0o666, OTHER, OTHER)
+    _dir(bottom, "closed-dir", 0o700, OTHER, OTHER)
+    _file(bottom, "closed-dir/file", 0o666, OTHER, OTHER)
+    # ACLs: a named entry denying what "other" allows, one granting what the bits do not
+    p = _file(bottom, "acl-deny", 0o644)
+    os.setxattr(p, ACL, posix_acl(6, 4, 4, users=[(user.uid, 0)], mask=4))
+    p = _file(bottom, "acl-allow", 0o640)
+    os.setxattr(p, ACL, posix_acl(6, 0, 0, users=[(user.uid, 6)], mask=6))
+    os.chmod(p, 0o660)
+    d = _dir(bottom, "acl-dir", 0o750)
+    os.setxattr(d, ACL, posix_acl(7, 0, 0, users=[(user.uid, 5)], mask=5))
+    _file(bottom, "acl-dir/file", 0o644)
+    return [top, bottom]
+
+
+def _calls(user: rootless.User) -> list[tuple]:
+    return [
+        ("read", "secret"), ("read", "others-secret"), ("read", "readonly"), ("read", "closed-dir/file"),
+        ("write", "readonly"), ("append", "readonly"), ("trunc", "readonly"), ("truncate_path", "readonly", 1),
+        ("write", "others-file"), ("trunc", "secret"),
+        ("chmod", "others-file", 0o666), ("chmod", "readonly", 0o777), ("chown", "others-file", user.uid, user.gid),
+        ("chown", "world-writable", user.uid, -1), ("utime", "others-file", 10**18), ("utime_now", "readonly"),
+        ("utime_now", "world-writable"), ("setxattr", "others-file", "user.x", "1"),
+        ("setxattr", "world-writable", "user.x", "1"), ("getxattr", "world-writable", "user.x"),
+        ("write", "world-writable", "user wrote"), ("write", "group-writable", "group wrote"),
+        ("write", "suid", "user wrote"), ("stat", "suid"), ("write", "sgid", "user wrote"), ("stat", "sgid"),
+        ("write", "sgid-no-gx", "user wrote"), ("stat", "sgid-no-gx"),
+        ("write", "suid-own-group", "user wrote"), ("stat", "suid-own-group"),
+        ("truncate_path", "world-writable", 3), ("stat", "world-writable"),
+        ("unlink", "root-dir/inside"), ("rename", "root-dir/inside", "root-dir/moved"), ("create", "root-dir/new"),
+        ("mkdir", "root-dir/sub"), ("write", "root-dir/inside", "ok, the file is 0666"),
+        ("create", "open-dir/mine"), ("chmod", "open-dir/mine", 0o600), ("chown", "open-dir/mine", OTHER, -1),
+        ("chown", "open-dir/mine", -1, OTHER), ("chown", "open-dir/mine", -1, user.gid),
+        ("unlink", "open-dir/others"), ("mkdir", "open-dir/d"),
+        ("unlink", "sticky/others"), ("unlink", "sticky/others-below"), ("rename", "sticky/others", "sticky/x"),
+        ("write", "sticky/others", "writable"), ("create", "sticky/mine"), ("unlink", "sticky/mine"),
+        ("listdir", "closed-dir"), ("create", "closed-dir/new"),
+        ("read", "acl-deny"), ("read", "acl-allow"), ("write", "acl-allow", "acl"), ("listdir", "acl-dir"),
+        ("read", "acl-dir/file"),
+        ("access", "secret", os.R_OK), ("access", "readonly", os.W_OK), ("access", "acl-deny", os.R_OK),
+        ("access", "acl-allow", os.W_OK),
+    ]
+
+
+def _copy_everything_up(root: Path):
+    """As root: copy every lower object up (a user xattr changes nothing users check)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in filenames + dirnames:
+            os.setxattr(os.path.join(dirpath, n), "user.copied-up", b"1", follow_symlinks=False)
+
+
+def _modes(upper: Path, names) -> dict:
+    out = {}
+    for n in names:
+        try:
+            out[n] = f"{os.lstat(upper / n).st_mode & 0o7777:o}"
+        except FileNotFoundError:
+            out[n] = "absent"
+    return out
+
+
+@pytest.mark.parametrize("phase", ["lower", "copied up"])
+def test_an_unprivileged_user_can_do_what_the_bits_allow(tmp_path, mount_fsd, mount_kernel_overlay, user, phase):
+    layers = _stack(tmp_path / "layers", user)
+    roots = {}
+    uppers = {}
+    for name in ("kernel", "fsd"):
+        upper, work = tmp_path / f"{name}-upper", tmp_path / f"{name}-work"
+        upper.mkdir()
+        work.mkdir()
+        uppers[name] = upper
+    roots["kernel"] = mount_kernel_overlay(convert_layers(layers, tmp_path / "k"), uppers["kernel"],
+                                           tmp_path / "kernel-work", KERNEL_OPTS)
+    roots["fsd"] = mount_fsd(layers, uppers["fsd"], tmp_path / "fsd-work", ["allow_other"]).mnt
+    if phase == "copied up":
+        for r in roots.values():
+            _copy_everything_up(r)
+    calls = _calls(user)
+    got = {name: run_as(user.uid, user.gid, root, calls) for name, root in roots.items()}
+    bad = [f"{c}: kernel {k!r}, fsd {f!r}" for c, k, f in zip(calls, got["kernel"], got["fsd"]) if k != f]
+    assert not bad, f"user {user.name} ({user.uid}) on files {phase} - results differ:\n" + "\n".join(bad)
+    # set-id bits as the upper stores them
+    idfiles = ("suid", "sgid", "sgid-no-gx", "suid-own-group")
+    kmodes, fmodes = _modes(uppers["kernel"], idfiles), _modes(uppers["fsd"], idfiles)
+    assert kmodes == fmodes, f"set-id bits in the upper after a non-owner's write: kernel {kmodes}, fsd {fmodes}"
+    assert not int(fmodes["suid"], 8) & stat.S_ISUID, fmodes
+
+
+# -- a rootless mount without allow_other -------------------------------------------------------------
+
+def test_a_rootless_mount_is_closed_to_other_users(tmp_path, fuse_deadline, fsd_log):
+    reason = rootless.why_no_rootless()
+    if reason:
+        pytest.skip(reason)
+    u = rootless.ensure_user()
+    reason = rootless.why_user_cannot_run_fsd(u)
+    if reason:
+        pytest.skip(reason)
+    box = rootless.Sandbox(u)
+    agent = None
+    try:
+        lower = box.dir("lower")
+        box.file("lower/f", "the user's file", mode=0o644)
+        upper, work, mnt = box.dir("upper"), box.dir("work"), box.dir("mnt")
+        agent = rootless.Agent(box, deadline=fuse_deadline)
+        m = agent.mount_fsd([lower], upper, work, (), mnt)
+        assert agent.read(mnt / "f") == "the user's file"
+
+        def as_other(argv, uid=None):
+            cmd = ["nsenter", "-t", str(agent.pid), "-m", "--"]
+            if uid is not None:
+                cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            return subprocess.run(cmd + argv, capture_output=True, text=True, timeout=20)
+        for uid in (OTHER, None):  # another user, and root: FUSE lets only the mounting user in
+            r = as_other(["stat", "-c", "%n", str(mnt / "f")], uid)
+            assert r.returncode != 0 and "Permission denied" in r.stderr, \
+                f"{'root' if uid is None else f'uid {uid}'} reached a mount made without allow_other: " \
+                f"{r.stdout}{r.stderr}"
+            r = as_other(["ls", str(mnt)], uid)
+            assert r.returncode != 0 and "Permission denied" in r.stderr, r.stdout + r.stderr
+        agent.unmount(m)
+    finally:
+        problems = agent.close() if agent is not None else []
+        if agent is not None:
+            agent.collect_logs(fsd_log)
+        problems += box.cleanup()
+    assert not problems, problems
+    assert not mounts.mounts_at(mnt)
