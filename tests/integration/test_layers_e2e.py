@@ -29,7 +29,7 @@ def run(env: StoreEnv, *args: str) -> str:
     return r.out.strip()
 
 
-@pytest.mark.parametrize("store_env", ["vfs", "overlay", "fuse"], indirect=True)
+@pytest.mark.parametrize("store_env", ["vfs", "overlay", "fuse", "btrfs"], indirect=True)
 def test_import_create_mount_write_umount_rm_keeps_shared_layer(store_env, tmp_path):
     env = store_env
     web = oci_layout(tmp_path / "web.tar", [BASE, WEB], as_tar=True, compression="gzip")
