@@ -964,9 +964,93 @@ def crash_worker(spec_path: str) -> None:
     print(json.dumps({"kill": note.get("why")}), flush=True)
 
 
+# -- load workers ------------------------------------------------------------------------------------
+
+RACE = {"ENOENT", "EEXIST", "ENOTEMPTY", "ENOTDIR", "EISDIR"}
+
+
+def load_worker(kind: str, root: str, seed: int, seconds: float, dirs: int, files: int) -> dict:
+    """Beside the stress workers of support.upper_ops: "walk" walks the whole tree
+    (lstat, readlink, listxattr of everything), "mmap" maps files and works through
+    the maps after closing the descriptor (files ROOT/mmSEED/m<i>, which it
+    alone uses), "unlinked" keeps using files it unlinked
+    while open. {"ops": n, "errors": {...}, "unexpected": [...]} like upper_ops.stress."""
+    import mmap
+    rng = random.Random(seed)
+    errors: dict[str, int] = {}
+    unexpected: list[str] = []
+    n = 0
+
+    def f():
+        return os.path.join(root, f"d{rng.randrange(dirs)}", f"f{rng.randrange(files)}")
+
+    def walk():
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                p = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(p)
+                    if stat.S_ISLNK(st.st_mode):
+                        os.readlink(p)
+                    os.listxattr(p, follow_symlinks=False)
+                except OSError as e:
+                    if errname(e) not in RACE:
+                        raise
+
+    def with_mmap():  # on files of its own (a map of a file truncated by another worker gives SIGBUS)
+        path = os.path.join(root, f"mm{seed}", f"m{rng.randrange(files)}")
+        if rng.random() < 0.2:
+            with open(path, "wb") as w:
+                w.write(os.urandom(rng.randint(1, 200_000)))
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return
+            m = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        with m:  # the descriptor is closed: the map alone keeps the file open
+            m[0:1] = m[0:1]
+            _ = m[size // 2: size // 2 + 100]
+            m.flush()
+
+    def unlinked():
+        path = os.path.join(root, f"d{rng.randrange(dirs)}", f"tmp-{seed}-{n}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"x" * rng.randint(1, 70000))
+            os.unlink(path)
+            os.pwrite(fd, b"after unlink", 5)
+            assert os.pread(fd, 12, 5) == b"after unlink"
+            os.fstat(fd)
+            os.ftruncate(fd, 3)
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+
+    fn = {"walk": walk, "mmap": with_mmap, "unlinked": unlinked}[kind]
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        n += 1
+        try:
+            fn()
+        except OSError as e:
+            key = f"{kind} {errname(e)}"
+            errors[key] = errors.get(key, 0) + 1
+            if errname(e) not in RACE:
+                unexpected.append(f"{key}: {e}")
+        except Exception as e:  # noqa: BLE001 - report, don't die
+            unexpected.append(f"{kind}: {type(e).__name__}: {e}")
+    return {"ops": n, "errors": errors, "unexpected": unexpected[:50]}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "crash-worker":
         crash_worker(sys.argv[2])
+    elif sys.argv[1] == "load":  # KIND ROOT SEED SECONDS DIRS FILES
+        kind, root, seed, seconds, dirs, files = sys.argv[2:8]
+        print(json.dumps(load_worker(kind, root, int(seed), float(seconds), int(dirs), int(files))))
     elif sys.argv[1] == "run-op":  # ROOT JSON-OP: prints "ok" or the errno name
         try:
             run_op(sys.argv[2], json.loads(sys.argv[3]))
