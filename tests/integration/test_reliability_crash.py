@@ -28,6 +28,7 @@ kernel can mount it. Rerun one seed: STRATA_CRASH_SEED=N.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -400,10 +401,14 @@ def test_a_dead_daemon_gives_enotconn_not_a_hang(tmp_path, mount_fsd):
     got["kept fd: pread pwrite fstat fsync close"] = _finish(with_fd)
     df = subprocess.run(["timeout", "10", "df", "-a"], capture_output=True, text=True)
     got["df -a (exit)"] = str(df.returncode)
-    want = {k: "ENOTCONN" for k in got}
-    want["kept fd: pread pwrite fstat fsync close"] = "ENOTCONN ENOTCONN ENOTCONN ENOTCONN ENOTCONN"
-    want["df -a (exit)"] = "1"  # df reports the dead mount and goes on
-    bad = {k: (v, want[k]) for k, v in got.items() if v != want[k]}
+    want = {k: {"ENOTCONN"} for k in got}
+    # what the kernel still has cached may be served (pread from the page cache, fstat from
+    # cached attributes, a close whose FLUSH is not sent); nothing may reach the disk
+    fd_ok = [("ok", "ENOTCONN"), ("ENOTCONN",), ("ok", "ENOTCONN"), ("ENOTCONN",), ("ok", "ENOTCONN")]
+    want["kept fd: pread pwrite fstat fsync close"] = {
+        " ".join(c) for c in itertools.product(*fd_ok)}
+    want["df -a (exit)"] = {"1"}  # df reports the dead mount and goes on
+    bad = {k: (v, sorted(want[k])[:2]) for k, v in got.items() if v not in want[k]}
     assert not bad, "on a dead mount (got, want): " + repr(bad)
     assert str(m.mnt) in df.stderr, df.stderr
 
