@@ -592,7 +592,7 @@ def _kill_points(tmp_path, mount_fsd, mount_kernel_overlay, names, kinds, per_sc
 @pytest.mark.fuse_deadline(150)
 def test_sigkill_before_namespace_changes_of_an_operation(tmp_path, mount_fsd, mount_kernel_overlay):
     names = [n for n, s in POINT_SCENARIOS.items() if s[3]]
-    _kill_points(tmp_path, mount_fsd, mount_kernel_overlay, names, NAMESPACE, per_scenario=4)
+    _kill_points(tmp_path, mount_fsd, mount_kernel_overlay, names, NAMESPACE)
 
 
 @pytest.mark.long
