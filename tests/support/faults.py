@@ -1,24 +1,31 @@
 """Faults and observations for the reliability tests (tests/integration/test_reliability_*.py).
 
-small_tmpfs(path, size)      a size-limited tmpfs mounted by the test, unmounted after
+small_tmpfs(path, size)      a size- (and inode-) limited tmpfs mounted by the test, unmounted after
 probe(path, op, timeout)     one syscall on a path in a child process: its errno name,
                              "ok", or "HUNG" when it did not return in time
 detach_dead(m)               after the daemon of an FsdMount died: wait for it, detach
                              the dead mount (fusermount3 -uz, else umount -l)
-Strace                       strace -f -y attached to a running daemon: which syscalls,
-                             on which real files
+Strace                       strace -f attached to a running daemon: which syscalls, on
+                             which real files (-y), their string arguments (calls())
+kill_points / kill_before    from a clean run's trace, the calls by which an operation
+                             changes the upper; SIGKILL of the daemon right before one
+                             of them (strace -P PATH -e inject=CALL:signal=SIGKILL)
 fd_count / rss_kib           a process's open descriptors and resident memory
-run_as(uid, gid, calls)      syscalls made by an unprivileged user in a forked child
+run_as(uid, gid, root, calls) syscalls made by an unprivileged user in a forked child
 posix_acl(...)               a system.posix_acl_access value, without setfacl
 fchmodat2                    the raw syscall (AT_SYMLINK_NOFOLLOW reaches the filesystem)
+remove_tree(path)            rm -rf of a tree too deep for shutil.rmtree
 
 The crash workload (CrashModel, the `crash-worker` entry point): a seeded plan of
 mutating operations that a worker process runs on a mount while it kills the
 daemon at a seeded point; the model says which states every touched path may
 be in afterwards (its old state, its new state, or the few intermediate states
-a process can see between the syscalls of one operation).
+a process can see between the syscalls of one operation, a write torn at a page
+boundary included).
 
     python -m support.faults crash-worker SPEC.json
+    python -m support.faults run-op ROOT '["rename", "a", "b"]'
+    python -m support.faults load mmap|unlinked|walk ROOT SEED SECONDS DIRS FILES
 """
 
 from __future__ import annotations
