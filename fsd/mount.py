@@ -158,7 +158,7 @@ class Mount:
             self.stack, self.table, self.namei, attrs, dirs,
             FileOps(self.stack, self.table, copyup, params.writable, fsync),
             ReaddirOps(self.table, self.namei, attrs),
-            params.writable, on_init)
+            params.writable, params.noacl, on_init)
         log.debug("markers: %s", markers)
 
     def close(self) -> None:

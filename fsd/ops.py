@@ -24,10 +24,11 @@ from .readdir import ReaddirOps
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True  # the kernel checks POSIX ACLs (system.posix_acl_*) too; noacl turns it off
 
     def __init__(self, stack: Stack, table: InodeTable, namei: Namei, attrs: AttrOps,
-                 dirs: DirOps, files: FileOps, listings: ReaddirOps, writable: bool, on_init=None):
+                 dirs: DirOps, files: FileOps, listings: ReaddirOps, writable: bool, noacl: bool,
+                 on_init=None):
         super().__init__()
         self.stack = stack
         self.table = table
@@ -38,6 +39,8 @@ class Operations(pyfuse3.Operations):
         self.listings = listings
         self.writable = writable
         self._on_init = on_init
+        if noacl:
+            self.enable_acl = False
 
     def init(self) -> None:
         if self._on_init is not None:

@@ -116,6 +116,12 @@ def _split_lowerdir(value: str) -> list[str]:
     return dirs
 
 
+def _unescape(value: str) -> str:
+    """`\\:` and `\\\\` in a path option: a colon and a backslash, as in lowerdir."""
+    parts = _split_lowerdir(value)
+    return ":".join(parts) if len(parts) > 1 else parts[0]
+
+
 def _existing_dir(what: str, path: str, cwd: str) -> str:
     if not path:
         raise ParamError(f"{what}: empty path")
@@ -213,12 +219,14 @@ def parse_options(option_strings: list[str], mountpoint: str, cwd: str | None = 
     for d in lowers:
         if d == mnt:
             raise ParamError(f"lowerdir '{d}' is the mountpoint")
+        if _inside(mnt, d):
+            raise ParamError(f"mountpoint '{mnt}' is inside lowerdir '{d}'")
     if (upper_value is None) != (work_value is None):
         raise ParamError("upperdir and workdir must be given together")
     upper = work = None
     if upper_value is not None:
-        upper = _existing_dir("upperdir", upper_value, cwd)
-        work = _existing_dir("workdir", work_value, cwd)
+        upper = _existing_dir("upperdir", _unescape(upper_value), cwd)
+        work = _existing_dir("workdir", _unescape(work_value), cwd)
         if os.stat(upper).st_dev != os.stat(work).st_dev:
             raise ParamError(f"upperdir '{upper}' and workdir '{work}' are on different filesystems")
         if _inside(upper, work) or _inside(work, upper):
@@ -227,8 +235,9 @@ def parse_options(option_strings: list[str], mountpoint: str, cwd: str | None = 
             for name, path in (("upperdir", upper), ("workdir", work)):
                 if _inside(path, d) or _inside(d, path):
                     raise ParamError(f"{name} '{path}' overlaps lowerdir '{d}'")
-        if mnt == upper or mnt == work:
-            raise ParamError(f"mountpoint '{mnt}' is the upperdir or workdir")
+        for name, path in (("upperdir", upper), ("workdir", work)):
+            if _inside(mnt, path):
+                raise ParamError(f"mountpoint '{mnt}' is inside {name} '{path}'")
 
     kw: dict = {}
     if "fsync" in values:
@@ -255,7 +264,7 @@ def parse_options(option_strings: list[str], mountpoint: str, cwd: str | None = 
         if kw["timeout"] < 0:
             raise ParamError(f"bad value for option 'timeout': '{v}'")
     if "logfile" in values:
-        kw["logfile"] = os.path.join(cwd, take_value("logfile"))
+        kw["logfile"] = os.path.join(cwd, _unescape(take_value("logfile")))
     for name in ("uidmapping", "gidmapping"):
         if name in values:
             kw[name] = _parse_mapping(name, take_value(name))
