@@ -269,9 +269,7 @@ class CopyUp:
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 # In the index first, so that a crash before every name links
                 # the copy is finished at the next mount.
-                linked = b"%s/%d-%d" % (INDEX_DIR, node.layer, st.st_ino)
-                self.discard(linked)
-                work.link(tmp, work, linked)
+                linked = self.index_entry(tmp, node.layer, st.st_ino)
             self._publish(tmp, parent, rel)
         except BaseException:
             self.discard(tmp)
@@ -314,20 +312,31 @@ class CopyUp:
             finally:
                 self.table.unused(parent)
 
+    def index_entry(self, rel: bytes, index: int, st_ino: int) -> bytes:
+        """Link a work-area copy of lower file (index, st_ino) into the index,
+        so that its other names are linked to it at the next mount if a crash
+        comes first; the caller removes the entry once they are."""
+        entry = b"%s/%d-%d" % (INDEX_DIR, index, st_ino)
+        self.discard(entry)
+        self.stack.work.link(rel, self.stack.work, entry)
+        return entry
+
     async def finish_interrupted_links(self) -> None:
-        """At mount: a copy-up of a hard-linked lower file cut short by a crash
-        left its copy in the index; link it at every name still showing the lower
-        file (the copy holds the lower data or later writes: either way the names
-        end up one file again), then drop the index entry."""
+        """At mount, for copy-ups of hard-linked lower files cut short by a crash
+        (the work area's scratch dir already emptied): an index entry that is the
+        copy's only name was never published, so the lower file stands and the
+        entry goes; one whose copy was published somewhere is linked at every
+        name still showing the lower file, so that the names are one file again."""
         work = self.stack.work
         for entry, _, _ in work.scandir(INDEX_DIR):
             rel = INDEX_DIR + b"/" + entry
             try:
                 index, st_ino = (int(x) for x in entry.split(b"-"))
-                if 0 <= index < len(self.stack.lowers):
-                    await self.link_other_names(index, st_ino, work, rel)
             except ValueError:
                 log.warning("work area: unknown index entry %r removed", entry)
+                index = -1
+            if 0 <= index < len(self.stack.lowers) and work.lstat(rel).st_nlink > 1:
+                await self.link_other_names(index, st_ino, work, rel)
             work.unlink(rel)
 
     async def _copy_file(self, src: Layer, rel: bytes, tmp: bytes, size: int) -> None:
@@ -399,8 +408,8 @@ class CopyUp:
         lower objects copied, upper non-directories hard-linked (same inodes, so
         open files stay valid).  The original is not touched, so a crash leaves
         the old tree whole.  Returns the work-area name and, for each lower file
-        with several links, (lower index, st_ino, path inside the tree), so that
-        its names outside the tree can be linked once the tree is in place."""
+        with several links, (lower index, st_ino, index entry), so that its names
+        outside the tree can be linked once the tree is in place."""
         tmp = self.tmp_name()
         rel = node.path()
         linked: dict[tuple[int, int], tuple[bytes, int]] = {}
@@ -413,8 +422,7 @@ class CopyUp:
         except BaseException:
             self.discard(tmp)
             raise
-        inside = [(index, ino, dst[len(tmp) + 1:]) for (_, ino), (dst, index) in linked.items()]
-        return tmp, inside
+        return tmp, [(index, ino, self.index_entry(dst, index, ino)) for (_, ino), (dst, index) in linked.items()]
 
     def _tree(self, in_upper: bool, lowers: tuple[int, ...], rel: bytes, dst: bytes, key: int,
               linked: dict[tuple[int, int], tuple[bytes, int]]) -> None:

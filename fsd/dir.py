@@ -321,8 +321,9 @@ class DirOps:
                 self.table.retire(dst)
         src.drop_link(p1, n1)
         src.add_link(p2, n2)
-        for index, st_ino, rel in hard_links:
-            await self.copyup.link_other_names(index, st_ino, self.stack.upper, rel)
+        for index, st_ino, entry in hard_links:
+            await self.copyup.link_other_names(index, st_ino, self.stack.work, entry)
+            self.stack.work.unlink(entry)
 
     def _rename_pair(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> tuple[Node, Node | None]:
         """The source and destination nodes, after the checks rename(2) makes."""
@@ -396,8 +397,7 @@ class DirOps:
         """Rename a directory with lower parts: copy its merged tree into the work
         area, make it opaque, switch it in at n2, then remove n1.  The kernel says
         EXDEV here (without redirect_dir); programs such as apt and npm then fail.
-        Returns the lower hard links inside the tree (see CopyUp.build_tree), now
-        at their new paths."""
+        Returns the lower hard links inside the tree (see CopyUp.build_tree)."""
         upper, work = self.stack.upper, self.stack.work
         tmp, hard_links = await self.copyup.build_tree(src)
         rel1, rel2 = p1.child_path(n1), p2.child_path(n2)
@@ -427,7 +427,7 @@ class DirOps:
             node.lower_entries = node.upper_entries = node.lower_stat = None
         src.upper, src.lowers, src.opaque = True, (), True
         src.lower_entries = src.upper_entries = None
-        return [(index, st_ino, rel2 + b"/" + inside) for index, st_ino, inside in hard_links]
+        return hard_links
 
     def _write_journal(self, rel1: bytes, rel2: bytes, key: int) -> None:
         """Record a directory move before it changes the upper: a crash between
@@ -458,7 +458,8 @@ class DirOps:
             os.close(fd)
         src, dst = bytes.fromhex(record["src"]), bytes.fromhex(record["dst"])
         origin = self.markers.origin_xattr
-        placed = origin is not None and self.stack.upper.try_getxattr(dst, origin) == b"%d" % record["key"]
+        placed = (origin is not None and self.stack.upper.try_lstat(dst) is not None
+                  and self.stack.upper.try_getxattr(dst, origin) == b"%d" % record["key"])
         if placed:
             parent = self.namei.table.root
             *dirs, name = src.split(b"/")
