@@ -187,7 +187,10 @@ def test_upper_and_work_must_not_nest_or_overlap_lowers(t):
     assert error(t, "lowerdir=upper/w,upperdir=upper,workdir=work") == \
         f"upperdir '{t}/upper' overlaps lowerdir '{t}/upper/w'"
     assert error(t, "lowerdir=a,upperdir=upper,workdir=work", mnt=str(t / "upper")) == \
-        f"mountpoint '{t}/upper' is the upperdir or workdir"
+        f"mountpoint '{t}/upper' is inside upperdir '{t}/upper'"
+    (t / "work" / "m").mkdir()
+    assert error(t, "lowerdir=a,upperdir=upper,workdir=work", mnt=str(t / "work" / "m")) == \
+        f"mountpoint '{t}/work/m' is inside workdir '{t}/work'"
 
 
 def test_upper_and_work_on_different_filesystems(t):
