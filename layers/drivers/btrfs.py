@@ -33,11 +33,9 @@ import os
 import secrets
 import struct
 
-from .. import changes, changeset, fsprobe, fsutil, layout
+from .. import fsprobe, fsutil, layout
 from ..errors import DriverError
-from ..records import Quota
-from .base import Driver, Mounted
-from .vfs import apply_layer
+from .vfs import VfsDriver, apply_layer
 
 # linux/btrfs.h: _IOW(0x94, nr, struct btrfs_ioctl_vol_args) (4096 bytes:
 # an s64 fd and a 4088-byte name)
@@ -83,14 +81,16 @@ def is_subvolume(path: str) -> bool:
         return False
 
 
-class BtrfsDriver(Driver):
+class BtrfsDriver(VfsDriver):
+    """vfs's container rootfs (mount, diff, changeset as vfs), made by snapshots."""
+
     name = "btrfs"
     has_upper = False
     snapshots = True
 
     def __init__(self, root: str, privileged: bool):
+        super().__init__(privileged)
         self.root = root
-        self.privileged = privileged
 
     def check_usable(self) -> None:
         mount = fsprobe.mount_of(self.root)
@@ -136,23 +136,3 @@ class BtrfsDriver(Driver):
             os.chmod(rootfs, 0o755)
         else:
             snapshot(top, rootfs)
-
-    def mount(self, cdir: str, lowers: list[str], quota: Quota = Quota()) -> Mounted:
-        self.check_quota(quota)
-        return Mounted(os.path.join(cdir, "rootfs"), None)
-
-    def umount(self, cdir: str, mounted: Mounted) -> None:
-        pass
-
-    def alive(self, cdir: str, mounted: Mounted) -> bool:
-        return os.path.isdir(mounted.mountpoint)
-
-    def writable_usage(self, cdir: str) -> tuple[int, int]:
-        return fsutil.tree_usage(os.path.join(cdir, "rootfs"))
-
-    def changes(self, cdir: str, lowers: list[str]) -> list[tuple[str, str]]:
-        return changes.tree_changes(os.path.join(cdir, "rootfs"), lowers)
-
-    def changeset(self, cdir: str, lowers: list[str], epoch: int | None):
-        rootfs = os.path.join(cdir, "rootfs")
-        return changeset.changes_entries(rootfs, changes.tree_changes(rootfs, lowers), epoch)
