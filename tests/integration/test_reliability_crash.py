@@ -131,7 +131,7 @@ class CrashRun:
     def fail(self, what: str, paths=(), resync: bool = True):
         """Record a problem (the round goes on from what the mount shows now);
         the test fails at the end with every problem met."""
-        paths = set(paths)
+        paths = {p for p in paths if isinstance(p, str)}  # an op's arguments: paths, modes, sizes
         for group in self.initial_links:  # hard links of the epoch's start
             if paths.intersection(group):
                 paths |= set(group)
