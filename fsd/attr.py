@@ -7,6 +7,14 @@ every layer is not worth it; `find` accepts 1).  Changing anything copies the
 object up first, or only its metadata under metacopy=on.  Overlay markers are
 never shown; a user's own `trusted.overlay.*` xattrs are stored escaped, as the
 kernel does.
+
+Set-id bits go when an unprivileged caller writes, truncates or chowns a file,
+by the kernel's 6.x rule (`setattr_should_drop_suidgid`): setuid always; setgid
+when group-exec is set, or when the caller is neither in the file's group nor
+root.  The kernel sends most of this as a mode change, but its FUSE setattr
+recomputes setgid by the pre-6.2 rule (only with group-exec), and an open with
+O_TRUNC (atomic, as libfuse asks) reaches fsd with no removal at all; fsd applies
+the rule itself on those requests.  See `privs_to_remove`.
 """
 
 from __future__ import annotations
@@ -23,6 +31,30 @@ from .idmap import IdMap, format_override, parse_override
 from .inode import Node
 from .layer import Layer, Stack
 from .whiteout import NAME_MAX, escape_xattr, is_private_xattr, visible_xattr
+
+
+def _removes_privs(fields) -> bool:
+    """Whether a setattr is one on which the kernel removes set-id bits: a
+    truncate, a chown (also to -1:-1), or one with no field left (the kernel's
+    FUSE setattr drops the removal it cannot express as a mode).  Not a chmod,
+    which brings its own mode, nor a change of times."""
+    if fields.update_mode:
+        return False
+    return bool(fields.update_size or fields.update_uid or fields.update_gid
+                or not (fields.update_atime or fields.update_mtime or fields.update_ctime))
+
+
+def _in_group(caller, gid: int) -> bool:
+    """Whether caller's fsgid or one of its supplementary groups is gid.  The
+    caller is blocked in its request, so /proc/PID/status is there; if it cannot
+    be read (a pid outside fsd's pid namespace is 0), not a member - the kernel
+    too removes unless membership is shown."""
+    if caller.gid == gid:
+        return True
+    try:
+        return gid in pyfuse3.get_sup_groups(caller.pid)
+    except (OSError, RuntimeError, ValueError):
+        return False
 
 
 class AttrOps:
@@ -115,12 +147,19 @@ class AttrOps:
             attr.st_size, attr.st_blocks = lower.st_size, lower.st_blocks
         return attr
 
-    async def setattr(self, node: Node, attr, fields, fd: int | None) -> pyfuse3.EntryAttributes:
-        """Change attributes; a file with no name left (unlinked while open) is
-        changed through its open descriptor on the upper."""
+    async def setattr(self, node: Node, attr, fields, fd: int | None, caller) -> pyfuse3.EntryAttributes:
+        """Change attributes for caller (a pyfuse3 RequestContext); a file with no
+        name left (unlinked while open) is changed through its open descriptor on
+        the upper.  A truncate, a chown, or a request with no field (what the
+        kernel sends when it removes set-id bits before a write) also removes what
+        `privs_to_remove` says, decided before the change (as the kernel does, on
+        the group the file had)."""
         target = self.open_fd(node)
         if target is not None and not node.fds[target]:
             raise fail(errno.ENOENT)  # only a lower descriptor: nothing of it may change
+        kill = 0
+        if _removes_privs(fields):
+            kill = self.privs_to_remove(node, caller)
         if target is None:
             if fields.update_size:
                 await self.copyup.ensure(node, data=attr.st_size > 0)
@@ -132,7 +171,9 @@ class AttrOps:
         rel = node.path() if target is None else None
         override = self.idmap.override_xattr if target is None else None
         if override is not None and (fields.update_uid or fields.update_gid or fields.update_mode):
-            self._set_override(node, attr, fields)
+            new_uid, new_gid = self.idmap.on_disk(attr.st_uid if fields.update_uid else -1,
+                                                  attr.st_gid if fields.update_gid else -1)
+            self._set_override(node, new_uid, new_gid, attr.st_mode if fields.update_mode else None)
         elif fields.update_uid or fields.update_gid:
             if not self.idmap.squashed:
                 uid, gid = self.idmap.on_disk(attr.st_uid if fields.update_uid else -1,
@@ -164,11 +205,51 @@ class AttrOps:
                 os.utime(target, ns=times)
             else:
                 upper.utime(rel, times)
+        if kill:
+            self._clear_mode_bits(node, kill, target)
         return self.entry(node)
 
-    def _set_override(self, node: Node, attr, fields) -> None:
-        """xattr_permissions: owner and mode go into the override xattr; the real
-        file keeps what the daemon needs to reach it."""
+    def privs_to_remove(self, node: Node, caller) -> int:
+        """The set-id bits (S_ISUID, S_ISGID) that the kernel overlay removes from
+        node when caller writes, truncates or chowns it: 0 for anything but a
+        regular file and for root (taken as holding CAP_FSETID); else setuid, and
+        setgid if group-exec is set or caller is in neither the file's group nor,
+        by /proc/PID/status, its supplementary groups.  Ids are compared as the
+        mount shows them, which is how the kernel compares them."""
+        if node.kind != stat.S_IFREG or caller.uid == 0:
+            return 0
+        _, gid, mode, _ = self.owner(node, self.real_stat(node))
+        kill = mode & stat.S_ISUID
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not _in_group(caller, gid)):
+            kill |= stat.S_ISGID
+        return kill
+
+    def remove_privs(self, node: Node, caller) -> None:
+        """After caller truncated node by opening it with O_TRUNC (the kernel
+        removes nothing then): remove what `privs_to_remove` says.  node must be
+        in the upper."""
+        kill = self.privs_to_remove(node, caller)
+        if kill:
+            self._clear_mode_bits(node, kill, self.open_fd(node))
+
+    def _clear_mode_bits(self, node: Node, bits: int, target: int | None) -> None:
+        """Clear mode bits of an upper file, in the override xattr under
+        xattr_permissions; through target, its descriptor, if it has no name."""
+        _, _, mode, _ = self.owner(node, os.fstat(target) if target is not None else self.real_stat(node))
+        if not mode & bits:
+            return
+        mode &= ~bits
+        if target is not None:
+            os.fchmod(target, stat.S_IMODE(mode))
+        elif self.idmap.override_xattr is not None:
+            self._set_override(node, -1, -1, mode)
+        else:
+            self.stack.upper.chmod(node.path(), stat.S_IMODE(mode))
+
+    def _set_override(self, node: Node, new_uid: int, new_gid: int, new_mode: int | None) -> None:
+        """xattr_permissions: owner (on-disk ids, -1: unchanged) and mode (None:
+        unchanged) go into the override xattr; the real file keeps what the
+        daemon needs to reach it."""
         upper, rel = self.stack.upper, node.path()
         st = upper.lstat(rel)
         uid, gid, mode, rdev = st.st_uid, st.st_gid, st.st_mode, st.st_rdev
@@ -177,15 +258,13 @@ class AttrOps:
         if parsed is not None:
             uid, gid, override_mode, rdev = parsed
             mode = override_mode if stat.S_IFMT(override_mode) else stat.S_IFMT(mode) | override_mode
-        new_uid, new_gid = self.idmap.on_disk(attr.st_uid if fields.update_uid else -1,
-                                              attr.st_gid if fields.update_gid else -1)
         uid = uid if new_uid == -1 else new_uid
         gid = gid if new_gid == -1 else new_gid
-        if fields.update_mode:
-            mode = stat.S_IFMT(mode) | stat.S_IMODE(attr.st_mode)
+        if new_mode is not None:
+            mode = stat.S_IFMT(mode) | stat.S_IMODE(new_mode)
         upper.setxattr(rel, self.idmap.override_xattr, format_override(uid, gid, mode, rdev))
-        if fields.update_mode and node.kind != stat.S_IFLNK:
-            upper.chmod(rel, stat.S_IMODE(attr.st_mode) | (0o700 if node.is_dir else 0o600))
+        if new_mode is not None and node.kind != stat.S_IFLNK:
+            upper.chmod(rel, stat.S_IMODE(new_mode) | (0o700 if node.is_dir else 0o600))
 
     # --- xattrs ---------------------------------------------------------------------
 

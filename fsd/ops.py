@@ -7,6 +7,7 @@ becomes FUSEError and an unexpected exception becomes a logged EIO.
 from __future__ import annotations
 
 import errno
+import os
 import stat
 
 import pyfuse3
@@ -80,7 +81,7 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable()
         fd = self.files.fd(fh) if fh is not None and fh in self.files.handles else None
-        return await self.attrs.setattr(self.table[inode], attr, fields, fd)
+        return await self.attrs.setattr(self.table[inode], attr, fields, fd, ctx)
 
     @translate
     async def readlink(self, inode, ctx):
@@ -138,7 +139,16 @@ class Operations(pyfuse3.Operations):
 
     @translate
     async def open(self, inode, flags, ctx):
-        return await self.files.open(self.table[inode], flags)
+        node = self.table[inode]
+        info = await self.files.open(node, flags)
+        if flags & os.O_TRUNC:
+            # an atomic O_TRUNC brings no setattr, so none of the kernel's set-id removal
+            try:
+                self.attrs.remove_privs(node, ctx)
+            except BaseException:
+                self.files.release(info.fh)
+                raise
+        return info
 
     @translate
     async def read(self, fh, off, size):

@@ -2,10 +2,12 @@
 exactly what the permission bits and ACLs allow - the kernel overlay on the
 same layers decides. Reading others' 0600 files, writing read-only files,
 chmod/chown/utimes of others' files, changes in others' directories and in a
-sticky directory; set-id bits cleared when a non-owner writes (in the view
-and in the upper on disk); POSIX ACLs that grant or deny more than the mode
-bits. Every check runs on the lower files, then again after root copied them
-all up. And a rootless mount without allow_other is closed to other users.
+sticky directory; set-id bits cleared when a non-owner writes or truncates (in
+the view and in the upper on disk), setgid without group-exec only when the
+user is not in the file's group (the 6.x rule, which FUSE's own lacks); POSIX
+ACLs that grant or deny more than the mode bits. Every check runs on the lower
+files, then again after root copied them all up. And a rootless mount without
+allow_other is closed to other users.
 
 The user is the test user of tests/support/rootless.py (made by its set-up);
 OTHER is a uid with no account, owner of "others'" files.
@@ -27,6 +29,7 @@ from support.faults import posix_acl, run_as
 from support.layergen import make_layers, write
 
 OTHER = 4242
+SUPP = 4343  # a group with no account, the user's one supplementary group here
 KERNEL_OPTS = ("redirect_dir=off", "index=off", "metacopy=off")
 ACL = "system.posix_acl_access"
 
@@ -67,7 +70,13 @@ def _stack(root: Path, user: rootless.User) -> list[Path]:
     _file(bottom, "group-writable", 0o664, OTHER, user.gid)
     _file(bottom, "suid", 0o4777, OTHER, OTHER)
     _file(top, "sgid", 0o2777, OTHER, OTHER)
-    _file(bottom, "sgid-no-gx", 0o2767, OTHER, OTHER)  # no group exec: a locking mark, kept
+    _file(bottom, "sgid-no-gx", 0o2767, OTHER, OTHER)  # no group exec: dropped for a non-member
+    _file(bottom, "sgid-no-gx-own-group", 0o2767, OTHER, user.gid)  # kept for a member
+    _file(bottom, "sgid-no-gx-supp-group", 0o2767, OTHER, SUPP)  # kept for a member
+    _file(bottom, "sgid-no-gx-truncated", 0o2767, OTHER, OTHER)
+    _file(bottom, "sgid-no-gx-otrunc", 0o2767, OTHER, OTHER)
+    _file(bottom, "suid-otrunc", 0o4777, OTHER, OTHER)
+    _file(top, "sgid-otrunc", 0o2777, OTHER, OTHER)
     _file(bottom, "suid-own-group", 0o4775, OTHER, user.gid)
     _dir(bottom, "root-dir", 0o755)
     _file(bottom, "root-dir/inside", 0o666)
@@ -103,6 +112,13 @@ def _calls(user: rootless.User) -> list[tuple]:
         ("write", "world-writable", "user wrote"), ("write", "group-writable", "group wrote"),
         ("write", "suid", "user wrote"), ("stat", "suid"), ("write", "sgid", "user wrote"), ("stat", "sgid"),
         ("write", "sgid-no-gx", "user wrote"), ("stat", "sgid-no-gx"),
+        ("write", "sgid-no-gx-own-group", "user wrote"), ("stat", "sgid-no-gx-own-group"),
+        ("truncate_path", "sgid-no-gx-supp-group", 1), ("write", "sgid-no-gx-supp-group", "user wrote"),
+        ("stat", "sgid-no-gx-supp-group"),
+        ("truncate_path", "sgid-no-gx-truncated", 1), ("stat", "sgid-no-gx-truncated"),
+        # O_TRUNC with nothing written: the truncate alone removes set-id bits
+        ("trunc", "sgid-no-gx-otrunc", ""), ("stat", "sgid-no-gx-otrunc"),
+        ("trunc", "suid-otrunc", ""), ("stat", "suid-otrunc"), ("trunc", "sgid-otrunc", ""), ("stat", "sgid-otrunc"),
         ("write", "suid-own-group", "user wrote"), ("stat", "suid-own-group"),
         ("truncate_path", "world-writable", 3), ("stat", "world-writable"),
         ("unlink", "root-dir/inside"), ("rename", "root-dir/inside", "root-dir/moved"), ("create", "root-dir/new"),
@@ -137,12 +153,6 @@ def _modes(upper: Path, names) -> dict:
     return out
 
 
-# Known difference, kept: the kernel overlay (6.18) drops setgid from a file
-# without group-exec when a non-member writes it; FUSE's own rule keeps it, and
-# pyfuse3 3.5 gives the daemon neither the writer nor FUSE_WRITE_KILL_SUIDGID.
-KNOWN_DIFFERENCES = {("stat", "sgid-no-gx")}
-
-
 @pytest.mark.parametrize("phase", ["lower", "copied up"])
 def test_an_unprivileged_user_can_do_what_the_bits_allow(tmp_path, mount_fsd, mount_kernel_overlay, user, phase):
     layers = _stack(tmp_path / "layers", user)
@@ -160,15 +170,17 @@ def test_an_unprivileged_user_can_do_what_the_bits_allow(tmp_path, mount_fsd, mo
         for r in roots.values():
             _copy_everything_up(r)
     calls = _calls(user)
-    got = {name: run_as(user.uid, user.gid, root, calls) for name, root in roots.items()}
-    bad = [f"{c}: kernel {k!r}, fsd {f!r}" for c, k, f in zip(calls, got["kernel"], got["fsd"])
-           if k != f and tuple(c) not in KNOWN_DIFFERENCES]
+    got = {name: run_as(user.uid, user.gid, root, calls, groups=[SUPP]) for name, root in roots.items()}
+    bad = [f"{c}: kernel {k!r}, fsd {f!r}" for c, k, f in zip(calls, got["kernel"], got["fsd"]) if k != f]
     assert not bad, f"user {user.name} ({user.uid}) on files {phase} - results differ:\n" + "\n".join(bad)
     # set-id bits as the upper stores them
-    idfiles = ("suid", "sgid", "suid-own-group")  # sgid-no-gx: see KNOWN_DIFFERENCES
+    idfiles = ("suid", "sgid", "sgid-no-gx", "sgid-no-gx-own-group", "sgid-no-gx-supp-group", "sgid-no-gx-truncated",
+               "sgid-no-gx-otrunc", "suid-otrunc", "sgid-otrunc", "suid-own-group")
     kmodes, fmodes = _modes(uppers["kernel"], idfiles), _modes(uppers["fsd"], idfiles)
     assert kmodes == fmodes, f"set-id bits in the upper after a non-owner's write: kernel {kmodes}, fsd {fmodes}"
     assert not int(fmodes["suid"], 8) & stat.S_ISUID, fmodes
+    assert not int(fmodes["sgid-no-gx"], 8) & stat.S_ISGID, fmodes
+    assert int(fmodes["sgid-no-gx-own-group"], 8) & int(fmodes["sgid-no-gx-supp-group"], 8) & stat.S_ISGID, fmodes
 
 
 # -- a rootless mount without allow_other -------------------------------------------------------------
