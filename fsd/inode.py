@@ -9,8 +9,10 @@ life of the mount, after a copy-up and after a remount:
 - a merged directory: that of its topmost lower directory;
 - anything else in the upper: the upper st_ino.
 
-Hard links of one file in a layer therefore share one node.  A number still held
-by the kernel for an object that was deleted is never handed to a new object: the
+Filesystems are numbered in stack order (lowers top first, then the upper), so
+that a number kept in an xattr means the same object at the next mount.  Hard
+links of one file in a layer therefore share one node.  A number still held by
+the kernel for an object that was deleted is never handed to a new object: the
 newcomer gets a fresh number from a separate range instead (the kernel would
 otherwise see one node change type).  Lookup counts follow the FUSE protocol; a
 node leaves the table when the kernel has forgotten it and no file is open on it.
@@ -125,10 +127,12 @@ class Node:
 class InodeTable:
     """All nodes the kernel knows, by inode number, and the live ones by key."""
 
-    def __init__(self):
+    def __init__(self, devs: list[int]):
         self.nodes: dict[int, Node] = {}
         self._by_key: dict[int, Node] = {}
         self._devs: dict[int, int] = {}
+        for dev in devs:
+            self._devs.setdefault(dev, len(self._devs))
         self._fresh = itertools.count(_FRESH_BASE)
         self.root: Node | None = None
 
@@ -141,8 +145,20 @@ class InodeTable:
         return key if key != pyfuse3.ROOT_INODE else _FRESH_BASE - 1
 
     def fresh_key(self) -> int:
-        """A number no real object maps to."""
-        return next(self._fresh)
+        """A number no real object maps to, and no live node has (one kept in
+        an xattr at an earlier mount may have come from the same counter)."""
+        key = next(self._fresh)
+        while key in self._by_key or key in self.nodes:
+            key = next(self._fresh)
+        return key
+
+    @staticmethod
+    def is_fresh(key: int) -> bool:
+        return key >= _FRESH_BASE
+
+    def holder(self, key: int) -> Node | None:
+        """The node that has key now, whatever it stands for."""
+        return self._by_key.get(key)
 
     def make_root(self, kind: int) -> Node:
         node = Node(pyfuse3.ROOT_INODE, pyfuse3.ROOT_INODE, kind)

@@ -139,7 +139,7 @@ class Mount:
         else:
             markers = Markers("chardev", None, None, False)
         self.stack = Stack(lowers, upper, work)
-        self.table = InodeTable()
+        self.table = InodeTable([layer.dev for layer in [*lowers, upper] if layer is not None])
         self.namei = Namei(self.stack, self.table, markers)
         self.namei.root_node()
         fsync = params.fsync and not params.volatile

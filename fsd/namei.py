@@ -195,9 +195,11 @@ class Namei:
         key = self._origin_key(rel) if self.markers.origin_xattr in attrs else self.origins.get(st.st_ino)
         if key is None:
             key = self._real_key(rel, lowers, st)
-        node = self.table.find(key, kind)
+        holder = self.table.holder(key)
+        claimed = holder is not None and self._stands_for_another(holder, parent, name, st)
+        node = None if claimed else self.table.find(key, kind)
         if node is None:
-            node = self.table.add(key, kind)
+            node = self.table.add(self.table.fresh_key() if claimed else key, kind)
             if node.ino != key:
                 self._keep_number(rel, node)
         if self.markers.metacopy_xattr in attrs and lower is not None and lower.kind == stat.S_IFREG:
@@ -210,6 +212,24 @@ class Namei:
             node.lowers, node.opaque, node.lower_entries = lowers, opaque, None
         node.lower_stat = None
         return node
+
+    def _stands_for_another(self, node: Node, parent: Node, name: bytes, st) -> bool:
+        """Whether node, which has the number recorded for the upper object
+        parent/name (st), is another object that still exists.  A number kept in
+        an xattr can come back: the upper's filesystem reuses the inode number
+        of an object whose number a moved tree carried away, and fresh numbers
+        start over at each mount.  Two objects must never share a node."""
+        if node.gone or (parent, name) in node.links:
+            return False
+        if not node.upper:
+            # a lower object's node is the one its copy keeps; a fresh number
+            # of a lower hard link names no copy
+            return self.table.is_fresh(node.key)
+        try:
+            other = self.stack.upper.lstat(node.path())
+        except OSError:
+            return False  # its object is gone: find() retires it
+        return other.st_ino != st.st_ino
 
     def _lower_child(self, parent: Node, name: bytes, entry: Entry) -> Node:
         rel = parent.child_path(name)

@@ -355,6 +355,48 @@ def test_new_file_on_a_just_freed_inode_keeps_its_number_across_remount(st):
     assert after == numbers, "inode numbers of new files changed across a remount"
 
 
+
+def _origin_attr(path: Path) -> str:
+    (name,) = [a for a in os.listxattr(path, follow_symlinks=False) if a.endswith("fsd.ino")]
+    return name
+
+
+@pytest.mark.parametrize("kind", ["dir", "file"])
+@pytest.mark.parametrize("first", ["moved", "newcomer"])
+def test_a_number_carried_by_a_moved_tree_and_reused_by_the_upper_names_two_objects(st, first, kind):
+    """A renamed merged directory is copied, and its upper-only descendants keep
+    their numbers in an xattr; the upper's filesystem then hands their old inode
+    numbers to new objects.  After a remount both claim one number: they stay
+    two objects, whichever is looked up first (found by the crash test: a
+    directory listed as another's, a file that stats but does not open)."""
+    write(st.bottom, "d/f", "lower")
+    m = st.mount()
+    os.mkdir(m / "d/n")
+    write(m, "d/n/mark", "mark")
+    os.rename(m / "d", m / "e")  # merged: its tree is copied, n keeps its number
+    if kind == "dir":
+        os.mkdir(m / "z")
+    else:
+        write(m, "z", "newcomer")
+    newcomer = os.lstat(m / "z").st_ino
+    st.fm.unmount()
+    # what the reuse of n's old inode number by z makes: n's recorded number is z's
+    attr = _origin_attr(st.upper / "e/n")
+    os.setxattr(st.upper / "e/n", attr, str(newcomer).encode(), follow_symlinks=False)
+    m = st.mount()
+    order = ["e/n", "z"] if first == "moved" else ["z", "e/n"]
+    inos = {p: os.lstat(m / p).st_ino for p in order}
+    assert inos["e/n"] != inos["z"]
+    assert os.listdir(m / "e/n") == ["mark"]
+    assert (m / "e/n/mark").read_text() == "mark"
+    if kind == "dir":
+        assert os.listdir(m / "z") == []
+    else:
+        assert (m / "z").read_text() == "newcomer"
+    m = st.remount()  # and the numbers hold after one more
+    assert {p: os.lstat(m / p).st_ino for p in reversed(order)} == inos
+    assert os.listdir(m / "e/n") == ["mark"]
+
 # -- marker formats in the upper -------------------------------------------------------------
 
 def _upper_markers(upper: Path) -> dict[str, list[str]]:
