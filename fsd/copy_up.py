@@ -25,8 +25,8 @@ import stat
 import trio
 
 from .errors import fail
-from .inode import InodeTable, Node
-from .layer import Layer, Stack
+from .inode import UPPER, InodeTable, Node
+from .layer import RENAME_NOREPLACE, Layer, Stack
 from .namei import Namei, dir_is_opaque
 from .idmap import IdMap, format_override
 from .quota import Quota
@@ -191,10 +191,10 @@ class CopyUp:
         yield
         upper.utime(rel, (before.st_atime_ns, before.st_mtime_ns))
 
-    def _publish(self, tmp: bytes, parent: Node, rel: bytes) -> None:
+    def _publish(self, tmp: bytes, parent: Node, rel: bytes, flags: int = 0) -> None:
         """Rename a finished work-area object into the upper at rel."""
         with self._times_kept(parent):
-            self.stack.work.rename(tmp, self.stack.upper, rel)
+            self.stack.work.rename(tmp, self.stack.upper, rel, flags)
 
     async def ensure(self, node: Node, data: bool = True) -> None:
         """Make node exist in the upper; with data=False a regular file gets no data
@@ -270,7 +270,16 @@ class CopyUp:
                 # In the index first, so that a crash before every name links
                 # the copy is finished at the next mount.
                 linked = self.index_entry(tmp, node.layer, st.st_ino)
-            self._publish(tmp, parent, rel)
+            try:
+                self._publish(tmp, parent, rel, RENAME_NOREPLACE)
+            except FileExistsError:
+                # Never over an upper entry: there, the name is already a link
+                # to this file's copy (made through another of its names).
+                log.warning("copy-up of %r: already in the upper; that copy is kept", rel)
+                self.discard(tmp)
+                if linked is not None:
+                    self.discard(linked)
+                    linked = None
         except BaseException:
             self.discard(tmp)
             if linked is not None and not node.upper:
@@ -311,6 +320,11 @@ class CopyUp:
                 self.namei.upper_added(parent, name, stat.S_IFREG)
             finally:
                 self.table.unused(parent)
+        # The names share one node, which may have been left out (a tree move
+        # marks the nodes whose last name is inside the tree): it is upper now.
+        node = self.table.holder(self.table.key_for(self.stack.lowers[index].dev, st_ino))
+        if node is not None and not node.upper:
+            node.upper, node.metacopy, node.layer, node.lower_stat = True, False, UPPER, None
 
     def index_entry(self, rel: bytes, index: int, st_ino: int) -> bytes:
         """Link a work-area copy of lower file (index, st_ino) into the index,

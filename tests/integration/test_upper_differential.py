@@ -323,9 +323,12 @@ def test_lower_hard_links_stay_linked_after_copy_up(tmp_path, mount_fsd, mount_k
     assert (k / "a").read_text() == "shared"
 
 
-def test_hard_links_leaving_a_renamed_merged_directory(tmp_path, mount_fsd):
+@pytest.mark.parametrize("through", ["inside", "outside"])
+def test_hard_links_leaving_a_renamed_merged_directory(tmp_path, mount_fsd, through):
     """A lower file linked from inside and outside a directory that is renamed
-    (so copied up): both names still show one file."""
+    (so copied up): both names still show one file, written through either
+    (the outside name looked up last: found by the crash test, a write through
+    it copied the file up again over its link)."""
     top, bottom = make_layers(tmp_path / "l", 2)
     x = write(bottom, "dir/x", "linked")
     (bottom / "other").mkdir()
@@ -336,9 +339,11 @@ def test_hard_links_leaving_a_renamed_merged_directory(tmp_path, mount_fsd):
     work.mkdir()
     f = mount_fsd([top, bottom], upper, work).mnt
     ino = os.lstat(f / "dir/x").st_ino
+    assert os.lstat(f / "other/y").st_ino == ino
     os.rename(f / "dir", f / "dir2")
-    with open(f / "dir2" / "x", "a") as fh:
+    with open(f / ("dir2/x" if through == "inside" else "other/y"), "a") as fh:
         fh.write("+more")
+    assert (f / "dir2/x").read_text() == "linked+more"
     assert (f / "other/y").read_text() == "linked+more", "the hard link to outside the moved tree broke"
     assert os.lstat(f / "other/y").st_ino == os.lstat(f / "dir2/x").st_ino == ino
     assert os.lstat(f / "dir2/x").st_nlink == 2
