@@ -866,6 +866,16 @@ def names_of(root) -> dict[str, str]:
 
 # -- the crash worker --------------------------------------------------------------------------------
 
+def _write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+    """write(2) until all of data is written: a write the kernel split into
+    several requests comes back short when the daemon dies between them, and
+    the next call then gives the error that shows the operation was cut."""
+    done = 0
+    while done < len(data):
+        chunk = data[done:]
+        done += os.write(fd, chunk) if offset is None else os.pwrite(fd, chunk, offset + done)
+
+
 def run_op(root: str, op: list) -> None:
     """One planned operation on the mount at root (raises OSError)."""
     name = op[0]
@@ -874,13 +884,13 @@ def run_op(root: str, op: list) -> None:
     if name == "append":
         fd = os.open(j(op[1]), os.O_WRONLY | os.O_APPEND | nf)
         try:
-            os.write(fd, data_for(op[2], op[3]))
+            _write_all(fd, data_for(op[2], op[3]))
         finally:
             os.close(fd)
     elif name == "pwrite":
         fd = os.open(j(op[1]), os.O_WRONLY | nf)
         try:
-            os.pwrite(fd, data_for(op[3], op[4]), op[2])
+            _write_all(fd, data_for(op[3], op[4]), op[2])
         finally:
             os.close(fd)
     elif name in ("trunc_write", "create"):
@@ -888,7 +898,7 @@ def run_op(root: str, op: list) -> None:
         fd = os.open(j(op[1]), flags | nf, 0o644)
         try:
             if op[2]:
-                os.write(fd, data_for(op[2], op[3]))
+                _write_all(fd, data_for(op[2], op[3]))
         finally:
             os.close(fd)
     elif name == "unlink":
