@@ -826,7 +826,18 @@ def _kind(st) -> str:
 
 
 def observe(root, rel: str) -> tuple:
-    """What rel is through the mount, in CrashModel.expect's form."""
+    """What rel is through the mount, in CrashModel.expect's form.  The model
+    knows names, not symlink targets: under an ancestor that is no directory
+    (a symlink renamed over a directory, say), rel is absent."""
+    parts = rel.split("/")
+    for i in range(1, len(parts)):
+        try:
+            if not stat.S_ISDIR(os.lstat(os.path.join(os.fspath(root), *parts[:i])).st_mode):
+                return ("absent",)
+        except (FileNotFoundError, NotADirectoryError):
+            return ("absent",)
+        except OSError as e:
+            return ("error", errname(e))
     p = os.path.join(os.fspath(root), rel)
     try:
         st = os.lstat(p)
