@@ -190,6 +190,7 @@ class CopyUp:
         before = upper.lstat(rel)
         yield
         upper.utime(rel, (before.st_atime_ns, before.st_mtime_ns))
+        self.table.attrs_changed(parent)  # its ctime (and a merged one's nlink) did change
 
     def _publish(self, tmp: bytes, parent: Node, rel: bytes, flags: int = 0) -> None:
         """Rename a finished work-area object into the upper at rel."""
@@ -295,6 +296,7 @@ class CopyUp:
         if linked is not None:
             await self.link_other_names(node.layer, st.st_ino, self.stack.upper, rel)
             work.unlink(linked)
+        self.table.attrs_changed(node)  # the copy has its own ctime
 
     async def link_other_names(self, index: int, st_ino: int, src: Layer, src_rel: bytes) -> None:
         """Keep a lower file's hard links: every name of it that the merged view
@@ -414,6 +416,7 @@ class CopyUp:
             raise
         self.account(rel)
         node.metacopy = False
+        self.table.attrs_changed(node)
 
     # --- whole trees, for renaming a directory that has lower parts ------------
 

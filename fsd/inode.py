@@ -135,6 +135,19 @@ class InodeTable:
             self._devs.setdefault(dev, len(self._devs))
         self._fresh = itertools.count(_FRESH_BASE)
         self.root: Node | None = None
+        self.serving = False  # the FUSE session is up: the kernel can be told things
+
+    def attrs_changed(self, node: Node) -> None:
+        """Have the kernel drop its cached attributes of node, changed without a
+        request on it (a copy-up of it or into it: new ctime, a merged
+        directory's nlink 1).  Only for a node the kernel holds; one it has
+        just forgotten (ENOENT) needs nothing."""
+        if not self.serving or not node.lookups:
+            return
+        try:
+            pyfuse3.invalidate_inode(node.ino, attr_only=True)
+        except OSError:
+            pass
 
     def key_for(self, dev: int, st_ino: int) -> int:
         """The stable number of the real object (dev, st_ino)."""

@@ -44,6 +44,7 @@ class Operations(pyfuse3.Operations):
             self.enable_acl = False
 
     def init(self) -> None:
+        self.table.serving = True
         if self._on_init is not None:
             self._on_init()
 
