@@ -197,7 +197,11 @@ class AttrOps:
             finally:
                 if real not in (fd, target):
                     os.close(real)
-        if fields.update_atime or fields.update_mtime:
+        changes = (fields.update_uid or fields.update_gid or fields.update_mode or fields.update_size
+                   or fields.update_atime or fields.update_mtime)
+        if fields.update_atime or fields.update_mtime or not changes:
+            # With no field (chown(-1, -1), a removal of set-id bits) the times are set
+            # to what they are: the ctime changes, as the kernel's notify_change does.
             now = os.fstat(target) if target is not None else upper.lstat(rel)
             times = (attr.st_atime_ns if fields.update_atime else now.st_atime_ns,
                      attr.st_mtime_ns if fields.update_mtime else now.st_mtime_ns)
