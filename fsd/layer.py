@@ -110,6 +110,19 @@ class Layer:
         finally:
             os.close(dfd)
 
+    def read_dir(self, rel: bytes) -> bool:
+        """A read of directory rel as a user's readdir is one: a getdents without
+        O_NOATIME, so that the filesystem updates the atime by its own rules
+        (relatime ...).  Whether the atime changed."""
+        dfd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            before = os.fstat(dfd).st_atime_ns
+            with os.scandir(dfd) as it:
+                next(it, None)
+            return os.fstat(dfd).st_atime_ns != before
+        finally:
+            os.close(dfd)
+
     def readlink(self, rel: bytes) -> bytes:
         with self.at(rel) as (fd, name):
             return os.readlink(name, dir_fd=fd)

@@ -2,7 +2,9 @@
 that offsets stay valid while a directory is read in several calls.
 
 Entries come with their attributes (readdirplus), each counted as a lookup,
-except `.` and `..`, for which the kernel does not count one.
+except `.` and `..`, for which the kernel does not count one.  Taking a listing
+reads the upper directory as a user's getdents would, so that its filesystem
+updates the atime (relatime ...) as under the kernel overlay.
 """
 
 from __future__ import annotations
@@ -43,11 +45,24 @@ class ReaddirOps:
     def releasedir(self, fh: int) -> None:
         self.handles.pop(fh, None)
 
+    def _read_upper(self, node: Node) -> None:
+        """Read the upper directory as the kernel overlay does, for its atime (only
+        that: a failure here is no failure of the readdir)."""
+        try:
+            changed = self.namei.stack.upper.read_dir(node.path())
+        except OSError as exc:
+            log.debug("atime of %r not updated: %s", node.path(), exc)
+            return
+        if changed:
+            self.table.attrs_changed(node)
+
     def readdir(self, fh: int, start: int, token) -> None:
         handle = self.handles[fh]
         node = handle.node
         if handle.names is None or start == 0:
             handle.names = [b".", b"..", *self.namei.merged_names(node)]
+            if node.upper and not node.gone:
+                self._read_upper(node)
         for pos in range(start, len(handle.names)):
             name = handle.names[pos]
             if name == b".":
