@@ -287,6 +287,8 @@ class DirOps:
     # --- rename -------------------------------------------------------------------
 
     async def rename(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> None:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise fail(errno.EINVAL)  # the kernel overlay's answer to RENAME_WHITEOUT
         if len(n2) > NAME_MAX:
             raise fail(errno.ENAMETOOLONG, n2)
         if is_reserved_name(n2):

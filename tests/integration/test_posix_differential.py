@@ -617,6 +617,7 @@ def _cases() -> list[Case]:
                                                  v.f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_RDONLY)))(
             os.statvfs(d))),
         # -- odd flags, modes and sizes
+        Case("rename_whiteout_flag", f + (F("g"),), lambda d: renameat2(f"{d}/f", f"{d}/g", 4), ("f", "g")),
         Case("rename_exchange_missing", f, lambda d: renameat2(f"{d}/f", f"{d}/n", RENAME_EXCHANGE), ("f",)),
         Case("rename_exchange_file_dir", f + (D("sub", fresh=True),),
              lambda d: renameat2(f"{d}/f", f"{d}/sub", RENAME_EXCHANGE), ("f", "sub")),
