@@ -40,7 +40,7 @@ import pytest
 
 from support import rootless
 from support.convert import convert_layers
-from support.layergen import make_layers, whiteout
+from support.layergen import make_layers, make_opaque, whiteout
 from support.upper_ops import (RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, errname, lchmod,
                                renameat2, utimensat)
 
@@ -88,6 +88,12 @@ def P(rel, mode=0o644, uid=0, gid=0):
 
 def X(rel, name, value):
     return Obj("xattr", rel, data=(name, value))
+
+
+def Q(rel):
+    """Directory rel, made by an earlier object, is made opaque (its lower content hidden)
+    before the case runs: a marker in the top layer, or rm -r and mkdir through the mount."""
+    return Obj("opaque", rel)
 
 
 def W(rel):
@@ -146,13 +152,15 @@ def _build_lowers(top: Path, bottom: Path, cases: list[Case], user):
             d = bottom / f"{c.name}.{state}"
             d.mkdir()
             for o in c.objs:
-                if o.fresh or o.kind == "gone" or (o.kind == "hard" and state == "copied"):
+                if o.fresh or o.kind in ("gone", "opaque") or (o.kind == "hard" and state == "copied"):
                     continue  # copied: hard links are made after the copy-up (kernel: index=off breaks them)
                 _make(d, o, user)
             if state == "lower":
                 for o in c.objs:
                     if o.kind == "gone":
                         whiteout(top, f"{c.name}.{state}/{o.rel}")
+                    elif o.kind == "opaque":
+                        make_opaque(top, f"{c.name}.{state}/{o.rel}")
     # directories the whiteouts needed in the top layer look like the ones below
     for dirpath, dirnames, _ in os.walk(top):
         for n in dirnames:
@@ -171,7 +179,7 @@ def _prepare_mount(mnt: Path, cases: list[Case], user):
             if (c.name, state) in KNOWN:
                 continue
             d = mnt / f"{c.name}.{state}"
-            plain = [o for o in c.objs if not o.fresh and o.kind != "gone"]
+            plain = [o for o in c.objs if not o.fresh and o.kind not in ("gone", "opaque")]
             if state == "upper":
                 d.mkdir()
                 os.chmod(d, 0o755)
@@ -188,6 +196,11 @@ def _prepare_mount(mnt: Path, cases: list[Case], user):
                 for o in c.objs:
                     if o.kind == "gone":
                         _remove(d / o.rel)
+                    elif o.kind == "opaque":
+                        st = os.lstat(d / o.rel)
+                        _remove(d / o.rel)
+                        os.mkdir(d / o.rel)
+                        os.chmod(d / o.rel, stat.S_IMODE(st.st_mode))
             for o in c.objs:
                 if o.fresh:
                     _make(d, o, user)
@@ -612,6 +625,21 @@ def _cases() -> list[Case]:
         Case("read_dir", (D("sub"), F("sub/x")), lambda d: sorted(os.listdir(f"{d}/sub")), ("sub",)),
         Case("read_symlink", (S("s", "target"),), lambda d: os.readlink(f"{d}/s"), ("s",)),
         Case("truncate_fifo", (P("p"),), lambda d: os.truncate(f"{d}/p", 0), ("p",)),
+        # -- opaque directories
+        Case("opaque_rmdir", (D("o"), F("o/x"), Q("o")), lambda d: _seq(
+            lambda: os.listdir(f"{d}/o"), lambda: os.rmdir(f"{d}/o")), ("o",)),
+        Case("opaque_create", (D("o"), F("o/x"), D("o/y"), Q("o")), lambda d: _seq(
+            lambda: _open(f"{d}/o/x", WR | CR | EX), lambda: os.mkdir(f"{d}/o/y"), lambda: sorted(os.listdir(f"{d}/o")),
+            lambda: os.rmdir(f"{d}/o")), ("o", "o/x", "o/y")),
+        Case("opaque_rename_into", (D("o"), F("o/x"), Q("o"), F("f")), lambda d: _seq(
+            lambda: os.rename(f"{d}/f", f"{d}/o/x"), lambda: os.listdir(f"{d}/o")), ("o", "o/x", "f")),
+        Case("long_names_everywhere", f, lambda d: _seq(
+            lambda: os.link(f"{d}/f", f"{d}/{TOO_LONG}"), lambda: os.mkfifo(f"{d}/{TOO_LONG}"),
+            lambda: os.unlink(f"{d}/{TOO_LONG}"), lambda: os.rmdir(f"{d}/{TOO_LONG}"),
+            lambda: os.lstat(f"{d}/{TOO_LONG}"), lambda: os.link(f"{d}/f", f"{d}/{LONG}"),
+            lambda: os.rename(f"{d}/{LONG}", f"{d}/{LONG[:-1]}x")), ("f",)),
+        Case("rename_subdir_between_dirs", (D("a"), D("b"), D("a/s", fresh=True)), lambda d: os.rename(
+            f"{d}/a/s", f"{d}/b/s"), ("a", "b", "b/s")),
         # -- statfs
         Case("statfs", (), lambda d: (lambda v: (v.f_namemax, v.f_bsize, v.f_frsize,
                                                  v.f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_RDONLY)))(
