@@ -21,7 +21,7 @@ import time
 
 from ..errors import DriverError, MountFailed
 from ..records import Quota
-from .base import Driver, Mounted, mount_fstype
+from .base import Driver, Mounted, mount_fstype, pid_alive
 
 MOUNT_TIMEOUT = 60.0
 
@@ -138,15 +138,12 @@ class FuseDriver(Driver):
 
     @staticmethod
     def _wait_daemon(pid: int | None, timeout: float = 5.0) -> None:
-        """The daemon exits after the unmount; give it a moment to finish."""
+        """The daemon exits after the unmount; give it a moment to finish.  A
+        detached daemon is reaped by init, maybe much later: a zombie is done."""
         if pid is None:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.01)
 
     def clean_dead(self, cdir: str, mounted: Mounted) -> None:
