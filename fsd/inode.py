@@ -190,7 +190,7 @@ class InodeTable:
 
     def add(self, key: int, kind: int) -> Node:
         """A new node for key; a fresh number if the key's number is still in use."""
-        ino = key if key not in self.nodes else next(self._fresh)
+        ino = key if key not in self.nodes else self.fresh_key()
         node = Node(ino, key, kind)
         self.nodes[ino] = node
         self._by_key[key] = node

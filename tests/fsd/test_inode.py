@@ -1,0 +1,31 @@
+"""The inode table's numbering: no two live nodes ever share a number, also
+when numbers recorded in xattrs at earlier mounts come back (the kernel makes
+an inode bad, and every call on it EIO, when one number names two types)."""
+
+from __future__ import annotations
+
+import stat
+
+from fsd.inode import InodeTable
+
+
+def test_a_fresh_number_never_repeats_one_recorded_at_an_earlier_mount():
+    table = InodeTable([1])
+    recorded = table.fresh_key()  # what an earlier mount wrote into an xattr
+    table = InodeTable([1])  # the next mount: its counter starts over
+    kept = table.add(recorded, stat.S_IFDIR)  # the object that carries it, looked up first
+    held = table.add(7, stat.S_IFREG)
+    held.lookups = 1  # the kernel still holds number 7 ...
+    table.retire(held)  # ... for an object that is gone
+    newcomer = table.add(7, stat.S_IFREG)  # a new object on the freed inode
+    assert len({kept.ino, held.ino, newcomer.ino}) == 3
+    assert table[kept.ino] is kept and table[newcomer.ino] is newcomer
+    assert table.fresh_key() not in (kept.ino, newcomer.ino)
+
+
+def test_filesystems_are_numbered_in_stack_order():
+    first = InodeTable([10, 20, 30])
+    first.key_for(30, 5)  # whatever is looked up first
+    second = InodeTable([10, 20, 30])
+    assert first.key_for(20, 5) == second.key_for(20, 5)
+    assert len({second.key_for(d, 5) for d in (10, 20, 30)}) == 3
