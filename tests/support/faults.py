@@ -703,7 +703,7 @@ class CrashModel:
             buf = bytearray(o.content)
             if off > len(buf):
                 buf.extend(b"\0" * (off - len(buf)))
-            buf[off:off + n] = data
+            buf[off:off + len(data)] = data  # a torn write leaves the rest as it was
             o.content = bytes(buf)
         elif name == "trunc_write":
             _, rel, n, tag = op
