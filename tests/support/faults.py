@@ -930,7 +930,11 @@ def run_op(root: str, op: list) -> None:
         raise ValueError(op)
 
 
-DEAD = ("ENOTCONN", "ECONNABORTED")
+# EIO: what a write gets from the kernel when the daemon dies under it (its
+# last request reached the daemon, nothing after) - counted only when the kill
+# was already sent while the operation ran.
+KILLED_EIO = "EIO under SIGKILL"
+DEAD = ("ENOTCONN", "ECONNABORTED", KILLED_EIO)
 
 
 def crash_worker(spec_path: str) -> None:
@@ -981,6 +985,8 @@ def crash_worker(spec_path: str) -> None:
             res = "ok"
         except OSError as e:
             res = errname(e)
+            if res == "EIO" and sent.is_set():
+                res = KILLED_EIO
         print(json.dumps([i, res]), flush=True)
         if res in DEAD:
             break
