@@ -26,12 +26,10 @@ Known, deliberate differences are left out by name in KNOWN.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import shutil
 import stat
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,6 +38,7 @@ import pytest
 
 from support import rootless
 from support.convert import convert_layers
+from support.faults import in_child
 from support.layergen import make_layers, make_opaque, whiteout
 from support.upper_ops import (RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, errname, lchmod,
                                renameat2, utimensat)
@@ -211,39 +210,16 @@ def _prepare_mount(mnt: Path, cases: list[Case], user):
 def _run_calls(root: Path, calls: list[tuple[Callable, str]], ids=None) -> list[str]:
     """Run each fn(dir) in a forked child with cwd root, as ids (uid, gid, groups)
     or root; one result per call: "ok", "ok:<value>" or the errno name."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(rfd)
-            os.chdir(root)
-            if ids is not None:
-                uid, gid, groups = ids
-                os.setgroups(groups)
-                os.setgid(gid)
-                os.setuid(uid)
-            os.umask(0o022)
-            out = []
-            for fn, d in calls:
-                try:
-                    v = fn(d)
-                    out.append("ok" if v is None else f"ok:{v}")
-                except OSError as e:
-                    out.append(errname(e))
-            with os.fdopen(wfd, "w") as f:
-                json.dump(out, f)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    with os.fdopen(rfd) as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert status == 0 and data, f"case runner failed (status {status})"
-    return json.loads(data)
+    def work():
+        out = []
+        for fn, d in calls:
+            try:
+                v = fn(d)
+                out.append("ok" if v is None else f"ok:{v}")
+            except OSError as e:
+                out.append(errname(e))
+        return out
+    return in_child(work, ids, cwd=root)
 
 
 _KINDS = {stat.S_IFDIR: "dir", stat.S_IFREG: "file", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo",

@@ -319,30 +319,28 @@ def kill_before(pid: int, point: tuple[str, str, int], out: Path) -> Strace:
 
 # -- users -----------------------------------------------------------------------------------------
 
-def run_as(uid: int, gid: int, root, calls, groups=()) -> list:
-    """Run calls [(name, rel, *args)] as uid/gid in a forked child whose dirfd
-    on root was opened before dropping privileges; one result per call: "ok",
-    a value (read/stat) or the errno name. See _call for the names."""
+def in_child(work, ids=None, cwd=None):
+    """work() in a forked child - in cwd, as ids (uid, gid, groups) if given,
+    umask 022 - and its JSON result.  Tests use it to act as another user
+    without touching their own process."""
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
             os.close(rfd)
-            dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-            os.setgroups(list(groups))
-            os.setgid(gid)
-            os.setuid(uid)
-            _libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: keep /proc/self/fd/N usable after setuid
+            if cwd is not None:
+                os.chdir(cwd)
+            if ids is not None:
+                uid, gid, groups = ids
+                os.setgroups(list(groups))
+                os.setgid(gid)
+                os.setuid(uid)
+                _libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: keep /proc/self/fd/N usable after setuid
             os.umask(0o022)
-            out = []
-            for call in calls:
-                try:
-                    out.append(_call(dfd, *call))
-                except OSError as e:
-                    out.append(errname(e))
+            result = work()
             with os.fdopen(wfd, "w") as f:
-                json.dump(out, f)
+                json.dump(result, f)
         except BaseException:
             import traceback
             traceback.print_exc()
@@ -353,8 +351,28 @@ def run_as(uid: int, gid: int, root, calls, groups=()) -> list:
     with os.fdopen(rfd) as f:
         data = f.read()
     _, status = os.waitpid(pid, 0)
-    assert status == 0 and data, f"run_as child failed (status {status})"
+    assert status == 0 and data, f"child failed (status {status})"
     return json.loads(data)
+
+
+def run_as(uid: int, gid: int, root, calls, groups=()) -> list:
+    """Run calls [(name, rel, *args)] as uid/gid in a forked child, on a dirfd
+    of root opened before dropping privileges; one result per call: "ok", a
+    value (read/stat) or the errno name. See _call for the names."""
+    dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+
+    def work():
+        out = []
+        for call in calls:
+            try:
+                out.append(_call(dfd, *call))
+            except OSError as e:
+                out.append(errname(e))
+        return out
+    try:
+        return in_child(work, (uid, gid, groups))
+    finally:
+        os.close(dfd)
 
 
 def _call(dfd: int, name: str, rel: str, *args):
