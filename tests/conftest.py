@@ -25,6 +25,7 @@ Real-mount tests skip, naming the reason, when not root or /dev/fuse is missing.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import mounts  # noqa: E402
+from support import mounts, rootless  # noqa: E402
 from support.fixtures import DEFAULT_DEADLINE, Deadline, FsdLog, FsdRunner, KernelOverlay  # noqa: E402
 
 
@@ -45,6 +46,16 @@ def pytest_configure(config):
 
 
 # -- skip conditions -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def user() -> rootless.User:
+    """The unprivileged test user of support/rootless.py (made once)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    if shutil.which("useradd") is None:
+        pytest.skip("needs useradd")
+    return rootless.ensure_user()
+
 
 @pytest.fixture
 def needs_root():

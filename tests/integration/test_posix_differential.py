@@ -758,15 +758,6 @@ KNOWN = {
 
 # -- the test --------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def user() -> rootless.User:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    if shutil.which("useradd") is None:
-        pytest.skip("needs useradd")
-    return rootless.ensure_user()
-
-
 def _show(k, f) -> str:
     return f"\n    kernel: {k!r}\n    fsd:    {f!r}"
 

@@ -16,7 +16,6 @@ OTHER is a uid with no account, owner of "others'" files.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -32,15 +31,6 @@ OTHER = 4242
 SUPP = 4343  # a group with no account, the user's one supplementary group here
 KERNEL_OPTS = ("redirect_dir=off", "index=off", "metacopy=off")
 ACL = "system.posix_acl_access"
-
-
-@pytest.fixture(scope="module")
-def user() -> rootless.User:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    if shutil.which("useradd") is None:
-        pytest.skip("needs useradd")
-    return rootless.ensure_user()
 
 
 def _file(layer: Path, rel: str, mode: int, uid: int = 0, gid: int = 0, text: str = "data") -> Path:
