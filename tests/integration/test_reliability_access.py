@@ -176,11 +176,7 @@ def test_an_unprivileged_user_can_do_what_the_bits_allow(tmp_path, mount_fsd, mo
 # -- a rootless mount without allow_other -------------------------------------------------------------
 
 def test_a_rootless_mount_is_closed_to_other_users(tmp_path, fuse_deadline, fsd_log):
-    reason = rootless.why_no_rootless()
-    if reason:
-        pytest.skip(reason)
-    u = rootless.ensure_user()
-    reason = rootless.why_user_cannot_run_fsd(u)
+    u, reason = rootless.fsd_user()
     if reason:
         pytest.skip(reason)
     box = rootless.Sandbox(u)

@@ -29,11 +29,7 @@ pytestmark = pytest.mark.fuse_deadline(120)
 
 @pytest.fixture(scope="module")
 def user() -> User:
-    reason = rootless.why_no_rootless()
-    if reason:
-        pytest.skip(reason)
-    u = rootless.ensure_user()
-    reason = rootless.why_user_cannot_run_fsd(u)
+    u, reason = rootless.fsd_user()
     if reason:
         pytest.skip(reason)
     return u

@@ -143,6 +143,17 @@ def _check(argv):
     return r
 
 
+def fsd_user() -> tuple[User | None, str | None]:
+    """(the test user, None) when rootless FUSE works here and the user can run
+    fsd; else (None, why not) - for a test to skip with."""
+    reason = why_no_rootless()
+    if reason:
+        return None, reason
+    user = ensure_user()
+    reason = why_user_cannot_run_fsd(user)
+    return (None, reason) if reason else (user, None)
+
+
 def why_user_cannot_run_fsd(user: User) -> str | None:
     """None if the user can run fsd in a namespace made like an agent's."""
     fsd = mounts.fsd_executable()
