@@ -16,10 +16,19 @@ Mounts the merged view of the lower directories (read-only without upperdir).
   -d           log every request (implies -f)
   -o OPTS      comma-separated mount options; \\: escapes a colon in a path
   --version    print the version
-Options: lowerdir= upperdir= workdir= volatile fsync=0|1 metacopy=on|off
-  whiteout=chardev|file timeout=SECONDS logfile=PATH ro allow_other static_nlink
-  noacl uidmapping= gidmapping= squash_to_root squash_to_uid= squash_to_gid=
-  xattr_permissions=0|1|2, and the generic nosuid nodev noexec noatime ...
+Options (-o):
+  lowerdir=TOP:...:BOTTOM    read-only layers, leftmost on top
+  upperdir=DIR, workdir=DIR  the writable layer and scratch space (same filesystem)
+  volatile, fsync=0|1        fsync becomes a no-op (volatile, fsync=0)
+  whiteout=chardev|file      whiteout format written to the upper (default: probed)
+  metacopy=on|off            metadata changes copy up only metadata
+  uidmapping=C:H:N[:...], gidmapping=   disk id C+i shows as host id H+i
+  squash_to_root, squash_to_uid=N, squash_to_gid=N   every object shows that owner
+  xattr_permissions=0|1|2    owner/mode kept in an xattr (1: security., 2: user.)
+  quota_bytes=N[KMG], quota_inodes=N   limits of the upper (fsd): EDQUOT past them
+  timeout=SECONDS            kernel entry/attribute cache time (default 3600)
+  logfile=PATH, debug        where messages go once detached; log every request
+  ro, allow_other, static_nlink, noacl, and the generic nosuid nodev noexec noatime ...
 """
 
 

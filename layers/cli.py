@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import traceback
+from importlib import metadata
 
 from . import config as configmod
 from .errors import ConfigError, LayersError, UsageError, size_text
@@ -103,8 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the store lock (default 30)")
     p.add_argument("--debug", action="store_true", help="tracebacks on errors")
+    p.add_argument("--version", action="version", version=f"layers {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    # parsers of command groups (`layers volume …`), by name; their
+    # subparsers' dest is NAME_command
+    groups = p.groups = {}
 
     c = sub.add_parser("import", help="import a layer tar, OCI layout or docker archive; "
                                       "several layer tars stack into one image")
@@ -157,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also its anonymous volumes no other container uses")
 
     v = sub.add_parser("volume", help="named volumes: create, ls, inspect, rm, prune")
+    groups["volume"] = v
     vsub = v.add_subparsers(dest="volume_command", metavar="COMMAND")
-    vsub.required = True
     c = vsub.add_parser("create", help="create a volume (a random name when none)")
+
     c.add_argument("name", nargs="?")
     c.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
     c = vsub.add_parser("ls", help="list volumes")
@@ -244,10 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _version() -> str:
     try:
-        code = _run(args)
+        return metadata.version("strata")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = _help_or_run(parser, args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`layers info | head -1`): the rest of the output
+        # is not wanted, which is no failure; nothing more may reach stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except LayersError as e:
         if args.debug:
             traceback.print_exc()
@@ -271,6 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         sys.exit(code)
     return code
+
+
+def _help_or_run(parser: argparse.ArgumentParser, args) -> int:
+    """A command group named without a command (`layers`, `layers volume`):
+    its help on stdout and exit 0, as with `-h`."""
+    if args.command is None:
+        parser.print_help()
+        return 0
+    group = parser.groups.get(args.command)
+    if group is not None and getattr(args, f"{args.command}_command") is None:
+        group.print_help()
+        return 0
+    return _run(args)
 
 
 def _run(args) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -240,6 +241,29 @@ def test_help(fsd_installed, flag):
     assert r.returncode == 0, r.describe()
     out = r.stdout + r.stderr
     assert "usage" in out.lower() and "lowerdir" in out, r.describe()
+
+
+def readme_fsd_options() -> list[str]:
+    """The option names of README's `fsd options` table: `quota_bytes` of
+    `quota_bytes=N[KMG]`, `-d`, `nosuid` …"""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## fsd options", 1)[1].split("\n## ", 1)[0]
+    names = []
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            first_cell = re.split(r"(?<!\\)\|", line)[1]
+            for code in re.findall(r"`([^`]*)`", first_cell):
+                names.append(re.split(r"[=…]", code)[0].strip())
+    return names
+
+
+def test_help_lists_every_option_of_the_readme(fsd_installed):
+    names = readme_fsd_options()
+    assert {"quota_bytes", "quota_inodes", "whiteout", "xattr_permissions"} <= set(names)
+    r = mounts.run_fsd(["-h"])
+    missing = [n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w])",
+                                                  r.stdout)]
+    assert missing == [], r.describe()
 
 
 def test_mount_t_fuse_fsd(paths, mount_fsd, tmp_path):

@@ -1,13 +1,15 @@
 """The command line: exit codes, one-line errors, output for scripts."""
 
+import importlib.metadata
 import json
 import os
+import subprocess
 
 import pytest
 
 from layers import fsutil
 
-from storetools import file, make_tar, oci_layout, tar_bytes
+from storetools import LAYERS_EXE, file, make_tar, oci_layout, tar_bytes
 
 
 @pytest.fixture
@@ -191,3 +193,31 @@ def test_commit_volume_df_prune_output(imported, monkeypatch):
     assert out[0].startswith("removed container web (") and out[-1].startswith("freed ")
     assert env.ok("volume", "prune", "-a").lines[0].startswith("removed volume data (")
     assert env.ok("ps", "-q").out == "" and env.ok("volume", "ls", "-q").out == ""
+
+
+def test_version(store_env):
+    r = store_env.cli_proc("--version")
+    assert (r.code, r.out, r.err) == (0, f"layers {importlib.metadata.version('strata')}\n", "")
+
+
+@pytest.mark.parametrize("group", [[], ["volume"]])
+def test_a_group_without_its_command_prints_its_help(store_env, group):
+    r = store_env.cli(*group)
+    assert r.code == 0 and r.err == ""
+    assert r.out.startswith(f"usage: layers {' '.join(group)}".rstrip())
+    assert "COMMAND" in r.out
+
+
+def test_a_reader_that_leaves_ends_the_output_quietly(imported):
+    """`layers info | head -1`: the pipe's reader is gone before the output
+    is written; no message, exit 0 (SIGPIPE is ignored in Python)."""
+    env, _ = imported
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        p = subprocess.run([LAYERS_EXE] + env.args() + ["info"], stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, timeout=60,
+                           env=env.proc_env(), stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+    assert (p.returncode, p.stderr) == (0, "")
