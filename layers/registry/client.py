@@ -353,6 +353,18 @@ class RegistryClient:
             return r
         raise AssertionError("unreachable")
 
+    def check_access(self, repository: str, actions: str) -> None:
+        """Fail now rather than after expensive work: reach the registry
+        (scheme, TLS, its challenge) and be let into `repository` for
+        `actions` (a Bearer token for that scope, or Basic credentials it
+        accepts), with a request that changes nothing.  A repository that
+        does not exist yet (404) is no failure: a push creates it."""
+        what = f"{actions} access to {repository}"
+        r = self.request("GET", f"/v2/{repository}/tags/list", repository, actions)
+        r.read()
+        if r.status_code not in (200, 404):
+            raise self._failure(r, what, repository)
+
     # -- manifests -----------------------------------------------------------------
 
     def get_manifest(self, repository: str, ref: str) -> tuple[bytes, str, str | None]:

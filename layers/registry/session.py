@@ -11,7 +11,9 @@ Level 4 of the registry package: imports `layers.errors`, and
   own failure is the error).  Yields a `Pull`: the resolved `RemoteImage`,
   named by the reference asked for.
 - `open_push(text, options, cache)`: a `Pusher` for the registry's location
-  (never a mirror); a digest reference is refused.
+  (never a mirror), once the registry has been reached and has let us push
+  (`Pusher.check_access`), so that a wrong host, TLS setting or credential
+  fails before any layer is compressed; a digest reference is refused.
 
 TLS: verified unless `--tls-verify=false`, or, without the flag, the
 registry is `insecure` in registries.conf.  Credentials: `--creds`, else
@@ -192,8 +194,10 @@ def open_push(text: str, options: RegistryOptions, cache: BlobInfoCache,
     abort = threading.Event()
     client = _client(endpoint, options, abort, env)
     try:
-        yield Pusher(client, endpoint.reference, options.format, options.compression,
-                     options.compression_level, cache)
+        pusher = Pusher(client, endpoint.reference, options.format, options.compression,
+                        options.compression_level, cache)
+        pusher.check_access()
+        yield pusher
     finally:
         abort.set()
         client.close()

@@ -128,6 +128,10 @@ class Pusher:
                     return "mounted"
         return None
 
+    def check_access(self) -> None:
+        """Reach the registry and be let in to push, before any work."""
+        self.client.check_access(self.repository, "pull,push")
+
     def push_layer(self, diff_id: Digest, tar_size: int, tar: TarSource, scratch: str,
                    progress=None) -> PushedBlob:
         """Make the registry hold this layer (module doc); what it took."""

@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from storetools import (LAYERS_EXE, StoreEnv, directory, file, oci_layout,  # noqa: E402
                         sha256, symlink, tar_bytes, tree_snapshot, chain_ids)
-from support.registryd import (Proxy, Registry, ensure_installed, htpasswd_line,  # noqa: E402
-                               make_cert)
+from support.registryd import (Proxy, Registry, ensure_installed, free_port,  # noqa: E402
+                               htpasswd_line, make_cert)
+from layers.registry import upload  # noqa: E402
 
 BASE = tar_bytes([directory("etc"), file("etc/os-release", "ID=base\n"),
                   file("bin/sh", "#!sh\n", mode=0o755), symlink("bin/bash", "sh"),
@@ -497,6 +498,32 @@ def test_basic_auth_from_auth_json_and_clear_401(machines, basic_registry, tmp_p
     r = b.run("pull", ref, INSECURE)
     assert r.code == 0, r.err
     assert "s3cret" not in r.err + r.out
+
+
+def test_push_is_let_in_before_it_compresses_a_layer(machines, basic_registry, tmp_path,
+                                                    monkeypatch):
+    """A wrong --tls-verify, a typo in the host or missing credentials fail
+    before any layer is compressed (which takes seconds for a large image)."""
+    a, _ = machines
+    import_image(a, tmp_path, [BASE, APP1], "early:1")
+    compressed = []
+    real = upload.gzip_file
+    monkeypatch.setattr(upload, "gzip_file",
+                        lambda chunks, path, level: compressed.append(path)
+                        or real(chunks, path, level))
+    nobody = f"127.0.0.1:{free_port()}"
+    ref = f"{basic_registry.host}/early/app:1"
+    for args, message in [
+            ([f"{nobody}/early/app:1", INSECURE, "--retries", "0"],
+             f"layers: registry {nobody}: GET /v2/: ConnectError"),
+            ([ref], f"layers: registry {basic_registry.host}: TLS failed ("),
+            ([ref, INSECURE], "authentication required (401) and no credentials")]:
+        r = a.run("push", "early:1", *args)
+        assert r.code == 1 and message in r.err, (args, r.err)
+        assert len(r.err.splitlines()) == 1, r.err
+    assert compressed == []
+    a.ok("push", "early:1", ref, INSECURE, "--creds", "alice:s3cret-pw")
+    assert len(compressed) == 2
 
 
 def test_bearer_token_from_the_challenge_with_docker_config(machines, proxy, tmp_path):
