@@ -61,6 +61,7 @@ from .volumes import VolumeStore
 from .registry import parking
 from .registry.blobinfo import BlobInfoCache
 from .registry.parallel import run_bounded
+from .registry.reference import split_registry
 from .registry.session import (LayerTransfer, PullReport, PushReport, RegistryOptions,
                                open_pull, open_push)
 from .registry.upload import PushedBlob
@@ -630,16 +631,15 @@ class Store:
 
     def push(self, ref: str, dest: str | None, options: RegistryOptions,
              progress: Progress | None = None) -> PushReport:
-        """Push the image `ref` to `dest` (default: its first name): only the
+        """Push the image `ref` to `dest` (default: its first name that names a
+        registry, see `_push_destination`): only the
         blobs the registry lacks are uploaded (`registry/upload.py`),
         `options.jobs` at a time; layers are rebuilt from their tar-splits
         (as `save` does), so the config — the image id — is the one pulled
         or imported.  The layers are pinned meanwhile."""
         image = self.images.resolve(ref)
         if dest is None:
-            if not image.names:
-                raise UsageError(f"image {image.id[:12]} has no name; say where to push it")
-            dest = image.names[0]
+            dest = _push_destination(ref, image)
         started = time.monotonic()
         warnings: list[str] = []
         cache = BlobInfoCache(self.paths.blobinfo)
@@ -1358,6 +1358,20 @@ class Store:
                 done += self._collect_layers(lease)
         done += self.repair()
         return done
+
+
+def _push_destination(ref: str, image: Image) -> str:
+    """The first of the image's names that names a registry (`localhost/x`,
+    `reg.example:5000/x`: the first component has a dot or a colon or is
+    localhost, as containers/image decides).  A name like `demo:1` would
+    mean docker.io; nobody who named an image so meant to push it there,
+    so that is refused (UsageError) rather than guessed."""
+    for name in image.names:
+        if split_registry(name)[0] is not None:
+            return name
+    said = f" ({', '.join(image.names)})" if image.names else ""
+    raise UsageError(f"image {ref} has no name that names a registry{said}; say where "
+                     f"to push it: layers push {ref} REGISTRY/REPOSITORY[:TAG]")
 
 
 def _measure(path: str) -> int:

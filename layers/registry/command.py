@@ -87,7 +87,7 @@ def add_parsers(sub) -> None:
     c = sub.add_parser("push", help="push an image to a registry (only the blobs it lacks)")
     c.add_argument("image")
     c.add_argument("destination", nargs="?", metavar="[REGISTRY/]REPOSITORY[:TAG]",
-                   help="default: the image's first name")
+                   help="default: the image's first name that names a registry")
     c.add_argument("--manifest-format", dest="manifest_format", choices=FORMATS,
                    default="oci", help="oci (default) or v2s2 (Docker)")
     c.add_argument("--compression-format", choices=COMPRESSIONS, default="gzip")

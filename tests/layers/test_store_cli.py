@@ -3,6 +3,7 @@
 import importlib.metadata
 import json
 import os
+import socket
 import subprocess
 
 import pytest
@@ -221,3 +222,23 @@ def test_a_reader_that_leaves_ends_the_output_quietly(imported):
     finally:
         os.close(write_end)
     assert (p.returncode, p.stderr) == (0, "")
+
+
+def test_push_without_destination_refuses_a_name_without_registry(imported):
+    """`demo:1` would mean docker.io: refused, nothing contacted."""
+    env, _ = imported
+    r = env.cli("push", "demo:1")
+    assert (r.code, r.out, r.err) == (
+        2, "", "layers: image demo:1 has no name that names a registry (demo:1); say where "
+               "to push it: layers push demo:1 REGISTRY/REPOSITORY[:TAG]\n")
+
+
+def test_push_without_destination_uses_a_name_that_names_a_registry(imported):
+    env, _ = imported
+    with socket.socket() as s:          # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env.ok("tag", "demo:1", f"127.0.0.1:{port}/team/demo:1")
+    r = env.cli("push", "demo:1", "--retries", "0", "--tls-verify=false")
+    assert r.code == 1
+    assert r.err.startswith(f"layers: registry 127.0.0.1:{port}: GET /v2/: ConnectError"), r.err
