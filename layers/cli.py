@@ -96,7 +96,9 @@ def _limit_arg(parse, flag: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layers",
-                                description="Strata: content-addressed layer store")
+                                description="Strata: content-addressed layer store",
+                                epilog=f"{configmod.WHERE_READ}; `layers info` names the "
+                                       "one read.")
     p.add_argument("--root", help="store root (graphroot)")
     p.add_argument("--runroot", help="runtime dir (mount registry)")
     p.add_argument("--driver", choices=configmod.DRIVERS,
@@ -569,7 +571,7 @@ def _quota_text(quota: dict | None) -> str:
 
 def _cmd_info(store: Store, args) -> int:
     facts, warnings = store.info()
-    _warn(warnings)
+    _warn([w for w in warnings if w not in store.warnings])   # those said at opening
     if args.format == "json":
         print(json.dumps({**facts, "warnings": warnings}, indent=1))
         return 0
@@ -581,7 +583,7 @@ def _cmd_info(store: Store, args) -> int:
     for key, value in (
             ("root", facts["root"]), ("runroot", facts["runroot"]),
             ("driver", facts["driver"]), ("driver chosen", facts["driver_reason"]),
-            ("storage.conf", facts["storage_conf"] or "-"),
+            ("storage.conf", facts["storage_conf"] or "none, defaults"),
             ("filesystem", where + space),
             ("xattrs", "yes" if fs["xattrs"] else "no"),
             ("d_type", "yes" if fs["d_type"] else "no"),

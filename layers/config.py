@@ -21,9 +21,8 @@ Level 1: imports `errors`.
 Sizes are an integer or N with K, M, G or T (powers of 1024, as in
 containers-storage); "" means no limit.
 
-It is found at `$STRATA_STORAGE_CONF`, `~/.config/strata/storage.conf`
-(`$XDG_CONFIG_HOME`), then `/etc/strata/storage.conf`; the first that exists
-wins.  Unknown keys produce warnings, not errors.
+Where it is found is `WHERE_READ` (`find_storage_conf`): the first that
+exists wins.  Unknown keys produce warnings, not errors.
 """
 
 from __future__ import annotations
@@ -92,6 +91,12 @@ def default_runroot(env=os.environ, euid: int | None = None) -> str:
     if runtime:
         return os.path.join(runtime, "strata")
     return os.path.join("/tmp", f"strata-run-{uid}")
+
+
+# What `find_storage_conf` does, in the words `layers --help` and the README use.
+WHERE_READ = ("storage.conf is read from $STRATA_STORAGE_CONF, else "
+              "$XDG_CONFIG_HOME/strata/storage.conf (~/.config/strata/storage.conf), "
+              "else /etc/strata/storage.conf: the first that exists; none means defaults")
 
 
 def find_storage_conf(env=os.environ) -> str | None:

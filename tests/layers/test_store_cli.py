@@ -242,3 +242,22 @@ def test_push_without_destination_uses_a_name_that_names_a_registry(imported):
     r = env.cli("push", "demo:1", "--retries", "0", "--tls-verify=false")
     assert r.code == 1
     assert r.err.startswith(f"layers: registry 127.0.0.1:{port}: GET /v2/: ConnectError"), r.err
+
+
+def test_help_says_where_storage_conf_is_read_from(store_env):
+    r = store_env.cli_proc("--help")
+    assert r.code == 0
+    text = " ".join(r.out.split())
+    assert ("storage.conf is read from $STRATA_STORAGE_CONF, else "
+            "$XDG_CONFIG_HOME/strata/storage.conf (~/.config/strata/storage.conf), else "
+            "/etc/strata/storage.conf") in text
+
+
+def test_info_names_the_storage_conf_read(store_env, tmp_path):
+    assert f"storage.conf: {store_env.conf}" in store_env.ok("info").lines
+    if os.path.exists("/etc/strata/storage.conf"):
+        pytest.skip("this machine has an /etc/strata/storage.conf")
+    del store_env.env["STRATA_STORAGE_CONF"]
+    r = store_env.cli_proc("info", XDG_CONFIG_HOME=str(tmp_path / "nothing"))
+    assert r.code == 0, r.err
+    assert "storage.conf: none, defaults" in r.out.splitlines()

@@ -81,3 +81,13 @@ def test_configured_and_recorded_drivers_are_kept(tmp_path, monkeypatch):
 def test_config_says_auto_when_no_driver_is_set(tmp_path):
     env = auto_env(tmp_path)
     assert json.loads(env.ok("config").out)["driver"] == "auto"
+
+
+def test_the_vfs_warning_is_printed_once_per_command(tmp_path, monkeypatch):
+    """`layers info` on a new store: the warning of its creation and that of
+    info's checks are one line, not two."""
+    fake_fs(monkeypatch, "tmpfs")
+    env = auto_env(tmp_path)
+    r = env.ok("info")
+    assert r.err.count(driverchoice.VFS_WARNING) == 1, r.err
+    assert env.ok("info").err.count(driverchoice.VFS_WARNING) == 1
