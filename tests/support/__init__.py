@@ -5,6 +5,7 @@ convert    copy a stack into the kernel overlay's marker forms
 snapshot   record a mounted tree and compare two records
 mounts     /proc/self/mountinfo, starting fsd, unmounting, daemon processes
 dirent     opendir/readdir/telldir/seekdir through libc, for offset tests
+fsck       the upper and work area checked against fsd's on-disk formats
 fixtures   the objects behind tests/conftest.py's mount_fsd, mount_kernel_overlay,
            fsd_log and fuse_deadline fixtures
 
