@@ -1,0 +1,238 @@
+"""Copy-up (fsd/copy_up.py), in-process: what a lower object keeps when it
+moves to the upper, that its hard links stay one file, metacopy, and what a
+crash in the middle leaves for the next mount."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import trio
+from harness import fails
+
+from support.layergen import write
+
+OLD = (1_000_000_000 * 10**9, 1_100_000_000 * 10**9)  # atime, mtime of lower objects
+
+
+def old_times(path) -> None:
+    os.utime(path, ns=OLD, follow_symlinks=False)
+
+
+async def test_a_copy_keeps_data_mode_times_and_xattrs(overlay):
+    (bottom,) = overlay.lowers(1)
+    f = write(bottom, "d/f", "lower data", mode=0o640)
+    os.setxattr(f, "user.kept", b"1")
+    os.setxattr(f, "user.overlay.private", b"never copied")
+    old_times(f)
+    old_times(bottom / "d")
+    fs = await overlay.mount()
+    await fs.setxattr("d/f", "user.added", b"2")  # copies up, changes no data or times
+    up = overlay.upper / "d" / "f"
+    st = os.lstat(up)
+    assert up.read_bytes() == b"lower data"
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert (st.st_atime_ns, st.st_mtime_ns) == OLD
+    assert os.getxattr(up, "user.kept") == b"1"
+    assert "user.overlay.private" not in os.listxattr(up)
+    assert sorted(await fs.listxattr("d/f")) == [b"user.added", b"user.kept"]
+    assert os.lstat(overlay.upper / "d").st_mtime_ns == OLD[1], "the parent's times are the lower's"
+
+
+async def test_a_copy_keeps_owner_and_trusted_xattrs(overlay, needs_root):
+    (bottom,) = overlay.lowers(1)
+    f = write(bottom, "d/f", "x", mode=0o4755)
+    os.chown(bottom / "d", 1234, 5678)
+    os.chown(f, 1234, 5678)
+    os.chmod(f, 0o4755)  # chown cleared set-id
+    os.setxattr(f, "trusted.kept", b"t")
+    fs = await overlay.mount()
+    await fs.setxattr("d/f", "user.x", b"")
+    st = os.lstat(overlay.upper / "d" / "f")
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o4755)
+    assert os.lstat(overlay.upper / "d").st_uid == 1234
+    assert os.getxattr(overlay.upper / "d" / "f", "trusted.kept") == b"t"
+
+
+async def test_writing_copies_the_data_first(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "0123456789")
+    fs = await overlay.mount()
+    await fs.write("f", b"ab", offset=3)
+    assert await fs.read("f") == b"012ab56789"
+    assert (bottom / "f").read_bytes() == b"0123456789", "the lower never changes"
+
+
+async def test_truncating_open_copies_no_data(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "old content")
+    fs = await overlay.mount()
+    await fs.write("f", b"new", flags=os.O_WRONLY | os.O_TRUNC)
+    assert (overlay.upper / "f").read_bytes() == b"new"
+
+
+async def test_a_big_sparse_file_keeps_its_content_and_holes(overlay):
+    (bottom,) = overlay.lowers(1)
+    big = bottom / "big"
+    with open(big, "wb") as f:
+        f.write(b"head")
+        f.seek(8 << 20)
+        f.write(b"tail")
+    fs = await overlay.mount()
+    await fs.write("big", b"H")  # more than fsd copies on the trio loop: a worker thread
+    up = overlay.upper / "big"
+    assert os.path.getsize(up) == (8 << 20) + 4
+    assert await fs.read("big", 4) == b"Head"
+    assert await fs.read("big", 4, offset=8 << 20) == b"tail"
+    assert os.lstat(up).st_blocks * 512 < (1 << 20), "holes stay holes"
+
+
+async def test_concurrent_writers_of_one_lower_file_share_one_copy(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "big", b"." * (3 << 20))
+    fs = await overlay.mount()
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(fs.write, "big", b"%d" % i, i << 20)
+    data = await fs.read("big", 4 << 20)
+    assert [data[i << 20:(i << 20) + 1] for i in range(3)] == [b"0", b"1", b"2"]
+    assert data[3 << 20:] == b"3"
+    assert len(data) == (3 << 20) + 1
+
+
+async def test_symlinks_fifos_and_directories_are_copied_as_what_they_are(overlay):
+    (bottom,) = overlay.lowers(1)
+    os.symlink("target/elsewhere", bottom / "link")
+    os.mkfifo(bottom / "fifo", 0o604)
+    (bottom / "dir").mkdir(mode=0o751)
+    os.chmod(bottom / "dir", 0o751)
+    fs = await overlay.mount()
+    for name in ("link", "fifo", "dir"):
+        await fs.rename(name, name + "2")  # a rename copies the object up
+    assert os.readlink(overlay.upper / "link2") == "target/elsewhere"
+    assert stat.S_ISFIFO(os.lstat(overlay.upper / "fifo2").st_mode)
+    assert stat.S_IMODE(os.lstat(overlay.upper / "fifo2").st_mode) == 0o604
+    assert stat.S_IMODE(os.lstat(overlay.upper / "dir2").st_mode) == 0o751
+    assert await fs.readlink("link2") == b"target/elsewhere"
+
+
+async def test_device_nodes_are_copied(overlay, needs_root):
+    (bottom,) = overlay.lowers(1)
+    os.mknod(bottom / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    fs = await overlay.mount()
+    await fs.rename("null", "null2")
+    st = os.lstat(overlay.upper / "null2")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+
+
+async def test_hard_links_stay_one_file(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "linked")
+    (bottom / "sub").mkdir()
+    os.link(bottom / "a", bottom / "b")
+    os.link(bottom / "a", bottom / "sub" / "c")
+    fs = await overlay.mount()
+    await fs.write("a", b"L")
+    for name in ("b", "sub/c"):
+        assert await fs.read(name) == b"Linked"
+        assert await fs.ino(name) == await fs.ino("a")
+    inodes = {os.lstat(overlay.upper / n).st_ino for n in ("a", "b", "sub/c")}
+    assert len(inodes) == 1
+    fs = await overlay.remount(fs)
+    await fs.write("sub/c", b"l")
+    assert await fs.read("b") == b"linked"
+
+
+async def test_a_hard_link_hidden_by_a_whiteout_is_not_linked(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "linked")
+    os.link(bottom / "a", bottom / "b")
+    fs = await overlay.mount()
+    await fs.unlink("b")
+    await fs.write("a", b"L")
+    with fails(errno.ENOENT):
+        await fs.lookup("b")
+    assert os.lstat(overlay.upper / "a").st_nlink == 1
+
+
+async def test_metacopy_copies_metadata_first_and_data_on_write(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", b"x" * 100_000, mode=0o644)
+    fs = await overlay.mount("metacopy=on")
+    await fs.chmod("f", 0o600)
+    up = overlay.upper / "f"
+    assert os.lstat(up).st_blocks == 0, "metadata only"
+    st = await fs.stat("f")
+    assert (stat.S_IMODE(st.st_mode), st.st_size) == (0o600, 100_000)
+    assert await fs.read("f", 3) == b"xxx"
+    fs = await overlay.remount(fs, "metacopy=on")
+    assert await fs.read("f", 3) == b"xxx"
+    await fs.write("f", b"y")
+    assert up.read_bytes() == b"y" + b"x" * 99_999
+    assert stat.S_IMODE(os.lstat(up).st_mode) == 0o600
+    assert not [a for a in os.listxattr(up) if "metacopy" in a]
+
+
+async def test_what_a_crash_left_in_tmp_is_removed_at_mount(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "lower")
+    fs = await overlay.mount()
+    await fs.create("kept", b"upper")
+    overlay.unmount(fs)
+    tmp = overlay.work / "fsd" / "tmp"
+    write(tmp, "7", "half a copy of f")
+    write(tmp, "8/deep/tree", "half a moved tree")
+    os.mknod(tmp / "9", stat.S_IFCHR, os.makedev(0, 0))
+    fs = await overlay.mount()
+    assert os.listdir(tmp) == []
+    assert await fs.read("f") == b"lower"
+    assert await fs.read("kept") == b"upper"
+
+
+async def test_a_hard_linked_copy_published_before_a_crash_is_linked_at_mount(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "linked")
+    os.link(bottom / "a", bottom / "b")
+    ino = os.lstat(bottom / "a").st_ino
+    overlay.unmount(await overlay.mount())  # makes the work area
+    # The crash came after the copy of a was published, before b was linked to it.
+    index = overlay.work / "fsd" / "index"
+    write(overlay.upper, "a", "Linked")
+    os.link(overlay.upper / "a", index / f"0-{ino}")
+    fs = await overlay.mount()
+    assert os.listdir(index) == []
+    assert await fs.read("b") == b"Linked"
+    assert os.lstat(overlay.upper / "b").st_ino == os.lstat(overlay.upper / "a").st_ino
+
+
+async def test_a_hard_linked_copy_never_published_is_dropped_at_mount(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "linked")
+    os.link(bottom / "a", bottom / "b")
+    ino = os.lstat(bottom / "a").st_ino
+    overlay.unmount(await overlay.mount())
+    write(overlay.work / "fsd" / "index", f"0-{ino}", "half")
+    fs = await overlay.mount()
+    assert os.listdir(overlay.work / "fsd" / "index") == []
+    assert await fs.read("a") == b"linked"
+    assert not (overlay.upper / "a").exists()
+
+
+async def test_a_copy_over_the_quota_leaves_nothing_behind(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "big", b"x" * (1 << 20))
+    fs = await overlay.mount("quota_bytes=64K")
+    with fails(errno.EDQUOT):
+        await fs.write("big", b"y")
+    assert os.listdir(overlay.upper) == []
+    assert await fs.read("big", 1) == b"x"
+
+
+async def test_a_copy_up_tells_the_kernel_the_parent_changed(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/f", "x")
+    fs = await overlay.mount()
+    d = await fs.ino("d")
+    await fs.write("d/f", b"y")
+    assert (d, True) in overlay.session.invalidated_inodes

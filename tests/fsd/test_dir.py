@@ -1,0 +1,422 @@
+"""Name operations (fsd/dir.py), in-process: create, mkdir, mknod, symlink,
+link, unlink, rmdir and rename on the merged view, the whiteouts and opaque
+directories they leave in the upper (in both whiteout formats), the errnos of
+the kernel overlay, and the journal of a directory move."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+
+import pytest
+from harness import fails
+
+from support.layergen import whiteout, write
+
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
+
+
+@pytest.fixture(params=["chardev", "file"])
+def wh(request):
+    """The whiteout format fsd is told to write (`-o whiteout=`)."""
+    return request.param
+
+
+def whited_out(upper, rel: str, fmt: str) -> bool:
+    """Whether the upper holds a whiteout of rel in format fmt."""
+    parent, _, name = rel.rpartition("/")
+    where = upper / parent
+    if fmt == "chardev":
+        st = os.lstat(where / name) if os.path.lexists(where / name) else None
+        return st is not None and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    return os.path.lexists(where / (".wh." + name)) and not os.path.lexists(where / name)
+
+
+def is_opaque(path) -> bool:
+    names = os.listxattr(path)
+    return any(n.endswith("overlay.opaque") for n in names) or (path / ".wh..wh..opq").exists()
+
+
+# --- creating ------------------------------------------------------------------------------
+
+async def test_new_objects_land_in_the_upper_with_their_parents(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/old", "x")
+    fs = await overlay.mount()
+    await fs.create("d/file", b"data", mode=0o640)
+    await fs.mkdir("d/dir", mode=0o750)
+    await fs.symlink("d/file", "d/link")
+    await fs.mknod("d/fifo", stat.S_IFIFO | 0o600)
+    up = overlay.upper / "d"
+    assert (up / "file").read_bytes() == b"data"
+    assert stat.S_IMODE(os.lstat(up / "file").st_mode) == 0o640
+    assert stat.S_IMODE(os.lstat(up / "dir").st_mode) == 0o750
+    assert os.readlink(up / "link") == "d/file"
+    assert stat.S_ISFIFO(os.lstat(up / "fifo").st_mode)
+    assert sorted(await fs.listdir("d")) == [b"dir", b"fifo", b"file", b"link", b"old"]
+
+
+async def test_the_umask_is_the_callers(overlay):
+    overlay.lowers(1)
+    fs = (await overlay.mount()).as_user(os.getuid(), os.getgid(), umask=0o077)
+    await fs.create("f", mode=0o666)
+    assert stat.S_IMODE(os.lstat(overlay.upper / "f").st_mode) == 0o600
+
+
+async def test_a_name_that_exists_in_any_layer_is_taken(overlay):
+    top, bottom = overlay.lowers(2)
+    write(bottom, "f", "x")
+    (bottom / "d").mkdir()
+    fs = await overlay.mount()
+    await fs.create("mine")
+    for name in ("f", "d", "mine"):
+        with fails(errno.EEXIST):
+            await fs.create(name)
+        with fails(errno.EEXIST):
+            await fs.mkdir(name)
+        with fails(errno.EEXIST):
+            await fs.symlink("x", name)
+
+
+async def test_a_char_device_0_0_is_a_whiteout_and_cannot_be_made(overlay):
+    overlay.lowers(1)
+    fs = await overlay.mount()
+    with fails(errno.EPERM):
+        await fs.mknod("w", stat.S_IFCHR | 0o600, os.makedev(0, 0))
+
+
+async def test_a_device_node(overlay, needs_root):
+    overlay.lowers(1)
+    fs = await overlay.mount()
+    await fs.mknod("null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    assert os.lstat(overlay.upper / "null").st_rdev == os.makedev(1, 3)
+
+
+async def test_a_file_made_where_a_whiteout_is_replaces_it(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "lower")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.unlink("f")
+    assert whited_out(overlay.upper, "f", wh)
+    await fs.create("f", b"new")
+    assert await fs.read("f") == b"new"
+    assert not os.path.lexists(overlay.upper / ".wh.f")
+
+
+async def test_a_directory_made_where_a_whiteout_is_is_opaque(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/under", "lower")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.unlink("d/under")
+    await fs.rmdir("d")
+    assert whited_out(overlay.upper, "d", wh)
+    await fs.mkdir("d")
+    assert is_opaque(overlay.upper / "d")
+    assert await fs.listdir("d") == []
+    await fs.forget_all()
+    fs = await overlay.remount(fs, f"whiteout={wh}")
+    assert await fs.listdir("d") == []
+
+
+# --- removing ------------------------------------------------------------------------------
+
+async def test_removing_a_lower_name_leaves_a_whiteout(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/f", "x")
+    (bottom / "e").mkdir()
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.unlink("d/f")
+    await fs.rmdir("e")
+    assert whited_out(overlay.upper, "d/f", wh)
+    assert whited_out(overlay.upper, "e", wh)
+    assert await fs.listdir("d") == []
+    fs = await overlay.remount(fs, f"whiteout={wh}")
+    assert sorted(await fs.listdir("")) == [b"d"]
+
+
+async def test_removing_an_upper_only_name_leaves_nothing(overlay, wh):
+    overlay.lowers(1)
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.mkdir("d")
+    await fs.create("d/f")
+    await fs.unlink("d/f")
+    await fs.rmdir("d")
+    assert os.listdir(overlay.upper) == []
+
+
+async def test_removing_a_copied_up_name_leaves_a_whiteout(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "x")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.write("f", b"y")
+    await fs.unlink("f")
+    assert whited_out(overlay.upper, "f", wh)
+    with fails(errno.ENOENT):
+        await fs.lookup("f")
+
+
+async def test_removal_errnos(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "full/f", "x")
+    write(bottom, "file", "x")
+    fs = await overlay.mount()
+    with fails(errno.EISDIR):
+        await fs.unlink("full")
+    with fails(errno.ENOTDIR):
+        await fs.rmdir("file")
+    with fails(errno.ENOTEMPTY):
+        await fs.rmdir("full")
+    with fails(errno.ENOENT):
+        await fs.unlink("nothing")
+
+
+async def test_a_merged_directory_emptied_in_the_view_can_be_removed(overlay, wh):
+    top, bottom = overlay.lowers(2)
+    write(bottom, "d/a", "x")
+    write(top, "d/b", "y")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.create("d/c")
+    with fails(errno.ENOTEMPTY):
+        await fs.rmdir("d")
+    for name in ("a", "b", "c"):
+        await fs.unlink("d/" + name)
+    await fs.rmdir("d")
+    assert whited_out(overlay.upper, "d", wh)
+    assert await fs.listdir("") == []
+
+
+# --- links ---------------------------------------------------------------------------------
+
+async def test_a_hard_link_to_a_lower_file(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "x")
+    fs = await overlay.mount()
+    attr = await fs.link("f", "g")
+    assert attr.st_ino == await fs.ino("f")
+    assert attr.st_nlink == 2
+    assert os.lstat(overlay.upper / "f").st_ino == os.lstat(overlay.upper / "g").st_ino
+    with fails(errno.EEXIST):
+        await fs.link("f", "g")
+    await fs.mkdir("d")
+    with fails(errno.EPERM):
+        await fs.link("d", "d2")
+
+
+async def test_a_hard_link_made_where_a_whiteout_is(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "x")
+    write(bottom, "old", "x")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.unlink("old")
+    await fs.link("f", "old")
+    assert await fs.read("old") == b"x"
+    assert await fs.ino("old") == await fs.ino("f")
+
+
+async def test_unlinking_one_name_of_a_file_keeps_the_others(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "linked")
+    os.link(bottom / "a", bottom / "b")
+    fs = await overlay.mount()
+    await fs.unlink("a")
+    assert await fs.read("b") == b"linked"
+    assert (await fs.stat("b")).st_nlink == 2, "the lower file's count: the kernel overlay shows it too"
+
+
+# --- rename --------------------------------------------------------------------------------
+
+async def test_renaming_a_lower_file_copies_it_and_whites_out_the_old_name(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "x")
+    fs = await overlay.mount(f"whiteout={wh}")
+    ino = await fs.ino("a")
+    await fs.rename("a", "b")
+    assert await fs.read("b") == b"x"
+    assert await fs.ino("b") == ino
+    assert whited_out(overlay.upper, "a", wh)
+    with fails(errno.ENOENT):
+        await fs.lookup("a")
+
+
+async def test_rename_replaces_the_destination(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "a")
+    write(bottom, "b", "b")
+    (bottom / "d1").mkdir()
+    write(bottom, "d2/gone", "x")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.rename("a", "b")
+    assert await fs.read("b") == b"a"
+    assert sorted(await fs.listdir("")) == [b"b", b"d1", b"d2"]
+    await fs.unlink("d2/gone")
+    await fs.rename("d1", "d2")
+    assert sorted(await fs.listdir("")) == [b"b", b"d2"]
+
+
+async def test_rename_errnos(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "x")
+    write(bottom, "g", "y")
+    write(bottom, "full/x", "x")
+    (bottom / "empty").mkdir()
+    fs = await overlay.mount()
+    with fails(errno.EEXIST):
+        await fs.rename("f", "g", RENAME_NOREPLACE)
+    with fails(errno.EISDIR):
+        await fs.rename("f", "empty")
+    with fails(errno.ENOTDIR):
+        await fs.rename("empty", "f")
+    with fails(errno.ENOTEMPTY):
+        await fs.rename("empty", "full")
+    with fails(errno.EINVAL):
+        await fs.rename("f", "h", RENAME_WHITEOUT)
+    with fails(errno.EINVAL):
+        await fs.rename("f", ".wh.h")
+    with fails(errno.ENAMETOOLONG):
+        await fs.rename("f", "n" * 256)
+    with fails(errno.ENOENT):
+        await fs.rename("nothing", "h")
+    with fails(errno.ENOENT):
+        await fs.rename("f", "h", RENAME_EXCHANGE)
+    assert await fs.read("f") == b"x" and await fs.read("g") == b"y"
+
+
+async def test_rename_noreplace_to_a_free_name(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "x")
+    fs = await overlay.mount()
+    await fs.rename("f", "h", RENAME_NOREPLACE)
+    assert await fs.read("h") == b"x"
+
+
+async def test_rename_exchange_swaps_two_names(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "lower")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.create("b", b"upper")
+    await fs.mkdir("d")
+    ino_a, ino_b = await fs.ino("a"), await fs.ino("b")
+    await fs.rename("a", "b", RENAME_EXCHANGE)
+    assert (await fs.read("a"), await fs.read("b")) == (b"upper", b"lower")
+    assert (await fs.ino("a"), await fs.ino("b")) == (ino_b, ino_a)
+    await fs.rename("a", "d", RENAME_EXCHANGE)
+    assert stat.S_ISDIR((await fs.stat("a")).st_mode)
+    assert await fs.read("d") == b"upper"
+
+
+async def test_rename_exchange_with_a_merged_directory_is_exdev(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "merged/f", "x")
+    fs = await overlay.mount()
+    await fs.mkdir("mine")
+    with fails(errno.EXDEV):
+        await fs.rename("merged", "mine", RENAME_EXCHANGE)
+
+
+async def test_renaming_two_names_of_one_file_does_nothing(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "linked")
+    os.link(bottom / "a", bottom / "b")
+    fs = await overlay.mount()
+    await fs.rename("a", "b")
+    assert sorted(await fs.listdir("")) == [b"a", b"b"]
+
+
+async def test_an_upper_directory_renamed_over_a_lower_name_is_made_opaque(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/under", "x")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.unlink("d/under")
+    await fs.rmdir("d")
+    await fs.mkdir("new")
+    await fs.create("new/mine")
+    await fs.rename("new", "d")
+    assert await fs.listdir("d") == [b"mine"]
+    assert is_opaque(overlay.upper / "d")
+
+
+async def test_renaming_a_merged_directory_moves_its_whole_tree(overlay, wh):
+    top, bottom = overlay.lowers(2)
+    write(bottom, "d/low", "low")
+    write(bottom, "d/sub/deep", "deep")
+    write(top, "d/top", "top")
+    write(bottom, "d/gone", "gone")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.unlink("d/gone")
+    await fs.create("d/new", b"new")
+    inos = {n: await fs.ino("d/" + n) for n in ("low", "sub", "sub/deep", "top", "new")}
+    dir_ino = await fs.ino("d")
+    await fs.rename("d", "e")
+    with fails(errno.ENOENT):
+        await fs.lookup("d")
+    assert whited_out(overlay.upper, "d", wh)
+    assert sorted(await fs.listdir("e")) == [b"low", b"new", b"sub", b"top"]
+    assert await fs.read("e/sub/deep") == b"deep"
+    assert is_opaque(overlay.upper / "e")
+    assert await fs.ino("e") == dir_ino
+    assert {n: await fs.ino("e/" + n) for n in inos} == inos
+    await fs.forget_all()
+    fs = await overlay.remount(fs, f"whiteout={wh}")
+    assert await fs.ino("e") == dir_ino
+    assert {n: await fs.ino("e/" + n) for n in inos} == inos
+
+
+async def test_a_merged_directory_moved_with_hard_links_inside_and_out(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/a", "linked")
+    os.link(bottom / "d" / "a", bottom / "outside")
+    fs = await overlay.mount()
+    await fs.rename("d", "e")
+    await fs.write("e/a", b"L")
+    assert await fs.read("outside") == b"Linked"
+    assert await fs.ino("outside") == await fs.ino("e/a")
+
+
+async def test_a_merged_directory_renamed_over_an_empty_directory(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/f", "x")
+    write(bottom, "target/gone", "x")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.unlink("target/gone")
+    await fs.rename("d", "target")
+    assert await fs.listdir("target") == [b"f"]
+    assert sorted(await fs.listdir("")) == [b"target"]
+
+
+def origin_of(path) -> bytes:
+    """The inode number fsd keeps in an upper object's xattr."""
+    names = [n for n in os.listxattr(path) if n.endswith("overlay.fsd.ino")]
+    assert len(names) == 1, names
+    return os.getxattr(path, names[0])
+
+
+async def test_a_move_cut_short_after_the_new_tree_was_placed_is_finished_at_mount(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/f", "x")
+    fs = await overlay.mount("whiteout=file")
+    await fs.rename("d", "e")
+    overlay.unmount(fs)
+    # Back to the moment between placing e and removing d: d visible again, journal there.
+    os.unlink(overlay.upper / ".wh.d")
+    key = int(origin_of(overlay.upper / "e"))
+    journal = {"src": b"d".hex(), "dst": b"e".hex(), "key": key}
+    (overlay.work / "fsd" / "moving").write_text(json.dumps(journal))
+    fs = await overlay.mount("whiteout=file")
+    assert not (overlay.work / "fsd" / "moving").exists()
+    assert await fs.listdir("") == [b"e"]
+    assert await fs.read("e/f") == b"x"
+
+
+async def test_a_move_cut_short_before_the_new_tree_was_placed_leaves_the_old_one(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/f", "x")
+    overlay.unmount(await overlay.mount())
+    journal = {"src": b"d".hex(), "dst": b"e".hex(), "key": 12345}
+    (overlay.work / "fsd" / "moving").write_text(json.dumps(journal))
+    write(overlay.work / "fsd" / "tmp", "0/f", "the half-built tree")
+    fs = await overlay.mount()
+    assert not (overlay.work / "fsd" / "moving").exists()
+    assert await fs.listdir("") == [b"d"]
+    assert await fs.read("d/f") == b"x"
