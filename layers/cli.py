@@ -19,26 +19,11 @@ import traceback
 from importlib import metadata
 
 from . import config as configmod
-from .errors import ConfigError, LayersError, UsageError, size_text
+from . import units
+from .errors import ConfigError, LayersError, UsageError
 from .records import Layer
 from .registry import command as registrycmd
 from .store import Store
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n}"
-
-
-def _ago(t: float) -> str:
-    d = max(0, time.time() - t)
-    for unit, secs in (("days", 86400), ("hours", 3600), ("minutes", 60)):
-        if d >= secs:
-            return f"{int(d // secs)} {unit} ago"
-    return "seconds ago"
 
 
 class TerminalProgress:
@@ -68,7 +53,7 @@ class TerminalProgress:
         total = self.done_bytes + self.current
         rate = total / max(now - self.start, 1e-6)
         self.stream.write(f"\rimporting layer {self.index + 1}/{self.total}: "
-                          f"{_human(total)} at {_human(rate)}/s   ")
+                          f"{units.size(total)} at {units.size(rate)}/s   ")
         self.stream.flush()
         self.shown = True
 
@@ -80,7 +65,7 @@ class TerminalProgress:
         if self.shown:
             elapsed = time.monotonic() - self.start
             self.stream.write(f"\rimported {self.total} layer(s), "
-                              f"{_human(self.done_bytes)} in {elapsed:.1f}s"
+                              f"{units.size(self.done_bytes)} in {elapsed:.1f}s"
                               + " " * 20 + "\n")
             self.stream.flush()
 
@@ -348,7 +333,7 @@ def _cmd_images(store: Store, args) -> int:
         rows = [("IMAGE ID", "NAMES", "LAYERS", "SIZE", "CREATED")]
         for i in images:
             rows.append((i.id[:12], ",".join(i.names) or "<none>", str(len(i.layers)),
-                         _human(store.image_size(i)), _ago(i.created)))
+                         units.size(store.image_size(i)), units.ago(i.created)))
         _table(rows)
     return 0
 
@@ -430,16 +415,16 @@ def _cmd_analyze(store: Store, args) -> int:
         return 0
     rows = [("LAYER", "SIZE", "ADDED", "CHANGED", "DELETED", "WASTED")]
     for lr in report.layers:
-        rows.append((lr.id.split(":")[-1][:12], _human(lr.size), str(lr.count("A")),
-                     str(lr.count("C")), str(lr.count("D")), _human(lr.wasted_bytes)))
+        rows.append((lr.id.split(":")[-1][:12], units.size(lr.size), str(lr.count("A")),
+                     str(lr.count("C")), str(lr.count("D")), units.size(lr.wasted_bytes)))
     _table(rows)
     print(f"efficiency: {report.efficiency * 100:.1f}%")
-    print(f"wasted: {_human(report.wasted_bytes)} ({report.wasted_bytes} bytes) of "
-          f"{_human(report.total_bytes)} in files")
+    print(f"wasted: {units.size(report.wasted_bytes)} ({report.wasted_bytes} bytes) of "
+          f"{units.size(report.total_bytes)} in files")
     if report.wasted_paths[:args.top]:
         print("largest wasted paths:")
         _table([("COPIES", "BYTES", "PATH")] + [
-            (str(w.copies), _human(w.bytes),
+            (str(w.copies), units.size(w.bytes),
              os.fsencode(w.path).decode(errors="backslashreplace"))
             for w in report.wasted_paths[:args.top]])
     return 0
@@ -504,7 +489,7 @@ def _cmd_volume(store: Store, args) -> int:
             rows = [("NAME", "ANONYMOUS", "CONTAINERS", "CREATED")]
             for v in volumes:
                 rows.append((v.name, "yes" if v.anonymous else "no",
-                             ",".join(sorted(users.get(v.name, []))) or "-", _ago(v.created)))
+                             ",".join(sorted(users.get(v.name, []))) or "-", units.ago(v.created)))
             _table(rows)
     elif cmd == "inspect":
         print(json.dumps([store.volume_inspect(n) for n in args.names], indent=2))
@@ -526,43 +511,43 @@ def _cmd_df(store: Store, args) -> int:
     rows = [("TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE")]
     for u in usage:
         share = f" ({100 * u.reclaimable / u.size:.0f}%)" if u.size else ""
-        rows.append((u.kind, str(u.total), str(u.active), _human(u.size),
-                     _human(u.reclaimable) + share))
+        rows.append((u.kind, str(u.total), str(u.active), units.size(u.size),
+                     units.size(u.reclaimable) + share))
     _table(rows)
     if args.verbose:
         images, containers, volumes = usage
         print()
         rows = [("IMAGE ID", "NAMES", "SIZE", "SHARED", "UNIQUE", "CONTAINERS")]
         for i in images.items:
-            rows.append((i["id"][:12], ",".join(i["names"]) or "<none>", _human(i["size"]),
-                         _human(i["shared"]), _human(i["unique"]), str(i["containers"])))
+            rows.append((i["id"][:12], ",".join(i["names"]) or "<none>", units.size(i["size"]),
+                         units.size(i["shared"]), units.size(i["unique"]), str(i["containers"])))
         _table(rows)
         print()
         rows = [("CONTAINER ID", "NAME", "IMAGE", "SIZE", "MOUNTED", "QUOTA")]
         for c in containers.items:
-            rows.append((c["id"][:12], c["name"], c["image"][:12], _human(c["size"]),
+            rows.append((c["id"][:12], c["name"], c["image"][:12], units.size(c["size"]),
                          "yes" if c["mounted"] else "no", _quota_text(c["quota"])))
         _table(rows)
         if store.config.user_quota is not None:
             u = store.user_usage()
-            print(f"user quota of uid {u.uid}: {size_text(u.used)} of "
-                  f"{size_text(u.limit)} in {u.containers} container(s)")
+            print(f"user quota of uid {u.uid}: {units.size(u.used)} of "
+                  f"{units.size(u.limit)} in {u.containers} container(s)")
         print()
         rows = [("VOLUME", "ANONYMOUS", "SIZE", "CONTAINERS")]
         for v in volumes.items:
-            rows.append((v["name"], "yes" if v["anonymous"] else "no", _human(v["size"]),
+            rows.append((v["name"], "yes" if v["anonymous"] else "no", units.size(v["size"]),
                          ",".join(v["containers"]) or "-"))
         _table(rows)
     return 0
 
 
 def _quota_text(quota: dict | None) -> str:
-    """A container's writable layer against its limits: `12.5 MiB of 50 MiB,
+    """A container's writable layer against its limits: `12.5MB of 52.4MB,
     7 of 1000 inodes`; `-` without limits."""
     if quota is None:
         return "-"
-    used = size_text(quota["used_bytes"])
-    parts = [f"{used} of {size_text(quota['bytes'])}" if quota["bytes"] is not None
+    used = units.size(quota["used_bytes"])
+    parts = [f"{used} of {units.size(quota['bytes'])}" if quota["bytes"] is not None
              else used]
     if quota["inodes"] is not None:
         parts.append(f"{quota['used_inodes']} of {quota['inodes']} inodes")
@@ -578,8 +563,8 @@ def _cmd_info(store: Store, args) -> int:
     fs, limits = facts["filesystem"], facts["limits"]
     where = f"{fs['fstype']} ({fs['source']} at {fs['mountpoint']})" if fs["fstype"] \
         else "unknown"
-    space = f", {_human(fs['free'])} free of {_human(fs['size'])}" if "size" in fs else ""
-    user = "none" if limits["user_quota"] is None else size_text(limits["user_quota"])
+    space = f", {units.size(fs['free'])} free of {units.size(fs['size'])}" if "size" in fs else ""
+    user = "none" if limits["user_quota"] is None else units.size(limits["user_quota"])
     for key, value in (
             ("root", facts["root"]), ("runroot", facts["runroot"]),
             ("driver", facts["driver"]), ("driver chosen", facts["driver_reason"]),
@@ -590,11 +575,11 @@ def _cmd_info(store: Store, args) -> int:
             ("layers", facts["layers"]), ("images", facts["images"]),
             ("containers", facts["containers"]), ("volumes", facts["volumes"]),
             ("container size", "no limit" if limits["size"] is None
-             else size_text(limits["size"])),
+             else units.size(limits["size"])),
             ("container inodes", "no limit" if limits["inodes"] is None
              else limits["inodes"]),
             ("user quota", f"{user}; uid {limits['uid']} uses "
-                           f"{size_text(limits['user_usage'])} in "
+                           f"{units.size(limits['user_usage'])} in "
                            f"{limits['user_containers']} container(s)")):
         print(f"{key}: {value}")
     return 0
@@ -604,9 +589,9 @@ def _print_prune(items: list[tuple[str, int | None]], dry_run: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     freed = 0
     for label, size in items:
-        print(f"{verb} {label}" + (f" ({_human(size)})" if size else ""))
+        print(f"{verb} {label}" + (f" ({units.size(size)})" if size else ""))
         freed += size or 0
-    print(f"{'would free' if dry_run else 'freed'} {_human(freed)} ({freed} bytes)")
+    print(f"{'would free' if dry_run else 'freed'} {units.size(freed)} ({freed} bytes)")
 
 
 def _cmd_prune(store: Store, args) -> int:

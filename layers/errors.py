@@ -1,6 +1,6 @@
 """Errors of the layer store: one class per kind, each carrying its fields.
 
-Level 0: imports nothing from the package.
+Level 0: imports `units` (how a size is written) and nothing else of the package.
 
 Every error a user can cause is a `LayersError`; `cli.py` prints `str(err)`
 as one line and exits with `err.exit_code`.  Anything else is a bug and gets
@@ -8,6 +8,8 @@ a traceback.  Messages are part of the interface: tests assert them exactly.
 """
 
 from __future__ import annotations
+
+from . import units
 
 
 class LayersError(Exception):
@@ -208,16 +210,6 @@ class MountFailed(LayersError):
         super().__init__(f"{driver}: cannot mount {mountpoint}: {reason}")
 
 
-def size_text(n: int) -> str:
-    """Bytes in the binary units limits are given in (`size=`, `--size`):
-    `50 MiB`, `1.5 GiB`, `512 B`."""
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if abs(n) >= 1 << shift:
-            value = n / (1 << shift)
-            return f"{value:.0f} {unit}" if n % (1 << shift) == 0 else f"{value:.1f} {unit}"
-    return f"{n} B"
-
-
 class QuotaExceeded(LayersError):
     """A create that would take a user past `[storage.options] user_quota`."""
 
@@ -227,6 +219,6 @@ class QuotaExceeded(LayersError):
         self.used = used
         self.containers = containers
         self.asked = asked
-        asks = f"; this container asks {size_text(asked)}" if asked else ""
-        super().__init__(f"user_quota exceeded for uid {uid}: limit {size_text(limit)}, "
-                         f"in use {size_text(used)} by {containers} container(s){asks}")
+        asks = f"; this container asks {units.size(asked)}" if asked else ""
+        super().__init__(f"user_quota exceeded for uid {uid}: limit {units.size(limit)}, "
+                         f"in use {units.size(used)} by {containers} container(s){asks}")

@@ -18,7 +18,8 @@ import json
 import sys
 
 from .credentials import parse_creds
-from .display import TransferDisplay, human
+from .. import units
+from .display import TransferDisplay
 from .remote import Platform
 from .session import DEFAULT_JOBS, PullReport, PushReport, RegistryOptions
 from .upload import COMPRESSIONS, FORMATS
@@ -140,12 +141,12 @@ def pull_lines(report: PullReport) -> list[str]:
              "fetched": "fetched"}
     out = [f"{report.found_at}: passed over mirror {m}" for m in report.mirrors_passed]
     for t in report.layers:
-        amount = f" {human(t.received)}" if t.received else ""
+        amount = f" {units.size(t.received)}" if t.received else ""
         out.append(f"layer {t.index + 1}/{len(report.layers)} {t.blob.short}: "
                    f"{words[t.outcome]}{amount}")
     fetched = sum(1 for t in report.layers if t.outcome == "fetched")
     out.append(f"pulled {report.reference}: {fetched} layer(s) fetched "
-               f"({human(report.received)}), {len(report.layers) - fetched} reused, "
+               f"({units.size(report.received)}), {len(report.layers) - fetched} reused, "
                f"in {report.seconds:.1f}s")
     return out
 
@@ -173,13 +174,13 @@ def push_lines(report: PushReport) -> list[str]:
              "uploaded": "uploaded"}
     out = []
     for i, b in enumerate(report.layers):
-        amount = f" {human(b.sent)}" if b.sent else ""
+        amount = f" {units.size(b.sent)}" if b.sent else ""
         out.append(f"layer {i + 1}/{len(report.layers)} {b.digest.short}: "
                    f"{words[b.status]}{amount}")
     out.append(f"config {report.config.digest.short}: {words[report.config.status]}")
     uploaded = sum(1 for b in report.layers if b.status == "uploaded")
     out.append(f"pushed {report.destination}@{report.manifest_digest}: {uploaded} layer(s) "
-               f"uploaded ({human(report.sent)}), {len(report.layers) - uploaded} reused, "
+               f"uploaded ({units.size(report.sent)}), {len(report.layers) - uploaded} reused, "
                f"in {report.seconds:.1f}s")
     return out
 

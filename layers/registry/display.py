@@ -1,6 +1,6 @@
 """Progress of pulls and pushes on a terminal: one line per layer in flight.
 
-Level 0 of the registry package: imports nothing from the store.
+Level 0 of the registry package: imports `layers.units`, nothing from the store.
 
 `TransferDisplay` implements the store's `Progress` protocol
 (`layer_start`, `layer_bytes`, `layer_done`) for calls coming from several
@@ -15,13 +15,7 @@ import sys
 import threading
 import time
 
-
-def human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n}"
+from .. import units
 
 
 class TransferDisplay:
@@ -76,7 +70,7 @@ class TransferDisplay:
                 out.append(f"\x1b[{self.drawn}F")
             for index in sorted(self.lines):
                 label, done, size, state = self.lines[index]
-                amount = human(done) + (f"/{human(size)}" if size else "")
+                amount = units.size(done) + (f"/{units.size(size)}" if size else "")
                 out.append(f"\x1b[2K{label}: {state} {amount}\n")
             self.drawn = len(self.lines)
             self.stream.write("".join(out))

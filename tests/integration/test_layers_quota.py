@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 from storetools import file, make_tar, store_env  # noqa: E402,F401
 
 from layers import fsutil  # noqa: E402
-from layers.errors import size_text  # noqa: E402
+from layers.units import size  # noqa: E402
 
 MiB = 1 << 20
 pytestmark = pytest.mark.parametrize("store_env", ["fuse"], indirect=True)
@@ -71,8 +71,10 @@ def test_a_50mib_container_stops_at_its_limit(env):
     items = json.loads(env.ok("df", "--format", "json").out)[1]["items"]
     assert items[0]["quota"] == {"bytes": 50 * MiB, "inodes": None, "used_bytes": used,
                                  "used_inodes": objects}
-    row = next(line for line in env.ok("df", "-v").lines if line.startswith(cid[:12]))
-    assert row.split("  ")[-1] == f"{size_text(used)} of 50 MiB", row
+    df = env.ok("df", "-v").out
+    row = next(line for line in df.splitlines() if line.startswith(cid[:12]))
+    assert row.split("  ")[-1] == f"{size(used)} of 52.4MB", row
+    assert "MiB" not in df, "one unit style in the whole table"
 
     os.unlink(mnt / "f60")
     assert write_until_refused(mnt / "f20", 20 * MiB) == (20 * MiB, None)
@@ -102,13 +104,13 @@ def test_user_quota_refuses_a_create_naming_limit_and_usage(env):
     env.ok("create", "base", "--name", "a", "--size", "60M")
     r = env.cli("create", "base", "--name", "b", "--size", "50M")
     assert (r.code, r.err) == (1, f"layers: user_quota exceeded for uid {os.geteuid()}: "
-                                  "limit 100 MiB, in use 60 MiB by 1 container(s); this "
-                                  "container asks 50 MiB\n")
+                                  "limit 105MB, in use 62.9MB by 1 container(s); this "
+                                  "container asks 52.4MB\n")
     env.ok("create", "base", "--name", "b", "--size", "40M")
     r = env.cli_proc("create", "base", "--name", "c")
     assert (r.code, r.err) == (1, f"layers: user_quota exceeded for uid {os.geteuid()}: "
-                                  "limit 100 MiB, in use 100 MiB by 2 container(s)\n")
-    assert f"user quota of uid {os.geteuid()}: 100 MiB of 100 MiB in 2 container(s)" \
+                                  "limit 105MB, in use 105MB by 2 container(s)\n")
+    assert f"user quota of uid {os.geteuid()}: 105MB of 105MB in 2 container(s)" \
         in env.ok("df", "-v").lines
     env.ok("rm", "b")
     env.ok("create", "base", "--name", "c", "--size", "40M")

@@ -146,9 +146,9 @@ def test_progress_display_shows_bytes_layers_and_rate():
     p.layer_done(None)
     p.finish()
     text = stream.getvalue()
-    assert "\rimporting layer 1/2: 5.0MB at " in text
-    assert "\rimporting layer 2/2: 6.0MB at " in text
-    assert text.rstrip().split("\r")[-1].startswith("imported 2 layer(s), 6.0MB in ")
+    assert "\rimporting layer 1/2: 5MB at " in text
+    assert "\rimporting layer 2/2: 6MB at " in text
+    assert text.rstrip().split("\r")[-1].startswith("imported 2 layer(s), 6MB in ")
 
 
 def test_quick_imports_show_no_progress():

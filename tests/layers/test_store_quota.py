@@ -14,7 +14,8 @@ import pytest
 from layers import config, fsprobe, fsutil, quota, records
 from layers.drivers.fuse import FuseDriver
 from layers.drivers.overlay import OverlayDriver
-from layers.errors import ConfigError, CorruptRecord, DriverError, QuotaExceeded, size_text
+from layers.errors import ConfigError, CorruptRecord, DriverError, QuotaExceeded
+from layers.units import size
 from layers.records import Container, Quota
 
 from storetools import StoreEnv, file, make_tar
@@ -81,11 +82,6 @@ def test_flags_beat_storage_conf(tmp_path):
     assert quota.container_quota(cfg, size=MiB) == Quota(MiB, 1000)
     assert quota.container_quota(cfg, inodes=5) == Quota(50 * MiB, 5)
     assert not quota.container_quota(load(tmp_path, ""))
-
-
-def test_size_text():
-    assert [size_text(n) for n in (512, 4096, 50 * MiB, 3 * MiB // 2, 1 << 30)] == \
-        ["512 B", "4 KiB", "50 MiB", "1.5 MiB", "1 GiB"]
 
 
 # -- the record -----------------------------------------------------------------------
@@ -205,14 +201,14 @@ def test_check_user_quota():
     quota.check_user_quota(u, Quota())
     with pytest.raises(QuotaExceeded) as e:
         quota.check_user_quota(u, Quota(41 * MiB))
-    assert str(e.value) == ("user_quota exceeded for uid 1000: limit 100 MiB, in use "
-                            "60 MiB by 2 container(s); this container asks 41 MiB")
+    assert str(e.value) == ("user_quota exceeded for uid 1000: limit 105MB, in use "
+                            "62.9MB by 2 container(s); this container asks 43MB")
     assert (e.value.limit, e.value.used, e.value.asked) == (100 * MiB, 60 * MiB, 41 * MiB)
     full = quota.UserUsage(uid=1000, limit=100 * MiB, used=100 * MiB, containers=3)
     with pytest.raises(QuotaExceeded) as e:
         quota.check_user_quota(full, Quota(inodes=5))
-    assert str(e.value) == ("user_quota exceeded for uid 1000: limit 100 MiB, in use "
-                            "100 MiB by 3 container(s)")
+    assert str(e.value) == ("user_quota exceeded for uid 1000: limit 105MB, in use "
+                            "105MB by 3 container(s)")
     quota.check_user_quota(quota.UserUsage(0, None, 1 << 50, 9), Quota(1 << 50))
 
 
@@ -229,7 +225,7 @@ def test_user_quota_counts_what_vfs_containers_hold(imported):
     assert held > 1536 << 10
     r = env.cli("create", "img", "--name", "three")
     assert (r.code, r.err) == (1, f"layers: user_quota exceeded for uid {os.geteuid()}: "
-                                  f"limit 1.5 MiB, in use {size_text(held)} by 2 "
+                                  f"limit 1.57MB, in use {size(held)} by 2 "
                                   "container(s)\n")
     assert store.user_usage().used == held
     env.ok("rm", "two")

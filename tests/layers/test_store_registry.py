@@ -512,6 +512,6 @@ def test_terminal_display_keeps_one_line_per_layer_across_threads():
         t.join()
     display.finish()
     last = out.getvalue().rsplit("\x1b[3F", 1)[-1]
-    assert last == ("\x1b[2Klayer 1/3 000000000000: present 1.0kB/1.0kB\n"
-                    "\x1b[2Klayer 2/3 100000000000: done 1.0kB/1.0kB\n"
-                    "\x1b[2Klayer 3/3 200000000000: done 1.0kB/1.0kB\n")
+    assert last == ("\x1b[2Klayer 1/3 000000000000: present 1kB/1kB\n"
+                    "\x1b[2Klayer 2/3 100000000000: done 1kB/1kB\n"
+                    "\x1b[2Klayer 3/3 200000000000: done 1kB/1kB\n")
