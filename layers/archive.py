@@ -8,14 +8,16 @@ and returns the sha256 of the compressed bytes and of the tar stream (the
 diffID).  Outcomes:
 
 - success: `ExtractResult`; `dest` holds the layer, synced to disk.
-- `UnsafeArchive(entry, reason)`: an entry we refuse (`..`, absolute name,
-  a write through a symlink or non-directory, a hard link leaving the layer or
+- `UnsafeArchive(entry, reason)`: an entry we refuse (`..`, a write through
+  a symlink or non-directory, a hard link leaving the layer or
   pointing to nothing, a device node without privilege, an absurd size or
   count).  `dest` holds partial content: the caller owns and removes it.
 - `BadArchive(source, reason)`: truncated tar, corrupt gzip/zstd, bad header.
 
-Every file-system call is relative to a directory fd opened with
-`O_NOFOLLOW`, so no entry can reach outside `dest`.  Whiteouts are kept as OCI
+A leading `/` is dropped (`/etc/x` is the layer's `etc/x`, as docker and GNU
+tar read it; a hard link's target alike).  Every file-system call is relative
+to a directory fd opened with `O_NOFOLLOW`, so no entry can reach outside
+`dest`.  Whiteouts are kept as OCI
 `.wh.` files (`layout.FORM_OCI`, read by fsd and vfs) or converted to the
 kernel's markers (`layout.FORM_OVERLAY`).
 """
@@ -235,9 +237,9 @@ def _tar_error(e: BaseException) -> str:
 
 
 def clean_name(name: str) -> list[str]:
-    """An archive name → its components; refuses absolute names and `..`."""
-    if name.startswith("/"):
-        raise UnsafeArchive(name, "absolute path")
+    """An archive name → its components, relative to the archive's root: a
+    leading `/` is dropped (`/etc/x` is `etc/x`, as docker and GNU tar take
+    it); `..` anywhere is refused."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise UnsafeArchive(name, "path contains '..'")

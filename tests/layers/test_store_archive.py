@@ -2,10 +2,11 @@ import io
 import os
 import re
 import stat
+import subprocess
 
 import pytest
 
-from layers import layout
+from layers import layout, tarsplit
 from layers.archive import ExtractOptions, extract_layer
 from layers.errors import BadArchive, UnsafeArchive
 
@@ -15,11 +16,12 @@ from storetools import (TarEntry, compress, directory, file, hardlink, hostile_c
 ROOT = os.geteuid() == 0
 
 
-def extract(tmp_path, raw: bytes, **opts):
+def extract(tmp_path, raw: bytes, split_path: str | None = None, **opts):
     dest = tmp_path / "dest"
     dest.mkdir()
     options = ExtractOptions(privileged=ROOT, **opts)
-    return dest, extract_layer(io.BytesIO(raw), str(dest), options, where="t.tar")
+    return dest, extract_layer(io.BytesIO(raw), str(dest), options, where="t.tar",
+                               split_path=split_path)
 
 
 def sample() -> list[TarEntry]:
@@ -163,3 +165,29 @@ def test_parents_a_tar_implies_are_roots_in_a_rootless_store(tmp_path):
     for d in ("a", "a/b"):
         assert os.getxattr(dest / d, "user.containers.override_stat") == b"0:0:0755:dir"
     assert os.getxattr(dest / "a/b/f", "user.containers.override_stat") == b"7:8:0644:file"
+
+
+def test_absolute_names_land_under_the_layer_root_as_gnu_tar_puts_them(tmp_path):
+    raw = tar_bytes([
+        directory("/etc", mode=0o750),
+        file("/etc/x", "x", mode=0o640),
+        hardlink("/etc/x-link", "/etc/x"),
+        symlink("/etc/abs-link", "/etc/x"),
+        file("//usr/./bin/tool", "t", mode=0o755),
+    ])
+    split = tmp_path / "tar-split.gz"
+    dest, res = extract(tmp_path, raw, split_path=str(split))
+    (tmp_path / "t.tar").write_bytes(raw)
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(["tar", "-xf", str(tmp_path / "t.tar"), "-C", str(gnu)], check=True,
+                   capture_output=True)
+    for rel in ("etc/x", "etc/x-link", "etc/abs-link", "usr/bin/tool"):
+        ours, theirs = os.lstat(dest / rel), os.lstat(gnu / rel)
+        assert (ours.st_mode, ours.st_size) == (theirs.st_mode, theirs.st_size), rel
+    assert os.readlink(dest / "etc/abs-link") == "/etc/x"
+    assert os.stat(dest / "etc/x").st_ino == os.stat(dest / "etc/x-link").st_ino
+    assert sorted(os.listdir(dest)) == ["etc", "usr"]
+    # the layer's tar comes back as it was, leading slashes and all
+    assert res.split and b"".join(tarsplit.replay(str(split), str(dest), "t")) == raw
+    assert str(res.diff_id) == sha256(raw)
