@@ -9,10 +9,17 @@ layers as `LayerBlob`s that open a stream of the blob on demand.
 - A directory or plain tar holding `oci-layout`/`index.json` is an OCI image
   layout: index.json → (nested indexes, platform chosen) → manifests →
   config and layers; every JSON blob is checked against its descriptor.
-- A directory or plain tar holding `manifest.json` is a `docker save` archive.
+- A directory or plain tar holding `manifest.json` is a `docker save` archive
+  (a list: docker, podman and skopeo docker-archive) or a containers/image
+  `dir:` (one manifest: podman save --format docker-dir).
+- One holding only `repositories` and `<id>/json`, `<id>/layer.tar` is a
+  docker archive of the legacy format.
+- A tar is an image archive by what its top level holds, wherever in it the
+  markers come (`_open_image_tar`); a compressed one by its first entry.
 - Anything else (plain, gzip or zstd) is one layer tar: a one-layer image
-  whose config the store writes once the diffID is known (`config is None`).
-  Several layer tars given together stack into one image, bottom first.
+  whose config the store writes once the diffID is known (`config is None`,
+  `config_for`).  Several layer tars given together stack into one image,
+  bottom first.
 
 Names inside archives are untrusted: blob paths come from validated digests;
 docker-archive paths are cleaned (`archive.clean_name`); a directory is read
@@ -27,6 +34,7 @@ import io
 import json
 import os
 import platform
+import posixpath
 import shutil
 import subprocess
 import tarfile
@@ -35,13 +43,15 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, ContextManager, Iterator
 
 from .archive import clean_name, detect_compression
-from .digest import Digest
+from .digest import Digest, check_id
 from .errors import BadArchive, BadReference, DigestMismatch, UnsafeArchive
 from .fsutil import open_beneath
 from .records import parse_image_name
 
 MAX_JSON = 16 << 20
 MAX_INDEX_DEPTH = 8
+MAX_LINKS = 8              # symlinks followed inside an archive, one after another
+MAX_LEGACY_LAYERS = 1000
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
@@ -60,10 +70,13 @@ class LayerBlob:
 
 @dataclass(frozen=True)
 class ImageSource:
-    config: bytes | None                     # None: a bare layer tar
+    config: bytes | None                     # None: known once the diffIDs are
     layers: list[LayerBlob]
     names: list[str] = field(default_factory=list)
     manifest_digest: Digest | None = None
+    # the config of an image whose source has none, from its layers' diffIDs
+    config_for: Callable[[list[Digest]], bytes] = field(
+        default_factory=lambda: bare_layer_config)
 
     @property
     def diff_ids(self) -> list[Digest] | None:
@@ -106,11 +119,15 @@ class _Dir:
         self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def exists(self, name: str) -> bool:
+        """Whether `name` is there; UnsafeArchive when reaching it would
+        follow a symlink."""
         try:
             os.close(open_beneath(self.fd, name))
             return True
-        except (OSError, UnsafeArchive):
+        except (FileNotFoundError, NotADirectoryError):
             return False
+        except OSError as e:
+            raise BadArchive(self.path, f"{name}: {e.strerror}") from None
 
     @contextlib.contextmanager
     def open(self, name: str) -> Iterator[BinaryIO]:
@@ -126,19 +143,27 @@ class _Dir:
 
 
 class _Tar:
-    def __init__(self, path: str):
+    """An uncompressed tar read as a container: its members indexed by name
+    (headers only: data is seeked over, never read into memory)."""
+
+    def __init__(self, path: str, tf: tarfile.TarFile, members: dict[str, tarfile.TarInfo]):
         self.path = path
-        try:
-            self.tf = tarfile.open(path, "r:")
-            self.members = {}
-            for m in self.tf.getmembers():
-                key = "/".join(p for p in m.name.split("/") if p not in ("", "."))
-                self.members[key] = m
-        except (tarfile.TarError, EOFError) as e:
-            raise BadArchive(path, f"invalid tar ({e})") from None
+        self.tf = tf
+        self.members = members
 
     def _member(self, name: str) -> tarfile.TarInfo | None:
-        return self.members.get("/".join(clean_name(name)))
+        """The member `name` is, following links inside the archive (podman's
+        `<id>/layer.tar` is a symlink to `../<digest>.tar`); never out of it."""
+        key = "/".join(clean_name(name))
+        for _ in range(MAX_LINKS):
+            m = self.members.get(key)
+            if m is None or not (m.issym() or m.islnk()):
+                return m
+            # a symlink is relative to its directory; a hard link to the root
+            base = posixpath.dirname(key) if m.issym() else ""
+            target = posixpath.normpath(posixpath.join("/", base, m.linkname))
+            key = "/".join(clean_name(target))
+        raise BadArchive(self.path, f"{name}: more than {MAX_LINKS} links")
 
     def exists(self, name: str) -> bool:
         return self._member(name) is not None
@@ -148,24 +173,79 @@ class _Tar:
         m = self._member(name)
         if m is None:
             raise BadArchive(self.path, f"missing {name}")
-        try:
-            f = self.tf.extractfile(m)
-        except (tarfile.TarError, KeyError) as e:
-            raise BadArchive(self.path, f"cannot read {name} ({e})") from None
-        if f is None:
+        if not m.isreg():
             raise BadArchive(self.path, f"{name} is not a file")
-        with f:
+        with self.tf.extractfile(m) as f:
             yield f
 
     def close(self) -> None:
         self.tf.close()
 
 
-_IMAGE_TOP = ("oci-layout", "index.json", "manifest.json", "repositories", "blobs")
+# What the top level of an image archive holds, and nothing else: docker save
+# (`manifest.json`, `repositories`, `<id>/`, `<config>.json`, since docker 25
+# also an OCI layout), podman and skopeo (`<digest>.tar` layers first,
+# `manifest.json` and `repositories` last), OCI archives (`oci-layout`,
+# `index.json`, `blobs/`).  A root filesystem holds other names (bin, etc …).
+_ARCHIVE_MARKERS = ("manifest.json", "index.json", "repositories")
+_ARCHIVE_NAMES = _ARCHIVE_MARKERS + ("oci-layout", "blobs")
+_HEX = frozenset("0123456789abcdef")
 
 
-def _looks_like_image_tar(path: str, compression: str | None) -> bool:
-    """A tar whose first entry is image-archive bookkeeping, not a rootfs."""
+def _archive_name(top: str) -> bool:
+    """Whether `top`, a name at an archive's top level, is one an image archive has."""
+    if top in _ARCHIVE_NAMES:
+        return True
+    stem = top.removesuffix(".json").removesuffix(".tar")
+    return len(stem) == 64 and set(stem) <= _HEX
+
+
+def _top(name: str) -> str | None:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return parts[0] if parts else None
+
+
+def _open_image_tar(path: str) -> _Tar | None:
+    """The uncompressed tar at `path` as an image archive, or None for a layer.
+
+    An image archive is a tar whose top level holds only names an image
+    archive has (`_archive_name`), wherever in it `manifest.json` or
+    `index.json` comes.  The first other name makes it a layer tar and ends
+    the scan (a root filesystem shows one in its first entries); an archive is
+    indexed to its end, a header at a time.  Archive names without
+    `manifest.json`, `index.json` or `repositories` are refused, never taken
+    for a layer.  A tar that does not parse is left to the layer extraction,
+    which names what is wrong with it."""
+    try:
+        tf = tarfile.open(path, "r:")
+    except (tarfile.TarError, EOFError, OSError):
+        return None
+    members: dict[str, tarfile.TarInfo] = {}
+    try:
+        for m in tf:
+            top = _top(m.name)
+            if top is None:
+                continue
+            if not _archive_name(top):
+                tf.close()
+                return None
+            members["/".join(p for p in m.name.split("/") if p not in ("", "."))] = m
+    except (tarfile.TarError, EOFError, OSError):
+        tf.close()
+        return None
+    if not members:
+        tf.close()
+        return None
+    if not any(marker in members for marker in _ARCHIVE_MARKERS):
+        tf.close()
+        raise BadArchive(path, "an image archive without manifest.json, index.json "
+                               "or repositories")
+    return _Tar(path, tf, members)
+
+
+def _compressed_image_tar(path: str, compression: str) -> bool:
+    """Whether the compressed tar at `path` starts as an image archive does:
+    reading it all to find out would cost a layer import a second pass."""
     try:
         if compression == "zstd":
             exe = shutil.which("zstd")
@@ -183,14 +263,8 @@ def _looks_like_image_tar(path: str, compression: str | None) -> bool:
             first = tf.next()
     except (tarfile.TarError, EOFError, OSError, zlib.error):
         return False
-    if first is None:
-        return False
-    top = [p for p in first.name.split("/") if p not in ("", ".")]
-    if not top:
-        return False
-    head = top[0]
-    return head in _IMAGE_TOP or (len(head) in (64, 69) and all(
-        c in "0123456789abcdef" for c in head[:64]))
+    top = _top(first.name) if first is not None else None
+    return top is not None and _archive_name(top)
 
 
 @contextlib.contextmanager
@@ -212,22 +286,27 @@ def open_source(path: str | list[str]) -> Iterator[list[ImageSource]]:
         except OSError as e:
             raise BadArchive(path, e.strerror or str(e)) from None
         compression = detect_compression(head)
-        if not _looks_like_image_tar(path, compression):
+        if compression:
+            if _compressed_image_tar(path, compression):
+                raise BadArchive(path, f"a {compression}-compressed image archive; "
+                                       "decompress it first")
+            container = None
+        else:
+            container = _open_image_tar(path)
+        if container is None:
             yield [_bare_layers([path])]
             return
-        if compression:
-            raise BadArchive(path, f"a {compression}-compressed image archive; "
-                                   "decompress it first")
-        container = _Tar(path)
     try:
-        if container.exists("index.json") and container.exists("oci-layout"):
+        oci = container.exists("index.json")
+        docker = container.exists("manifest.json")
+        if oci and (not docker or container.exists("oci-layout")):
             yield _oci_layout(container)
-        elif container.exists("manifest.json"):
-            yield _docker_archive(container)
-        elif isinstance(container, _Dir):
-            raise BadArchive(path, "neither an OCI image layout nor a docker archive")
+        elif docker:
+            yield _docker_manifest(container)
+        elif container.exists("repositories"):
+            yield _legacy_archive(container)
         else:
-            raise BadArchive(path, "an image archive without index.json or manifest.json")
+            raise BadArchive(path, "neither an OCI image layout nor a docker archive")
     finally:
         container.close()
 
@@ -345,11 +424,14 @@ def _names_of(desc) -> list[str]:
 
 
 def _from_manifest(container, manifest, digest: Digest | None, names: list[str],
-                   where: str) -> ImageSource:
+                   where: str, blob_name: Callable[[Digest], str] = _blob_name
+                   ) -> ImageSource:
+    """The image an OCI or docker v2 manifest describes; `blob_name` is where
+    the container keeps a blob (`blobs/sha256/<hex>`, or `<hex>` in a `dir:`)."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
         raise BadArchive(where, "manifest has no layers list")
     cdigest = _descriptor_digest(manifest.get("config"), where)
-    config, _ = _read_json_blob(container, _blob_name(cdigest), cdigest, where)
+    config, _ = _read_json_blob(container, blob_name(cdigest), cdigest, where)
     diff_ids = config_diff_ids(config, f"{where}: config {cdigest}")
     descs = manifest["layers"]
     if len(descs) != len(diff_ids):
@@ -359,9 +441,10 @@ def _from_manifest(container, manifest, digest: Digest | None, names: list[str],
     for desc, diff_id in zip(descs, diff_ids):
         d = _descriptor_digest(desc, where)
         size = desc.get("size")
-        layers.append(LayerBlob(where=f"{_blob_name(d)}", digest=d, diff_id=diff_id,
+        name = _present(container, blob_name(d), "the manifest", where)
+        layers.append(LayerBlob(where=name, digest=d, diff_id=diff_id,
                                 size=size if isinstance(size, int) else None,
-                                open=_opener(container, _blob_name(d))))
+                                open=_opener(container, name)))
     return ImageSource(config=config, layers=layers, names=names, manifest_digest=digest)
 
 
@@ -369,12 +452,31 @@ def _opener(container, name: str):
     return lambda: container.open(name)
 
 
+def _present(container, name: str, named_by: str, where: str) -> str:
+    """`name`, which `named_by` lists, when the container holds it: a missing
+    layer is found before any is imported."""
+    if not container.exists(name):
+        raise BadArchive(where, f"{named_by} lists {name}, which the archive lacks")
+    return name
+
+
 # -- docker save archive ----------------------------------------------------------
 
 
-def _docker_archive(container) -> list[ImageSource]:
+def _docker_manifest(container) -> list[ImageSource]:
+    """`manifest.json`: a list of images (docker save, podman and skopeo
+    docker-archive), or one image manifest (containers/image's `dir:`, podman
+    save --format docker-dir, with `<hex>` blobs beside it)."""
     where = container.path
-    _, manifest = _read_json_blob(container, "manifest.json", None, where)
+    raw, manifest = _read_json_blob(container, "manifest.json", None, where)
+    if isinstance(manifest, dict):
+        return [_from_manifest(container, manifest, Digest.of_bytes(raw), [], where,
+                               blob_name=lambda d: d.hex)]
+    return _docker_archive(container, manifest)
+
+
+def _docker_archive(container, manifest) -> list[ImageSource]:
+    where = container.path
     if not isinstance(manifest, list) or not manifest:
         raise BadArchive(where, "manifest.json is not a non-empty list")
     images = []
@@ -393,17 +495,95 @@ def _docker_archive(container) -> list[ImageSource]:
         for name, diff_id in zip(entry["Layers"], diff_ids):
             if not isinstance(name, str):
                 raise BadArchive(where, "layer path is not a string")
-            name = "/".join(clean_name(name))
+            name = _present(container, "/".join(clean_name(name)), "manifest.json", where)
             layers.append(LayerBlob(where=name, open=_opener(container, name),
                                     digest=_digest_in_name(name), diff_id=diff_id))
-        names = []
-        for tag in entry.get("RepoTags") or []:
-            try:
-                names.append(parse_image_name(tag))
-            except BadReference:
-                pass
+        names = _image_names(entry.get("RepoTags") or [])
         images.append(ImageSource(config=config, layers=layers, names=names))
     return images
+
+
+def _image_names(tags) -> list[str]:
+    """The well-formed names among `tags`, parsed (others are skipped)."""
+    names = []
+    for tag in tags:
+        try:
+            names.append(parse_image_name(tag))
+        except BadReference:
+            pass
+    return names
+
+
+# -- legacy docker archive: repositories and <id>/{json,layer.tar} ----------------------
+
+
+def _legacy_archive(container) -> list[ImageSource]:
+    """The archive of docker before 1.10: `repositories` maps names to the id
+    of an image's top layer, each `<id>/json` names its parent; no config, no
+    diffIDs.  The config is made once the layers' diffIDs are known
+    (`legacy_config`), so the image id is ours, not the v1 id."""
+    where = container.path
+    _, repos = _read_json_blob(container, "repositories", None, where)
+    if not isinstance(repos, dict):
+        raise BadArchive(where, "repositories is not an object")
+    tops: dict[str, list[str]] = {}
+    for repo, tags in repos.items():
+        if not isinstance(tags, dict):
+            raise BadArchive(where, f"repositories: {repo!r} is not an object")
+        for tag, top in tags.items():
+            names = tops.setdefault(_v1_id(top, where), [])
+            names += [n for n in _image_names([f"{repo}:{tag}"]) if n not in names]
+    if not tops:
+        raise BadArchive(where, "repositories names no image")
+    images = []
+    for top, names in tops.items():
+        docs = []                              # top layer first
+        layer_id: str | None = top
+        while layer_id is not None:
+            if len(docs) >= MAX_LEGACY_LAYERS or layer_id in (d["id"] for d in docs):
+                raise BadArchive(where, f"layer {layer_id}: parent chain loops or is "
+                                        f"longer than {MAX_LEGACY_LAYERS}")
+            _, doc = _read_json_blob(container, _present(container, f"{layer_id}/json",
+                                                         "repositories", where), None, where)
+            if not isinstance(doc, dict):
+                raise BadArchive(where, f"{layer_id}/json is not an object")
+            docs.append({**doc, "id": layer_id})
+            parent = doc.get("parent")
+            layer_id = _v1_id(parent, where) if parent else None
+        docs.reverse()
+        layers = []
+        for doc in docs:
+            name = _present(container, f"{doc['id']}/layer.tar", f"{doc['id']}/json", where)
+            layers.append(LayerBlob(where=name, open=_opener(container, name)))
+        images.append(ImageSource(config=None, layers=layers, names=names,
+                                  config_for=lambda ids, docs=docs: legacy_config(docs, ids)))
+    return images
+
+
+def _v1_id(value, where: str) -> str:
+    try:
+        return check_id(value)
+    except BadReference:
+        raise BadArchive(where, f"invalid layer id {value!r}") from None
+
+
+def legacy_config(docs: list[dict], diff_ids: list[Digest]) -> bytes:
+    """The image config docker makes when loading a legacy archive: the top
+    layer's v1 JSON less its v1 fields, with `rootfs` and one `history` entry
+    per layer (`docs` bottom first); keys sorted, compact."""
+    config = {k: v for k, v in docs[-1].items()
+              if k not in ("id", "parent", "Size", "parent_id", "layer_id", "throwaway")}
+    history = []
+    for doc in docs:
+        cmd = (doc.get("container_config") or {}).get("Cmd") \
+            if isinstance(doc.get("container_config"), dict) else None
+        entry = {"created": doc.get("created"), "author": doc.get("author"),
+                 "created_by": " ".join(cmd) if isinstance(cmd, list) else None,
+                 "comment": doc.get("comment")}
+        history.append({k: v for k, v in entry.items() if v})
+    config["rootfs"] = {"type": "layers", "diff_ids": [str(d) for d in diff_ids]}
+    config["history"] = history
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _digest_in_name(name: str) -> Digest | None:

@@ -56,7 +56,7 @@ from .ociwriter import (CONFIG, LAYER_TAR, MANIFEST, REF_NAME, canonical_json, d
 from .layout import check_volume_name
 from .records import (Container, Image, Layer, MountSpec, Volume, check_container_name,
                       parse_image_name, parse_tmpfs_spec, parse_volume_spec, replace)
-from .source import ImageSource, LayerBlob, bare_layer_config, open_source
+from .source import ImageSource, LayerBlob, open_source
 from .volumes import VolumeStore
 from .registry import parking
 from .registry.blobinfo import BlobInfoCache
@@ -499,7 +499,7 @@ class Store:
             parent = layer_id
             if progress:
                 progress.layer_done(layer)
-        config = bare_layer_config([layer.diff_id for layer, _ in staged])
+        config = src.config_for([layer.diff_id for layer, _ in staged])
         image_id = Digest.of_bytes(config).hex
         with self.lock:
             for layer, path in staged:

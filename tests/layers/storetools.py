@@ -211,6 +211,54 @@ def docker_archive(dest, layers: list[bytes], repo_tags=(), as_tar: bool = True)
     return BuiltImage(dest, diff_ids, chain_ids(diff_ids), cdigest)
 
 
+def podman_archive(dest, layers: list[bytes], repo_tags=(), omit=()) -> BuiltImage:
+    """A docker-archive as podman and skopeo write it: the layers as
+    `<diffID>.tar` first, then the config, per layer a legacy `<v1 id>/`
+    (`layer.tar` a symlink to `../<diffID>.tar`, `json`, `VERSION`), and last
+    `manifest.json` and `repositories`.  Members named in `omit` are left out
+    (without `manifest.json` it is an archive of the legacy format)."""
+    dest = Path(dest)
+    diff_ids = [sha256(raw) for raw in layers]
+    config = _config(diff_ids)
+    cdigest = sha256(config)
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+
+    def add(name: str, data: bytes | None = None, link: str | None = None) -> None:
+        ti = tarfile.TarInfo(name)
+        if link is not None:
+            ti.type, ti.linkname = tarfile.SYMTYPE, link
+        else:
+            ti.size, ti.mode = len(data), 0o444
+        members.append((ti, data))
+
+    for raw, d in zip(layers, diff_ids):
+        add(f"{d[7:]}.tar", raw)
+    add(f"{cdigest[7:]}.json", config)
+    parent = None
+    for i, d in enumerate(diff_ids):
+        v1 = sha256(f"{parent} {d}".encode())[7:]
+        doc = {"id": v1, **({"parent": parent} if parent else {})}
+        if i == len(diff_ids) - 1:
+            doc.update({k: v for k, v in json.loads(config).items() if k != "rootfs"})
+        add(f"{v1}/layer.tar", link=f"../{d[7:]}.tar")
+        add(f"{v1}/VERSION", b"1.0")
+        add(f"{v1}/json", json.dumps(doc).encode())
+        parent = v1
+    add("manifest.json", json.dumps([{"Config": f"{cdigest[7:]}.json",
+                                      "RepoTags": list(repo_tags),
+                                      "Layers": [f"{d[7:]}.tar" for d in diff_ids]}]).encode())
+    repos: dict = {}
+    for tag in repo_tags:
+        repo, _, t = tag.rpartition(":")
+        repos.setdefault(repo, {})[t] = parent
+    add("repositories", json.dumps(repos).encode())
+    with tarfile.open(dest, "w") as tf:
+        for ti, data in members:
+            if ti.name not in omit:
+                tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return BuiltImage(dest, diff_ids, chain_ids(diff_ids), cdigest)
+
+
 # -- a store under test ------------------------------------------------------------------
 
 @dataclass
@@ -470,7 +518,8 @@ def wait_until(cond, timeout: float = 10.0, interval: float = 0.02) -> bool:
 
 
 __all__ = ["TarEntry", "file", "directory", "symlink", "hardlink", "tar_bytes", "make_tar",
-           "compress", "sha256", "chain_ids", "oci_layout", "docker_archive", "StoreEnv",
+           "compress", "sha256", "chain_ids", "oci_layout", "docker_archive",
+           "podman_archive", "StoreEnv",
            "store_env", "tree_snapshot", "wait_until", "mount_fstype", "unmount_under",
            "driver_skip_reason", "LAYERS_EXE", "NOBODY", "nobody_dir", "run_as_nobody"]
 

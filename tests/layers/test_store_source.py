@@ -1,12 +1,17 @@
+import gzip
+import io
 import json
 import os
+import tarfile
 
 import pytest
 
+from layers.digest import Digest
 from layers.errors import BadArchive, DigestMismatch, UnsafeArchive
-from layers.source import open_source
+from layers.source import legacy_config, open_source
 
-from storetools import docker_archive, file, make_tar, oci_layout, sha256, tar_bytes
+from storetools import (directory, docker_archive, file, make_tar, oci_layout, podman_archive,
+                        sha256, tar_bytes)
 
 L1 = tar_bytes([file("etc/os-release", "ID=test\n")])
 L2 = tar_bytes([file("app/run", "#!/bin/sh\n", mode=0o755)])
@@ -115,9 +120,9 @@ def test_symlinked_blob_in_a_directory_is_not_followed(tmp_path):
     blob = built.path / "blobs/sha256" / built.diff_ids[0][7:]
     blob.unlink()
     os.symlink(outside, blob)
-    with open_source(str(built.path)) as sources:
-        with pytest.raises(UnsafeArchive):
-            read_layers(sources[0])
+    with pytest.raises(UnsafeArchive):
+        with open_source(str(built.path)):
+            pass
 
 
 def test_not_an_image_dir(tmp_path):
@@ -147,3 +152,87 @@ def test_a_compressed_image_archive_is_not_taken_for_a_layer(tmp_path, compressi
             pass
     assert str(e.value) == (f"cannot read {packed}: a {compression}-compressed image "
                             "archive; decompress it first")
+
+
+def test_podman_docker_archive_with_its_manifest_last(tmp_path):
+    built = podman_archive(tmp_path / "img.tar", [L1, L2], repo_tags=["localhost/app:1"])
+    with open_source(str(built.path)) as sources:
+        (src,) = sources
+        assert src.names == ["localhost/app:1"]
+        assert [str(d) for d in src.diff_ids] == built.diff_ids
+        assert read_layers(src) == [L1, L2]
+
+
+def test_legacy_archive_has_only_repositories_and_layer_dirs(tmp_path):
+    built = podman_archive(tmp_path / "img.tar", [L1, L2], repo_tags=["localhost/app:1"],
+                           omit=("manifest.json",))
+    with open_source(str(built.path)) as sources:
+        (src,) = sources
+        assert src.config is None and src.names == ["localhost/app:1"]
+        assert read_layers(src) == [L1, L2]     # bottom first, through the symlinks
+        config = json.loads(src.config_for([Digest(d[7:]) for d in built.diff_ids]))
+    assert config["rootfs"] == {"type": "layers", "diff_ids": built.diff_ids}
+    assert config["config"]["Cmd"] == ["/bin/sh"]     # the top layer's v1 JSON
+    assert "id" not in config and "parent" not in config
+
+
+def test_an_archive_that_lacks_a_layer_its_manifest_lists_is_refused(tmp_path):
+    built = podman_archive(tmp_path / "img.tar", [L1, L2])
+    name = built.diff_ids[1][7:] + ".tar"
+    lacking = podman_archive(tmp_path / "lacking.tar", [L1, L2], omit=(name,))
+    with pytest.raises(BadArchive) as e:
+        with open_source(str(lacking.path)):
+            pass
+    assert str(e.value) == (f"cannot read {lacking.path}: manifest.json lists {name}, "
+                            "which the archive lacks")
+
+
+def test_archive_names_without_a_manifest_are_refused_not_taken_for_a_layer(tmp_path):
+    built = podman_archive(tmp_path / "img.tar", [L1],
+                           omit=("manifest.json", "repositories"))
+    with pytest.raises(BadArchive) as e:
+        with open_source(str(built.path)):
+            pass
+    assert str(e.value) == (f"cannot read {built.path}: an image archive without "
+                            "manifest.json, index.json or repositories")
+
+
+def test_a_root_filesystem_holding_manifest_json_is_a_layer(tmp_path):
+    path = make_tar(tmp_path / "rootfs.tar", [file("manifest.json", "[]"),
+                                              file("repositories", "{}"), directory("bin")])
+    with open_source(str(path)) as sources:
+        (src,) = sources
+        assert src.config is None and len(src.layers) == 1
+
+
+def test_a_link_inside_an_archive_stays_inside(tmp_path):
+    # `<id>/layer.tar` pointing far above the archive's root resolves at its root
+    built = podman_archive(tmp_path / "img.tar", [L1], repo_tags=["app:1"],
+                           omit=("manifest.json",))
+    with tarfile.open(built.path) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isreg() else None)
+                   for m in tf.getmembers()]
+    with tarfile.open(tmp_path / "up.tar", "w") as tf:
+        for m, data in members:
+            if m.issym():
+                m.linkname = "../../../../" + m.linkname.removeprefix("../")
+            tf.addfile(m, io.BytesIO(data) if data is not None else None)
+    with open_source(str(tmp_path / "up.tar")) as sources:
+        assert read_layers(sources[0]) == [L1]
+
+
+def test_containers_image_dir_as_podman_saves_docker_dir(tmp_path):
+    built = oci_layout(tmp_path / "oci", [L1, L2], compression="gzip")
+    index = json.loads((built.path / "index.json").read_text())
+    mdigest = index["manifests"][0]["digest"][7:]
+    d = tmp_path / "dir"
+    d.mkdir()
+    for blob in (built.path / "blobs/sha256").iterdir():
+        os.link(blob, d / blob.name)
+    (d / "manifest.json").write_bytes((built.path / "blobs/sha256" / mdigest).read_bytes())
+    (d / "version").write_text("Directory Transport Version: 1.1\n")
+    with open_source(str(d)) as sources:
+        (src,) = sources
+        assert str(src.manifest_digest) == "sha256:" + mdigest
+        assert [str(x) for x in src.diff_ids] == built.diff_ids
+        assert [gzip.decompress(x) for x in read_layers(src)] == [L1, L2]
