@@ -79,6 +79,28 @@ def _limit_arg(parse, flag: str):
     return convert
 
 
+PRUNE_HELP = {   # command → (its help, that of -a)
+    "container": ("remove every unmounted container, with the changes it holds", None),
+    "image": ("remove dangling images (no name, no container)",
+              "every image no container uses"),
+    "system": ("remove unmounted containers, dangling images, with --volumes anonymous "
+               "volumes no container uses, then the layers nothing uses",
+               "every image no container uses, not only dangling ones"),
+}
+
+
+def _add_prune(parsers, prune: str, help: str, all_help: str | None) -> None:
+    c = parsers.add_parser("prune", help=help, description=help)
+    if all_help:
+        c.add_argument("-a", "--all", action="store_true", help=all_help)
+    if prune == "system":
+        c.add_argument("--volumes", action="store_true",
+                       help="also the anonymous volumes no container uses")
+    c.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")
+    c.add_argument("--dry-run", action="store_true", help="say what would go")
+    c.set_defaults(prune=prune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layers",
                                 description="Strata: content-addressed layer store",
@@ -151,7 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     groups["volume"] = v
     vsub = v.add_subparsers(dest="volume_command", metavar="COMMAND")
     c = vsub.add_parser("create", help="create a volume (a random name when none)")
-
     c.add_argument("name", nargs="?")
     c.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE")
     c = vsub.add_parser("ls", help="list volumes")
@@ -163,9 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("names", nargs="+")
     c.add_argument("-f", "--force", action="store_true",
                    help="also remove the containers using them")
-    c = vsub.add_parser("prune", help="remove unused anonymous volumes (-a: all unused)")
-    c.add_argument("-a", "--all", action="store_true")
-    c.add_argument("--dry-run", action="store_true")
+    _add_prune(vsub, "volume", "remove the anonymous volumes no container uses",
+               all_help="every volume no container uses, named ones too")
 
     c = sub.add_parser("ps", help="list containers")
     c.add_argument("-q", "--quiet", action="store_true", help="ids only")
@@ -217,13 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-v", "--verbose", action="store_true", help="per image, container, volume")
     c.add_argument("--format", choices=("table", "json"), default="table")
 
-    c = sub.add_parser("prune", help="remove what nothing uses: unmounted containers, "
-                                     "dangling images, anonymous volumes, debris")
-    c.add_argument("kind", nargs="?", choices=("images", "containers", "volumes"),
-                   help="only this kind")
-    c.add_argument("-a", "--all", action="store_true",
-                   help="images: every image no container uses; volumes: every unused one")
-    c.add_argument("--dry-run", action="store_true", help="say what would go")
+    # podman's prunes: `container|image|volume|system prune`, and `prune`
+    # for `system prune`; each asks first on a terminal
+    for name, what in (("container", "remove unmounted containers"),
+                       ("image", "remove unused images"),
+                       ("system", "remove what nothing uses (as `prune`)")):
+        g = sub.add_parser(name, help=f"{name} prune: {what}")
+        groups[name] = g
+        _add_prune(g.add_subparsers(dest=f"{name}_command", metavar="COMMAND"), name,
+                   *PRUNE_HELP[name])
+    _add_prune(sub, "system", *PRUNE_HELP["system"])
 
     c = sub.add_parser("check", help="compare records with the disk; exit 1 on problems")
     c.add_argument("--verify", action="store_true",
@@ -498,8 +521,7 @@ def _cmd_volume(store: Store, args) -> int:
             for line in store.volume_rm(name, force=args.force):
                 print(line)
     elif cmd == "prune":
-        _print_prune(store.prune(("volumes",), all=args.all, dry_run=args.dry_run),
-                     args.dry_run)
+        return _cmd_prune(store, args)
     return 0
 
 
@@ -594,12 +616,48 @@ def _print_prune(items: list[tuple[str, int | None]], dry_run: bool) -> None:
     print(f"{'would free' if dry_run else 'freed'} {units.size(freed)} ({freed} bytes)")
 
 
+def _prune_scope(args) -> tuple[tuple[str, ...], list[str]]:
+    """(kinds of records, what the question lists) of a prune command."""
+    every = getattr(args, "all", False)
+    containers = "all unmounted containers, with the changes they hold"
+    images = "all images no container uses" if every else "all dangling images"
+    volumes = "all volumes no container uses" if every and args.prune == "volume" \
+        else "all anonymous volumes no container uses"
+    if args.prune == "container":
+        return ("containers",), [containers]
+    if args.prune == "image":
+        return ("images",), [images]
+    if args.prune == "volume":
+        return ("volumes",), [volumes]
+    if args.volumes:
+        return ("containers", "images", "volumes"), [containers, images, volumes]
+    return ("containers", "images"), [containers, images]
+
+
+def _confirmed(what: list[str]) -> bool:
+    """podman's question, on the terminal; UsageError without one."""
+    if not sys.stdin.isatty():
+        raise UsageError("prune asks before it removes, and there is no terminal to "
+                         "ask on: use -f")
+    sys.stderr.write("WARNING! This command removes:\n"
+                     + "".join(f"  - {w}\n" for w in what)
+                     + "  - the layers nothing uses then\n"
+                     + "Are you sure you want to continue? [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
 def _cmd_prune(store: Store, args) -> int:
-    for line in store.repaired:
-        print(line)
-    kinds = (args.kind,) if args.kind else ("containers", "images", "volumes")
-    _print_prune(store.prune(kinds, all=args.all, dry_run=args.dry_run,
-                             debris=args.kind is None), args.dry_run)
+    """`container|image|volume|system prune` and `prune`: ask, then remove.
+    Stale lock files go with a system prune, silently: they are the store's
+    own debris, nothing a user made."""
+    kinds, what = _prune_scope(args)
+    if not (args.force or args.dry_run) and not _confirmed(what):
+        return 0
+    _print_prune(store.prune(kinds, all=getattr(args, "all", False), dry_run=args.dry_run),
+                 args.dry_run)
+    if args.prune == "system" and not args.dry_run:
+        store.remove_stale_locks()
     return 0
 
 
@@ -638,6 +696,7 @@ COMMANDS = {
     "check": _cmd_check, "reset": _cmd_reset, "commit": _cmd_commit,
     "export": _cmd_export, "save": _cmd_save,
     "volume": _cmd_volume, "df": _cmd_df, "info": _cmd_info, "prune": _cmd_prune,
+    "container": _cmd_prune, "image": _cmd_prune, "system": _cmd_prune,
     "bundle": _cmd_bundle, "analyze": _cmd_analyze,
 }
 COMMANDS.update(registrycmd.COMMANDS)

@@ -1209,19 +1209,16 @@ class Store:
         return gc.disk_usage(snap, _measure, self._writable_usage)
 
     def prune(self, kinds: tuple[str, ...] = gc.KINDS, all: bool = False,
-              dry_run: bool = False, debris: bool = False) -> list[tuple[str, int | None]]:
+              dry_run: bool = False) -> list[tuple[str, int | None]]:
         """Remove what `gc.plan_prune` plans, in one hold of the lock (records
         taken out, content moved into this command's staging dir), then measure
-        and delete the content outside the lock.  With `debris`, also stale
-        lock files in staging.  (label, bytes freed) per item; with `dry_run`,
-        what would be removed and the bytes it holds now."""
+        and delete the content outside the lock.  (label, bytes freed) per
+        item; with `dry_run`, what would be removed and the bytes it holds now."""
         with self._lease() as lease:
             done: list[tuple[gc.Removal, str | None]] = []
             with self.lock:
                 plan = gc.plan_prune(self._snapshot(), kinds, all,
                                      all_volumes=all and kinds == ("volumes",))
-                if debris:
-                    plan += self._stale_locks()
                 for r in plan:
                     if dry_run:
                         done.append((r, self._content_path(r)))
@@ -1231,13 +1228,17 @@ class Store:
             return [(r.label, r.size if r.size is not None
                      else (_measure(path) if path else None)) for r, path in done]
 
-    def _stale_locks(self) -> list[gc.Removal]:
-        out = []
-        for name in sorted(os.listdir(self.paths.staging)):
-            if name.endswith(".lock") and not fsutil.flock_held(
-                    os.path.join(self.paths.staging, name)):
-                out.append(gc.Removal("lock", name, f"stale lock {name}", 0))
-        return out
+    def remove_stale_locks(self) -> list[str]:
+        """Remove the per-image and per-layer lock files in staging that no
+        command holds (imports leave one per image and layer); their names."""
+        removed = []
+        with self.lock:
+            for name in sorted(os.listdir(self.paths.staging)):
+                path = os.path.join(self.paths.staging, name)
+                if name.endswith(".lock") and not fsutil.flock_held(path):
+                    fsutil.remove_file(path)
+                    removed.append(name)
+        return removed
 
     def _content_path(self, r: gc.Removal) -> str | None:
         if r.kind == "container":
@@ -1259,10 +1260,7 @@ class Store:
         if r.kind == "volume":
             self.volumes.begin_delete(self.volumes.load(r.key), lease.path, lease.token)
             return os.path.join(lease.path, "volume-" + r.key)
-        if r.kind == "layer":
-            self.layers.begin_delete(Digest(r.key), lease.path, lease.token)
-            return None
-        fsutil.remove_file(os.path.join(self.paths.staging, r.key))
+        self.layers.begin_delete(Digest(r.key), lease.path, lease.token)
         return None
 
     # -- whole store -------------------------------------------------------------

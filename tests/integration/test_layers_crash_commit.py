@@ -95,9 +95,9 @@ def test_kill_prune(container, tmp_path, point):
     run(env, "import", "-q", str(oci_layout(tmp_path / "other", [tar_bytes(
         [file("x", "x")])]).path), "--name", "other:1")
     run(env, "create", "other:1", "--name", "gone")
-    killed(env, point, "prune", "-a")
+    killed(env, point, "prune", "-a", "-f")
     clean(env)
-    out = run(env, "prune", "-a")
+    out = run(env, "prune", "-a", "-f")
     assert out.splitlines()[-1].startswith("freed ")
     assert run(env, "ps", "-q") == "" and run(env, "images", "-q") == ""
     assert layer_dirs(env) == set()
@@ -120,7 +120,7 @@ def test_prune_while_an_import_runs_spares_its_layers(store_env, tmp_path):
         assert wait_until(lambda: _stopped(p.pid), 30)
         assert env.ok("images", "-q").out == ""              # still in flight
         assert layer_dirs(env) == {built.chain_ids[0][7:]}
-        out = env.ok("prune", "-a").lines
+        out = env.ok("prune", "-a", "-f").lines
         assert not any(line.startswith(("removed layer", "removed image")) for line in out)
         assert not any("staging" in line for line in out)
         assert layer_dirs(env) == {built.chain_ids[0][7:]}

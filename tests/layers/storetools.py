@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -350,6 +351,40 @@ class StoreEnv:
                 undone.append(f"error: {e}")
         undone += unmount_under(self.tmp)
         return undone
+
+
+def run_on_terminal(argv: list[str], env: dict, answer: bytes | None = None,
+                    timeout: float = 60) -> tuple[int, str]:
+    """Run `argv` with stdin, stdout and stderr on a new pseudo-terminal (as
+    a user at a terminal runs it); type `answer` once a `[y/N]` question
+    shows.  (exit code, everything it wrote, CRs and all)."""
+    master, slave = os.openpty()
+    p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
+                         start_new_session=True)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], timeout)
+            if not ready:
+                raise TimeoutError(f"{argv} wrote nothing for {timeout}s: {out!r}")
+            try:
+                data = os.read(master, 65536)
+            except OSError:          # EIO: every writer of the terminal has gone
+                break
+            if not data:
+                break
+            out += data
+            if answer is not None and b"[y/N]" in out:
+                os.write(master, answer)
+                answer = None
+        p.wait(timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    return p.returncode, out.decode(errors="replace")
 
 
 def unmount_under(top: Path) -> list[str]:

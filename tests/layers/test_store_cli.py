@@ -10,7 +10,7 @@ import pytest
 
 from layers import fsutil
 
-from storetools import LAYERS_EXE, file, make_tar, oci_layout, tar_bytes
+from storetools import LAYERS_EXE, file, make_tar, oci_layout, run_on_terminal, tar_bytes
 
 
 @pytest.fixture
@@ -190,9 +190,9 @@ def test_commit_volume_df_prune_output(imported, monkeypatch):
     out = env.ok("prune", "--dry-run").lines
     assert out[0].startswith("would remove container web (")
     assert out[-1].startswith("would free ")
-    out = env.ok("prune").lines
+    out = env.ok("prune", "-f").lines
     assert out[0].startswith("removed container web (") and out[-1].startswith("freed ")
-    assert env.ok("volume", "prune", "-a").lines[0].startswith("removed volume data (")
+    assert env.ok("volume", "prune", "-a", "-f").lines[0].startswith("removed volume data (")
     assert env.ok("ps", "-q").out == "" and env.ok("volume", "ls", "-q").out == ""
 
 
@@ -261,3 +261,73 @@ def test_info_names_the_storage_conf_read(store_env, tmp_path):
     r = store_env.cli_proc("info", XDG_CONFIG_HOME=str(tmp_path / "nothing"))
     assert r.code == 0, r.err
     assert "storage.conf: none, defaults" in r.out.splitlines()
+
+
+# -- prune, as podman does it ---------------------------------------------------------
+
+@pytest.fixture
+def prunable(imported):
+    """An unmounted container with a change, a dangling image, an anonymous
+    and a named volume nothing uses."""
+    env, _ = imported
+    env.ok("create", "demo:1", "--name", "idle", "-v", "/anon")
+    mp = env.ok("mount", "idle").out.strip()
+    with open(os.path.join(mp, "uncommitted"), "w") as f:
+        f.write("work")
+    env.ok("umount", "idle")
+    env.ok("commit", "idle", "demo:2")
+    env.ok("tag", "demo:2", "demo:1")           # the old demo:1 is dangling now
+    env.ok("volume", "create", "named")
+    return env
+
+
+def test_prune_without_a_terminal_needs_force(prunable):
+    env = prunable
+    for args in (["prune"], ["system", "prune"], ["container", "prune"],
+                 ["image", "prune"], ["volume", "prune"]):
+        r = env.cli(*args)
+        assert (r.code, r.out, r.err) == (2, "", "layers: prune asks before it removes, and "
+                                                 "there is no terminal to ask on: use -f\n")
+    assert env.ok("ps", "-q").out != ""
+
+
+def test_prune_asks_on_a_terminal(prunable):
+    env = prunable
+    argv = [LAYERS_EXE] + env.args() + ["prune"]
+    code, out = run_on_terminal(argv, env.proc_env(), answer=b"n\n")
+    assert code == 0
+    assert "WARNING! This command removes:" in out
+    assert "all unmounted containers, with the changes they hold" in out
+    assert out.rstrip().endswith("Are you sure you want to continue? [y/N] n")
+    assert env.ok("ps", "-q").out != ""
+    code, out = run_on_terminal(argv, env.proc_env(), answer=b"y\n")
+    assert code == 0 and "removed container idle (" in out
+    assert env.ok("ps", "-q").out == ""
+
+
+def test_prune_subcommands_remove_what_podman_s_do(prunable):
+    env = prunable
+    assert [line.split(" (")[0] for line in env.ok("container", "prune", "-f").lines[:-1]] \
+        == ["removed container idle"]
+    removed = env.ok("image", "prune", "-f").lines
+    assert removed[0].startswith("removed image ") and "(<none>)" in removed[0]
+    assert env.ok("images", "-q").out != ""                   # demo:1 and demo:2 stay
+    anon = [v for v in env.ok("volume", "ls", "-q").lines if v != "named"]
+    assert env.ok("volume", "prune", "-f").lines[0].startswith(f"removed volume {anon[0]} (")
+    assert env.ok("volume", "ls", "-q").lines == ["named"]
+    assert env.ok("image", "prune", "-a", "-f").lines[0].startswith("removed image ")
+    assert env.ok("images", "-q").out == ""
+    assert env.ok("system", "prune", "-a", "-f", "--volumes").lines == ["freed 0B (0 bytes)"]
+    assert env.ok("volume", "ls", "-q").lines == ["named"]    # only volume prune -a takes it
+
+
+def test_system_prune_leaves_volumes_without_the_flag_and_says_nothing_of_locks(prunable):
+    env = prunable
+    staging = env.root / "staging"
+    (staging / ("b" * 64 + ".lock")).write_bytes(b"")       # as an import leaves one
+    out = env.ok("system", "prune", "-a", "-f").lines
+    assert not any("lock" in line or "volume" in line for line in out), out
+    assert not any(n.endswith(".lock") for n in os.listdir(staging))
+    assert len(env.ok("volume", "ls", "-q").lines) == 2
+    out = env.ok("prune", "-f", "--volumes").lines
+    assert [line.split(" (")[0].split()[1] for line in out[:-1]] == ["volume"]
