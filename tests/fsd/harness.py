@@ -143,6 +143,21 @@ class fails:
         return True
 
 
+def holds_no_data(path) -> bool:
+    """Whether a real file is all hole (a metadata-only copy): SEEK_DATA finds
+    nothing.  (Its st_blocks need not be 0: xattrs may take a block.)"""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.lseek(fd, 0, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return True
+        raise
+    finally:
+        os.close(fd)
+    return False
+
+
 def _b(name) -> bytes:
     return os.fsencode(name) if not isinstance(name, bytes) else name
 
