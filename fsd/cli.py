@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-from importlib import metadata
 
 from .params import ParamError, parse_options
 
@@ -33,6 +32,9 @@ Options (-o):
 
 
 def version() -> str:
+    # imported here: importlib.metadata costs a mount's start ~20 ms for a line
+    # only --version prints
+    from importlib import metadata
     try:
         return metadata.version("strata")
     except metadata.PackageNotFoundError:
