@@ -3,8 +3,8 @@
 Levels (a module imports only from lower ones; tests/layers/test_store_levels.py
 checks it):
 
-0  units, errors, digest, layout   sizes and ages for people; kinds of failure,
-                                   identity, the on-disk tree
+0  units, progress,               sizes and ages for people; progress on a terminal;
+   errors, digest, layout          kinds of failure, identity, the on-disk tree
 1  fsutil, records, config,        atomic writes, locks, leases; records; storage.conf;
    fsprobe                         the filesystem under the store (mounts, xattrs, d_type)
    tarsplit                        what rebuilds a layer's exact tar from its dir

@@ -1,6 +1,6 @@
 """`layers`: the command line of the store.
 
-Level 6: imports `store`, `config`, `errors`.
+Level 6: imports `store`, `config`, `errors`, `units`, `progress`.
 
 Every user error prints one line `layers: MESSAGE` on stderr and exits
 non-zero (2 for bad usage or references, 1 otherwise); a traceback only with
@@ -14,60 +14,15 @@ import argparse
 import json
 import os
 import sys
-import time
 import traceback
 from importlib import metadata
 
 from . import config as configmod
-from . import units
+from . import progress, units
 from .errors import ConfigError, LayersError, UsageError
 from .records import Layer
 from .registry import command as registrycmd
 from .store import Store
-
-
-class TerminalProgress:
-    """Bytes, layers and rate on one refreshed stderr line; silent for quick
-    imports (nothing shown before `delay` seconds)."""
-
-    def __init__(self, stream=sys.stderr, delay: float = 0.5):
-        self.stream = stream
-        self.delay = delay
-        self.start = time.monotonic()
-        self.shown = False
-        self.index = self.total = 0
-        self.layer_total = 0
-        self.done_bytes = 0
-        self.current = 0
-        self.last = 0.0
-
-    def layer_start(self, index: int, total: int, where: str, size: int | None) -> None:
-        self.index, self.total, self.current = index, total, 0
-
-    def layer_bytes(self, nbytes: int) -> None:
-        self.current = nbytes
-        now = time.monotonic()
-        if now - self.start < self.delay or now - self.last < 0.1:
-            return
-        self.last = now
-        total = self.done_bytes + self.current
-        rate = total / max(now - self.start, 1e-6)
-        self.stream.write(f"\rimporting layer {self.index + 1}/{self.total}: "
-                          f"{units.size(total)} at {units.size(rate)}/s   ")
-        self.stream.flush()
-        self.shown = True
-
-    def layer_done(self, layer: Layer | None) -> None:
-        self.done_bytes += self.current
-        self.current = 0
-
-    def finish(self) -> None:
-        if self.shown:
-            elapsed = time.monotonic() - self.start
-            self.stream.write(f"\rimported {self.total} layer(s), "
-                              f"{units.size(self.done_bytes)} in {elapsed:.1f}s"
-                              + " " * 20 + "\n")
-            self.stream.flush()
 
 
 def _limit_arg(parse, flag: str):
@@ -212,11 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
                                       "as one layer (SOURCE_DATE_EPOCH clamps times)")
     c.add_argument("container")
     c.add_argument("name", nargs="?", metavar="NAME[:TAG]")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
     c = sub.add_parser("export", help="a tar of a container's merged tree, or of one "
                                       "layer's changeset")
     c.add_argument("ref", metavar="CONTAINER|LAYER")
     c.add_argument("-o", "--output", required=True, metavar="FILE")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
     c = sub.add_parser("save", help="write an image as an OCI image layout")
     c.add_argument("image")
@@ -224,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a directory (existing, or ending with /) or a tar file")
     c.add_argument("--format", choices=("oci-dir", "oci-archive"),
                    help="directory or tar, whatever the name of the output")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
     registrycmd.add_parsers(sub)
 
@@ -331,12 +289,8 @@ def _run(args) -> int:
 
 
 def _cmd_import(store: Store, args) -> int:
-    progress = None
-    if not args.quiet and sys.stderr.isatty():
-        progress = TerminalProgress()
-    images = store.import_path(args.paths, name=args.name, progress=progress)
-    if progress:
-        progress.finish()
+    display = progress.for_terminal("importing", args.quiet)
+    images = store.import_path(args.paths, name=args.name, progress=display)
     for image in images:
         print(image.id)
     return 0
@@ -470,7 +424,9 @@ def _cmd_bundle(store: Store, args) -> int:
 
 
 def _cmd_commit(store: Store, args) -> int:
-    print(store.commit(args.container, args.name, epoch=source_date_epoch()).id)
+    display = progress.for_terminal("committing", args.quiet)
+    print(store.commit(args.container, args.name, epoch=source_date_epoch(),
+                       progress=display).id)
     return 0
 
 
@@ -480,13 +436,15 @@ def _warn(lines: list[str]) -> None:
 
 
 def _cmd_export(store: Store, args) -> int:
-    _warn(store.export(args.ref, args.output, epoch=source_date_epoch()))
+    display = progress.for_terminal("exporting", args.quiet)
+    _warn(store.export(args.ref, args.output, epoch=source_date_epoch(), progress=display))
     return 0
 
 
 def _cmd_save(store: Store, args) -> int:
     as_tar = None if args.format is None else args.format == "oci-archive"
-    _warn(store.save(args.image, args.output, as_tar=as_tar))
+    display = progress.for_terminal("saving", args.quiet)
+    _warn(store.save(args.image, args.output, as_tar=as_tar, progress=display))
     return 0
 
 

@@ -24,7 +24,7 @@ import secrets
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import BinaryIO, Callable, Iterator
 
 from . import fsutil, layout
 from . import check as checkmod
@@ -51,6 +51,7 @@ from .errors import (BadArchive, BadReference, ContainerBusy, ContainerMounted,
 from .imagestore import ImageStore, committed_config
 from .layerstore import LayerStore
 from .mounts import MountEntry, MountRegistry
+from .progress import Progress, counted_chunks, counted_entries
 from .ociwriter import (CONFIG, LAYER_TAR, MANIFEST, REF_NAME, canonical_json, descriptor,
                         open_layout)
 from .layout import check_volume_name
@@ -69,12 +70,6 @@ from .registry.upload import PushedBlob
 DRIVERS = ("fuse", "overlay", "vfs", "btrfs")
 CONFIGURED = "configured (--driver or storage.conf driver)"
 RECORDED = "recorded in strata.json when the store was created"
-
-
-class Progress(Protocol):
-    def layer_start(self, index: int, total: int, where: str, size: int | None) -> None: ...
-    def layer_bytes(self, nbytes: int) -> None: ...
-    def layer_done(self, layer: Layer | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -446,11 +441,12 @@ class Store:
         diff = os.path.join(staged, "diff")
         os.makedirs(diff, mode=0o755)
         options = self._extract_options()
-        if progress:
-            progress.layer_start(index, total, blob.where, blob.size)
         what = f"layer {index + 1}/{total} ({blob.where})"
         try:
             with blob.open() as f:
+                if progress:
+                    progress.layer_start(index, total, blob.where,
+                                         blob.size if blob.size is not None else _remaining(f))
                 result = extract_layer(f, diff, options, where=blob.where,
                                        on_progress=progress.layer_bytes if progress else None,
                                        split_path=os.path.join(staged, layout.SPLIT))
@@ -1010,7 +1006,7 @@ class Store:
             raise ContainerBusy(c.name, "a commit is reading it")
 
     def commit(self, ref: str, name: str | None = None,
-               epoch: int | None = None) -> Image:
+               epoch: int | None = None, progress: Progress | None = None) -> Image:
         """A new image: the container's image plus one layer of its changes.
 
         The container must be unmounted (ContainerMounted); it is marked busy
@@ -1034,7 +1030,7 @@ class Store:
                     raise ImageUnknown(c.image)
                 self.containers.save(c.id, replace(c, lease=lease.token))
             try:
-                return self._commit(c, image, names, epoch, lease)
+                return self._commit(c, image, names, epoch, lease, progress)
             finally:
                 with self.lock:
                     now = self.containers.load(c.id)
@@ -1042,18 +1038,22 @@ class Store:
                         self.containers.save(c.id, replace(now, lease=None))
 
     def _commit(self, c: Container, image: Image, names: list[str], epoch: int | None,
-                lease: fsutil.Lease) -> Image:
+                lease: fsutil.Lease, progress: Progress | None) -> Image:
         staged = os.path.join(lease.path, "commit")
         diff = os.path.join(staged, "diff")
         os.makedirs(diff, mode=0o755)
         cdir = self.containers.container_dir(c.id)
+        if progress:
+            progress.layer_start(0, 1, c.name, None)
         try:
             entries = self.driver.changeset(cdir, self._lowers_of(c), epoch)
-            result = build_layer(entries, diff, self._extract_options(),
-                                 os.path.join(staged, layout.SPLIT))
+            result = build_layer(counted_entries(entries, progress), diff,
+                                 self._extract_options(), os.path.join(staged, layout.SPLIT))
         except UpperNeedsLower as e:
             raise DriverError(self.driver.name, f"{e.path} {e.what}: its content is in a "
                               "lower layer; mount without that option to commit") from None
+        if progress:
+            progress.layer_done(c)
         fsutil.crash_point("commit-built")
         parent = image.top_layer
         layer_id = chain_ids([result.diff_id] if parent is None
@@ -1116,10 +1116,12 @@ class Store:
                         f"anew, with diffID {digest} instead of {layer.diff_id}")
         return digest, size, lambda: _file_chunks(path)
 
-    def export(self, ref: str, path: str, epoch: int | None = None) -> list[str]:
+    def export(self, ref: str, path: str, epoch: int | None = None,
+               progress: Progress | None = None) -> list[str]:
         """Write a tar to `path`: a container's merged tree (mounted for the
         time it takes, unless it is already), or one layer's changeset, byte
-        for byte the tar it was made from.  Returns warnings."""
+        for byte the tar it was made from.  `progress` hears of the content
+        bytes (a tree) or tar bytes (a layer) written.  Returns warnings."""
         warnings: list[str] = []
         try:
             c = self.containers.resolve(ref)
@@ -1128,8 +1130,13 @@ class Store:
         if c is not None:
             mountpoint = self.mount(c.id)
             try:
+                if progress:
+                    progress.layer_start(0, 1, c.name, None)
                 with fsutil.atomic_file(path) as f:
-                    write_tar(tree_entries(mountpoint, markers=False, epoch=epoch), f)
+                    write_tar(counted_entries(tree_entries(mountpoint, markers=False,
+                                                           epoch=epoch), progress), f)
+                if progress:
+                    progress.layer_done(c)
             finally:
                 self.umount(c.id)
             return warnings
@@ -1138,17 +1145,22 @@ class Store:
             raise NotFound(ref)
         with self._lease() as lease, self._pinned((layer.id,), lease):
             digest, size, chunks = self._layer_tar(layer, lease, warnings)
+            if progress:
+                progress.layer_start(0, 1, str(layer.id), size)
             with fsutil.atomic_file(path) as f:
                 h = hashlib.sha256()
-                for data in chunks():
+                for data in counted_chunks(chunks(), progress):
                     h.update(data)
                     f.write(data)
                 if Digest(h.hexdigest()) != digest:
                     raise DigestMismatch(f"layer {layer.id.short}", str(digest),
                                          f"sha256:{h.hexdigest()}")
+            if progress:
+                progress.layer_done(layer)
         return warnings
 
-    def save(self, ref: str, path: str, as_tar: bool | None = None) -> list[str]:
+    def save(self, ref: str, path: str, as_tar: bool | None = None,
+             progress: Progress | None = None) -> list[str]:
         """Write the image `ref` as an OCI image layout: a directory (`path`
         is one, or ends with "/") or a tar.  Layers go uncompressed, rebuilt
         from their tar-splits, so the config — and with it the image id and
@@ -1162,10 +1174,14 @@ class Store:
         with self._lease() as lease, self._pinned(image.layers, lease), \
                 open_layout(path, as_tar) as out:
             descs, diff_ids = [], []
-            for lid in image.layers:
+            for i, lid in enumerate(image.layers):
                 layer = self.layers.get(lid)
                 digest, size, chunks = self._layer_tar(layer, lease, warnings)
-                out.add_blob(digest, size, chunks())
+                if progress:
+                    progress.layer_start(i, len(image.layers), str(lid), size)
+                out.add_blob(digest, size, counted_chunks(chunks(), progress))
+                if progress:
+                    progress.layer_done(layer)
                 descs.append(descriptor(LAYER_TAR, digest, size))
                 diff_ids.append(str(digest))
             config = image.config.encode()
@@ -1377,6 +1393,20 @@ def _measure(path: str) -> int:
         return fsutil.allocated_size(path)
     except FileNotFoundError:      # removed meanwhile
         return 0
+
+
+def _remaining(f: BinaryIO) -> int | None:
+    """Bytes left to read in `f` when it can tell (a file, a member of a
+    tar file), for a progress total; None for a stream."""
+    try:
+        if not f.seekable():
+            return None
+        here = f.tell()
+        end = f.seek(0, os.SEEK_END)
+        f.seek(here)
+        return end - here
+    except (OSError, AttributeError, ValueError):
+        return None
 
 
 def _file_chunks(path: str) -> Iterator[bytes]:

@@ -10,7 +10,6 @@ The modules, bottom up (their levels are in tests/layers/test_store_levels.py):
 - `regconf`: a `registries.conf` (mirrors, insecure and blocked registries).
 - `parallel`: run a bounded number of calls on threads; the first failure
   stops the rest.
-- `display`: the per-layer progress lines on a terminal.
 - `client`: one registry endpoint over httpx: TLS, authentication, retries
   with back-off, manifests, blobs (streamed, resumed with Range), uploads,
   cross-repository mounts.

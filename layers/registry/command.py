@@ -2,7 +2,7 @@
 
 Level 5.5 (between the facade and `cli`): imports `layers.errors`, and
 `registry.session`, `registry.remote`, `registry.credentials`,
-`registry.display`, `registry.upload`; the store is the object `cli` passes
+`registry.upload`, and `layers.progress`; the store is the object `cli` passes
 in, not an import.
 
 stdout: the image id (pull) or the manifest digest (push), or with
@@ -18,8 +18,7 @@ import json
 import sys
 
 from .credentials import parse_creds
-from .. import units
-from .display import TransferDisplay
+from .. import progress, units
 from .remote import Platform
 from .session import DEFAULT_JOBS, PullReport, PushReport, RegistryOptions
 from .upload import COMPRESSIONS, FORMATS
@@ -112,15 +111,9 @@ def options_from(args) -> RegistryOptions:
         chunk_size=getattr(args, "chunk_size", 0))
 
 
-def _display(args, verb: str) -> TransferDisplay | None:
-    if args.quiet or not sys.stderr.isatty():
-        return None
-    return TransferDisplay(verb)
-
-
 def cmd_pull(store, args) -> int:
     options = options_from(args)
-    display = _display(args, "pulling")
+    display = progress.for_terminal("pulling", args.quiet)
     report: PullReport = store.pull(args.reference, options, name=args.name,
                                     progress=display)
     if display:
@@ -153,7 +146,7 @@ def pull_lines(report: PullReport) -> list[str]:
 
 def cmd_push(store, args) -> int:
     options = options_from(args)
-    display = _display(args, "pushing")
+    display = progress.for_terminal("pushing", args.quiet)
     report: PushReport = store.push(args.image, args.destination, options, progress=display)
     if display:
         display.finish()

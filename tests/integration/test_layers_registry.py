@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -31,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from storetools import (LAYERS_EXE, StoreEnv, directory, file, oci_layout,  # noqa: E402
-                        sha256, symlink, tar_bytes, tree_snapshot, chain_ids)
+                        run_on_terminal, sha256, symlink, tar_bytes, tree_snapshot,
+                        chain_ids)
 from support.registryd import (Proxy, Registry, ensure_installed, free_port,  # noqa: E402
                                htpasswd_line, make_cert)
 from layers.registry import upload  # noqa: E402
@@ -498,6 +500,26 @@ def test_basic_auth_from_auth_json_and_clear_401(machines, basic_registry, tmp_p
     r = b.run("pull", ref, INSECURE)
     assert r.code == 0, r.err
     assert "s3cret" not in r.err + r.out
+
+
+def test_push_and_pull_show_progress_on_a_terminal_only(machines, proxy, tmp_path):
+    """One line per layer, each ending `done` with its bytes; nothing piped."""
+    a, b = machines
+    import_image(a, tmp_path, [BASE, APP1], "shown:1")
+    ref = f"{proxy.host}/shown/app:1"
+    for m, argv in ((a, ["push", "shown:1", ref, INSECURE]), (b, ["pull", ref, INSECURE])):
+        code, out = run_on_terminal([LAYERS_EXE] + m.args() + argv, m.proc_env())
+        assert code == 0, out
+        last = {}
+        for line in out.replace("\r", "").split("\n"):
+            if "\x1b[2K" in line:
+                label, text = line.split("\x1b[2K")[-1].split(": ", 1)
+                last[label] = text
+        assert [label[:10] for label in sorted(last)] == ["layer 1/2 ", "layer 2/2 "], out
+        assert all(re.fullmatch(r"done \S+B( of \S+B \(100%\))? at \S+/s", text)
+                   for text in last.values()), out
+        piped = m.cli_proc(*argv)
+        assert piped.code == 0 and "\x1b" not in piped.err, piped.err
 
 
 def test_push_is_let_in_before_it_compresses_a_layer(machines, basic_registry, tmp_path,

@@ -132,37 +132,6 @@ def test_multi_image_name_needs_one_image(store_env, tmp_path):
     assert r.lines == [json.loads(store_env.ok("inspect", "r/x:1").out)["id"]]
 
 
-def test_progress_display_shows_bytes_layers_and_rate():
-    import io as _io
-    from layers.cli import TerminalProgress
-    stream = _io.StringIO()
-    p = TerminalProgress(stream, delay=0.0)
-    p.layer_start(0, 2, "blob", None)
-    p.layer_bytes(5_000_000)
-    p.layer_done(None)
-    p.layer_start(1, 2, "blob", None)
-    p.last = 0.0
-    p.layer_bytes(1_000_000)
-    p.layer_done(None)
-    p.finish()
-    text = stream.getvalue()
-    assert "\rimporting layer 1/2: 5MB at " in text
-    assert "\rimporting layer 2/2: 6MB at " in text
-    assert text.rstrip().split("\r")[-1].startswith("imported 2 layer(s), 6MB in ")
-
-
-def test_quick_imports_show_no_progress():
-    import io as _io
-    from layers.cli import TerminalProgress
-    stream = _io.StringIO()
-    p = TerminalProgress(stream, delay=60)
-    p.layer_start(0, 1, "blob", None)
-    p.layer_bytes(100)
-    p.layer_done(None)
-    p.finish()
-    assert stream.getvalue() == ""
-
-
 def test_commit_volume_df_prune_output(imported, monkeypatch):
     env, image_id = imported
     env.ok("create", "demo:1", "--name", "web", "-v", "data:/data")

@@ -8,7 +8,7 @@ from pathlib import Path
 import layers
 
 LEVELS = {
-    "units": 0, "errors": 0.01, "digest": 0.1, "layout": 0.2,
+    "units": 0, "errors": 0.01, "progress": 0.01, "digest": 0.1, "layout": 0.2,
     "fsutil": 1, "records": 1, "config": 1, "fsprobe": 1, "tarsplit": 1.5, "driverchoice": 1.5,
     "quota": 2, "ociwriter": 2, "bundle": 2,
     "archive": 2, "recordstore": 2, "changes": 2, "changeset": 2,
@@ -20,7 +20,7 @@ LEVELS = {
     "cli": 6, "__init__": 0,
     # pull and push (layers/registry/): below the facade, `command` above it
     "registry": 0, "registry.errors": 0.05, "registry.auth": 0, "registry.parallel": 0,
-    "registry.display": 0.01, "registry.reference": 0.3, "registry.credentials": 1.1,
+"registry.reference": 0.3, "registry.credentials": 1.1,
     "registry.regconf": 1.1, "registry.parking": 1.5, "registry.blobinfo": 1.5,
     "registry.client": 2, "registry.remote": 2.8, "registry.upload": 2.8,
     "registry.session": 3, "registry.command": 5.5,

@@ -24,7 +24,6 @@ from layers.records import Layer
 from layers.registry import auth, parking, regconf
 from layers.registry.blobinfo import BlobInfoCache
 from layers.registry.client import ClientOptions, RegistryClient
-from layers.registry.display import TransferDisplay
 from layers.registry.credentials import Credentials, find_credentials, parse_creds
 from layers.registry.errors import Aborted, RegistryAuthError, RegistryUnavailable
 from layers.registry.parallel import run_bounded
@@ -491,27 +490,3 @@ def test_abort_stops_a_stream(double):
         c.abort.set()
         with pytest.raises(Aborted):
             _read_all(s)
-
-
-def test_terminal_display_keeps_one_line_per_layer_across_threads():
-    import io
-    out = io.StringIO()
-    display = TransferDisplay("pulling", out, interval=0)
-    layer = _layer(1)
-
-    def one(i):
-        display.layer_start(i, 3, f"reg/app@sha256:{i}{'0' * 63}", 1000)
-        for n in (100, 500, 1000):
-            display.layer_bytes(n)
-        display.layer_done(layer if i else None)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    display.finish()
-    last = out.getvalue().rsplit("\x1b[3F", 1)[-1]
-    assert last == ("\x1b[2Klayer 1/3 000000000000: present 1kB/1kB\n"
-                    "\x1b[2Klayer 2/3 100000000000: done 1kB/1kB\n"
-                    "\x1b[2Klayer 3/3 200000000000: done 1kB/1kB\n")
