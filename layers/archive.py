@@ -9,17 +9,19 @@ diffID).  Outcomes:
 
 - success: `ExtractResult`; `dest` holds the layer, synced to disk.
 - `UnsafeArchive(entry, reason)`: an entry we refuse (`..`, a write through
-  a symlink or non-directory, a hard link leaving the layer or
-  pointing to nothing, a device node without privilege, an absurd size or
-  count).  `dest` holds partial content: the caller owns and removes it.
+  a symlink or non-directory, a hard link leaving the layer or pointing to
+  nothing, a device node when neither privileged nor `override_stat`, an
+  absurd size or count).  `dest` holds partial content: the caller owns and
+  removes it.
 - `BadArchive(source, reason)`: truncated tar, corrupt gzip/zstd, bad header.
 
 A leading `/` is dropped (`/etc/x` is the layer's `etc/x`, as docker and GNU
 tar read it; a hard link's target alike).  Every file-system call is relative
 to a directory fd opened with `O_NOFOLLOW`, so no entry can reach outside
-`dest`.  Whiteouts are kept as OCI
-`.wh.` files (`layout.FORM_OCI`, read by fsd and vfs) or converted to the
-kernel's markers (`layout.FORM_OVERLAY`).
+`dest`.  Whiteouts are kept as OCI `.wh.` files (`layout.FORM_OCI`, read by
+fsd and vfs) or converted to the kernel's markers (`layout.FORM_OVERLAY`).
+Unprivileged with `override_stat`, a device node is an empty file carrying
+its type, numbers, owner and mode in that xattr (`_add_device_file`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class ExtractResult:
     compression: str | None        # "gzip", "zstd" or None
     entries: int
     split: bool = False            # a tar-split was recorded (see tarsplit.py)
+    device_files: int = 0          # device nodes kept as override_stat files (rootless)
 
 
 def detect_compression(head: bytes) -> str | None:
@@ -224,7 +227,7 @@ def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
     return ExtractResult(blob_digest=blob_reader.digest(), blob_size=blob_reader.count,
                          diff_id=tar_reader.digest(), tar_size=tar_reader.count,
                          compression=compression, entries=ex.count,
-                         split=split is not None)
+                         split=split is not None, device_files=ex.device_files)
 
 
 def _tar_error(e: BaseException) -> str:
@@ -259,6 +262,7 @@ class _Extractor:
         self.dirs: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self.dir_times: list[tuple[tuple[str, ...], int]] = []
         self.count = 0
+        self.device_files = 0      # device nodes kept as files (`_add_device_file`)
         self.recorder = recorder
         # The split refers to files by path: a later entry that replaces one
         # (or a directory holding one) makes the split unusable.
@@ -480,12 +484,30 @@ class _Extractor:
             kind, dev = stat.S_IFIFO, 0
         else:
             if not self.options.privileged:
-                raise UnsafeArchive(m.name, "device node not allowed when not root")
+                if not self.options.override_stat:
+                    raise UnsafeArchive(m.name, "device node not allowed when not root")
+                self._add_device_file(m, parent, name)
+                return
             kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
             dev = os.makedev(m.devmajor, m.devminor)
         self._remove(parent, name)
         os.mknod(name, kind | (m.mode & 0o777), dev, dir_fd=parent)
         self._set_meta(parent, name, m)
+
+    def _add_device_file(self, m: tarfile.TarInfo, parent: int, name: str) -> None:
+        """A device node where devices cannot be made (rootless): an empty file
+        whose override_stat xattr keeps type, major/minor, owner and mode, as
+        fuse-overlayfs and containers/storage keep one; fsd's
+        `xattr_permissions=2` shows it as the device, and the changeset of the
+        layer gives the device entry back."""
+        self._remove(parent, name)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            self._set_meta(fd, None, m)
+        finally:
+            os.close(fd)
+        self.device_files += 1
 
     # -- metadata --------------------------------------------------------------
 
@@ -493,8 +515,9 @@ class _Extractor:
                   is_dir: bool = False) -> None:
         """Owner, mode, xattrs and (but for dirs) mtime of an entry.
 
-        `name is None`: `fd` is the entry itself (a regular file or directory);
-        otherwise the entry is `name` in directory `fd` (symlink, fifo, device).
+        `name is None`: `fd` is the entry itself (a regular file or directory,
+        or the file standing for a device); otherwise the entry is `name` in
+        directory `fd` (symlink, fifo, device).
         """
         opts = self.options
         mode = m.mode & 0o7777
@@ -504,7 +527,7 @@ class _Extractor:
                 on_disk = opts.force_mask
             on_disk |= 0o700 if is_dir else 0o600
             os.setxattr(fd, layout.OVERRIDE_STAT_XATTR, layout.format_override_stat(
-                m.uid, m.gid, mode, "dir" if is_dir else "file"))
+                m.uid, m.gid, mode, "dir" if is_dir else _override_kind(m)))
         elif opts.privileged:
             try:
                 if name is None:
@@ -551,6 +574,13 @@ class _Extractor:
             except (UnsafeArchive, OSError):
                 continue  # replaced by a later entry
             os.utime(fd, ns=(mtime * 1_000_000_000,) * 2)
+
+
+def _override_kind(m: tarfile.TarInfo) -> str:
+    """The type field of override_stat for a member kept as a regular file."""
+    if m.ischr() or m.isblk():
+        return f"{'char' if m.ischr() else 'block'}-{m.devmajor}-{m.devminor}"
+    return "file"
 
 
 # -- tars out ------------------------------------------------------------------------

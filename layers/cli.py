@@ -291,6 +291,8 @@ def _run(args) -> int:
 def _cmd_import(store: Store, args) -> int:
     display = progress.for_terminal("importing", args.quiet)
     images = store.import_path(args.paths, name=args.name, progress=display)
+    for line in store.notes:
+        print(f"layers: {line}", file=sys.stderr)
     for image in images:
         print(image.id)
     return 0

@@ -94,6 +94,8 @@ class Store:
         self.driver = self._make_driver(driver_name)
         self.repaired: list[str] = []
         self.warnings: list[str] = []     # for the user, from opening (a new vfs store)
+        self.notes: list[str] = []        # for the user, from the last command
+        self.device_files = 0             # device nodes extracted as files (rootless)
 
     # -- opening -------------------------------------------------------------
 
@@ -366,11 +368,20 @@ class Store:
         the import stays visible.
         """
         names = [parse_image_name(name)] if name else []
+        before = self.device_files
         with open_source(path) as sources:
             if names and len(sources) > 1:
                 raise BadArchive(path, f"holds {len(sources)} images; --name needs one")
-            return [self.import_source(src, names or src.names, progress)
-                    for src in sources]
+            images = [self.import_source(src, names or src.names, progress)
+                      for src in sources]
+        kept = self.device_files - before
+        if kept:
+            what = f"{kept} device nodes" if kept > 1 else "1 device node"
+            self.notes.append(
+                f"{what} kept as empty files with type, numbers, owner and mode in "
+                f"{layout.OVERRIDE_STAT_XATTR} (no device can be made rootless); "
+                "fsd mounts show them as devices")
+        return images
 
     def import_source(self, src: ImageSource, names: list[str],
                       progress: Progress | None = None) -> Image:
@@ -460,6 +471,7 @@ class Store:
             raise DigestMismatch(what, str(blob.digest), str(result.blob_digest))
         if blob.diff_id is not None and blob.diff_id != result.diff_id:
             raise DigestMismatch(f"{what} diffID", str(blob.diff_id), str(result.diff_id))
+        self.device_files += result.device_files
         return Layer(id=layer_id or result.diff_id, diff_id=result.diff_id, parent=parent,
                      compressed_digest=result.blob_digest if result.compression else None,
                      created=time.time(), tar_size=result.tar_size,

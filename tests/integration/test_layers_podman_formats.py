@@ -15,6 +15,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -25,10 +27,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 
-from storetools import StoreEnv, store_env  # noqa: E402,F401
+from storetools import (LAYERS_EXE, NOBODY, StoreEnv, nobody_dir,  # noqa: E402,F401
+                        run_as_nobody, store_env)
 
 from support import podman as podman_support  # noqa: E402
+from support import rootless  # noqa: E402
 from support.registryd import ensure_installed  # noqa: E402
+from support.rootless import Agent, Sandbox  # noqa: E402
 
 NAME = "localhost/strata-formats:1"
 BASE = "localhost/strata-formats-base:1"
@@ -186,3 +191,84 @@ def test_archive_lacking_a_layer_is_refused_in_one_line(store_env, saved, tmp_pa
     assert (r.code, r.err) == (1, f"layers: cannot read {broken}: manifest.json lists "
                                   f"{missing}, which the archive lacks\n")
     assert store_env.ok("images", "-q").out == ""
+
+
+# -- rootless: the base layer's /dev ---------------------------------------------------
+
+DEVICE_NOTE = (f"layers: {len(DEVICES)} device nodes kept as empty files with type, numbers, "
+               "owner and mode in user.containers.override_stat (no device can be made "
+               "rootless); fsd mounts show them as devices\n")
+
+
+def test_rootless_import_keeps_device_nodes_and_every_layer_byte_for_byte(saved, nobody_dir):
+    archive = nobody_dir / "img.tar"
+    shutil.copyfile(saved.paths["podman-docker-archive"], archive)
+    archive.chmod(0o644)
+
+    def nobody(*args: str, store: str = "store") -> subprocess.CompletedProcess:
+        r = run_as_nobody(nobody_dir, *args, store=store)
+        assert r.returncode == 0, f"layers {' '.join(args)}: {r.stderr}"
+        return r
+
+    r = nobody("import", "-q", str(archive))
+    assert (r.stdout.split(), r.stderr) == ([saved.image_id], DEVICE_NOTE)
+    image = json.loads(nobody("inspect", saved.image_id).stdout)
+    base = json.loads(nobody("inspect", image["layers"][0]).stdout)["dir"]
+    for rel, (kind, major, minor) in DEVICES.items():
+        st = os.lstat(os.path.join(base, rel))
+        assert stat.S_ISREG(st.st_mode) and st.st_uid == NOBODY, rel
+        owner = "0:0:0666" if kind == "char" else "0:6:0660"
+        assert os.getxattr(os.path.join(base, rel), "user.containers.override_stat") == \
+            f"{owner}:{kind}-{major}-{minor}".encode()
+    for layer, diff_id in zip(image["layers"], saved.diff_ids):
+        out = nobody_dir / "layer.tar"
+        nobody("export", "-o", str(out), layer)
+        assert "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest() == diff_id
+    nobody("save", saved.image_id, "-o", str(nobody_dir / "saved.tar"))
+    r = nobody("import", "-q", str(nobody_dir / "saved.tar"), store="other")
+    assert (r.stdout.split(), r.stderr) == ([saved.image_id], DEVICE_NOTE)
+    assert nobody("check", "--verify").stdout == ""
+
+
+def test_rootless_fsd_mount_shows_the_device_nodes(saved):
+    """As the rootless test user, with the fuse driver: the container's /dev holds
+    the devices, type, numbers, owner and mode as the image has them."""
+    user, reason = rootless.fsd_user()
+    if reason:
+        pytest.skip(reason)
+    box = Sandbox(user, prefix="strata-devnodes-")
+    agent = None
+    problems: list[str] = []
+    try:
+        archive = box.root / "img.tar"
+        shutil.copyfile(saved.paths["podman-docker-archive"], archive)
+        archive.chmod(0o644)
+        store, run = box.dir("store"), box.dir("run", mode=0o700)
+        conf = box.file("storage.conf")
+        agent = Agent(box)
+
+        def layers(*args) -> str:
+            r = agent.run([LAYERS_EXE, "--root", store, "--runroot", run, "--driver", "fuse",
+                           *args], env={"STRATA_STORAGE_CONF": str(conf),
+                                        "XDG_RUNTIME_DIR": str(run)})
+            assert r.returncode == 0, r.describe()
+            return r.stdout.strip()
+
+        layers("import", "-q", archive)
+        layers("create", NAME, "--name", "c")
+        merged = Path(layers("mount", "c"))
+        try:
+            for rel, (kind, major, minor) in DEVICES.items():
+                st = agent.stat(merged / rel)
+                fmt = stat.S_IFCHR if kind == "char" else stat.S_IFBLK
+                want = (fmt, major, minor, 0, 0 if kind == "char" else 6,
+                        0o666 if kind == "char" else 0o660)
+                assert (stat.S_IFMT(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev),
+                        st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == want, rel
+        finally:
+            layers("umount", "c")
+    finally:
+        if agent is not None:
+            problems += agent.close()
+        problems += box.cleanup()
+    assert not problems, problems

@@ -3,6 +3,7 @@ import os
 import re
 import stat
 import subprocess
+import tarfile
 
 import pytest
 
@@ -19,7 +20,7 @@ ROOT = os.geteuid() == 0
 def extract(tmp_path, raw: bytes, split_path: str | None = None, **opts):
     dest = tmp_path / "dest"
     dest.mkdir()
-    options = ExtractOptions(privileged=ROOT, **opts)
+    options = ExtractOptions(**{"privileged": ROOT, **opts})
     return dest, extract_layer(io.BytesIO(raw), str(dest), options, where="t.tar",
                                split_path=split_path)
 
@@ -191,3 +192,22 @@ def test_absolute_names_land_under_the_layer_root_as_gnu_tar_puts_them(tmp_path)
     # the layer's tar comes back as it was, leading slashes and all
     assert res.split and b"".join(tarsplit.replay(str(split), str(dest), "t")) == raw
     assert str(res.diff_id) == sha256(raw)
+
+
+def test_unprivileged_device_nodes_are_files_carrying_override_stat(tmp_path):
+    raw = tar_bytes([
+        directory("dev"),
+        TarEntry("dev/full", tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=7),
+        TarEntry("dev/loop0", tarfile.BLKTYPE, mode=0o660, gid=6, devmajor=7, devminor=0),
+        file("etc/x", "x"),
+    ])
+    split = tmp_path / "tar-split.gz"
+    dest, res = extract(tmp_path, raw, split_path=str(split), privileged=False,
+                        override_stat=True)
+    assert res.device_files == 2
+    for rel, value in (("dev/full", b"0:0:0666:char-1-7"), ("dev/loop0", b"0:6:0660:block-7-0")):
+        st = os.lstat(dest / rel)
+        assert stat.S_ISREG(st.st_mode) and st.st_size == 0, rel
+        assert os.getxattr(dest / rel, layout.OVERRIDE_STAT_XATTR) == value
+    # the layer's tar comes back with the device entries it had
+    assert b"".join(tarsplit.replay(str(split), str(dest), "t")) == raw
