@@ -18,6 +18,7 @@ correctly in the other:
 
 from __future__ import annotations
 
+import os
 import stat
 
 from .params import IdMapping, OverlayParams
@@ -49,7 +50,7 @@ def parse_override(value: bytes) -> tuple[int, int, int, int] | None:
             if kind.startswith(("block-", "char-")):
                 name, major, minor = kind.split("-")
                 mode = stat.S_IMODE(mode) | (stat.S_IFBLK if name == "block" else stat.S_IFCHR)
-                rdev = (int(major) << 8) | int(minor)
+                rdev = os.makedev(int(major), int(minor))
             elif kind in _TYPES:
                 mode = stat.S_IMODE(mode) | _TYPES[kind]
         return uid, gid, mode, rdev
@@ -62,7 +63,7 @@ def format_override(uid: int, gid: int, mode: int, rdev: int = 0) -> bytes:
     text = f"{uid}:{gid}:0{stat.S_IMODE(mode):o}"
     if kind in (stat.S_IFBLK, stat.S_IFCHR):
         name = "block" if kind == stat.S_IFBLK else "char"
-        text += f":{name}-{rdev >> 8}-{rdev & 0xff}"
+        text += f":{name}-{os.major(rdev)}-{os.minor(rdev)}"
     elif kind in _TYPE_NAMES and kind != stat.S_IFREG:
         text += f":{_TYPE_NAMES[kind]}"
     return text.encode()

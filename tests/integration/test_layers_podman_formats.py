@@ -40,7 +40,8 @@ BASE = "localhost/strata-formats-base:1"
 
 # (kind, major, minor) of the device nodes the base image's /dev holds
 DEVICES = {"dev/null": ("char", 1, 3), "dev/full": ("char", 1, 7),
-           "dev/tty": ("char", 5, 0), "dev/loop0": ("block", 7, 0)}
+           "dev/tty": ("char", 5, 0), "dev/loop0": ("block", 7, 0),
+           "dev/loop300": ("block", 7, 300)}
 
 
 def base_rootfs_tar() -> bytes:
