@@ -214,14 +214,24 @@ class DirOps:
     # --- removing -----------------------------------------------------------------
 
     async def unlink(self, parent: Node, name: bytes) -> None:
-        self._removable(parent, name, is_dir=False)
-        await self.copyup.ensure_all(parent)
+        node = self._removable(parent, name, is_dir=False)
+        await self.copyup.ensure_all(parent, *self._counted_in_upper(node))
         self._remove(parent, name, self._removable(parent, name, is_dir=False))
 
     async def rmdir(self, parent: Node, name: bytes) -> None:
         self._removable(parent, name, is_dir=True)
         await self.copyup.ensure_all(parent)
         self._remove(parent, name, self._removable(parent, name, is_dir=True))
+
+    @staticmethod
+    def _counted_in_upper(node: Node | None) -> tuple[Node, ...]:
+        """(node,) for a lower file with several names, else ().  Its link count
+        is what the merged view shows only once it is in the upper, where every
+        name still showing it is a link to the copy: so it is copied up before
+        one of its names goes, as the kernel with index=on does (ovl_nlink_start)."""
+        if node is None or node.upper or node.kind != stat.S_IFREG or node.lower_stat is None:
+            return ()
+        return (node,) if node.lower_stat.st_nlink > 1 else ()
 
     def _removable(self, parent: Node, name: bytes, is_dir: bool) -> Node:
         node = self.namei.lookup(parent, name)
@@ -297,7 +307,7 @@ class DirOps:
             src, dst = self._rename_pair(p1, n1, p2, n2, flags)
             if dst is src:
                 return  # two names of one file: POSIX says do nothing
-            needed = [p1, p2, src, dst] if flags & RENAME_EXCHANGE else [p1, p2]
+            needed = [p1, p2, src, dst] if flags & RENAME_EXCHANGE else [p1, p2, *self._counted_in_upper(dst)]
             if not (src.is_dir and src.lowers) and not flags & RENAME_EXCHANGE:
                 needed.append(src)
             if self.copyup.settled(*needed):

@@ -1,0 +1,173 @@
+"""Edge cases where fsd differed from the kernel overlay (most found by xfstests),
+each run on both and the outcomes compared.
+
+Every scenario builds the same objects in three places, `<name>.<state>`:
+  lower  - in the lower layer only,
+  copied - in the lower layer, copied up through the mount before the run,
+  upper  - made through the mount;
+then runs the same calls on the kernel overlay and on fsd (each on its own copy
+of the lower layer, with its own upper) and compares what they return.  Calls
+run in a forked child (tests/support/faults.py in_child) so that umask and ids
+are the scenario's own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import stat
+import struct
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from support.faults import in_child
+from support.upper_ops import errname
+
+STATES = ("lower", "copied", "upper")
+KERNEL_OPTS = ("redirect_dir=off", "index=off", "metacopy=off")
+# The kernel mode whose hard-link semantics fsd chose: lower hard links stay links.
+KERNEL_INDEX_OPTS = ("redirect_dir=off", "index=on", "metacopy=off")
+
+
+class Twin:
+    """One lower layer built twice, mounted by the kernel overlay and by fsd."""
+
+    def __init__(self, tmp_path: Path, mount_fsd, mount_kernel_overlay, build: Callable[[Path, str], None],
+                 kernel_opts=KERNEL_OPTS, fsd_opts=(), upper_root: Path | None = None):
+        self.tmp = tmp_path
+        self.build = build
+        self.mount_fsd = mount_fsd
+        self.mount_kernel_overlay = mount_kernel_overlay
+        self.kernel_opts = tuple(kernel_opts)
+        self.fsd_opts = tuple(fsd_opts)
+        self.dirs = {}
+        for side in ("kernel", "fsd"):
+            lower = tmp_path / f"{side}-lower"
+            lower.mkdir()
+            for state in ("lower", "copied"):
+                (lower / state).mkdir()
+                build(lower / state, state)
+            up_base = (upper_root or tmp_path) / side
+            up_base.mkdir()
+            (up_base / "up").mkdir()
+            (up_base / "work").mkdir()
+            self.dirs[side] = (lower, up_base / "up", up_base / "work")
+        self.roots = {}
+        self.fm = None
+        self._mount()
+        for root in self.roots.values():
+            self._prepare(root)
+
+    def _mount(self):
+        lower, up, work = self.dirs["kernel"]
+        self.roots["kernel"] = self.mount_kernel_overlay([lower], up, work, self.kernel_opts,
+                                                         mountpoint=self.tmp / "kmnt")
+        lower, up, work = self.dirs["fsd"]
+        self.fm = self.mount_fsd([lower], up, work, self.fsd_opts)
+        self.roots["fsd"] = self.fm.mnt
+
+    def _prepare(self, root: Path):
+        (root / "upper").mkdir()
+        self.build(root / "upper", "upper")
+        for dirpath, dirnames, filenames in os.walk(root / "copied"):
+            for name in [*dirnames, *filenames, ""]:
+                p = os.path.join(dirpath, name) if name else dirpath
+                st = os.lstat(p)  # setting the times copies up (hard links too)
+                os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def remount(self):
+        self.mount_kernel_overlay.umount(self.roots["kernel"])
+        self.fm.unmount()
+        self._mount()
+
+    def run(self, call: Callable[[str], object], ids=None) -> dict[str, dict[str, object]]:
+        """{side: {state: result}}: call(state dir, relative to the root) in a child."""
+        out = {}
+        for side, root in self.roots.items():
+            out[side] = dict(zip(STATES, in_child(lambda: [_result(call, s) for s in STATES], ids, cwd=root)))
+        return out
+
+    def assert_same(self, call: Callable[[str], object], what: str, ids=None):
+        got = self.run(call, ids)
+        bad = [f"{what} ({s}):\n    kernel: {got['kernel'][s]!r}\n    fsd:    {got['fsd'][s]!r}"
+               for s in STATES if got["kernel"][s] != got["fsd"][s]]
+        assert not bad, "\n".join(bad)
+        return got["kernel"]
+
+
+def _result(call, state):
+    try:
+        return call(state)
+    except OSError as e:
+        return errname(e)
+
+
+def _seq(*thunks):
+    """Each call's result, or its errno name."""
+    out = []
+    for t in thunks:
+        try:
+            v = t()
+            out.append("ok" if v is None else v)
+        except OSError as e:
+            out.append(errname(e))
+    return out
+
+
+def _nlinks(d, *names):
+    return [os.lstat(f"{d}/{n}").st_nlink for n in names]
+
+
+def _write(p: Path, data: bytes = b"data"):
+    p.write_bytes(data)
+
+
+# -- link counts of lower hard links (kernel: index=on) ---------------------------------------------
+
+def _build_links(base: Path, state: str):
+    for group, names in (("unlinked", "ab"), ("linked", "ab"), ("over", "abc"), ("moved", "ab"),
+                         ("both", "ab"), ("three", "abc"), ("other", "ab")):
+        d = base / group
+        d.mkdir()
+        _write(d / names[0], group.encode())
+        for n in names[1:]:
+            os.link(d / names[0], d / n)
+    _write(base / "over" / "x", b"x")
+
+
+def _link_ops(d):
+    return _seq(
+        lambda: os.unlink(f"{d}/unlinked/a"), lambda: _nlinks(d, "unlinked/b"),
+        lambda: os.link(f"{d}/linked/a", f"{d}/linked/n"), lambda: _nlinks(d, "linked/n", "linked/a", "linked/b"),
+        lambda: os.rename(f"{d}/over/x", f"{d}/over/a"), lambda: _nlinks(d, "over/a", "over/b", "over/c"),
+        lambda: os.rename(f"{d}/moved/a", f"{d}/moved/z"), lambda: _nlinks(d, "moved/z", "moved/b"),
+        lambda: os.link(f"{d}/both/a", f"{d}/both/n"), lambda: os.unlink(f"{d}/both/a"),
+        lambda: os.unlink(f"{d}/both/b"), lambda: _nlinks(d, "both/n"),
+        lambda: os.unlink(f"{d}/three/c"), lambda: _nlinks(d, "three/a", "three/b"),
+        lambda: _nlinks(d, "other/b"), lambda: _append(f"{d}/other/a"),
+        lambda: os.link(f"{d}/other/b", f"{d}/other/n"), lambda: _nlinks(d, "other/n", "other/b", "other/a"))
+
+
+def _append(path, data=b"+"):
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _all_nlinks(d):
+    return {f"{g}/{n}": os.lstat(f"{d}/{g}/{n}").st_nlink for g in sorted(os.listdir(d))
+            for n in sorted(os.listdir(f"{d}/{g}"))}
+
+
+def test_lower_hard_link_counts_match_kernel_index_on(tmp_path, mount_fsd, mount_kernel_overlay):
+    """What the merged view shows: unlink, link, rename over and of one name of a
+    lower hard-link group, counted on every name, and again after a remount."""
+    twin = Twin(tmp_path, mount_fsd, mount_kernel_overlay, _build_links, KERNEL_INDEX_OPTS)
+    twin.assert_same(_all_nlinks, "link counts before")
+    twin.assert_same(_link_ops, "link counts after each call")
+    twin.assert_same(_all_nlinks, "link counts of every name after")
+    twin.remount()
+    twin.assert_same(_all_nlinks, "link counts after a remount")
