@@ -318,6 +318,10 @@ class DirOps:
         if flags & RENAME_EXCHANGE:
             self._exchange(p1, n1, src, p2, n2, dst)
             return
+        # what fstat shows through a descriptor of the object replaced at n2
+        replaced = None
+        if dst is not None:
+            replaced = self.stack.upper.lstat(p2.child_path(n2)) if dst.upper else dst.lower_stat
         hard_links = []
         if src.is_dir and src.lowers:
             self.copyup.tree_move.acquire_nowait()
@@ -330,6 +334,7 @@ class DirOps:
         if dst is not None:
             dst.drop_link(p2, n2)
             if dst.gone:
+                dst.last_stat = replaced
                 self.table.retire(dst)
         src.drop_link(p1, n1)
         src.add_link(p2, n2)

@@ -91,12 +91,13 @@ class Twin:
             out[side] = dict(zip(STATES, in_child(lambda: [_result(call, s) for s in STATES], ids, cwd=root)))
         return out
 
-    def assert_same(self, call: Callable[[str], object], what: str, ids=None):
+    def assert_same(self, call: Callable[[str], object], what: str, ids=None, states=STATES):
+        """Compare in the given states; returns fsd's results of every state."""
         got = self.run(call, ids)
         bad = [f"{what} ({s}):\n    kernel: {got['kernel'][s]!r}\n    fsd:    {got['fsd'][s]!r}"
-               for s in STATES if got["kernel"][s] != got["fsd"][s]]
+               for s in states if got["kernel"][s] != got["fsd"][s]]
         assert not bad, "\n".join(bad)
-        return got["kernel"]
+        return got["fsd"]
 
 
 def _result(call, state):
@@ -171,3 +172,40 @@ def test_lower_hard_link_counts_match_kernel_index_on(tmp_path, mount_fsd, mount
     twin.assert_same(_all_nlinks, "link counts of every name after")
     twin.remount()
     twin.assert_same(_all_nlinks, "link counts after a remount")
+
+
+# -- a directory replaced while open ------------------------------------------------------------------
+
+def _build_dirs(base: Path, state: str):
+    for name in ("replaced", "removed", "file"):
+        (base / name).mkdir()
+        (base / name / "b").mkdir()
+    _write(base / "file" / "f")
+
+
+def _fstat_after(path, change):
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if not path.endswith("/f") else 0))
+    try:
+        change()
+        st = os.fstat(fd)
+        return [stat.S_IFMT(st.st_mode) == stat.S_IFDIR, st.st_nlink]
+    finally:
+        os.close(fd)
+
+
+def _replace_ops(d):
+    os.mkdir(f"{d}/replaced/a")
+    _write(Path(f"{d}/file/g"))
+    return _seq(lambda: _fstat_after(f"{d}/replaced/b", lambda: os.rename(f"{d}/replaced/a", f"{d}/replaced/b")),
+                lambda: _fstat_after(f"{d}/removed/b", lambda: os.rmdir(f"{d}/removed/b")),
+                lambda: _fstat_after(f"{d}/file/f", lambda: os.rename(f"{d}/file/g", f"{d}/file/f")))
+
+
+def test_open_directory_replaced_by_rename(tmp_path, mount_fsd, mount_kernel_overlay):
+    """fstat of an open directory that a rename replaced: nlink 0, as after rmdir.
+    Of an object that was only in the lower layer, the kernel shows the count of
+    that lower object, which stays; fsd shows 0, as for any object with no name."""
+    twin = Twin(tmp_path, mount_fsd, mount_kernel_overlay, _build_dirs)
+    got = twin.assert_same(_replace_ops, "fstat of replaced objects", states=("copied", "upper"))
+    assert got["lower"] == [[True, 0], [True, 0], [False, 0]]
+
