@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from support import layergen
+from support import fsck, layergen
 from support.convert import convert_layer, convert_layers
 from support.layergen import make_layers, whiteout, write
 from support.snapshot import compare, invariant_problems, snapshot
@@ -110,11 +110,6 @@ class Pair:
         self.fm = self.mount_fsd(self.lowers, self.fup, self.fwork, self.fsd_opts)
 
 
-def _work_area_empty(fwork: Path) -> list[str]:
-    tmp = fwork / "fsd" / "tmp"
-    return sorted(os.listdir(tmp)) if tmp.exists() else []
-
-
 # -- the random sequence ------------------------------------------------------------------
 
 @pytest.mark.fuse_deadline(90)
@@ -135,7 +130,7 @@ def test_random_operations_match_kernel(tmp_path, seed, opts, mount_fsd, mount_k
     assert compare(before, after, "before remount", "after remount") == []
     moved = {p: (before.ino[p], after.ino[p]) for p in before.ino if after.ino.get(p) != before.ino[p]}
     assert not moved, f"inode numbers changed across a remount: {dict(list(moved.items())[:10])}"
-    assert _work_area_empty(pair.fwork) == []
+    fsck.assert_clean(pair.lowers, pair.fup, pair.fwork)
     pair.fm.unmount()
     lowers_after = [snapshot(p, contents=False) for p in stack.layers]
     assert [compare(a, b) for a, b in zip(lowers_before, lowers_after)] == [[]] * len(lowers_before), \
@@ -223,7 +218,7 @@ def test_rename_of_merged_directories(tmp_path, seed, mount_fsd, mount_kernel_ov
     pair.assert_trees_equal(f"seed {seed} after the moves and 80 ops")
     pair.remount_fsd()
     pair.assert_trees_equal(f"seed {seed} after the remount")
-    assert _work_area_empty(pair.fwork) == []
+    fsck.assert_clean(pair.lowers, pair.fup, pair.fwork)
     pair.finish()
 
 
