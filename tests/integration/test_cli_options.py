@@ -1,4 +1,4 @@
-"""fsd's command line, as containers/storage, mount.fuse3 and people use it.
+"""fsd's command line, as containers/storage and people use it (mount.fuse3: test_mount_fuse3).
 
 Every accepted form mounts the same two-layer stack and must show the same
 merged tree; every bad form must print exactly one line starting `fsd: ` that
@@ -10,8 +10,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -264,25 +262,3 @@ def test_help_lists_every_option_of_the_readme(fsd_installed):
     missing = [n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w])",
                                                   r.stdout)]
     assert missing == [], r.describe()
-
-
-def test_mount_t_fuse_fsd(paths, mount_fsd, tmp_path):
-    """mount(8) -> mount.fuse3 -> `fsd SOURCE MOUNTPOINT -o OPTS`, as /etc/fstab does it."""
-    if not shutil.which("mount.fuse3", path="/sbin:/usr/sbin:" + os.environ.get("PATH", "")):
-        pytest.skip("mount.fuse3 is not installed")
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    os.symlink(mounts.fsd_executable(), bindir / "fsd")
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}:/sbin:/usr/sbin")
-    try:
-        r = subprocess.run(["mount", "-t", "fuse.fsd", "overlay", str(paths.mnt), "-o", paths.lowerdir],
-                           capture_output=True, text=True, env=env, timeout=30, stdin=subprocess.DEVNULL)
-    finally:
-        mount_fsd.track(paths.mnt)
-    assert r.returncode == 0, r.stderr
-    assert mounts.is_mounted(paths.mnt, mounts.FSD_FSTYPE)
-    assert_merged(paths.mnt)
-    pids = mounts.pids_with_arg(str(paths.mnt))
-    devs = [m.dev for m in mounts.mounts_at(paths.mnt)]
-    assert subprocess.run(["umount", str(paths.mnt)]).returncode == 0
-    assert mounts.wait_daemon_exit(pids, devs, 10)[0] == []
