@@ -172,6 +172,18 @@ async def test_symlinks_fifos_and_directories_are_copied_as_what_they_are(overla
     assert await fs.readlink("link2") == b"target/elsewhere"
 
 
+async def test_a_copied_up_directory_still_merges_with_the_lowers(overlay):
+    top, bottom = overlay.lowers(2)
+    write(bottom, "d/low", "x")
+    write(top, "d/top", "y")
+    fs = await overlay.mount()
+    await fs.chmod("d", 0o700)
+    for _ in range(2):
+        assert sorted(await fs.listdir("d")) == [b"low", b"top"]
+        assert stat.S_IMODE((await fs.stat("d")).st_mode) == 0o700
+        fs = await overlay.remount(fs)
+
+
 async def test_device_nodes_are_copied(overlay, needs_root):
     (bottom,) = overlay.lowers(1)
     os.mknod(bottom / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))

@@ -135,6 +135,7 @@ def test_a_whiteout_file_beside_the_entry_it_hides(tree):
     write(tree.upper, "d/f", "replaced")
     whiteout(tree.upper, "d/f", "whfile")
     tree.finds("whiteout beside the real entry b'f'")
+    assert tree.problems(settled=False) == [], "what a crash may leave"
 
 
 def test_a_whiteout_file_with_content(tree):

@@ -25,7 +25,9 @@ WORKDIR/fsd/        fsd's work area
     moving.tmp      and the journal being written; both absent when settled
 upper               every entry lstat-able; whiteouts (a char device 0/0, or an
                     empty regular file `.wh.NAME`) only where the lowers show
-                    NAME in the merged view, never beside a real NAME; opaque
+                    NAME in the merged view; when settled, never beside a real
+                    NAME (a crash between the two steps of replacing a `.wh.`
+                    file leaves both, harmlessly: the real entry wins); opaque
                     markers (an opaque xattr = "y", or a `.wh..wh..opq` file)
                     only on directories; fsd's private xattrs `fsd.ino` (the
                     number kept across copy-up) a decimal number, `fsd.metacopy`
@@ -165,7 +167,7 @@ def _check_xattrs(view: "_Lowers", rel: bytes, name: bytes, child: bytes, st, ou
                 out.append(f"upper {child!r}: metacopy marker without a lower regular file under it")
 
 
-def _check_upper(lowers: list[Path], upper: bytes, out: list[str]) -> None:
+def _check_upper(lowers: list[Path], upper: bytes, settled: bool, out: list[str]) -> None:
     view = _Lowers(lowers, upper)
 
     def walk(rel: bytes) -> None:
@@ -192,7 +194,7 @@ def _check_upper(lowers: list[Path], upper: bytes, out: list[str]) -> None:
                 target = name[len(WH_PREFIX):]
                 if kind != stat.S_IFREG or st.st_size:
                     out.append(f"upper {child!r}: whiteout file is not an empty file")
-                if target in names:
+                if target in names and settled:
                     out.append(f"upper {child!r}: whiteout beside the real entry {target!r}")
             elif _is_whiteout_dev(st):
                 target = name
@@ -275,7 +277,7 @@ def problems(lowers: list[Path], upper: Path, workdir: Path, settled: bool = Tru
             out.extend(f"work area: tmp/{n.decode(errors='replace')} left over" for n in _entries(tmp))
         _check_index(lowers, os.fsencode(str(upper)), area, settled, out)
         _check_journal(area, settled, out)
-    _check_upper(lowers, os.fsencode(str(upper)), out)
+    _check_upper(lowers, os.fsencode(str(upper)), settled, out)
     return out
 
 
