@@ -1,10 +1,14 @@
-"""scripts/bench: fsd against the kernel overlay and fuse-overlayfs (issue 9).
+"""scripts/bench: fsd against the kernel overlay and fuse-overlayfs (issues 9, 15).
 
 Layers, each importing only those above it in this list:
   worker     the timed loops, run as their own process (imports nothing of ours)
-  mounts     mounting and always unmounting the three implementations
-  data       the cached test data
+  machine    is the machine quiet enough to judge a result
+  trace      FUSE requests by operation, from the kernel's tracepoint
+  mounts     mounting and always unmounting the implementations, rootful and
+             rootless; mount and unmount timings; daemon CPU
+  data       the cached test data (and the rootless user's copies)
   workloads  what is timed on each mount (mounts)
-  report     medians, ratios, table, JSON (workloads)
+  podman     the podman section: each daemon as podman's mount_program (mounts)
+  report     medians, ratios, why (requests, CPU per request), tables, JSON (workloads)
   cli        the command line and the run (all of them)
 """

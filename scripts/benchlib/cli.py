@@ -1,12 +1,20 @@
-"""`scripts/bench`: fsd against the kernel overlay and fuse-overlayfs (issue 9).
+"""`scripts/bench`: fsd against the kernel overlay and fuse-overlayfs (issues 9, 15).
 
     scripts/bench [--reps N] [--only W...] [--small] [--json FILE] [--timeout S]
+                  [--max-load L] [--no-rootless] [--podman-image TAR]
 
 Repetition by repetition, each workload group runs on a fresh mount of each
 implementation in turn (the order rotates every repetition), on the same
-cached data (data.py) with a fresh upper and workdir. It prints a markdown
-table of medians and ratios on stdout (progress goes to stderr) and, with
---json, the same with every single run.
+cached data (data.py) with a fresh upper and workdir: the kernel overlay,
+fuse-overlayfs and fsd as root, and fuse-overlayfs and fsd run by an
+unprivileged user (rootless, on a copy of the data the user owns). Every
+mount's start and unmount are timed too (rows `mount`, `umount`). Then the
+podman section (podman.py) runs p1..p3 with each daemon as podman's mount
+program, interleaved the same way. It prints markdown tables of medians and
+ratios on stdout, then why: FUSE requests by operation and daemon CPU per
+request (progress goes to stderr) and, with --json, the same with every
+single run. Before each repetition it checks that the machine is quiet
+(machine.py); when it was not, no target is called ("busy, not judged").
 
 Exit status: 0 all ran; 3 some step failed (ERR in the table, the reasons
 listed below it; timings never fail anything); 2 bad usage or an
@@ -29,9 +37,12 @@ import traceback
 from pathlib import Path
 
 from . import data as datamod
-from .mounts import Implementation, MountError, cleanup_all, interrupt_on_term, unmount_leftovers
-from .report import FSD, FUSE_OVERLAYFS, IMPORT_IMPLS, KERNEL, Results, document, render_table, summarize
-from .workloads import GROUPS, WORKLOAD_GROUP, Context, WorkloadError
+from .machine import Quiet
+from .mounts import AsUser, Implementation, MountError, cleanup_all, interrupt_on_term, unmount_leftovers
+from .report import (FSD, FUSE_OVERLAYFS, IMPORT_IMPLS, KERNEL, RL_FSD, RL_FUSE_OVERLAYFS, Results, document,
+                     render_table, summarize)
+from .trace import RequestTrace
+from .workloads import GROUPS, PODMAN, WORKLOAD_GROUP, Context, WorkloadError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,9 +57,16 @@ def parse_args(argv):
         description="Time fsd against the kernel overlay and fuse-overlayfs on the same data "
                     "(issue 9). Needs root. Test data is built once under .cache/bench/.",
         epilog="workloads: " + ", ".join(f"{w.id} ({w.title})" for g in GROUPS.values() for w in g.workloads))
-    ap.add_argument("--reps", type=int, default=3, metavar="N", help="repetitions (default 3)")
+    ap.add_argument("--reps", type=int, default=5, metavar="N", help="repetitions (default 5)")
     ap.add_argument("--only", nargs="+", metavar="W", help="run only these workloads (w1 also times w1w, "
-                    "w3 also w3r: they share a mount)")
+                    "w3 also w3r: they share a mount; p1, p2, p3 run together)")
+    ap.add_argument("--max-load", type=float, default=0.5 * (os.cpu_count() or 1), metavar="L",
+                    help="a load average above L at the start makes the run busy: no target is judged "
+                         "(default: half the CPUs)")
+    ap.add_argument("--no-rootless", action="store_true", help="without the rootless columns")
+    ap.add_argument("--podman-image", metavar="TAR", help="the root filesystem tar of the podman section's "
+                    "image (default: Debian 12 minbase, debootstrapped once into /var/cache/strata-bench; "
+                    "with --small the podman tests' busybox tree)")
     ap.add_argument("--small", action="store_true", help="tiny data set (a smoke test, not a benchmark)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     ap.add_argument("--timeout", type=float, metavar="S",
@@ -57,9 +75,10 @@ def parse_args(argv):
     if args.reps < 1:
         ap.error("--reps must be at least 1")
     if args.only:
-        unknown = [w for w in args.only if w not in WORKLOAD_GROUP]
+        known = [*WORKLOAD_GROUP, *(w.id for w in PODMAN)]
+        unknown = [w for w in args.only if w not in known]
         if unknown:
-            ap.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOAD_GROUP)}")
+            ap.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if args.timeout is None:
         args.timeout = 120.0 if args.small else 900.0
     return args
@@ -109,6 +128,27 @@ def find_implementations() -> tuple[dict[str, Implementation], dict[str, str], d
     return impls, skipped, versions
 
 
+def open_rootless() -> tuple[AsUser | None, str | None]:
+    """The unprivileged user of the tests (tests/support/rootless.py), in an
+    agent's namespace where it can mount FUSE; (None, why) when it cannot be."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from support import rootless
+    user, why = rootless.fsd_user()
+    if why:
+        return None, why
+    box = rootless.Sandbox(user, prefix="strata-bench-rootless-")
+    try:
+        agent = rootless.Agent(box, userns=False)
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        box.cleanup()
+        return None, f"no agent for user {user.name}: {exc}"
+    return AsUser(user, agent, box), None
+
+
+def close_rootless(as_user: AsUser) -> list[str]:
+    return as_user.agent.close() + as_user.box.cleanup()
+
+
 def _clean_old_runs(scratch_root: Path) -> None:
     for d in scratch_root.glob("run-*"):
         pid = d.name.partition("-")[2]
@@ -136,61 +176,87 @@ def _write_json(path: str, doc: dict) -> None:
 
 
 class Bench:
-    def __init__(self, args, impls, fio):
+    def __init__(self, args, impls, fio, quiet: Quiet):
         self.args = args
         self.impls = impls
         self.fio = fio
+        self.quiet = quiet
         self.results = Results()
         self.problems: list[str] = []
         cache = REPO / ".cache" / "bench"
         self.cache = cache
         self.run_dir = cache / "scratch" / f"run-{os.getpid()}"
         self.data: dict[str, Path] = {}
+        self.owned: dict[str, Path] = {}  # the same, owned by the rootless user
+        self.trace: RequestTrace | None = None
 
     def groups(self) -> list[str]:
-        wanted = {WORKLOAD_GROUP[w] for w in self.args.only} if self.args.only else set(GROUPS)
+        wanted = {WORKLOAD_GROUP[w] for w in self.args.only if w in WORKLOAD_GROUP} if self.args.only \
+            else set(GROUPS)
         return [g for g in GROUPS if g in wanted]
+
+    def wants_podman(self) -> bool:
+        return not self.args.only or any(w.id in self.args.only for w in PODMAN)
 
     def prepare(self) -> None:
         size = "small" if self.args.small else "full"
         datamod.clean_partial(self.cache)
+        rootless = [i.as_user for i in self.impls.values() if i.as_user]
         for name in datamod.COMPONENTS:
             if any(name in GROUPS[g].data for g in self.groups()):
                 self.data[name] = datamod.ensure(self.cache, size, name, say)
+                if rootless and name in ("lower", "stack"):
+                    user = rootless[0].user
+                    self.owned[name] = datamod.ensure_owned(self.cache, size, name, user.uid, user.gid, say)
         (self.cache / "scratch").mkdir(parents=True, exist_ok=True)
         _clean_old_runs(self.cache / "scratch")
         self.run_dir.mkdir()
+        self.trace = RequestTrace.open(self.run_dir)
+        if self.trace is None:
+            say(f"bench: no request counts: {RequestTrace.why_not}")
 
     def run(self) -> None:
         for rep in range(self.args.reps):
+            if not self.groups():
+                break
+            say(f"bench: rep {rep + 1}/{self.args.reps}: CPUs {self.quiet.sample_idle():.0%} idle before it")
             for gname in self.groups():
                 group = GROUPS[gname]
                 names = list(self.impls) if group.lowers else list(IMPORT_IMPLS)
                 for impl in _rotate(names, rep):
                     self.run_one(rep, gname, impl)
 
-    def _lowers(self, group) -> tuple[list[str], str | None]:
+    def _data(self, impl: str) -> dict[str, Path]:
+        return {**self.data, **self.owned} if self.impls[impl].as_user else self.data
+
+    def _lowers(self, group, data) -> tuple[list[str], str | None]:
         if group.lowers == "stack":
-            layers = self.data["stack"] / "layers"
+            layers = data["stack"] / "layers"
             # relative to the layers' dir: 64 absolute paths could outgrow the
             # kernel's one-page limit on mount options
             return sorted((p.name for p in layers.iterdir()), reverse=True), str(layers)
-        return [str(self.data["lower"] / "tree")], None
+        return [str(data["lower"] / "tree")], None
+
+    def _scratch(self, impl: str, name: str) -> Path:
+        as_user = self.impls[impl].as_user if impl in self.impls else None
+        parent = as_user.box.dir("mounts", owned=False) if as_user else self.run_dir
+        return parent / f"{name}-{impl.replace(' ', '-')}"
 
     def run_one(self, rep: int, gname: str, impl: str) -> None:
         group = GROUPS[gname]
         ctx_dir = self.run_dir / "ctx"
         shutil.rmtree(ctx_dir, ignore_errors=True)
         ctx_dir.mkdir()
-        ctx = Context(impl, None, self.data, ctx_dir, self.args.small, self.args.timeout, self.fio,
-                      str(REPO / ".venv" / "bin" / "layers"))
+        data = self._data(impl) if group.lowers else self.data
+        ctx = Context(impl, None, data, ctx_dir, self.args.small, self.args.timeout, self.fio,
+                      str(REPO / ".venv" / "bin" / "layers"), self.trace)
         error = None
         mount = None
         try:
             if group.lowers:
-                lowers, cwd = self._lowers(group)
+                lowers, cwd = self._lowers(group, data)
                 deadline = self.args.timeout * (len(group.workloads) + 1)
-                mount = self.impls[impl].open_mount(lowers, self.run_dir / f"r{rep}-{gname}-{impl}",
+                mount = self.impls[impl].open_mount(lowers, self._scratch(impl, f"r{rep}-{gname}"),
                                                     volatile=group.volatile, cwd=cwd, deadline=deadline)
                 with mount:
                     ctx.mount = mount
@@ -207,21 +273,67 @@ class Bench:
             error = f"{type(exc).__name__}: {exc}"
             say(traceback.format_exc())
         shown = []
+        if mount is not None:
+            for wid, seconds in (("mount", mount.live_seconds), ("umount", mount.unmount_seconds)):
+                if seconds is not None:
+                    self.results.add(wid, impl, rep, seconds)
+                    shown.append(f"{wid} {seconds:.3f}s")
         for w in group.workloads:
             step = ctx.steps.get(w.id)
             if step is not None:
-                self.results.add(w.id, impl, rep, step.seconds, step.cpu, step.info)
+                self.results.add(w.id, impl, rep, step.seconds, step.cpu, step.info, requests=step.requests,
+                                 lost=step.lost)
                 cpu = f" (cpu {step.cpu:.2f})" if step.cpu is not None else ""
-                shown.append(f"{w.id} {step.seconds:.3f}s{cpu}")
+                reqs = f" ({sum(step.requests.values())} requests)" if step.requests is not None else ""
+                shown.append(f"{w.id} {step.seconds:.3f}s{cpu}{reqs}")
             elif error is not None:
                 self.results.add(w.id, impl, rep, error=error)
         if error is not None and all(w.id in ctx.steps for w in group.workloads):
             self.problems.append(f"{gname} {impl} rep {rep}: {error}")  # e.g. the unmount
-        say(f"bench: rep {rep + 1}/{self.args.reps} {gname:<4} {impl:<18} "
+        say(f"bench: rep {rep + 1}/{self.args.reps} {gname:<4} {impl:<23} "
             + " ".join(shown) + (f" ERROR {error}" if error else ""))
+
+    def run_podman(self, skipped: dict[str, str], versions: dict[str, str]) -> None:
+        """The podman section, with each daemon as podman's mount program."""
+        from . import podman
+        programs = {name: impl.executable for name, impl in self.impls.items()
+                    if name in (FUSE_OVERLAYFS, FSD)}
+        why = podman.podman_support.ensure_podman()
+        if why:
+            skipped["podman"] = why
+            say(f"bench: without the podman section: {why}")
+            return
+        versions["podman"] = _first_line(["podman", "--version"]) or "?"
+        box = None
+        try:
+            if self.args.podman_image:
+                image = Path(self.args.podman_image)
+            elif self.args.small:
+                box = podman.Sandbox(None, prefix="strata-bench-image-")
+                image = podman.tiny_image(box)
+            else:
+                image = podman.debootstrap_image(say)
+            section = podman.PodmanSection(programs, image, self.args.small, self.trace, say, self.args.timeout)
+        except (podman.PodmanError, OSError, RuntimeError, AssertionError, subprocess.SubprocessError) as exc:
+            self.problems.append(f"podman section: {exc}")
+            say(f"bench: podman section: {exc}")
+            return
+        finally:
+            if box is not None:
+                box.cleanup()
+        try:
+            for rep in range(self.args.reps):
+                say(f"bench: podman rep {rep + 1}/{self.args.reps}: "
+                    f"CPUs {self.quiet.sample_idle():.0%} idle before it")
+                for name in _rotate(list(programs), rep):
+                    section.run_one(name, rep, self.results)
+        finally:
+            self.problems += section.close()
 
     def close(self) -> None:
         self.problems += cleanup_all()
+        if self.trace is not None:
+            self.trace.close()
         left = unmount_leftovers(self.run_dir)
         if left:
             self.problems.append(f"left mounted and now unmounted: {left}")
@@ -236,29 +348,48 @@ def main(argv=None) -> int:
     if not os.path.exists("/dev/fuse"):
         say("bench: needs /dev/fuse")
         return 2
+    quiet = Quiet(args.max_load)
+    load = quiet.load_start
+    say(f"bench: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {quiet.cpus} CPUs"
+        + (f" (more than {args.max_load:g}: busy, no target will be judged)" if load[0] > args.max_load else ""))
     impls, skipped, versions = find_implementations()
     if not os.access(impls[FSD].executable, os.X_OK):
         say(f"bench: no fsd at {impls[FSD].executable} (run scripts/install)")
         return 2
+    as_user = None
+    if args.no_rootless:
+        skipped["rootless"] = "--no-rootless"
+    else:
+        as_user, why = open_rootless()
+        if why:
+            skipped["rootless"] = why
+        else:
+            for name, rl_name in ((FUSE_OVERLAYFS, RL_FUSE_OVERLAYFS), (FSD, RL_FSD)):
+                if name in impls:
+                    impls[rl_name] = Implementation(rl_name, impls[name].executable, as_user)
     for name, why in skipped.items():
         say(f"bench: without {name}: {why}")
     fio = shutil.which("fio")
     interrupt_on_term()
     atexit.register(cleanup_all)
-    bench = Bench(args, impls, fio)
+    bench = Bench(args, impls, fio, quiet)
     started = time.time()
-    load = [os.getloadavg()]
     interrupted = False
     try:
         bench.prepare()
         bench.run()
+        if bench.wants_podman():
+            bench.run_podman(skipped, versions)
     except KeyboardInterrupt:
         interrupted = True
         say("bench: interrupted; everything is unmounted, here is what was measured")
     finally:
         bench.close()
-    load.append(os.getloadavg())
-    summary = summarize(bench.results)
+        if as_user is not None:
+            bench.problems += close_rootless(as_user)
+    quiet.finish()
+    busy = quiet.reasons()
+    summary = summarize(bench.results, busy=bool(busy))
     errors = bench.results.errors() + bench.problems
     meta = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -266,15 +397,22 @@ def main(argv=None) -> int:
         "interrupted": interrupted,
         "options": {"reps": args.reps, "only": args.only, "small": args.small, "timeout": args.timeout},
         "host": {"kernel": platform.release(), "cpus": os.cpu_count(),
-                 "loadavg_start": load[0], "loadavg_end": load[1]},
+                 "loadavg_start": list(load), "loadavg_end": list(os.getloadavg())},
+        "machine": quiet.describe(),
         "implementations": versions,
         "skipped": skipped,
+        "requests": "fuse:fuse_request_send" if bench.trace else RequestTrace.why_not,
         "random_reads": "fio" if fio else "python pread loop",
         "data": {name: {k: v for k, v in (datamod.load_spec(p) or {}).items() if k != "w4_files"}
                  for name, p in bench.data.items()},
     }
     if args.small:
         print("(--small: toy data, the sizes in the titles do not apply; a smoke test, not a benchmark)")
+    print(f"load average at the start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {quiet.cpus} CPUs; "
+          f"idle before each repetition: {', '.join(f'{s:.0%}' for s in quiet.idle_samples) or '-'}; "
+          f"steal {quiet.steal:.1%}")
+    if busy:
+        print("busy, not judged: " + "; ".join(busy) + ". The ratios below are from a shared machine.")
     print(render_table(summary), end="")
     if errors:
         print("\nerrors:")

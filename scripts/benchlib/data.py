@@ -21,6 +21,11 @@ Components (the numbers are those of `full`; `small` is a toy of each):
   untar   untar.tar     a 40 MB tarball of seeded files (w6)
   import  layer.tar     a 200 MB layer tar: files of mixed sizes, half random,
                         half zeros (w10)
+
+`ensure_owned(cache, size, name, uid, gid)` is a copy of a component with
+every file owned by an unprivileged user (`<name>.owned-<uid>`), built and
+published the same way: the lowers of the rootless runs, as a rootless
+podman's store holds files of the user's own.
 """
 
 from __future__ import annotations
@@ -95,6 +100,35 @@ def ensure(cache: Path, size: str, name: str, say=print) -> Path:
     try:
         extra = BUILDERS[name](tmp, SIZES[size])
         (tmp / "spec.json").write_text(json.dumps({**want, **extra}, indent=1) + "\n")
+        os.sync()
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another run published it first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def ensure_owned(cache: Path, size: str, name: str, uid: int, gid: int, say=print) -> Path:
+    """The directory of a copy of component `name` owned by uid:gid, made
+    (again) when missing or when the component changed."""
+    src = ensure(cache, size, name, say)
+    final = cache / size / f"{name}.owned-{uid}"
+    want = {**(load_spec(src) or {}), "owner": [uid, gid]}
+    if load_spec(final) == want:
+        return final
+    if final.exists():
+        trash = final.with_name(f".{final.name}.stale-{os.getpid()}")
+        os.rename(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    tmp = final.with_name(f".{final.name}.build-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    say(f"bench: copying {size} test data {name} for uid {uid} (once, kept in {final})")
+    try:
+        subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(tmp)], check=True)
+        subprocess.run(["chown", "-R", "--no-dereference", f"{uid}:{gid}", str(tmp)], check=True)
+        (tmp / "spec.json").write_text(json.dumps(want, indent=1) + "\n")
         os.sync()
         try:
             os.rename(tmp, final)

@@ -16,6 +16,17 @@ has a deadline. FUSE daemons run in the foreground (`-f`), as our children, in
 a session of their own: the terminal's Ctrl-C reaches the bench, which
 unmounts; and their CPU time can be read from /proc while they serve.
 
+Each mount records how long it took to come up (`mount.live_seconds`: from
+starting the daemon, or mount(8), until a stat of its root is answered) and to
+go (`mount.unmount_seconds`: from `fusermount3 -u`, or umount(8), until the
+daemon has exited).
+
+A rootless implementation (`Implementation(..., as_user=AsUser(...))`) runs
+its daemon as an unprivileged user in the private mount namespace of an agent
+(tests/support/rootless.py), where /dev/fuse is usable; every command that
+must see its mount runs there as that user (`mount.command(argv)`), and the
+mount table is the agent's.
+
 Errors: `MountError` (the mount did not come up; the daemon's output is in
 its message). Unmount problems are returned as text, never raised, so that
 the cleanup of one mount cannot keep another from being cleaned.
@@ -31,6 +42,7 @@ import subprocess
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 FUSECTL = Path("/sys/fs/fuse/connections")
@@ -74,10 +86,15 @@ def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def mount_table() -> list[tuple[str, str, str]]:
-    """(mountpoint, fstype, dev "major:minor") of every mount we can see."""
+def mount_table(pid: int | str = "self") -> list[tuple[str, str, str]]:
+    """(mountpoint, fstype, dev "major:minor") of every mount in the mount
+    namespace of process `pid`; [] if it is gone."""
     out = []
-    with open("/proc/self/mountinfo", "rb") as f:
+    try:
+        f = open(f"/proc/{pid}/mountinfo", "rb")
+    except OSError:
+        return []
+    with f:
         for raw in f:
             pre, _, post = raw.decode("utf-8", "surrogateescape").rstrip("\n").partition(" - ")
             a, b = pre.split(), post.split()
@@ -85,9 +102,9 @@ def mount_table() -> list[tuple[str, str, str]]:
     return out
 
 
-def mounts_at(path) -> list[tuple[str, str, str]]:
+def mounts_at(path, pid: int | str = "self") -> list[tuple[str, str, str]]:
     p = os.path.abspath(os.fspath(path))
-    return [m for m in mount_table() if m[0] == p]
+    return [m for m in mount_table(pid) if m[0] == p]
 
 
 def mounts_under(path) -> list[str]:
@@ -105,14 +122,40 @@ def fuse_abort(dev: str) -> None:
         pass
 
 
-def process_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of a process (all its threads); None if gone."""
+@dataclass(frozen=True)
+class CpuSample:
+    """A process's CPU time so far: user + system seconds of all its threads,
+    dead ones included (/proc/PID/stat, in clock ticks), and the nanoseconds
+    of each live thread (/proc/PID/task/*/schedstat)."""
+    ticks_seconds: float
+    thread_ns: dict
+
+    def seconds_since(self, earlier: "CpuSample") -> float:
+        """CPU seconds between two samples: to the nanosecond from the threads,
+        unless one that ran meanwhile has exited (then the tick count says more)."""
+        coarse = self.ticks_seconds - earlier.ticks_seconds
+        fine = sum(ns - earlier.thread_ns.get(tid, 0) for tid, ns in self.thread_ns.items()) / 1e9
+        return fine if coarse <= fine + 2 / CLK_TCK else coarse
+
+
+def process_cpu(pid: int) -> CpuSample | None:
+    """The CPU time of a process so far; None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    threads = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    threads[int(tid)] = int(f.read().split()[0])
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return CpuSample((int(fields[11]) + int(fields[12])) / CLK_TCK, threads)
 
 
 def _wait_gone(proc: subprocess.Popen, timeout: float) -> bool:
@@ -128,6 +171,31 @@ def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+
+
+# -- an unprivileged user's namespace ---------------------------------------------------
+
+class AsUser:
+    """Commands run as `user` in the mount namespace of `agent` (an Agent of
+    tests/support/rootless.py, userns=False), where the user's FUSE mounts live."""
+
+    def __init__(self, user, agent, box):
+        self.user = user
+        self.agent = agent
+        self.box = box  # its Sandbox: where the user's scratch directories go
+
+    def command(self, argv: list[str], cwd=None, as_root: bool = False) -> list[str]:
+        """argv to exec from here so that it runs in the namespace (in `cwd`),
+        as the user unless `as_root`. The same process all along: its pid is
+        the command's."""
+        out = ["nsenter", f"--mount=/proc/{self.agent.pid}/ns/mnt", f"--wd={cwd or '/'}", "--"]
+        if not as_root:
+            out += ["setpriv", f"--reuid={self.user.uid}", f"--regid={self.user.gid}", "--init-groups", "--"]
+        return out + [os.fspath(a) for a in argv]
+
+    def own(self, *paths: Path) -> None:
+        for p in paths:
+            os.chown(p, self.user.uid, self.user.gid)
 
 
 # -- one mount -----------------------------------------------------------------------
@@ -150,7 +218,23 @@ class Mount:
         self.dev: str | None = None
         self.deadline = deadline
         self.expired = False
+        self.live_seconds: float | None = None
+        self.unmount_seconds: float | None = None
         self._watchdog: threading.Timer | None = None
+
+    @property
+    def as_user(self) -> AsUser | None:
+        return self.impl.as_user
+
+    @property
+    def _ns(self) -> int | str:
+        """Whose mount table shows this mount."""
+        return self.as_user.agent.pid if self.as_user else "self"
+
+    @property
+    def connection(self) -> int | None:
+        """The FUSE connection number (the minor of the mount's device); None for the kernel overlay."""
+        return int(self.dev.split(":")[1]) if self.dev and self.impl.fuse else None
 
     # The option string all three take; lowers may be relative to self.cwd.
     def options(self) -> str:
@@ -160,8 +244,29 @@ class Mount:
             opts.append("volatile")
         return ",".join(opts)
 
-    def daemon_cpu(self) -> float | None:
-        """CPU seconds the daemon used so far; None for the kernel overlay."""
+    def command(self, argv: list[str], cwd=None) -> list[str]:
+        """argv as it must be run to see this mount as its owner."""
+        return self.as_user.command(argv, cwd) if self.as_user else argv
+
+    def lstat(self, path) -> os.stat_result:
+        """os.lstat of a path in the mount, by its owner (OSError as raised there)."""
+        return self.as_user.agent.stat(path) if self.as_user else os.lstat(path)
+
+    def exists(self, path) -> bool:
+        try:
+            self.lstat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def mkdir(self, path) -> None:
+        if self.as_user:
+            self.as_user.agent.call("mkdir", os.fspath(path))
+        else:
+            os.mkdir(path)
+
+    def daemon_cpu(self) -> CpuSample | None:
+        """The CPU time the daemon used so far; None for the kernel overlay."""
         if self.proc is None:
             return None
         return process_cpu(self.proc.pid)
@@ -174,6 +279,8 @@ class Mount:
     def __enter__(self) -> "Mount":
         for d in (self.upper, self.work, self.merged):
             d.mkdir(parents=True)
+        if self.as_user:
+            self.as_user.own(self.dir, self.upper, self.work, self.merged)
         LIVE.append(self)
         try:
             self._start()
@@ -198,31 +305,59 @@ class Mount:
         self.abort()
 
     def _start(self) -> None:
+        t0 = time.perf_counter()
         if not self.impl.fuse:
             r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", self.options(), str(self.merged)],
                                cwd=self.cwd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT)
             if r.returncode:
                 raise MountError(f"kernel overlay: mount failed: {r.stderr.strip()}")
+            self.live_seconds = time.perf_counter() - t0
             self.dev = mounts_at(self.merged)[0][2]
             return
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [self.impl.executable, "-f", "-o", self.options(), str(self.merged)],
+                self.command([self.impl.executable, "-f", "-o", self.options(), str(self.merged)], self.cwd),
                 cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)
         end = time.monotonic() + MOUNT_TIMEOUT
         while True:
-            found = [m for m in mounts_at(self.merged) if m[1].startswith("fuse")]
+            found = [m for m in mounts_at(self.merged, self._ns) if m[1].startswith("fuse")]
             if found:
                 self.dev = found[0][2]
-                return
+                break
             if self.proc.poll() is not None:
                 raise MountError(f"{self.impl.name} exited {self.proc.returncode} before mounting: "
                                  + self._log_tail())
             if time.monotonic() > end:
                 raise MountError(f"{self.impl.name} did not mount within {MOUNT_TIMEOUT:.0f}s: "
                                  + self._log_tail())
-            time.sleep(0.02)
+            time.sleep(0.001)
+        self._wait_answering(end)
+        self.live_seconds = time.perf_counter() - t0
+
+    def _wait_answering(self, end: float) -> None:
+        """Until a stat of the root is answered: the daemon has answered INIT.
+        In a thread, so that a daemon that never answers cannot hang the bench:
+        its connection is aborted at the deadline, which ends the stat."""
+        result: list = []
+
+        def stat_root():
+            try:
+                result.append(self.lstat(self.merged))
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                result.append(exc)
+
+        t = threading.Thread(target=stat_root, daemon=True)
+        t.start()
+        t.join(max(0.0, end - time.monotonic()))
+        if t.is_alive():
+            self.abort()
+            t.join(10)
+            raise MountError(f"{self.impl.name} mounted but did not answer within {MOUNT_TIMEOUT:.0f}s: "
+                             + self._log_tail())
+        if isinstance(result[0], BaseException):
+            raise MountError(f"{self.impl.name}: stat of the mount's root failed: {result[0]}; "
+                             + self._log_tail())
 
     def _log_tail(self) -> str:
         try:
@@ -239,31 +374,42 @@ class Mount:
             self._watchdog.cancel()
         if self.expired:
             problems.append(f"connection aborted {self.deadline:.0f}s after mounting (hung)")
+        t0 = time.perf_counter()
+        unmounted = False
         if self.impl.fuse:
-            if mounts_at(merged):
+            if mounts_at(merged, self._ns):
                 try:
-                    r = subprocess.run(["fusermount3", "-u", merged], capture_output=True, text=True,
-                                       timeout=UNMOUNT_TIMEOUT)
+                    r = subprocess.run(self.command(["fusermount3", "-u", merged]), capture_output=True,
+                                       text=True, timeout=UNMOUNT_TIMEOUT)
                     if r.returncode:
                         problems.append(f"fusermount3 -u failed: {r.stderr.strip()}")
+                    else:
+                        unmounted = True
                 except subprocess.TimeoutExpired:
                     problems.append("fusermount3 -u hung")
             wait = 2.0 if self.expired else UNMOUNT_TIMEOUT  # a hung daemon will not exit
             if self.proc is not None and not _wait_gone(self.proc, wait):
+                unmounted = False
                 problems.append(f"daemon {self.proc.pid} still running {wait:.0f}s "
                                 "after unmount; aborted and killed")
                 self.abort()
                 self.proc.kill()
                 _wait_gone(self.proc, UNMOUNT_TIMEOUT)
-        for _ in range(3):
-            if not mounts_at(merged):
-                break
+        elif mounts_at(merged):
             r = subprocess.run(["umount", merged], capture_output=True, text=True, timeout=UNMOUNT_TIMEOUT)
+            unmounted = r.returncode == 0
+        if unmounted and not problems:
+            self.unmount_seconds = time.perf_counter() - t0
+        for _ in range(3):
+            if not mounts_at(merged, self._ns):
+                break
+            umount = self.as_user.command(["umount", merged], as_root=True) if self.as_user else ["umount", merged]
+            r = subprocess.run(umount, capture_output=True, text=True, timeout=UNMOUNT_TIMEOUT)
             if r.returncode:
                 problems.append(f"umount failed: {r.stderr.strip()}")
                 self.abort()
-                subprocess.run(["umount", "-l", merged], capture_output=True, timeout=UNMOUNT_TIMEOUT)
-        if mounts_at(merged):
+                subprocess.run([*umount[:-1], "-l", merged], capture_output=True, timeout=UNMOUNT_TIMEOUT)
+        if mounts_at(merged, self._ns):
             problems.append(f"{merged} is still mounted")
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -273,11 +419,13 @@ class Mount:
 
 
 class Implementation:
-    """An overlay implementation: the kernel's, or a FUSE daemon's executable."""
+    """An overlay implementation: the kernel's, or a FUSE daemon's executable,
+    run by root or (`as_user`) by an unprivileged user."""
 
-    def __init__(self, name: str, executable: str | None):
+    def __init__(self, name: str, executable: str | None, as_user: AsUser | None = None):
         self.name = name
         self.executable = executable  # None: the kernel overlay
+        self.as_user = as_user
 
     @property
     def fuse(self) -> bool:

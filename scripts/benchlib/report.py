@@ -1,35 +1,51 @@
-"""Medians, ratios and target checks of a run, as a table and as JSON.
+"""Medians, ratios and target checks of a run, as tables and as JSON.
 
-`Results.add(wid, impl, rep, step_or_error)` collects one measurement;
-`summarize(results)` turns them into per-workload medians and ratios, the
-same dict that is saved with --json (`document`); `render_table(summary)`
+`Results.add(wid, impl, rep, ...)` collects one measurement;
+`summarize(results, busy)` turns them into per-workload medians and ratios,
+the same dict that is saved with --json (`document`); `render_table(summary)`
 prints it. Ratios are only ever between medians of the same run:
-fsd/fuse-overlayfs and fsd/kernel (lower is better), and for w10 the
-throughput of `layers import` over that of `tar -x` + `sha256sum` (higher is
-better). A target is "ok", "MISS", or "?" when a side has no measurement.
+fsd/fuse-overlayfs (rootful and rootless) and fsd/kernel (lower is better),
+and for w10 the throughput of `layers import` over that of `tar -x` +
+`sha256sum` (higher is better). A target is "ok", "MISS", "?" when a side has
+no measurement, or "busy, not judged" when the machine was not quiet
+(machine.py): the figures are printed all the same.
+
+Besides the time, each FUSE measurement says why: the requests the daemon got
+by operation, its CPU seconds, and CPU microseconds per request (each the
+median over the repetitions).
 """
 
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 
-from .workloads import GROUPS, IMPORT_BASELINE, IMPORT_OURS, WORKLOAD_GROUP
+from .workloads import GROUPS, IMPORT_BASELINE, IMPORT_OURS, LIFECYCLE, PODMAN, WORKLOAD_GROUP
 
 KERNEL, FUSE_OVERLAYFS, FSD = "kernel", "fuse-overlayfs", "fsd"
-MOUNT_IMPLS = (KERNEL, FUSE_OVERLAYFS, FSD)
+RL_FUSE_OVERLAYFS, RL_FSD = "fuse-overlayfs rootless", "fsd rootless"
+MOUNT_IMPLS = (KERNEL, FUSE_OVERLAYFS, FSD, RL_FUSE_OVERLAYFS, RL_FSD)
+FUSE_PAIRS = ((FSD, FUSE_OVERLAYFS), (RL_FSD, RL_FUSE_OVERLAYFS))  # (ours, theirs) for the ratios
 IMPORT_IMPLS = (IMPORT_BASELINE, IMPORT_OURS)
-FORMAT = 1
+BUSY = "busy, not judged"
+FORMAT = 2
+
+_TITLES = {w.id: w for w in (*LIFECYCLE, *PODMAN)}
 
 
 @dataclass
 class Results:
     runs: dict = field(default_factory=dict)  # wid -> impl -> [run dicts]
 
-    def add(self, wid: str, impl: str, rep: int, seconds=None, cpu=None, info=None, error=None) -> None:
+    def add(self, wid: str, impl: str, rep: int, seconds=None, cpu=None, info=None, error=None,
+            requests=None, lost=0) -> None:
         run = {"rep": rep, "seconds": seconds, "cpu": cpu}
         if info:
             run["info"] = info
+        if requests is not None:
+            run["requests"] = requests
+            run["requests_lost"] = lost
         if error is not None:
             run["error"] = error
         self.runs.setdefault(wid, {}).setdefault(impl, []).append(run)
@@ -49,40 +65,68 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def _check(target: str, value) -> str:
+def _check(target: str, value, busy: bool) -> str:
     if not target:
         return ""
     if value is None:
         return "?"
+    if busy:
+        return BUSY
     op, num = target.split()[:2]
     ok = value <= float(num) if op == "<=" else value >= float(num)
     return "ok" if ok else "MISS"
 
 
-def summarize(results: Results) -> dict:
-    """{wid: {title, group, target, runs, median, cpu_median, ratios, target_value, target_met}}."""
+def _why(runs: list[dict]) -> dict:
+    """Requests by operation, their total, CPU per request: medians over the runs."""
+    counted = [r for r in runs if r.get("requests") is not None]
+    if not counted:
+        return {}
+    ops = sorted({op for r in counted for op in r["requests"]})
+    by_op = {op: _median([r["requests"].get(op, 0) for r in counted]) for op in ops}
+    total = _median([sum(r["requests"].values()) for r in counted])
+    per_request = _median([r["cpu"] / sum(r["requests"].values()) * 1e6 for r in counted
+                           if r.get("cpu") is not None and sum(r["requests"].values())])
+    return {"requests": total, "requests_by_op": dict(Counter(by_op).most_common()),
+            "cpu_us_per_request": per_request, "requests_lost": max(r["requests_lost"] for r in counted)}
+
+
+def _workload(wid: str):
+    if wid in WORKLOAD_GROUP:
+        group = GROUPS[WORKLOAD_GROUP[wid]]
+        return next(w for w in group.workloads if w.id == wid), WORKLOAD_GROUP[wid], bool(group.lowers)
+    w = _TITLES[wid]
+    return w, "podman" if w in PODMAN else "lifecycle", True
+
+
+def summarize(results: Results, busy: bool = False) -> dict:
+    """{wid: {title, group, target, runs, median, cpu_median, why, ratios, target_value,
+    target_verdict, target_met}} in the order of the workloads."""
     out = {}
-    for group in GROUPS.values():
-        for w in group.workloads:
-            if w.id not in results.runs:
-                continue
-            runs = results.runs[w.id]
-            ok = {impl: [r for r in rs if "error" not in r] for impl, rs in runs.items()}
-            median = {impl: _median([r["seconds"] for r in rs]) for impl, rs in ok.items()}
-            cpu = {impl: _median([r["cpu"] for r in rs]) for impl, rs in ok.items()}
-            if group.lowers:
-                ratios = {"fsd/fuse-overlayfs": _ratio(median.get(FSD), median.get(FUSE_OVERLAYFS)),
-                          "fsd/kernel": _ratio(median.get(FSD), median.get(KERNEL))}
-                value = ratios["fsd/fuse-overlayfs"]
-            else:
-                ratios = {"import/baseline throughput": _ratio(median.get(IMPORT_BASELINE),
-                                                               median.get(IMPORT_OURS))}
-                value = ratios["import/baseline throughput"]
-            verdict = _check(w.target, value)
-            out[w.id] = {"title": w.title, "group": WORKLOAD_GROUP[w.id], "target": w.target,
-                         "runs": runs, "median": median, "cpu_median": cpu, "ratios": ratios,
-                         "target_value": value,
-                         "target_met": {"ok": True, "MISS": False}.get(verdict)}
+    order = [w.id for g in GROUPS.values() for w in g.workloads] + [w.id for w in (*LIFECYCLE, *PODMAN)]
+    for wid in order:
+        if wid not in results.runs:
+            continue
+        w, group, mounted = _workload(wid)
+        runs = results.runs[wid]
+        ok = {impl: [r for r in rs if "error" not in r] for impl, rs in runs.items()}
+        median = {impl: _median([r["seconds"] for r in rs]) for impl, rs in ok.items()}
+        cpu = {impl: _median([r["cpu"] for r in rs]) for impl, rs in ok.items()}
+        why = {impl: _why(rs) for impl, rs in ok.items() if _why(rs)}
+        if mounted:
+            ratios = {f"{a}/{b}": _ratio(median.get(a), median.get(b)) for a, b in FUSE_PAIRS}
+            ratios["fsd/kernel"] = _ratio(median.get(FSD), median.get(KERNEL))
+            # lifecycle targets are fsd's seconds; the others fsd/fuse-overlayfs
+            value = median.get(FSD) if w.target.endswith(" s") else ratios["fsd/fuse-overlayfs"]
+        else:
+            ratios = {"import/baseline throughput": _ratio(median.get(IMPORT_BASELINE),
+                                                           median.get(IMPORT_OURS))}
+            value = ratios["import/baseline throughput"]
+        verdict = _check(w.target, value, busy)
+        out[wid] = {"title": w.title, "group": group, "target": w.target,
+                    "runs": runs, "median": median, "cpu_median": cpu, "why": why, "ratios": ratios,
+                    "target_value": value, "target_verdict": verdict,
+                    "target_met": {"ok": True, "MISS": False}.get(verdict)}
     return out
 
 
@@ -98,6 +142,10 @@ def _r(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _n(v) -> str:
+    return "-" if v is None else f"{v:.0f}"
+
+
 def _cell(w: dict, impl: str) -> str:
     runs = w["runs"].get(impl)
     if not runs:
@@ -108,30 +156,65 @@ def _cell(w: dict, impl: str) -> str:
     return text + ("*" if any("error" in r for r in runs) else "")
 
 
+def _ops(why: dict, top: int = 4) -> str:
+    if not why:
+        return "-"
+    items = list(why["requests_by_op"].items())
+    text = " ".join(f"{op} {n:.0f}" for op, n in items[:top])
+    if len(items) > top:
+        text += f" +{sum(n for _, n in items[top:]):.0f}"
+    return text + (f" (lost {why['requests_lost']})" if why["requests_lost"] else "")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda cells: "| " + " | ".join(c.ljust(n) for c, n in zip(cells, widths)) + " |"  # noqa: E731
     return [line(header), "|" + "|".join("-" * (n + 2) for n in widths) + "|", *map(line, rows)]
 
 
+def _target(w: dict) -> str:
+    return f"{w['target']} {w['target_verdict']}".strip() or "-"
+
+
 def render_table(summary: dict) -> str:
-    """The run as markdown tables: seconds are medians, CPU is daemon CPU seconds."""
-    mount_rows, import_rows = [], []
+    """The run as markdown tables: seconds are medians; then, for the same
+    workloads, why: requests, daemon CPU, CPU per request; then podman."""
+    mount_rows, why_rows, import_rows, podman_rows = [], [], [], []
     for wid, w in summary.items():
-        target = f"{w['target']} {_check(w['target'], w['target_value'])}".strip() or "-"
-        if GROUPS[w["group"]].lowers:
-            mount_rows.append([wid, w["title"], *(_cell(w, i) for i in MOUNT_IMPLS),
+        if w["group"] == "podman":
+            podman_rows.append([wid, w["title"], _cell(w, FUSE_OVERLAYFS), _cell(w, FSD),
+                                _r(w["ratios"]["fsd/fuse-overlayfs"]), _s(w["cpu_median"].get(FUSE_OVERLAYFS)),
+                                _s(w["cpu_median"].get(FSD)), _target(w)])
+        elif GROUPS.get(w["group"]) is None or GROUPS[w["group"]].lowers:
+            mount_rows.append([wid, w["title"], *(_cell(w, i) for i in MOUNT_IMPLS[:3]),
                                _r(w["ratios"]["fsd/fuse-overlayfs"]), _r(w["ratios"]["fsd/kernel"]),
-                               _s(w["cpu_median"].get(FSD)), _s(w["cpu_median"].get(FUSE_OVERLAYFS)),
-                               target])
+                               *(_cell(w, i) for i in MOUNT_IMPLS[3:]),
+                               _r(w["ratios"][f"{RL_FSD}/{RL_FUSE_OVERLAYFS}"]), _target(w)])
         else:
             import_rows.append([wid, w["title"], *(_cell(w, i) for i in IMPORT_IMPLS),
                                 _r(w["ratios"]["import/baseline throughput"]),
-                                _s(w["cpu_median"].get(IMPORT_OURS)), target])
+                                _s(w["cpu_median"].get(IMPORT_OURS)), _target(w)])
+        if w["group"] != "lifecycle" and (w["why"] or any(w["cpu_median"].get(i) is not None
+                                                          for i in (FSD, FUSE_OVERLAYFS))):
+            why = w["why"]
+            why_rows.append([wid, *(_n(why.get(i, {}).get("requests")) for i in (FUSE_OVERLAYFS, FSD)),
+                             *(_s(w["cpu_median"].get(i)) for i in (FUSE_OVERLAYFS, FSD)),
+                             *(_n(why.get(i, {}).get("cpu_us_per_request"))
+                               for i in (FUSE_OVERLAYFS, FSD, RL_FUSE_OVERLAYFS, RL_FSD)),
+                             _ops(why.get(FUSE_OVERLAYFS)), _ops(why.get(FSD))])
     out = []
     if mount_rows:
         out += _table(["id", "workload", "kernel s", "fuse-overlayfs s", "fsd s", "fsd/f-o", "fsd/kernel",
-                       "fsd cpu s", "f-o cpu s", "target fsd/f-o"], mount_rows)
+                       "rootless f-o s", "rootless fsd s", "rootless fsd/f-o", "target"], mount_rows)
+    if podman_rows:
+        out += [""] if out else []
+        out += _table(["id", "podman workload", "fuse-overlayfs s", "fsd s", "fsd/f-o",
+                       "f-o cpu s", "fsd cpu s", "target"], podman_rows)
+    if why_rows:
+        out += [""] if out else []
+        out += _table(["id", "f-o requests", "fsd requests", "f-o cpu s", "fsd cpu s", "f-o us/req",
+                       "fsd us/req", "rootless f-o us/req", "rootless fsd us/req",
+                       "f-o requests by op", "fsd requests by op"], why_rows)
     if import_rows:
         out += [""] if out else []
         out += _table(["id", "workload", f"{IMPORT_BASELINE} s", f"{IMPORT_OURS} s", "throughput ratio",

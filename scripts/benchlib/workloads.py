@@ -11,7 +11,11 @@ run goes on with the next mount.
 
 Times are wall-clock seconds of the step alone (a worker's loop, fio's own
 runtime, or the command); daemon CPU is the FUSE daemon's user+system time
-over the step, from /proc (None for the kernel overlay).
+over the step, from /proc (None for the kernel overlay); requests are the
+FUSE requests the kernel sent the daemon during the step, by operation
+(trace.py; None without tracing). Every command that touches the mount runs
+as the mount's owner where the mount is (`Mount.command`): for a rootless
+implementation, as the user in its namespace.
 """
 
 from __future__ import annotations
@@ -48,13 +52,15 @@ class Step:
     seconds: float
     cpu: float | None = None
     info: dict = field(default_factory=dict)
+    requests: dict[str, int] | None = None  # FUSE operation -> count
+    lost: int = 0  # trace events lost (the ring buffer overflowed)
 
 
 class Context:
     """What a group needs to run and time its steps on one mount."""
 
     def __init__(self, impl: str, mount: Mount | None, data: dict[str, Path], scratch: Path,
-                 small: bool, timeout: float, fio: str | None, layers_exe: str):
+                 small: bool, timeout: float, fio: str | None, layers_exe: str, trace=None):
         self.impl = impl
         self.mount = mount
         self.data = data
@@ -63,6 +69,7 @@ class Context:
         self.timeout = timeout
         self.fio = fio
         self.layers_exe = layers_exe
+        self.trace = trace  # a trace.RequestTrace, or None
         self.steps: dict[str, Step] = {}
 
     @property
@@ -81,7 +88,7 @@ class Context:
                 while fh.read(1 << 20):
                     pass
 
-    def _cpu(self) -> float | None:
+    def _cpu(self):
         return self.mount.daemon_cpu() if self.mount else None
 
     def _run(self, argv: list[str], cwd=None, capture=False) -> tuple[str, float, object]:
@@ -94,7 +101,8 @@ class Context:
             # In a process group of its own, so that all of it can be stopped
             # (fio forks its jobs). Never with its cwd in the mount: a fork that
             # chdirs into a hung mount blocks the bench in vfork, deadline or not.
-            p = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            run = self.mount.command(argv, cwd) if self.mount else argv
+            p = subprocess.Popen(run, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                  process_group=0)
             try:
                 _, status, rusage = _wait4(p, self.timeout)
@@ -111,14 +119,20 @@ class Context:
             raise WorkloadError(f"{_show(argv)}: exit {status}: {tail or '(no output)'}")
         return stdout, wall, rusage
 
+    def _begin(self):
+        """Before a measured step: the daemon's CPU so far; requests counted from now."""
+        if self.trace is not None and self.mount is not None and self.mount.connection is not None:
+            self.trace.start(self.mount.connection)
+        return self._cpu()
+
     def time_cmd(self, wid: str, argv: list[str], capture=False) -> tuple[Step, str]:
         """The step and, with capture, what the command printed."""
-        cpu0 = self._cpu()
+        cpu0 = self._begin()
         out, wall, rusage = self._run(argv, capture=capture)
         return self._record(wid, Step(wall), cpu0, rusage), out
 
     def time_worker(self, wid: str, *args: str) -> Step:
-        cpu0 = self._cpu()
+        cpu0 = self._begin()
         out, _, rusage = self._run([sys.executable, WORKER, *args], cwd=self.scratch, capture=True)
         try:
             result = json.loads(out.strip().splitlines()[-1])
@@ -128,8 +142,8 @@ class Context:
         return self._record(wid, Step(seconds, info=result), cpu0, rusage)
 
     def time_fio(self, wid: str, path: Path, count: int) -> Step:
-        cpu0 = self._cpu()
-        size = path.stat().st_size
+        size = self.mount.lstat(path).st_size
+        cpu0 = self._begin()
         out, _, rusage = self._run([
             self.fio, "--name=randread", f"--filename={path}", "--readonly", "--rw=randread",
             "--bs=4k", "--ioengine=psync", f"--size={size}", f"--io_size={count * 4096}",
@@ -147,8 +161,12 @@ class Context:
 
     def _record(self, wid: str, step: Step, cpu0, rusage) -> Step:
         cpu1 = self._cpu()
+        if self.trace is not None and self.mount is not None and self.mount.connection is not None:
+            counts = self.trace.stop()
+            step.requests = dict(counts.of([self.mount.connection]))
+            step.lost = counts.lost
         if cpu0 is not None and cpu1 is not None:
-            step.cpu = cpu1 - cpu0
+            step.cpu = cpu1.seconds_since(cpu0)
         elif self.mount is None and rusage is not None:  # no daemon: the command's own CPU
             step.cpu = rusage.ru_utime + rusage.ru_stime
         self.steps[wid] = step
@@ -238,10 +256,11 @@ def run_w2(ctx: Context) -> None:
 
 def run_w3(ctx: Context) -> None:
     big = ctx.merged / "big"
+    size = ctx.mount.lstat(big).st_size
     ctx.cold()
     step = ctx.time_worker("w3", "seqread", str(big))
-    if step.info.get("bytes") != big.stat().st_size:
-        raise WorkloadError(f"w3: read {step.info.get('bytes')} bytes of {big.stat().st_size}")
+    if step.info.get("bytes") != size:
+        raise WorkloadError(f"w3: read {step.info.get('bytes')} bytes of {size}")
     count = 64 if ctx.small else 4096
     ctx.cold()
     if ctx.fio:
@@ -259,13 +278,13 @@ def run_w4(ctx: Context) -> None:
     lower = ctx.data["lower"] / "tree"
     for rel in spec["w4_files"][:50]:
         want = (lower / rel).stat().st_size + 1
-        if (ctx.merged / rel).stat().st_size != want or (ctx.mount.upper / rel).stat().st_size != want:
+        if ctx.mount.lstat(ctx.merged / rel).st_size != want or (ctx.mount.upper / rel).stat().st_size != want:
             raise WorkloadError(f"w4: {rel} was not copied up with one byte more")
 
 
 def _createsync(ctx: Context, wid: str) -> None:
     d = ctx.merged / "w5"
-    d.mkdir()
+    ctx.mount.mkdir(d)
     ctx.time_worker(wid, "createsync", str(d), "20" if ctx.small else "2000")
 
 
@@ -280,7 +299,7 @@ def run_w5v(ctx: Context) -> None:
 def run_w6(ctx: Context) -> None:
     tarball = ctx.data["untar"] / "untar.tar"
     d = ctx.merged / "w6"
-    d.mkdir()
+    ctx.mount.mkdir(d)
     ctx.cold(tarball)
     ctx.time_cmd("w6", ["tar", "-C", str(d), "-xf", str(tarball)])
 
@@ -288,7 +307,7 @@ def run_w6(ctx: Context) -> None:
 def run_w7(ctx: Context) -> None:
     ctx.cold()
     ctx.time_cmd("w7", ["rm", "-rf", str(ctx.merged / "small" / "g0")])
-    if (ctx.merged / "small" / "g0").exists():
+    if ctx.mount.exists(ctx.merged / "small" / "g0"):
         raise WorkloadError("w7: small/g0 is still there after rm -rf")
 
 
@@ -337,3 +356,13 @@ GROUPS = {g.name: g for g in (
 )}
 
 WORKLOAD_GROUP = {w.id: g.name for g in GROUPS.values() for w in g.workloads}
+
+# Measured on every mount of the run (mounts.py), whatever the workload; their
+# targets are in seconds of fsd's median, not ratios.
+LIFECYCLE = (Workload("mount", "mount: start until the root answers", "<= 0.1 s"),
+             Workload("umount", "unmount: fusermount3 -u until the daemon exited", "<= 0.1 s"))
+
+# The podman section (podman.py): each daemon as podman's mount_program.
+PODMAN = (Workload("p1", "podman run --rm IMG true", "<= 1.2"),
+          Workload("p2", "find / -xdev; ls -lR /usr in a container", "<= 1.0"),
+          Workload("p3", "podman build: 3 RUN steps write, rename, delete files", "<= 1.0"))

@@ -2,7 +2,8 @@
 
     reason = ensure_podman()            installs what is missing (apt); None when usable
     tar = busybox_rootfs(box)           a small rootfs tar from busybox-static
-    store = PodmanStore(box, agent)     a store under the sandbox; store(*args) runs podman
+    store = PodmanStore(box, rootless)  a store under the sandbox; store(*args) runs podman
+                                        (mount_program=PATH: another one than fsd)
     store.close()                       removes containers, stops the rootless pause process
 
 The agent (tests/support/rootless.py) gives podman the namespace this machine
@@ -130,7 +131,8 @@ def busybox_rootfs(box: Sandbox) -> Path:
 class PodmanStore:
     """A podman store in the sandbox, driven through an agent (root or the user)."""
 
-    def __init__(self, box: Sandbox, rootless: bool, timeout: float = 240.0):
+    def __init__(self, box: Sandbox, rootless: bool, timeout: float = 240.0,
+                 mount_program: str | None = None):
         self.box = box
         self.rootless = rootless
         self.timeout = timeout
@@ -147,6 +149,7 @@ class PodmanStore:
                                 f"exec {shlex.quote(mounts.fsd_executable())} \"$@\" "
                                 f"-o logfile={shlex.quote(str(self.logdir))}/fsd-$$.log\n")
         self.wrapper.chmod(0o755)
+        self.mount_program = mount_program or str(self.wrapper)
         conf = box.root / "containers.conf"
         conf.write_text(CONTAINERS_CONF)
         conf.chmod(0o644)
@@ -157,7 +160,7 @@ class PodmanStore:
             f'graphroot = "{self.graph}"\n'
             f'runroot = "{self.runroot}"\n'
             "[storage.options.overlay]\n"
-            f'mount_program = "{self.wrapper}"\n')
+            f'mount_program = "{self.mount_program}"\n')
         storage.chmod(0o644)
         env = {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage),
                "TMPDIR": str(tmp), "HOME": str(home), "XDG_RUNTIME_DIR": str(xdg)}
@@ -170,7 +173,7 @@ class PodmanStore:
     def global_opts(self) -> list[str]:
         return ["--root", str(self.graph), "--runroot", str(self.runroot), "--tmpdir", str(self.tmpdir),
                 "--storage-driver", "overlay",
-                "--storage-opt", f"overlay.mount_program={self.wrapper}"]
+                "--storage-opt", f"overlay.mount_program={self.mount_program}"]
 
     def __call__(self, *args, timeout: float | None = None, check: bool = True) -> mounts.Result:
         """podman ARGS in the agent; asserts exit 0 unless check=False. A command
