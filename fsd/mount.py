@@ -16,6 +16,7 @@ import signal
 import stat
 import sys
 import tempfile
+import time
 from typing import NoReturn
 
 import pyfuse3
@@ -38,6 +39,7 @@ from .whiteout import Markers, whiteout_mode
 log = logging.getLogger("fsd")
 
 WORK_AREA = "fsd"  # fsd's own directory inside the workdir
+WORK_LOCK_WAIT = 2.0  # seconds a mount waits for the work area's last daemon to exit
 _FUSE_FLAGS = frozenset("nosuid suid nodev dev noexec exec noatime atime relatime norelatime "
                         "strictatime nodiratime diratime sync async dirsync".split())
 
@@ -53,25 +55,51 @@ def _raise_limits() -> None:
 
 def open_work_area(params: OverlayParams) -> tuple[Layer, int]:
     """fsd's directory in the workdir: locked against a second mount, emptied of
-    what an earlier run left half-built."""
+    what an earlier run left half-built.
+
+    The lock is held until the daemon exits, which is a moment after its
+    unmount: a remount right after `fusermount3 -u` waits up to
+    WORK_LOCK_WAIT seconds for it; past that, ParamError naming the holder."""
     path = os.path.join(params.workdir, WORK_AREA)
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
         pass
     lock_fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
-        raise ParamError(f"upperdir '{params.upperdir}' and workdir '{params.workdir}' "
-                         "are in use by another mount") from None
+    deadline = time.monotonic() + WORK_LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            holders = _flock_holders(os.fstat(lock_fd))
+            os.close(lock_fd)
+            by = f" (pid {', '.join(map(str, holders))})" if holders else ""
+            raise ParamError(f"upperdir '{params.upperdir}' and workdir '{params.workdir}' "
+                             f"are in use by another mount{by}") from None
     work = Layer(path, UPPER)
     discard_tree(work, TMP_DIR)
     work.mkdir(TMP_DIR, 0o700)
     if work.try_lstat(INDEX_DIR) is None:
         work.mkdir(INDEX_DIR, 0o700)
     return work, lock_fd
+
+
+def _flock_holders(st: os.stat_result) -> list[int]:
+    """Pids holding a flock on the file `st` describes, from /proc/locks
+    (`N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF`, device numbers in hex)."""
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    return sorted({int(fields[4]) for fields in (line.split() for line in lines)
+                   if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == key
+                   and fields[4].isdigit()})
 
 
 def probe_markers(work: Layer, forced_whiteout: str | None) -> Markers:

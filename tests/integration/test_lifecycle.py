@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -123,6 +125,60 @@ def test_early_failure_leaves_nothing(stack, mount_fsd, tmp_path):
     assert r.returncode not in (0, None)
     assert not mounts.mounts_at(mnt)
     assert mounts.wait_exited(mounts.pids_with_arg(str(mnt)), 5) == []
+
+
+def test_second_mount_of_an_upper_names_the_daemon_holding_it(stack, mount_fsd, fsd_log, tmp_path):
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    (holder,) = _daemon_pids(mount_fsd(stack, upper, work))
+    mnt = mount_fsd.new_mountpoint()
+    opts = ",".join([*mounts.overlay_opts(stack, upper, work), f"logfile={fsd_log.new_path()}"])
+    r = mount_fsd.run(["-o", opts, mnt], mnt)
+    assert (r.returncode, r.stderr) == (1, f"fsd: upperdir '{upper}' and workdir '{work}' are in use "
+                                           f"by another mount (pid {holder})\n"), r.describe()
+    assert not mounts.mounts_at(mnt)
+
+
+def test_mount_waits_for_the_daemon_still_holding_its_work_area(stack, mount_fsd, fsd_log, tmp_path):
+    """A remount right after `fusermount3 -u`: the old daemon, still exiting,
+    holds the work area's lock a moment longer.  Here the test holds it until
+    the new fsd has opened the lock file, then lets go: fsd waits, and mounts."""
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    (work / "fsd").mkdir(parents=True, mode=0o700)
+    opts = ",".join([*mounts.overlay_opts(stack, upper, work), f"logfile={fsd_log.new_path()}"])
+    lock = work / "fsd" / "lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    mnt = mount_fsd.new_mountpoint()
+    result = {}
+    starter = threading.Thread(target=lambda: result.update(r=mount_fsd.run(["-o", opts, mnt], mnt)))
+    starter.start()
+    try:
+        assert mounts.wait_for(lambda: _has_open(mounts.pids_with_arg(str(mnt)), lock), 30), \
+            "fsd never opened its work area's lock"
+        time.sleep(0.1)  # fsd tries the lock right after opening it
+    finally:
+        os.close(fd)
+        starter.join(60)
+    assert result["r"].returncode == 0, result["r"].describe()
+    assert mounts.is_mounted(mnt, mounts.FSD_FSTYPE)
+
+
+def _has_open(pids, path) -> bool:
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    return True
+            except OSError:
+                pass
+    return False
 
 
 NO_FUSE_DEV = {
