@@ -88,25 +88,12 @@ def ensure(cache: Path, size: str, name: str, say=print) -> Path:
     have = load_spec(final)
     if have is not None and {k: have.get(k) for k in want} == want:
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        trash = final.with_name(f".{name}.stale-{os.getpid()}")
-        os.rename(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    tmp = final.with_name(f".{name}.build-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     say(f"bench: building {size} test data: {name} (once, kept in {final})")
-    try:
-        extra = BUILDERS[name](tmp, SIZES[size])
-        (tmp / "spec.json").write_text(json.dumps({**want, **extra}, indent=1) + "\n")
-        os.sync()
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another run published it first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(tmp: Path) -> dict:
+        tmp.mkdir()
+        return {**want, **BUILDERS[name](tmp, SIZES[size])}
+    _publish(final, build)
     return final
 
 
@@ -118,17 +105,29 @@ def ensure_owned(cache: Path, size: str, name: str, uid: int, gid: int, say=prin
     want = {**(load_spec(src) or {}), "owner": [uid, gid]}
     if load_spec(final) == want:
         return final
+    say(f"bench: copying {size} test data {name} for uid {uid} (once, kept in {final})")
+
+    def build(tmp: Path) -> dict:
+        subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(tmp)], check=True)
+        subprocess.run(["chown", "-R", "--no-dereference", f"{uid}:{gid}", str(tmp)], check=True)
+        return want
+    _publish(final, build)
+    return final
+
+
+def _publish(final: Path, build) -> None:
+    """Replace `final` with what build(tmp) makes at a temporary name next to
+    it (build returns the spec, written last), synced, then renamed into place."""
+    final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         trash = final.with_name(f".{final.name}.stale-{os.getpid()}")
         os.rename(final, trash)
         shutil.rmtree(trash, ignore_errors=True)
     tmp = final.with_name(f".{final.name}.build-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    say(f"bench: copying {size} test data {name} for uid {uid} (once, kept in {final})")
     try:
-        subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(tmp)], check=True)
-        subprocess.run(["chown", "-R", "--no-dereference", f"{uid}:{gid}", str(tmp)], check=True)
-        (tmp / "spec.json").write_text(json.dumps(want, indent=1) + "\n")
+        spec = build(tmp)
+        (tmp / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
         os.sync()
         try:
             os.rename(tmp, final)
@@ -136,7 +135,6 @@ def ensure_owned(cache: Path, size: str, name: str, uid: int, gid: int, say=prin
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def clean_partial(cache: Path) -> None:
