@@ -126,27 +126,45 @@ class CopyUp:
         self.fsync = fsync
         self._serial = itertools.count()
         self._hardlinks: dict[int, dict[int, list[bytes]]] = {}  # lower index -> st_ino -> paths
-        # Held while a directory's merged tree is copied for a rename (dir.py):
-        # copy-ups and name changes wait, so nothing lands in a tree being moved.
-        self.tree_move = trio.Lock()
+        # Set while a directory's merged tree is copied for a rename (dir.py):
+        # copy-ups and name changes wait for it, so nothing lands in a tree
+        # being moved.  An event, not a lock: waiting must hold nothing.
+        self._tree_move: trio.Event | None = None
 
-    async def settle(self) -> None:
-        """Wait while a directory tree is being moved."""
-        if self.tree_move.locked():
-            async with self.tree_move:
-                pass
+    @contextlib.contextmanager
+    def moving_tree(self):
+        """Mark a tree move under way for the block.  The caller has just seen
+        none under way (`upper_and_no_tree_move`), with no await since."""
+        if self._tree_move is not None:
+            raise RuntimeError("a tree move began while another was under way")
+        self._tree_move = moved = trio.Event()
+        try:
+            yield
+        finally:
+            self._tree_move = None
+            moved.set()
 
-    def settled(self, *nodes: Node) -> bool:
+    async def wait_tree_move(self) -> None:
+        """Return at a moment when no tree move is under way.  Waiters hold
+        nothing: a trio Lock taken only to wait for its holder passes from one
+        waiter straight to the next, so that with two waiters it never looked
+        free to either and they spun.  Each round here waits for a move that
+        ends; another may begin before this task runs again."""
+        while self._tree_move is not None:
+            await self._tree_move.wait()
+
+    def upper_and_no_tree_move(self, *nodes: Node) -> bool:
         """Whether nodes are fully in the upper and no tree is being moved."""
-        return not self.tree_move.locked() and all(n.upper and not n.metacopy for n in nodes)
+        return self._tree_move is None and all(n.upper and not n.metacopy for n in nodes)
 
     async def ensure_all(self, *nodes: Node) -> None:
         """Copy up nodes and return at a moment when no tree move is under way, so
-        that the caller's next synchronous steps act on a settled upper."""
-        while not self.settled(*nodes):
-            await self.settle()
-            for node in nodes:
-                await self.ensure(node)
+        that the caller's next synchronous steps act on a settled upper.  A node
+        once in the upper stays there (a tree move keeps its nodes there), so
+        waiting for a move last is enough: nothing to retry."""
+        for node in nodes:
+            await self.ensure(node)
+        await self.wait_tree_move()
 
     def tmp_name(self) -> bytes:
         """A fresh name in the work area's scratch directory."""
@@ -203,7 +221,7 @@ class CopyUp:
         loop: trees can be thousands of levels deep."""
         if node.upper and not node.metacopy:
             return
-        await self.settle()
+        await self.wait_tree_move()
         missing = []
         ancestor = node.parent
         while ancestor is not None and not ancestor.upper:

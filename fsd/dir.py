@@ -310,11 +310,13 @@ class DirOps:
             needed = [p1, p2, src, dst] if flags & RENAME_EXCHANGE else [p1, p2, *self._counted_in_upper(dst)]
             if not (src.is_dir and src.lowers) and not flags & RENAME_EXCHANGE:
                 needed.append(src)
-            if self.copyup.settled(*needed):
+            if self.copyup.upper_and_no_tree_move(*needed):
                 break
+            # Each round that gets here awaits a copy-up or the end of a tree
+            # move; the names are looked up again after it.
             await self.copyup.ensure_all(*needed)
         # From here on the upper is settled; only the tree copy below awaits, and
-        # it holds tree_move, which every other change waits for.
+        # it is marked as a tree move, which every other change waits for.
         if flags & RENAME_EXCHANGE:
             self._exchange(p1, n1, src, p2, n2, dst)
             return
@@ -324,11 +326,8 @@ class DirOps:
             replaced = self.stack.upper.lstat(p2.child_path(n2)) if dst.upper else dst.lower_stat
         hard_links = []
         if src.is_dir and src.lowers:
-            self.copyup.tree_move.acquire_nowait()
-            try:
+            with self.copyup.moving_tree():
                 hard_links = await self._move_merged_dir(p1, n1, src, p2, n2)
-            finally:
-                self.copyup.tree_move.release()
         else:
             self._move_upper(p1, n1, src, p2, n2, dst)
         if dst is not None:

@@ -358,3 +358,64 @@ async def test_a_copy_up_tells_the_kernel_the_parent_changed(overlay):
     d = await fs.ino("d")
     await fs.write("d/f", b"y")
     assert (d, True) in overlay.session.invalidated_inodes
+
+
+class StepBudget(trio.abc.Instrument):
+    """Cancels `scope` once more than `limit` task steps have run: a spin
+    (tasks that run on without getting anywhere) fails a test instead of
+    hanging it, and without timing."""
+
+    def __init__(self, scope: trio.CancelScope, limit: int):
+        self.scope, self.limit, self.steps = scope, limit, 0
+
+    def before_task_step(self, task):
+        self.steps += 1
+        if self.steps > self.limit:
+            self.scope.cancel()
+
+
+async def test_requests_waiting_for_a_directory_move_all_go_on_when_it_ends(overlay, monkeypatch):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/f", "lower data")
+    (bottom / "d" / "sub").mkdir()
+    fs = await overlay.mount()
+    await fs.lookup("d/f")
+    # The order of events, made certain without timing: the move's tree copy
+    # waits until six requests wait for the move.
+    real_run_sync = trio.to_thread.run_sync
+    moving, mover_may_go = trio.Event(), trio.Event()
+    tasks, done = {}, []
+
+    async def run_sync_in_order(fn, *args, **kw):
+        if trio.lowlevel.current_task() is tasks.get("mover"):
+            moving.set()
+            await mover_may_go.wait()
+        return await real_run_sync(fn, *args, **kw)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_in_order)
+
+    async def mover():
+        tasks["mover"] = trio.lowlevel.current_task()
+        await fs.rename("d", "e")
+        done.append("rename d e")
+
+    async def mkdir(path):
+        await fs.mkdir(path)
+        done.append(f"mkdir {path}")
+
+    paths = [f"n{i}" for i in range(3)] + [f"d/m{i}" for i in range(3)]  # beside the moved tree and in it
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mover)
+            await moving.wait()
+            for path in paths:
+                nursery.start_soon(mkdir, path)
+            await trio.testing.wait_all_tasks_blocked()
+            assert done == [], "they wait for the move"
+            trio.lowlevel.add_instrument(StepBudget(scope, 20_000))
+            mover_may_go.set()
+    assert not scope.cancelled_caught, f"still not done after 20000 scheduler steps, only: {done}"
+    assert sorted(done) == sorted(["rename d e"] + [f"mkdir {p}" for p in paths])
+    assert sorted(await fs.listdir("e")) == [b"f", b"m0", b"m1", b"m2", b"sub"]
+    assert sorted(await fs.listdir("")) == [b"e", b"n0", b"n1", b"n2"]
+    assert await fs.read("e/f") == b"lower data"
