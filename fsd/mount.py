@@ -26,6 +26,7 @@ from .attr import AttrOps
 from .copy_up import INDEX_DIR, TMP_DIR, CopyUp, discard_tree
 from .dir import DirOps
 from .file import FileOps
+from .freeze import SIGNALS, Freezer, WriteGate
 from .idmap import IdMap
 from .inode import UPPER, InodeTable
 from .layer import RENAME_WHITEOUT, Layer, Stack
@@ -167,6 +168,10 @@ class Mount:
         else:
             markers = Markers("chardev", None, None, False)
         self.stack = Stack(lowers, upper, work)
+        gate = WriteGate()
+        # a reader can freeze the upper (freeze.py) through fsd's work area
+        self.freezer = Freezer(gate, os.path.join(params.workdir, WORK_AREA)) \
+            if work is not None else None
         self.table = InodeTable([layer.dev for layer in [*lowers, upper] if layer is not None])
         self.namei = Namei(self.stack, self.table, markers)
         self.namei.root_node()
@@ -186,7 +191,7 @@ class Mount:
             self.stack, self.table, self.namei, attrs, dirs,
             FileOps(self.stack, self.table, copyup, params.writable, fsync),
             ReaddirOps(self.table, self.namei, attrs),
-            params.writable, params.noacl, on_init)
+            params.writable, params.noacl, on_init, gate)
         log.debug("markers: %s", markers)
 
     def close(self) -> None:
@@ -195,17 +200,23 @@ class Mount:
             os.close(self.lock_fd)
 
 
-async def _serve() -> None:
-    async with trio.open_nursery() as nursery:
-        async def stop_on_signal():
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                async for signum in signals:
-                    log.info("signal %d: unmounting", signum)
-                    pyfuse3.terminate()
-                    return
-        nursery.start_soon(stop_on_signal)
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
+async def _serve(freezer: Freezer | None) -> None:
+    # the freeze signals are caught from here on, before the mount can go live
+    # (FUSE_INIT is answered inside pyfuse3.main): none can end the daemon
+    with trio.open_signal_receiver(*SIGNALS) as freeze_signals:
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal():
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT,
+                                               signal.SIGHUP) as signals:
+                    async for signum in signals:
+                        log.info("signal %d: unmounting", signum)
+                        pyfuse3.terminate()
+                        return
+            nursery.start_soon(stop_on_signal)
+            if freezer is not None:
+                nursery.start_soon(freezer.serve, freeze_signals)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
 
 
 def _setup_logging(params: OverlayParams, detached: bool) -> None:
@@ -275,7 +286,7 @@ def _mount_and_serve(params: OverlayParams, on_init, on_error) -> int:
         where = f" '{os.fsdecode(exc.filename)}'" if exc.filename else ""
         return on_error(f"{exc.strerror}{where}")
     try:
-        trio.run(_serve)
+        trio.run(_serve, mount.freezer)
     except* ConnectionAbortedError:
         # Someone aborted the FUSE connection (/sys/fs/fuse/connections/N/abort):
         # no request can be answered any more; end as after an unmount.

@@ -1,7 +1,9 @@
 """The pyfuse3 Operations: one thin method per request, no logic of its own.
 
 Every handler is wrapped by `errors.translate`, the one place where OSError
-becomes FUSEError and an unexpected exception becomes a logged EIO.
+becomes FUSEError and an unexpected exception becomes a logged EIO.  Every
+handler that changes the upper passes `self.gate` (`freeze.WriteGate`), so
+that the upper can be frozen for a reader.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .attr import AttrOps
 from .dir import DirOps
 from .errors import fail, translate
 from .file import FileOps
+from .freeze import WriteGate
 from .inode import InodeTable
 from .layer import Stack
 from .namei import Namei
@@ -29,7 +32,7 @@ class Operations(pyfuse3.Operations):
 
     def __init__(self, stack: Stack, table: InodeTable, namei: Namei, attrs: AttrOps,
                  dirs: DirOps, files: FileOps, listings: ReaddirOps, writable: bool, noacl: bool,
-                 on_init=None):
+                 on_init=None, gate: WriteGate | None = None):
         super().__init__()
         self.stack = stack
         self.table = table
@@ -40,6 +43,7 @@ class Operations(pyfuse3.Operations):
         self.listings = listings
         self.writable = writable
         self._on_init = on_init
+        self.gate = gate or WriteGate()
         if noacl:
             self.enable_acl = False
 
@@ -82,7 +86,8 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable()
         fd = self.files.fd(fh) if fh is not None and fh in self.files.handles else None
-        return await self.attrs.setattr(self.table[inode], attr, fields, fd, ctx)
+        async with self.gate:
+            return await self.attrs.setattr(self.table[inode], attr, fields, fd, ctx)
 
     @translate
     async def readlink(self, inode, ctx):
@@ -92,55 +97,71 @@ class Operations(pyfuse3.Operations):
     @translate
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._writable()
-        node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid, rdev=rdev)
+        async with self.gate:
+            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
+                                          rdev=rdev)
         return self._reply(node)
 
     @translate
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._writable()
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
-        return self._reply(await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid))
+        async with self.gate:
+            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid)
+        return self._reply(node)
 
     @translate
     async def symlink(self, parent_inode, name, target, ctx):
         self._writable()
-        node = await self.dirs.create(self.table[parent_inode], name, stat.S_IFLNK | 0o777,
-                                      ctx.uid, ctx.gid, target=target)
+        async with self.gate:
+            node = await self.dirs.create(self.table[parent_inode], name, stat.S_IFLNK | 0o777,
+                                          ctx.uid, ctx.gid, target=target)
         return self._reply(node)
 
     @translate
     async def create(self, parent_inode, name, mode, flags, ctx):
         self._writable()
         mode = stat.S_IFREG | stat.S_IMODE(mode)
-        node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid)
-        attr = self._reply(node)
-        return await self.files.open(node, flags), attr
+        async with self.gate:
+            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid)
+            attr = self._reply(node)
+            return await self.files.open(node, flags), attr
 
     @translate
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self._writable()
-        node = await self.dirs.link(self.table[inode], self.table[new_parent_inode], new_name)
+        async with self.gate:
+            node = await self.dirs.link(self.table[inode], self.table[new_parent_inode], new_name)
         return self._reply(node)
 
     @translate
     async def unlink(self, parent_inode, name, ctx):
         self._writable()
-        await self.dirs.unlink(self.table[parent_inode], name)
+        async with self.gate:
+            await self.dirs.unlink(self.table[parent_inode], name)
 
     @translate
     async def rmdir(self, parent_inode, name, ctx):
         self._writable()
-        await self.dirs.rmdir(self.table[parent_inode], name)
+        async with self.gate:
+            await self.dirs.rmdir(self.table[parent_inode], name)
 
     @translate
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self._writable()
-        await self.dirs.rename(self.table[parent_inode_old], name_old,
-                               self.table[parent_inode_new], name_new, flags)
+        async with self.gate:
+            await self.dirs.rename(self.table[parent_inode_old], name_old,
+                                   self.table[parent_inode_new], name_new, flags)
 
     @translate
     async def open(self, inode, flags, ctx):
         node = self.table[inode]
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):     # may copy up
+            async with self.gate:
+                return await self._open(node, flags, ctx)
+        return await self._open(node, flags, ctx)
+
+    async def _open(self, node, flags, ctx):
         info = await self.files.open(node, flags)
         if flags & os.O_TRUNC:
             # an atomic O_TRUNC brings no setattr, so none of the kernel's set-id removal
@@ -157,12 +178,14 @@ class Operations(pyfuse3.Operations):
 
     @translate
     async def write(self, fh, off, buf):
-        return self.files.write(fh, off, buf)
+        async with self.gate:
+            return self.files.write(fh, off, buf)
 
     @translate
     async def fallocate(self, fh, mode, offset, length):
         self._writable()
-        self.files.fallocate(fh, mode, offset, length)
+        async with self.gate:
+            self.files.fallocate(fh, mode, offset, length)
 
     @translate
     async def lseek(self, fh, offset, whence):
@@ -210,12 +233,14 @@ class Operations(pyfuse3.Operations):
     @translate
     async def setxattr(self, inode, name, value, ctx):
         self._writable()
-        await self.attrs.setxattr(self.table[inode], name, value)
+        async with self.gate:
+            await self.attrs.setxattr(self.table[inode], name, value)
 
     @translate
     async def removexattr(self, inode, name, ctx):
         self._writable()
-        await self.attrs.removexattr(self.table[inode], name)
+        async with self.gate:
+            await self.attrs.removexattr(self.table[inode], name)
 
     @translate
     async def access(self, inode, mode, ctx):

@@ -163,8 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="instead of the image's command")
 
-    c = sub.add_parser("commit", help="a new image: the container's image plus its changes "
-                                      "as one layer (SOURCE_DATE_EPOCH clamps times)")
+    c = sub.add_parser(
+        "commit", help="a new image: the container's image plus its changes as one layer "
+                       "(SOURCE_DATE_EPOCH clamps times)",
+        description="A new image: the container's image plus its changes as one layer. "
+                    "SOURCE_DATE_EPOCH clamps times. A mounted container (fuse driver) is "
+                    "committed as it was at one instant: fsd lets the changes in flight end "
+                    "and holds new ones until the layer is read, so the layer has every "
+                    "write, rename or delete that had returned by then and none that had "
+                    "not; a file being written by several writes may be caught between two "
+                    "of them, as a crash would leave it. Processes in the container only "
+                    "wait meanwhile. Other drivers commit only an unmounted container.")
     c.add_argument("container")
     c.add_argument("name", nargs="?", metavar="NAME[:TAG]")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress display")

@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import time
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
@@ -1021,9 +1022,14 @@ class Store:
                epoch: int | None = None, progress: Progress | None = None) -> Image:
         """A new image: the container's image plus one layer of its changes.
 
-        The container must be unmounted (ContainerMounted); it is marked busy
-        (its record carries this command's lease) so that nothing mounts or
-        removes it while its changes are read, outside the store lock.  The
+        A mounted container is committed as it was at one instant: the
+        driver holds its upper still while it is read (`Driver.frozen`: fsd
+        lets the changes in flight end and makes new ones wait, so the layer
+        holds every write that had returned then and none that had not; the
+        processes in the container only wait).  A driver that cannot do that
+        refuses (ContainerMounted).  The container is marked busy (its record
+        carries this command's lease) so that nothing mounts or removes it
+        while its changes are read, outside the store lock.  The
         layer is built from the upper in one pass (`archive.build_layer`):
         its diffID is the hash of the changeset tar, its content cloned from
         the upper.  `epoch` (SOURCE_DATE_EPOCH) clamps timestamps and sets the
@@ -1035,32 +1041,39 @@ class Store:
                 c = self.containers.resolve(ref)
                 self._refuse_busy(c)
                 entry = self.registry.get(c.id)
-                if entry is not None:
-                    raise ContainerMounted(c.name, entry.count, "umount it before commit")
+                if entry is not None and not self.driver.can_freeze:
+                    raise ContainerMounted(c.name, entry.count,
+                                           f"umount it before commit (the {self.driver.name} "
+                                           "driver cannot hold a mounted container still)")
                 image = self.images.get(c.image)
                 if image is None:
                     raise ImageUnknown(c.image)
                 self.containers.save(c.id, replace(c, lease=lease.token))
             try:
-                return self._commit(c, image, names, epoch, lease, progress)
+                mounted = Mounted(entry.mountpoint, entry.pid) if entry else None
+                return self._commit(c, mounted, image, names, epoch, lease, progress)
             finally:
                 with self.lock:
                     now = self.containers.load(c.id)
                     if now is not None and now.lease == lease.token:
                         self.containers.save(c.id, replace(now, lease=None))
 
-    def _commit(self, c: Container, image: Image, names: list[str], epoch: int | None,
-                lease: fsutil.Lease, progress: Progress | None) -> Image:
+    def _commit(self, c: Container, mounted: Mounted | None, image: Image, names: list[str],
+                epoch: int | None, lease: fsutil.Lease, progress: Progress | None) -> Image:
         staged = os.path.join(lease.path, "commit")
         diff = os.path.join(staged, "diff")
         os.makedirs(diff, mode=0o755)
         cdir = self.containers.container_dir(c.id)
         if progress:
             progress.layer_start(0, 1, c.name, None)
+        held = self.driver.frozen(cdir, mounted) if mounted else contextlib.nullcontext()
         try:
-            entries = self.driver.changeset(cdir, self._lowers_of(c), epoch)
-            result = build_layer(counted_entries(entries, progress), diff,
-                                 self._extract_options(), os.path.join(staged, layout.SPLIT))
+            with held:
+                fsutil.crash_point("commit-reading")
+                entries = self.driver.changeset(cdir, self._lowers_of(c), epoch)
+                result = build_layer(counted_entries(entries, progress), diff,
+                                     self._extract_options(),
+                                     os.path.join(staged, layout.SPLIT))
         except UpperNeedsLower as e:
             raise DriverError(self.driver.name, f"{e.path} {e.what}: its content is in a "
                               "lower layer; mount without that option to commit") from None

@@ -23,7 +23,10 @@ what goes inside `cdir`.  Contract of each method:
 - `clean_dead(cdir, mounted)`: detach what a dead mount left behind.
 - `changes(cdir, lowers)`: the container's A/C/D list (see `changes.py`).
 - `changeset(cdir, lowers, epoch)`: the entries of a layer holding the
-  container's changes (see `changeset.py`); the container is not mounted.
+  container's changes (see `changeset.py`); the container is not mounted,
+  or is held still by `frozen`.
+- `frozen(cdir, mounted)`: a context in which the mounted container's
+  writable layer does not change (only a driver with `can_freeze`: fuse).
 
 A snapshotting driver (`snapshots = True`: btrfs; zfs would be another)
 keeps, beside each layer's diff dir, a full tree of the image up to that
@@ -36,7 +39,7 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 from .. import changes, changeset, fsutil
 from ..errors import DriverError
@@ -81,6 +84,7 @@ class Driver:
     form = "oci"                   # layout.FORM_*: marker form of layer dirs
     has_upper = True
     snapshots = False              # keeps per-layer snapshot trees (btrfs, zfs)
+    can_freeze = False             # can hold a mounted container's upper still
 
     def check_usable(self) -> None:
         """DriverError when this driver cannot work here."""
@@ -110,6 +114,9 @@ class Driver:
 
     def clean_dead(self, cdir: str, mounted: Mounted) -> None:
         self.umount(cdir, mounted)
+
+    def frozen(self, cdir: str, mounted: Mounted) -> ContextManager[None]:
+        raise DriverError(self.name, "cannot hold a mounted container still")
 
     def changes(self, cdir: str, lowers: list[str]) -> list[tuple[str, str]]:
         return changes.upper_changes(os.path.join(cdir, "upper"), lowers)

@@ -9,21 +9,38 @@ prints one `fsd: …` line and exits non-zero.  `fusermount3 -u` unmounts and
 the daemon exits.  In option values `\\` `:` `,` are escaped with `\\`.
 A container's limits go to fsd as `quota_bytes=N,quota_inodes=N`: fsd counts
 every change of the upper, so they hold on any filesystem, rootless too.
+
+`frozen` holds a mounted container's upper still while the store reads it,
+by fsd's freeze protocol (fsd/freeze.py): only a daemon whose pid is in
+`WORK/fsd/freezable` is asked (another mount program would die of SIGUSR1);
+our pid in `WORK/fsd/freeze`, SIGUSR1; fsd answers with `WORK/fsd/frozen`
+once no change is in flight and none can start; SIGUSR2 thaws, and so does
+our exit.  Before that a
+syncfs of the mount hands fsd what the kernel still holds (pages written
+through a shared mmap).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
 
+from .. import fsutil
 from ..errors import DriverError, MountFailed
 from ..records import Quota
 from .base import Driver, Mounted, mount_fstype, pid_alive
 
 MOUNT_TIMEOUT = 60.0
+FREEZE_TIMEOUT = 30.0     # for fsd to let the changes in flight end
+# fsd's freeze protocol: its directory in the workdir and the two files there
+WORK_AREA, FREEZABLE, FREEZE_REQUEST, FROZEN = "fsd", "freezable", "freeze", "frozen"
 
 
 def escape_option(path: str) -> str:
@@ -62,8 +79,28 @@ def _daemon_pid(mountpoint: str) -> int | None:
     return None
 
 
+def _syncfs(path: str) -> None:
+    """syncfs(2) of the filesystem at `path` (Python has no os.syncfs)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
+def _holds(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read() == data
+    except FileNotFoundError:
+        return False
+
+
 class FuseDriver(Driver):
     name = "fuse"
+    can_freeze = True
 
     def __init__(self, mount_program: str | None = None, mountopt: str = "",
                  override_stat: bool = False):
@@ -122,6 +159,39 @@ class FuseDriver(Driver):
             raise MountFailed(self.name, merged, f"{argv[0]} exited 0 but nothing "
                                                  "is mounted")
         return Mounted(merged, _daemon_pid(merged))
+
+    @contextlib.contextmanager
+    def frozen(self, cdir: str, mounted: Mounted) -> Iterator[None]:
+        """The upper as fsd had written it at one instant, held so while the
+        context lasts (module doc).  DriverError when fsd does not answer."""
+        if mounted.pid is None:
+            raise DriverError(self.name, f"no daemon pid known for {mounted.mountpoint}")
+        area = os.path.join(cdir, "work", WORK_AREA)
+        if not _holds(os.path.join(area, FREEZABLE), f"{mounted.pid}\n".encode()):
+            raise DriverError(self.name, f"the daemon of {mounted.mountpoint} (pid "
+                                         f"{mounted.pid}) cannot freeze the upper; an fsd "
+                                         "of before freezing? umount it before commit")
+        frozen = os.path.join(area, FROZEN)
+        me = f"{os.getpid()}\n".encode()
+        _syncfs(mounted.mountpoint)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(frozen)                    # a crashed daemon's, or a dead reader's
+        fsutil.atomic_write(os.path.join(area, FREEZE_REQUEST), me, 0o600)
+        try:
+            os.kill(mounted.pid, signal.SIGUSR1)
+            deadline = time.monotonic() + FREEZE_TIMEOUT
+            while not _holds(frozen, me):
+                if not pid_alive(mounted.pid):
+                    raise DriverError(self.name, f"fsd (pid {mounted.pid}) ended while "
+                                                 "freezing the upper")
+                if time.monotonic() > deadline:
+                    raise DriverError(self.name, f"fsd (pid {mounted.pid}) did not freeze "
+                                                 f"the upper within {FREEZE_TIMEOUT:g}s")
+                time.sleep(0.005)
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(mounted.pid, signal.SIGUSR2)
 
     def umount(self, cdir: str, mounted: Mounted, lazy: bool = False) -> None:
         if mount_fstype(mounted.mountpoint) is None:

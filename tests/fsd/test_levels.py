@@ -14,7 +14,7 @@ FSD_LEVELS = {
     "namei": 3,
     "copy_up": 4,
     "attr": 5, "dir": 5, "file": 5,
-    "readdir": 6,
+    "readdir": 6, "freeze": 6,
     "ops": 7,
     "mount": 8,
     "cli": 9, "__main__": 10,

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 
 from storetools import (NOBODY, StoreEnv, directory, file, nobody_dir,  # noqa: E402,F401
                         oci_layout, run_as_nobody, store_env, symlink, tar_bytes,
-                        tree_snapshot)
+                        tree_snapshot, wait_until)
 
 BASE = tar_bytes([
     directory("etc"), file("etc/os-release", "ID=base\n"), file("etc/hosts", "h\n"),
@@ -172,3 +172,91 @@ def test_rootless_commit_keeps_the_image_owners(nobody_dir):
     nobody("save", "owned:2", "-o", str(nobody_dir / "owned2.tar"))
     assert nobody("import", "-q", str(nobody_dir / "owned2.tar"), store="other") == image_id
     assert nobody("check", "--verify", store="other") == ""
+
+
+# -- commit of a mounted container --------------------------------------------------------
+
+WRITER = """
+import os, sys
+root = sys.argv[1]
+
+def put(name, k):
+    tmp = os.path.join(root, name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(str(k))
+    os.rename(tmp, os.path.join(root, name))
+
+k = 0
+while not os.path.exists(os.path.join(root, "stop")):
+    k += 1
+    put("a", k)
+    put("z", k)
+"""
+
+
+def _counter(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture
+def written(store_env, tmp_path):
+    """A mounted fuse container that a process keeps writing into: it replaces
+    `a`, then `z` (by renames) with its next count, so at any instant a == z or
+    a == z + 1; the walk of the upper reads a thousand files between the two."""
+    env = store_env
+    built = oci_layout(tmp_path / "img", [BASE], ref_name="base:1")
+    run(env, "import", "-q", str(built.path))
+    run(env, "create", "base:1", "--name", "busy")
+    mp = Path(run(env, "mount", "busy"))
+    (mp / "m").mkdir()
+    for i in range(1000):
+        (mp / "m" / f"f{i:04d}").write_text("x" * 100)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(mp)])
+    try:
+        assert wait_until(lambda: _counter(mp / "z") > 0, 30)
+        yield env, mp, writer
+    finally:
+        (mp / "stop").write_text("")
+        writer.wait(60)
+
+
+@pytest.mark.parametrize("store_env", ["fuse"], indirect=True)
+def test_commit_of_a_mounted_container_is_one_instant_of_it(written):
+    env, mp, writer = written
+    for n in range(3):
+        r = env.cli_proc("commit", "-q", "busy", f"snap:{n}")
+        assert r.code == 0, r.err
+        top = json.loads(run(env, "inspect", f"snap:{n}"))["layers"][-1]
+        layer = Path(json.loads(run(env, "inspect", top))["dir"])
+        a, z = _counter(layer / "a"), _counter(layer / "z")
+        assert a in (z, z + 1), (a, z)
+        assert len(os.listdir(layer / "m")) == 1000
+    seen = _counter(mp / "z")
+    assert wait_until(lambda: _counter(mp / "z") > seen, 30), "the writer goes on"
+    assert writer.poll() is None
+    assert not list(Path(env.root).glob("containers/*/work/fsd/frozen"))
+
+
+@pytest.mark.parametrize("store_env", ["fuse"], indirect=True)
+def test_a_commit_that_dies_while_the_upper_is_frozen_thaws_it(written):
+    env, mp, writer = written
+    r = env.cli_proc("commit", "-q", "busy", "never:1", STRATA_CRASH_AT="commit-reading")
+    assert r.code == -9
+    seen = _counter(mp / "z")
+    assert wait_until(lambda: _counter(mp / "z") > seen, 30), "fsd thawed the upper"
+    assert not list(Path(env.root).glob("containers/*/work/fsd/frozen"))
+
+
+@pytest.mark.parametrize("store_env", ["vfs"], indirect=True)
+def test_a_driver_that_cannot_freeze_refuses_a_mounted_commit(store_env, tmp_path):
+    env = store_env
+    run(env, "import", "-q", str(oci_layout(tmp_path / "img", [BASE], ref_name="b:1").path))
+    run(env, "create", "b:1", "--name", "c")
+    run(env, "mount", "c")
+    r = env.cli("commit", "c")
+    assert (r.code, r.err) == (1, "layers: container c is mounted (1x); umount it before "
+                                  "commit (the vfs driver cannot hold a mounted container "
+                                  "still)\n")

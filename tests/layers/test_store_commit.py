@@ -41,7 +41,8 @@ def test_commit_makes_an_image_of_the_changes(store_env, image):
     change(store.mount("c"))
     with pytest.raises(ContainerMounted) as e:
         store.commit("c")
-    assert str(e.value) == "container c is mounted (1x); umount it before commit"
+    assert str(e.value) == ("container c is mounted (1x); umount it before commit (the vfs "
+                            "driver cannot hold a mounted container still)")
     store.umount("c")
     new = store.commit("c", "app:2")
     assert new.names == ("app:2",)
