@@ -427,7 +427,7 @@ class _Extractor:
         try:
             if src_fd is not None:
                 clone_file(src_fd, fd)
-            else:
+            elif m.size:                # an empty file of a tree comes without source
                 self._copy_data(m, tf, fd, key)
             self._set_meta(fd, None, m)
         finally:

@@ -71,6 +71,19 @@ def test_commit_makes_an_image_of_the_changes(store_env, image):
     store.umount("d")
 
 
+def test_an_empty_file_is_committed(store_env, image):
+    """An empty file of the upper comes without a source to clone; the commit
+    failed with an internal error on it."""
+    store = store_env.open()
+    store.create("base:1", name="c")
+    Path(store.mount("c"), "empty").write_bytes(b"")
+    store.umount("c")
+    new = store.commit("c", "app:2")
+    layer = Path(store.layers.diff_dir(new.layers[-1]))
+    assert (layer / "empty").read_bytes() == b""
+    store_env.assert_consistent()
+
+
 def test_nothing_mounts_or_removes_a_container_being_committed(store_env, image):
     store = store_env.open()
     c = store.create("base:1", name="c")
