@@ -2,7 +2,10 @@
 
 Opening for writing (or with O_TRUNC) copies the file up first; O_TRUNC copies
 no data.  Reads and writes go straight to the real descriptor, so a file
-unlinked while open keeps working through it.  fsync is a no-op under fsync=0
+unlinked while open keeps working through it.  O_DIRECT stays on the real
+descriptor, so the layer's filesystem applies its rules (ext4: EINVAL for an
+unaligned offset or size, as through the kernel overlay); the data of such a
+handle passes through page-aligned buffers, which O_DIRECT wants too.  fsync is a no-op under fsync=0
 or volatile, and otherwise runs in a worker thread.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import itertools
+import mmap
 import os
 
 import pyfuse3
@@ -24,7 +28,12 @@ from .layer import Stack
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 FALLOC_FL_PUNCH_HOLE = 0x02
-_DROP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | getattr(os, "O_DIRECT", 0)
+_DROP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+
+
+def _aligned(size: int) -> mmap.mmap:
+    """A page-aligned buffer of at least size bytes, for O_DIRECT."""
+    return mmap.mmap(-1, max(size, 1))
 
 
 class Handle:
@@ -77,17 +86,29 @@ class FileOps:
         return handle.fd
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
-        return os.pread(self.fd(fh), size, offset)
+        fd = self.fd(fh)
+        if not self.handles[fh].flags & os.O_DIRECT:
+            return os.pread(fd, size, offset)
+        buf = _aligned(size)
+        done = os.preadv(fd, [memoryview(buf)[:size]], offset)
+        return buf[:done]
+
+    def _pwrite(self, fh: int, fd: int, data: bytes, offset: int) -> int:
+        if not self.handles[fh].flags & os.O_DIRECT:
+            return os.pwrite(fd, data, offset)
+        buf = _aligned(len(data))
+        buf.write(data)
+        return os.pwrite(fd, memoryview(buf)[:len(data)], offset)
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         fd = self.fd(fh)
         quota = self.copyup.quota
         if quota is None:
-            return os.pwrite(fd, data, offset)
+            return self._pwrite(fh, fd, data, offset)
         size = quota.write_size(os.fstat(fd), offset, len(data))
         if size == 0:
             raise fail(errno.EDQUOT)
-        written = os.pwrite(fd, data[:size] if size < len(data) else data, offset)
+        written = self._pwrite(fh, fd, data[:size] if size < len(data) else data, offset)
         quota.record(os.fstat(fd))
         return written
 

@@ -209,3 +209,51 @@ def test_open_directory_replaced_by_rename(tmp_path, mount_fsd, mount_kernel_ove
     got = twin.assert_same(_replace_ops, "fstat of replaced objects", states=("copied", "upper"))
     assert got["lower"] == [[True, 0], [True, 0], [False, 0]]
 
+
+# -- O_DIRECT ------------------------------------------------------------------------------------------
+
+def _build_file(base: Path, state: str):
+    _write(base / "f", b"0123456789" * 1000)
+
+
+def _direct_ops(d):
+    rbuf, wbuf = mmap.mmap(-1, 4096), mmap.mmap(-1, 4096)  # page-aligned, as O_DIRECT wants
+    wbuf.write(b"D" * 4096)
+    aligned, data = memoryview(rbuf), memoryview(wbuf)
+
+    def through(flags, *calls):
+        fd = os.open(f"{d}/f", flags | os.O_DIRECT)
+        try:
+            return _seq(*(lambda c=c: c(fd) for c in calls))
+        finally:
+            os.close(fd)
+    out = [through(os.O_RDONLY, lambda fd: len(os.pread(fd, 3, 1)), lambda fd: os.preadv(fd, [aligned], 4096)),
+           through(os.O_RDWR, lambda fd: os.pwrite(fd, b"abc", 1), lambda fd: os.pwrite(fd, data, 4096),
+                   lambda fd: os.preadv(fd, [aligned], 0), lambda fd: len(os.pread(fd, 100, 3)))]
+    with open(f"{d}/f", "rb") as f:
+        data = f.read()
+    return out + [len(data), data[4090:4100].decode()]
+
+
+def test_o_direct_keeps_its_alignment_rules(tmp_path, mount_fsd, mount_kernel_overlay):
+    """An unaligned O_DIRECT read or write fails EINVAL as on the upper's ext4;
+    aligned ones work."""
+    twin = Twin(tmp_path, mount_fsd, mount_kernel_overlay, _build_file)
+    got = twin.assert_same(_direct_ops, "O_DIRECT reads and writes")
+    assert got["upper"][1][0] == "EINVAL"
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)], check=True)
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_o_direct_on_a_tmpfs_upper(tmpfs, tmp_path, mount_fsd, mount_kernel_overlay):
+    """The upper's filesystem decides what O_DIRECT does (tmpfs: no alignment rules)."""
+    twin = Twin(tmp_path, mount_fsd, mount_kernel_overlay, _build_file, upper_root=tmpfs)
+    twin.assert_same(_direct_ops, "O_DIRECT reads and writes on tmpfs", states=("copied", "upper"))
+
