@@ -27,7 +27,9 @@ Options (-o):
   quota_bytes=N[KMG], quota_inodes=N   limits of the upper (fsd): EDQUOT past them
   timeout=SECONDS            kernel entry/attribute cache time (default 3600)
   logfile=PATH, debug        where messages go once detached; log every request
-  ro, allow_other, static_nlink, noacl, and the generic nosuid nodev noexec noatime ...
+  noatime, nodiratime        reads (of directories) change no atime in the upper;
+                             atime, relatime, norelatime, strictatime, diratime undo them
+  ro, allow_other, static_nlink, noacl, and the generic nosuid nodev noexec ...
 """
 
 

@@ -5,7 +5,11 @@ no data.  Reads and writes go straight to the real descriptor, so a file
 unlinked while open keeps working through it.  O_DIRECT stays on the real
 descriptor, so the layer's filesystem applies its rules (ext4: EINVAL for an
 unaligned offset or size, as through the kernel overlay); the data of such a
-handle passes through page-aligned buffers, which O_DIRECT wants too.  fsync is a no-op under fsync=0
+handle passes through page-aligned buffers, which O_DIRECT wants too.
+
+Atimes: a lower file is read with O_NOATIME (a layer never changes, as under the
+kernel overlay); an upper one without, so that its filesystem updates the atime
+by its own rules, unless the mount is noatime.  fsync is a no-op under fsync=0
 or volatile, and otherwise runs in a worker thread.
 """
 
@@ -47,12 +51,14 @@ class Handle:
 
 
 class FileOps:
-    def __init__(self, stack: Stack, table: InodeTable, copyup: CopyUp, writable: bool, fsync: bool):
+    def __init__(self, stack: Stack, table: InodeTable, copyup: CopyUp, writable: bool, fsync: bool,
+                 noatime: bool = False):
         self.stack = stack
         self.table = table
         self.copyup = copyup
         self.writable = writable
         self.fsync_enabled = fsync
+        self.noatime = noatime
         self.handles: dict[int, Handle] = {}
         self._ids = itertools.count(1)
 
@@ -65,7 +71,7 @@ class FileOps:
         flags &= ~_DROP_FLAGS
         on_upper = node.upper and not node.metacopy
         layer = self.stack.upper if on_upper else self.stack.lowers[node.layer]
-        fd = layer.open(node.path(), flags)
+        fd = layer.open(node.path(), self._real_flags(flags, on_upper))
         fh = next(self._ids)
         self.handles[fh] = Handle(fd, node, flags & ~os.O_TRUNC, on_upper)
         self.table.opened(node, fd, on_upper)
@@ -78,12 +84,17 @@ class FileOps:
         handle = self.handles[fh]
         node = handle.node
         if not handle.on_upper and node.upper and not node.metacopy and not node.gone:
-            fd = self.stack.upper.open(node.path(), handle.flags)
+            fd = self.stack.upper.open(node.path(), self._real_flags(handle.flags, True))
             self.table.closed(node, handle.fd)
             os.close(handle.fd)
             handle.fd, handle.on_upper = fd, True
             self.table.opened(node, fd, True)
         return handle.fd
+
+    def _real_flags(self, flags: int, on_upper: bool) -> int:
+        """The open flags of a real file (Layer.open drops O_NOATIME where the
+        daemon may not use it)."""
+        return flags | os.O_NOATIME if self.noatime or not on_upper else flags
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         fd = self.fd(fh)

@@ -41,8 +41,7 @@ log = logging.getLogger("fsd")
 
 WORK_AREA = "fsd"  # fsd's own directory inside the workdir
 WORK_LOCK_WAIT = 2.0  # seconds a mount waits for the work area's last daemon to exit
-_FUSE_FLAGS = frozenset("nosuid suid nodev dev noexec exec noatime atime relatime norelatime "
-                        "strictatime nodiratime diratime sync async dirsync".split())
+_FUSE_FLAGS = frozenset("nosuid suid nodev dev noexec exec sync async dirsync".split())
 
 
 def _raise_limits() -> None:
@@ -147,6 +146,8 @@ def fuse_options(params: OverlayParams) -> set[str]:
         if flag in _FUSE_FLAGS:
             opts.discard({"nodev": "dev", "nosuid": "suid", "noexec": "exec"}.get(flag, ""))
             opts.add(flag)
+    if params.noatime:
+        opts.add("noatime")  # shown in the mount table; fsd does the work (FileOps)
     if params.ro:
         opts.add("ro")
     return opts
@@ -189,8 +190,8 @@ class Mount:
             trio.run(copyup.finish_interrupted_links)
         self.ops = Operations(
             self.stack, self.table, self.namei, attrs, dirs,
-            FileOps(self.stack, self.table, copyup, params.writable, fsync),
-            ReaddirOps(self.table, self.namei, attrs),
+            FileOps(self.stack, self.table, copyup, params.writable, fsync, params.noatime),
+            ReaddirOps(self.table, self.namei, attrs, dir_atime=not (params.noatime or params.nodiratime)),
             params.writable, params.noacl, on_init, gate)
         log.debug("markers: %s", markers)
 

@@ -52,6 +52,8 @@ class OverlayParams:
     xattr_permissions: int = 0
     quota_bytes: int | None = None
     quota_inodes: int | None = None
+    noatime: bool = False  # reads never update an atime in the upper (O_NOATIME)
+    nodiratime: bool = False  # reads of directories never do
     passthrough: tuple[str, ...] = ()  # generic mount flags handed to the kernel
     warnings: tuple[str, ...] = ()
 
@@ -61,10 +63,16 @@ class OverlayParams:
 
 
 # Generic mount flags that libfuse/the kernel understand; fsd hands them on.
-_KERNEL_FLAGS = frozenset(
-    "nosuid suid nodev dev noexec exec noatime atime relatime norelatime "
-    "strictatime nodiratime diratime sync async dirsync lazytime nolazytime".split()
-)
+_KERNEL_FLAGS = frozenset("nosuid suid nodev dev noexec exec sync async dirsync lazytime nolazytime".split())
+# The atime options, as mount(8) reads them (the last one wins): fsd applies them to
+# the upper itself, since FUSE leaves atimes to the daemon.  Every option but
+# noatime puts back the upper filesystem's own rules (relatime, mostly), which the
+# kernel overlay's atime updates go through too.
+_ATIME_OPTIONS = {
+    "noatime": ("noatime", True), "atime": ("noatime", False), "relatime": ("noatime", False),
+    "norelatime": ("noatime", False), "strictatime": ("noatime", False),
+    "nodiratime": ("nodiratime", True), "diratime": ("nodiratime", False),
+}
 # Accepted for compatibility with fuse-overlayfs and mount(8); they change nothing here.
 _ACCEPTED_NOOPS = frozenset(
     "rw default_permissions auto noauto user nouser users _netdev nofail "
@@ -294,6 +302,9 @@ def parse_options(option_strings: list[str], mountpoint: str, cwd: str | None = 
         value = values.pop(key)
         if key in _KERNEL_FLAGS:
             passthrough.append(key)
+        elif key in _ATIME_OPTIONS:
+            field, on = _ATIME_OPTIONS[key]
+            kw[field] = on
         elif key in _ACCEPTED_NOOPS or key in ("context", "fscontext", "defcontext", "rootcontext"):
             continue
         else:

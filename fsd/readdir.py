@@ -4,7 +4,8 @@ that offsets stay valid while a directory is read in several calls.
 Entries come with their attributes (readdirplus), each counted as a lookup,
 except `.` and `..`, for which the kernel does not count one.  Taking a listing
 reads the upper directory as a user's getdents would, so that its filesystem
-updates the atime (relatime ...) as under the kernel overlay.
+updates the atime (relatime ...) as under the kernel overlay; not under
+noatime or nodiratime.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ class DirHandle:
 
 
 class ReaddirOps:
-    def __init__(self, table: InodeTable, namei: Namei, attrs: AttrOps):
+    def __init__(self, table: InodeTable, namei: Namei, attrs: AttrOps, dir_atime: bool = True):
         self.table = table
+        self.dir_atime = dir_atime
         self.namei = namei
         self.attrs = attrs
         self.handles: dict[int, DirHandle] = {}
@@ -61,7 +63,7 @@ class ReaddirOps:
         node = handle.node
         if handle.names is None or start == 0:
             handle.names = [b".", b"..", *self.namei.merged_names(node)]
-            if node.upper and not node.gone:
+            if node.upper and not node.gone and self.dir_atime:
                 self._read_upper(node)
         for pos in range(start, len(handle.names)):
             name = handle.names[pos]

@@ -257,3 +257,44 @@ def test_o_direct_on_a_tmpfs_upper(tmpfs, tmp_path, mount_fsd, mount_kernel_over
     twin = Twin(tmp_path, mount_fsd, mount_kernel_overlay, _build_file, upper_root=tmpfs)
     twin.assert_same(_direct_ops, "O_DIRECT reads and writes on tmpfs", states=("copied", "upper"))
 
+
+# -- atime options ---------------------------------------------------------------------------------------
+
+OLD, NEWER = 1_000_000_000 * 10**9, 1_200_000_000 * 10**9  # atime before mtime: relatime updates it
+
+
+def _build_atime(base: Path, state: str):
+    _write(base / "f", b"read me")
+    (base / "sub").mkdir()
+    _write(base / "sub" / "x")
+
+
+def _set_times(d):
+    for n in ("f", "sub"):
+        os.utime(f"{d}/{n}", ns=(OLD, NEWER))
+
+
+def _atime_ops(d):
+    before = {n: os.stat(f"{d}/{n}").st_atime_ns for n in ("f", "sub")}
+    with open(f"{d}/f", "rb") as f:
+        f.read()
+    os.listdir(f"{d}/sub")
+    return {n: os.stat(f"{d}/{n}").st_atime_ns != before[n] for n in before}
+
+
+ATIME_OPTIONS = ["noatime", "nodiratime", "relatime", "norelatime", "strictatime", "atime", "diratime"]
+
+
+@pytest.mark.parametrize("option", ATIME_OPTIONS)
+def test_atime_options_act_as_on_the_kernel(tmp_path, mount_fsd, mount_kernel_overlay, option):
+    """Each atime option mounts, and reads change atimes as on the kernel overlay
+    mounted with it."""
+    def build(base, state):
+        _build_atime(base, state)
+        if state == "lower":
+            _set_times(base)
+    twin = Twin(tmp_path, mount_fsd, mount_kernel_overlay, build, KERNEL_OPTS + (option,), (option,))
+    for root in twin.roots.values():
+        for state in ("copied", "upper"):
+            _set_times(root / state)
+    twin.assert_same(_atime_ops, f"atimes after reads with {option}")
