@@ -18,9 +18,9 @@ them back as the kernel does when it drops its caches), modes of new objects
 are masked by the caller's umask, a negative lookup reply is ENOENT.
 
 pyfuse3's functions that need a live FUSE session are replaced for the test
-by recording fakes (`Session`): invalidations are recorded, `readdir_reply`
-fills a `Token` (with a room limit, for the offset tests), the supplementary
-groups of a caller are those its `Ctx` says.
+by recording fakes (`Session`): invalidations (and notify_store) are recorded,
+`readdir_reply` fills a `Token` (with a room limit, for the offset tests),
+get_sup_groups answers what `as_user(..., groups=)` said.
 
 At teardown every mount is closed and the upper and work area are checked by
 support/fsck.py; a warning or error logged by fsd fails the test unless the
@@ -58,7 +58,6 @@ class Ctx:
     gid: int
     pid: int
     umask: int = 0o022
-    groups: frozenset[int] = frozenset()  # supplementary groups
 
 
 @dataclasses.dataclass
@@ -179,10 +178,11 @@ class InProcessMount:
         self.held = held  # lookups the kernel holds, by inode
 
     def as_user(self, uid: int, gid: int, groups=(), umask: int = 0o022) -> "InProcessMount":
-        """The same mount, with requests made by another caller."""
+        """The same mount, with requests made by another caller (whose
+        supplementary groups pyfuse3.get_sup_groups will report)."""
         pid = 100000 + len(self.session.groups)
         self.session.groups[pid] = frozenset(groups)
-        return InProcessMount(self.mount, self.session, Ctx(uid, gid, pid, umask, frozenset(groups)), self.held)
+        return InProcessMount(self.mount, self.session, Ctx(uid, gid, pid, umask), self.held)
 
     def _entry(self, attr: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
         self.held[attr.st_ino] += 1
@@ -386,6 +386,10 @@ class Overlay:
         """count empty lower dirs, top first."""
         self.layers = make_layers(self.root / "lowers", count)
         return self.layers
+
+    def use_lowers(self, layers: list[Path]) -> None:
+        """Mount these lower dirs (top first), made elsewhere (support.layergen)."""
+        self.layers = list(layers)
 
     def params(self, *options: str, upper: bool = True):
         dirs = f"lowerdir={':'.join(str(p) for p in self.layers)}"
