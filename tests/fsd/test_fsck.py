@@ -67,6 +67,16 @@ def test_an_unknown_entry_in_the_work_area(tree):
     tree.finds("unknown entry b'stray'")
 
 
+def test_the_freeze_protocol_files(tree):
+    write(tree.area, "freezable", "123\n")
+    write(tree.area, "freeze", "456\n")
+    assert tree.problems() == [], "fsd's pid, a reader's request: both may stay"
+    write(tree.area, "frozen", "456\n")
+    tree.finds("'frozen' left over from a freeze of the upper")
+    write(tree.area, ".freeze.tmp-456-ab12", "456\n")
+    assert tree.problems(settled=False) == []
+
+
 def test_an_index_entry_after_the_copy_up_ended(tree):
     ino = os.lstat(tree.lowers[1] / "a").st_ino
     write(tree.area, f"index/1-{ino}", "linked")

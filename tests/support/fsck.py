@@ -11,7 +11,7 @@ two requests of an in-process test); with settled=False (after a crash, before
 the next mount) the work area may hold what the next mount finishes or removes,
 but it must still be well-formed.
 
-The formats (fsd/whiteout.py, fsd/copy_up.py, fsd/dir.py, fsd/mount.py), kept
+The formats (fsd/whiteout.py, copy_up.py, dir.py, mount.py, freeze.py), kept
 here as literals: this module checks them, it does not share them.
 
 WORKDIR/fsd/        fsd's work area
@@ -23,6 +23,11 @@ WORKDIR/fsd/        fsd's work area
                     one link, is the upper object at a name of that lower file
     moving          journal of a directory move (JSON: hex src, hex dst, key),
     moving.tmp      and the journal being written; both absent when settled
+    freezable       fsd's pid, once it serves the freeze protocol (fsd/freeze.py)
+    freeze          a reader's request to freeze the upper (`layers commit`)
+    frozen          the upper is frozen now; absent when settled, as are the
+                    files being written (`freezable.tmp`, `frozen.tmp`, the
+                    reader's `.freeze.tmp-*`)
 upper               every entry lstat-able; whiteouts (a char device 0/0, or an
                     empty regular file `.wh.NAME`) only where the lowers show
                     NAME in the merged view; when settled, never beside a real
@@ -44,7 +49,8 @@ import stat
 from pathlib import Path
 
 WORK_AREA = "fsd"
-WORK_AREA_FILES = {"lock", "tmp", "index", "moving", "moving.tmp"}
+WORK_AREA_FILES = {"lock", "tmp", "index", "moving", "moving.tmp", "freezable", "freeze"}
+FREEZING = {"frozen", "freezable.tmp", "frozen.tmp"}  # and .freeze.tmp-*: a freeze under way
 WH_PREFIX = b".wh."
 OPAQUE_FILE = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque", b"user.fuseoverlayfs.opaque")
@@ -270,7 +276,11 @@ def problems(lowers: list[Path], upper: Path, workdir: Path, settled: bool = Tru
         out.append("work area: missing")
     else:
         for name in _entries(area):
-            if os.fsdecode(name) not in WORK_AREA_FILES:
+            text = os.fsdecode(name)
+            if text in FREEZING or text.startswith(".freeze.tmp-"):
+                if settled:
+                    out.append(f"work area: {text!r} left over from a freeze of the upper")
+            elif text not in WORK_AREA_FILES:
                 out.append(f"work area: unknown entry {name!r}")
         tmp = os.path.join(area, b"tmp")
         if settled and os.path.isdir(tmp):
