@@ -91,13 +91,12 @@ class Session:
         self.stored: list[tuple[int, int, bytes]] = []
         self.groups: dict[int, frozenset[int]] = {}
 
+    FAKED = ("invalidate_inode", "invalidate_entry", "invalidate_entry_async", "notify_store",
+             "readdir_reply", "get_sup_groups")
+
     def install(self, monkeypatch) -> None:
-        monkeypatch.setattr(pyfuse3, "invalidate_inode", self.invalidate_inode)
-        monkeypatch.setattr(pyfuse3, "invalidate_entry", self.invalidate_entry)
-        monkeypatch.setattr(pyfuse3, "invalidate_entry_async", self.invalidate_entry_async)
-        monkeypatch.setattr(pyfuse3, "notify_store", self.notify_store)
-        monkeypatch.setattr(pyfuse3, "readdir_reply", self.readdir_reply)
-        monkeypatch.setattr(pyfuse3, "get_sup_groups", self.get_sup_groups)
+        for name in self.FAKED:
+            monkeypatch.setattr(pyfuse3, name, getattr(self, name))
 
     def invalidate_inode(self, inode, attr_only=False):
         self.invalidated_inodes.append((inode, attr_only))
