@@ -77,9 +77,7 @@ class AttrOps:
     @staticmethod
     def open_fd(node: Node) -> int | None:
         """For a node with no name left: a descriptor of its real file, upper first."""
-        if not node.gone or not node.fds:
-            return None
-        return max(node.fds, key=node.fds.get)
+        return node.held_fd() if node.gone else None
 
     def real_stat(self, node: Node) -> os.stat_result:
         fd = self.open_fd(node)

@@ -27,7 +27,7 @@ import trio
 from .copy_up import CopyUp
 from .errors import fail
 from .inode import InodeTable, Node
-from .layer import Stack
+from .layer import Stack, reopen
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -69,13 +69,28 @@ class FileOps:
                 raise fail(errno.EROFS)
             await self.copyup.ensure(node, data=not flags & os.O_TRUNC)
         flags &= ~_DROP_FLAGS
-        on_upper = node.upper and not node.metacopy
-        layer = self.stack.upper if on_upper else self.stack.lowers[node.layer]
-        fd = layer.open(node.path(), self._real_flags(flags, on_upper))
+        if node.gone:
+            fd, on_upper = self._reopen(node, flags)
+        else:
+            on_upper = node.upper and not node.metacopy
+            layer = self.stack.upper if on_upper else self.stack.lowers[node.layer]
+            fd = layer.open(node.path(), self._real_flags(flags, on_upper))
         fh = next(self._ids)
         self.handles[fh] = Handle(fd, node, flags & ~os.O_TRUNC, on_upper)
         self.table.opened(node, fd, on_upper)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _reopen(self, node: Node, flags: int) -> tuple[int, bool]:
+        """Open a file whose last name is gone, which the kernel can still open
+        while a descriptor of it is open (/proc/PID/fd/N, open_by_handle_at):
+        through a descriptor fsd holds on it for that one.  ENOENT if there is
+        none, and for writing when that one is on a lower file (no copy-up
+        without a name)."""
+        held = node.held_fd()
+        if held is None or ((flags & os.O_ACCMODE) != os.O_RDONLY and not node.fds[held]):
+            raise fail(errno.ENOENT)
+        on_upper = node.fds[held]
+        return reopen(held, self._real_flags(flags, on_upper)), on_upper
 
     def fd(self, fh: int) -> int:
         """The real descriptor of a handle.  A handle opened on a lower file moves

@@ -99,6 +99,11 @@ class Node:
         base = self.path()
         return base + b"/" + name if base else name
 
+    def held_fd(self) -> int | None:
+        """A real descriptor fsd holds open on this object, one on the upper
+        first; None if there is none."""
+        return max(self.fds, key=self.fds.get) if self.fds else None
+
     def add_link(self, parent: "Node", name: bytes) -> None:
         link = (parent, name)
         if link in self.links:

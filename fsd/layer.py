@@ -13,7 +13,7 @@ import ctypes
 import errno
 import os
 
-__all__ = ["Layer", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT"]
+__all__ = ["Layer", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT", "reopen"]
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -28,6 +28,19 @@ def renameat2(src_fd: int, src: bytes, dst_fd: int, dst: bytes, flags: int = 0) 
     if _libc.renameat2(src_fd, src, dst_fd, dst, flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), src)
+
+
+def reopen(fd: int, flags: int) -> int:
+    """A new descriptor of the object that fd is open on, through /proc, which
+    reaches it when it has no name left.  O_NOATIME is dropped where the kernel
+    refuses it, as in Layer.open."""
+    path = b"/proc/self/fd/%d" % fd
+    try:
+        return os.open(path, flags | os.O_CLOEXEC)
+    except PermissionError:
+        if not flags & os.O_NOATIME:
+            raise
+        return os.open(path, (flags & ~os.O_NOATIME) | os.O_CLOEXEC)
 
 
 class Layer:

@@ -258,6 +258,90 @@ def test_o_direct_on_a_tmpfs_upper(tmpfs, tmp_path, mount_fsd, mount_kernel_over
     twin.assert_same(_direct_ops, "O_DIRECT reads and writes on tmpfs", states=("copied", "upper"))
 
 
+# -- an open file with no name left --------------------------------------------------------------------
+
+def _reopen_ops(d):
+    fd = os.open(f"{d}/f", os.O_RDONLY)
+    try:
+        os.unlink(f"{d}/f")
+        return _seq(lambda: _read_reopened(fd, os.O_RDONLY), lambda: _read_reopened(fd, os.O_RDWR),
+                    lambda: os.path.exists(f"{d}/f"))
+    finally:
+        os.close(fd)
+
+
+def _read_reopened(fd, flags):
+    again = os.open(f"/proc/self/fd/{fd}", flags)
+    try:
+        return [os.pread(again, 10, 0).decode(), os.fstat(again).st_nlink]
+    finally:
+        os.close(again)
+
+
+def test_unlinked_open_file_can_be_reopened(tmp_path, mount_fsd, mount_kernel_overlay):
+    """/proc/self/fd/N of a file whose last name is gone opens it again.  Of a
+    file that was only in the lower layer, the kernel shows the lower file's own
+    count and answers EEXIST for writing (its copy-up meets the whiteout); fsd
+    shows 0, as for any object with no name, and ENOENT: nothing can be copied
+    up without a name."""
+    twin = Twin(tmp_path, mount_fsd, mount_kernel_overlay, _build_file)
+    got = twin.assert_same(_reopen_ops, "reopening an unlinked file", states=("copied", "upper"))
+    assert got["lower"] == [["0123456789", 0], "ENOENT", False]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD = -100
+
+
+def _handle_of(path: str) -> bytes:
+    """name_to_handle_at(2): struct file_handle {u32 size; int type; bytes}."""
+    buf = ctypes.create_string_buffer(8 + 128)
+    struct.pack_into("I", buf, 0, 128)
+    mount_id = ctypes.c_int()
+    if _libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), buf, ctypes.byref(mount_id), 0) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    size = struct.unpack_from("I", buf, 0)[0]
+    return buf.raw[:8 + size]
+
+
+def _open_by_handle(mount_fd: int, handle: bytes, flags: int) -> int:
+    buf = ctypes.create_string_buffer(handle, len(handle))
+    fd = _libc.open_by_handle_at(mount_fd, buf, flags)
+    if fd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return fd
+
+
+def test_unlinked_open_file_opens_by_handle(tmp_path, mount_fsd):
+    """open_by_handle_at of a file whose last name is gone while it is open."""
+    from support.layergen import make_layers, write
+    top, bottom = make_layers(tmp_path / "l", 2)
+    write(bottom, "lower", "from below")
+    upper, work = tmp_path / "up", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    m = mount_fsd([top, bottom], upper, work).mnt
+    write(m, "upper", "made above")
+    got = {}
+    root = os.open(m, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in ("lower", "upper"):
+            handle = _handle_of(str(m / name))
+            fd = os.open(m / name, os.O_RDONLY)
+            try:
+                os.unlink(m / name)
+                again = _open_by_handle(root, handle, os.O_RDONLY)
+                got[name] = os.pread(again, 20, 0).decode()
+                os.close(again)
+            finally:
+                os.close(fd)
+    finally:
+        os.close(root)
+    assert got == {"lower": "from below", "upper": "made above"}
+
+
 # -- atime options ---------------------------------------------------------------------------------------
 
 OLD, NEWER = 1_000_000_000 * 10**9, 1_200_000_000 * 10**9  # atime before mtime: relatime updates it
