@@ -5,7 +5,8 @@ distinct objects share an inode number; at each remount, nothing in the view
 changes, inode numbers included.  No oracle of the semantics here: the
 differential tests compare with the kernel overlay.
 
-Two short seeds by default; `--long` (pytest -m long) runs many more.
+Three short seeds by default (one per set of options); `scripts/test --long`
+runs many more.
 """
 
 from __future__ import annotations
@@ -132,12 +133,12 @@ async def run(overlay, seed: int, count: int) -> None:
             assert not shared, f"{where}: " + "; ".join(shared[:4])
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", range(len(OPTIONS)))  # each set of options once
 async def test_random_operations(overlay, needs_root, seed):
-    await run(overlay, seed, 60)
+    await run(overlay, seed, 40)
 
 
 @pytest.mark.long
-@pytest.mark.parametrize("seed", range(2, 32))
+@pytest.mark.parametrize("seed", range(len(OPTIONS), 32))
 async def test_random_operations_long(overlay, needs_root, seed):
     await run(overlay, seed, 200)
