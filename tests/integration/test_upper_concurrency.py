@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from support import fsck
 from support.layergen import make_layers, whiteout, write
 from support.snapshot import compare, invariant_problems, snapshot
 from support.upper_ops import daemon_pids, io_counters, wait_until, write_big
@@ -76,7 +77,7 @@ def test_processes_racing_on_one_tree(tmp_path, mount_fsd, mount_kernel_overlay)
 
     before = snapshot(m.mnt)
     assert invariant_problems(before) == []
-    assert os.listdir(work / "fsd" / "tmp") == []
+    fsck.assert_clean(lowers, upper, work)
     m.unmount()
     m = mount_fsd(lowers, upper, work)
     after = snapshot(m.mnt)

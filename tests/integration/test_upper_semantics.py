@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from support import fsck
 from support.convert import convert_layers
 from support.layergen import make_layers, write
 from support.snapshot import compare, invariant_problems, snapshot
@@ -60,7 +61,11 @@ class Upper:
 
 @pytest.fixture
 def st(tmp_path, mount_fsd):
-    return Upper(tmp_path, mount_fsd)
+    """The stack; at the end the fsck of its upper and work area (mounted or not)."""
+    stack = Upper(tmp_path, mount_fsd)
+    yield stack
+    if (stack.work / "fsd").is_dir():
+        fsck.assert_clean(stack.lowers, stack.upper, stack.work)
 
 
 def _data_bytes(path) -> int:
@@ -133,7 +138,6 @@ def test_open_after_unlink(st, where):
         os.close(rw)
         os.close(ro)
     assert (m / name).read_text() == "another"
-    assert os.listdir(st.work / "fsd" / "tmp") == []
 
 
 def test_open_read_only_lower_file_after_unlink(st):
