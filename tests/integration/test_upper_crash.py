@@ -1,7 +1,8 @@
 """A crash of fsd (SIGKILL of the daemon) in the middle of a copy-up or of the
-rename of a merged directory: after a remount the merged view shows the old
-state or the new one, never a half-copied file or a half-moved tree, and the
-work area (WORKDIR/fsd/tmp) is empty again.
+rename of a merged directory: what the crash left in the upper and work area
+is well-formed, and after a remount the merged view shows the old state or the
+new one, never a half-copied file or a half-moved tree, and the fsck finds the
+work area clean again.
 
 The kill is aimed by watching the work area: the object being built there
 shows how far the copy has gone.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from support import fsck
 from support.layergen import make_layers, whiteout, write
 from support.upper_ops import kill_and_detach, pattern, wait_until
 
@@ -104,10 +106,10 @@ def test_sigkill_during_copy_up_of_a_big_file(big_lower, tmp_path, mount_fsd, wh
     if when != "copied":
         assert hit, f"the copy-up was never seen in progress ({when}); nothing was tested"
     assert writer.returncode != 0 or when == "copied", "the append succeeded though the daemon was killed first"
+    fsck.assert_clean([lower], upper, work, settled=False)  # what the crash left is well-formed
 
     m2 = mount_fsd([lower], upper, work)
-    assert _tmp_dir(work).is_dir() and os.listdir(_tmp_dir(work)) == [], \
-        f"work area not cleaned at mount: {_building(work)}"
+    fsck.assert_clean([lower], upper, work)  # the next mount cleaned the work area
     size, digest = _sha_through(m2.mnt / "big")
     assert (size, digest) in ((BIG, old), (BIG + 1, new)), \
         f"partial file after a crash during copy-up: size {size} (killed when {when})"
@@ -181,10 +183,10 @@ def test_sigkill_during_rename_of_a_merged_directory(tmp_path, mount_fsd, when):
         pytest.fail("the renaming process hung after the daemon died")
     if when != "switch":
         assert hit, f"the tree was never seen being built ({when}); nothing was tested"
+    fsck.assert_clean([top, bottom], upper, work, settled=False)  # what the crash left is well-formed
 
     m2 = mount_fsd([top, bottom], upper, work)
-    assert os.listdir(_tmp_dir(work)) == [], f"work area not cleaned at mount: {_building(work)[:10]}"
-    assert not (work / "fsd" / "moving").exists(), "the move journal outlived the mount that finished it"
+    fsck.assert_clean([top, bottom], upper, work)  # no tmp leftovers, the journal finished
     old, new = (m2.mnt / "tree").exists(), (m2.mnt / "moved").exists()
     assert old != new, f"after the crash: old name present {old}, new name present {new}"
     got = _state(m2.mnt / ("tree" if old else "moved"))
