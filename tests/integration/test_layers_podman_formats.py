@@ -80,6 +80,7 @@ class Saved:
     diff_ids: list[str]
     names: list[str]
     paths: dict[str, Path]
+    base_id: str                  # the base image, saved with it in `podman save -m`
 
 
 # format → the names the format carries (docker-dir and dir: carry none)
@@ -126,6 +127,9 @@ def saved(tmp_path_factory) -> Saved:
         for fmt in ("docker-archive", "oci-archive", "docker-dir", "oci-dir"):
             paths[f"podman-{fmt}"] = work / f"podman-{fmt}"
             podman("save", "-q", "--format", fmt, "-o", paths[f"podman-{fmt}"], NAME)
+        paths["podman-multi"] = work / "podman-multi"
+        podman("save", "-q", "-m", "-o", paths["podman-multi"], NAME, BASE)
+        (base,) = json.loads(podman("inspect", "--type", "image", BASE))
         source = f"containers-storage:[vfs@{graph}+{run}]{NAME}"
         for transport in ("docker-archive", "oci-archive", "oci", "dir"):
             path = paths[f"skopeo-{transport}"] = work / f"skopeo-{transport}"
@@ -133,7 +137,7 @@ def saved(tmp_path_factory) -> Saved:
             r = subprocess.run([skopeo, "copy", "-q", source, dest], capture_output=True,
                                text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
             assert r.returncode == 0, f"skopeo copy {dest}: {r.stderr}"
-        yield Saved(info["Id"], info["RootFS"]["Layers"], info["RepoTags"], paths)
+        yield Saved(info["Id"], info["RootFS"]["Layers"], info["RepoTags"], paths, base["Id"])
     finally:
         subprocess.run(["podman", *store_opts, "system", "reset", "-f"], capture_output=True,
                        env=env, timeout=300, stdin=subprocess.DEVNULL)
@@ -162,6 +166,14 @@ def test_every_format_imports_as_podman_sees_the_image(store_env, saved, tmp_pat
         store_env.ok("export", "-o", str(out), layer)
         assert "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest() == diff_id
     store_env.assert_consistent()
+
+
+def test_podman_save_of_two_images_imports_both(store_env, saved):
+    r = store_env.cli("import", "-q", str(saved.paths["podman-multi"]))
+    assert (r.code, r.out.split()) == (0, [saved.image_id, saved.base_id]), r.err
+    images = {i["id"]: i["names"] for i in json.loads(store_env.ok("images", "--format",
+                                                                   "json").out)}
+    assert images == {saved.image_id: saved.names, saved.base_id: [BASE]}
 
 
 def _copy_tar(src: Path, dest: Path, drop: set[str]) -> None:
