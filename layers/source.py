@@ -200,9 +200,9 @@ def _archive_name(top: str) -> bool:
     return len(stem) == 64 and set(stem) <= _HEX
 
 
-def _top(name: str) -> str | None:
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    return parts[0] if parts else None
+def _parts(name: str) -> list[str]:
+    """A member's name as components, `./` and `//` left out."""
+    return [p for p in name.split("/") if p not in ("", ".")]
 
 
 def _open_image_tar(path: str) -> _Tar | None:
@@ -223,15 +223,17 @@ def _open_image_tar(path: str) -> _Tar | None:
     members: dict[str, tarfile.TarInfo] = {}
     try:
         for m in tf:
-            top = _top(m.name)
-            if top is None:
+            parts = _parts(m.name)
+            if not parts:
                 continue
-            if not _archive_name(top):
+            if not _archive_name(parts[0]):
                 tf.close()
                 return None
-            members["/".join(p for p in m.name.split("/") if p not in ("", "."))] = m
-    except (tarfile.TarError, EOFError, OSError):
+            members["/".join(parts)] = m
+    except (tarfile.TarError, EOFError, OSError) as e:
         tf.close()
+        if members:     # archive names so far: a broken archive, not a layer
+            raise BadArchive(path, f"invalid tar ({e})") from None
         return None
     if not members:
         tf.close()
@@ -263,8 +265,8 @@ def _compressed_image_tar(path: str, compression: str) -> bool:
             first = tf.next()
     except (tarfile.TarError, EOFError, OSError, zlib.error):
         return False
-    top = _top(first.name) if first is not None else None
-    return top is not None and _archive_name(top)
+    parts = _parts(first.name) if first is not None else []
+    return bool(parts) and _archive_name(parts[0])
 
 
 @contextlib.contextmanager
