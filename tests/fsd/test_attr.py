@@ -162,6 +162,15 @@ async def test_a_truncate_by_another_user_removes_set_id_bits(overlay):
     assert stat.S_IMODE((await fs.stat("f")).st_mode) == 0o755
 
 
+async def test_an_open_with_o_trunc_by_another_user_removes_set_id_bits(overlay):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "x", mode=0o6755)
+    fs = await overlay.mount()
+    await fs.as_user(12345, 12345).write("f", b"new", flags=os.O_WRONLY | os.O_TRUNC)
+    assert stat.S_IMODE((await fs.stat("f")).st_mode) == 0o755
+    assert await fs.read("f") == b"new"
+
+
 async def test_setgid_without_group_exec_stays_for_a_member_of_the_group(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "member", "x", mode=0o2745)

@@ -134,6 +134,18 @@ async def test_the_inode_number_of_a_file_stays_through_copy_up_and_remount(over
     assert await fs.read("d/f") == b"upper"
 
 
+async def test_a_number_the_kernel_still_holds_is_not_given_to_a_new_object(overlay):
+    overlay.lowers(1)
+    fs = await overlay.mount()
+    old = (await fs.create("x", b"1")).st_ino  # the kernel keeps its lookup of x
+    await fs.unlink("x")
+    new = (await fs.create("y", b"2")).st_ino  # ext4 gives y the inode x had
+    assert new != old
+    await fs.forget_all()
+    fs = await overlay.remount(fs)
+    assert await fs.ino("y") == new, "and y keeps its number"
+
+
 async def test_hard_links_in_a_layer_share_one_inode(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "a", "linked")
