@@ -1,6 +1,6 @@
 """Container limits and the per-user quota on the store side (issue 10), and
 `layers info`'s checks of the filesystem under the store.  No mount here:
-fsd's enforcement is tests/integration/test_quota.py, the store's use of it
+fsd's enforcement is tests/integration/test_quota_mounted.py, the store's use of it
 tests/integration/test_layers_quota.py."""
 
 from __future__ import annotations
