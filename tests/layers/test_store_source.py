@@ -135,10 +135,11 @@ def test_missing_file(tmp_path):
         f"cannot read {tmp_path}/nope.tar: No such file or directory"
 
 
+@pytest.mark.parametrize("maker", [docker_archive, podman_archive])
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
-def test_a_compressed_image_archive_is_not_taken_for_a_layer(tmp_path, compression):
+def test_a_compressed_image_archive_is_not_taken_for_a_layer(tmp_path, compression, maker):
     from storetools import compress
-    built = docker_archive(tmp_path / "img.tar", [L1])
+    built = maker(tmp_path / "img.tar", [L1])
     packed = tmp_path / "img.tar.z"
     packed.write_bytes(compress(built.path.read_bytes(), compression))
     assert refusal(str(packed)) == (
