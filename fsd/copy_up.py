@@ -37,6 +37,7 @@ log = logging.getLogger("fsd")
 FICLONE = 0x40049409
 BIG = 1 << 20  # files larger than this are copied in a worker thread
 _CHUNK = 1 << 24
+CAPS_XATTR = b"security.capability"  # a file capability, dropped by every chown(2)
 TMP_DIR = b"tmp"
 INDEX_DIR = b"index"  # copies of lower hard-linked files until all their names link them
 
@@ -101,14 +102,19 @@ def copy_xattrs(src: Layer, src_rel: bytes, dst: Layer, dst_rel: bytes) -> None:
 
 
 def copy_owner_mode_times(dst: Layer, rel: bytes, st: os.stat_result, idmap: IdMap) -> None:
-    """Owner before mode (chown clears set-id bits), times last.  A daemon that
-    may not chown keeps the owner in the override xattr, when enabled."""
+    """Owner before mode (chown clears set-id bits), times last.  chown(2) also
+    drops a file capability, which the copy keeps (the kernel overlay sets the
+    owner without chown's removal): it is set again.  A daemon that may not
+    chown keeps the owner in the override xattr, when enabled."""
+    caps = dst.try_getxattr(rel, CAPS_XATTR) if stat.S_ISREG(st.st_mode) else None
     try:
         dst.chown(rel, st.st_uid, st.st_gid)
     except PermissionError:
         name = idmap.override_xattr
         if name is not None and not stat.S_ISLNK(st.st_mode) and dst.try_getxattr(rel, name) is None:
             dst.setxattr(rel, name, format_override(st.st_uid, st.st_gid, st.st_mode, st.st_rdev))
+    if caps is not None and dst.try_getxattr(rel, CAPS_XATTR) is None:
+        dst.setxattr(rel, CAPS_XATTR, caps)
     if not stat.S_ISLNK(st.st_mode):
         dst.chmod(rel, stat.S_IMODE(st.st_mode))
     dst.utime(rel, (st.st_atime_ns, st.st_mtime_ns))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import subprocess
 from pathlib import Path
 
@@ -209,3 +210,72 @@ def test_a_rootless_mount_is_closed_to_other_users(tmp_path, fuse_deadline, fsd_
         problems += box.cleanup()
     assert not problems, problems
     assert not mounts.mounts_at(mnt)
+
+
+# -- set-id bits and capabilities after ACL changes and fallocate ------------------------------------
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+CAPS = "security.capability"
+# vfs_cap_data revision 2: CAP_NET_BIND_SERVICE permitted and effective
+CAP_VALUE = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
+
+
+def _privs_stack(root: Path, user: rootless.User) -> list[Path]:
+    (layer,) = make_layers(root, 1)
+    os.chmod(layer, 0o755)
+    # the owner sets an ACL: set-group-ID goes unless the owner is in the file's group
+    _file(layer, "acl-sgid-non-member", 0o2764, user.uid, OTHER)
+    _file(layer, "acl-sgid-member", 0o2764, user.uid, user.gid)
+    # fallocate by a non-member writer removes set-id bits as a write does
+    for name in ("falloc-sgid", "punch-sgid", "zero-sgid", "falloc-sgid-member", "falloc-suid"):
+        mode = 0o4766 if name.endswith("suid") else 0o2766
+        _file(layer, name, mode, OTHER, user.gid if name.endswith("member") else OTHER, "x" * 8192)
+    # a write removes a file capability, whoever writes
+    for name in ("cap-user-write", "cap-root-write", "cap-user-truncate"):
+        p = _file(layer, name, 0o666, OTHER, OTHER)
+        os.setxattr(p, CAPS, CAP_VALUE)
+    return [layer]
+
+
+CAPS_CALLS = [
+    ("write", "cap-user-write", "user wrote"), ("getxattr_bytes", "cap-user-write", CAPS),
+    ("truncate_path", "cap-user-truncate", 1), ("getxattr_bytes", "cap-user-truncate", CAPS),
+    ("getxattr_bytes", "cap-root-write", CAPS),
+]
+
+
+def _compare_privs(tmp_path, mount_fsd, mount_kernel_overlay, user, phase, calls):
+    """calls run by the user on the kernel overlay and on fsd (the same layers,
+    copied up first in phase "copied up", cap-root-write written by root):
+    the results, and the modes in each upper of the files stat'ed."""
+    layers = _privs_stack(tmp_path / "layers", user)
+    roots, uppers = {}, {}
+    for name in ("kernel", "fsd"):
+        uppers[name] = tmp_path / f"{name}-upper"
+        uppers[name].mkdir()
+        (tmp_path / f"{name}-work").mkdir()
+    roots["kernel"] = mount_kernel_overlay(convert_layers(layers, tmp_path / "k"), uppers["kernel"],
+                                           tmp_path / "kernel-work", KERNEL_OPTS)
+    roots["fsd"] = mount_fsd(layers, uppers["fsd"], tmp_path / "fsd-work", ["allow_other"]).mnt
+    for r in roots.values():
+        if phase == "copied up":
+            _copy_everything_up(r)
+        with open(r / "cap-root-write", "a") as f:
+            f.write("root wrote")
+    got = {name: run_as(user.uid, user.gid, root, calls) for name, root in roots.items()}
+    bad = [f"{c[:2]}: kernel {k!r}, fsd {f!r}" for c, k, f in zip(calls, got["kernel"], got["fsd"]) if k != f]
+    assert not bad, f"user {user.name} ({user.uid}) on files {phase} - results differ:\n" + "\n".join(bad)
+    names = [c[1] for c in calls if c[0] == "stat"]
+    kmodes, fmodes = _modes(uppers["kernel"], names), _modes(uppers["fsd"], names)
+    assert kmodes == fmodes, f"set-id bits in the upper: kernel {kmodes}, fsd {fmodes}"
+    return got["fsd"], fmodes
+
+
+@pytest.mark.parametrize("phase", ["lower", "copied up"])
+def test_a_file_capability_goes_with_a_write_as_on_the_kernel_overlay(tmp_path, mount_fsd, mount_kernel_overlay,
+                                                                      user, phase):
+    """security.capability after a write or truncate, by the user or root, of
+    a lower file (copied up by that change) or of one copied up before."""
+    got, _ = _compare_privs(tmp_path, mount_fsd, mount_kernel_overlay, user, phase, CAPS_CALLS)
+    assert got[CAPS_CALLS.index(("getxattr_bytes", "cap-user-write", CAPS))] == "ENODATA"
+    assert got[CAPS_CALLS.index(("getxattr_bytes", "cap-root-write", CAPS))] == "ENODATA"

@@ -403,6 +403,15 @@ def _call(dfd: int, name: str, rel: str, *args):
     if name == "truncate_path":
         os.truncate(f"/proc/self/fd/{dfd}/{rel}", args[0])
         return "ok"
+    if name == "fallocate":  # args: mode (FALLOC_FL_*), offset, length
+        fd = os.open(rel, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=dfd)
+        try:
+            if _libc.fallocate64(fd, args[0], args[1], args[2]) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, os.strerror(e), rel)
+        finally:
+            os.close(fd)
+        return "ok"
     if name == "mkdir":
         os.mkdir(rel, 0o755, dir_fd=dfd)
         st = os.stat(rel, dir_fd=dfd, follow_symlinks=False)
@@ -436,6 +445,11 @@ def _call(dfd: int, name: str, rel: str, *args):
         return "ok"
     if name == "getxattr":
         return "ok:" + os.getxattr(f"/proc/self/fd/{dfd}/{rel}", args[0], follow_symlinks=False).decode()
+    if name == "setxattr_bytes":  # args: name, value as hex
+        os.setxattr(f"/proc/self/fd/{dfd}/{rel}", args[0], bytes.fromhex(args[1]), follow_symlinks=False)
+        return "ok"
+    if name == "getxattr_bytes":
+        return "ok:" + os.getxattr(f"/proc/self/fd/{dfd}/{rel}", args[0], follow_symlinks=False).hex()
     if name == "listdir":
         fd = os.open(rel or ".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dfd)
         try:
@@ -468,6 +482,7 @@ def posix_acl(user: int, group: int, other: int, users=(), groups=(), mask: int 
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate64.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 SYS_fchmodat2 = {"x86_64": 452, "aarch64": 452}.get(os.uname().machine, 452)
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
