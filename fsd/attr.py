@@ -11,10 +11,13 @@ kernel does.
 Set-id bits go when an unprivileged caller writes, truncates or chowns a file,
 by the kernel's 6.x rule (`setattr_should_drop_suidgid`): setuid always; setgid
 when group-exec is set, or when the caller is neither in the file's group nor
-root.  The kernel sends most of this as a mode change, but its FUSE setattr
-recomputes setgid by the pre-6.2 rule (only with group-exec), and an open with
-O_TRUNC (atomic, as libfuse asks) reaches fsd with no removal at all; fsd applies
-the rule itself on those requests.  See `privs_to_remove`.
+root.  fsd takes this on itself (FUSE_HANDLE_KILLPRIV_V2): the kernel then sends
+a write with its kill flag, a setattr with no field when its own rule says the
+bits go, a truncate or chown as such, and an open with O_TRUNC (atomic, as libfuse
+asks) with no removal; fsd applies the rule on each.  See `privs_to_remove`.  An
+access ACL set by a caller outside the file's group removes setgid when the kernel
+says so (FUSE_SETXATTR_ACL_KILL_SGID), as the upper would for that caller.  A file
+capability goes with any write or truncate: the kernel sends the removexattr.
 """
 
 from __future__ import annotations
@@ -156,8 +159,11 @@ class AttrOps:
         if target is not None and not node.fds[target]:
             raise fail(errno.ENOENT)  # only a lower descriptor: nothing of it may change
         kill = 0
-        if _removes_privs(fields):
-            kill = self.privs_to_remove(node, caller)
+        if _removes_privs(fields) or caller.kill_suidgid:
+            # Without a size: a chown, or no field (chown(-1, -1), whose kill flag
+            # the kernel drops, or the removal before a non-root caller's write,
+            # for whom both rules agree).
+            kill = self.privs_to_remove(node, caller, chown=not fields.update_size)
         if target is None:
             if fields.update_size:
                 await self.copyup.ensure(node, data=attr.st_size > 0)
@@ -211,25 +217,27 @@ class AttrOps:
             self._clear_mode_bits(node, kill, target)
         return self.entry(node)
 
-    def privs_to_remove(self, node: Node, caller) -> int:
+    def privs_to_remove(self, node: Node, caller, chown: bool = False) -> int:
         """The set-id bits (S_ISUID, S_ISGID) that the kernel overlay removes from
-        node when caller writes, truncates or chowns it: 0 for anything but a
-        regular file and for root (taken as holding CAP_FSETID); else setuid, and
-        setgid if group-exec is set or caller is in neither the file's group nor,
-        by /proc/PID/status, its supplementary groups.  Ids are compared as the
-        mount shows them, which is how the kernel compares them."""
-        if node.kind != stat.S_IFREG or caller.uid == 0:
+        node when caller writes or truncates it: 0 for anything but a regular file
+        and for root (taken as holding CAP_FSETID); else setuid, and setgid if
+        group-exec is set or caller is in neither the file's group nor, by
+        /proc/PID/status, its supplementary groups.  A chown (of anything but a
+        directory) removes them whoever calls: setuid, and setgid by the same
+        rule, root counting as a member.  Ids are compared as the mount shows
+        them, which is how the kernel compares them."""
+        if node.is_dir or not chown and (node.kind != stat.S_IFREG or caller.uid == 0):
             return 0
         _, gid, mode, _ = self.owner(node, self.real_stat(node))
         kill = mode & stat.S_ISUID
-        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not _in_group(caller, gid)):
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not (caller.uid == 0 or _in_group(caller, gid))):
             kill |= stat.S_ISGID
         return kill
 
     def remove_privs(self, node: Node, caller) -> None:
-        """After caller truncated node by opening it with O_TRUNC (the kernel
-        removes nothing then): remove what `privs_to_remove` says.  node must be
-        in the upper."""
+        """When caller writes node, or truncated it by opening it with O_TRUNC (the
+        kernel removes nothing then): remove what `privs_to_remove` says.  node must
+        be in the upper."""
         kill = self.privs_to_remove(node, caller)
         if kill:
             self._clear_mode_bits(node, kill, self.open_fd(node))
@@ -280,10 +288,15 @@ class AttrOps:
         shown = (visible_xattr(n) for n in layer.listxattr(rel))
         return [n for n in shown if n is not None]
 
-    async def setxattr(self, node: Node, name: bytes, value: bytes) -> None:
+    async def setxattr(self, node: Node, name: bytes, value: bytes, kill_sgid: bool = False) -> None:
+        """kill_sgid: the kernel asks that set-group-ID go with this change (an
+        access ACL set by a caller neither in the file's group nor holding
+        CAP_FSETID); the upper, changed by fsd, would keep it."""
         real = self._real_xattr(name, errno.EPERM)
         await self._copy_for_metadata(node)
         self.stack.upper.setxattr(node.path(), real, value)
+        if kill_sgid:
+            self._clear_mode_bits(node, stat.S_ISGID, None)
 
     async def removexattr(self, node: Node, name: bytes) -> None:
         real = self._real_xattr(name, errno.ENODATA)

@@ -29,6 +29,10 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = True  # the kernel checks POSIX ACLs (system.posix_acl_*) too; noacl turns it off
+    # fsd removes set-id bits itself (attr.py), so the kernel need not ask for
+    # security.capability before every write (FUSE_HANDLE_KILLPRIV_V2); it still
+    # removes a capability it knows of itself.
+    handle_killpriv_v2 = True
 
     def __init__(self, stack: Stack, table: InodeTable, namei: Namei, attrs: AttrOps,
                  dirs: DirOps, files: FileOps, listings: ReaddirOps, writable: bool, noacl: bool,
@@ -177,8 +181,10 @@ class Operations(pyfuse3.Operations):
         return self.files.read(fh, off, size)
 
     @translate
-    async def write(self, fh, off, buf):
+    async def write(self, fh, off, buf, ctx=None):
         async with self.gate:
+            if ctx is not None and ctx.kill_suidgid:
+                self.attrs.remove_privs(self.files.handles[fh].node, ctx)
             return self.files.write(fh, off, buf)
 
     @translate
@@ -234,7 +240,7 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode, name, value, ctx):
         self._writable()
         async with self.gate:
-            await self.attrs.setxattr(self.table[inode], name, value)
+            await self.attrs.setxattr(self.table[inode], name, value, kill_sgid=ctx.kill_sgid)
 
     @translate
     async def removexattr(self, inode, name, ctx):

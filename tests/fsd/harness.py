@@ -58,6 +58,8 @@ class Ctx:
     gid: int
     pid: int
     umask: int = 0o022
+    kill_suidgid: bool = False  # the kernel's kill flags (FUSE_HANDLE_KILLPRIV_V2)
+    kill_sgid: bool = False
 
 
 @dataclasses.dataclass

@@ -15,6 +15,15 @@ FOPEN_KEEP_CACHE: a second listing of an unchanged directory is then served by
 the kernel. The results are the daemon's own counts of opendir and readdir
 requests, read through the CALLS_XATTR of the mount's root.
 
+With FUSE_HANDLE_KILLPRIV_V2 the kernel stops asking for security.capability
+before every write and tells the file system which requests must remove set-id
+bits; libfuse 3.14 can neither ask for it nor pass the flags on.
+patches/pyfuse3-3.5.0-killpriv.patch does both for a file system that sets
+Operations.handle_killpriv_v2 (in this passthrough: "killpriv" on the command
+line). The results are the requests the daemon saw: how many getxattr of
+security.capability, and the kill flags of each write, open, setattr and
+setxattr, read through CALLS_XATTR as well.
+
 These tests fail without the patches. The filesystem under test is a flat
 passthrough of one backing directory, defined below and served by a child
 process (`python THIS_FILE BACKING MOUNTPOINT [OPENDIR_REPLY]`), so pyfuse3's
@@ -38,7 +47,9 @@ import pytest
 import trio
 
 FSTYPE = "fuse.strata-pyfuse3-patch"
-CALLS_XATTR = "user.passthrough.calls"  # on the root: {"opendir": n, "readdir": n} as JSON
+CALLS_XATTR = "user.passthrough.calls"  # on the root: {"opendir": n, "readdir": n, ...} as JSON
+CAPS = "security.capability"
+ACL = "system.posix_acl_access"
 FALLOC_FL_KEEP_SIZE = 0x01  # <linux/falloc.h>
 FALLOC_FL_PUNCH_HOLE = 0x02
 MiB = 1 << 20
@@ -94,8 +105,13 @@ class Passthrough(pyfuse3.Operations):
         self.dirfd = os.open(backing, os.O_RDONLY | os.O_DIRECTORY)
         self.names: dict[int, bytes] = {}  # inode -> name in the backing dir
         self.inodes: dict[bytes, int] = {}
-        self.opendir_reply = OPENDIR_REPLIES[opendir_reply]
-        self.calls = {"opendir": 0, "readdir": 0}
+        # "killpriv": handle_killpriv_v2 and ACLs (the kernel passes the ACL's kill
+        # flag only then), and opendir answers with an int
+        self.handle_killpriv_v2 = self.enable_acl = opendir_reply == "killpriv"
+        self.opendir_reply = OPENDIR_REPLIES["int" if self.handle_killpriv_v2 else opendir_reply]
+        # kills: [request, name, the kill flag the request came with]
+        self.calls = {"opendir": 0, "readdir": 0, "getxattr " + CAPS: 0, "kills": []}
+        self.fh_names: dict[int, int] = {}  # file handle (a backing fd) -> inode
         st = os.fstat(self.dirfd)
         self.root_times = {"st_mtime_ns": st.st_mtime_ns, "st_ctime_ns": st.st_ctime_ns}
 
@@ -131,21 +147,40 @@ class Passthrough(pyfuse3.Operations):
             return self._entry(inode, os.stat(self.names[inode], dir_fd=self.dirfd,
                                               follow_symlinks=False))
 
+    def _path(self, inode: int) -> str:
+        return f"/proc/self/fd/{self.dirfd}/{os.fsdecode(self.names[inode])}"
+
+    def _kill(self, request: str, inode: int, flag: bool) -> None:
+        self.calls["kills"].append([request, self.names[inode].decode(), bool(flag)])
+
     async def open(self, inode, flags, ctx):
+        if flags & os.O_TRUNC:
+            self._kill("open", inode, getattr(ctx, "kill_suidgid", False))
         with _fuse_errors():
             fd = os.open(self.names[inode], flags | os.O_NOFOLLOW, dir_fd=self.dirfd)
+        self.fh_names[fd] = inode
         return pyfuse3.FileInfo(fh=fd)
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        with _fuse_errors():
+            if fields.update_size:
+                self._kill("setattr", inode, getattr(ctx, "kill_suidgid", False))
+                os.truncate(fh if fh is not None else self._path(inode), attr.st_size)
+        return await self.getattr(inode, ctx)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
         with _fuse_errors():
             fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW, mode, dir_fd=self.dirfd)
+            self.fh_names[fd] = self._inode(name)
             return pyfuse3.FileInfo(fh=fd), self._entry(self._inode(name), os.fstat(fd))
 
     async def read(self, fh, off, size):
         with _fuse_errors():
             return os.pread(fh, size, off)
 
-    async def write(self, fh, off, buf):
+    async def write(self, fh, off, buf, ctx=None):
+        if ctx is not None:
+            self._kill("write", self.fh_names[fh], ctx.kill_suidgid)
         with _fuse_errors():
             return os.pwrite(fh, buf, off)
 
@@ -181,16 +216,26 @@ class Passthrough(pyfuse3.Operations):
         pass
 
     async def getxattr(self, inode, name, ctx):
+        if name == os.fsencode(CAPS):
+            self.calls["getxattr " + CAPS] += 1
         if inode != pyfuse3.ROOT_INODE or name != os.fsencode(CALLS_XATTR):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return json.dumps(self.calls).encode()
+
+    async def setxattr(self, inode, name, value, ctx):
+        """Only access ACLs, kept as user.acl on the backing file (its mode stays)."""
+        if name != os.fsencode(ACL) or inode == pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        self._kill("setxattr", inode, getattr(ctx, "kill_sgid", False))
+        with _fuse_errors():
+            os.setxattr(self._path(inode), "user.acl", value)
 
 
 def serve(backing: str, mountpoint: str, opendir_reply: str = "int") -> None:
     """Mount the passthrough of backing on mountpoint until it is unmounted."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = set(pyfuse3.default_options) | {"fsname=strata-pyfuse3-patch",
-                                              "subtype=strata-pyfuse3-patch"}
+                                              "subtype=strata-pyfuse3-patch", "allow_other"}
     pyfuse3.init(Passthrough(backing, opendir_reply), mountpoint, options)
     try:
         trio.run(pyfuse3.main)
@@ -343,7 +388,7 @@ def _listing(mnt: Path) -> tuple[list[str], dict[str, int]]:
     before = _calls(mnt)
     names = sorted(os.listdir(mnt))
     after = _calls(mnt)
-    return names, {k: after[k] - before[k] for k in after}
+    return names, {k: after[k] - before[k] for k in ("opendir", "readdir")}
 
 
 def _page_cache_drops() -> int:
@@ -440,6 +485,68 @@ def test_cached_listing_is_dropped_when_the_directory_changes_through_the_mount(
         assert _listing(mnt) == (names, {"opendir": 1, "readdir": 0})  # cached anew
 
     _retried_if_page_cache_dropped(changes)
+
+
+def _require_killpriv_patch() -> None:
+    if not hasattr(pyfuse3.Operations, "handle_killpriv_v2"):
+        pytest.fail("pyfuse3.Operations has no handle_killpriv_v2: this pyfuse3 lacks "
+                    "patches/pyfuse3-3.5.0-killpriv.patch (run scripts/install)", pytrace=False)
+
+
+@pytest.mark.parametrize("passthrough, asks_per_write", [("int", True), ("killpriv", False)],
+                         indirect=["passthrough"])
+def test_killpriv_v2_stops_the_capability_check_before_each_write(passthrough, asks_per_write):
+    backing, mnt = passthrough
+    writes = 20
+    fd = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for i in range(writes):
+            os.pwrite(fd, b"x", i)
+    finally:
+        os.close(fd)
+    asked = _calls(mnt)["getxattr " + CAPS]
+    if asks_per_write:
+        assert asked == writes
+    else:
+        _require_killpriv_patch()
+        assert asked <= 1, f"{asked} getxattr of {CAPS} for {writes} writes"  # one, per inode
+
+
+@pytest.mark.parametrize("passthrough", ["killpriv"], indirect=True)
+def test_killpriv_v2_passes_the_kill_flags_of_each_request(passthrough, user):
+    """A user (no CAP_FSETID) writes, opens with O_TRUNC, truncates, and sets
+    an access ACL on a file whose group she is not in; root writes too."""
+    from support.faults import in_child, posix_acl
+
+    backing, mnt = passthrough
+    _require_killpriv_patch()
+    for name, uid, gid in (("theirs", 0, 0), ("mine", user.uid, 0)):
+        (backing / name).write_bytes(b"data")
+        os.chown(backing / name, uid, gid)
+        os.chmod(backing / name, 0o666)
+    acl = posix_acl(6, 6, 4)
+    dfd = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+
+    def as_user():
+        fd = os.open("theirs", os.O_WRONLY, dir_fd=dfd)
+        os.write(fd, b"u")
+        os.close(fd)
+        os.close(os.open("theirs", os.O_WRONLY | os.O_TRUNC, dir_fd=dfd))
+        os.truncate(f"/proc/self/fd/{dfd}/theirs", 1)
+        os.setxattr(f"/proc/self/fd/{dfd}/mine", ACL, acl)
+        return "ok"
+    try:
+        assert in_child(as_user, (user.uid, user.gid, [user.gid])) == "ok"
+        fd = os.open("theirs", os.O_WRONLY, dir_fd=dfd)
+        os.write(fd, b"r")
+        os.close(fd)
+    finally:
+        os.close(dfd)
+    assert _calls(mnt)["kills"] == [["write", "theirs", True], ["open", "theirs", True],
+                                    ["setattr", "theirs", True], ["setxattr", "mine", True],
+                                    ["write", "theirs", False]]
+    # the extended setxattr request was parsed right: name and value
+    assert os.getxattr(backing / "mine", "user.acl") == acl
 
 
 if __name__ == "__main__":
