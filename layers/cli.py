@@ -20,7 +20,6 @@ from importlib import metadata
 from . import config as configmod
 from . import progress, units
 from .errors import ConfigError, LayersError, UsageError
-from .records import Layer
 from .registry import command as registrycmd
 from .store import Store
 
@@ -481,7 +480,8 @@ def _cmd_volume(store: Store, args) -> int:
             rows = [("NAME", "ANONYMOUS", "CONTAINERS", "CREATED")]
             for v in volumes:
                 rows.append((v.name, "yes" if v.anonymous else "no",
-                             ",".join(sorted(users.get(v.name, []))) or "-", units.ago(v.created)))
+                             ",".join(sorted(users.get(v.name, []))) or "-",
+                             units.ago(v.created)))
             _table(rows)
     elif cmd == "inspect":
         print(json.dumps([store.volume_inspect(n) for n in args.names], indent=2))
@@ -510,8 +510,9 @@ def _cmd_df(store: Store, args) -> int:
         print()
         rows = [("IMAGE ID", "NAMES", "SIZE", "SHARED", "UNIQUE", "CONTAINERS")]
         for i in images.items:
-            rows.append((i["id"][:12], ",".join(i["names"]) or "<none>", units.size(i["size"]),
-                         units.size(i["shared"]), units.size(i["unique"]), str(i["containers"])))
+            rows.append((i["id"][:12], ",".join(i["names"]) or "<none>",
+                         units.size(i["size"]), units.size(i["shared"]),
+                         units.size(i["unique"]), str(i["containers"])))
         _table(rows)
         print()
         rows = [("CONTAINER ID", "NAME", "IMAGE", "SIZE", "MOUNTED", "QUOTA")]
