@@ -12,11 +12,11 @@ it until the gate opens again.
 
 The protocol, through files in fsd's own directory of the workdir
 (`WORK/fsd/`) and two signals to the daemon:
-0. fsd writes its pid to `freezable` once it catches the two signals: a
-   reader signals only a daemon whose pid it finds there (the default
-   action of SIGUSR1 would end another mount program);
-1. the reader writes its pid to `freeze` (whole: a temp file renamed) and
-   sends SIGUSR1;
+0. fsd catches the two signals from before the mount is live: a reader
+   signals only a daemon that catches them (`SigCgt` of /proc/PID/status),
+   since their default action would end another mount program;
+1. the reader writes its pid to `freeze` (whole: written as `freeze.tmp`,
+   then renamed) and sends SIGUSR1;
 2. fsd closes the gate, then writes that pid to `frozen`;
 3. the reader reads the upper, then sends SIGUSR2.  fsd opens the gate and
    removes both files.  It also opens the gate when the reader's process
@@ -34,7 +34,6 @@ import trio
 
 log = logging.getLogger("fsd")
 
-FREEZABLE = "freezable"  # fsd's pid: it serves this protocol
 REQUEST = "freeze"      # the reader's pid, written before SIGUSR1
 FROZEN = "frozen"       # the same pid, written by fsd once the gate is closed
 SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)   # freeze, thaw
@@ -89,13 +88,15 @@ class Freezer:
         """Answer freeze and thaw signals from `signals` (a trio signal
         receiver for SIGNALS, opened before the mount went live) until
         cancelled."""
-        _write_pid(self.area, FREEZABLE, os.getpid())
-        async with trio.open_nursery() as nursery:
-            async for signum in signals:
-                if signum == signal.SIGUSR2:
-                    self._thaw()
-                elif self.thawed is None:
-                    await self._freeze(nursery)
+        try:
+            async with trio.open_nursery() as nursery:
+                async for signum in signals:
+                    if signum == signal.SIGUSR2:
+                        self._thaw()
+                    elif self.thawed is None:
+                        await self._freeze(nursery)
+        finally:
+            self._thaw()
 
     async def _freeze(self, nursery: trio.Nursery) -> None:
         try:
@@ -129,11 +130,8 @@ class Freezer:
     def _thaw(self) -> None:
         if self.thawed is None:
             return
-        for name in (FROZEN, REQUEST):
-            try:
-                os.unlink(os.path.join(self.area, name))
-            except FileNotFoundError:
-                pass
+        _remove(self.area, FROZEN)
+        _remove(self.area, REQUEST)
         self.thawed.set()
         self.thawed = None
         self.gate.open()
@@ -145,3 +143,10 @@ def _write_pid(area: str, name: str, pid: int) -> None:
     with open(tmp, "wb") as f:
         f.write(b"%d\n" % pid)
     os.rename(tmp, os.path.join(area, name))
+
+
+def _remove(area: str, name: str) -> None:
+    try:
+        os.unlink(os.path.join(area, name))
+    except FileNotFoundError:
+        pass

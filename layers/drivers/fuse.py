@@ -11,8 +11,8 @@ A container's limits go to fsd as `quota_bytes=N,quota_inodes=N`: fsd counts
 every change of the upper, so they hold on any filesystem, rootless too.
 
 `frozen` holds a mounted container's upper still while the store reads it,
-by fsd's freeze protocol (fsd/freeze.py): only a daemon whose pid is in
-`WORK/fsd/freezable` is asked (another mount program would die of SIGUSR1);
+by fsd's freeze protocol (fsd/freeze.py): only a daemon that catches
+SIGUSR1 and SIGUSR2 is asked (another mount program would die of them);
 our pid in `WORK/fsd/freeze`, SIGUSR1; fsd answers with `WORK/fsd/frozen`
 once no change is in flight and none can start; SIGUSR2 thaws, and so does
 our exit.  Before that a
@@ -32,7 +32,6 @@ import sys
 import time
 from typing import Iterator
 
-from .. import fsutil
 from ..errors import DriverError, MountFailed
 from ..records import Quota
 from .base import Driver, Mounted, mount_fstype, pid_alive
@@ -40,7 +39,7 @@ from .base import Driver, Mounted, mount_fstype, pid_alive
 MOUNT_TIMEOUT = 60.0
 FREEZE_TIMEOUT = 30.0     # for fsd to let the changes in flight end
 # fsd's freeze protocol: its directory in the workdir and the two files there
-WORK_AREA, FREEZABLE, FREEZE_REQUEST, FROZEN = "fsd", "freezable", "freeze", "frozen"
+WORK_AREA, FREEZE_REQUEST, FROZEN = "fsd", "freeze", "frozen"
 
 
 def escape_option(path: str) -> str:
@@ -88,6 +87,17 @@ def _syncfs(path: str) -> None:
             raise OSError(err, os.strerror(err), path)
     finally:
         os.close(fd)
+
+
+def _catches(pid: int, signals: tuple[int, ...]) -> bool:
+    """Whether process `pid` has handlers for all `signals` (its SigCgt)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f
+                        if line.startswith("SigCgt:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return False
+    return all(mask >> (s - 1) & 1 for s in signals)
 
 
 def _holds(path: str, data: bytes) -> bool:
@@ -167,16 +177,19 @@ class FuseDriver(Driver):
         if mounted.pid is None:
             raise DriverError(self.name, f"no daemon pid known for {mounted.mountpoint}")
         area = os.path.join(cdir, "work", WORK_AREA)
-        if not _holds(os.path.join(area, FREEZABLE), f"{mounted.pid}\n".encode()):
+        if not _catches(mounted.pid, (signal.SIGUSR1, signal.SIGUSR2)):
             raise DriverError(self.name, f"the daemon of {mounted.mountpoint} (pid "
-                                         f"{mounted.pid}) cannot freeze the upper; an fsd "
-                                         "of before freezing? umount it before commit")
+                                         f"{mounted.pid}) cannot freeze the upper (not an "
+                                         "fsd that can); umount it before commit")
         frozen = os.path.join(area, FROZEN)
         me = f"{os.getpid()}\n".encode()
         _syncfs(mounted.mountpoint)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(frozen)                    # a crashed daemon's, or a dead reader's
-        fsutil.atomic_write(os.path.join(area, FREEZE_REQUEST), me, 0o600)
+        request = os.path.join(area, FREEZE_REQUEST)
+        with open(request + ".tmp", "wb") as f:      # whole, as fsd reads it
+            f.write(me)
+        os.rename(request + ".tmp", request)
         try:
             os.kill(mounted.pid, signal.SIGUSR1)
             deadline = time.monotonic() + FREEZE_TIMEOUT
@@ -192,6 +205,8 @@ class FuseDriver(Driver):
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(mounted.pid, signal.SIGUSR2)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(request)               # fsd removes it too once thawed
 
     def umount(self, cdir: str, mounted: Mounted, lazy: bool = False) -> None:
         if mount_fstype(mounted.mountpoint) is None:

@@ -5,6 +5,7 @@ saved images that import back to the same ids."""
 import hashlib
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 
 from layers import fsutil
 from layers.digest import Digest
-from layers.errors import ContainerBusy, ContainerMounted, LayerCorrupt
+from layers.drivers.base import Mounted
+from layers.drivers.fuse import FuseDriver
+from layers.errors import ContainerBusy, ContainerMounted, DriverError, LayerCorrupt
 
 from storetools import StoreEnv, directory, docker_archive, file, oci_layout, tar_bytes
 
@@ -189,3 +192,21 @@ def test_export_of_a_container_is_its_merged_tree(store_env, tmp_path, image):
     fresh = StoreEnv(tmp_path / "fresh").open()
     (img,) = fresh.import_path(str(out))
     assert img.layers == (Digest(hashlib.sha256(out.read_bytes()).hexdigest()),)
+
+
+def test_a_mount_program_that_cannot_freeze_is_not_signalled(tmp_path):
+    """SIGUSR1 would end a mount program that does not catch it (fuse-overlayfs):
+    the fuse driver asks only a daemon that catches both freeze signals."""
+    daemon = subprocess.Popen(["sleep", "600"])
+    try:
+        (tmp_path / "work" / "fsd").mkdir(parents=True)
+        with pytest.raises(DriverError) as e:
+            with FuseDriver().frozen(str(tmp_path), Mounted(str(tmp_path), daemon.pid)):
+                pass
+        assert str(e.value) == (f"fuse driver: the daemon of {tmp_path} (pid {daemon.pid}) "
+                                "cannot freeze the upper (not an fsd that can); umount it "
+                                "before commit")
+        assert daemon.poll() is None
+    finally:
+        daemon.kill()
+        daemon.wait()
