@@ -23,11 +23,8 @@ WORKDIR/fsd/        fsd's work area
                     one link, is the upper object at a name of that lower file
     moving          journal of a directory move (JSON: hex src, hex dst, key),
     moving.tmp      and the journal being written; both absent when settled
-    freezable       fsd's pid, once it serves the freeze protocol (fsd/freeze.py)
-    freeze          a reader's request to freeze the upper (`layers commit`)
-    frozen          the upper is frozen now; absent when settled, as are the
-                    files being written (`freezable.tmp`, `frozen.tmp`, the
-                    reader's `.freeze.tmp-*`)
+    freeze, frozen  a reader's pid while the upper is frozen (fsd/freeze.py), each
+                    written as NAME.tmp and renamed; all absent when settled
 upper               every entry lstat-able; whiteouts (a char device 0/0, or an
                     empty regular file `.wh.NAME`) only where the lowers show
                     NAME in the merged view; when settled, never beside a real
@@ -49,8 +46,8 @@ import stat
 from pathlib import Path
 
 WORK_AREA = "fsd"
-WORK_AREA_FILES = {"lock", "tmp", "index", "moving", "moving.tmp", "freezable", "freeze"}
-FREEZING = {"frozen", "freezable.tmp", "frozen.tmp"}  # and .freeze.tmp-*: a freeze under way
+WORK_AREA_FILES = {"lock", "tmp", "index", "moving", "moving.tmp"}
+FREEZING = {"freeze", "frozen", "freeze.tmp", "frozen.tmp"}  # a freeze under way
 WH_PREFIX = b".wh."
 OPAQUE_FILE = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque", b"user.fuseoverlayfs.opaque")
@@ -277,7 +274,7 @@ def problems(lowers: list[Path], upper: Path, workdir: Path, settled: bool = Tru
     else:
         for name in _entries(area):
             text = os.fsdecode(name)
-            if text in FREEZING or text.startswith(".freeze.tmp-"):
+            if text in FREEZING:
                 if settled:
                     out.append(f"work area: {text!r} left over from a freeze of the upper")
             elif text not in WORK_AREA_FILES:
