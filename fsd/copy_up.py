@@ -30,6 +30,7 @@ from .layer import RENAME_NOREPLACE, Layer, Stack
 from .namei import Namei, dir_is_opaque
 from .idmap import IdMap, format_override
 from .quota import Quota
+from .watchdog import waiting
 from .whiteout import Markers, is_marker_xattr
 
 log = logging.getLogger("fsd")
@@ -136,14 +137,17 @@ class CopyUp:
         # copy-ups and name changes wait for it, so nothing lands in a tree
         # being moved.  An event, not a lock: waiting must hold nothing.
         self._tree_move: trio.Event | None = None
+        self._tree_moved = ""  # which directory, for the watchdog
 
     @contextlib.contextmanager
-    def moving_tree(self):
-        """Mark a tree move under way for the block.  The caller has just seen
-        none under way (`upper_and_no_tree_move`), with no await since."""
+    def moving_tree(self, node: Node):
+        """Mark the move of directory node's tree under way for the block.  The
+        caller has just seen none under way (`upper_and_no_tree_move`), with no
+        await since."""
         if self._tree_move is not None:
             raise RuntimeError("a tree move began while another was under way")
         self._tree_move = moved = trio.Event()
+        self._tree_moved = f"the move of directory inode {node.ino}"
         try:
             yield
         finally:
@@ -157,7 +161,8 @@ class CopyUp:
         free to either and they spun.  Each round here waits for a move that
         ends; another may begin before this task runs again."""
         while self._tree_move is not None:
-            await self._tree_move.wait()
+            with waiting(self._tree_moved):
+                await self._tree_move.wait()
 
     def upper_and_no_tree_move(self, *nodes: Node) -> bool:
         """Whether nodes are fully in the upper and no tree is being moved."""
@@ -237,12 +242,23 @@ class CopyUp:
             await self._ensure_one(ancestor, True)
         await self._ensure_one(node, data)
 
+    @contextlib.asynccontextmanager
+    async def _copy_lock(self, node: Node):
+        """Hold node's lock, so that one copy runs per node: a request that
+        needs the same copy-up waits here and finds it done."""
+        if node.lock is None:
+            node.lock = trio.Lock()
+        with waiting(f"the copy-up of inode {node.ino}"):
+            await node.lock.acquire()
+        try:
+            yield
+        finally:
+            node.lock.release()
+
     async def _ensure_one(self, node: Node, data: bool) -> None:
         if node.upper and not node.metacopy:
             return
-        if node.lock is None:
-            node.lock = trio.Lock()
-        async with node.lock:
+        async with self._copy_lock(node):
             if node.upper and not node.metacopy:
                 return
             parent = node.parent
@@ -329,7 +345,8 @@ class CopyUp:
         names = self._hardlinks.get(index)
         if names is None:
             layer = self.stack.lowers[index]
-            names = await trio.to_thread.run_sync(_hardlinked_files, layer)
+            with waiting(f"a worker thread listing the hard links of lower layer {index}"):
+                names = await trio.to_thread.run_sync(_hardlinked_files, layer)
             self._hardlinks[index] = names
         upper = self.stack.upper
         for other in names.get(st_ino, ()):
@@ -387,7 +404,8 @@ class CopyUp:
                 src_fd = src.open(rel, os.O_RDONLY | os.O_NOATIME)
                 try:
                     if size > BIG:
-                        await trio.to_thread.run_sync(self._copy_and_sync, src_fd, dst_fd, size)
+                        with waiting(f"a worker thread copying {size} bytes of {rel!r}"):
+                            await trio.to_thread.run_sync(self._copy_and_sync, src_fd, dst_fd, size)
                     else:
                         self._copy_and_sync(src_fd, dst_fd, size)
                 finally:
@@ -408,9 +426,7 @@ class CopyUp:
             return
         if node.kind != stat.S_IFREG:
             return await self.ensure(node)
-        if node.lock is None:
-            node.lock = trio.Lock()
-        async with node.lock:
+        async with self._copy_lock(node):
             if node.upper:
                 return
             parent = node.parent
@@ -455,8 +471,9 @@ class CopyUp:
         rel = node.path()
         linked: dict[tuple[int, int], tuple[bytes, int]] = {}
         try:
-            await trio.to_thread.run_sync(
-                self._tree, node.upper, node.lowers, rel, tmp, node.key, linked, abandon_on_cancel=False)
+            with waiting(f"a worker thread copying the tree of {rel!r}"):
+                await trio.to_thread.run_sync(
+                    self._tree, node.upper, node.lowers, rel, tmp, node.key, linked, abandon_on_cancel=False)
             if self.quota is not None:
                 new = [st for st in walk_stats(self.stack.work, tmp) if st.st_nlink == 1]
                 self.quota.check(sum(st.st_blocks * 512 for st in new), inodes=len(new))

@@ -326,7 +326,7 @@ class DirOps:
             replaced = self.stack.upper.lstat(p2.child_path(n2)) if dst.upper else dst.lower_stat
         hard_links = []
         if src.is_dir and src.lowers:
-            with self.copyup.moving_tree():
+            with self.copyup.moving_tree(src):
                 hard_links = await self._move_merged_dir(p1, n1, src, p2, n2)
         else:
             self._move_upper(p1, n1, src, p2, n2, dst)

@@ -28,6 +28,7 @@ from .copy_up import CopyUp
 from .errors import fail
 from .inode import InodeTable, Node
 from .layer import Stack, reopen
+from .watchdog import waiting
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
@@ -156,7 +157,8 @@ class FileOps:
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         if self.fsync_enabled:
-            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.fd(fh))
+            with waiting("a worker thread syncing the file"):
+                await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.fd(fh))
 
     async def fsync_dir(self, node: Node) -> None:
         """Sync a directory's upper entries (a lower one never changes)."""
@@ -164,7 +166,8 @@ class FileOps:
             return
         fd = self.stack.upper.open(node.path(), os.O_RDONLY | os.O_DIRECTORY)
         try:
-            await trio.to_thread.run_sync(os.fsync, fd)
+            with waiting("a worker thread syncing the directory"):
+                await trio.to_thread.run_sync(os.fsync, fd)
         finally:
             os.close(fd)
 

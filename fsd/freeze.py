@@ -1,7 +1,7 @@
 """Freezing the upper, so that another process can read it as it was at one
 instant while the mount stays live (`layers commit` of a mounted container).
 
-Level 6: imports nothing of fsd.
+Level 6: imports only the watchdog (to say a request waits at the gate).
 
 Every request that changes the upper (write, create, rename, setattr, an
 open that copies up …) passes the `WriteGate`.  Closing the gate makes new
@@ -32,6 +32,8 @@ import signal
 
 import trio
 
+from .watchdog import waiting
+
 log = logging.getLogger("fsd")
 
 REQUEST = "freeze"      # the reader's pid, written before SIGUSR1
@@ -49,7 +51,8 @@ class WriteGate:
 
     async def __aenter__(self) -> None:
         while self._reopened is not None:           # closed again meanwhile: wait again
-            await self._reopened.wait()
+            with waiting("the upper to be thawed (frozen for a reader)"):
+                await self._reopened.wait()
         self._active += 1
 
     async def __aexit__(self, *exc) -> None:

@@ -35,6 +35,7 @@ from .ops import Operations
 from .params import OverlayParams, ParamError
 from .quota import Quota
 from .readdir import ReaddirOps
+from .watchdog import Requests
 from .whiteout import Markers, whiteout_mode
 
 log = logging.getLogger("fsd")
@@ -201,7 +202,7 @@ class Mount:
             os.close(self.lock_fd)
 
 
-async def _serve(freezer: Freezer | None) -> None:
+async def _serve(freezer: Freezer | None, requests: Requests) -> None:
     # the freeze signals are caught from here on, before the mount can go live
     # (FUSE_INIT is answered inside pyfuse3.main): none can end the daemon
     with trio.open_signal_receiver(*SIGNALS) as freeze_signals:
@@ -214,6 +215,7 @@ async def _serve(freezer: Freezer | None) -> None:
                         pyfuse3.terminate()
                         return
             nursery.start_soon(stop_on_signal)
+            nursery.start_soon(requests.watch)
             if freezer is not None:
                 nursery.start_soon(freezer.serve, freeze_signals)
             await pyfuse3.main()
@@ -287,7 +289,7 @@ def _mount_and_serve(params: OverlayParams, on_init, on_error) -> int:
         where = f" '{os.fsdecode(exc.filename)}'" if exc.filename else ""
         return on_error(f"{exc.strerror}{where}")
     try:
-        trio.run(_serve, mount.freezer)
+        trio.run(_serve, mount.freezer, mount.ops.requests)
     except* ConnectionAbortedError:
         # Someone aborted the FUSE connection (/sys/fs/fuse/connections/N/abort):
         # no request can be answered any more; end as after an unmount.

@@ -3,7 +3,8 @@
 Every handler is wrapped by `errors.translate`, the one place where OSError
 becomes FUSEError and an unexpected exception becomes a logged EIO.  Every
 handler that changes the upper passes `self.gate` (`freeze.WriteGate`), so
-that the upper can be frozen for a reader.
+that the upper can be frozen for a reader.  Every request is in
+`self.requests` while in flight, for the watchdog (`watchdog.track_requests`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from .inode import InodeTable
 from .layer import Stack
 from .namei import Namei
 from .readdir import ReaddirOps
+from .watchdog import Requests, track_requests
 
 
+@track_requests
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -48,6 +51,7 @@ class Operations(pyfuse3.Operations):
         self.writable = writable
         self._on_init = on_init
         self.gate = gate or WriteGate()
+        self.requests = Requests()
         if noacl:
             self.enable_acl = False
 

@@ -8,7 +8,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 FSD_LEVELS = {
-    "params": 0, "errors": 0,
+    "params": 0, "errors": 0, "watchdog": 0,
     "layer": 1, "idmap": 1, "quota": 1,
     "whiteout": 2, "inode": 2,
     "namei": 3,
