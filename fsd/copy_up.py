@@ -430,6 +430,8 @@ class CopyUp:
             if node.upper:
                 return
             parent = node.parent
+            if parent is None:
+                raise fail(errno.ENOENT)
             if not parent.upper:
                 await self.ensure(parent)
             await self._copy(node, parent, data=False, metadata_only=True)

@@ -296,6 +296,43 @@ async def test_metacopy_keeps_hard_links_one_file(overlay):
     assert os.lstat(overlay.upper / "a").st_ino == os.lstat(overlay.upper / "b").st_ino
 
 
+async def test_a_metadata_change_waiting_for_a_copy_up_of_a_file_unlinked_meanwhile(overlay, monkeypatch):
+    """ENOENT, as for any change of a file that is gone (it was an internal
+    error: the metadata-only copy looked for the parent of a node with none)."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "big", b"x" * (4 << 20))  # big: fsd copies it in a worker thread
+    fs = await overlay.mount("metacopy=on")
+    await fs.lookup("big")
+    # The order of events, made certain without timing: the copy-up for the
+    # write waits to start until the setxattr waits for it and big is unlinked.
+    real_run_sync = trio.to_thread.run_sync
+    copy_waits, copy_may_go = trio.Event(), trio.Event()
+
+    async def run_sync_in_order(fn, *args, **kw):
+        if not copy_may_go.is_set():
+            copy_waits.set()
+            await copy_may_go.wait()
+        return await real_run_sync(fn, *args, **kw)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_in_order)
+
+    async def writer():
+        with fails(errno.ENOENT):
+            await fs.write("big", b"W")
+
+    async def setter():
+        with fails(errno.ENOENT):
+            await fs.setxattr("big", "user.x", b"1")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await copy_waits.wait()
+        nursery.start_soon(setter)
+        await trio.testing.wait_all_tasks_blocked()
+        await fs.unlink("big")
+        copy_may_go.set()
+
+
 async def test_what_a_crash_left_in_tmp_is_removed_at_mount(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "f", "lower")
