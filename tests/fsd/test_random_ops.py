@@ -6,7 +6,7 @@ changes, inode numbers included.  No oracle of the semantics here: the
 differential tests compare with the kernel overlay.
 
 Three short seeds by default (one per set of options); `scripts/test --long`
-runs many more.
+runs many more, and workers doing random operations at once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import stat
 
 import pyfuse3
 import pytest
+import trio
 
 from support import fsck, layergen
 
@@ -26,6 +27,8 @@ OPTIONS = ((), ("whiteout=file",), ("metacopy=on",))
 FAST = ("fsync=0",)  # durability is not what these tests look at
 OPS = ("create", "write", "unlink", "mkdir", "rmdir", "rename", "exchange", "link", "chmod",
        "setxattr", "truncate", "symlink", "forget", "remount")
+# the kernel forgets nothing a request in flight still uses, and unmounts alone
+CONCURRENT_OPS = tuple(op for op in OPS if op not in ("forget", "remount"))
 
 
 async def view_of(fs) -> dict[bytes, tuple]:
@@ -64,6 +67,67 @@ def shared_numbers(view: dict[bytes, tuple]) -> list[str]:
     return bad
 
 
+def pick(fs, rng: random.Random, view: dict, options: tuple, tag: bytes, ops=OPS) -> tuple[str, tuple | None]:
+    """A random operation on what view shows: (its name, (call, *args)), or
+    (name, None) when there is nothing to do it on; tag makes new names unique."""
+    paths = sorted(view)
+    dirs = [b""] + [p for p in paths if stat.S_ISDIR(view[p][1])]
+    files = [p for p in paths if stat.S_ISREG(view[p][1])]
+    if "metacopy=on" in options:
+        # a metadata-only copy of a hard-linked file splits it (the strict
+        # xfail test_metacopy_keeps_hard_links_one_file): leave those alone
+        files = [p for p in files if view[p][4] == 1]
+    parent = rng.choice(dirs)
+    new = (parent + b"/" if parent else b"") + b"new" + tag
+    op = rng.choice(ops)
+    if op == "create":
+        return op, (fs.create, new, b"created " + tag)
+    if op == "write" and files:
+        return op, (fs.write, rng.choice(files), b"written " + tag, rng.randrange(8))
+    if op == "unlink" and files:
+        return op, (fs.unlink, rng.choice(files))
+    if op == "mkdir":
+        return op, (fs.mkdir, new)
+    if op == "rmdir" and len(dirs) > 1:
+        return op, (fs.rmdir, rng.choice(dirs[1:]))
+    if op in ("rename", "exchange") and len(paths) > 1:
+        src = rng.choice([p for p in paths if p in files or not stat.S_ISREG(view[p][1])])
+        dst = rng.choice(paths) if op == "exchange" or rng.random() < 0.4 else new
+        if not (dst + b"/").startswith(src + b"/") and not (src + b"/").startswith(dst + b"/"):
+            return op, (fs.rename, src, dst, RENAME_EXCHANGE if op == "exchange" else 0)
+    if op == "link" and files:
+        return op, (fs.link, rng.choice(files), new)
+    if op == "chmod" and files:
+        return op, (fs.chmod, rng.choice(files), rng.choice((0o600, 0o640, 0o755)))
+    if op == "setxattr" and files:
+        return op, (fs.setxattr, rng.choice(files), b"user.random", tag)
+    if op == "truncate" and files:
+        return op, (fs.truncate, rng.choice(files), rng.randrange(16))
+    if op == "symlink":
+        return op, (fs.symlink, b"target" + tag, new)
+    if op == "forget":
+        return op, (fs.forget_all,)
+    return op, None
+
+
+async def attempt(op: str, call: tuple, done: list) -> None:
+    """Make the call; note its outcome (an errno is an outcome, not a failure)."""
+    try:
+        await call[0](*call[1:])
+        done.append((op, *call[1:], "ok"))
+    except pyfuse3.FUSEError as exc:
+        done.append((op, *call[1:], errno.errorcode[exc.errno]))
+
+
+async def remount_changes_nothing(overlay, fs, view: dict, options: tuple, where: str):
+    await fs.forget_all()
+    fs = await overlay.remount(fs, *options, *FAST)
+    after = await view_of(fs)
+    changed = {p: (view.get(p), after.get(p)) for p in set(view) | set(after) if view.get(p) != after.get(p)}
+    assert not changed, f"{where}: a remount changed {list(changed.items())[:4]}"
+    return fs
+
+
 async def run(overlay, seed: int, count: int) -> None:
     stack = layergen.generate_stack(overlay.root / "stack", seed, size=0.3, big_files=0)
     overlay.use_lowers(stack.layers)
@@ -73,64 +137,54 @@ async def run(overlay, seed: int, count: int) -> None:
     done: list[tuple] = []
     view = await view_of(fs)
     for step in range(count):
-        paths = sorted(view)
-        dirs = [b""] + [p for p in paths if stat.S_ISDIR(view[p][1])]
-        files = [p for p in paths if stat.S_ISREG(view[p][1])]
-        if "metacopy=on" in options:
-            # a metadata-only copy of a hard-linked file splits it (the strict
-            # xfail test_metacopy_keeps_hard_links_one_file): leave those alone
-            files = [p for p in files if view[p][4] == 1]
-        parent = rng.choice(dirs)
-        new = (parent + b"/" if parent else b"") + b"new%d" % step
-        op = rng.choice(OPS)
-        call = None
-        if op == "create":
-            call = (fs.create, new, b"created %d" % step)
-        elif op == "write" and files:
-            call = (fs.write, rng.choice(files), b"written %d" % step, rng.randrange(8))
-        elif op == "unlink" and files:
-            call = (fs.unlink, rng.choice(files))
-        elif op == "mkdir":
-            call = (fs.mkdir, new)
-        elif op == "rmdir" and len(dirs) > 1:
-            call = (fs.rmdir, rng.choice(dirs[1:]))
-        elif op in ("rename", "exchange") and len(paths) > 1:
-            src = rng.choice([p for p in paths if p in files or not stat.S_ISREG(view[p][1])])
-            dst = rng.choice(paths) if op == "exchange" or rng.random() < 0.4 else new
-            if not (dst + b"/").startswith(src + b"/") and not (src + b"/").startswith(dst + b"/"):
-                call = (fs.rename, src, dst, RENAME_EXCHANGE if op == "exchange" else 0)
-        elif op == "link" and files:
-            call = (fs.link, rng.choice(files), new)
-        elif op == "chmod" and files:
-            call = (fs.chmod, rng.choice(files), rng.choice((0o600, 0o640, 0o755)))
-        elif op == "setxattr" and files:
-            call = (fs.setxattr, rng.choice(files), b"user.random", b"%d" % step)
-        elif op == "truncate" and files:
-            call = (fs.truncate, rng.choice(files), rng.randrange(16))
-        elif op == "symlink":
-            call = (fs.symlink, b"target%d" % step, new)
-        elif op == "forget":
-            call = (fs.forget_all,)
+        op, call = pick(fs, rng, view, options, b"%d" % step)
         if call is not None:
-            try:
-                await call[0](*call[1:])
-                done.append((op, *call[1:], "ok"))
-            except pyfuse3.FUSEError as exc:
-                done.append((op, *call[1:], errno.errorcode[exc.errno]))
+            await attempt(op, call, done)
         where = f"seed {seed} {options}, after {done[-3:]}"
         found = fsck.problems(overlay.layers, overlay.upper, overlay.work)
         assert not found, f"{where}: " + "; ".join(found)
         if op == "remount":
-            await fs.forget_all()
-            fs = await overlay.remount(fs, *options, *FAST)
-            after = await view_of(fs)
-            changed = {p: (view.get(p), after.get(p)) for p in set(view) | set(after)
-                       if view.get(p) != after.get(p)}
-            assert not changed, f"{where}: a remount changed {list(changed.items())[:4]}"
+            fs = await remount_changes_nothing(overlay, fs, view, options, where)
         if call is not None or op == "remount":
             view = await view_of(fs)
             shared = shared_numbers(view)
             assert not shared, f"{where}: " + "; ".join(shared[:4])
+
+
+async def run_concurrently(overlay, seed: int, workers: int, count: int) -> None:
+    """Workers doing random operations at once (big files are copied up in
+    worker threads, so requests interleave); the invariants are checked at the
+    end, as they must hold whatever the order was."""
+    # two names of a lower hard link copied up at once: the second copy finds the
+    # first linked in its place and says so (fsd/copy_up.py keeps that copy)
+    overlay.expect_log("already in the upper; that copy is kept")
+    stack = layergen.generate_stack(overlay.root / "stack", seed, size=0.3, big_files=1)
+    overlay.use_lowers(stack.layers)
+    options = OPTIONS[seed % len(OPTIONS)]
+    fs = await overlay.mount(*options, *FAST)
+    done: list[tuple] = []
+
+    async def worker(number: int) -> None:
+        rng = random.Random(seed * 1000 + number)
+        for step in range(count):
+            try:
+                view = await view_of(fs)
+            except pyfuse3.FUSEError:
+                continue  # another worker changed the tree under the walk
+            op, call = pick(fs, rng, view, options, b"%d-%d" % (number, step), CONCURRENT_OPS)
+            if call is not None:
+                await attempt(op, call, done)
+
+    async with trio.open_nursery() as nursery:
+        for number in range(workers):
+            nursery.start_soon(worker, number)
+    where = f"seed {seed} {options}, {len(done)} operations"
+    found = fsck.problems(overlay.layers, overlay.upper, overlay.work)
+    assert not found, f"{where}: " + "; ".join(found)
+    view = await view_of(fs)
+    shared = shared_numbers(view)
+    assert not shared, f"{where}: " + "; ".join(shared[:4])
+    await remount_changes_nothing(overlay, fs, view, options, where)
 
 
 @pytest.mark.parametrize("seed", range(len(OPTIONS)))  # each set of options once
@@ -142,3 +196,9 @@ async def test_random_operations(overlay, needs_root, seed):
 @pytest.mark.parametrize("seed", range(len(OPTIONS), 32))
 async def test_random_operations_long(overlay, needs_root, seed):
     await run(overlay, seed, 200)
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("seed", range(12))
+async def test_concurrent_random_operations_long(overlay, needs_root, seed):
+    await run_concurrently(overlay, seed, workers=4, count=30)
