@@ -220,6 +220,7 @@ class Mount:
         self.expired = False
         self.live_seconds: float | None = None
         self.unmount_seconds: float | None = None
+        self.unmount_command_seconds: float | None = None  # of that, fusermount3 -u / umount(8) alone
         self._watchdog: threading.Timer | None = None
 
     @property
@@ -381,6 +382,7 @@ class Mount:
                 try:
                     r = subprocess.run(self.command(["fusermount3", "-u", merged]), capture_output=True,
                                        text=True, timeout=UNMOUNT_TIMEOUT)
+                    self.unmount_command_seconds = time.perf_counter() - t0
                     if r.returncode:
                         problems.append(f"fusermount3 -u failed: {r.stderr.strip()}")
                     else:
@@ -397,6 +399,7 @@ class Mount:
                 _wait_gone(self.proc, UNMOUNT_TIMEOUT)
         elif mounts_at(merged):
             r = subprocess.run(["umount", merged], capture_output=True, text=True, timeout=UNMOUNT_TIMEOUT)
+            self.unmount_command_seconds = time.perf_counter() - t0
             unmounted = r.returncode == 0
         if unmounted and not problems:
             self.unmount_seconds = time.perf_counter() - t0
