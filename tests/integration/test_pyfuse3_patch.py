@@ -24,6 +24,10 @@ line). The results are the requests the daemon saw: how many getxattr of
 security.capability, and the kill flags of each write, open, setattr and
 setxattr, read through CALLS_XATTR as well.
 
+libfuse 3.14 answers FUSE_TMPFILE itself (ENOSYS), so open(2) with O_TMPFILE
+fails EOPNOTSUPP; patches/pyfuse3-3.5.0-tmpfile.patch adds Operations.tmpfile,
+which this passthrough answers with an O_TMPFILE file in the backing directory.
+
 These tests fail without the patches. The filesystem under test is a flat
 passthrough of one backing directory, defined below and served by a child
 process (`python THIS_FILE BACKING MOUNTPOINT [OPENDIR_REPLY]`), so pyfuse3's
@@ -38,6 +42,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +117,7 @@ class Passthrough(pyfuse3.Operations):
         # kills: [request, name, the kill flag the request came with]
         self.calls = {"opendir": 0, "readdir": 0, "getxattr " + CAPS: 0, "kills": []}
         self.fh_names: dict[int, int] = {}  # file handle (a backing fd) -> inode
+        self.nameless: dict[int, int] = {}  # inode of an O_TMPFILE file -> its fd
         st = os.fstat(self.dirfd)
         self.root_times = {"st_mtime_ns": st.st_mtime_ns, "st_ctime_ns": st.st_ctime_ns}
 
@@ -139,6 +145,8 @@ class Passthrough(pyfuse3.Operations):
 
     async def getattr(self, inode, ctx):
         with _fuse_errors():
+            if inode in self.nameless:
+                return self._entry(inode, os.fstat(self.nameless[inode]))
             if inode == pyfuse3.ROOT_INODE:
                 e = self._entry(inode, os.fstat(self.dirfd))
                 for a, t in self.root_times.items():
@@ -174,6 +182,16 @@ class Passthrough(pyfuse3.Operations):
             self.fh_names[fd] = self._inode(name)
             return pyfuse3.FileInfo(fh=fd), self._entry(self._inode(name), os.fstat(fd))
 
+    async def tmpfile(self, parent_inode, mode, flags, ctx):
+        if parent_inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        with _fuse_errors():
+            fd = os.open(".", os.O_TMPFILE | (flags & os.O_ACCMODE), mode & 0o7777, dir_fd=self.dirfd)
+        inode = pyfuse3.ROOT_INODE + 1 + len(self.inodes) + len(self.nameless)
+        self.nameless[inode] = fd
+        self.fh_names[fd] = inode
+        return pyfuse3.FileInfo(fh=fd), self._entry(inode, os.fstat(fd))
+
     async def read(self, fh, off, size):
         with _fuse_errors():
             return os.pread(fh, size, off)
@@ -185,6 +203,7 @@ class Passthrough(pyfuse3.Operations):
             return os.pwrite(fh, buf, off)
 
     async def release(self, fh):
+        self.nameless.pop(self.fh_names.pop(fh, None), None)
         os.close(fh)
 
     async def fallocate(self, fh, mode, offset, length):
@@ -485,6 +504,25 @@ def test_cached_listing_is_dropped_when_the_directory_changes_through_the_mount(
         assert _listing(mnt) == (names, {"opendir": 1, "readdir": 0})  # cached anew
 
     _retried_if_page_cache_dropped(changes)
+
+
+def test_o_tmpfile_reaches_the_tmpfile_handler(passthrough):
+    backing, mnt = passthrough
+    try:
+        fd = os.open(mnt, os.O_TMPFILE | os.O_RDWR, 0o640)
+    except OSError as e:
+        if e.errno == errno.EOPNOTSUPP:
+            pytest.fail("open(O_TMPFILE) through pyfuse3 fails EOPNOTSUPP: this pyfuse3 lacks "
+                        "patches/pyfuse3-3.5.0-tmpfile.patch (run scripts/install)", pytrace=False)
+        raise
+    try:
+        assert os.write(fd, b"no name") == 7
+        st = os.fstat(fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_nlink, st.st_size) == (0o640, 0, 7)
+        assert os.pread(fd, 7, 0) == b"no name"
+        assert os.listdir(mnt) == os.listdir(backing) == []
+    finally:
+        os.close(fd)
 
 
 def _require_killpriv_patch() -> None:
