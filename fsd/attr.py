@@ -155,9 +155,7 @@ class AttrOps:
         kernel sends when it removes set-id bits before a write) also removes what
         `privs_to_remove` says, decided before the change (as the kernel does, on
         the group the file had)."""
-        target = self.open_fd(node)
-        if target is not None and not node.fds[target]:
-            raise fail(errno.ENOENT)  # only a lower descriptor: nothing of it may change
+        target = self._nameless_upper_fd(node)
         kill = 0
         if _removes_privs(fields) or caller.kill_suidgid:
             # Without a size: a chown, or no field (chown(-1, -1), whose kill flag
@@ -278,28 +276,55 @@ class AttrOps:
 
     # --- xattrs ---------------------------------------------------------------------
 
+    # A file with no name left (unlinked while open, or made with O_TMPFILE) has
+    # its xattrs read and changed through its open descriptor, as fgetxattr does.
+
     def getxattr(self, node: Node, name: bytes) -> bytes:
         real = self._real_xattr(name, errno.ENODATA)
+        fd = self.open_fd(node)
+        if fd is not None:
+            return os.getxattr(fd, real)
         layer, rel = self.location(node)
         return layer.getxattr(rel, real)
 
     def listxattr(self, node: Node) -> list[bytes]:
-        layer, rel = self.location(node)
-        shown = (visible_xattr(n) for n in layer.listxattr(rel))
+        fd = self.open_fd(node)
+        if fd is not None:
+            names = [os.fsencode(n) for n in os.listxattr(fd)]
+        else:
+            layer, rel = self.location(node)
+            names = layer.listxattr(rel)
+        shown = (visible_xattr(n) for n in names)
         return [n for n in shown if n is not None]
+
+    def _nameless_upper_fd(self, node: Node) -> int | None:
+        """The upper descriptor of a node with no name left, to change it through;
+        ENOENT if it has only a lower one (nothing of that may change)."""
+        fd = self.open_fd(node)
+        if fd is not None and not node.fds[fd]:
+            raise fail(errno.ENOENT)
+        return fd
 
     async def setxattr(self, node: Node, name: bytes, value: bytes, kill_sgid: bool = False) -> None:
         """kill_sgid: the kernel asks that set-group-ID go with this change (an
         access ACL set by a caller neither in the file's group nor holding
         CAP_FSETID); the upper, changed by fsd, would keep it."""
         real = self._real_xattr(name, errno.EPERM)
-        await self._copy_for_metadata(node)
-        self.stack.upper.setxattr(node.path(), real, value)
+        fd = self._nameless_upper_fd(node)
+        if fd is not None:
+            os.setxattr(fd, real, value)
+        else:
+            await self._copy_for_metadata(node)
+            self.stack.upper.setxattr(node.path(), real, value)
         if kill_sgid:
-            self._clear_mode_bits(node, stat.S_ISGID, None)
+            self._clear_mode_bits(node, stat.S_ISGID, fd)
 
     async def removexattr(self, node: Node, name: bytes) -> None:
         real = self._real_xattr(name, errno.ENODATA)
+        fd = self._nameless_upper_fd(node)
+        if fd is not None:
+            os.removexattr(fd, real)
+            return
         layer, rel = self.location(node)
         layer.getxattr(rel, real)  # ENODATA before any copy-up
         await self._copy_for_metadata(node)

@@ -11,6 +11,7 @@ real entry wins over its whiteout).  Errnos are those of the kernel overlay.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import stat
@@ -142,22 +143,67 @@ class DirOps:
                     raise
                 os.close(layer.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            disk_uid, disk_gid = self.idmap.on_disk(uid, gid)
-            made = layer.lstat(rel)
-            chowned = (made.st_uid, made.st_gid) == (disk_uid, disk_gid)
-            if not chowned:
-                try:
-                    layer.chown(rel, disk_uid, disk_gid)
-                    chowned = True
-                except PermissionError:
-                    pass  # rootless: the caller's ids are the daemon's own
-            if override is not None and kind != stat.S_IFLNK and not chowned:
-                layer.setxattr(rel, override, format_override(disk_uid, disk_gid, mode, rdev))
-            if kind != stat.S_IFLNK and (stat.S_IMODE(made.st_mode) != perm or perm & 0o6000):
-                layer.chmod(rel, perm)  # chown clears set-id bits; mkdir ignores some
+            self._set_owner(layer.lstat(rel), mode, rdev, uid, gid, functools.partial(layer.chown, rel),
+                            functools.partial(layer.setxattr, rel), functools.partial(layer.chmod, rel))
         except BaseException:
             (layer.rmdir if kind == stat.S_IFDIR else layer.unlink)(rel)
             raise
+
+    def _set_owner(self, made: os.stat_result, mode: int, rdev: int, uid: int, gid: int,
+                   chown, setxattr, chmod) -> None:
+        """Give a new object (made: its stat) the owner (uid, gid) as given through
+        the mount and the mode asked for, through its chown(uid, gid),
+        setxattr(name, value) and chmod(mode).  Under xattr_permissions a daemon
+        that may not chown keeps the owner and mode in the override xattr."""
+        kind = stat.S_IFMT(mode)
+        perm = stat.S_IMODE(mode)
+        override = self.idmap.override_xattr
+        disk_uid, disk_gid = self.idmap.on_disk(uid, gid)
+        chowned = (made.st_uid, made.st_gid) == (disk_uid, disk_gid)
+        if not chowned:
+            try:
+                chown(disk_uid, disk_gid)
+                chowned = True
+            except PermissionError:
+                pass  # rootless: the caller's ids are the daemon's own
+        if override is not None and kind != stat.S_IFLNK and not chowned:
+            setxattr(override, format_override(disk_uid, disk_gid, mode, rdev))
+        if kind != stat.S_IFLNK and (stat.S_IMODE(made.st_mode) != perm or perm & 0o6000):
+            chmod(perm)  # chown clears set-id bits; mkdir ignores some
+
+    async def tmpfile(self, parent: Node, mode: int, flags: int, uid: int, gid: int) -> tuple[Node, int]:
+        """A regular file with no name, for open(2) with O_TMPFILE in parent:
+        its node (with no link) and a descriptor open on it as flags ask.  It is
+        made with O_TMPFILE in parent's upper directory, as the kernel overlay
+        makes it (so it takes that directory's group and default ACL as a
+        created file does), and nowhere else: `link` gives it a name, and a file
+        never linked goes with its last descriptor, also when the daemon dies -
+        nothing of it stays in the upper or the work area.  It counts against
+        quota_inodes from the start and quota_bytes as it is written.
+        EOPNOTSUPP where the upper's filesystem has no O_TMPFILE."""
+        await self.copyup.ensure_all(parent)
+        quota = self.copyup.quota
+        if quota is not None:
+            quota.check(0, inodes=1)
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+        pst = self.stack.upper.lstat(parent.path())
+        if pst.st_mode & stat.S_ISGID:
+            gid = pst.st_gid
+        fd = self.stack.upper.open(parent.path(), os.O_TMPFILE | (flags & (os.O_ACCMODE | os.O_APPEND)),
+                                   stat.S_IMODE(mode))
+        try:
+            self._set_owner(os.fstat(fd), mode, 0, uid, gid, functools.partial(os.fchown, fd),
+                            functools.partial(os.setxattr, fd), functools.partial(os.fchmod, fd))
+            st = os.fstat(fd)
+            node = self.table.add(self.table.key_for(st.st_dev, st.st_ino), stat.S_IFREG)
+        except BaseException:
+            os.close(fd)
+            raise
+        node.upper = True
+        node.gone = True  # no name until `link`
+        if quota is not None:
+            quota.record(st)
+        return node, fd
 
     def _replace_whiteout(self, tmp: bytes, parent: Node, name: bytes, kind: int) -> None:
         """Move work-area object tmp to parent/name, where a whiteout now is."""
@@ -191,21 +237,30 @@ class DirOps:
             raise fail(errno.EPERM, name)
         self._check_new_name(parent, name)
         await self.copyup.ensure_all(node, parent)
-        if node.gone:
-            raise fail(errno.ENOENT)
-        self._check_new_name(parent, name)
         upper, work = self.stack.upper, self.stack.work
-        src = node.path()
+        if node.gone:
+            # A file with no name links only from its descriptor: one made with
+            # O_TMPFILE (else the upper's filesystem answers ENOENT, as the kernel).
+            fd = next((fd for fd, on_upper in node.fds.items() if on_upper), None)
+            if fd is None:
+                raise fail(errno.ENOENT)
+
+            def make_link(dst, rel):
+                dst.link_fd(fd, rel)
+        else:
+            def make_link(dst, rel):
+                upper.link(node.path(), dst, rel)
+        self._check_new_name(parent, name)
         if name in self.namei.upper_entries(parent).whiteouts:
             tmp = self.copyup.tmp_name()
-            upper.link(src, work, tmp)
+            make_link(work, tmp)
             try:
                 self._replace_whiteout(tmp, parent, name, node.kind)
             except BaseException:
                 self.copyup.discard(tmp)
                 raise
         else:
-            upper.link(src, upper, parent.child_path(name))
+            make_link(upper, parent.child_path(name))
         self.namei.upper_added(parent, name, node.kind)
         self._account(parent)
         node.add_link(parent, name)

@@ -76,8 +76,13 @@ class FileOps:
             on_upper = node.upper and not node.metacopy
             layer = self.stack.upper if on_upper else self.stack.lowers[node.layer]
             fd = layer.open(node.path(), self._real_flags(flags, on_upper))
+        return self.adopt(node, fd, flags, on_upper)
+
+    def adopt(self, node: Node, fd: int, flags: int, on_upper: bool = True) -> pyfuse3.FileInfo:
+        """A handle on fd, a descriptor of node's real file opened as flags ask
+        (by `open`, or O_TMPFILE by `DirOps.tmpfile`); it is the handle's now."""
         fh = next(self._ids)
-        self.handles[fh] = Handle(fd, node, flags & ~os.O_TRUNC, on_upper)
+        self.handles[fh] = Handle(fd, node, flags & ~(_DROP_FLAGS | os.O_TRUNC), on_upper)
         self.table.opened(node, fd, on_upper)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -172,6 +177,14 @@ class FileOps:
             os.close(fd)
 
     def release(self, fh: int) -> None:
+        """Close a handle.  An upper file with no link left goes with its last
+        descriptor: its blocks leave the quota then (an O_TMPFILE never linked,
+        or a file written after its last name went)."""
         handle = self.handles.pop(fh)
+        quota = self.copyup.quota
+        if quota is not None and handle.on_upper and handle.node.gone:
+            st = os.fstat(handle.fd)
+            if st.st_nlink == 0:
+                quota.released(st)
         os.close(handle.fd)
         self.table.closed(handle.node, handle.fd)

@@ -220,6 +220,12 @@ class Layer:
         with self.at(src_rel) as (sfd, sname), dst.at(dst_rel) as (dfd, dname):
             os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
 
+    def link_fd(self, fd: int, dst_rel: bytes) -> None:
+        """linkat of the open file fd (made with O_TMPFILE, or it must still have a
+        link) to dst_rel; through /proc, which needs no CAP_DAC_READ_SEARCH."""
+        with self.at(dst_rel) as (dfd, dname):
+            os.link(b"/proc/self/fd/%d" % fd, dname, dst_dir_fd=dfd, follow_symlinks=True)
+
     def rename(self, src_rel: bytes, dst: "Layer", dst_rel: bytes, flags: int = 0) -> None:
         """renameat2 from this layer to `dst` (same filesystem)."""
         with self.at(src_rel) as (sfd, sname), dst.at(dst_rel) as (dfd, dname):

@@ -136,6 +136,18 @@ class Operations(pyfuse3.Operations):
             return await self.files.open(node, flags), attr
 
     @translate
+    async def tmpfile(self, parent_inode, mode, flags, ctx):
+        self._writable()
+        async with self.gate:
+            node, fd = await self.dirs.tmpfile(self.table[parent_inode], mode, flags, ctx.uid, ctx.gid)
+        info = self.files.adopt(node, fd, flags)
+        try:
+            return info, self._reply(node)
+        except BaseException:
+            self.files.release(info.fh)
+            raise
+
+    @translate
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self._writable()
         async with self.gate:
