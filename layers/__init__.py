@@ -8,9 +8,9 @@ checks it):
 1  fsutil, records, config,        atomic writes, locks, leases; records; storage.conf;
    fsprobe                         the filesystem under the store (mounts, xattrs, d_type)
    tarsplit                        what rebuilds a layer's exact tar from its dir
-2  archive, recordstore, changes,  layer tars in and out; record files; reading
-   changeset, ociwriter, bundle    layer stacks; what a layer made from a dir holds;
-                                   writing OCI image layouts; runtime bundles
+2  archive, recordstore,           layer tars in and out; record files; reading
+   changelist, tarentries,         layer stacks and A/C/D lists; a dir as tar entries;
+   ociwriter, bundle               writing OCI image layouts; runtime bundles
    source, drivers.base            what an import reads; the driver interface
    quota                           container limits and the per-user quota
 3  layerstore, imagestore,         one kind of record each; siblings never import

@@ -1,13 +1,13 @@
 """Layer efficiency of an image: what each layer adds, changes and deletes,
 and the bytes a later layer made useless (the report `dive` gives).
 
-Level 2.5: imports `layout`, `changes`.
+Level 2.5: imports `layout`, `changelist`.
 
 `analyze(layers)` takes the image's layers BOTTOM first, as (id, content
 dir, allocated size) and reads them with `changes` (the one reader of layer
 stacks and their markers):
 
-- a layer's A/C/D list is `changes.upper_changes(its dir, the dirs below)`:
+- a layer's A/C/D list is `changelist.upper_changes(its dir, the dirs below)`:
   the layer read as the upper of the image below it;
 - a regular file a layer holds is *wasted* when it is not what the whole
   image shows at its path: a later layer replaced it (C), deleted it or a
@@ -26,7 +26,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from . import changes, layout
+from . import changelist, layout
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,9 @@ class Report:
 
     def to_json(self, top: int) -> dict:
         return {"layers": [{"id": lr.id, "size": lr.size, "file_bytes": lr.file_bytes,
-                            "added": lr.count(changes.ADDED),
-                            "changed": lr.count(changes.CHANGED),
-                            "deleted": lr.count(changes.DELETED),
+                            "added": lr.count(changelist.ADDED),
+                            "changed": lr.count(changelist.CHANGED),
+                            "deleted": lr.count(changelist.DELETED),
                             "wasted_bytes": lr.wasted_bytes,
                             "changes": [{"kind": k, "path": p} for k, p in lr.changes]}
                            for lr in self.layers],
@@ -92,7 +92,7 @@ def analyze(layers: list[tuple[str, str, int]]) -> Report:
     total = wasted_all = 0
     for i, (lid, d, size) in enumerate(layers):
         below = list(reversed(dirs[:i]))
-        found = changes.upper_changes(d, below)
+        found = changelist.upper_changes(d, below)
         seen: set[int] = set()
         file_bytes = wasted = 0
         for parts, st in _own_files(d):
@@ -100,7 +100,7 @@ def analyze(layers: list[tuple[str, str, int]]) -> Report:
                 continue
             seen.add(st.st_ino)
             file_bytes += st.st_size
-            shown = changes.lookup(stack, parts)
+            shown = changelist.lookup(stack, parts)
             if shown is not None and (shown.st_dev, shown.st_ino) == (st.st_dev, st.st_ino):
                 continue
             wasted += st.st_size

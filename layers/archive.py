@@ -638,7 +638,7 @@ class TarWriter:
 
 def write_tar(entries: Iterable[tuple[tarfile.TarInfo, str | None]], out: BinaryIO | None,
               split: SplitWriter | None = None) -> tuple[Digest, int]:
-    """Write `entries` (see `changeset.py`) as one tar; (sha256, bytes)."""
+    """Write `entries` (see `tarentries.py`) as one tar; (sha256, bytes)."""
     writer = TarWriter(out, split)
     for ti, src in entries:
         if src is None:

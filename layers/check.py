@@ -154,7 +154,7 @@ def verify_layer(layers: LayerStore, layer: Layer) -> Problem | None:
 
 
 def repair(p: Problem, layers: LayerStore, images: ImageStore, containers: ContainerStore,
-           volumes: VolumeStore, registry: MountRegistry, lease: fsutil.Lease) -> list[str]:
+           volumes: VolumeStore, mounts: MountRegistry, lease: fsutil.Lease) -> list[str]:
     """Fix one problem where it can (the caller holds the store lock); lines
     saying what was done, or why not (a container on a damaged layer stays)."""
     kind = p.kind
@@ -186,7 +186,7 @@ def repair(p: Problem, layers: LayerStore, images: ImageStore, containers: Conta
     if kind == "container-no-dir":
         c = containers.load(p.subject)
         if c is not None:
-            registry.remove(c.id)
+            mounts.remove(c.id)
             containers.delete(c.id)
             return [f"removed container {c.name} (its dir was gone)"]
     if kind in ("container-orphan", "layer-orphan"):

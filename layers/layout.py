@@ -106,6 +106,21 @@ def parse_override_stat(raw: bytes) -> tuple[int, int, int, str | None] | None:
     return uid, gid, mode & 0o7777, fields[3] if len(fields) > 3 else None
 
 
+def seen_owner_mode(path: str, st: os.stat_result) -> tuple[int, int, int, str | None]:
+    """(uid, gid, permission bits, override type) of the entry at `path`
+    (lstat `st`) as a container sees them: its `override_stat` xattr in a
+    rootless store, else the real ones (type None)."""
+    if not stat.S_ISLNK(st.st_mode):
+        try:
+            found = parse_override_stat(
+                os.getxattr(path, OVERRIDE_STAT_XATTR, follow_symlinks=False))
+        except OSError:
+            found = None
+        if found is not None:
+            return found
+    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), None
+
+
 def format_override_stat(uid: int, gid: int, mode: int, kind: str) -> bytes:
     return f"{uid}:{gid}:0{mode & 0o7777:03o}:{kind}".encode()
 

@@ -35,8 +35,8 @@ from . import driverchoice
 from . import quota as quotas
 from .archive import ExtractOptions, build_layer, extract_layer, write_tar
 from .bundle import runtime_config
-from .changes import RUNTIME_MOUNTPOINTS, without_mountpoints
-from .changeset import UpperNeedsLower, tree_entries
+from .changelist import RUNTIME_MOUNTPOINTS, without_mountpoints
+from .tarentries import UpperNeedsLower, tree_entries
 from .config import Config
 from .containerstore import ContainerStore
 from .digest import Digest, HashingReader, chain_ids
@@ -90,7 +90,7 @@ class Store:
         self.images = ImageStore(self.paths)
         self.containers = ContainerStore(self.paths)
         self.volumes = VolumeStore(self.paths)
-        self.registry = MountRegistry(self.paths.mounts)
+        self.mounts = MountRegistry(self.paths.mounts)
         self.privileged = os.geteuid() == 0
         self.driver = self._make_driver(driver_name)
         self.repaired: list[str] = []
@@ -248,7 +248,7 @@ class Store:
 
     def _repair_mounts(self) -> list[str]:
         done = []
-        entries = self.registry.load()
+        entries = self.mounts.load()
         changed = False
         for cid, entry in list(entries.items()):
             c = self.containers.load(cid)
@@ -263,7 +263,7 @@ class Store:
                 changed = True
                 done.append(f"cleaned stale mount of {cid[:12]}")
         if changed:
-            self.registry.save(entries)
+            self.mounts.save(entries)
         return done
 
     # -- queries ---------------------------------------------------------------
@@ -275,7 +275,7 @@ class Store:
         return list(self.layers.all())
 
     def list_containers(self) -> list[ContainerState]:
-        mounts = self.registry.load()
+        mounts = self.mounts.load()
         return [ContainerState(c, mounts.get(c.id))
                 for c in sorted(self.containers.all(), key=lambda c: (c.created, c.id))]
 
@@ -310,7 +310,7 @@ class Store:
         """JSON-ready description of a container, image or layer named `ref`."""
         try:
             c = self.containers.resolve(ref)
-            entry = self.registry.get(c.id)
+            entry = self.mounts.get(c.id)
             return {"type": "container", "id": c.id, "name": c.name, "image": c.image,
                     "layers": [str(x) for x in c.layers], "driver": c.driver,
                     "mounts": [self._mount_doc(m) for m in c.mounts],
@@ -865,16 +865,16 @@ class Store:
             c = self.containers.resolve(ref)
             self._refuse_busy(c)
             cdir = self.containers.container_dir(c.id)
-            entry = self.registry.get(c.id)
+            entry = self.mounts.get(c.id)
             if entry is not None:
                 if self.driver.alive(cdir, Mounted(entry.mountpoint, entry.pid)):
-                    self.registry.put(dataclasses.replace(entry, count=entry.count + 1))
+                    self.mounts.put(dataclasses.replace(entry, count=entry.count + 1))
                     return entry.mountpoint
                 self.driver.clean_dead(cdir, Mounted(entry.mountpoint, entry.pid))
-                self.registry.remove(c.id)
+                self.mounts.remove(c.id)
             self.driver.check_usable()
             mounted = self.driver.mount(cdir, self._lowers_of(c), c.quota)
-            self.registry.put(MountEntry(container=c.id, mountpoint=mounted.mountpoint,
+            self.mounts.put(MountEntry(container=c.id, mountpoint=mounted.mountpoint,
                                          count=1, pid=mounted.pid, driver=self.driver.name))
             return mounted.mountpoint
 
@@ -882,17 +882,17 @@ class Store:
         """One user fewer (all of them with `force`); the mount count left."""
         with self.lock:
             c = self.containers.resolve(ref)
-            entry = self.registry.get(c.id)
+            entry = self.mounts.get(c.id)
             if entry is None:
                 return 0
             if entry.count > 1 and not force:
-                self.registry.put(dataclasses.replace(entry, count=entry.count - 1))
+                self.mounts.put(dataclasses.replace(entry, count=entry.count - 1))
                 return entry.count - 1
             self._umount_all(c)
             return 0
 
     def _umount_all(self, c: Container) -> None:
-        entry = self.registry.get(c.id)
+        entry = self.mounts.get(c.id)
         if entry is None:
             return
         cdir = self.containers.container_dir(c.id)
@@ -901,7 +901,7 @@ class Store:
             self.driver.umount(cdir, mounted)
         else:
             self.driver.clean_dead(cdir, mounted)
-        self.registry.remove(c.id)
+        self.mounts.remove(c.id)
 
     def rm(self, ref: str, force: bool = False, volumes: bool = False) -> Container:
         """Remove a container (mounted: only with `force`); with `volumes`, also
@@ -910,7 +910,7 @@ class Store:
             with self.lock:
                 c = self.containers.resolve(ref)
                 self._refuse_busy(c)
-                entry = self.registry.get(c.id)
+                entry = self.mounts.get(c.id)
                 if entry is not None and not force:
                     raise ContainerMounted(c.name, entry.count)
                 self._umount_all(c)
@@ -1006,7 +1006,7 @@ class Store:
 
     def diff(self, ref: str) -> list[tuple[str, str]]:
         """A/C/D of the container against its image, but for the mountpoints
-        a runtime added for its mounts (`changes.without_mountpoints`)."""
+        a runtime added for its mounts (`changelist.without_mountpoints`)."""
         c = self.containers.resolve(ref)
         found = self.driver.changes(self.containers.container_dir(c.id), self._lowers_of(c))
         return without_mountpoints(found, set(RUNTIME_MOUNTPOINTS)
@@ -1040,7 +1040,7 @@ class Store:
             with self.lock:
                 c = self.containers.resolve(ref)
                 self._refuse_busy(c)
-                entry = self.registry.get(c.id)
+                entry = self.mounts.get(c.id)
                 if entry is not None and not self.driver.can_freeze:
                     raise ContainerMounted(c.name, entry.count,
                                            f"umount it before commit (the {self.driver.name} "
@@ -1235,7 +1235,7 @@ class Store:
             containers=[c for c in containers if not c.incomplete],
             volumes=list(self.volumes.all()),
             in_flight=[r for r in containers + images if r.incomplete],
-            mounted=set(self.registry.load()),
+            mounted=set(self.mounts.load()),
             busy={c.id for c in containers if not c.incomplete
                   and fsutil.lease_alive(self.paths.staging, c.lease)},
             container_dir=self.containers.container_dir,
@@ -1317,7 +1317,7 @@ class Store:
         parent, base = os.path.split(root)
         with self.lock:
             for c in self.containers.all(include_incomplete=True):
-                if self.registry.get(c.id) is not None:
+                if self.mounts.get(c.id) is not None:
                     self._umount_all(c)
                     done.append(f"unmounted {c.name}")
             fsutil.remove_tree(self.paths.runroot)
@@ -1393,7 +1393,7 @@ class Store:
             with self.lock:
                 for p in problems:
                     done += checkmod.repair(p, self.layers, self.images, self.containers,
-                                            self.volumes, self.registry, lease)
+                                            self.volumes, self.mounts, lease)
                 done += self._collect_layers(lease)
         done += self.repair()
         return done

@@ -1,6 +1,6 @@
 """The driver interface and what every driver shares: seeing its mounts.
 
-Level 2: imports `errors`, `fsutil`, `records`, `fsprobe`, `changes`, `changeset`.
+Level 2: imports `errors`, `fsutil`, `records`, `fsprobe`, `changelist`, `tarentries`.
 
 A driver is told, for one container, its own dir (`cdir`, created empty by
 the store) and its image's layer content dirs TOP first (`lowers`).  It owns
@@ -21,9 +21,9 @@ what goes inside `cdir`.  Contract of each method:
 - `alive(cdir, mounted)`: whether the recorded mount still works (a dead fuse
   daemon leaves "transport endpoint is not connected").
 - `clean_dead(cdir, mounted)`: detach what a dead mount left behind.
-- `changes(cdir, lowers)`: the container's A/C/D list (see `changes.py`).
+- `changes(cdir, lowers)`: the container's A/C/D list (see `changelist.py`).
 - `changeset(cdir, lowers, epoch)`: the entries of a layer holding the
-  container's changes (see `changeset.py`); the container is not mounted,
+  container's changes (see `tarentries.py`); the container is not mounted,
   or is held still by `frozen`.
 - `frozen(cdir, mounted)`: a context in which the mounted container's
   writable layer does not change (only a driver with `can_freeze`: fuse).
@@ -41,7 +41,7 @@ import os
 from dataclasses import dataclass
 from typing import ContextManager, Iterator
 
-from .. import changes, changeset, fsutil
+from .. import changelist, fsutil, tarentries
 from ..errors import DriverError
 from ..fsprobe import mount_fstype
 from ..records import Quota
@@ -119,9 +119,9 @@ class Driver:
         raise DriverError(self.name, "cannot hold a mounted container still")
 
     def changes(self, cdir: str, lowers: list[str]) -> list[tuple[str, str]]:
-        return changes.upper_changes(os.path.join(cdir, "upper"), lowers)
+        return changelist.upper_changes(os.path.join(cdir, "upper"), lowers)
 
     def changeset(self, cdir: str, lowers: list[str],
-                  epoch: int | None) -> Iterator[changeset.Entry]:
-        return changeset.tree_entries(os.path.join(cdir, "upper"), markers=True,
+                  epoch: int | None) -> Iterator[tarentries.Entry]:
+        return tarentries.tree_entries(os.path.join(cdir, "upper"), markers=True,
                                       epoch=epoch)

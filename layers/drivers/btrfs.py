@@ -1,6 +1,6 @@
 """The `btrfs` driver: layers and containers as btrfs subvolume snapshots.
 
-Level 3.5: imports `errors`, `fsprobe`, `fsutil`, `layout`, `changes`, `changeset`,
+Level 3.5: imports `errors`, `fsprobe`, `fsutil`, `layout`, `changelist`, `tarentries`,
 `records`, `drivers.base` and `drivers.vfs` (for `apply_layer`, the one
 code that applies a layer dir onto a full tree: the only import between
 drivers, hence the decimal level).

@@ -1,6 +1,6 @@
 """The `vfs` driver: a full copy of the image per container; works anywhere.
 
-Level 3: imports `layout`, `fsutil`, `records`, `changes`, `changeset`,
+Level 3: imports `layout`, `fsutil`, `records`, `changelist`, `tarentries`,
 `drivers.base`.
 
 `create` applies the layers bottom-up into `cdir/rootfs`: whiteouts remove,
@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 
-from .. import changes, changeset, fsutil, layout
+from .. import changelist, fsutil, tarentries, layout
 from ..records import Quota
 from .base import Driver, Mounted
 
@@ -135,8 +135,8 @@ class VfsDriver(Driver):
         return fsutil.tree_usage(os.path.join(cdir, "rootfs"))
 
     def changes(self, cdir: str, lowers: list[str]) -> list[tuple[str, str]]:
-        return changes.tree_changes(os.path.join(cdir, "rootfs"), lowers)
+        return changelist.tree_changes(os.path.join(cdir, "rootfs"), lowers)
 
     def changeset(self, cdir: str, lowers: list[str], epoch: int | None):
         rootfs = os.path.join(cdir, "rootfs")
-        return changeset.changes_entries(rootfs, changes.tree_changes(rootfs, lowers), epoch)
+        return tarentries.changes_entries(rootfs, changelist.tree_changes(rootfs, lowers), epoch)

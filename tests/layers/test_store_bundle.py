@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from layers.bundle import resolve_user, runtime_config
-from layers.changes import without_mountpoints
+from layers.changelist import without_mountpoints
 from layers.errors import UsageError
 from layers.records import MountSpec
 

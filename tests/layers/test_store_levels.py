@@ -11,7 +11,7 @@ LEVELS = {
     "units": 0, "errors": 0.01, "progress": 0.01, "digest": 0.1, "layout": 0.2,
     "fsutil": 1, "records": 1, "config": 1, "fsprobe": 1, "tarsplit": 1.5, "driverchoice": 1.5,
     "quota": 2, "ociwriter": 2, "bundle": 2,
-    "archive": 2, "recordstore": 2, "changes": 2, "changeset": 2,
+    "archive": 2, "recordstore": 2, "changelist": 2, "tarentries": 2,
     "source": 2.5, "drivers.base": 2.5, "analyze": 2.5,
     "layerstore": 3, "imagestore": 3, "containerstore": 3, "mounts": 3,
     "drivers.fuse": 3, "drivers.overlay": 3, "drivers.vfs": 3, "drivers.btrfs": 3.5,

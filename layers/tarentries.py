@@ -127,8 +127,7 @@ def _dir_entries(w: _Walk, parts: list[str],
     if opaque:
         st = os.lstat(dir_path)
         ti = _marker(parts, layout.OPAQUE_NAME, st, w)
-        ti.mode = _logical(dir_path, st)[2]
-        ti.uid, ti.gid = _logical(dir_path, st)[:2]
+        ti.uid, ti.gid, ti.mode, _ = layout.seen_owner_mode(dir_path, st)
         yield ti, None
     for target in whiteouts:
         yield _marker(parts, layout.WHITEOUT_PREFIX + target, os.lstat(dir_path), w), None
@@ -155,21 +154,8 @@ def _marker(parts: list[str], name: str, dir_st: os.stat_result, w: _Walk) -> ta
     return ti
 
 
-def _logical(path: str, st: os.stat_result) -> tuple[int, int, int, str | None]:
-    """(uid, gid, permission bits, override type) as the container sees them."""
-    if not stat.S_ISLNK(st.st_mode):
-        try:
-            found = layout.parse_override_stat(
-                os.getxattr(path, layout.OVERRIDE_STAT_XATTR, follow_symlinks=False))
-        except OSError:
-            found = None
-        if found is not None:
-            return found
-    return st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), None
-
-
 def _tarinfo(w: _Walk, name: str, path: str, st: os.stat_result) -> tarfile.TarInfo | None:
-    uid, gid, mode, kind = _logical(path, st)
+    uid, gid, mode, kind = layout.seen_owner_mode(path, st)
     ti = tarfile.TarInfo(name)
     ti.uid, ti.gid, ti.mode = uid, gid, mode
     ti.mtime = w.mtime(st)

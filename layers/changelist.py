@@ -1,4 +1,5 @@
-"""Reading a stack of layer dirs as overlayfs does, and what a container changed.
+"""A container's change list (A/C/D, `layers diff`), and reading a stack of
+layer dirs as overlayfs does, which the list is made against.
 
 Level 2: imports `layout`.
 
@@ -156,17 +157,9 @@ def upper_changes(upper: str, lowers: list[str]) -> list[tuple[str, str]]:
 
 
 def logical_stat(path: str, st: os.stat_result) -> tuple[int, int, int]:
-    """(mode, uid, gid) the container sees: the `override_stat` xattr of a
-    rootless store when present (uid:gid:0mode[:type]), else the real ones."""
-    if not stat.S_ISLNK(st.st_mode):
-        try:
-            found = layout.parse_override_stat(
-                os.getxattr(path, layout.OVERRIDE_STAT_XATTR, follow_symlinks=False))
-        except OSError:
-            found = None
-        if found is not None:
-            return stat.S_IFMT(st.st_mode) | found[2], found[0], found[1]
-    return st.st_mode, st.st_uid, st.st_gid
+    """(mode, uid, gid) the container sees (`layout.seen_owner_mode`)."""
+    uid, gid, perm, _ = layout.seen_owner_mode(path, st)
+    return stat.S_IFMT(st.st_mode) | perm, uid, gid
 
 
 def _lower_path(lowers: list[str], parts: list[str]) -> str | None:

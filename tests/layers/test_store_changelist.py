@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from layers import changes
+from layers import changelist
 
 ROOT = os.geteuid() == 0
 
@@ -29,19 +29,19 @@ def lowers(tmp_path):
 
 
 def test_lookup_and_listing_follow_overlay_rules(lowers):
-    assert changes.lookup(lowers, ["etc", "a"]) is not None
-    assert changes.lookup(lowers, ["etc", "b"]) is None            # whited out
-    assert changes.lookup(lowers, ["usr", "share", "doc", "x"]) is None   # opaque
-    assert changes.lookup(lowers, ["gone", "f"]) is None
-    assert changes.listing(lowers, ["etc"]) == {"a"}
-    assert changes.listing(lowers, ["usr", "share", "doc"]) == {"new"}
-    assert changes.listing(lowers, []) == {"etc", "usr"}
+    assert changelist.lookup(lowers, ["etc", "a"]) is not None
+    assert changelist.lookup(lowers, ["etc", "b"]) is None            # whited out
+    assert changelist.lookup(lowers, ["usr", "share", "doc", "x"]) is None   # opaque
+    assert changelist.lookup(lowers, ["gone", "f"]) is None
+    assert changelist.listing(lowers, ["etc"]) == {"a"}
+    assert changelist.listing(lowers, ["usr", "share", "doc"]) == {"new"}
+    assert changelist.listing(lowers, []) == {"etc", "usr"}
 
 
 def test_whiteout_hides_only_lower_layers(tmp_path):
     layer = str(tmp_path / "l")
     mk(layer, {".wh.x": "", "x": "same layer"})
-    assert changes.listing([layer], []) == {"x"}
+    assert changelist.listing([layer], []) == {"x"}
 
 
 def test_upper_changes(tmp_path, lowers):
@@ -55,7 +55,7 @@ def test_upper_changes(tmp_path, lowers):
         os.rmdir(os.path.join(upper, "usr/share/doc/x"))
         os.mknod(os.path.join(upper, "usr", "share", "doc", "x"), 0o20000, 0)  # char dev form
     os.setxattr(os.path.join(upper, "usr", "share", "doc"), "user.overlay.opaque", b"y")
-    got = changes.upper_changes(upper, lowers)
+    got = changelist.upper_changes(upper, lowers)
     assert got == [
         ("C", "/etc/a"), ("A", "/etc/new"), ("A", "/newdir"), ("A", "/newdir/f"),
         ("C", "/usr/share/doc"), ("A", "/usr/share/doc/n2"), ("D", "/usr/share/doc/new")]
@@ -66,7 +66,7 @@ def test_whiteout_in_the_upper_is_a_deletion(tmp_path, lowers):
     mk(upper, {"etc": None})
     open(os.path.join(upper, "etc", ".wh.a"), "w").close()
     open(os.path.join(upper, ".wh.usr"), "w").close()
-    assert changes.upper_changes(upper, lowers) == [("D", "/etc/a"), ("D", "/usr")]
+    assert changelist.upper_changes(upper, lowers) == [("D", "/etc/a"), ("D", "/usr")]
 
 
 def test_a_replaced_directory_loses_no_deletion(tmp_path, lowers):
@@ -76,12 +76,12 @@ def test_a_replaced_directory_loses_no_deletion(tmp_path, lowers):
     upper = str(tmp_path / "upper")
     mk(upper, {"usr/share/doc/x": "new x"})
     os.setxattr(os.path.join(upper, "usr"), "user.overlay.opaque", b"y")
-    assert changes.upper_changes(upper, lowers) == [
+    assert changelist.upper_changes(upper, lowers) == [
         ("C", "/usr"), ("D", "/usr/share/doc/new"), ("A", "/usr/share/doc/x")]
     # the same with the OCI opaque marker, and a file where a dir was
     upper2 = str(tmp_path / "upper2")
     mk(upper2, {"usr/.wh..wh..opq": "", "usr/share": "now a file"})
-    assert changes.upper_changes(upper2, lowers) == [("C", "/usr"), ("C", "/usr/share")]
+    assert changelist.upper_changes(upper2, lowers) == [("C", "/usr"), ("C", "/usr/share")]
 
 
 def test_owner_and_mode_are_compared_as_the_container_sees_them(tmp_path, lowers):
@@ -93,10 +93,10 @@ def test_owner_and_mode_are_compared_as_the_container_sees_them(tmp_path, lowers
                     b"0:0:0755:dir")
     os.chmod(os.path.join(upper, "etc"), 0o700)      # the disk mode does not count
     os.chmod(os.path.join(upper, "usr"), 0o700)      # without the xattr it does
-    assert changes.upper_changes(upper, lowers) == [("C", "/usr")]
+    assert changelist.upper_changes(upper, lowers) == [("C", "/usr")]
     os.setxattr(os.path.join(upper, "etc"), "user.containers.override_stat",
                 b"0:0:0700:dir")
-    assert changes.upper_changes(upper, lowers) == [("C", "/etc"), ("C", "/usr")]
+    assert changelist.upper_changes(upper, lowers) == [("C", "/etc"), ("C", "/usr")]
 
 
 def test_tree_changes(tmp_path, lowers):
@@ -105,5 +105,5 @@ def test_tree_changes(tmp_path, lowers):
     st = os.stat(os.path.join(lowers[1], "etc", "a"))
     os.utime(os.path.join(tree, "etc", "a"), ns=(st.st_atime_ns, st.st_mtime_ns))
     os.chmod(os.path.join(tree, "usr/share/doc/new"), 0o600)
-    got = changes.tree_changes(tree, lowers)
+    got = changelist.tree_changes(tree, lowers)
     assert got == [("A", "/added"), ("A", "/added/f"), ("C", "/usr/share/doc/new")]

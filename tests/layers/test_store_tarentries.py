@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from layers import changeset, tarsplit
+from layers import tarentries, tarsplit
 from layers.archive import ExtractOptions, build_layer, extract_layer, write_tar
 
 ROOT = os.geteuid() == 0
@@ -46,7 +46,7 @@ def upper(tmp_path):
 
 
 def test_order_whiteouts_and_opaque_markers_before_siblings(upper):
-    got = list(changeset.tree_entries(upper))
+    got = list(tarentries.tree_entries(upper))
     want = ["a", "a/.wh.w", "a/.wh.x", "a/y", "a/z", "b", "c", "c/.wh..wh..opq",
             "c/keep", "etc", "etc/new"]
     if not ROOT:
@@ -63,7 +63,7 @@ def test_bytewise_order_and_plain_trees(tmp_path):
     tree = str(tmp_path / "t")
     mk(tree, {"B": "", "a": "", "_": "", os.fsdecode(b"\xff"): "", ".wh.x": ""})
     # a merged tree has no markers: `.wh.x` there is just a name (never in practice)
-    assert names(changeset.tree_entries(tree, markers=False)) == \
+    assert names(tarentries.tree_entries(tree, markers=False)) == \
         [".wh.x", "B", "_", "a", os.fsdecode(b"\xff")]
 
 
@@ -74,7 +74,7 @@ def test_owner_mode_and_device_from_override_stat(tmp_path):
     os.setxattr(os.path.join(up, "dev"), "user.containers.override_stat",
                 b"0:0:0620:char-4-1")
     os.setxattr(os.path.join(up, "d"), "user.containers.override_stat", b"7:8:0700:dir")
-    got = {ti.name: ti for ti, _ in changeset.tree_entries(up)}
+    got = {ti.name: ti for ti, _ in tarentries.tree_entries(up)}
     assert (got["f"].uid, got["f"].gid, got["f"].mode) == (1000, 50, 0o640)
     assert got["f"].pax_headers == {}          # the override itself is private
     assert got["dev"].type == tarfile.CHRTYPE
@@ -90,7 +90,7 @@ def test_hard_links_sockets_and_times(tmp_path):
     s.bind(os.path.join(up, "sock"))
     s.close()
     os.utime(os.path.join(up, "a"), (1000, 1000))
-    got = list(changeset.tree_entries(up, epoch=2000))
+    got = list(tarentries.tree_entries(up, epoch=2000))
     assert names(got) == ["a", "b", "new"]       # no socket in a tar
     a, b, new = (ti for ti, _ in got)
     assert b.type == tarfile.LNKTYPE and b.linkname == "a"
@@ -104,20 +104,20 @@ def test_uppers_that_refer_to_lower_content_are_refused(tmp_path):
         os.setxattr(os.path.join(up, "f"), "user.overlay.fsd.metacopy", b"")
     except OSError:
         pytest.skip("no user xattrs here")
-    with pytest.raises(changeset.UpperNeedsLower) as e:
-        list(changeset.tree_entries(up))
+    with pytest.raises(tarentries.UpperNeedsLower) as e:
+        list(tarentries.tree_entries(up))
     assert e.value.what == "holds metadata only (metacopy)"
     os.removexattr(os.path.join(up, "f"), "user.overlay.fsd.metacopy")
     os.setxattr(os.path.join(up, "d"), "user.overlay.redirect", b"/old")
-    with pytest.raises(changeset.UpperNeedsLower) as e:
-        list(changeset.tree_entries(up))
+    with pytest.raises(tarentries.UpperNeedsLower) as e:
+        list(tarentries.tree_entries(up))
     assert e.value.what == "is a renamed directory (redirect_dir)"
 
 
 def test_changes_entries_for_a_full_copy(tmp_path):
     tree = str(tmp_path / "rootfs")
     mk(tree, {"etc/a": "a", "etc/new": "n", "usr/bin/x": "x", "keep": "k"})
-    got = names(changeset.changes_entries(
+    got = names(tarentries.changes_entries(
         tree, [("D", "/etc/gone"), ("A", "/etc/new"), ("C", "/usr/bin/x"), ("D", "/old")]))
     assert got == [".wh.old", "etc", "etc/.wh.gone", "etc/new", "usr", "usr/bin", "usr/bin/x"]
 
@@ -138,14 +138,14 @@ def snapshot(root):
 
 def test_a_built_layer_is_what_extracting_its_tar_gives(tmp_path, upper):
     buf = io.BytesIO()
-    diff_id, size = write_tar(changeset.tree_entries(upper, epoch=1_700_000_000), buf)
+    diff_id, size = write_tar(tarentries.tree_entries(upper, epoch=1_700_000_000), buf)
     raw = buf.getvalue()
     assert str(diff_id) == "sha256:" + hashlib.sha256(raw).hexdigest() and size == len(raw)
     opts = ExtractOptions(privileged=ROOT)
     built, extracted = tmp_path / "built", tmp_path / "extracted"
     built.mkdir()
     extracted.mkdir()
-    res = build_layer(changeset.tree_entries(upper, epoch=1_700_000_000), str(built), opts,
+    res = build_layer(tarentries.tree_entries(upper, epoch=1_700_000_000), str(built), opts,
                       str(tmp_path / "split.gz"))
     extract_layer(io.BytesIO(raw), str(extracted), opts)
     assert (res.diff_id, res.tar_size) == (diff_id, len(raw))
