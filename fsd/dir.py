@@ -493,11 +493,16 @@ class DirOps:
         if self.copyup.quota is not None:
             self.copyup.account_tree(rel2)
             self._account(p1, p2)
+        # Every object of the tree is another now (copies, or upper files that
+        # had the copy's link for a while): what the kernel cached of it, link
+        # counts included, is stale.
         for node in self.table.all_below(src):
             node.upper, node.lowers, node.metacopy = True, (), False
             node.lower_entries = node.upper_entries = node.lower_stat = None
+            self.table.attrs_changed(node)
         src.upper, src.lowers, src.opaque = True, (), True
         src.lower_entries = src.upper_entries = None
+        self.table.attrs_changed(src)
         return hard_links
 
     def _write_journal(self, rel1: bytes, rel2: bytes, key: int) -> None:

@@ -12,6 +12,7 @@ import stat
 
 import pyfuse3
 import pytest
+import trio
 from harness import Fields, fails
 
 from support.layergen import whiteout, write
@@ -505,3 +506,41 @@ async def test_a_move_cut_short_before_the_new_tree_was_placed_leaves_the_old_on
     assert not (overlay.work / "fsd" / "moving").exists()
     assert await fs.listdir("") == [b"d"]
     assert await fs.read("d/f") == b"x"
+
+
+async def test_a_directory_move_tells_the_kernel_the_attributes_inside_changed(overlay, monkeypatch):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/sub/f", "lower")
+    fs = await overlay.mount()
+    await fs.create("d/sub/new", b"upper")  # moved as a hard link of itself, then unlinked
+    # The order of events, made certain without timing: once the move's tree
+    # copy is done, a stat (the kernel keeps its answer) sees the file with the
+    # copy's link too; then the move goes on.
+    real_run_sync = trio.to_thread.run_sync
+    tree_copied, mover_may_go = trio.Event(), trio.Event()
+    tasks = {}
+
+    async def run_sync_in_order(fn, *args, **kw):
+        result = await real_run_sync(fn, *args, **kw)
+        if trio.lowlevel.current_task() is tasks.get("mover"):
+            tree_copied.set()
+            await mover_may_go.wait()
+        return result
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_in_order)
+
+    async def mover():
+        tasks["mover"] = trio.lowlevel.current_task()
+        await fs.rename("d", "e")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mover)
+        await tree_copied.wait()
+        during = await fs.stat("d/sub/new")
+        inodes = {await fs.ino(p) for p in ("d", "d/sub", "d/sub/f")} | {during.st_ino}
+        overlay.session.invalidated_inodes.clear()
+        mover_may_go.set()
+    assert during.st_nlink == 2
+    assert (await fs.stat("e/sub/new")).st_nlink == 1
+    told = {ino for ino, attr_only in overlay.session.invalidated_inodes if attr_only}
+    assert inodes <= told, f"the kernel keeps the attributes of {sorted(inodes - told)} from before the move"
