@@ -33,7 +33,10 @@ def renameat2(src_fd: int, src: bytes, dst_fd: int, dst: bytes, flags: int = 0) 
 def reopen(fd: int, flags: int) -> int:
     """A new descriptor of the object that fd is open on, through /proc, which
     reaches it when it has no name left.  O_NOATIME is dropped where the kernel
-    refuses it, as in Layer.open."""
+    refuses it, as in Layer.open; so is a caller's O_NOFOLLOW, which would
+    refuse the /proc link itself (ELOOP) though it names the object, not a
+    path."""
+    flags &= ~os.O_NOFOLLOW
     path = b"/proc/self/fd/%d" % fd
     try:
         return os.open(path, flags | os.O_CLOEXEC)
