@@ -1,24 +1,46 @@
 """Strata layers: the content-addressed layer store.
 
-Levels (a module imports only from lower ones; tests/layers/test_store_levels.py
-checks it):
-
-0  units, progress,               sizes and ages for people; progress on a terminal;
-   errors, digest, layout          kinds of failure, identity, the on-disk tree
-1  fsutil, records, config,        atomic writes, locks, leases; records; storage.conf;
-   fsprobe                         the filesystem under the store (mounts, xattrs, d_type)
-   tarsplit                        what rebuilds a layer's exact tar from its dir
-2  archive, recordstore,           layer tars in and out; record files; reading
-   changelist, tarentries,         layer stacks and A/C/D lists; a dir as tar entries;
-   ociwriter, bundle               writing OCI image layouts; runtime bundles
-   source, drivers.base            what an import reads; the driver interface
-   quota                           container limits and the per-user quota
-3  layerstore, imagestore,         one kind of record each; siblings never import
-   containerstore, volumes,        each other
-   mounts, drivers.fuse/overlay/vfs
-4  gc, check                       df and prune by reachability; check and repair
-5  store                           the facade: lock, rules across records, mounting
-6  cli                             `layers …`
-
-The package never imports fsd: it runs it as a mount program.
+`LEVELS` below is the one table of the package's layering: a module imports
+only modules of lower levels, so two modules of one level never import each
+other (tests/layers/test_store_levels.py enforces it, and that every module
+is in the table).  The package never imports fsd: it runs it as a mount
+program.
 """
+
+LEVELS = {
+    # packages (their __init__ imports nothing), and what imports nothing
+    "__init__": 0, "drivers": 0, "registry": 0,
+    "units": 0, "fsprobe": 0, "registry.auth": 0, "registry.parallel": 0,
+    # kinds of failure; progress on a terminal; how a new store picks its driver
+    "errors": 1, "progress": 1, "driverchoice": 1,
+    # identity (sha256 digests, ChainIDs); storage.conf; the registry's failures
+    "digest": 2, "config": 2, "registry.errors": 2,
+    # the on-disk tree and its formats; image references
+    "layout": 3, "registry.reference": 3,
+    # atomic writes, locks, leases; records; a layer stack read as overlayfs
+    # does and A/C/D lists; a dir as layer-tar entries; registries.conf, credentials
+    "fsutil": 4, "records": 4, "changelist": 4, "tarentries": 4,
+    "registry.regconf": 4, "registry.credentials": 4,
+    # record files; the mount table; garbage collection plans; container
+    # limits; tar-splits; OCI layouts; runtime bundles; layer efficiency; the
+    # driver interface; one registry endpoint; what is known of blobs
+    "recordstore": 5, "mounts": 5, "gc": 5, "quota": 5, "tarsplit": 5, "ociwriter": 5,
+    "bundle": 5, "analyze": 5, "drivers.base": 5, "registry.client": 5,
+    "registry.blobinfo": 5,
+    # one record store per kind (parked layers are one); layer tars in and
+    # out; three drivers; uploads
+    "layerstore": 6, "imagestore": 6, "containerstore": 6, "volumestore": 6,
+    "parkedstore": 6, "archive": 6,
+    "drivers.fuse": 6, "drivers.overlay": 6, "drivers.vfs": 6, "registry.upload": 6,
+    # what an import reads; btrfs (borrows vfs's layer apply)
+    "source": 7, "drivers.btrfs": 7,
+    # the lock, the records and the rules across them; an image in a registry
+    "storecore": 8, "registry.remote": 8,
+    # the workflows on a StoreCore; a pull or push session
+    "containers": 9, "commit": 9, "cleanup": 9, "check": 9, "registry.session": 9,
+    "ingest": 10, "export": 10, "registry.command": 10,
+    "push": 11,
+    # the facade: opening, queries, one entry point per command
+    "store": 12,
+    "cli": 13,
+}

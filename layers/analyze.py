@@ -1,8 +1,6 @@
 """Layer efficiency of an image: what each layer adds, changes and deletes,
 and the bytes a later layer made useless (the report `dive` gives).
 
-Level 2.5: imports `layout`, `changelist`.
-
 `analyze(layers)` takes the image's layers BOTTOM first, as (id, content
 dir, allocated size) and reads them with `changes` (the one reader of layer
 stacks and their markers):

@@ -1,7 +1,5 @@
 """Layer tars in and out: stream a layer into a directory while hashing it.
 
-Level 2: imports `errors`, `digest`, `layout`, `fsutil`.
-
 `extract_layer(blob, dest, options)` reads a plain, gzip or zstd tar (detected
 from its first bytes), writes its entries under the empty directory `dest`
 and returns the sha256 of the compressed bytes and of the tar stream (the

@@ -1,7 +1,5 @@
 """An OCI runtime bundle's `config.json` for a container (`layers bundle`).
 
-Level 2: imports `errors`, `fsutil`, `records`.
-
 `runtime_config(...)` is a pure function of what the store knows: the root
 is the container's merged mount, the process comes from the image config
 (Entrypoint + Cmd, Env, WorkingDir, User), the mounts are the usual /proc,

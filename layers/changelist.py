@@ -1,8 +1,6 @@
 """A container's change list (A/C/D, `layers diff`), and reading a stack of
 layer dirs as overlayfs does, which the list is made against.
 
-Level 2: imports `layout`.
-
 `lowers` are layer content dirs, TOP first (the order of `lowerdir=`).
 Markers are read in every form (`layout`): `.wh.` files, char dev 0/0,
 `.wh..wh..opq` and the opaque xattrs.

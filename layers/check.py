@@ -1,9 +1,6 @@
 """Checking a store: records against the disk, both ways, and layer contents
 against their diffIDs.
 
-Level 4: imports `errors`, `digest`, `fsutil`, `tarsplit`, `records`, and the
-level-3 stores.
-
 `find_problems(view)` compares, under the store lock: records without
 content (a layer without its diff dir, a container without its dir, a volume
 without its data dir), content without records (layer, container and volume
@@ -14,10 +11,11 @@ In-flight work of a live command is not a problem.
 
 `verify_layer(…)` rebuilds a layer's tar from its tar-split and hashes it: a
 mismatch names the layer and, through the per-file checksums, the file.
-It is slow; the facade runs it outside the lock, the layers pinned.
+It is slow; `problems(store, verify=True)` runs it outside the lock, the
+layers pinned.
 
-`repair(problem, …)` fixes one problem where it can, under the lock the
-facade holds: corrupt records go; a damaged layer goes with the images using
+`repair(problem, …)` fixes one problem where it can, under the lock
+`repair_problems` holds: corrupt records go; a damaged layer goes with the images using
 it (unless a container uses them: that is said, not done); a record without
 content goes; content without a record goes, but for a volume's data, which
 is adopted; a missing volume or data dir is made again, empty.
@@ -37,7 +35,8 @@ from .imagestore import ImageStore
 from .layerstore import LayerStore
 from .mounts import MountRegistry
 from .records import Layer
-from .volumes import VolumeStore
+from .storecore import StoreCore
+from .volumestore import VolumeStore
 
 ERROR, NOTE = "error", "note"
 
@@ -206,3 +205,41 @@ def repair(p: Problem, layers: LayerStore, images: ImageStore, containers: Conta
         layers.begin_delete(Digest(p.subject), lease.path, lease.token)
         return [f"removed unreferenced layer {p.subject[:12]}"]
     return []
+
+
+def problems(store: StoreCore, verify: bool = False) -> list[Problem]:
+    """`check.find_problems` under the lock; with `verify`, every layer is
+    then rebuilt and hashed outside it, pinned meanwhile."""
+    if not verify:
+        with store.lock:
+            return find_problems(store.layers, store.images, store.containers,
+                                          store.volumes, store.paths.staging)
+    with store.lease() as lease:
+        with store.lock:
+            found = find_problems(store.layers, store.images, store.containers,
+                                           store.volumes, store.paths.staging)
+            layers = [layer for layer in store.layers.all()
+                      if os.path.isdir(store.layers.diff_dir(layer.id))]
+        with store.pinned(tuple(layer.id for layer in layers), lease):
+            for layer in layers:
+                problem = verify_layer(store.layers, layer)
+                if problem is not None:
+                    found.append(problem)
+    return found
+
+
+def repair_problems(store: StoreCore, problems: list[Problem]) -> list[str]:
+    """Fix what `problems` lists where it can; lines saying what was done
+    (and what cannot be done: a container on a damaged layer stays)."""
+    done: list[str] = []
+    order = ("corrupt-record", "container-no-dir", "container-orphan")
+    problems = sorted(problems, key=lambda p: order.index(p.kind)
+                      if p.kind in order else len(order))
+    with store.lease() as lease:
+        with store.lock:
+            for p in problems:
+                done += repair(p, store.layers, store.images, store.containers,
+                                        store.volumes, store.mounts, lease)
+            done += store.collect_layers(lease)
+    done += store.repair()
+    return done

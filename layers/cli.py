@@ -1,7 +1,5 @@
 """`layers`: the command line of the store.
 
-Level 6: imports `store`, `config`, `errors`, `units`, `progress`.
-
 Every user error prints one line `layers: MESSAGE` on stderr and exits
 non-zero (2 for bad usage or references, 1 otherwise); a traceback only with
 `--debug`.  Output meant for scripts goes to stdout, one item a line;

@@ -1,7 +1,5 @@
 """The effective configuration: defaults, `storage.conf`, command-line flags.
 
-Level 1: imports `errors`.
-
 `storage.conf` is TOML with the containers-storage keys that apply::
 
     [storage]

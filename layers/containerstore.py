@@ -1,8 +1,5 @@
 """Container records: an image's layers plus a writable layer, a name.
 
-Level 3: imports `errors`, `digest`, `layout`, `fsutil`, `records`,
-`recordstore`.
-
 The container's own dirs live in `containers/<id>/`; the driver decides what
 goes in there.  Removal mirrors layers: mark incomplete, move the dir into
 the caller's staging, delete the record.

@@ -1,7 +1,5 @@
 """Content identity: the `Digest` value type, hashing streams, OCI ChainIDs.
 
-Level 0: imports only `errors`.
-
 A digest is `sha256:` followed by exactly 64 lowercase hex digits; nothing
 else is accepted, so a `Digest`'s `hex` is always safe to use as a file name.
 Ids of images and containers are bare 64-hex strings (`check_id`).

@@ -1,7 +1,5 @@
 """Which driver a new store gets when none is configured, and why.
 
-Level 1.5: imports `fsprobe`.
-
 `choose(fstype, available)` is the matrix of issue 6, by the type of the
 filesystem under the store root (`fsprobe.mount_of`):
 

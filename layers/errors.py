@@ -1,7 +1,5 @@
 """Errors of the layer store: one class per kind, each carrying its fields.
 
-Level 0: imports `units` (how a size is written) and nothing else of the package.
-
 Every error a user can cause is a `LayersError`; `cli.py` prints `str(err)`
 as one line and exits with `err.exit_code`.  Anything else is a bug and gets
 a traceback.  Messages are part of the interface: tests assert them exactly.

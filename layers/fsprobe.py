@@ -1,8 +1,6 @@
 """What the filesystem under the store is and can do: the mount table,
 network filesystems, extended attributes, d_type.
 
-Level 1: imports nothing from the package.
-
 - `read_mountinfo()` parses /proc/self/mountinfo into `MountInfo` entries
   (octal escapes undone); `mount_fstype(path)` is the fs type mounted exactly
   at `path` (the drivers see their own mounts with it); `mount_of(path)` the

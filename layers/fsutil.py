@@ -1,7 +1,5 @@
 """File-system mechanisms the store is built from.
 
-Level 1: imports `errors`, `layout`.
-
 - `atomic_write`, `atomic_file`: temp file, fsync, rename, fsync of the
   directory: a reader sees the old bytes or the new, never half.
 - `StoreLock`: the store lock (flock on `lock`); the holder writes its pid

@@ -1,8 +1,6 @@
 """Disk usage and cleanup, by reachability.
 
-Level 4: imports `digest`, `records`.
-
-Pure functions over a `Snapshot` of the records (taken by the facade under
+Pure functions over a `Snapshot` of the records (taken by `cleanup` under
 the store lock): nothing here touches the disk but through the `measure`
 function the caller passes (real allocated bytes of a path, hard links once).
 

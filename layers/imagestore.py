@@ -1,7 +1,5 @@
 """Image records: an ordered stack of layers, the config, the names.
 
-Level 3: imports `errors`, `digest`, `layout`, `records`, `recordstore`.
-
 `committed_config` makes the config of an image made by `commit`.
 
 An image's id is the hex of its config digest.  Names (`name:tag`) are

@@ -1,8 +1,7 @@
 """Layer records and their content dirs, named by ChainID.
 
-Level 3: imports `errors`, `digest`, `layout`, `fsutil`, `records`,
-`recordstore`.  Knows nothing of images or containers (the facade decides
-which layers may go).
+Knows nothing of images or containers (`storecore` decides which layers
+may go).
 
 Publishing a layer extracted in staging (`publish`), under the store lock:
 record written `incomplete` with the lease → staging dir renamed to

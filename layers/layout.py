@@ -1,7 +1,5 @@
 """The one description of the on-disk formats of a Strata store.
 
-Level 0: imports only `errors` and `digest`.
-
 Store root (`graphroot`)::
 
     strata.json                 store marker: {"format": FORMAT, "driver": NAME,
@@ -24,7 +22,7 @@ Store root (`graphroot`)::
                                 file is flock'ed while the command lives
     staging/<hex>.lock          taken while one process imports that layer or image
     registry/parked/<chainid-hex>/  a layer a pull extracted and verified, not yet
-    registry/parked/<chainid-hex>.json  published (its record); see registry/parking.py
+    registry/parked/<chainid-hex>.json  published (its record); see parkedstore.py
     registry/blobinfo.json      blobs pulled or pushed: digest → size, media type,
                                 diffID, repositories holding it (a cache)
 

@@ -1,11 +1,9 @@
 """The mount registry: which containers are mounted, where, how many times,
 served by which daemon.  One JSON file in the store's runtime dir.
 
-Level 3: imports `errors`, `digest`, `fsutil`.
-
 The runtime dir is on tmpfs (`/run`, `$XDG_RUNTIME_DIR`): after a reboot the
 registry is gone together with the mounts it described.  Writes happen under
-the store lock; a stale entry (daemon dead, mount gone) is the facade's to
+the store lock; a stale entry (daemon dead, mount gone) is `storecore`'s to
 clean, with the driver's help.
 """
 

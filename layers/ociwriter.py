@@ -1,7 +1,5 @@
 """Writing an OCI image layout, as a directory or as one tar (`layers save`).
 
-Level 2: imports `errors`, `digest`, `fsutil`.
-
     with open_layout(path, as_tar) as out:
         out.add_blob(digest, size, chunks)     # a layer, streamed, verified
         out.add_json(document) -> descriptor   # config, manifest

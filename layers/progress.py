@@ -1,8 +1,6 @@
 """Progress of long commands on a terminal: one line per layer (or tree) in
 flight, for import, export, save, commit, pull and push alike.
 
-Level 0: imports `units`.
-
 The store reports through the `Progress` protocol: `layer_start(index,
 total, where, size)`, `layer_bytes(done)` with the running total of bytes
 read or written, `layer_done(layer)` (None: nothing had to be moved, the

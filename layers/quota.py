@@ -1,14 +1,12 @@
 """Limits of containers and of users: what a create asks, what a user holds.
 
-Level 2: imports `errors`, `config`, `records`.
-
 A container's limits (`records.Quota`) come from `layers create --size/--inodes`,
 else from storage.conf `size`/`inodes`, and are kept in its record; the driver
 enforces them (only `fuse` can: see `drivers/base.py`).
 
 `[storage.options] user_quota` bounds the bytes of all of one user's
 containers in the store, and is checked when a container is created (the
-facade measures, then calls `check_user_quota` under the store lock).  Each of
+`containers` measures, then calls `check_user_quota` under the store lock).  Each of
 the user's containers counts for its byte limit — what fsd lets it grow to —
 or for what it has written when that is more (a container without a byte
 limit, or made before the limit was lowered).  The new container asks for its

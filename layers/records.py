@@ -1,7 +1,5 @@
 """The store's records: frozen dataclasses with a versioned JSON codec.
 
-Level 1: imports `errors`, `digest`, `layout`.
-
 Every record carries `incomplete` and `lease`: a record is written with
 `incomplete=True` and the lease token of the command doing the work before the
 work starts (creation or deletion), and rewritten without it when the work is

@@ -1,7 +1,5 @@
 """A directory of records of one kind: `<key>.json` files, read and written whole.
 
-Level 2: imports `errors`, `layout`, `records`, `fsutil`.
-
 The caller holds the store lock for every write.  Reads need no lock: a
 record file is replaced by rename, never rewritten in place.  `all()` skips
 temp files of interrupted writes; `corrupt` collects records that failed to

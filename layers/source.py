@@ -1,7 +1,5 @@
 """What an import reads: a layer tar, an OCI image layout, a docker archive.
 
-Level 2: imports `errors`, `digest`, `records`, `fsutil`, `archive`.
-
 `open_source(path)` is a context manager yielding a list of `ImageSource`:
 the images found, each with its config bytes (digest-verified) and its
 layers as `LayerBlob`s that open a stream of the blob on demand.

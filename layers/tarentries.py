@@ -1,7 +1,5 @@
 """What goes into a layer tar made from a directory: its entries, in order.
 
-Level 2: imports `layout`.
-
 `tree_entries(root, …)` walks an upper dir, a layer dir or a plain tree and
 yields `(TarInfo, source path)` pairs, the source being the file whose data
 the entry carries (None for entries without data).  `changes_entries` does

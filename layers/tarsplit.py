@@ -1,8 +1,6 @@
 """The tar-split of a layer: every byte of its tar stream except file contents,
 so that the exact tar, and with it the diffID, can be rebuilt from the layer dir.
 
-Level 1: imports `errors`, `fsutil`.
-
 A store keeps layers extracted, not as tars.  To `save` or `export` a layer so
 that it imports back to the same ChainID, the tar must come back byte for
 byte: the headers, padding and end blocks are recorded while the tar streams

@@ -1,8 +1,6 @@
 """Sizes and ages as people read them, in podman's style; the one formatter
 of each, for tables, progress, summaries and error messages alike.
 
-Level 0: imports nothing.
-
 - `size(n)`: decimal units of 1000 (B, kB, MB, GB, TB, PB) with three
   significant digits and no space, as podman and docker print sizes
   (go-units' `HumanSizeWithPrecision(n, 3)`): `0B`, `999B`, `1kB`, `1.1MB`,

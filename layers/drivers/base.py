@@ -1,7 +1,5 @@
 """The driver interface and what every driver shares: seeing its mounts.
 
-Level 2: imports `errors`, `fsutil`, `records`, `fsprobe`, `changelist`, `tarentries`.
-
 A driver is told, for one container, its own dir (`cdir`, created empty by
 the store) and its image's layer content dirs TOP first (`lowers`).  It owns
 what goes inside `cdir`.  Contract of each method:

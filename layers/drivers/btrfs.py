@@ -1,10 +1,5 @@
 """The `btrfs` driver: layers and containers as btrfs subvolume snapshots.
 
-Level 3.5: imports `errors`, `fsprobe`, `fsutil`, `layout`, `changelist`, `tarentries`,
-`records`, `drivers.base` and `drivers.vfs` (for `apply_layer`, the one
-code that applies a layer dir onto a full tree: the only import between
-drivers, hence the decimal level).
-
 The store keeps every layer's diff dir as with any driver (export, save,
 check --verify and the other drivers read it).  Beside it this driver keeps
 `layers/<hex>/btrfs/` (`layout.LAYER_SUBVOLUME`): a subvolume holding the

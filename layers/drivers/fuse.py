@@ -1,8 +1,6 @@
 """The `fuse` driver: fsd as a mount program, exactly as containers/storage
 runs fuse-overlayfs.
 
-Level 3: imports `errors`, `records`, `drivers.base`.
-
 `fsd -o lowerdir=TOP:…:BOTTOM,upperdir=U,workdir=W MOUNTPOINT` returns 0 once
 the mount is live, the daemon staying in the background; on failure it
 prints one `fsd: …` line and exits non-zero.  `fusermount3 -u` unmounts and

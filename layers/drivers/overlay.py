@@ -1,7 +1,5 @@
 """The `overlay` driver: the kernel's overlayfs, where this process may mount it.
 
-Level 3: imports `errors`, `layout`, `records`, `drivers.base`.
-
 It cannot limit what a container writes (that would take an XFS project
 quota on the store's filesystem): a container with limits is refused
 (`Driver.check_quota`).

@@ -1,8 +1,5 @@
 """The `vfs` driver: a full copy of the image per container; works anywhere.
 
-Level 3: imports `layout`, `fsutil`, `records`, `changelist`, `tarentries`,
-`drivers.base`.
-
 `create` applies the layers bottom-up into `cdir/rootfs`: whiteouts remove,
 opaque dirs are emptied first, everything else is copied with owner, mode,
 xattrs and times (file data by reflink where the filesystem can).  Hard links

@@ -1,6 +1,6 @@
 """Pull and push images through OCI Distribution registries.
 
-The modules, bottom up (their levels are in tests/layers/test_store_levels.py):
+The modules, bottom up (their levels are in `layers.LEVELS`):
 
 - `errors`: the registry kinds of `LayersError`.
 - `reference`: `[REGISTRY/]REPOSITORY[:TAG][@DIGEST]`, normalized as docker does.
@@ -15,14 +15,12 @@ The modules, bottom up (their levels are in tests/layers/test_store_levels.py):
   cross-repository mounts.
 - `blobinfo`: what we learned about blobs (compression, diffID, which
   repositories hold them), so a push can skip or mount instead of upload.
-- `parking`: layers a pull has extracted and verified but not yet published;
-  an interrupted pull leaves them there for the next one.
 - `remote`: a reference → an `ImageSource` (manifest, index with a platform
   choice, config), its layers streamed from the registry on demand.
 - `upload`: the push side: blobs the registry lacks, then the manifest.
 - `session`: options, mirrors and endpoints: opens what `remote`/`upload` use.
 - `command`: the `pull` and `push` subcommands of the CLI.
 
-The store facade (`store.py`) owns the rules: which layers are missing, the
+`layers/ingest.py` owns the rest of a pull: which layers are missing, the
 extraction (the one `import` uses), publishing and records.
 """

@@ -1,7 +1,5 @@
 """HTTP authentication as registries use it: pure functions, no I/O.
 
-Level 0 of the registry package: imports nothing from the store.
-
 - `parse_challenges(header)`: the `WWW-Authenticate` value → `Challenge`s
   (RFC 7235: a scheme, then `key=value` or `key="quoted value"` pairs; several
   challenges may share one header).

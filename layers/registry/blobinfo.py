@@ -1,7 +1,5 @@
 """What we know about blobs we pulled or pushed, so a push can reuse them.
 
-Level 1 of the registry package: imports `layers.digest`, `layers.fsutil`.
-
 One JSON file (`StorePaths.blobinfo`): for each compressed blob digest, its
 size, media type, the diffID it decompresses to, and the repositories
 (`registry/repository`) known to hold it.  A push looks a layer's diffID up

@@ -1,8 +1,5 @@
 """One registry endpoint, spoken to over HTTP(S) with httpx.
 
-Level 2 of the registry package: imports `layers.digest`, `layers.errors`,
-`registry.errors`, `registry.auth`, `registry.credentials`.
-
 `RegistryClient(host, options, creds_for)` talks the OCI Distribution API
 to `host` (host[:port]); it is shared by the transfer threads of one command
 (httpx's `Client` pool is thread-safe; the client's own state — scheme,

@@ -1,9 +1,6 @@
 """`layers pull` and `layers push`: their arguments, what they print.
 
-Level 5.5 (between the facade and `cli`): imports `layers.errors`, and
-`registry.session`, `registry.remote`, `registry.credentials`,
-`registry.upload`, and `layers.progress`; the store is the object `cli` passes
-in, not an import.
+The store is the object `cli` passes in, not an import.
 
 stdout: the image id (pull) or the manifest digest (push), or with
 `--format json` the whole transfer report.  stderr: per layer, whether it

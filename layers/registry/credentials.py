@@ -1,7 +1,5 @@
 """Credentials for a registry, from the files podman and docker write.
 
-Level 1 of the registry package: imports `layers.errors`, `registry.reference`.
-
 Searched in this order (the first file that has an entry for the registry
 wins): `--authfile`, `$REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/
 auth.json`, `$XDG_CONFIG_HOME/containers/auth.json` (`~/.config`),

@@ -1,8 +1,6 @@
 """The registry kinds of `LayersError`; each names the registry it is about.
 
-Level 0 of the registry package: imports only `layers.errors`.
-Credentials never appear in a message.
-"""
+Credentials never appear in a message."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
 """Run calls on a bounded number of threads; the first failure stops the rest.
 
-Level 0 of the registry package: imports nothing from the store.
-
 Why threads: each call is a blocking pipeline (an HTTP stream read by the
 store's extraction, which hashes and writes files), the same code `import`
 runs; a thread per transfer keeps it one pass without an event loop.

@@ -1,7 +1,5 @@
 """Image references: `[REGISTRY/]REPOSITORY[:TAG][@DIGEST]`.
 
-Level 0 of the registry package: imports `layers.digest`, `layers.errors`.
-
 Normalized as docker and podman do: a first component with a `.` or a `:`, or
 `localhost`, is a registry; otherwise the registry is `docker.io`, where a
 one-component repository lives under `library/`.  Without tag and digest

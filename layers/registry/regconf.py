@@ -1,7 +1,5 @@
 """`registries.conf`: where references are pulled from and pushed to.
 
-Level 1 of the registry package: imports `layers.errors`, `registry.reference`.
-
 The containers-registries.conf(5) format, version 2 (TOML), the part that
 applies here::
 

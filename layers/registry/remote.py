@@ -1,8 +1,5 @@
 """An image in a registry, read as an `ImageSource` the store imports.
 
-Level 3 of the registry package: imports `layers.digest`, `layers.errors`,
-`layers.source`, `registry.client`, `registry.errors`, `registry.reference`.
-
 `resolve(client, ref, platform)` fetches and checks, in order:
 1. the manifest named by the tag or digest: its bytes must hash to the
    digest asked for (or, by tag, to the `Docker-Content-Digest` the registry

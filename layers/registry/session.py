@@ -1,9 +1,5 @@
 """What one `pull` or `push` talks to: options, registries.conf, endpoints.
 
-Level 4 of the registry package: imports `layers.errors`, and
-`registry.reference`, `credentials`, `regconf`, `client`, `remote`,
-`upload`, `blobinfo`, `errors`.
-
 - `open_pull(text, options)`: the reference (short names completed with the
   first `unqualified-search-registries` entry) is tried at each mirror, then
   at the registry itself; the first that has the manifest is used for all of

@@ -1,9 +1,5 @@
 """The push side: the blobs a registry lacks, then the manifest.
 
-Level 3 of the registry package: imports `layers.digest`, `layers.errors`,
-`layers.ociwriter`, `registry.client`, `registry.blobinfo`,
-`registry.reference`.
-
 For each layer (`Pusher.push_layer`), cheapest first:
 1. a blob known to hold this diffID in the wanted compression (the blob the
    layer was pulled as, or one an earlier push made; `blobinfo`) that the

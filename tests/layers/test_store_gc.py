@@ -109,7 +109,7 @@ def test_prune_spares_what_an_import_in_flight_uses(store, tmp_path):
     store.rmi("app:2")
     assert store.layers.get(image.layers[0]) is not None        # shared with app:1
     with fsutil.Lease(store.paths.staging) as lease:
-        with store._pinned(image.layers[:1], lease):
+        with store.pinned(image.layers[:1], lease):
             store.rmi("app:1")
             done = store.prune(("images",), all=True)
             assert done == []

@@ -1,30 +1,13 @@
-"""The layering of the `layers` package (DESIGN.md): a module imports only
-modules of lower levels; siblings of one level never import each other.
-A decimal orders modules inside one of DESIGN's levels (digest uses errors)."""
+"""The layering of the `layers` package, as its one table (`layers.LEVELS`)
+says: a module imports only modules of lower levels; siblings of one level
+never import each other."""
 
 import ast
 from pathlib import Path
 
 import layers
 
-LEVELS = {
-    "units": 0, "errors": 0.01, "progress": 0.01, "digest": 0.1, "layout": 0.2,
-    "fsutil": 1, "records": 1, "config": 1, "fsprobe": 1, "tarsplit": 1.5, "driverchoice": 1.5,
-    "quota": 2, "ociwriter": 2, "bundle": 2,
-    "archive": 2, "recordstore": 2, "changelist": 2, "tarentries": 2,
-    "source": 2.5, "drivers.base": 2.5, "analyze": 2.5,
-    "layerstore": 3, "imagestore": 3, "containerstore": 3, "mounts": 3,
-    "drivers.fuse": 3, "drivers.overlay": 3, "drivers.vfs": 3, "drivers.btrfs": 3.5,
-    "drivers": 4, "volumes": 3, "gc": 4, "check": 4,
-    "store": 5,
-    "cli": 6, "__init__": 0,
-    # pull and push (layers/registry/): below the facade, `command` above it
-    "registry": 0, "registry.errors": 0.05, "registry.auth": 0, "registry.parallel": 0,
-"registry.reference": 0.3, "registry.credentials": 1.1,
-    "registry.regconf": 1.1, "registry.parking": 1.5, "registry.blobinfo": 1.5,
-    "registry.client": 2, "registry.remote": 2.8, "registry.upload": 2.8,
-    "registry.session": 3, "registry.command": 5.5,
-}
+LEVELS = layers.LEVELS
 PKG = Path(layers.__file__).parent
 
 

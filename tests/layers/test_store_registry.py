@@ -20,8 +20,10 @@ import pytest
 
 from layers.digest import Digest
 from layers.errors import BadArchive, BadReference, ConfigError
-from layers.records import Layer
-from layers.registry import auth, parking, regconf
+from layers.layout import StorePaths
+from layers.parkedstore import GRACE, MAX_AGE, ParkedStore
+from layers.records import Layer, replace
+from layers.registry import auth, regconf
 from layers.registry.blobinfo import BlobInfoCache
 from layers.registry.client import ClientOptions, RegistryClient
 from layers.registry.credentials import Credentials, find_credentials, parse_creds
@@ -239,31 +241,53 @@ def _layer(n: int, parent=None) -> Layer:
 
 
 def test_parking_find_validates_and_expire_cleans(tmp_path):
-    parked = str(tmp_path / "parked")
+    paths = StorePaths(str(tmp_path / "store"), str(tmp_path / "run"))
+    os.makedirs(paths.staging)
+    parking = ParkedStore(paths)
+    parked = paths.parked
     staged = tmp_path / "staging" / "x"
     (staged / "diff").mkdir(parents=True)
     (staged / "diff" / "f").write_text("x")
     layer = _layer(1)
-    parking.park(parked, layer, str(staged))
-    assert parking.find(parked, layer.id, layer.diff_id, None) == layer
-    assert parking.find(parked, layer.id, Digest("f" * 64), None) is None   # not that one
-    assert parking.find(parked, _layer(2).id, _layer(2).diff_id, None) is None
+    parking.park(layer, str(staged), "lease")
+    assert parking.find(layer.id, layer.diff_id, None) == layer
+    assert parking.find(layer.id, Digest("f" * 64), None) is None   # not that one
+    assert parking.find(_layer(2).id, _layer(2).diff_id, None) is None
     # a record whose dir went: dropped
-    os.rename(parking.content_dir(parked, layer.id), tmp_path / "gone")
-    assert parking.find(parked, layer.id, layer.diff_id, None) is None
+    os.rename(parking.content_dir(layer.id), tmp_path / "gone")
+    assert parking.find(layer.id, layer.diff_id, None) is None
     assert os.listdir(parked) == []
     # a dir without a record is kept while a park may be running, then removed
-    os.makedirs(os.path.join(parking.content_dir(parked, layer.id), "diff"))
-    assert parking.expire(parked) == []
-    assert parking.expire(parked, now=time.time() + 2 * parking.GRACE) == [
+    os.makedirs(os.path.join(parking.content_dir(layer.id), "diff"))
+    assert parking.expire() == []
+    assert parking.expire(now=time.time() + 2 * GRACE) == [
         f"removed parked layer {layer.id.short}"]
     # old parked layers go
     (staged / "diff").mkdir(parents=True)
-    parking.park(parked, layer, str(staged))
-    assert parking.expire(parked) == []
-    assert parking.expire(parked, now=time.time() + parking.MAX_AGE + 1) == [
+    parking.park(layer, str(staged), "lease")
+    assert parking.expire() == []
+    assert parking.expire(now=time.time() + MAX_AGE + 1) == [
         f"removed parked layer {layer.id.short}"]
     assert os.listdir(parked) == []
+
+
+def test_a_park_whose_pull_died_is_not_used_and_goes(tmp_path):
+    """A park is recorded incomplete with the pull's lease before its dir
+    moves in: when the pull died there, the next pull neither uses it nor
+    waits for it, and the store's repair removes it."""
+    paths = StorePaths(str(tmp_path / "store"), str(tmp_path / "run"))
+    os.makedirs(paths.staging)
+    parking = ParkedStore(paths)
+    staged = tmp_path / "staging" / "x"
+    (staged / "diff").mkdir(parents=True)
+    for finder in (lambda x: parking.find(x.id, x.diff_id, None), lambda x: parking.expire()):
+        layer = _layer(1)
+        parking.park(layer, str(staged), "lease")
+        parking.save(layer.id.hex, replace(layer, incomplete=True, lease="dead-lease"))
+        assert [p.id for p in parking.all(include_incomplete=True)] == [layer.id]
+        assert finder(layer) in (None, [f"removed parked layer {layer.id.short}"])
+        assert os.listdir(paths.parked) == []
+        (staged / "diff").mkdir(parents=True)
 
 
 # -- blob-info cache ------------------------------------------------------------------------------
@@ -490,3 +514,15 @@ def test_abort_stops_a_stream(double):
         c.abort.set()
         with pytest.raises(Aborted):
             _read_all(s)
+
+
+def test_opening_the_store_removes_a_park_whose_pull_died(store_env, tmp_path):
+    store = store_env.open()
+    staged = tmp_path / "x"
+    (staged / "diff").mkdir(parents=True)
+    layer = _layer(1)
+    store.parked.park(layer, str(staged), "lease")
+    store.parked.save(layer.id.hex, replace(layer, incomplete=True, lease="dead-lease"))
+    again = store_env.open()
+    assert f"removed interrupted parked layer {layer.id.short}" in again.repaired
+    assert os.listdir(store.paths.parked) == []

@@ -7,13 +7,14 @@ import threading
 
 import pytest
 
-from layers import fsutil, store as storemod
+from layers import fsutil, ingest
 from layers.digest import Digest
 from layers.layout import record_file
 from layers.errors import (ContainerMounted, DigestMismatch, ImageInUse, NameInUse,
                            NotAStore, StoreMismatch)
 from layers.records import Layer, encode
 from layers.source import ImageSource, LayerBlob
+from layers.store import Store
 
 from storetools import StoreEnv, directory, file, make_tar, oci_layout, tar_bytes
 
@@ -49,8 +50,8 @@ def test_existing_layers_are_not_extracted_again(store_env, tmp_path, monkeypatc
     before = {n: os.stat(os.path.join(store.paths.layers, n)).st_ino
               for n in layer_dirs(store)}
     calls = []
-    real = storemod.extract_layer
-    monkeypatch.setattr(storemod, "extract_layer",
+    real = ingest.extract_layer
+    monkeypatch.setattr(ingest, "extract_layer",
                         lambda f, dest, *a, **k: calls.append(dest) or real(f, dest, *a, **k))
     (img_b,) = store.import_path(str(b.path), name="b")
     assert len(calls) == 1                        # only APP2
@@ -186,7 +187,7 @@ def test_reads_answer_while_an_import_extracts(store_env, tmp_path):
     t.start()
     try:
         assert started.wait(10)
-        reader = storemod.Store.open(store_env.config(), lock_timeout=1.0)
+        reader = Store.open(store_env.config(), lock_timeout=1.0)
         assert reader.list_images() == []          # incomplete work stays invisible
     finally:
         release.set()

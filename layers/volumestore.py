@@ -1,10 +1,8 @@
 """Volume records and their data dirs, named by the user (or at random).
 
-Level 3: imports `errors`, `layout`, `fsutil`, `records`, `recordstore`.
-
 `volumes/<name>.json` is the record, `volumes/<name>/_data/` the data that
 containers bind-mount.  A volume's life is its own: removing a container
-leaves its volumes (but for `rm -v` of anonymous ones, decided by the facade,
+leaves its volumes (but for `rm -v` of anonymous ones, decided by `containers.rm`,
 which also refuses to remove a volume a container uses).
 
 Creating: record `incomplete` with the lease → dir made → record complete.
