@@ -15,8 +15,7 @@ import sys
 import traceback
 from importlib import metadata
 
-from . import config as configmod
-from . import progress, units
+from . import config, progress, units
 from .errors import ConfigError, LayersError, UsageError
 from .registry import command as registrycmd
 from .store import Store
@@ -56,11 +55,11 @@ def _add_prune(parsers, prune: str, help: str, all_help: str | None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layers",
                                 description="Strata: content-addressed layer store",
-                                epilog=f"{configmod.WHERE_READ}; `layers info` names the "
+                                epilog=f"{config.WHERE_READ}; `layers info` names the "
                                        "one read.")
     p.add_argument("--root", help="store root (graphroot)")
     p.add_argument("--runroot", help="runtime dir (mount registry)")
-    p.add_argument("--driver", choices=configmod.DRIVERS,
+    p.add_argument("--driver", choices=config.DRIVERS,
                    help="storage driver for a new store")
     p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the store lock (default 30)")
@@ -101,10 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "/host/path:/path[:ro] (bind), /path (anonymous volume)")
     c.add_argument("--tmpfs", action="append", default=[], metavar="/path[:OPTS]",
                    help="a tmpfs, OPTS like size=64m,mode=1777")
-    c.add_argument("--size", type=_limit_arg(configmod.parse_size, "--size"),
+    c.add_argument("--size", type=_limit_arg(config.parse_size, "--size"),
                    metavar="N[KMG]", help="limit of its writable layer in bytes "
                    "(default: storage.conf size); the fuse driver only")
-    c.add_argument("--inodes", type=_limit_arg(configmod.parse_count, "--inodes"),
+    c.add_argument("--inodes", type=_limit_arg(config.parse_count, "--inodes"),
                    metavar="N", help="limit of the objects in its writable layer "
                    "(default: storage.conf inodes); the fuse driver only")
 
@@ -280,7 +279,7 @@ def _help_or_run(parser: argparse.ArgumentParser, args) -> int:
 
 
 def _run(args) -> int:
-    cfg = configmod.load(root=args.root, runroot=args.runroot, driver=args.driver)
+    cfg = config.load(root=args.root, runroot=args.runroot, driver=args.driver)
     for w in cfg.warnings:
         print(f"layers: warning: {w}", file=sys.stderr)
     if args.command == "config":

@@ -345,7 +345,9 @@ def _read_json_blob(container, name: str, expect: Digest | None, where: str):
         raise BadArchive(where, f"{name} is not JSON ({e})") from None
 
 
-def _descriptor_digest(desc, where: str) -> Digest:
+def descriptor_digest(desc, where: str) -> Digest:
+    """The digest an OCI descriptor names; BadArchive (at `where`) when it
+    is not a descriptor or names none."""
     if not isinstance(desc, dict):
         raise BadArchive(where, "descriptor is not an object")
     try:
@@ -366,7 +368,7 @@ def _oci_layout(container) -> list[ImageSource]:
     _, index = _read_json_blob(container, "index.json", None, where)
     images = []
     for desc, names in _oci_manifests(container, index, where, 0, set()):
-        digest = _descriptor_digest(desc, where)
+        digest = descriptor_digest(desc, where)
         _, manifest = _read_json_blob(container, _blob_name(digest), digest, where)
         images.append(_from_manifest(container, manifest, digest, names, where))
     if not images:
@@ -382,7 +384,7 @@ def _oci_manifests(container, index, where: str, depth: int, seen: set):
     if not isinstance(manifests, list):
         raise BadArchive(where, "index has no manifests list")
     for desc in manifests:
-        digest = _descriptor_digest(desc, where)
+        digest = descriptor_digest(desc, where)
         names = _names_of(desc)
         if desc.get("mediaType") in INDEX_TYPES:
             if digest in seen:
@@ -430,7 +432,7 @@ def _from_manifest(container, manifest, digest: Digest | None, names: list[str],
     the container keeps a blob (`blobs/sha256/<hex>`, or `<hex>` in a `dir:`)."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("layers"), list):
         raise BadArchive(where, "manifest has no layers list")
-    cdigest = _descriptor_digest(manifest.get("config"), where)
+    cdigest = descriptor_digest(manifest.get("config"), where)
     config, _ = _read_json_blob(container, blob_name(cdigest), cdigest, where)
     diff_ids = config_diff_ids(config, f"{where}: config {cdigest}")
     descs = manifest["layers"]
@@ -439,7 +441,7 @@ def _from_manifest(container, manifest, digest: Digest | None, names: list[str],
                                 f"config {len(diff_ids)} diff_ids")
     layers = []
     for desc, diff_id in zip(descs, diff_ids):
-        d = _descriptor_digest(desc, where)
+        d = descriptor_digest(desc, where)
         size = desc.get("size")
         name = _present(container, blob_name(d), "the manifest", where)
         layers.append(LayerBlob(where=name, digest=d, diff_id=diff_id,

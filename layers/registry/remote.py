@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from ..digest import Digest
 from ..errors import BadArchive, BadReference, DigestMismatch
-from ..source import MAX_JSON, ImageSource, LayerBlob, config_diff_ids, host_arch
+from ..source import (MAX_JSON, ImageSource, LayerBlob, config_diff_ids, descriptor_digest,
+                      host_arch)
 from .client import (DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, LAYER_TYPES, OCI_INDEX,
                      OCI_MANIFEST, RegistryClient)
 from .errors import RegistryError
@@ -85,15 +86,6 @@ def _json(raw: bytes, what: str, where: str) -> dict:
     if not isinstance(doc, dict):
         raise BadArchive(where, f"{what} is not a JSON object")
     return doc
-
-
-def _digest(desc, where: str) -> Digest:
-    if not isinstance(desc, dict):
-        raise BadArchive(where, "a descriptor is not an object")
-    try:
-        return Digest.parse(desc.get("digest"))
-    except BadReference as e:
-        raise BadArchive(where, e.message) from None
 
 
 def _fetch_manifest(client: RegistryClient, ref: Reference, which: str,
@@ -161,7 +153,7 @@ def resolve(client: RegistryClient, ref: Reference, platform: Platform) -> Remot
     if media in INDEX_TYPES:
         index_digest = digest
         desc = choose_platform(doc, platform, where)
-        digest = _digest(desc, where)
+        digest = descriptor_digest(desc, where)
         raw, doc, media, digest = _fetch_manifest(client, ref, str(digest), digest)
         if media in INDEX_TYPES:
             raise BadArchive(where, "an index inside an index is not supported")
@@ -169,7 +161,7 @@ def resolve(client: RegistryClient, ref: Reference, platform: Platform) -> Remot
     if not isinstance(layers, list):
         raise BadArchive(where, "the manifest has no layers list")
     cdesc = doc.get("config")
-    cdigest = _digest(cdesc, where)
+    cdigest = descriptor_digest(cdesc, where)
     config = client.get_blob(ref.repository, cdigest, MAX_JSON)
     got = Digest.of_bytes(config)
     if got != cdigest:
@@ -183,7 +175,7 @@ def resolve(client: RegistryClient, ref: Reference, platform: Platform) -> Remot
                                           manifest_digest=digest),
                          media, index_digest, [])
     for desc, diff_id in zip(layers, diff_ids):
-        d = _digest(desc, where)
+        d = descriptor_digest(desc, where)
         layer_type = desc.get("mediaType", "")
         if layer_type not in LAYER_TYPES:
             raise BadArchive(where, f"layer {d} has the media type {layer_type!r}, "
