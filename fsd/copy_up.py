@@ -334,7 +334,7 @@ class CopyUp:
             node.upper_entries = self.namei.scan_upper(rel)
         self.namei.upper_added(parent, node.name, node.kind)
         if linked is not None:
-            await self.link_other_names(node.layer, st.st_ino, self.stack.upper, rel)
+            await self.link_other_names(node.layer, st.st_ino, work, linked)
             work.unlink(linked)
         self.table.attrs_changed(node)  # the copy has its own ctime
 

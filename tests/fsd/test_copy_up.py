@@ -251,6 +251,43 @@ async def test_writes_through_two_names_of_a_lower_hard_link_at_once(overlay, mo
     assert await fs.ino("a") == await fs.ino("b")
 
 
+async def test_other_names_of_a_hard_link_are_linked_to_its_copy_even_if_its_name_goes(overlay, monkeypatch):
+    """The copy's name is unlinked (a whiteout takes its place) while fsd looks
+    for the file's other names: they are linked to the copy, not to that
+    whiteout (they showed as a character device, and were gone after a remount)."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "linked")
+    os.link(bottom / "a", bottom / "b")
+    fs = await overlay.mount()
+    await fs.lookup("a")
+    # The order of events, made certain without timing: the search for the
+    # other names (a walk of the layer in a worker thread) waits for the unlink.
+    real_run_sync = trio.to_thread.run_sync
+    search_waits, search_may_go = trio.Event(), trio.Event()
+
+    async def run_sync_in_order(fn, *args, **kw):
+        if not search_may_go.is_set():
+            search_waits.set()
+            await search_may_go.wait()
+        return await real_run_sync(fn, *args, **kw)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_in_order)
+
+    async def writer():
+        with fails(errno.ENOENT):  # its name went before it could open the copy
+            await fs.write("a", b"L")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await search_waits.wait()
+        await fs.unlink("a")
+        search_may_go.set()
+    for _ in range(2):
+        assert stat.S_ISREG((await fs.stat("b")).st_mode)
+        assert await fs.read("b") == b"linked"
+        fs = await overlay.remount(fs)
+
+
 async def test_a_hard_link_hidden_by_a_whiteout_is_not_linked(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "a", "linked")
