@@ -238,7 +238,7 @@ class Bench:
         return [str(data["lower"] / "tree")], None
 
     def _scratch(self, impl: str, name: str) -> Path:
-        as_user = self.impls[impl].as_user if impl in self.impls else None
+        as_user = self.impls[impl].as_user
         parent = as_user.box.dir("mounts", owned=False) if as_user else self.run_dir
         return parent / f"{name}-{impl.replace(' ', '-')}"
 
@@ -279,9 +279,12 @@ class Bench:
                 shown.append(f"mount {mount.live_seconds:.3f}s")
             if mount.unmount_seconds is not None:
                 # the command alone, apart: a slow umount(2) is the kernel's, not the daemon's exit
-                self.results.add("umount", impl, rep, mount.unmount_seconds,
-                                 info={"command_seconds": mount.unmount_command_seconds})
-                shown.append(f"umount {mount.unmount_seconds:.3f}s (command {mount.unmount_command_seconds:.3f}s)")
+                info = {"command_seconds": mount.unmount_command_seconds}
+                if mount.slow_exit is not None:
+                    info["slow_exit"] = mount.slow_exit
+                self.results.add("umount", impl, rep, mount.unmount_seconds, info=info)
+                shown.append(f"umount {mount.unmount_seconds:.3f}s (command {mount.unmount_command_seconds:.3f}s"
+                             + (f"; the daemon waited: {mount.slow_exit}" if mount.slow_exit else "") + ")")
         for w in group.workloads:
             step = ctx.steps.get(w.id)
             if step is not None:

@@ -48,6 +48,7 @@ from pathlib import Path
 FUSECTL = Path("/sys/fs/fuse/connections")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MOUNT_TIMEOUT = 60.0
+SLOW_EXIT = 1.0  # a daemon not gone this long after its unmount: where_waiting says why
 UNMOUNT_TIMEOUT = 30.0
 
 LIVE: list["Mount"] = []
@@ -158,6 +159,31 @@ def process_cpu(pid: int) -> CpuSample | None:
     return CpuSample((int(fields[11]) + int(fields[12])) / CLK_TCK, threads)
 
 
+def where_waiting(pid: int) -> str:
+    """What the threads of a process are doing, for a report: state, and for a
+    thread asleep in the kernel the top of its kernel stack ("" if gone)."""
+    seen: dict[str, int] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return ""
+    for tid in tids:
+        task = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{task}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        try:
+            with open(f"{task}/stack") as f:
+                frames = [line.split()[-1].split("+")[0] for line in f if line.strip()]
+        except OSError:
+            frames = []
+        text = state + (" in " + " < ".join(frames[:4]) if frames and state != "R" else "")
+        seen[text] = seen.get(text, 0) + 1
+    return "; ".join(f"{n}x {text}" if n > 1 else text for text, n in seen.items())
+
+
 def _wait_gone(proc: subprocess.Popen, timeout: float) -> bool:
     try:
         proc.wait(timeout)
@@ -221,6 +247,7 @@ class Mount:
         self.live_seconds: float | None = None
         self.unmount_seconds: float | None = None
         self.unmount_command_seconds: float | None = None  # of that, fusermount3 -u / umount(8) alone
+        self.slow_exit: str | None = None  # where the daemon waited when it was slow to exit
         self._watchdog: threading.Timer | None = None
 
     @property
@@ -390,6 +417,8 @@ class Mount:
                 except subprocess.TimeoutExpired:
                     problems.append("fusermount3 -u hung")
             wait = 2.0 if self.expired else UNMOUNT_TIMEOUT  # a hung daemon will not exit
+            if self.proc is not None and not _wait_gone(self.proc, SLOW_EXIT):
+                self.slow_exit = where_waiting(self.proc.pid)
             if self.proc is not None and not _wait_gone(self.proc, wait):
                 unmounted = False
                 problems.append(f"daemon {self.proc.pid} still running {wait:.0f}s "
