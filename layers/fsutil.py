@@ -202,28 +202,23 @@ def lease_alive(staging_root: str, token: str | None) -> bool:
     """Whether the command owning `token` still runs (its lease is locked)."""
     if not token or "/" in token or token.startswith("."):
         return False
-    try:
-        fd = os.open(os.path.join(staging_root, token, layout.LEASE),
-                     os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return _flock_refused(os.path.join(staging_root, token, layout.LEASE), fcntl.LOCK_SH)
 
 
 def flock_held(path: str) -> bool:
     """Whether some process holds a flock on the file at `path`."""
+    return _flock_refused(path, fcntl.LOCK_EX)
+
+
+def _flock_refused(path: str, mode: int) -> bool:
+    """Whether a flock of `mode` on the file at `path` would have to wait
+    (False when there is no such file)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
