@@ -1,16 +1,42 @@
 """Strata fsd: a FUSE overlay daemon, drop-in for fuse-overlayfs.
 
-Modules by level; a module imports only from lower levels (tests/fsd/test_levels.py):
-
-0  params, errors     mount options; the OSError -> FUSEError boundary
-1  layer, idmap, quota    dirfd-relative access to one layer dir and the stack;
-                      owners as shown/stored; usage limits of the upper
-2  whiteout, inode    on-disk markers; nodes and the inode table
-3  namei              lookup through the stack from per-directory indexes
-4  copy_up            copy-up, built in the work area and renamed into place
-5  attr, dir, file    attributes/xattrs; name operations; open files
-6  readdir            directory handles over merged listings
-7  ops                the pyfuse3 Operations, thin
-8  mount              lifecycle: work area, probing, mount, serve, signals
-9  cli                the fuse-overlayfs command line
+`LEVELS` is the one table of fsd's modules: a module imports only from modules
+of lower levels (enforced by tests/fsd/test_levels.py).  Where to look for a
+mechanism: the module named in the table.
 """
+
+LEVELS = {
+    # 0: mount options as frozen params; the one OSError -> FUSEError boundary;
+    #    the watchdog of requests in flight
+    "params": 0, "errors": 0, "watchdog": 0,
+    # 1: one layer directory as a dirfd; every real-fs call, relative, O_NOFOLLOW
+    "layer": 1,
+    # 2: every on-disk format (markers, private xattrs, work-area layout) and
+    #    the probe of the upper; usage limits of the upper
+    "ondisk": 2, "quota": 2,
+    # 3: owners as shown and as stored; nodes and the inode table: every
+    #    numbering rule, lookup counts, forget; the write gate that freezes the upper
+    "idmap": 3, "inode": 3, "freeze": 3,
+    # 4: the work area: scratch names, hard-link index, directory-move journal
+    "workarea": 4,
+    # 5: Overlay, the per-mount object every mechanism takes (the kernel's ovl_fs)
+    "overlay": 5,
+    # 6: merged directory contents: lower indexes, upper listings, the merge
+    "dircache": 6,
+    # 7: lookup of one name through the stack
+    "namei": 7,
+    # 8: copy-up, built in the work area and renamed into place
+    "copy_up": 8,
+    # 9: the operations: attributes and xattrs; name changes; open files
+    "attr": 9, "dir": 9, "file": 9,
+    # 10: directory handles over merged listings
+    "readdir": 10,
+    # 11: what happens after a crash: the work area put right at mount
+    "recovery": 11,
+    # 12: the pyfuse3 Operations, thin; the only caller of pyfuse3, the only lookup counter
+    "ops": 12,
+    # 13: the mount's life: build, recover, mount, serve, signals, daemonize
+    "mount": 13,
+    # 14: the fuse-overlayfs command line
+    "cli": 14, "__main__": 15,
+}

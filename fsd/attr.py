@@ -23,6 +23,7 @@ capability goes with any write or truncate: the kernel sends the removexattr.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 import os
 import stat
 
@@ -30,10 +31,10 @@ import pyfuse3
 
 from .copy_up import CopyUp
 from .errors import fail
-from .idmap import IdMap, format_override, parse_override
 from .inode import Node
-from .layer import Layer, Stack
-from .whiteout import NAME_MAX, escape_xattr, is_private_xattr, visible_xattr
+from .layer import Layer
+from .ondisk import NAME_MAX, escape_xattr, format_override, is_private_xattr, parse_override, visible_xattr
+from .overlay import Overlay
 
 
 def _removes_privs(fields) -> bool:
@@ -47,35 +48,37 @@ def _removes_privs(fields) -> bool:
                 or not (fields.update_atime or fields.update_mtime or fields.update_ctime))
 
 
-def _in_group(caller, gid: int) -> bool:
-    """Whether caller's fsgid or one of its supplementary groups is gid.  The
-    caller is blocked in its request, so /proc/PID/status is there; if it cannot
-    be read (a pid outside fsd's pid namespace is 0), not a member - the kernel
-    too removes unless membership is shown."""
-    if caller.gid == gid:
-        return True
-    try:
-        return gid in pyfuse3.get_sup_groups(caller.pid)
-    except (OSError, RuntimeError, ValueError):
-        return False
-
-
 class AttrOps:
-    def __init__(self, stack: Stack, copyup: CopyUp, idmap: IdMap, timeout: float,
-                 static_nlink: bool, metacopy: bool):
-        self.stack = stack
-        self.idmap = idmap
+    """`sup_groups(pid)`: the supplementary groups of a caller (ops.py gives
+    pyfuse3's reader of /proc/PID/status)."""
+
+    def __init__(self, ovl: Overlay, copyup: CopyUp, sup_groups: Callable[[int], set[int]]):
+        self.ovl = ovl
+        self.idmap = ovl.idmap
         self.copyup = copyup
-        self.timeout = timeout
-        self.static_nlink = static_nlink
-        self.metacopy = metacopy
+        self.timeout = ovl.timeout
+        self.static_nlink = ovl.static_nlink
+        self.metacopy = ovl.metacopy
+        self._sup_groups = sup_groups
+
+    def _in_group(self, caller, gid: int) -> bool:
+        """Whether caller's fsgid or one of its supplementary groups is gid.  The
+        caller is blocked in its request, so /proc/PID/status is there; if it cannot
+        be read (a pid outside fsd's pid namespace is 0), not a member - the kernel
+        too removes unless membership is shown."""
+        if caller.gid == gid:
+            return True
+        try:
+            return gid in self._sup_groups(caller.pid)
+        except (OSError, RuntimeError, ValueError):
+            return False
 
     def location(self, node: Node) -> tuple[Layer, bytes]:
         """The layer and path of the real object that holds node's metadata."""
         if node.upper:
-            return self.stack.upper, node.path()
-        index = node.lowers[0] if node.is_dir else node.layer
-        return self.stack.lowers[index], node.path()
+            return self.ovl.upper, node.path()
+        index = node.lower_indices[0] if node.is_dir else node.lower_index
+        return self.ovl.lowers[index], node.path()
 
     @staticmethod
     def open_fd(node: Node) -> int | None:
@@ -129,7 +132,7 @@ class AttrOps:
         attr.attr_timeout = self.timeout
         attr.st_mode = mode
         nlink = st.st_nlink
-        if node.is_dir and (self.static_nlink or len(node.lowers) + node.upper > 1):
+        if node.is_dir and (self.static_nlink or len(node.lower_indices) + node.upper > 1):
             nlink = 1
         elif node.gone:
             nlink = 0
@@ -144,7 +147,7 @@ class AttrOps:
         attr.st_mtime_ns = st.st_mtime_ns
         attr.st_ctime_ns = st.st_ctime_ns
         if node.metacopy:
-            lower = self.stack.lowers[node.layer].lstat(node.path())
+            lower = self.ovl.lowers[node.lower_index].lstat(node.path())
             attr.st_size, attr.st_blocks = lower.st_size, lower.st_blocks
         return attr
 
@@ -169,7 +172,7 @@ class AttrOps:
                 await self.copyup.metadata(node)
             else:
                 await self.copyup.ensure(node)
-        upper = self.stack.upper
+        upper = self.ovl.upper
         rel = node.path() if target is None else None
         override = self.idmap.override_xattr if target is None else None
         if override is not None and (fields.update_uid or fields.update_gid or fields.update_mode):
@@ -194,8 +197,8 @@ class AttrOps:
             real = fd if fd is not None else target if target is not None else upper.open(rel, os.O_WRONLY)
             try:
                 os.ftruncate(real, attr.st_size)
-                if self.copyup.quota is not None:
-                    self.copyup.quota.record(os.fstat(real))
+                if self.ovl.quota is not None:
+                    self.ovl.quota.record(os.fstat(real))
             finally:
                 if real not in (fd, target):
                     os.close(real)
@@ -228,7 +231,7 @@ class AttrOps:
             return 0
         _, gid, mode, _ = self.owner(node, self.real_stat(node))
         kill = mode & stat.S_ISUID
-        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not (caller.uid == 0 or _in_group(caller, gid))):
+        if mode & stat.S_ISGID and (mode & stat.S_IXGRP or not (caller.uid == 0 or self._in_group(caller, gid))):
             kill |= stat.S_ISGID
         return kill
 
@@ -252,13 +255,13 @@ class AttrOps:
         elif self.idmap.override_xattr is not None:
             self._set_override(node, -1, -1, mode)
         else:
-            self.stack.upper.chmod(node.path(), stat.S_IMODE(mode))
+            self.ovl.upper.chmod(node.path(), stat.S_IMODE(mode))
 
     def _set_override(self, node: Node, new_uid: int, new_gid: int, new_mode: int | None) -> None:
         """xattr_permissions: owner (on-disk ids, -1: unchanged) and mode (None:
         unchanged) go into the override xattr; the real file keeps what the
         daemon needs to reach it."""
-        upper, rel = self.stack.upper, node.path()
+        upper, rel = self.ovl.upper, node.path()
         st = upper.lstat(rel)
         uid, gid, mode, rdev = st.st_uid, st.st_gid, st.st_mode, st.st_rdev
         value = upper.try_getxattr(rel, self.idmap.override_xattr)
@@ -315,7 +318,7 @@ class AttrOps:
             os.setxattr(fd, real, value)
         else:
             await self._copy_for_metadata(node)
-            self.stack.upper.setxattr(node.path(), real, value)
+            self.ovl.upper.setxattr(node.path(), real, value)
         if kill_sgid:
             self._clear_mode_bits(node, stat.S_ISGID, fd)
 
@@ -328,7 +331,7 @@ class AttrOps:
         layer, rel = self.location(node)
         layer.getxattr(rel, real)  # ENODATA before any copy-up
         await self._copy_for_metadata(node)
-        self.stack.upper.removexattr(node.path(), real)
+        self.ovl.upper.removexattr(node.path(), real)
 
     @staticmethod
     def _real_xattr(name: bytes, refusal: int) -> bytes:
@@ -364,7 +367,7 @@ class AttrOps:
         return mode & bits == mode
 
     def statfs(self) -> pyfuse3.StatvfsData:
-        layer = self.stack.upper if self.stack.upper is not None else self.stack.lowers[0]
+        layer = self.ovl.upper if self.ovl.upper is not None else self.ovl.lowers[0]
         sv = os.fstatvfs(layer.fd)
         out = pyfuse3.StatvfsData()
         out.f_bsize = sv.f_bsize
@@ -376,6 +379,6 @@ class AttrOps:
         out.f_ffree = sv.f_ffree
         out.f_favail = sv.f_favail
         out.f_namemax = NAME_MAX
-        if self.copyup.quota is not None:
-            self.copyup.quota.statfs(out, sv.f_frsize)
+        if self.ovl.quota is not None:
+            self.ovl.quota.statfs(out, sv.f_frsize)
         return out

@@ -17,21 +17,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import itertools
 import logging
 import os
 import stat
 
 import trio
 
+from .dircache import DirCache
 from .errors import fail
-from .inode import UPPER, InodeTable, Node
-from .layer import RENAME_NOREPLACE, Layer, Stack
-from .namei import Namei, dir_is_opaque
-from .idmap import IdMap, format_override
-from .quota import Quota
+from .idmap import IdMap
+from .inode import Node
+from .layer import RENAME_NOREPLACE, UPPER, Layer
+from .namei import Namei
+from .ondisk import dir_is_opaque, format_override, is_marker_xattr
+from .overlay import Overlay
 from .watchdog import waiting
-from .whiteout import Markers, is_marker_xattr
 
 log = logging.getLogger("fsd")
 
@@ -39,8 +39,6 @@ FICLONE = 0x40049409
 BIG = 1 << 20  # files larger than this are copied in a worker thread
 _CHUNK = 1 << 24
 CAPS_XATTR = b"security.capability"  # a file capability, dropped by every chown(2)
-TMP_DIR = b"tmp"
-INDEX_DIR = b"index"  # copies of lower hard-linked files until all their names link them
 
 
 def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
@@ -122,51 +120,16 @@ def copy_owner_mode_times(dst: Layer, rel: bytes, st: os.stat_result, idmap: IdM
 
 
 class CopyUp:
-    def __init__(self, stack: Stack, table: InodeTable, namei: Namei, markers: Markers,
-                 idmap: IdMap, quota: Quota | None, fsync: bool):
-        self.stack = stack
-        self.idmap = idmap
-        self.quota = quota
-        self.table = table
+    def __init__(self, ovl: Overlay, dircache: DirCache, namei: Namei):
+        self.ovl = ovl
+        self.table = ovl.table
+        self.dircache = dircache
         self.namei = namei
-        self.markers = markers
-        self.fsync = fsync
-        self._serial = itertools.count()
         self._hardlinks: dict[int, dict[int, list[bytes]]] = {}  # lower index -> st_ino -> paths
-        # Set while a directory's merged tree is copied for a rename (dir.py):
-        # copy-ups and name changes wait for it, so nothing lands in a tree
-        # being moved.  An event, not a lock: waiting must hold nothing.
-        self._tree_move: trio.Event | None = None
-        self._tree_moved = ""  # which directory, for the watchdog
-
-    @contextlib.contextmanager
-    def moving_tree(self, node: Node):
-        """Mark the move of directory node's tree under way for the block.  The
-        caller has just seen none under way (`upper_and_no_tree_move`), with no
-        await since."""
-        if self._tree_move is not None:
-            raise RuntimeError("a tree move began while another was under way")
-        self._tree_move = moved = trio.Event()
-        self._tree_moved = f"the move of directory inode {node.ino}"
-        try:
-            yield
-        finally:
-            self._tree_move = None
-            moved.set()
-
-    async def wait_tree_move(self) -> None:
-        """Return at a moment when no tree move is under way.  Waiters hold
-        nothing: a trio Lock taken only to wait for its holder passes from one
-        waiter straight to the next, so that with two waiters it never looked
-        free to either and they spun.  Each round here waits for a move that
-        ends; another may begin before this task runs again."""
-        while self._tree_move is not None:
-            with waiting(self._tree_moved):
-                await self._tree_move.wait()
 
     def upper_and_no_tree_move(self, *nodes: Node) -> bool:
         """Whether nodes are fully in the upper and no tree is being moved."""
-        return self._tree_move is None and all(n.upper and not n.metacopy for n in nodes)
+        return not self.ovl.tree_moving() and all(n.upper and not n.metacopy for n in nodes)
 
     async def ensure_all(self, *nodes: Node) -> None:
         """Copy up nodes and return at a moment when no tree move is under way, so
@@ -175,47 +138,13 @@ class CopyUp:
         waiting for a move last is enough: nothing to retry."""
         for node in nodes:
             await self.ensure(node)
-        await self.wait_tree_move()
-
-    def tmp_name(self) -> bytes:
-        """A fresh name in the work area's scratch directory."""
-        return b"%s/%d" % (TMP_DIR, next(self._serial))
-
-    def set_origin(self, layer: Layer, rel: bytes, key: int) -> None:
-        """Record the inode number an object keeps after it moved to the upper:
-        in an xattr, or, where the filesystem refuses one (user.* on symlinks),
-        in memory for the life of the mount."""
-        attr = self.markers.origin_xattr
-        try:
-            if attr is None:
-                raise OSError(errno.ENOTSUP, "no xattr for fsd's bookkeeping")
-            layer.setxattr(rel, attr, b"%d" % key)
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
-                raise
-            self.namei.origins[layer.lstat(rel).st_ino] = key
-
-    def discard(self, rel: bytes, from_upper: bool = False) -> None:
-        """Remove a work-area object (file or tree), ignoring what is already gone;
-        `from_upper`: it was moved out of the upper, so its usage is freed."""
-        release = self.quota.released if from_upper and self.quota is not None else None
-        discard_tree(self.stack.work, rel, release)
-
-    def account(self, rel: bytes) -> None:
-        """Take the usage of an upper object that was made or changed."""
-        if self.quota is not None:
-            self.quota.record(self.stack.upper.lstat(rel))
-
-    def account_tree(self, rel: bytes) -> None:
-        if self.quota is not None:
-            for st in walk_stats(self.stack.upper, rel):
-                self.quota.record(st)
+        await self.ovl.wait_tree_move()
 
     @contextlib.contextmanager
     def _times_kept(self, parent: Node):
         """A copy-up is no change of the directory it lands in: keep its times,
         as the kernel overlay does."""
-        upper, rel = self.stack.upper, parent.path()
+        upper, rel = self.ovl.upper, parent.path()
         before = upper.lstat(rel)
         yield
         upper.utime(rel, (before.st_atime_ns, before.st_mtime_ns))
@@ -224,7 +153,7 @@ class CopyUp:
     def _publish(self, tmp: bytes, parent: Node, rel: bytes, flags: int = 0) -> None:
         """Rename a finished work-area object into the upper at rel."""
         with self._times_kept(parent):
-            self.stack.work.rename(tmp, self.stack.upper, rel, flags)
+            self.ovl.work.layer.rename(tmp, self.ovl.upper, rel, flags)
 
     async def ensure(self, node: Node, data: bool = True) -> None:
         """Make node exist in the upper; with data=False a regular file gets no data
@@ -232,7 +161,7 @@ class CopyUp:
         loop: trees can be thousands of levels deep."""
         if node.upper and not node.metacopy:
             return
-        await self.wait_tree_move()
+        await self.ovl.wait_tree_move()
         missing = []
         ancestor = node.parent
         while ancestor is not None and not ancestor.upper:
@@ -272,15 +201,15 @@ class CopyUp:
                 await self._copy(node, parent, data)
 
     async def _copy(self, node: Node, parent: Node, data: bool, metadata_only: bool = False) -> None:
-        metadata_only = metadata_only and self.markers.metacopy_xattr is not None
+        metadata_only = metadata_only and self.ovl.markers.metacopy_xattr is not None
         rel = node.path()
-        src = self.stack.lowers[node.lowers[0] if node.is_dir else node.layer]
+        src = self.ovl.lowers[node.lower_indices[0] if node.is_dir else node.lower_index]
         st = src.lstat(rel)
-        if self.quota is not None:
+        if self.ovl.quota is not None:
             full = stat.S_ISREG(st.st_mode) and data and not metadata_only
-            self.quota.check(st.st_blocks * 512 if full or stat.S_ISDIR(st.st_mode) else 0, inodes=1)
-        work = self.stack.work
-        tmp = self.tmp_name()
+            self.ovl.quota.check(st.st_blocks * 512 if full or stat.S_ISDIR(st.st_mode) else 0, inodes=1)
+        work = self.ovl.work.layer
+        tmp = self.ovl.work.tmp_name()
         linked = None  # its index entry, for a file with several links
         try:
             if stat.S_ISDIR(st.st_mode):
@@ -288,7 +217,7 @@ class CopyUp:
             elif metadata_only:
                 os.close(work.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 os.truncate(work.proc_path(work.fd, tmp), st.st_size)  # sparse: no data blocks
-                work.setxattr(tmp, self.markers.metacopy_xattr, b"y")
+                work.setxattr(tmp, self.ovl.markers.metacopy_xattr, b"y")
             elif stat.S_ISREG(st.st_mode):
                 await self._copy_file(src, rel, tmp, st.st_size if data else 0)
             elif stat.S_ISLNK(st.st_mode):
@@ -296,12 +225,12 @@ class CopyUp:
             else:
                 work.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
             copy_xattrs(src, rel, work, tmp)
-            self.set_origin(work, tmp, node.key)
-            copy_owner_mode_times(work, tmp, st, self.idmap)
+            self.table.record_origin(work, tmp, node.key)
+            copy_owner_mode_times(work, tmp, st, self.ovl.idmap)
             if node.gone or node.upper or node.path() != rel:
                 # Changed while the data was copied (removed, renamed, or moved
                 # with a whole tree): this copy no longer belongs at rel.
-                self.discard(tmp)
+                self.ovl.discard(tmp)
                 if node.gone:
                     raise fail(errno.ENOENT)
                 if not node.upper:
@@ -310,31 +239,31 @@ class CopyUp:
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 # In the index first, so that a crash before every name links
                 # the copy is finished at the next mount.
-                linked = self.index_entry(tmp, node.layer, st.st_ino)
+                linked = self.ovl.work.index_entry(tmp, node.lower_index, st.st_ino)
             try:
                 self._publish(tmp, parent, rel, RENAME_NOREPLACE)
             except FileExistsError:
                 # Never over an upper entry: there, the name is already a link
                 # to this file's copy (made through another of its names).
                 log.warning("copy-up of %r: already in the upper; that copy is kept", rel)
-                self.discard(tmp)
+                self.ovl.discard(tmp)
                 if linked is not None:
-                    self.discard(linked)
+                    self.ovl.discard(linked)
                     linked = None
         except BaseException:
-            self.discard(tmp)
+            self.ovl.discard(tmp)
             if linked is not None and not node.upper:
-                self.discard(linked)
+                self.ovl.discard(linked)
             raise
-        self.account(rel)
+        self.ovl.account(rel)
         node.upper = True
         node.metacopy = metadata_only
         node.lower_stat = None
         if node.is_dir:
-            node.upper_entries = self.namei.scan_upper(rel)
-        self.namei.upper_added(parent, node.name, node.kind)
+            node.upper_entries = self.dircache.scan_upper(rel)
+        self.dircache.upper_added(parent, node.name, node.kind)
         if linked is not None:
-            await self.link_other_names(node.layer, st.st_ino, work, linked)
+            await self.link_other_names(node.lower_index, st.st_ino, work, linked)
             work.unlink(linked)
         self.table.attrs_changed(node)  # the copy has its own ctime
 
@@ -344,11 +273,11 @@ class CopyUp:
         src (fuse-overlayfs and the kernel without index=on break them)."""
         names = self._hardlinks.get(index)
         if names is None:
-            layer = self.stack.lowers[index]
+            layer = self.ovl.lowers[index]
             with waiting(f"a worker thread listing the hard links of lower layer {index}"):
                 names = await trio.to_thread.run_sync(_hardlinked_files, layer)
             self._hardlinks[index] = names
-        upper = self.stack.upper
+        upper = self.ovl.upper
         for other in names.get(st_ino, ()):
             parent = self.namei.lower_parent(other, index)
             if parent is None:
@@ -360,44 +289,17 @@ class CopyUp:
                     continue  # changed while the parent was copied up
                 with self._times_kept(parent):
                     src.link(src_rel, upper, other)
-                self.namei.upper_added(parent, name, stat.S_IFREG)
+                self.dircache.upper_added(parent, name, stat.S_IFREG)
             finally:
                 self.table.unused(parent)
         # The names share one node, which may have been left out (a tree move
         # marks the nodes whose last name is inside the tree): it is upper now.
-        node = self.table.holder(self.table.key_for(self.stack.lowers[index].dev, st_ino))
+        node = self.table.holder(self.table.key_for(self.ovl.lowers[index].dev, st_ino))
         if node is not None and not node.upper:
-            node.upper, node.metacopy, node.layer, node.lower_stat = True, False, UPPER, None
-
-    def index_entry(self, rel: bytes, index: int, st_ino: int) -> bytes:
-        """Link a work-area copy of lower file (index, st_ino) into the index,
-        so that its other names are linked to it at the next mount if a crash
-        comes first; the caller removes the entry once they are."""
-        entry = b"%s/%d-%d" % (INDEX_DIR, index, st_ino)
-        self.discard(entry)
-        self.stack.work.link(rel, self.stack.work, entry)
-        return entry
-
-    async def finish_interrupted_links(self) -> None:
-        """At mount, for copy-ups of hard-linked lower files cut short by a crash
-        (the work area's scratch dir already emptied): an index entry that is the
-        copy's only name was never published, so the lower file stands and the
-        entry goes; one whose copy was published somewhere is linked at every
-        name still showing the lower file, so that the names are one file again."""
-        work = self.stack.work
-        for entry, _, _ in work.scandir(INDEX_DIR):
-            rel = INDEX_DIR + b"/" + entry
-            try:
-                index, st_ino = (int(x) for x in entry.split(b"-"))
-            except ValueError:
-                log.warning("work area: unknown index entry %r removed", entry)
-                index = -1
-            if 0 <= index < len(self.stack.lowers) and work.lstat(rel).st_nlink > 1:
-                await self.link_other_names(index, st_ino, work, rel)
-            work.unlink(rel)
+            node.upper, node.metacopy, node.lower_index, node.lower_stat = True, False, UPPER, None
 
     async def _copy_file(self, src: Layer, rel: bytes, tmp: bytes, size: int) -> None:
-        work = self.stack.work
+        work = self.ovl.work.layer
         dst_fd = work.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             if size:
@@ -410,14 +312,14 @@ class CopyUp:
                         self._copy_and_sync(src_fd, dst_fd, size)
                 finally:
                     os.close(src_fd)
-            elif self.fsync:
+            elif self.ovl.fsync:
                 os.fsync(dst_fd)
         finally:
             os.close(dst_fd)
 
     def _copy_and_sync(self, src_fd: int, dst_fd: int, size: int) -> None:
         copy_data(src_fd, dst_fd, size)
-        if self.fsync:
+        if self.ovl.fsync:
             os.fsync(dst_fd)
 
     async def metadata(self, node: Node) -> None:
@@ -440,23 +342,23 @@ class CopyUp:
         """Second half of a metacopy: build the full file in the work area with the
         upper's metadata, then rename it over the metadata-only copy."""
         rel = node.path()
-        src = self.stack.lowers[node.layer]
-        upper = self.stack.upper
+        src = self.ovl.lowers[node.lower_index]
+        upper = self.ovl.upper
         st = upper.lstat(rel)
         lower = src.lstat(rel)
-        if self.quota is not None:
-            self.quota.check(lower.st_blocks * 512)
-        tmp = self.tmp_name()
+        if self.ovl.quota is not None:
+            self.ovl.quota.check(lower.st_blocks * 512)
+        tmp = self.ovl.work.tmp_name()
         try:
             await self._copy_file(src, rel, tmp, lower.st_size)
-            copy_xattrs(upper, rel, self.stack.work, tmp)
-            self.set_origin(self.stack.work, tmp, node.key)
-            copy_owner_mode_times(self.stack.work, tmp, st, self.idmap)
+            copy_xattrs(upper, rel, self.ovl.work.layer, tmp)
+            self.table.record_origin(self.ovl.work.layer, tmp, node.key)
+            copy_owner_mode_times(self.ovl.work.layer, tmp, st, self.ovl.idmap)
             self._publish(tmp, node.parent, rel)
         except BaseException:
-            self.discard(tmp)
+            self.ovl.discard(tmp)
             raise
-        self.account(rel)
+        self.ovl.account(rel)
         node.metacopy = False
         self.table.attrs_changed(node)
 
@@ -469,28 +371,28 @@ class CopyUp:
         the old tree whole.  Returns the work-area name and, for each lower file
         with several links, (lower index, st_ino, index entry), so that its names
         outside the tree can be linked once the tree is in place."""
-        tmp = self.tmp_name()
+        tmp = self.ovl.work.tmp_name()
         rel = node.path()
         linked: dict[tuple[int, int], tuple[bytes, int]] = {}
         try:
             with waiting(f"a worker thread copying the tree of {rel!r}"):
                 await trio.to_thread.run_sync(
-                    self._tree, node.upper, node.lowers, rel, tmp, node.key, linked, abandon_on_cancel=False)
-            if self.quota is not None:
-                new = [st for st in walk_stats(self.stack.work, tmp) if st.st_nlink == 1]
-                self.quota.check(sum(st.st_blocks * 512 for st in new), inodes=len(new))
+                    self._tree, node.upper, node.lower_indices, rel, tmp, node.key, linked, abandon_on_cancel=False)
+            if self.ovl.quota is not None:
+                new = [st for st in self.ovl.work.layer.walk(tmp) if st.st_nlink == 1]
+                self.ovl.quota.check(sum(st.st_blocks * 512 for st in new), inodes=len(new))
         except BaseException:
-            self.discard(tmp)
+            self.ovl.discard(tmp)
             raise
-        return tmp, [(index, ino, self.index_entry(dst, index, ino)) for (_, ino), (dst, index) in linked.items()]
+        return tmp, [(index, ino, self.ovl.work.index_entry(dst, index, ino)) for (_, ino), (dst, index) in linked.items()]
 
-    def _tree(self, in_upper: bool, lowers: tuple[int, ...], rel: bytes, dst: bytes, key: int,
+    def _tree(self, in_upper: bool, lower_indices: tuple[int, ...], rel: bytes, dst: bytes, key: int,
               linked: dict[tuple[int, int], tuple[bytes, int]]) -> None:
-        upper, work = self.stack.upper, self.stack.work
-        source = upper if in_upper else self.stack.lowers[lowers[0]]
+        upper, work = self.ovl.upper, self.ovl.work.layer
+        source = upper if in_upper else self.ovl.lowers[lower_indices[0]]
         work.mkdir(dst, 0o700)
-        upper_dir = self.namei.scan_upper(rel) if in_upper else None
-        lower_map = self.namei.merge_lowers(lowers, rel) if lowers else {}
+        upper_dir = self.dircache.scan_upper(rel) if in_upper else None
+        lower_map = self.dircache.merge_lowers(lower_indices, rel) if lower_indices else {}
         names: dict[bytes, tuple[bool, int]] = {}
         if upper_dir is not None:
             names.update((n, (True, k)) for n, k in upper_dir.names.items())
@@ -504,32 +406,32 @@ class CopyUp:
             if kind == stat.S_IFDIR:
                 if from_upper:
                     below = () if dir_is_opaque(upper, child) else (
-                        self.namei.merge_depth(entry.lowers, child) if entry and entry.kind == stat.S_IFDIR else ())
-                    child_key = self.namei.dir_key(child, below)
+                        self.dircache.merge_depth(entry.lower_indices, child) if entry and entry.kind == stat.S_IFDIR else ())
+                    child_key = self.table.dir_key(child, below)
                 else:
-                    below = self.namei.merge_depth(entry.lowers, child)
-                    low = self.stack.lowers[below[0]]
+                    below = self.dircache.merge_depth(entry.lower_indices, child)
+                    low = self.ovl.lowers[below[0]]
                     child_key = self.table.key_for(low.dev, low.lstat(child).st_ino)
                 self._tree(from_upper, below, child, child_dst, child_key, linked)
             elif from_upper and self._is_metacopy(child):
-                self._copy_lower_object(self.stack.lowers[entry.layer], child, child_dst, linked, meta=upper)
+                self._copy_lower_object(self.ovl.lowers[entry.lower_index], child, child_dst, linked, meta=upper)
             elif from_upper:
                 upper.link(child, work, child_dst)
             else:
-                self._copy_lower_object(self.stack.lowers[entry.layer], child, child_dst, linked)
+                self._copy_lower_object(self.ovl.lowers[entry.lower_index], child, child_dst, linked)
         copy_xattrs(source, rel, work, dst)
-        self.set_origin(work, dst, key)
-        copy_owner_mode_times(work, dst, source.lstat(rel), self.idmap)
+        self.table.record_origin(work, dst, key)
+        copy_owner_mode_times(work, dst, source.lstat(rel), self.ovl.idmap)
 
     def _is_metacopy(self, rel: bytes) -> bool:
-        attr = self.markers.metacopy_xattr
-        return attr is not None and self.stack.upper.try_getxattr(rel, attr) is not None
+        attr = self.ovl.markers.metacopy_xattr
+        return attr is not None and self.ovl.upper.try_getxattr(rel, attr) is not None
 
     def _copy_lower_object(self, src: Layer, rel: bytes, dst: bytes, linked: dict, meta: Layer | None = None) -> None:
         """Copy one lower object into the work area; with `meta`, take its
         metadata from that layer (a metadata-only upper copy) instead."""
         st = src.lstat(rel)
-        work = self.stack.work
+        work = self.ovl.work.layer
         ident = (st.st_dev, st.st_ino)
         if st.st_nlink > 1 and ident in linked:
             work.link(linked[ident][0], work, dst)
@@ -553,8 +455,8 @@ class CopyUp:
         if meta is not None:
             src, st = meta, meta.lstat(rel)
         copy_xattrs(src, rel, work, dst)
-        self.set_origin(work, dst, key)
-        copy_owner_mode_times(work, dst, st, self.idmap)
+        self.table.record_origin(work, dst, key)
+        copy_owner_mode_times(work, dst, st, self.ovl.idmap)
         if st.st_nlink > 1 and meta is None:
             linked[ident] = (dst, src.index)
 
@@ -569,30 +471,3 @@ def _hardlinked_files(layer: Layer) -> dict[int, list[bytes]]:
                 path = os.path.normpath(os.path.join(dirpath, name))
                 found.setdefault(st.st_ino, []).append(path)
     return found
-
-
-def walk_stats(layer: Layer, rel: bytes):
-    """lstat of rel and of everything below it."""
-    st = layer.lstat(rel)
-    yield st
-    if stat.S_ISDIR(st.st_mode):
-        for name, _, _ in layer.scandir(rel):
-            yield from walk_stats(layer, rel + b"/" + name)
-
-
-def discard_tree(layer: Layer, rel: bytes, release=None) -> None:
-    """Remove rel and everything below it in layer; missing is fine.
-    `release(st)` is told of each object removed."""
-    try:
-        st = layer.lstat(rel)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        for name, _, _ in layer.scandir(rel):
-            discard_tree(layer, rel + b"/" + name, release)
-        layer.rmdir(rel)
-    else:
-        layer.unlink(rel)
-    if release is not None:
-        release(st)
-

@@ -12,62 +12,44 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import os
 import stat
 
-
-from .copy_up import CopyUp, discard_tree
+from .copy_up import CopyUp
+from .dircache import DirCache
 from .errors import fail
-from .idmap import IdMap, format_override
-from .inode import InodeTable, Node
-from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT, Stack
+from .inode import Node
+from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT
 from .namei import Namei
-from .whiteout import (NAME_MAX, OPAQUE_FILE, WH_PREFIX, Markers, is_reserved_name, is_whiteout_dev,
-                       whiteout_mode)
-
-
-JOURNAL = b"moving"  # in the work area: a directory move under way
-
-
-def _join(base: bytes, name: bytes) -> bytes:
-    return base + b"/" + name if base else name
+from .ondisk import (NAME_MAX, WH_PREFIX, format_override, is_reserved_name, is_whiteout_dev,
+                     set_opaque, write_whiteout, write_whiteout_dev)
+from .overlay import Overlay
+from .workarea import discard_tree
 
 
 class DirOps:
-    def __init__(self, stack: Stack, table: InodeTable, namei: Namei, copyup: CopyUp,
-                 markers: Markers, idmap: IdMap):
-        self.stack = stack
-        self.idmap = idmap
-        self.table = table
+    def __init__(self, ovl: Overlay, dircache: DirCache, namei: Namei, copyup: CopyUp):
+        self.ovl = ovl
+        self.table = ovl.table
+        self.markers = ovl.markers
+        self.idmap = ovl.idmap
+        self.dircache = dircache
         self.namei = namei
         self.copyup = copyup
-        self.markers = markers
 
     # --- markers ------------------------------------------------------------------
 
     def make_whiteout(self, dir_rel: bytes, name: bytes) -> None:
         """Create a whiteout of `name` directly in the upper dir (name must be free)."""
-        upper = self.stack.upper
-        if self.markers.whiteout == "chardev":
-            mode, rdev = whiteout_mode()
-            upper.mknod(_join(dir_rel, name), mode, rdev)
-        else:
-            if len(name) + len(WH_PREFIX) > NAME_MAX:
-                raise fail(errno.ENAMETOOLONG, name)
-            os.close(upper.open(_join(dir_rel, WH_PREFIX + name), os.O_WRONLY | os.O_CREAT, 0))
+        write_whiteout(self.ovl.upper, dir_rel, name, self.markers)
 
     def _work_whiteout(self) -> bytes:
-        tmp = self.copyup.tmp_name()
-        mode, rdev = whiteout_mode()
-        self.stack.work.mknod(tmp, mode, rdev)
+        tmp = self.ovl.work.tmp_name()
+        write_whiteout_dev(self.ovl.work.layer, tmp)
         return tmp
 
     def set_opaque(self, layer, rel: bytes) -> None:
-        if self.markers.opaque_xattr is not None:
-            layer.setxattr(rel, self.markers.opaque_xattr, b"y")
-        else:
-            os.close(layer.open(_join(rel, OPAQUE_FILE), os.O_WRONLY | os.O_CREAT, 0))
+        set_opaque(layer, rel, self.markers)
 
     # --- checks -------------------------------------------------------------------
 
@@ -91,36 +73,36 @@ class DirOps:
         await self.copyup.ensure_all(parent)
         self._check_new_name(parent, name)  # re-check: the copy-up awaited
         kind = stat.S_IFMT(mode)
-        if self.copyup.quota is not None:
-            self.copyup.quota.check(4096 if kind == stat.S_IFDIR else 0, inodes=1)
+        if self.ovl.quota is not None:
+            self.ovl.quota.check(4096 if kind == stat.S_IFDIR else 0, inodes=1)
         rel = parent.child_path(name)
-        pst = self.stack.upper.lstat(parent.path())
+        pst = self.ovl.upper.lstat(parent.path())
         if pst.st_mode & stat.S_ISGID:
             gid = pst.st_gid
             if kind == stat.S_IFDIR:
                 mode |= stat.S_ISGID
-        entries = self.namei.upper_entries(parent)
+        entries = self.dircache.upper_entries(parent)
         if name not in entries.whiteouts:
-            self._make(self.stack.upper, rel, mode, rdev, target, uid, gid)
+            self._make(self.ovl.upper, rel, mode, rdev, target, uid, gid)
         else:
-            tmp = self.copyup.tmp_name()
+            tmp = self.ovl.work.tmp_name()
             try:
-                self._make(self.stack.work, tmp, mode, rdev, target, uid, gid)
+                self._make(self.ovl.work.layer, tmp, mode, rdev, target, uid, gid)
                 if kind == stat.S_IFDIR:
-                    self.set_opaque(self.stack.work, tmp)
+                    self.set_opaque(self.ovl.work.layer, tmp)
                 self._replace_whiteout(tmp, parent, name, kind)
             except BaseException:
-                self.copyup.discard(tmp)
+                self.ovl.discard(tmp)
                 raise
-        self.namei.upper_added(parent, name, kind)
+        self.dircache.upper_added(parent, name, kind)
         self._account(rel, parent)
         return self.namei.lookup(parent, name)
 
     def _account(self, *places) -> None:
         """Take the usage of changed upper objects (paths or directory nodes)."""
-        if self.copyup.quota is not None:
+        if self.ovl.quota is not None:
             for place in places:
-                self.copyup.account(place if isinstance(place, bytes) else place.path())
+                self.ovl.account(place if isinstance(place, bytes) else place.path())
 
     def _make(self, layer, rel: bytes, mode: int, rdev: int, target: bytes | None, uid: int, gid: int) -> None:
         """Create one object owned by (uid, gid) as given through the mount.  Under
@@ -182,15 +164,15 @@ class DirOps:
         quota_inodes from the start and quota_bytes as it is written.
         EOPNOTSUPP where the upper's filesystem has no O_TMPFILE."""
         await self.copyup.ensure_all(parent)
-        quota = self.copyup.quota
+        quota = self.ovl.quota
         if quota is not None:
             quota.check(0, inodes=1)
         mode = stat.S_IFREG | stat.S_IMODE(mode)
-        pst = self.stack.upper.lstat(parent.path())
+        pst = self.ovl.upper.lstat(parent.path())
         if pst.st_mode & stat.S_ISGID:
             gid = pst.st_gid
-        fd = self.stack.upper.open(parent.path(), os.O_TMPFILE | (flags & (os.O_ACCMODE | os.O_APPEND)),
-                                   stat.S_IMODE(mode))
+        fd = self.ovl.upper.open(parent.path(), os.O_TMPFILE | (flags & (os.O_ACCMODE | os.O_APPEND)),
+                                 stat.S_IMODE(mode))
         try:
             self._set_owner(os.fstat(fd), mode, 0, uid, gid, functools.partial(os.fchown, fd),
                             functools.partial(os.setxattr, fd), functools.partial(os.fchmod, fd))
@@ -207,7 +189,7 @@ class DirOps:
 
     def _replace_whiteout(self, tmp: bytes, parent: Node, name: bytes, kind: int) -> None:
         """Move work-area object tmp to parent/name, where a whiteout now is."""
-        work, upper = self.stack.work, self.stack.upper
+        work, upper = self.ovl.work.layer, self.ovl.upper
         rel = parent.child_path(name)
         old = upper.try_lstat(rel) if self.markers.whiteout == "chardev" else None
         if old is not None:
@@ -216,28 +198,24 @@ class DirOps:
                 work.unlink(tmp)  # now the old whiteout
             else:
                 work.rename(tmp, upper, rel)
-            self._released(old)
+            self.ovl.released(old)
         else:
             work.rename(tmp, upper, rel, RENAME_NOREPLACE)
             self._drop_whiteout_file(parent, name)
 
     def _drop_whiteout_file(self, parent: Node, name: bytes) -> None:
         rel = parent.child_path(WH_PREFIX + name)
-        old = self.stack.upper.try_lstat(rel)
+        old = self.ovl.upper.try_lstat(rel)
         if old is not None:
-            self.stack.upper.unlink(rel)
-            self._released(old)
-
-    def _released(self, st) -> None:
-        if self.copyup.quota is not None:
-            self.copyup.quota.released(st)
+            self.ovl.upper.unlink(rel)
+            self.ovl.released(old)
 
     async def link(self, node: Node, parent: Node, name: bytes) -> Node:
         if node.is_dir:
             raise fail(errno.EPERM, name)
         self._check_new_name(parent, name)
         await self.copyup.ensure_all(node, parent)
-        upper, work = self.stack.upper, self.stack.work
+        upper, work = self.ovl.upper, self.ovl.work.layer
         if node.gone:
             # A file with no name links only from its descriptor: one made with
             # O_TMPFILE (else the upper's filesystem answers ENOENT, as the kernel).
@@ -251,17 +229,17 @@ class DirOps:
             def make_link(dst, rel):
                 upper.link(node.path(), dst, rel)
         self._check_new_name(parent, name)
-        if name in self.namei.upper_entries(parent).whiteouts:
-            tmp = self.copyup.tmp_name()
+        if name in self.dircache.upper_entries(parent).whiteouts:
+            tmp = self.ovl.work.tmp_name()
             make_link(work, tmp)
             try:
                 self._replace_whiteout(tmp, parent, name, node.kind)
             except BaseException:
-                self.copyup.discard(tmp)
+                self.ovl.discard(tmp)
                 raise
         else:
             make_link(upper, parent.child_path(name))
-        self.namei.upper_added(parent, name, node.kind)
+        self.dircache.upper_added(parent, name, node.kind)
         self._account(parent)
         node.add_link(parent, name)
         return node
@@ -269,14 +247,14 @@ class DirOps:
     # --- removing -----------------------------------------------------------------
 
     async def unlink(self, parent: Node, name: bytes) -> None:
-        node = self._removable(parent, name, is_dir=False)
+        node = self._node_to_remove(parent, name, is_dir=False)
         await self.copyup.ensure_all(parent, *self._counted_in_upper(node))
-        self._remove(parent, name, self._removable(parent, name, is_dir=False))
+        self._remove(parent, name, self._node_to_remove(parent, name, is_dir=False))
 
     async def rmdir(self, parent: Node, name: bytes) -> None:
-        self._removable(parent, name, is_dir=True)
+        self._node_to_remove(parent, name, is_dir=True)
         await self.copyup.ensure_all(parent)
-        self._remove(parent, name, self._removable(parent, name, is_dir=True))
+        self._remove(parent, name, self._node_to_remove(parent, name, is_dir=True))
 
     @staticmethod
     def _counted_in_upper(node: Node | None) -> tuple[Node, ...]:
@@ -288,23 +266,25 @@ class DirOps:
             return ()
         return (node,) if node.lower_stat.st_nlink > 1 else ()
 
-    def _removable(self, parent: Node, name: bytes, is_dir: bool) -> Node:
+    def _node_to_remove(self, parent: Node, name: bytes, is_dir: bool) -> Node:
+        """The node `name` stands for, if rmdir (is_dir) or unlink may remove it;
+        else ENOENT, EISDIR, ENOTDIR or ENOTEMPTY, as the kernel overlay says."""
         node = self.namei.lookup(parent, name)
         if node.is_dir and not is_dir:
             raise fail(errno.EISDIR, name)
         if is_dir and not node.is_dir:
             raise fail(errno.ENOTDIR, name)
-        if is_dir and self.namei.merged_names(node):
+        if is_dir and self.dircache.merged_names(node):
             raise fail(errno.ENOTEMPTY, name)
         return node
 
     def _remove(self, parent: Node, name: bytes, node: Node) -> None:
         """Take name out of the merged view: remove its upper entry and, when a
         lower has the name, leave a whiteout."""
-        upper, work = self.stack.upper, self.stack.work
+        upper, work = self.ovl.upper, self.ovl.work.layer
         rel = parent.child_path(name)
-        whiteout = self.namei.lower_has(parent, name)
-        in_upper = name in self.namei.upper_entries(parent).names
+        whiteout = self.dircache.lower_has(parent, name)
+        in_upper = name in self.dircache.upper_entries(parent).names
         nlink = 1
         last = node.lower_stat
         if in_upper:
@@ -312,28 +292,28 @@ class DirOps:
             nlink = before.st_nlink
             if not whiteout:
                 if node.is_dir:
-                    tmp = self.copyup.tmp_name()
+                    tmp = self.ovl.work.tmp_name()
                     upper.rename(rel, work, tmp)
-                    self.copyup.discard(tmp, from_upper=True)  # may hold whiteouts
+                    self.ovl.discard(tmp, from_upper=True)  # may hold whiteouts
                 else:
                     upper.unlink(rel)
             elif self.markers.whiteout == "chardev":
                 tmp = self._work_whiteout()
                 if node.is_dir:
                     work.rename(tmp, upper, rel, RENAME_EXCHANGE)
-                    self.copyup.discard(tmp, from_upper=True)
+                    self.ovl.discard(tmp, from_upper=True)
                 else:
                     work.rename(tmp, upper, rel)
             else:
                 self.make_whiteout(parent.path(), name)
                 if node.is_dir:
-                    tmp = self.copyup.tmp_name()
+                    tmp = self.ovl.work.tmp_name()
                     upper.rename(rel, work, tmp)
-                    self.copyup.discard(tmp, from_upper=True)
+                    self.ovl.discard(tmp, from_upper=True)
                 else:
                     upper.unlink(rel)
-            if self.copyup.quota is not None and not node.is_dir:
-                self.copyup.quota.released(before)
+            if self.ovl.quota is not None and not node.is_dir:
+                self.ovl.quota.released(before)
         else:
             if node.lower_stat is not None:
                 nlink = node.lower_stat.st_nlink
@@ -341,7 +321,7 @@ class DirOps:
         if whiteout:
             self._account(parent.child_path(self.markers.whiteout_name(name)))
         self._account(parent)
-        self.namei.upper_removed(parent, name, whiteout)
+        self.dircache.upper_removed(parent, name, whiteout)
         node.drop_link(parent, name)
         if node.gone and nlink > 1 and not node.is_dir:
             node.gone = False  # other names of the file remain, not yet looked up
@@ -363,7 +343,7 @@ class DirOps:
             if dst is src:
                 return  # two names of one file: POSIX says do nothing
             needed = [p1, p2, src, dst] if flags & RENAME_EXCHANGE else [p1, p2, *self._counted_in_upper(dst)]
-            if not (src.is_dir and src.lowers) and not flags & RENAME_EXCHANGE:
+            if not (src.is_dir and src.lower_indices) and not flags & RENAME_EXCHANGE:
                 needed.append(src)
             if self.copyup.upper_and_no_tree_move(*needed):
                 break
@@ -378,10 +358,10 @@ class DirOps:
         # what fstat shows through a descriptor of the object replaced at n2
         replaced = None
         if dst is not None:
-            replaced = self.stack.upper.lstat(p2.child_path(n2)) if dst.upper else dst.lower_stat
+            replaced = self.ovl.upper.lstat(p2.child_path(n2)) if dst.upper else dst.lower_stat
         hard_links = []
-        if src.is_dir and src.lowers:
-            with self.copyup.moving_tree(src):
+        if src.is_dir and src.lower_indices:
+            with self.ovl.moving_tree(src):
                 hard_links = await self._move_merged_dir(p1, n1, src, p2, n2)
         else:
             self._move_upper(p1, n1, src, p2, n2, dst)
@@ -393,8 +373,8 @@ class DirOps:
         src.drop_link(p1, n1)
         src.add_link(p2, n2)
         for index, st_ino, entry in hard_links:
-            await self.copyup.link_other_names(index, st_ino, self.stack.work, entry)
-            self.stack.work.unlink(entry)
+            await self.copyup.link_other_names(index, st_ino, self.ovl.work.layer, entry)
+            self.ovl.work.layer.unlink(entry)
 
     def _rename_pair(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> tuple[Node, Node | None]:
         """The source and destination nodes, after the checks rename(2) makes."""
@@ -405,39 +385,39 @@ class DirOps:
         if flags & RENAME_EXCHANGE:
             if dst is None:
                 raise fail(errno.ENOENT, n2)
-            if dst is not src and any(n.is_dir and n.lowers for n in (src, dst)):
+            if dst is not src and any(n.is_dir and n.lower_indices for n in (src, dst)):
                 raise fail(errno.EXDEV)  # as the kernel overlay
         elif dst is not None and dst is not src:
             if src.is_dir and not dst.is_dir:
                 raise fail(errno.ENOTDIR, n2)
             if dst.is_dir and not src.is_dir:
                 raise fail(errno.EISDIR, n2)
-            if dst.is_dir and self.namei.merged_names(dst):
+            if dst.is_dir and self.dircache.merged_names(dst):
                 raise fail(errno.ENOTEMPTY, n2)
         return src, dst
 
     def _clear_dir(self, rel: bytes) -> None:
         """Remove the whiteouts left in an upper dir that is empty in the merged view."""
-        upper = self.stack.upper
-        release = self.copyup.quota.released if self.copyup.quota is not None else None
+        upper = self.ovl.upper
+        release = self.ovl.released if self.ovl.quota is not None else None
         for name, _, _ in upper.scandir(rel):
-            discard_tree(upper, _join(rel, name), release)
+            discard_tree(upper, rel + b"/" + name if rel else name, release)
 
     def _move_upper(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes, dst: Node | None) -> None:
         """Rename an object that lives wholly in the upper (a file, or a directory
         without lower parts)."""
-        upper = self.stack.upper
+        upper = self.ovl.upper
         rel1, rel2 = p1.child_path(n1), p2.child_path(n2)
-        leave_whiteout = self.namei.lower_has(p1, n1)
-        dst_entries = self.namei.upper_entries(p2)
+        leave_whiteout = self.dircache.lower_has(p1, n1)
+        dst_entries = self.dircache.upper_entries(p2)
         dst_in_upper = n2 in dst_entries.names
         dst_whiteout = n2 in dst_entries.whiteouts
-        if src.is_dir and not src.opaque and self.namei.lower_has(p2, n2):
+        if src.is_dir and not src.opaque and self.dircache.lower_has(p2, n2):
             self.set_opaque(upper, rel1)  # must not merge with what lies below n2
             src.opaque = True
         if dst_in_upper and dst.is_dir:
             self._clear_dir(rel2)
-        replaced = upper.try_lstat(rel2) if self.copyup.quota is not None else None
+        replaced = upper.try_lstat(rel2) if self.ovl.quota is not None else None
         chardev = self.markers.whiteout == "chardev"
         if dst_whiteout and chardev and src.is_dir:
             upper.rename(rel1, upper, rel2, RENAME_EXCHANGE)  # the whiteout lands at rel1
@@ -455,11 +435,11 @@ class DirOps:
             self._drop_whiteout_file(p2, n2)
         if leave_whiteout:
             self.make_whiteout(p1.path(), n1)
-        whiteout_left = self.namei.lower_has(p1, n1)
-        self.namei.upper_removed(p1, n1, whiteout_left)
-        self.namei.upper_added(p2, n2, src.kind)
+        whiteout_left = self.dircache.lower_has(p1, n1)
+        self.dircache.upper_removed(p1, n1, whiteout_left)
+        self.dircache.upper_added(p2, n2, src.kind)
         if replaced is not None:
-            self._released(replaced)
+            self.ovl.released(replaced)
         if whiteout_left:
             self._account(p1.child_path(self.markers.whiteout_name(n1)))
         self._account(p1, p2)
@@ -469,113 +449,72 @@ class DirOps:
         area, make it opaque, switch it in at n2, then remove n1.  The kernel says
         EXDEV here (without redirect_dir); programs such as apt and npm then fail.
         Returns the lower hard links inside the tree (see CopyUp.build_tree)."""
-        upper, work = self.stack.upper, self.stack.work
+        upper, work = self.ovl.upper, self.ovl.work.layer
         tmp, hard_links = await self.copyup.build_tree(src)
         rel1, rel2 = p1.child_path(n1), p2.child_path(n2)
         try:
             self.set_opaque(work, tmp)
-            self._write_journal(rel1, rel2, src.key)
-            dst_entries = self.namei.upper_entries(p2)
+            self.ovl.work.write_journal(rel1, rel2, src.key)
+            dst_entries = self.dircache.upper_entries(p2)
             if n2 in dst_entries.names:
                 self._clear_dir(rel2)
                 work.rename(tmp, upper, rel2, RENAME_EXCHANGE)
-                self.copyup.discard(tmp, from_upper=True)
+                self.ovl.discard(tmp, from_upper=True)
             elif n2 in dst_entries.whiteouts:
                 self._replace_whiteout(tmp, p2, n2, stat.S_IFDIR)
             else:
                 work.rename(tmp, upper, rel2, RENAME_NOREPLACE)
         except BaseException:
-            self.copyup.discard(tmp)
+            self.ovl.discard(tmp)
             raise
-        self.namei.upper_added(p2, n2, stat.S_IFDIR)
-        self._remove_moved_source(p1, n1, src)
-        work.unlink(JOURNAL)
-        if self.copyup.quota is not None:
-            self.copyup.account_tree(rel2)
+        self.dircache.upper_added(p2, n2, stat.S_IFDIR)
+        self.remove_moved_source(p1, n1, src)
+        self.ovl.work.clear_journal()
+        if self.ovl.quota is not None:
+            self.ovl.account_tree(rel2)
             self._account(p1, p2)
         # Every object of the tree is another now (copies, or upper files that
         # had the copy's link for a while): what the kernel cached of it, link
         # counts included, is stale.
         for node in self.table.all_below(src):
-            node.upper, node.lowers, node.metacopy = True, (), False
+            node.upper, node.lower_indices, node.metacopy = True, (), False
             node.lower_entries = node.upper_entries = node.lower_stat = None
             self.table.attrs_changed(node)
-        src.upper, src.lowers, src.opaque = True, (), True
+        src.upper, src.lower_indices, src.opaque = True, (), True
         src.lower_entries = src.upper_entries = None
         self.table.attrs_changed(src)
         return hard_links
 
-    def _write_journal(self, rel1: bytes, rel2: bytes, key: int) -> None:
-        """Record a directory move before it changes the upper: a crash between
-        installing the new tree and removing the old one is finished at the
-        next mount (`finish_interrupted_move`), so the tree is never seen twice."""
-        record = json.dumps({"src": rel1.hex(), "dst": rel2.hex(), "key": key}).encode()
-        work = self.stack.work
-        fd = work.open(JOURNAL + b".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, record)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        work.rename(JOURNAL + b".tmp", work, JOURNAL)
-
-    def finish_interrupted_move(self) -> None:
-        """At mount: if a directory move was cut short after its new tree was in
-        place (the destination carries the moved tree's inode number), remove
-        what is left at the source; otherwise the old tree stands as it was."""
-        work = self.stack.work
-        try:
-            fd = work.open(JOURNAL, os.O_RDONLY)
-        except FileNotFoundError:
-            return
-        try:
-            record = json.loads(os.read(fd, 1 << 16))
-        finally:
-            os.close(fd)
-        src, dst = bytes.fromhex(record["src"]), bytes.fromhex(record["dst"])
-        origin = self.markers.origin_xattr
-        placed = (origin is not None and self.stack.upper.try_lstat(dst) is not None
-                  and self.stack.upper.try_getxattr(dst, origin) == b"%d" % record["key"])
-        if placed:
-            parent = self.namei.table.root
-            *dirs, name = src.split(b"/")
-            for part in dirs:
-                parent = self.namei.find(parent, part) if parent is not None else None
-            node = self.namei.find(parent, name) if parent is not None and parent.upper else None
-            if node is not None and node.is_dir and node.key == record["key"]:
-                self._remove_moved_source(parent, name, node)
-        work.unlink(JOURNAL)
-
-    def _remove_moved_source(self, p1: Node, n1: bytes, src: Node) -> None:
-        upper, work = self.stack.upper, self.stack.work
+    def remove_moved_source(self, p1: Node, n1: bytes, src: Node) -> None:
+        upper, work = self.ovl.upper, self.ovl.work.layer
         rel1 = p1.child_path(n1)
-        whiteout = self.namei.lower_has(p1, n1)
-        if n1 in self.namei.upper_entries(p1).names:
+        whiteout = self.dircache.lower_has(p1, n1)
+        if n1 in self.dircache.upper_entries(p1).names:
             if whiteout and self.markers.whiteout == "chardev":
                 tmp = self._work_whiteout()
                 work.rename(tmp, upper, rel1, RENAME_EXCHANGE)
             else:
                 if whiteout:
                     self.make_whiteout(p1.path(), n1)
-                tmp = self.copyup.tmp_name()
+                tmp = self.ovl.work.tmp_name()
                 upper.rename(rel1, work, tmp)
-            self.copyup.discard(tmp, from_upper=True)
+            self.ovl.discard(tmp, from_upper=True)
         elif whiteout:
             self.make_whiteout(p1.path(), n1)
-        self.namei.upper_removed(p1, n1, whiteout)
+        self.dircache.upper_removed(p1, n1, whiteout)
         if whiteout:
             self._account(p1.child_path(self.markers.whiteout_name(n1)))
 
     def _exchange(self, p1: Node, n1: bytes, a: Node, p2: Node, n2: bytes, b: Node) -> None:
         """RENAME_EXCHANGE of two names wholly in the upper."""
-        upper = self.stack.upper
+        upper = self.ovl.upper
         for node, parent, name in ((a, p2, n2), (b, p1, n1)):
-            if node.is_dir and not node.opaque and self.namei.lower_has(parent, name):
+            if node.is_dir and not node.opaque and self.dircache.lower_has(parent, name):
                 self.set_opaque(upper, node.path())
                 node.opaque = True
         upper.rename(p1.child_path(n1), upper, p2.child_path(n2), RENAME_EXCHANGE)
-        self.namei.upper_added(p1, n1, b.kind)
-        self.namei.upper_added(p2, n2, a.kind)
+        self.dircache.upper_added(p1, n1, b.kind)
+        self.dircache.upper_added(p2, n2, a.kind)
         a.drop_link(p1, n1)
         b.drop_link(p2, n2)
         a.add_link(p2, n2)

@@ -26,8 +26,9 @@ import trio
 
 from .copy_up import CopyUp
 from .errors import fail
-from .inode import InodeTable, Node
-from .layer import Stack, reopen
+from .inode import Node
+from .layer import reopen
+from .overlay import Overlay
 from .watchdog import waiting
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -52,21 +53,18 @@ class Handle:
 
 
 class FileOps:
-    def __init__(self, stack: Stack, table: InodeTable, copyup: CopyUp, writable: bool, fsync: bool,
-                 noatime: bool = False):
-        self.stack = stack
-        self.table = table
+    def __init__(self, ovl: Overlay, copyup: CopyUp):
+        self.ovl = ovl
+        self.table = ovl.table
         self.copyup = copyup
-        self.writable = writable
-        self.fsync_enabled = fsync
-        self.noatime = noatime
+        self.noatime = ovl.noatime
         self.handles: dict[int, Handle] = {}
         self._ids = itertools.count(1)
 
     async def open(self, node: Node, flags: int) -> pyfuse3.FileInfo:
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
         if writing:
-            if not self.writable:
+            if not self.ovl.writable:
                 raise fail(errno.EROFS)
             await self.copyup.ensure(node, data=not flags & os.O_TRUNC)
         flags &= ~_DROP_FLAGS
@@ -74,7 +72,7 @@ class FileOps:
             fd, on_upper = self._reopen(node, flags)
         else:
             on_upper = node.upper and not node.metacopy
-            layer = self.stack.upper if on_upper else self.stack.lowers[node.layer]
+            layer = self.ovl.upper if on_upper else self.ovl.lowers[node.lower_index]
             fd = layer.open(node.path(), self._real_flags(flags, on_upper))
         return self.adopt(node, fd, flags, on_upper)
 
@@ -105,7 +103,7 @@ class FileOps:
         handle = self.handles[fh]
         node = handle.node
         if not handle.on_upper and node.upper and not node.metacopy and not node.gone:
-            fd = self.stack.upper.open(node.path(), self._real_flags(handle.flags, True))
+            fd = self.ovl.upper.open(node.path(), self._real_flags(handle.flags, True))
             self.table.closed(node, handle.fd)
             os.close(handle.fd)
             handle.fd, handle.on_upper = fd, True
@@ -134,7 +132,7 @@ class FileOps:
 
     def write(self, fh: int, offset: int, data: bytes) -> int:
         fd = self.fd(fh)
-        quota = self.copyup.quota
+        quota = self.ovl.quota
         if quota is None:
             return self._pwrite(fh, fd, data, offset)
         size = quota.write_size(os.fstat(fd), offset, len(data))
@@ -147,7 +145,7 @@ class FileOps:
     def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
         """fallocate(2) on the real file, punch-hole and keep-size included."""
         fd = self.fd(fh)
-        quota = self.copyup.quota
+        quota = self.ovl.quota
         if quota is not None and not mode & FALLOC_FL_PUNCH_HOLE:
             quota.check(length)
         if _libc.fallocate(fd, mode, offset, length) != 0:
@@ -161,15 +159,15 @@ class FileOps:
         return os.lseek(self.fd(fh), offset, whence)
 
     async def fsync(self, fh: int, datasync: bool) -> None:
-        if self.fsync_enabled:
+        if self.ovl.fsync:
             with waiting("a worker thread syncing the file"):
                 await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, self.fd(fh))
 
     async def fsync_dir(self, node: Node) -> None:
         """Sync a directory's upper entries (a lower one never changes)."""
-        if not self.fsync_enabled or not node.upper:
+        if not self.ovl.fsync or not node.upper:
             return
-        fd = self.stack.upper.open(node.path(), os.O_RDONLY | os.O_DIRECTORY)
+        fd = self.ovl.upper.open(node.path(), os.O_RDONLY | os.O_DIRECTORY)
         try:
             with waiting("a worker thread syncing the directory"):
                 await trio.to_thread.run_sync(os.fsync, fd)
@@ -181,7 +179,7 @@ class FileOps:
         descriptor: its blocks leave the quota then (an O_TMPFILE never linked,
         or a file written after its last name went)."""
         handle = self.handles.pop(fh)
-        quota = self.copyup.quota
+        quota = self.ovl.quota
         if quota is not None and handle.on_upper and handle.node.gone:
             st = os.fstat(handle.fd)
             if st.st_nlink == 0:

@@ -1,8 +1,6 @@
 """Freezing the upper, so that another process can read it as it was at one
 instant while the mount stays live (`layers commit` of a mounted container).
 
-Level 6: imports only the watchdog (to say a request waits at the gate).
-
 Every request that changes the upper (write, create, rename, setattr, an
 open that copies up …) passes the `WriteGate`.  Closing the gate makes new
 such requests wait and returns once those already past it have finished;
@@ -32,12 +30,11 @@ import signal
 
 import trio
 
+from .ondisk import FROZEN, REQUEST
 from .watchdog import waiting
 
 log = logging.getLogger("fsd")
 
-REQUEST = "freeze"      # the reader's pid, written before SIGUSR1
-FROZEN = "frozen"       # the same pid, written by fsd once the gate is closed
 SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)   # freeze, thaw
 
 

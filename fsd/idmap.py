@@ -18,16 +18,10 @@ correctly in the other:
 
 from __future__ import annotations
 
-import os
-import stat
-
+from .ondisk import OVERRIDE_XATTRS
 from .params import IdMapping, OverlayParams
 
 OVERFLOW_ID = 65534
-OVERRIDE_XATTRS = {1: b"security.fuseoverlayfs.override_stat", 2: b"user.containers.override_stat"}
-_TYPES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK,
-          "pipe": stat.S_IFIFO, "socket": stat.S_IFSOCK}
-_TYPE_NAMES = {v: k for k, v in _TYPES.items()}
 
 
 def _lookup(ranges: tuple[IdMapping, ...], value: int, forward: bool) -> int | None:
@@ -37,36 +31,6 @@ def _lookup(ranges: tuple[IdMapping, ...], value: int, forward: bool) -> int | N
         if start <= value < start + r.size:
             return target + value - start
     return None
-
-
-def parse_override(value: bytes) -> tuple[int, int, int, int] | None:
-    """(uid, gid, mode with file type, rdev) from an override xattr, or None if malformed."""
-    try:
-        fields = value.decode().split(":")
-        uid, gid, mode = int(fields[0]), int(fields[1]), int(fields[2], 8)
-        rdev = 0
-        if len(fields) > 3:
-            kind = fields[3]
-            if kind.startswith(("block-", "char-")):
-                name, major, minor = kind.split("-")
-                mode = stat.S_IMODE(mode) | (stat.S_IFBLK if name == "block" else stat.S_IFCHR)
-                rdev = os.makedev(int(major), int(minor))
-            elif kind in _TYPES:
-                mode = stat.S_IMODE(mode) | _TYPES[kind]
-        return uid, gid, mode, rdev
-    except (ValueError, IndexError, UnicodeDecodeError):
-        return None
-
-
-def format_override(uid: int, gid: int, mode: int, rdev: int = 0) -> bytes:
-    kind = stat.S_IFMT(mode)
-    text = f"{uid}:{gid}:0{stat.S_IMODE(mode):o}"
-    if kind in (stat.S_IFBLK, stat.S_IFCHR):
-        name = "block" if kind == stat.S_IFBLK else "char"
-        text += f":{name}-{os.major(rdev)}-{os.minor(rdev)}"
-    elif kind in _TYPE_NAMES and kind != stat.S_IFREG:
-        text += f":{_TYPE_NAMES[kind]}"
-    return text.encode()
 
 
 class IdMap:

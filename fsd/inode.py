@@ -14,21 +14,29 @@ that a number kept in an xattr means the same object at the next mount.  Hard
 links of one file in a layer therefore share one node.  A number still held by
 the kernel for an object that was deleted is never handed to a new object: the
 newcomer gets a fresh number from a separate range instead (the kernel would
-otherwise see one node change type).  Lookup counts follow the FUSE protocol; a
-node leaves the table when the kernel has forgotten it and no file is open on it.
+otherwise see one node change type).  Lookup counts follow the FUSE protocol
+(ops.py counts them); a node leaves the table when the kernel has forgotten it
+and no file is open on it.
+
+The table never talks to the kernel: it records the nodes whose cached
+attributes went stale without a request on them (`attrs_changed`), and ops.py
+tells the kernel after the request (`take_stale`).
 """
 
 from __future__ import annotations
 
 import errno
 import itertools
+import os
 import stat
 
 import pyfuse3
 
+from .layer import UPPER, Layer
+from .ondisk import Markers, format_origin, parse_origin
+
 __all__ = ["Node", "InodeTable", "UPPER"]
 
-UPPER = -1  # layer index meaning "the upper layer"
 _DEV_SHIFT = 48
 _FRESH_BASE = 1 << 62
 
@@ -37,14 +45,16 @@ class Node:
     """One object of the merged view.
 
     upper: the object exists in the upper layer at this node's path.
-    layer: for a non-directory not in the upper, the lower index holding it.
-    lowers: for a directory, the lower indices merged under it, top first.
+    lower_index: for a non-directory not in the upper, the index of the lower
+      layer holding it (UPPER otherwise).
+    lower_indices: for a directory, the indices of the lower layers merged
+      under it, top first.
     links: the (parent, name) pairs known to name this object; the last is used
       to build its path.  A directory has exactly one.
     """
 
     __slots__ = (
-        "ino", "key", "kind", "links", "upper", "layer", "lowers", "opaque",
+        "ino", "key", "kind", "links", "upper", "lower_index", "lower_indices", "opaque",
         "lookups", "fds", "lower_stat", "upper_entries", "lower_entries",
         "lock", "gone", "metacopy", "last_stat", "__weakref__",
     )
@@ -55,8 +65,8 @@ class Node:
         self.kind = kind
         self.links: list[tuple[Node, bytes]] = []
         self.upper = False
-        self.layer = UPPER
-        self.lowers: tuple[int, ...] = ()
+        self.lower_index = UPPER
+        self.lower_indices: tuple[int, ...] = ()
         self.opaque = False
         self.lookups = 0
         self.fds: dict[int, bool] = {}  # real fds of open files -> on the upper; for use after unlink
@@ -126,33 +136,117 @@ class Node:
         return False
 
     def __repr__(self) -> str:
-        return f"<Node {self.ino} {self.path()!r} upper={self.upper} layer={self.layer} lowers={self.lowers}>"
+        return f"<Node {self.ino} {self.path()!r} upper={self.upper} lower_index={self.lower_index} lower_indices={self.lower_indices}>"
 
 
 class InodeTable:
-    """All nodes the kernel knows, by inode number, and the live ones by key."""
+    """All nodes the kernel knows, by inode number, and the live ones by key;
+    the numbering rules of the mount's layers (lowers top first, the upper)."""
 
-    def __init__(self, devs: list[int]):
+    def __init__(self, lowers: list[Layer], upper: Layer | None, markers: Markers):
         self.nodes: dict[int, Node] = {}
         self._by_key: dict[int, Node] = {}
         self._devs: dict[int, int] = {}
-        for dev in devs:
-            self._devs.setdefault(dev, len(self._devs))
+        self.lowers = lowers
+        self.upper = upper
+        self.markers = markers
+        for layer in [*lowers, upper]:
+            if layer is not None:
+                self._devs.setdefault(layer.dev, len(self._devs))
         self._fresh = itertools.count(_FRESH_BASE)
+        # upper st_ino -> number, for objects whose origin xattr the filesystem
+        # refused (user.* on symlinks): kept for the life of the mount
+        self._origins: dict[int, int] = {}
         self.root: Node | None = None
-        self.serving = False  # the FUSE session is up: the kernel can be told things
+        self.stale: set[Node] = set()
 
     def attrs_changed(self, node: Node) -> None:
-        """Have the kernel drop its cached attributes of node, changed without a
-        request on it (a copy-up of it or into it: new ctime, a merged
-        directory's nlink 1).  Only for a node the kernel holds; one it has
-        just forgotten (ENOENT) needs nothing."""
-        if not self.serving or not node.lookups:
-            return
+        """The kernel's cached attributes of node went stale without a request
+        on it (a copy-up of it or into it: new ctime, a merged directory's
+        nlink 1).  Only a node the kernel holds needs telling."""
+        if node.lookups:
+            self.stale.add(node)
+
+    def take_stale(self) -> list[Node]:
+        """The nodes to tell the kernel about, once."""
+        nodes = list(self.stale)
+        self.stale.clear()
+        return nodes
+
+    # --- numbers of real objects ------------------------------------------------
+
+    def upper_key(self, rel: bytes, st: os.stat_result, lower_indices: tuple[int, ...],
+                  attrs: list[bytes]) -> int:
+        """The number of the upper object rel (st; `attrs` its xattr names): the
+        one recorded when fsd copied it up, else that of its topmost lower
+        directory (a merged directory), else its own."""
+        key = None
+        if self.markers.origin_xattr in attrs:
+            key = self._recorded(rel)
+        if key is None:
+            key = self._origins.get(st.st_ino)
+        return key if key is not None else self._real_key(rel, lower_indices, st)
+
+    def dir_key(self, rel: bytes, lower_indices: tuple[int, ...]) -> int:
+        """The stable number of the upper directory rel merged with those lowers."""
+        key = self._recorded(rel)
+        return key if key is not None else self._real_key(rel, lower_indices, None)
+
+    def _real_key(self, rel: bytes, lower_indices: tuple[int, ...], upper_st) -> int:
+        if lower_indices:
+            low = self.lowers[lower_indices[0]]
+            return self.key_for(low.dev, low.lstat(rel).st_ino)
+        st = upper_st if upper_st is not None else self.upper.lstat(rel)
+        return self.key_for(self.upper.dev, st.st_ino)
+
+    def _recorded(self, rel: bytes) -> int | None:
+        attr = self.markers.origin_xattr
+        if attr is None:
+            return None
+        value = self.upper.try_getxattr(rel, attr)
+        return None if value is None else parse_origin(value)
+
+    def record_origin(self, layer: Layer, rel: bytes, key: int) -> None:
+        """Record the number an object keeps after it moved to the upper (layer
+        is the upper or the work area, where it is being built): in an xattr,
+        or, where the filesystem refuses one, in memory for the life of the mount."""
+        attr = self.markers.origin_xattr
         try:
-            pyfuse3.invalidate_inode(node.ino, attr_only=True)
+            if attr is None:
+                raise OSError(errno.ENOTSUP, "no xattr for fsd's bookkeeping")
+            layer.setxattr(rel, attr, format_origin(key))
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
+                raise
+            self._origins[layer.lstat(rel).st_ino] = key
+
+    def keep_number(self, rel: bytes, node: Node) -> None:
+        """A new upper object whose natural number the kernel still holds for a
+        deleted one got a fresh number: record it like a copy-up's origin, so
+        that it keeps it after a remount.  The one write a lookup makes."""
+        try:
+            self.upper.setxattr(rel, self.markers.origin_xattr, format_origin(node.ino))
+        except (OSError, TypeError):
+            return  # no xattrs (or read-only): the number holds for this mount only
+        self.rekey(node, node.ino)
+
+    def stands_for_another(self, node: Node, parent: Node, name: bytes, st: os.stat_result) -> bool:
+        """Whether node, which has the number recorded for the upper object
+        parent/name (st), is another object that still exists.  A number kept in
+        an xattr can come back: the upper's filesystem reuses the inode number
+        of an object whose number a moved tree carried away, and fresh numbers
+        start over at each mount.  Two objects must never share a node."""
+        if node.gone or (parent, name) in node.links:
+            return False
+        if not node.upper:
+            # a lower object's node is the one its copy keeps; a fresh number
+            # of a lower hard link names no copy
+            return self.is_fresh(node.key)
+        try:
+            other = self.upper.lstat(node.path())
         except OSError:
-            pass
+            return False  # its object is gone: find() retires it
+        return other.st_ino != st.st_ino
 
     def key_for(self, dev: int, st_ino: int) -> int:
         """The stable number of the real object (dev, st_ino)."""

@@ -12,8 +12,11 @@ import contextlib
 import ctypes
 import errno
 import os
+import stat
 
-__all__ = ["Layer", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT", "reopen"]
+__all__ = ["Layer", "UPPER", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT", "reopen"]
+
+UPPER = -1  # the index of the upper layer (lowers count from 0, top first)
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -238,19 +241,12 @@ class Layer:
                 os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
 
 
-class Stack:
-    """The layers of one mount: lowers top first, the upper and the work area.
-
-    `work` is fsd's own directory inside the workdir, on the upper's filesystem,
-    where every object is built before it is renamed into the upper.
-    """
-
-    def __init__(self, lowers: list[Layer], upper: Layer | None, work: Layer | None):
-        self.lowers = lowers
-        self.upper = upper
-        self.work = work
-
-    def close(self) -> None:
-        for layer in [*self.lowers, self.upper, self.work]:
-            if layer is not None:
-                layer.close()
+    def walk(self, rel: bytes):
+        """lstat of rel and of everything below it."""
+        pending = [rel]
+        while pending:
+            path = pending.pop()
+            st = self.lstat(path)
+            yield st
+            if stat.S_ISDIR(st.st_mode):
+                pending.extend(path + b"/" + name for name, _, _ in self.scandir(path))

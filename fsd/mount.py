@@ -8,7 +8,6 @@ the child's one-line error and exits 1 with nothing mounted.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import resource
@@ -16,32 +15,19 @@ import signal
 import stat
 import sys
 import tempfile
-import time
 from typing import NoReturn
 
 import pyfuse3
 import trio
 
-from .attr import AttrOps
-from .copy_up import INDEX_DIR, TMP_DIR, CopyUp, discard_tree
-from .dir import DirOps
-from .file import FileOps
-from .freeze import SIGNALS, Freezer, WriteGate
-from .idmap import IdMap
-from .inode import UPPER, InodeTable
-from .layer import RENAME_WHITEOUT, Layer, Stack
-from .namei import Namei
+from .freeze import SIGNALS, Freezer
 from .ops import Operations
+from .overlay import Overlay
 from .params import OverlayParams, ParamError
-from .quota import Quota
-from .readdir import ReaddirOps
 from .watchdog import Requests
-from .whiteout import Markers, whiteout_mode
 
 log = logging.getLogger("fsd")
 
-WORK_AREA = "fsd"  # fsd's own directory inside the workdir
-WORK_LOCK_WAIT = 2.0  # seconds a mount waits for the work area's last daemon to exit
 _FUSE_FLAGS = frozenset("nosuid suid nodev dev noexec exec sync async dirsync".split())
 
 
@@ -52,89 +38,6 @@ def _raise_limits() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def open_work_area(params: OverlayParams) -> tuple[Layer, int]:
-    """fsd's directory in the workdir: locked against a second mount, emptied of
-    what an earlier run left half-built.
-
-    The lock is held until the daemon exits, which is a moment after its
-    unmount: a remount right after `fusermount3 -u` waits up to
-    WORK_LOCK_WAIT seconds for it; past that, ParamError naming the holder."""
-    path = os.path.join(params.workdir, WORK_AREA)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    lock_fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + WORK_LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() < deadline:
-                time.sleep(0.02)
-                continue
-            holders = _flock_holders(os.fstat(lock_fd))
-            os.close(lock_fd)
-            by = f" (pid {', '.join(map(str, holders))})" if holders else ""
-            raise ParamError(f"upperdir '{params.upperdir}' and workdir '{params.workdir}' "
-                             f"are in use by another mount{by}") from None
-    work = Layer(path, UPPER)
-    discard_tree(work, TMP_DIR)
-    work.mkdir(TMP_DIR, 0o700)
-    if work.try_lstat(INDEX_DIR) is None:
-        work.mkdir(INDEX_DIR, 0o700)
-    return work, lock_fd
-
-
-def _flock_holders(st: os.stat_result) -> list[int]:
-    """Pids holding a flock on the file `st` describes, from /proc/locks
-    (`N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF`, device numbers in hex)."""
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    try:
-        with open("/proc/locks") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    return sorted({int(fields[4]) for fields in (line.split() for line in lines)
-                   if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == key
-                   and fields[4].isdigit()})
-
-
-def probe_markers(work: Layer, forced_whiteout: str | None) -> Markers:
-    """Find out what the upper's filesystem lets us write, in a scratch dir."""
-    probe = TMP_DIR + b"/probe"
-    work.mkdir(probe, 0o700)
-    try:
-        chardev = True
-        try:
-            mode, rdev = whiteout_mode()
-            work.mknod(probe + b"/wh", mode, rdev)
-        except OSError:
-            chardev = False
-        opaque = prefix = None
-        for candidate in (b"trusted.overlay.", b"user.overlay."):
-            try:
-                work.setxattr(probe, candidate + b"fsd.probe", b"y")
-            except OSError:
-                continue
-            opaque, prefix = candidate + b"opaque", candidate
-            break
-        rename_whiteout = False
-        if chardev:
-            os.close(work.open(probe + b"/a", os.O_WRONLY | os.O_CREAT, 0o600))
-            try:
-                work.rename(probe + b"/a", work, probe + b"/b", RENAME_WHITEOUT)
-                rename_whiteout = True
-            except OSError:
-                pass
-    finally:
-        discard_tree(work, probe)
-    whiteout = forced_whiteout or ("chardev" if chardev else "file")
-    return Markers(whiteout=whiteout, opaque_xattr=opaque, private_prefix=prefix,
-                   rename_whiteout=rename_whiteout and whiteout == "chardev")
 
 
 def fuse_options(params: OverlayParams) -> set[str]:
@@ -155,51 +58,25 @@ def fuse_options(params: OverlayParams) -> set[str]:
 
 
 class Mount:
-    """Everything one mount owns, built from checked params."""
+    """Everything one mount owns, built from checked params and recovered."""
 
     def __init__(self, params: OverlayParams, on_init=None):
         self.params = params
         _raise_limits()
-        self.lock_fd = None
-        lowers = [Layer(p, i) for i, p in enumerate(params.lowerdirs)]
-        upper = work = None
-        if params.upperdir is not None:
-            upper = Layer(params.upperdir, UPPER)
-            work, self.lock_fd = open_work_area(params)
-            markers = probe_markers(work, params.whiteout)
-        else:
-            markers = Markers("chardev", None, None, False)
-        self.stack = Stack(lowers, upper, work)
-        gate = WriteGate()
+        self.overlay = Overlay(params)
+        try:
+            self.ops = Operations(self.overlay, params.noacl, on_init)
+            trio.run(self.ops.recover)
+        except BaseException:
+            self.overlay.close()
+            raise
         # a reader can freeze the upper (freeze.py) through fsd's work area
-        self.freezer = Freezer(gate, os.path.join(params.workdir, WORK_AREA)) \
-            if work is not None else None
-        self.table = InodeTable([layer.dev for layer in [*lowers, upper] if layer is not None])
-        self.namei = Namei(self.stack, self.table, markers)
-        self.namei.root_node()
-        fsync = params.fsync and not params.volatile
-        idmap = IdMap(params)
-        quota = None
-        if params.quota_bytes is not None or params.quota_inodes is not None:
-            quota = Quota(params.quota_bytes, params.quota_inodes)
-            quota.scan(upper.fd)  # before serving: no request waits for it
-        copyup = CopyUp(self.stack, self.table, self.namei, markers, idmap, quota, fsync)
-        attrs = AttrOps(self.stack, copyup, idmap, params.timeout, params.static_nlink, params.metacopy)
-        dirs = DirOps(self.stack, self.table, self.namei, copyup, markers, idmap)
-        if work is not None:
-            dirs.finish_interrupted_move()
-            trio.run(copyup.finish_interrupted_links)
-        self.ops = Operations(
-            self.stack, self.table, self.namei, attrs, dirs,
-            FileOps(self.stack, self.table, copyup, params.writable, fsync, params.noatime),
-            ReaddirOps(self.table, self.namei, attrs, dir_atime=not (params.noatime or params.nodiratime)),
-            params.writable, params.noacl, on_init, gate)
-        log.debug("markers: %s", markers)
+        self.freezer = Freezer(self.overlay.gate, self.overlay.work.layer.path) \
+            if self.overlay.work is not None else None
+        log.debug("markers: %s", self.overlay.markers)
 
     def close(self) -> None:
-        self.stack.close()
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)
+        self.overlay.close()
 
 
 async def _serve(freezer: Freezer | None, requests: Requests) -> None:

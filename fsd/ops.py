@@ -1,8 +1,13 @@
 """The pyfuse3 Operations: one thin method per request, no logic of its own.
 
 Every handler is wrapped by `errors.translate`, the one place where OSError
-becomes FUSEError and an unexpected exception becomes a logged EIO.  Every
-handler that changes the upper passes `self.gate` (`freeze.WriteGate`), so
+becomes FUSEError and an unexpected exception becomes a logged EIO.  This is the
+only module that calls pyfuse3 (replies, invalidation, supplementary groups) and
+the only one that counts the kernel's lookups of a node: a node handed to the
+kernel in an entry reply (lookup, create, mkdir, mknod, symlink, link,
+readdirplus) holds one more.  `Operations(ovl)` puts the mechanisms together on
+one mount's `Overlay`.  Every
+handler that changes the upper passes the write gate (`freeze.WriteGate`), so
 that the upper can be frozen for a reader.  Every request is in
 `self.requests` while in flight, for the watchdog (`watchdog.track_requests`).
 """
@@ -10,21 +15,41 @@ that the upper can be frozen for a reader.  Every request is in
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 
 import pyfuse3
 
 from .attr import AttrOps
+from .copy_up import CopyUp
 from .dir import DirOps
+from .dircache import DirCache
 from .errors import fail, translate
 from .file import FileOps
-from .freeze import WriteGate
-from .inode import InodeTable
-from .layer import Stack
+from .inode import Node
 from .namei import Namei
+from .overlay import Overlay
 from .readdir import ReaddirOps
+from .recovery import recover
 from .watchdog import Requests, track_requests
+
+
+def request(method):
+    """A handler: errors translated; afterwards the kernel is told of the
+    cached attributes that went stale during the request (a copy-up changes the
+    ctime of the object and of the directory it lands in)."""
+    translated = translate(method)
+
+    @functools.wraps(method)
+    async def handler(self, *args):
+        try:
+            return await translated(self, *args)
+        finally:
+            if self.table.stale:
+                self._invalidate_stale()
+
+    return handler
 
 
 @track_requests
@@ -37,35 +62,47 @@ class Operations(pyfuse3.Operations):
     # removes a capability it knows of itself.
     handle_killpriv_v2 = True
 
-    def __init__(self, stack: Stack, table: InodeTable, namei: Namei, attrs: AttrOps,
-                 dirs: DirOps, files: FileOps, listings: ReaddirOps, writable: bool, noacl: bool,
-                 on_init=None, gate: WriteGate | None = None):
+    def __init__(self, ovl: Overlay, noacl: bool = False, on_init=None):
         super().__init__()
-        self.stack = stack
-        self.table = table
-        self.namei = namei
-        self.attrs = attrs
-        self.dirs = dirs
-        self.files = files
-        self.listings = listings
-        self.writable = writable
+        self.ovl = ovl
+        self.table = ovl.table
+        dircache = DirCache(ovl)
+        self.namei = Namei(ovl, dircache)
+        self.copyup = CopyUp(ovl, dircache, self.namei)
+        self.attrs = AttrOps(ovl, self.copyup, pyfuse3.get_sup_groups)
+        self.dirs = DirOps(ovl, dircache, self.namei, self.copyup)
+        self.files = FileOps(ovl, self.copyup)
+        self.listings = ReaddirOps(ovl, dircache, self.namei, self.attrs)
+        self.writable = ovl.writable
+        self.gate = ovl.gate
         self._on_init = on_init
-        self.gate = gate or WriteGate()
         self.requests = Requests()
         if noacl:
             self.enable_acl = False
 
+    async def recover(self) -> None:
+        """Finish or drop what a crash left in the work area (recovery.py)."""
+        if self.ovl.work is not None:
+            await recover(self.ovl, self.namei, self.dirs, self.copyup)
+
     def init(self) -> None:
-        self.table.serving = True
         if self._on_init is not None:
             self._on_init()
+
+    def _invalidate_stale(self) -> None:
+        for node in self.table.take_stale():
+            try:
+                pyfuse3.invalidate_inode(node.ino, attr_only=True)
+            except OSError:
+                pass  # the kernel has just forgotten it (ENOENT): nothing to drop
 
     def _writable(self) -> None:
         if not self.writable:
             raise fail(errno.EROFS)
 
-    def _reply(self, node) -> pyfuse3.EntryAttributes:
-        """Attributes of a node handed to the kernel, which now holds one lookup."""
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The entry reply for node, which the kernel then holds one lookup of;
+        a node made for this reply and not handed over leaves the table."""
         try:
             attr = self.attrs.entry(node)
         except BaseException:
@@ -74,106 +111,106 @@ class Operations(pyfuse3.Operations):
         node.lookups += 1
         return attr
 
-    @translate
+    @request
     async def lookup(self, parent_inode, name, ctx=None):
         try:
             node = self.namei.lookup(self.table[parent_inode], name)
         except FileNotFoundError:
             return self.attrs.negative_entry()
-        return self._reply(node)
+        return self._entry(node)
 
     async def forget(self, inode_list):
         for inode, count in inode_list:
             self.table.forget(inode, count)
 
-    @translate
+    @request
     async def getattr(self, inode, ctx=None):
         return self.attrs.entry(self.table[inode])
 
-    @translate
+    @request
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable()
         fd = self.files.fd(fh) if fh is not None and fh in self.files.handles else None
         async with self.gate:
             return await self.attrs.setattr(self.table[inode], attr, fields, fd, ctx)
 
-    @translate
+    @request
     async def readlink(self, inode, ctx):
         layer, rel = self.attrs.location(self.table[inode])
         return layer.readlink(rel)
 
-    @translate
+    @request
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._writable()
         async with self.gate:
             node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
                                           rdev=rdev)
-        return self._reply(node)
+        return self._entry(node)
 
-    @translate
+    @request
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._writable()
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
         async with self.gate:
             node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid)
-        return self._reply(node)
+        return self._entry(node)
 
-    @translate
+    @request
     async def symlink(self, parent_inode, name, target, ctx):
         self._writable()
         async with self.gate:
             node = await self.dirs.create(self.table[parent_inode], name, stat.S_IFLNK | 0o777,
                                           ctx.uid, ctx.gid, target=target)
-        return self._reply(node)
+        return self._entry(node)
 
-    @translate
+    @request
     async def create(self, parent_inode, name, mode, flags, ctx):
         self._writable()
         mode = stat.S_IFREG | stat.S_IMODE(mode)
         async with self.gate:
             node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid)
-            attr = self._reply(node)
+            attr = self._entry(node)
             return await self.files.open(node, flags), attr
 
-    @translate
+    @request
     async def tmpfile(self, parent_inode, mode, flags, ctx):
         self._writable()
         async with self.gate:
             node, fd = await self.dirs.tmpfile(self.table[parent_inode], mode, flags, ctx.uid, ctx.gid)
         info = self.files.adopt(node, fd, flags)
         try:
-            return info, self._reply(node)
+            return info, self._entry(node)
         except BaseException:
             self.files.release(info.fh)
             raise
 
-    @translate
+    @request
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self._writable()
         async with self.gate:
             node = await self.dirs.link(self.table[inode], self.table[new_parent_inode], new_name)
-        return self._reply(node)
+        return self._entry(node)
 
-    @translate
+    @request
     async def unlink(self, parent_inode, name, ctx):
         self._writable()
         async with self.gate:
             await self.dirs.unlink(self.table[parent_inode], name)
 
-    @translate
+    @request
     async def rmdir(self, parent_inode, name, ctx):
         self._writable()
         async with self.gate:
             await self.dirs.rmdir(self.table[parent_inode], name)
 
-    @translate
+    @request
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         self._writable()
         async with self.gate:
             await self.dirs.rename(self.table[parent_inode_old], name_old,
                                    self.table[parent_inode_new], name_new, flags)
 
-    @translate
+    @request
     async def open(self, inode, flags, ctx):
         node = self.table[inode]
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):     # may copy up
@@ -192,79 +229,85 @@ class Operations(pyfuse3.Operations):
                 raise
         return info
 
-    @translate
+    @request
     async def read(self, fh, off, size):
         return self.files.read(fh, off, size)
 
-    @translate
+    @request
     async def write(self, fh, off, buf, ctx=None):
         async with self.gate:
             if ctx is not None and ctx.kill_suidgid:
                 self.attrs.remove_privs(self.files.handles[fh].node, ctx)
             return self.files.write(fh, off, buf)
 
-    @translate
+    @request
     async def fallocate(self, fh, mode, offset, length):
         self._writable()
         async with self.gate:
             self.files.fallocate(fh, mode, offset, length)
 
-    @translate
+    @request
     async def lseek(self, fh, offset, whence):
         return self.files.lseek(fh, offset, whence)
 
-    @translate
+    @request
     async def release(self, fh):
         self.files.release(fh)
 
-    @translate
+    @request
     async def fsync(self, fh, datasync):
         await self.files.fsync(fh, datasync)
 
-    @translate
+    @request
     async def opendir(self, inode, ctx):
         # Every change of a listing goes through this mount, and the kernel
         # drops a cached listing itself when it makes one: let it keep them.
         fh = self.listings.opendir(self.table[inode])
         return pyfuse3.FileInfo(fh=fh, cache_readdir=True, keep_cache=True)
 
-    @translate
+    @request
     async def readdir(self, fh, start_id, token):
-        self.listings.readdir(fh, start_id, token)
+        for name, attr, next_id, child in self.listings.entries(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, attr, next_id):
+                if child is not None:
+                    self.table.unused(child)
+                return
+            if child is not None:
+                child.lookups += 1
 
-    @translate
+    @request
     async def releasedir(self, fh):
         self.listings.releasedir(fh)
 
-    @translate
+    @request
     async def fsyncdir(self, fh, datasync):
         await self.files.fsync_dir(self.listings.handles[fh].node)
 
-    @translate
+    @request
     async def statfs(self, ctx):
         return self.attrs.statfs()
 
-    @translate
+    @request
     async def getxattr(self, inode, name, ctx):
         return self.attrs.getxattr(self.table[inode], name)
 
-    @translate
+    @request
     async def listxattr(self, inode, ctx):
         return self.attrs.listxattr(self.table[inode])
 
-    @translate
+    @request
     async def setxattr(self, inode, name, value, ctx):
         self._writable()
         async with self.gate:
             await self.attrs.setxattr(self.table[inode], name, value, kill_sgid=ctx.kill_sgid)
 
-    @translate
+    @request
     async def removexattr(self, inode, name, ctx):
         self._writable()
         async with self.gate:
             await self.attrs.removexattr(self.table[inode], name)
 
-    @translate
+    @request
     async def access(self, inode, mode, ctx):
         groups = pyfuse3.get_sup_groups(ctx.pid) | {ctx.gid}
         return self.attrs.access(self.table[inode], mode, ctx.uid, groups)

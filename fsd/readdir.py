@@ -1,23 +1,26 @@
 """Directory handles: a merged listing taken at opendir (and at rewind), so
 that offsets stay valid while a directory is read in several calls.
 
-Entries come with their attributes (readdirplus), each counted as a lookup,
-except `.` and `..`, for which the kernel does not count one.  Taking a listing
-reads the upper directory as a user's getdents would, so that its filesystem
-updates the atime (relatime ...) as under the kernel overlay; not under
-noatime or nodiratime.
+Entries come with their attributes (readdirplus); ops.py replies with them and
+counts each child as a lookup (not `.` and `..`, for which the kernel counts
+none).  Taking a listing reads the upper directory as a user's getdents would,
+so that its filesystem updates the atime (relatime ...) as under the kernel
+overlay; not under noatime or nodiratime.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterator
 
 import pyfuse3
 
 from .attr import AttrOps
-from .inode import InodeTable, Node
+from .dircache import DirCache
+from .inode import Node
 from .namei import Namei
+from .overlay import Overlay
 
 log = logging.getLogger("fsd")
 
@@ -31,9 +34,10 @@ class DirHandle:
 
 
 class ReaddirOps:
-    def __init__(self, table: InodeTable, namei: Namei, attrs: AttrOps, dir_atime: bool = True):
-        self.table = table
-        self.dir_atime = dir_atime
+    def __init__(self, ovl: Overlay, dircache: DirCache, namei: Namei, attrs: AttrOps):
+        self.ovl = ovl
+        self.dircache = dircache
+        self.dir_atime = ovl.dir_atime
         self.namei = namei
         self.attrs = attrs
         self.handles: dict[int, DirHandle] = {}
@@ -51,30 +55,30 @@ class ReaddirOps:
         """Read the upper directory as the kernel overlay does, for its atime (only
         that: a failure here is no failure of the readdir)."""
         try:
-            changed = self.namei.stack.upper.read_dir(node.path())
+            changed = self.ovl.upper.read_dir(node.path())
         except OSError as exc:
             log.debug("atime of %r not updated: %s", node.path(), exc)
             return
         if changed:
-            self.table.attrs_changed(node)
+            self.ovl.table.attrs_changed(node)
 
-    def readdir(self, fh: int, start: int, token) -> None:
+    def entries(self, fh: int, start: int) -> Iterator[tuple[bytes, pyfuse3.EntryAttributes, int, Node | None]]:
+        """(name, attributes, offset of the next entry, the child's node or None
+        for `.` and `..`) from offset `start`; a child made here is released by
+        the caller if it is not handed to the kernel."""
         handle = self.handles[fh]
         node = handle.node
         if handle.names is None or start == 0:
-            handle.names = [b".", b"..", *self.namei.merged_names(node)]
+            handle.names = [b".", b"..", *self.dircache.merged_names(node)]
             if node.upper and not node.gone and self.dir_atime:
                 self._read_upper(node)
         for pos in range(start, len(handle.names)):
             name = handle.names[pos]
             if name == b".":
-                if not pyfuse3.readdir_reply(token, name, self.attrs.entry(node), pos + 1):
-                    return
+                yield name, self.attrs.entry(node), pos + 1, None
                 continue
             if name == b"..":
-                parent = node.parent or node
-                if not pyfuse3.readdir_reply(token, name, self.attrs.entry(parent), pos + 1):
-                    return
+                yield name, self.attrs.entry(node.parent or node), pos + 1, None
                 continue
             try:
                 child = self.namei.find(node, name)
@@ -83,7 +87,4 @@ class ReaddirOps:
                 attr = self.attrs.entry(child)
             except FileNotFoundError:
                 continue
-            if not pyfuse3.readdir_reply(token, name, attr, pos + 1):
-                self.table.unused(child)
-                return
-            child.lookups += 1
+            yield name, attr, pos + 1, child

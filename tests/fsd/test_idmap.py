@@ -3,7 +3,7 @@
 import os
 import stat
 
-from fsd.idmap import format_override, parse_override
+from fsd.ondisk import format_override, parse_override
 
 
 def test_device_numbers_past_255_survive_the_override_xattr():

@@ -5,14 +5,21 @@ an inode bad, and every call on it EIO, when one number names two types)."""
 from __future__ import annotations
 
 import stat
+from types import SimpleNamespace
 
 from fsd.inode import InodeTable
+from fsd.ondisk import Markers
+
+
+def table_of(*devs: int) -> InodeTable:
+    """A table for lowers on filesystems `devs`, top first, with no upper."""
+    return InodeTable([SimpleNamespace(dev=d) for d in devs], None, Markers("chardev", None, None, False))
 
 
 def test_a_fresh_number_never_repeats_one_recorded_at_an_earlier_mount():
-    table = InodeTable([1])
+    table = table_of(1)
     recorded = table.fresh_key()  # what an earlier mount wrote into an xattr
-    table = InodeTable([1])  # the next mount: its counter starts over
+    table = table_of(1)  # the next mount: its counter starts over
     kept = table.add(recorded, stat.S_IFDIR)  # the object that carries it, looked up first
     held = table.add(7, stat.S_IFREG)
     held.lookups = 1  # the kernel still holds number 7 ...
@@ -24,8 +31,8 @@ def test_a_fresh_number_never_repeats_one_recorded_at_an_earlier_mount():
 
 
 def test_filesystems_are_numbered_in_stack_order():
-    first = InodeTable([10, 20, 30])
+    first = table_of(10, 20, 30)
     first.key_for(30, 5)  # whatever is looked up first
-    second = InodeTable([10, 20, 30])
+    second = table_of(10, 20, 30)
     assert first.key_for(20, 5) == second.key_for(20, 5)
     assert len({second.key_for(d, 5) for d in (10, 20, 30)}) == 3

@@ -1,24 +1,14 @@
-"""The module levels of ../shared/DESIGN.md: a module imports only from lower levels."""
+"""The module levels: a module imports only from lower levels (fsd: the table in
+fsd/__init__.py; layers: below)."""
 
 import ast
 import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from fsd import LEVELS as FSD_LEVELS
 
-FSD_LEVELS = {
-    "params": 0, "errors": 0, "watchdog": 0,
-    "layer": 1, "idmap": 1, "quota": 1,
-    "whiteout": 2, "inode": 2,
-    "namei": 3,
-    "copy_up": 4,
-    "attr": 5, "dir": 5, "file": 5,
-    "readdir": 6, "freeze": 6,
-    "ops": 7,
-    "mount": 8,
-    "cli": 9, "__main__": 10,
-}
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def local_imports(path: pathlib.Path, package: str) -> set[str]:

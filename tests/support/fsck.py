@@ -11,7 +11,7 @@ two requests of an in-process test); with settled=False (after a crash, before
 the next mount) the work area may hold what the next mount finishes or removes,
 but it must still be well-formed.
 
-The formats (fsd/whiteout.py, copy_up.py, dir.py, mount.py, freeze.py), kept
+The formats (fsd/ondisk.py), kept
 here as literals: this module checks them, it does not share them.
 
 WORKDIR/fsd/        fsd's work area

@@ -1,0 +1,131 @@
+"""The contents of merged directories: lower indexes, upper listings, the merge.
+
+A merged directory's content is the union of its upper listing and the listings
+of its lower directories, top first: a whiteout hides the name in every layer
+below it, a non-directory stops the search, an opaque directory hides every
+directory of its path below it.  Lowers never change while mounted, so the merged
+listing of a directory's lowers is built once per node (`lower_entries`) and every
+later lookup in that directory is one dict access, however deep the stack.  The
+upper listing (`upper_entries`) is cached too and kept exact by `upper_added` and
+`upper_removed`, which every change of an upper directory calls (dir.py,
+copy_up.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+
+from .inode import Node
+from .ondisk import dir_is_opaque, scan_dir
+from .overlay import Overlay
+
+S_IFDIR = stat.S_IFDIR
+
+
+@dataclasses.dataclass(slots=True)
+class Entry:
+    """A name in a directory's merged lowers: where it is and what it is.
+
+    lower_index: the index of the lower layer holding the object; lower_indices:
+    for a directory, those where a directory of that name may merge (opaque
+    markers inside them are applied when the child node is made).
+    """
+
+    lower_index: int
+    kind: int
+    lower_indices: tuple[int, ...] = ()
+    open: bool = True  # a directory still merging with lower layers
+
+
+@dataclasses.dataclass(slots=True)
+class UpperDir:
+    names: dict[bytes, int]  # name -> S_IFMT of real entries
+    whiteouts: set[bytes]  # names whited out here
+
+
+class DirCache:
+    def __init__(self, ovl: Overlay):
+        self.ovl = ovl
+
+    def upper_entries(self, node: Node) -> UpperDir:
+        if node.upper_entries is None:
+            node.upper_entries = self.scan_upper(node.path())
+        return node.upper_entries
+
+    def lower_entries(self, node: Node) -> dict[bytes, Entry]:
+        if node.lower_entries is None:
+            node.lower_entries = self.merge_lowers(node.lower_indices, node.path())
+        return node.lower_entries
+
+    def merge_lowers(self, indices: tuple[int, ...], rel: bytes) -> dict[bytes, Entry]:
+        """The merged listing of directory `rel` in the lower layers of `indices`."""
+        merged: dict[bytes, Entry] = {}
+        hidden: set[bytes] = set()
+        for index in indices:
+            names, whiteouts, _ = scan_dir(self.ovl.lowers[index], rel)
+            for name, kind in names.items():
+                entry = merged.get(name)
+                if entry is None:
+                    if name not in hidden:
+                        is_dir = kind == S_IFDIR
+                        merged[name] = Entry(index, kind, (index,) if is_dir else (), is_dir)
+                elif entry.open:
+                    if kind == S_IFDIR:
+                        entry.lower_indices += (index,)
+                    else:
+                        entry.open = False
+            for name in whiteouts:
+                entry = merged.get(name)
+                if entry is None:
+                    hidden.add(name)
+                else:
+                    entry.open = False
+        return merged
+
+    def scan_upper(self, rel: bytes) -> UpperDir:
+        names, whiteouts, _ = scan_dir(self.ovl.upper, rel)
+        return UpperDir(names, whiteouts)
+
+    def merge_depth(self, candidates: tuple[int, ...], rel: bytes) -> tuple[int, ...]:
+        """Cut the candidate lower dirs after the first opaque one."""
+        for pos, index in enumerate(candidates[:-1]):
+            if dir_is_opaque(self.ovl.lowers[index], rel):
+                return candidates[:pos + 1]
+        return candidates
+
+    def lower_has(self, parent: Node, name: bytes) -> bool:
+        """Whether removing the upper entry `name` would uncover something below."""
+        if parent.opaque or not parent.lower_indices:
+            return False
+        return name in self.lower_entries(parent)
+
+    def merged_names(self, node: Node) -> dict[bytes, int]:
+        """name -> S_IFMT of every entry of a merged directory, markers applied."""
+        out: dict[bytes, int] = {}
+        whiteouts: set[bytes] = set()
+        if node.upper:
+            upper = self.upper_entries(node)
+            out.update(upper.names)
+            whiteouts = upper.whiteouts
+        if node.lower_indices:
+            for name, entry in self.lower_entries(node).items():
+                if name not in out and name not in whiteouts:
+                    out[name] = entry.kind
+        return out
+
+    # --- kept exact by every change of an upper directory ---------------------------
+
+    def upper_added(self, parent: Node, name: bytes, kind: int) -> None:
+        """`name` now exists in parent's upper dir (any whiteout of it is gone)."""
+        if parent.upper_entries is not None:
+            parent.upper_entries.names[name] = kind
+            parent.upper_entries.whiteouts.discard(name)
+
+    def upper_removed(self, parent: Node, name: bytes, whiteout: bool) -> None:
+        if parent.upper_entries is not None:
+            parent.upper_entries.names.pop(name, None)
+            if whiteout:
+                parent.upper_entries.whiteouts.add(name)
+            else:
+                parent.upper_entries.whiteouts.discard(name)
