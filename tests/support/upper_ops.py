@@ -12,7 +12,8 @@ OpGenerator(seed) picks the next operation from a View of the current tree
 (walk()). With kernel_safe=True it avoids the two places where fsd does better
 than the kernel overlay on purpose (those have targeted tests instead):
 renaming a directory that has lower parts (kernel: EXDEV) and copying up a
-lower file with several hard links (the kernel with index=off breaks them).
+lower file with several hard links (the kernel with index=off breaks them),
+also by unlinking or renaming over one of its names (fsd copies it up first).
 
 Safety: the stacks hold absolute symlinks (to "/", /etc/hostname ...). No
 operation follows a symlink: opens use O_NOFOLLOW, attribute changes the
@@ -607,8 +608,9 @@ class OpGenerator:
         if name == "truncate":
             return ("truncate", self._any(view, files), rng.choice((0, 1, 777, 5000, 70_000)))
         if name == "unlink":
-            return ("unlink", self._any(view, None if rng.random() < 0.2 else ("file", "symlink", "fifo", "chardev"),
-                                        mutable=False))
+            # a lower hard link is copied up before one of its names goes (its
+            # link count then is that of the kernel with index=on): protected
+            return ("unlink", self._any(view, None if rng.random() < 0.2 else ("file", "symlink", "fifo", "chardev")))
         if name == "rmdir":
             dirs = [r for r, i in view.items() if r and i.kind == "dir"]
             empty = [r for r in dirs if not any(k.startswith(r + "/") for k in view)]
@@ -668,7 +670,7 @@ class OpGenerator:
         else:
             src = self._any(view, ("file", "symlink", "fifo", "chardev"))
         if flags == RENAME_EXCHANGE or rng.random() < 0.3:
-            dst = self._any(view, mutable=False)
+            dst = self._any(view)  # not a protected file: renamed over, it is copied up first
         else:
             dst = self._new_name(view)
         if flags == RENAME_EXCHANGE and self.kernel_safe and view.get(dst) and self._protected(view[dst]):
