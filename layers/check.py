@@ -1,7 +1,7 @@
 """Checking a store: records against the disk, both ways, and layer contents
 against their diffIDs.
 
-`find_problems(view)` compares, under the store lock: records without
+`find_problems(store)` compares, under the store lock: records without
 content (a layer without its diff dir, a container without its dir, a volume
 without its data dir), content without records (layer, container and volume
 dirs nobody records), records that cannot be read, references to what is not
@@ -28,15 +28,11 @@ import os
 from dataclasses import dataclass
 
 from . import fsutil, tarsplit
-from .containerstore import ContainerStore
 from .digest import Digest
 from .errors import LayerCorrupt
-from .imagestore import ImageStore
 from .layerstore import LayerStore
-from .mounts import MountRegistry
 from .records import Layer
 from .storecore import StoreCore
-from .volumestore import VolumeStore
 
 ERROR, NOTE = "error", "note"
 
@@ -49,14 +45,12 @@ class Problem:
     severity: str = ERROR
 
 
-def find_problems(layers: LayerStore, images: ImageStore, containers: ContainerStore,
-                  volumes: VolumeStore, staging: str) -> list[Problem]:
+def find_problems(store: StoreCore) -> list[Problem]:
     """Everything inconsistent between the records and the disk (module doc)."""
     out: list[Problem] = []
-
-    def dead(record) -> bool:
-        return record.incomplete and not fsutil.lease_alive(staging, record.lease)
-
+    layers, images, containers, volumes = (store.layers, store.images, store.containers,
+                                           store.volumes)
+    staging, dead = store.paths.staging, store.dead
     all_layers = {x.id: x for x in layers.all(include_incomplete=True)}
     all_images = list(images.all(include_incomplete=True))
     all_containers = list(containers.all(include_incomplete=True))
@@ -152,10 +146,11 @@ def verify_layer(layers: LayerStore, layer: Layer) -> Problem | None:
     return None
 
 
-def repair(p: Problem, layers: LayerStore, images: ImageStore, containers: ContainerStore,
-           volumes: VolumeStore, mounts: MountRegistry, lease: fsutil.Lease) -> list[str]:
+def repair(p: Problem, store: StoreCore, lease: fsutil.Lease) -> list[str]:
     """Fix one problem where it can (the caller holds the store lock); lines
     saying what was done, or why not (a container on a damaged layer stays)."""
+    layers, images, containers, volumes = (store.layers, store.images, store.containers,
+                                           store.volumes)
     kind = p.kind
     if kind == "corrupt-record":
         fsutil.remove_file(p.subject)
@@ -185,7 +180,7 @@ def repair(p: Problem, layers: LayerStore, images: ImageStore, containers: Conta
     if kind == "container-no-dir":
         c = containers.load(p.subject)
         if c is not None:
-            mounts.remove(c.id)
+            store.mounts.remove(c.id)
             containers.delete(c.id)
             return [f"removed container {c.name} (its dir was gone)"]
     if kind in ("container-orphan", "layer-orphan"):
@@ -208,16 +203,14 @@ def repair(p: Problem, layers: LayerStore, images: ImageStore, containers: Conta
 
 
 def problems(store: StoreCore, verify: bool = False) -> list[Problem]:
-    """`check.find_problems` under the lock; with `verify`, every layer is
+    """`find_problems` under the lock; with `verify`, every layer is
     then rebuilt and hashed outside it, pinned meanwhile."""
     if not verify:
         with store.lock:
-            return find_problems(store.layers, store.images, store.containers,
-                                          store.volumes, store.paths.staging)
+            return find_problems(store)
     with store.lease() as lease:
         with store.lock:
-            found = find_problems(store.layers, store.images, store.containers,
-                                           store.volumes, store.paths.staging)
+            found = find_problems(store)
             layers = [layer for layer in store.layers.all()
                       if os.path.isdir(store.layers.diff_dir(layer.id))]
         with store.pinned(tuple(layer.id for layer in layers), lease):
@@ -238,8 +231,7 @@ def repair_problems(store: StoreCore, problems: list[Problem]) -> list[str]:
     with store.lease() as lease:
         with store.lock:
             for p in problems:
-                done += repair(p, store.layers, store.images, store.containers,
-                                        store.volumes, store.mounts, lease)
+                done += repair(p, store, lease)
             done += store.collect_layers(lease)
     done += store.repair()
     return done

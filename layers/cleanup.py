@@ -84,7 +84,7 @@ def _take_out(store: StoreCore, r: gc.Removal, lease: fsutil.Lease) -> str | Non
     dir (its path returned, to measure before the lease removes it)."""
     if r.kind == "container":
         store.containers.begin_delete(store.containers.load(r.key), lease.path,
-                                     lease.token)
+                                      lease.token)
         return os.path.join(lease.path, r.key)
     if r.kind == "image":
         store.images.delete(r.key)

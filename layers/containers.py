@@ -129,7 +129,7 @@ def _user_usage(store: StoreCore, uid: int, written: dict[str, int]) -> quota.Us
     containers of commands that died are not counted)."""
     live = [c for c in store.containers.all(include_incomplete=True) if not store.dead(c)]
     return quota.user_usage(live, uid, _store_owner(store), store.config.user_quota,
-                             written)
+                            written)
 
 
 def user_usage(store: StoreCore, uid: int | None = None) -> quota.UserUsage:
@@ -156,7 +156,7 @@ def mount(store: StoreCore, ref: str) -> str:
         store.driver.check_usable()
         mounted = store.driver.mount(cdir, store.lowers_of(c), c.quota)
         store.mounts.put(MountEntry(container=c.id, mountpoint=mounted.mountpoint,
-                                     count=1, pid=mounted.pid, driver=store.driver.name))
+                                    count=1, pid=mounted.pid, driver=store.driver.name))
         return mounted.mountpoint
 
 
@@ -238,7 +238,7 @@ def volume_create(store: StoreCore, name: str | None = None,
         if store.volumes.load(name) is not None:
             raise NameInUse(name, "a volume")
         return store.volumes.create(name, tuple(sorted((labels or {}).items())),
-                                   False, lease.token)
+                                    False, lease.token)
 
 
 def volume_inspect(store: StoreCore, name: str) -> dict:

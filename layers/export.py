@@ -23,7 +23,7 @@ from .tarentries import tree_entries
 
 
 def layer_tar(store: StoreCore, layer: Layer, lease: fsutil.Lease,
-               warnings: list[str]) -> tuple[Digest, int, Callable[[], Iterator[bytes]]]:
+              warnings: list[str]) -> tuple[Digest, int, Callable[[], Iterator[bytes]]]:
     """(digest, size, chunks) of the layer's tar: rebuilt exactly from its
     tar-split (its digest is the diffID; a changed file raises
     LayerCorrupt), else made anew from its dir (a new digest; warned)."""

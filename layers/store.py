@@ -123,7 +123,7 @@ class Store(StoreCore):
             with self.lock:
                 found = [self.layers.get(lid) for lid in image.layers]
             return analyze.analyze([(str(layer.id), self.layers.diff_dir(layer.id),
-                                        layer.size) for layer in found if layer])
+                                     layer.size) for layer in found if layer])
 
     def inspect(self, ref: str) -> dict:
         """JSON-ready description of a container, image or layer named `ref`."""
