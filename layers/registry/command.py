@@ -113,16 +113,25 @@ def cmd_pull(store, args) -> int:
     display = progress.for_terminal("pulling", args.quiet)
     report: PullReport = store.pull(args.reference, options, name=args.name,
                                     progress=display)
+    return _done(args, display, report, [], pull_lines(report), report.image_id)
+
+
+def _done(args, display, report: PullReport | PushReport, warnings: list[str],
+          lines: list[str], answer: str) -> int:
+    """The end of a pull or push: warnings, then the per-layer lines and the
+    summary on stderr (only the summary on a terminal, whose display already
+    showed each layer), then `answer` or the whole report as JSON on stdout."""
     if display:
         display.finish()
+    for w in warnings:
+        print(f"layers: warning: {w}", file=sys.stderr)
     if not args.quiet:
-        # on a terminal the display already shows each layer's outcome
-        for line in pull_lines(report)[-1 if display else 0:]:
+        for line in lines[-1 if display else 0:]:
             print(line, file=sys.stderr)
     if args.output == "json":
         print(json.dumps(report.as_dict(), indent=1))
     else:
-        print(report.image_id)
+        print(answer)
     return 0
 
 
@@ -145,18 +154,8 @@ def cmd_push(store, args) -> int:
     options = options_from(args)
     display = progress.for_terminal("pushing", args.quiet)
     report: PushReport = store.push(args.image, args.destination, options, progress=display)
-    if display:
-        display.finish()
-    for w in report.warnings:
-        print(f"layers: warning: {w}", file=sys.stderr)
-    if not args.quiet:
-        for line in push_lines(report)[-1 if display else 0:]:
-            print(line, file=sys.stderr)
-    if args.output == "json":
-        print(json.dumps(report.as_dict(), indent=1))
-    else:
-        print(report.manifest_digest)
-    return 0
+    return _done(args, display, report, report.warnings, push_lines(report),
+                 str(report.manifest_digest))
 
 
 def push_lines(report: PushReport) -> list[str]:
