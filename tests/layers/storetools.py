@@ -521,6 +521,19 @@ def run_as_nobody(d: Path, *args: str, store: str = "store") -> subprocess.Compl
                           capture_output=True, text=True, env=env, timeout=60)
 
 
+def make_tree(base, files: dict) -> None:
+    """Files under `base` from {relative path: content (str or bytes), or
+    None for a directory}."""
+    for rel, content in files.items():
+        path = os.path.join(base, rel)
+        if content is None:
+            os.makedirs(path, exist_ok=True)
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content if isinstance(content, bytes) else content.encode())
+
+
 def tree_snapshot(root) -> dict:
     """path → (kind, mode, uid, gid, content-or-target) for a merged tree."""
     root = str(root)

@@ -3,28 +3,18 @@ import os
 import pytest
 
 from layers import changelist
+from storetools import make_tree
 
 ROOT = os.geteuid() == 0
-
-
-def mk(base, files: dict):
-    for rel, content in files.items():
-        path = os.path.join(base, rel)
-        if content is None:
-            os.makedirs(path, exist_ok=True)
-            continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write(content)
 
 
 @pytest.fixture
 def lowers(tmp_path):
     bottom, top = str(tmp_path / "bottom"), str(tmp_path / "top")
-    mk(bottom, {"etc/a": "a", "etc/b": "b", "usr/share/doc/x": "x", "usr/share/doc/y": "y",
-                "gone/f": "f"})
-    mk(top, {"etc/.wh.b": "", "usr/share/doc/.wh..wh..opq": "", "usr/share/doc/new": "n",
-             ".wh.gone": ""})
+    make_tree(bottom, {"etc/a": "a", "etc/b": "b", "usr/share/doc/x": "x", "usr/share/doc/y": "y",
+                       "gone/f": "f"})
+    make_tree(top, {"etc/.wh.b": "", "usr/share/doc/.wh..wh..opq": "", "usr/share/doc/new": "n",
+                    ".wh.gone": ""})
     return [top, bottom]
 
 
@@ -40,18 +30,19 @@ def test_lookup_and_listing_follow_overlay_rules(lowers):
 
 def test_whiteout_hides_only_lower_layers(tmp_path):
     layer = str(tmp_path / "l")
-    mk(layer, {".wh.x": "", "x": "same layer"})
+    make_tree(layer, {".wh.x": "", "x": "same layer"})
     assert changelist.listing([layer], []) == {"x"}
 
 
 def test_upper_changes(tmp_path, lowers):
     upper = str(tmp_path / "upper")
-    mk(upper, {"etc/a": "changed", "etc/new": "n", "newdir/f": "f", "usr/share/doc/n2": "2"})
+    make_tree(upper, {"etc/a": "changed", "etc/new": "n", "newdir/f": "f",
+                      "usr/share/doc/n2": "2"})
     open(os.path.join(upper, "etc", ".wh.a"), "w").close()     # beside its own copy: kept
     open(os.path.join(upper, ".wh.gone"), "w").close()         # gone already in the image
     open(os.path.join(upper, "etc", ".wh.never"), "w").close()  # never in the image
     if ROOT:
-        mk(upper, {"usr/share/doc/x": None})
+        make_tree(upper, {"usr/share/doc/x": None})
         os.rmdir(os.path.join(upper, "usr/share/doc/x"))
         os.mknod(os.path.join(upper, "usr", "share", "doc", "x"), 0o20000, 0)  # char dev form
     os.setxattr(os.path.join(upper, "usr", "share", "doc"), "user.overlay.opaque", b"y")
@@ -63,7 +54,7 @@ def test_upper_changes(tmp_path, lowers):
 
 def test_whiteout_in_the_upper_is_a_deletion(tmp_path, lowers):
     upper = str(tmp_path / "upper")
-    mk(upper, {"etc": None})
+    make_tree(upper, {"etc": None})
     open(os.path.join(upper, "etc", ".wh.a"), "w").close()
     open(os.path.join(upper, ".wh.usr"), "w").close()
     assert changelist.upper_changes(upper, lowers) == [("D", "/etc/a"), ("D", "/usr")]
@@ -74,20 +65,20 @@ def test_a_replaced_directory_loses_no_deletion(tmp_path, lowers):
     /usr is opaque, and everything the image had under it and the upper does
     not hold is gone — also below a directory the upper brings back."""
     upper = str(tmp_path / "upper")
-    mk(upper, {"usr/share/doc/x": "new x"})
+    make_tree(upper, {"usr/share/doc/x": "new x"})
     os.setxattr(os.path.join(upper, "usr"), "user.overlay.opaque", b"y")
     assert changelist.upper_changes(upper, lowers) == [
         ("C", "/usr"), ("D", "/usr/share/doc/new"), ("A", "/usr/share/doc/x")]
     # the same with the OCI opaque marker, and a file where a dir was
     upper2 = str(tmp_path / "upper2")
-    mk(upper2, {"usr/.wh..wh..opq": "", "usr/share": "now a file"})
+    make_tree(upper2, {"usr/.wh..wh..opq": "", "usr/share": "now a file"})
     assert changelist.upper_changes(upper2, lowers) == [("C", "/usr"), ("C", "/usr/share")]
 
 
 def test_owner_and_mode_are_compared_as_the_container_sees_them(tmp_path, lowers):
     """A rootless store keeps owners in user.containers.override_stat."""
     upper = str(tmp_path / "upper")
-    mk(upper, {"etc": None, "usr": None})
+    make_tree(upper, {"etc": None, "usr": None})
     for layer in (lowers[1], upper):
         os.setxattr(os.path.join(layer, "etc"), "user.containers.override_stat",
                     b"0:0:0755:dir")
@@ -101,7 +92,7 @@ def test_owner_and_mode_are_compared_as_the_container_sees_them(tmp_path, lowers
 
 def test_tree_changes(tmp_path, lowers):
     tree = str(tmp_path / "tree")
-    mk(tree, {"etc/a": "a", "usr/share/doc/new": "n", "added/f": "x"})
+    make_tree(tree, {"etc/a": "a", "usr/share/doc/new": "n", "added/f": "x"})
     st = os.stat(os.path.join(lowers[1], "etc", "a"))
     os.utime(os.path.join(tree, "etc", "a"), ns=(st.st_atime_ns, st.st_mtime_ns))
     os.chmod(os.path.join(tree, "usr/share/doc/new"), 0o600)

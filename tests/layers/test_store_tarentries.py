@@ -12,19 +12,9 @@ import pytest
 
 from layers import tarentries, tarsplit
 from layers.archive import ExtractOptions, build_layer, extract_layer, write_tar
+from storetools import make_tree
 
 ROOT = os.geteuid() == 0
-
-
-def mk(base, files: dict):
-    for rel, content in files.items():
-        path = os.path.join(base, rel)
-        if content is None:
-            os.makedirs(path, exist_ok=True)
-            continue
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content if isinstance(content, bytes) else content.encode())
 
 
 def names(entries):
@@ -35,7 +25,7 @@ def names(entries):
 def upper(tmp_path):
     """An upper as fsd or the kernel leave it, markers in both forms."""
     up = str(tmp_path / "upper")
-    mk(up, {"b": "b", "a/z": "z", "a/y": "y", "c/keep": "k", "etc/new": "n"})
+    make_tree(up, {"b": "b", "a/z": "z", "a/y": "y", "c/keep": "k", "etc/new": "n"})
     open(os.path.join(up, "a", ".wh.x"), "w").close()         # OCI whiteout
     if ROOT:
         os.mknod(os.path.join(up, "a", "w"), stat.S_IFCHR, 0)   # kernel whiteout
@@ -61,7 +51,7 @@ def test_order_whiteouts_and_opaque_markers_before_siblings(upper):
 
 def test_bytewise_order_and_plain_trees(tmp_path):
     tree = str(tmp_path / "t")
-    mk(tree, {"B": "", "a": "", "_": "", os.fsdecode(b"\xff"): "", ".wh.x": ""})
+    make_tree(tree, {"B": "", "a": "", "_": "", os.fsdecode(b"\xff"): "", ".wh.x": ""})
     # a merged tree has no markers: `.wh.x` there is just a name (never in practice)
     assert names(tarentries.tree_entries(tree, markers=False)) == \
         [".wh.x", "B", "_", "a", os.fsdecode(b"\xff")]
@@ -69,7 +59,7 @@ def test_bytewise_order_and_plain_trees(tmp_path):
 
 def test_owner_mode_and_device_from_override_stat(tmp_path):
     up = str(tmp_path / "up")
-    mk(up, {"f": "data", "dev": "", "d": None})
+    make_tree(up, {"f": "data", "dev": "", "d": None})
     os.setxattr(os.path.join(up, "f"), "user.containers.override_stat", b"1000:50:0640")
     os.setxattr(os.path.join(up, "dev"), "user.containers.override_stat",
                 b"0:0:0620:char-4-1")
@@ -84,7 +74,7 @@ def test_owner_mode_and_device_from_override_stat(tmp_path):
 
 def test_hard_links_sockets_and_times(tmp_path):
     up = str(tmp_path / "up")
-    mk(up, {"a": "x", "new": "n"})
+    make_tree(up, {"a": "x", "new": "n"})
     os.link(os.path.join(up, "a"), os.path.join(up, "b"))
     s = socket.socket(socket.AF_UNIX)
     s.bind(os.path.join(up, "sock"))
@@ -99,7 +89,7 @@ def test_hard_links_sockets_and_times(tmp_path):
 
 def test_uppers_that_refer_to_lower_content_are_refused(tmp_path):
     up = str(tmp_path / "up")
-    mk(up, {"f": "", "d": None})
+    make_tree(up, {"f": "", "d": None})
     try:
         os.setxattr(os.path.join(up, "f"), "user.overlay.fsd.metacopy", b"")
     except OSError:
@@ -116,7 +106,7 @@ def test_uppers_that_refer_to_lower_content_are_refused(tmp_path):
 
 def test_changes_entries_for_a_full_copy(tmp_path):
     tree = str(tmp_path / "rootfs")
-    mk(tree, {"etc/a": "a", "etc/new": "n", "usr/bin/x": "x", "keep": "k"})
+    make_tree(tree, {"etc/a": "a", "etc/new": "n", "usr/bin/x": "x", "keep": "k"})
     got = names(tarentries.changes_entries(
         tree, [("D", "/etc/gone"), ("A", "/etc/new"), ("C", "/usr/bin/x"), ("D", "/old")]))
     assert got == [".wh.old", "etc", "etc/.wh.gone", "etc/new", "usr", "usr/bin", "usr/bin/x"]
