@@ -143,6 +143,29 @@ class fails:
         return True
 
 
+class HeldWorkerJobs:
+    """Holds fsd's jobs for worker threads (trio.to_thread.run_sync: big copies,
+    tree copies, the search for a file's hard links) until `release()`, so that
+    a test orders concurrent requests with events, not timing.  `task`: hold
+    only that task's jobs (None: every task's)."""
+
+    def __init__(self, monkeypatch):
+        self.waiting = trio.Event()  # a job is being held
+        self.task = None
+        self._released = trio.Event()
+        self._run_sync = trio.to_thread.run_sync
+        monkeypatch.setattr(trio.to_thread, "run_sync", self._held_run_sync)
+
+    async def _held_run_sync(self, fn, *args, **kw):
+        if not self._released.is_set() and self.task in (None, trio.lowlevel.current_task()):
+            self.waiting.set()
+            await self._released.wait()
+        return await self._run_sync(fn, *args, **kw)
+
+    def release(self) -> None:
+        self._released.set()
+
+
 def holds_no_data(path) -> bool:
     """Whether a real file is all hole (a metadata-only copy): SEEK_DATA finds
     nothing.  (Its st_blocks need not be 0: xattrs may take a block.)"""

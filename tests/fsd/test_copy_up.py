@@ -11,7 +11,7 @@ import stat
 import pytest
 import trio
 import trio.testing
-from harness import fails, holds_no_data
+from harness import HeldWorkerJobs, fails, holds_no_data
 
 from support.layergen import write
 
@@ -225,28 +225,18 @@ async def test_writes_through_two_names_of_a_lower_hard_link_at_once(overlay, mo
     await fs.lookup("b")
     # The order of events, made certain without timing: the first worker job of
     # the write through a waits until the write through b can go no further.
-    real_run_sync = trio.to_thread.run_sync
-    first_waits, first_may_go = trio.Event(), trio.Event()
-    tasks = {}
-
-    async def run_sync_in_order(fn, *args, **kw):
-        if trio.lowlevel.current_task() is tasks.get("a") and not first_may_go.is_set():
-            first_waits.set()
-            await first_may_go.wait()
-        return await real_run_sync(fn, *args, **kw)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_in_order)
+    jobs = HeldWorkerJobs(monkeypatch)
 
     async def write_a():
-        tasks["a"] = trio.lowlevel.current_task()
+        jobs.task = trio.lowlevel.current_task()
         await fs.write("a", b"A")
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(write_a)
-        await first_waits.wait()
+        await jobs.waiting.wait()
         nursery.start_soon(fs.write, "b", b"B", 1)
         await trio.testing.wait_all_tasks_blocked()
-        first_may_go.set()
+        jobs.release()
     assert await fs.read("a") == await fs.read("b") == b"ABnked"
     assert await fs.ino("a") == await fs.ino("b")
 
@@ -262,16 +252,7 @@ async def test_other_names_of_a_hard_link_are_linked_to_its_copy_even_if_its_nam
     await fs.lookup("a")
     # The order of events, made certain without timing: the search for the
     # other names (a walk of the layer in a worker thread) waits for the unlink.
-    real_run_sync = trio.to_thread.run_sync
-    search_waits, search_may_go = trio.Event(), trio.Event()
-
-    async def run_sync_in_order(fn, *args, **kw):
-        if not search_may_go.is_set():
-            search_waits.set()
-            await search_may_go.wait()
-        return await real_run_sync(fn, *args, **kw)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_in_order)
+    jobs = HeldWorkerJobs(monkeypatch)
 
     async def writer():
         with fails(errno.ENOENT):  # its name went before it could open the copy
@@ -279,9 +260,9 @@ async def test_other_names_of_a_hard_link_are_linked_to_its_copy_even_if_its_nam
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
-        await search_waits.wait()
+        await jobs.waiting.wait()
         await fs.unlink("a")
-        search_may_go.set()
+        jobs.release()
     for _ in range(2):
         assert stat.S_ISREG((await fs.stat("b")).st_mode)
         assert await fs.read("b") == b"linked"
@@ -342,16 +323,7 @@ async def test_a_metadata_change_waiting_for_a_copy_up_of_a_file_unlinked_meanwh
     await fs.lookup("big")
     # The order of events, made certain without timing: the copy-up for the
     # write waits to start until the setxattr waits for it and big is unlinked.
-    real_run_sync = trio.to_thread.run_sync
-    copy_waits, copy_may_go = trio.Event(), trio.Event()
-
-    async def run_sync_in_order(fn, *args, **kw):
-        if not copy_may_go.is_set():
-            copy_waits.set()
-            await copy_may_go.wait()
-        return await real_run_sync(fn, *args, **kw)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_in_order)
+    jobs = HeldWorkerJobs(monkeypatch)
 
     async def writer():
         with fails(errno.ENOENT):
@@ -363,11 +335,11 @@ async def test_a_metadata_change_waiting_for_a_copy_up_of_a_file_unlinked_meanwh
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
-        await copy_waits.wait()
+        await jobs.waiting.wait()
         nursery.start_soon(setter)
         await trio.testing.wait_all_tasks_blocked()
         await fs.unlink("big")
-        copy_may_go.set()
+        jobs.release()
 
 
 async def test_what_a_crash_left_in_tmp_is_removed_at_mount(overlay):
@@ -456,20 +428,11 @@ async def test_requests_waiting_for_a_directory_move_all_go_on_when_it_ends(over
     await fs.lookup("d/f")
     # The order of events, made certain without timing: the move's tree copy
     # waits until six requests wait for the move.
-    real_run_sync = trio.to_thread.run_sync
-    moving, mover_may_go = trio.Event(), trio.Event()
-    tasks, done = {}, []
-
-    async def run_sync_in_order(fn, *args, **kw):
-        if trio.lowlevel.current_task() is tasks.get("mover"):
-            moving.set()
-            await mover_may_go.wait()
-        return await real_run_sync(fn, *args, **kw)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync_in_order)
+    jobs = HeldWorkerJobs(monkeypatch)
+    done = []
 
     async def mover():
-        tasks["mover"] = trio.lowlevel.current_task()
+        jobs.task = trio.lowlevel.current_task()
         await fs.rename("d", "e")
         done.append("rename d e")
 
@@ -481,13 +444,13 @@ async def test_requests_waiting_for_a_directory_move_all_go_on_when_it_ends(over
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(mover)
-            await moving.wait()
+            await jobs.waiting.wait()
             for path in paths:
                 nursery.start_soon(mkdir, path)
             await trio.testing.wait_all_tasks_blocked()
             assert done == [], "they wait for the move"
             trio.lowlevel.add_instrument(StepBudget(scope, 20_000))
-            mover_may_go.set()
+            jobs.release()
     assert not scope.cancelled_caught, f"still not done after 20000 scheduler steps, only: {done}"
     assert sorted(done) == sorted(["rename d e"] + [f"mkdir {p}" for p in paths])
     assert sorted(await fs.listdir("e")) == [b"f", b"m0", b"m1", b"m2", b"sub"]
