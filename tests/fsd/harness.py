@@ -22,6 +22,9 @@ by recording fakes (`Session`): invalidations (and notify_store) are recorded,
 `readdir_reply` fills a `Token` (with a room limit, for the offset tests),
 get_sup_groups answers what `as_user(..., groups=)` said.
 
+`HeldWorkerJobs` holds fsd's worker-thread jobs until released, so that a test
+orders concurrent requests with events instead of timing.
+
 At teardown every mount is closed and the upper and work area are checked by
 support/fsck.py; a warning or error logged by fsd fails the test unless the
 test said it expects it (`overlay.expect_log(regex)`).
