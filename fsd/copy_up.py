@@ -227,12 +227,14 @@ class CopyUp:
             copy_xattrs(src, rel, work, tmp)
             self.table.record_origin(work, tmp, node.key)
             copy_owner_mode_times(work, tmp, st, self.ovl.idmap)
-            if node.gone or node.upper or node.path() != rel:
-                # Changed while the data was copied (removed, renamed, or moved
-                # with a whole tree): this copy no longer belongs at rel.
+            if node.gone or node.upper or node.path() != rel or self.ovl.moves_tree_over(node):
+                # Changed while the data was copied (removed, renamed, or in a
+                # tree being moved): this copy no longer belongs at rel.  After
+                # a tree move the node is in the upper (the move copied it).
                 self.ovl.discard(tmp)
                 if node.gone:
                     raise fail(errno.ENOENT)
+                await self.ovl.wait_tree_move()
                 if not node.upper:
                     await self._copy(node, node.parent, data, metadata_only)
                 return
@@ -351,6 +353,15 @@ class CopyUp:
         tmp = self.ovl.work.tmp_name()
         try:
             await self._copy_file(src, rel, tmp, lower.st_size)
+            if node.gone or not node.metacopy or node.path() != rel or self.ovl.moves_tree_over(node):
+                # Changed while the data was copied: see _copy.
+                self.ovl.discard(tmp)
+                if node.gone:
+                    raise fail(errno.ENOENT)
+                await self.ovl.wait_tree_move()
+                if node.metacopy:
+                    await self._fill_data(node)
+                return
             copy_xattrs(upper, rel, self.ovl.work.layer, tmp)
             self.table.record_origin(self.ovl.work.layer, tmp, node.key)
             copy_owner_mode_times(self.ovl.work.layer, tmp, st, self.ovl.idmap)

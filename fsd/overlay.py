@@ -60,6 +60,7 @@ class Overlay:
         self.table = InodeTable(self.lowers, self.upper, self.markers)
         self._tree_move: trio.Event | None = None  # set while a tree is being moved
         self._tree_moved = ""  # which directory, for the watchdog
+        self._moving: Node | None = None  # the directory whose tree is being moved
         self._root()
 
     def _root(self) -> Node:
@@ -91,11 +92,18 @@ class Overlay:
             raise RuntimeError("a tree move began while another was under way")
         self._tree_move = moved = trio.Event()
         self._tree_moved = f"the move of directory inode {node.ino}"
+        self._moving = node
         try:
             yield
         finally:
-            self._tree_move = None
+            self._tree_move = self._moving = None
             moved.set()
+
+    def moves_tree_over(self, node: Node) -> bool:
+        """Whether node is in the tree being moved: a copy of it published now
+        would land in the old tree after the move copied it, and be lost."""
+        moving = self._moving
+        return moving is not None and (node is moving or node.is_below(moving))
 
     async def wait_tree_move(self) -> None:
         """Return at a moment when no tree move is under way.  Waiters hold

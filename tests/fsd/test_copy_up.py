@@ -103,10 +103,6 @@ async def test_concurrent_writers_of_one_lower_file_share_one_copy(overlay):
     assert len(data) == (3 << 20) + 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: a copy-up in a worker thread that began before the rename of a merged ancestor "
-    "directory is published into the old tree after the move has copied it, and the move then "
-    "discards the old tree: the write that needed the copy-up is acknowledged and lost"))
 async def test_a_copy_up_under_way_when_its_directory_is_moved_is_not_lost(overlay, monkeypatch):
     (bottom,) = overlay.lowers(1)
     write(bottom, "d/big", b"x" * (4 << 20))  # big: fsd copies it in a worker thread
