@@ -115,8 +115,9 @@ class WorkArea:
 
     def write_journal(self, src: bytes, dst: bytes, key: int) -> None:
         """Record a directory move before it changes the upper (synced, renamed
-        into place: the journal is whole or absent)."""
-        tmp = JOURNAL + b".tmp"
+        into place: the journal is whole or absent; a half-written one is in
+        the scratch directory, emptied at the next mount)."""
+        tmp = self.tmp_name()
         fd = self.layer.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, format_journal(src, dst, key))

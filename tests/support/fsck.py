@@ -22,7 +22,7 @@ WORKDIR/fsd/        fsd's work area
                     settled; otherwise a regular file that, if it has more than
                     one link, is the upper object at a name of that lower file
     moving          journal of a directory move (JSON: hex src, hex dst, key),
-    moving.tmp      and the journal being written; both absent when settled
+                    absent when settled (it is written in tmp/, then renamed)
     freeze, frozen  a reader's pid while the upper is frozen (fsd/freeze.py), each
                     written as NAME.tmp and renamed; all absent when settled
 upper               every entry lstat-able; whiteouts (a char device 0/0, or an
@@ -46,7 +46,7 @@ import stat
 from pathlib import Path
 
 WORK_AREA = "fsd"
-WORK_AREA_FILES = {"lock", "tmp", "index", "moving", "moving.tmp"}
+WORK_AREA_FILES = {"lock", "tmp", "index", "moving"}
 FREEZING = {"freeze", "frozen", "freeze.tmp", "frozen.tmp"}  # a freeze under way
 WH_PREFIX = b".wh."
 OPAQUE_FILE = b".wh..wh..opq"
@@ -250,19 +250,17 @@ def _check_index(lowers: list[Path], upper: bytes, area: bytes, settled: bool, o
 
 
 def _check_journal(area: bytes, settled: bool, out: list[str]) -> None:
-    for name in (b"moving", b"moving.tmp"):
-        path = os.path.join(area, name)
-        if not os.path.lexists(path):
-            continue
-        if settled:
-            out.append(f"work area: move journal {name.decode()!r} left over")
-            continue
-        if name == b"moving":
-            try:
-                record = json.loads(Path(os.fsdecode(path)).read_bytes())
-                bytes.fromhex(record["src"]), bytes.fromhex(record["dst"]), int(record["key"])
-            except (ValueError, KeyError, TypeError) as exc:
-                out.append(f"work area: move journal unreadable ({exc})")
+    path = os.path.join(area, b"moving")
+    if not os.path.lexists(path):
+        return
+    if settled:
+        out.append("work area: move journal 'moving' left over")
+        return
+    try:
+        record = json.loads(Path(os.fsdecode(path)).read_bytes())
+        bytes.fromhex(record["src"]), bytes.fromhex(record["dst"]), int(record["key"])
+    except (ValueError, KeyError, TypeError) as exc:
+        out.append(f"work area: move journal unreadable ({exc})")
 
 
 def problems(lowers: list[Path], upper: Path, workdir: Path, settled: bool = True) -> list[str]:
