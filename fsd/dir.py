@@ -22,7 +22,7 @@ from .inode import Node
 from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT
 from .namei import Namei
 from .ondisk import (NAME_MAX, WH_PREFIX, format_override, is_reserved_name, is_whiteout_dev,
-                     set_opaque, write_whiteout, write_whiteout_dev)
+                     set_opaque, whiteout_fits, write_whiteout, write_whiteout_dev)
 from .overlay import Overlay
 from .workarea import discard_tree
 
@@ -377,8 +377,13 @@ class DirOps:
             self.ovl.work.layer.unlink(entry)
 
     def _rename_pair(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> tuple[Node, Node | None]:
-        """The source and destination nodes, after the checks rename(2) makes."""
+        """The source and destination nodes, after the checks rename(2) makes;
+        ENAMETOOLONG before any change when the old name must be whited out and
+        its whiteout cannot be written (`.wh.NAME` past NAME_MAX)."""
         src = self.namei.lookup(p1, n1)
+        if not flags & RENAME_EXCHANGE and self.dircache.lower_has(p1, n1) \
+                and not whiteout_fits(n1, self.markers):
+            raise fail(errno.ENAMETOOLONG, n1)
         dst = self.namei.find(p2, n2)
         if flags & RENAME_NOREPLACE and dst is not None:
             raise fail(errno.EEXIST, n2)

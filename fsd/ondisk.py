@@ -161,6 +161,12 @@ def dir_is_opaque(layer: Layer, rel: bytes, attrs: list[bytes] | None = None) ->
 
 # --- writing markers into the upper (or an object being built in the work area) ------
 
+def whiteout_fits(name: bytes, markers: Markers) -> bool:
+    """Whether a whiteout of `name` can be written in the mount's format
+    (`.wh.NAME` must fit in NAME_MAX)."""
+    return markers.whiteout == "chardev" or len(name) + len(WH_PREFIX) <= NAME_MAX
+
+
 def write_whiteout(layer: Layer, dir_rel: bytes, name: bytes, markers: Markers) -> None:
     """Create a whiteout of `name` in directory dir_rel, in the mount's format;
     the name must be free.  ENAMETOOLONG when `.wh.NAME` does not fit."""
@@ -168,7 +174,7 @@ def write_whiteout(layer: Layer, dir_rel: bytes, name: bytes, markers: Markers) 
         mode, rdev = whiteout_mode()
         layer.mknod(_join(dir_rel, name), mode, rdev)
         return
-    if len(name) + len(WH_PREFIX) > NAME_MAX:
+    if not whiteout_fits(name, markers):
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), name)
     os.close(layer.open(_join(dir_rel, WH_PREFIX + name), os.O_WRONLY | os.O_CREAT, 0))
 

@@ -337,10 +337,6 @@ async def test_rename_errnos(overlay):
     assert await fs.read("f") == b"x" and await fs.read("g") == b"y"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: with whiteout=file, a rename of a lower file whose `.wh.` name would pass 255 bytes "
-    "moves the copy in the upper first and only then fails to write the whiteout: ENAMETOOLONG, "
-    "yet the upper changed (the view loses the file; after a remount it shows under both names)"))
 async def test_a_rename_that_cannot_white_out_the_old_name_changes_nothing(overlay):
     (bottom,) = overlay.lowers(1)
     name = "n" * 252
@@ -454,11 +450,6 @@ async def test_a_merged_directory_renamed_over_an_empty_directory(overlay, wh):
     assert sorted(await fs.listdir("")) == [b"target"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: with whiteout=file, a rename of a merged directory whose `.wh.` name would pass "
-    "255 bytes places the moved tree, then fails ENAMETOOLONG writing the whiteout of the old "
-    "name: both names show the tree, the move journal stays, and every later mount fails in "
-    "its recovery with 'File name too long'"))
 async def test_a_merged_directory_whose_old_name_cannot_be_whited_out_is_not_moved(overlay):
     (bottom,) = overlay.lowers(1)
     name = "d" * 252
