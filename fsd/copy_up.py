@@ -325,10 +325,13 @@ class CopyUp:
             os.fsync(dst_fd)
 
     async def metadata(self, node: Node) -> None:
-        """metacopy=on: copy a lower regular file's metadata only; data on first write."""
+        """metacopy=on: copy a lower regular file's metadata only; data on first write.
+        A file with several names is copied whole: the later copy of the data
+        would replace only the name written through, and its other names would
+        keep the lower data."""
         if node.upper:
             return
-        if node.kind != stat.S_IFREG:
+        if node.kind != stat.S_IFREG or self._lower_nlink(node) > 1:
             return await self.ensure(node)
         async with self._copy_lock(node):
             if node.upper:
@@ -339,6 +342,12 @@ class CopyUp:
             if not parent.upper:
                 await self.ensure(parent)
             await self._copy(node, parent, data=False, metadata_only=True)
+
+    def _lower_nlink(self, node: Node) -> int:
+        st = node.lower_stat
+        if st is None:
+            st = self.ovl.lowers[node.lower_index].lstat(node.path())
+        return st.st_nlink
 
     async def _fill_data(self, node: Node) -> None:
         """Second half of a metacopy: build the full file in the work area with the

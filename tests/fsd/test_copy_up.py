@@ -295,10 +295,6 @@ async def test_metacopy_copies_metadata_first_and_data_on_write(overlay):
     assert not [a for a in os.listxattr(up) if "metacopy" in a]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: under metacopy=on the other names of a hard-linked lower file are linked to its "
-    "metadata-only copy; the copy of the data then replaces only the name written through, so "
-    "the other names keep the lower data and are no longer links of it"))
 async def test_metacopy_keeps_hard_links_one_file(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "a", "linked")
