@@ -272,17 +272,28 @@ def overlay_opts(lowers, upper=None, work=None, extra=()) -> list[str]:
 
 # -- unmounting ------------------------------------------------------------------
 
+def _fusectl(minor: int) -> Path:
+    """/sys/fs/fuse/connections/MINOR, mounting the fusectl filesystem if need be."""
+    if FUSECTL.exists() and not any(m.fstype == "fusectl" for m in mount_table()):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(FUSECTL)], capture_output=True)
+    return FUSECTL / str(minor)
+
+
 def fuse_abort(minor: int) -> bool:
     """Abort a FUSE connection: pending requests fail ECONNABORTED, later ones ENOTCONN."""
-    if not (FUSECTL / "abort").parent.exists():
+    if not FUSECTL.exists():
         return False
-    if not any(m.fstype == "fusectl" for m in mount_table()):
-        subprocess.run(["mount", "-t", "fusectl", "none", str(FUSECTL)], capture_output=True)
     try:
-        (FUSECTL / str(minor) / "abort").write_text("1")
+        (_fusectl(minor) / "abort").write_text("1")
         return True
     except OSError:
         return False
+
+
+def fuse_waiting(minor: int) -> int:
+    """Requests of a FUSE connection sent and not yet answered, those the daemon
+    has not read yet included."""
+    return int((_fusectl(minor) / "waiting").read_text())
 
 
 def unmount_fuse(mnt, pids=(), timeout: float = 10.0) -> list[str]:
