@@ -129,7 +129,14 @@ class CopyUp:
 
     def upper_and_no_tree_move(self, *nodes: Node) -> bool:
         """Whether nodes are fully in the upper and no tree is being moved."""
-        return not self.ovl.tree_moving() and all(n.upper and not n.metacopy for n in nodes)
+        return not self.ovl.tree_moving() and all(self._copied(n) for n in nodes)
+
+    @staticmethod
+    def _copied(node: Node) -> bool:
+        """Whether node's copy-up is complete: in the upper with its data, and
+        no copy-up of it still under way (one that published the copy goes on
+        to link the file's other names: until then they are missing)."""
+        return node.upper and not node.metacopy and not node.copy_under_way
 
     async def ensure_all(self, *nodes: Node) -> None:
         """Copy up nodes and return at a moment when no tree move is under way, so
@@ -159,7 +166,7 @@ class CopyUp:
         """Make node exist in the upper; with data=False a regular file gets no data
         (it is about to be truncated).  Ancestors are copied first, top-down, in a
         loop: trees can be thousands of levels deep."""
-        if node.upper and not node.metacopy:
+        if self._copied(node):
             return
         await self.ovl.wait_tree_move()
         missing = []
@@ -185,7 +192,7 @@ class CopyUp:
             node.lock.release()
 
     async def _ensure_one(self, node: Node, data: bool) -> None:
-        if node.upper and not node.metacopy:
+        if self._copied(node):
             return
         async with self._copy_lock(node):
             if node.upper and not node.metacopy:

@@ -83,6 +83,12 @@ class Node:
         return self.kind == stat.S_IFDIR
 
     @property
+    def copy_under_way(self) -> bool:
+        """A copy-up of this node holds its lock (copy_up.py): one that has
+        published the copy may still be linking the file's other names."""
+        return self.lock is not None and self.lock.locked()
+
+    @property
     def parent(self) -> "Node | None":
         return self.links[-1][0] if self.links else None
 
@@ -119,6 +125,12 @@ class Node:
         if link in self.links:
             self.links.remove(link)
         self.links.append(link)
+        self.gone = False
+
+    def add_link_behind(self, parent: "Node", name: bytes) -> None:
+        """Know one more name of this object without building its path from it."""
+        if (parent, name) not in self.links:
+            self.links.insert(0, (parent, name))
         self.gone = False
 
     def drop_link(self, parent: "Node", name: bytes) -> None:

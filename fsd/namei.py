@@ -97,6 +97,12 @@ class Namei:
         key = self.table.key_for(layer.dev, st.st_ino)
         node = self.table.find(key, kind)
         if node is not None and node.upper:
+            if node.copy_under_way:
+                # a copy-up that published the file is linking its other names,
+                # this one too: it names the node, whose path stays a name
+                # already in the upper until then
+                node.add_link_behind(parent, name)
+                return node
             node = None  # a hard link whose file was copied up without this name
             key = self.table.fresh_key()
         if node is None:

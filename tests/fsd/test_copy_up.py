@@ -207,11 +207,6 @@ async def test_hard_links_stay_one_file(overlay):
     assert await fs.read("b") == b"linked"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: while the copy-up through one name of a lower hard-linked file looks for its other "
-    "names (a walk of the layer in a worker thread), a write through another name copies that "
-    "name up on its own and takes over the index entry: one of the two writes fails ENOENT after "
-    "its copy was published, and the names are two files"))
 async def test_writes_through_two_names_of_a_lower_hard_link_at_once(overlay, monkeypatch):
     (bottom,) = overlay.lowers(1)
     write(bottom, "a", "linked")
