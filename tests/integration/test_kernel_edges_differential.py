@@ -25,7 +25,7 @@ from typing import Callable
 import pytest
 
 from support.faults import in_child
-from support.upper_ops import errname
+from support.upper_ops import errname, results_of
 
 STATES = ("lower", "copied", "upper")
 KERNEL_OPTS = ("redirect_dir=off", "index=off", "metacopy=off")
@@ -107,18 +107,6 @@ def _result(call, state):
         return errname(e)
 
 
-def _seq(*thunks):
-    """Each call's result, or its errno name."""
-    out = []
-    for t in thunks:
-        try:
-            v = t()
-            out.append("ok" if v is None else v)
-        except OSError as e:
-            out.append(errname(e))
-    return out
-
-
 def _nlinks(d, *names):
     return [os.lstat(f"{d}/{n}").st_nlink for n in names]
 
@@ -141,7 +129,7 @@ def _build_links(base: Path, state: str):
 
 
 def _link_ops(d):
-    return _seq(
+    return results_of(
         lambda: os.unlink(f"{d}/unlinked/a"), lambda: _nlinks(d, "unlinked/b"),
         lambda: os.link(f"{d}/linked/a", f"{d}/linked/n"), lambda: _nlinks(d, "linked/n", "linked/a", "linked/b"),
         lambda: os.rename(f"{d}/over/x", f"{d}/over/a"), lambda: _nlinks(d, "over/a", "over/b", "over/c"),
@@ -196,7 +184,7 @@ def _fstat_after(path, change):
 def _replace_ops(d):
     os.mkdir(f"{d}/replaced/a")
     _write(Path(f"{d}/file/g"))
-    return _seq(lambda: _fstat_after(f"{d}/replaced/b", lambda: os.rename(f"{d}/replaced/a", f"{d}/replaced/b")),
+    return results_of(lambda: _fstat_after(f"{d}/replaced/b", lambda: os.rename(f"{d}/replaced/a", f"{d}/replaced/b")),
                 lambda: _fstat_after(f"{d}/removed/b", lambda: os.rmdir(f"{d}/removed/b")),
                 lambda: _fstat_after(f"{d}/file/f", lambda: os.rename(f"{d}/file/g", f"{d}/file/f")))
 
@@ -224,7 +212,7 @@ def _direct_ops(d):
     def through(flags, *calls):
         fd = os.open(f"{d}/f", flags | os.O_DIRECT)
         try:
-            return _seq(*(lambda c=c: c(fd) for c in calls))
+            return results_of(*(lambda c=c: c(fd) for c in calls))
         finally:
             os.close(fd)
     out = [through(os.O_RDONLY, lambda fd: len(os.pread(fd, 3, 1)), lambda fd: os.preadv(fd, [aligned], 4096)),
@@ -264,7 +252,7 @@ def _reopen_ops(d):
     fd = os.open(f"{d}/f", os.O_RDONLY)
     try:
         os.unlink(f"{d}/f")
-        return _seq(lambda: _read_reopened(fd, os.O_RDONLY), lambda: _read_reopened(fd, os.O_RDWR),
+        return results_of(lambda: _read_reopened(fd, os.O_RDONLY), lambda: _read_reopened(fd, os.O_RDWR),
                     lambda: os.path.exists(f"{d}/f"))
     finally:
         os.close(fd)

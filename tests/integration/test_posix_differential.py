@@ -40,7 +40,7 @@ from support import rootless
 from support.convert import convert_layers
 from support.faults import in_child
 from support.layergen import make_layers, make_opaque, whiteout
-from support.upper_ops import (RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, errname, lchmod,
+from support.upper_ops import (RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, errname, lchmod, results_of,
                                renameat2, utimensat)
 
 KERNEL_OPTS = ("redirect_dir=off", "index=off", "metacopy=off")
@@ -325,23 +325,11 @@ def _user_xattrs(path):
     return sorted(n for n in os.listxattr(path, follow_symlinks=False) if n.startswith("user."))
 
 
-def _seq(*thunks):
-    """Several calls in order; each one's result (the errno name on failure)."""
-    out = []
-    for t in thunks:
-        try:
-            v = t()
-            out.append("ok" if v is None else v)
-        except OSError as e:
-            out.append(errname(e))
-    return out
-
-
 def _through_fd(path, flags, *calls):
     """Open path, then each call(fd) in order; their results."""
     fd = os.open(path, flags)
     try:
-        return _seq(*(lambda c=c: c(fd) for c in calls))
+        return results_of(*(lambda c=c: c(fd) for c in calls))
     finally:
         os.close(fd)
 
@@ -394,29 +382,29 @@ def _cases() -> list[Case]:
         Case("open_trunc_empty", (F("e", data=b""),), lambda d: _open(f"{d}/e", WR | O.O_TRUNC), ("e",)),
         Case("open_trunc_rdonly", f, lambda d: _open(f"{d}/f", O.O_RDONLY | O.O_TRUNC), ("f",)),
         Case("open_append", f, lambda d: _open_write(f"{d}/f", WR | O.O_APPEND), ("f",)),
-        Case("open_write_dir", (D("sub"),), lambda d: _seq(lambda: _open(f"{d}/sub", WR),
+        Case("open_write_dir", (D("sub"),), lambda d: results_of(lambda: _open(f"{d}/sub", WR),
                                                            lambda: _open(f"{d}/sub", O.O_RDWR),
                                                            lambda: _open(f"{d}/sub", WR | CR)), ("sub",)),
         Case("open_read_dir", (D("sub"),), lambda d: _open(f"{d}/sub", O.O_RDONLY), ("sub",)),
-        Case("open_long_names", (), lambda d: _seq(lambda: _open(f"{d}/{TOO_LONG}", WR | CR),
+        Case("open_long_names", (), lambda d: results_of(lambda: _open(f"{d}/{TOO_LONG}", WR | CR),
                                                    lambda: _open(f"{d}/{TOO_LONG}", O.O_RDONLY),
                                                    lambda: _open(f"{d}/{LONG}", WR | CR)), (LONG,)),
-        Case("open_trailing_slash", f, lambda d: _seq(lambda: _open(f"{d}/f/", O.O_RDONLY),
+        Case("open_trailing_slash", f, lambda d: results_of(lambda: _open(f"{d}/f/", O.O_RDONLY),
                                                       lambda: _open(f"{d}/n/", WR | CR)), ("f",)),
         Case("open_under_file", f, lambda d: _open(f"{d}/f/x", WR | CR), ("f",)),
         Case("open_missing", (), lambda d: _open(f"{d}/none", O.O_RDONLY)),
         # -- mkdir / rmdir
         Case("mkdir_new", (), lambda d: os.mkdir(f"{d}/n", 0o751), ("n",)),
         Case("mkdir_existing", f + (D("sub"), S("s", "nowhere")),
-             lambda d: _seq(lambda: os.mkdir(f"{d}/f"), lambda: os.mkdir(f"{d}/sub"), lambda: os.mkdir(f"{d}/s")),
+             lambda d: results_of(lambda: os.mkdir(f"{d}/f"), lambda: os.mkdir(f"{d}/sub"), lambda: os.mkdir(f"{d}/s")),
              ("f", "sub", "s")),
         Case("mkdir_whiteout", (D("sub"), F("sub/x"), W("sub")),
-             lambda d: _seq(lambda: os.mkdir(f"{d}/sub"), lambda: os.listdir(f"{d}/sub")), ("sub",)),
+             lambda d: results_of(lambda: os.mkdir(f"{d}/sub"), lambda: os.listdir(f"{d}/sub")), ("sub",)),
         Case("mkdir_under_file", f, lambda d: os.mkdir(f"{d}/f/x"), ("f",)),
-        Case("mkdir_long_name", (), lambda d: _seq(lambda: os.mkdir(f"{d}/{TOO_LONG}"),
+        Case("mkdir_long_name", (), lambda d: results_of(lambda: os.mkdir(f"{d}/{TOO_LONG}"),
                                                    lambda: os.mkdir(f"{d}/{LONG}")), (LONG,)),
         Case("mkdir_setgid_parent", (D("g", 0o2775, 0, OTHER),),
-             lambda d: _seq(lambda: os.mkdir(f"{d}/g/n"), lambda: _open(f"{d}/g/f", WR | CR)),
+             lambda d: results_of(lambda: os.mkdir(f"{d}/g/n"), lambda: _open(f"{d}/g/f", WR | CR)),
              ("g", "g/n", "g/f")),
         Case("rmdir_empty", (D("sub"),), lambda d: os.rmdir(f"{d}/sub"), ("sub",)),
         Case("rmdir_nonempty", (D("sub"), F("sub/x")), lambda d: os.rmdir(f"{d}/sub"), ("sub",)),
@@ -426,10 +414,10 @@ def _cases() -> list[Case]:
              lambda d: os.rmdir(f"{d}/sub"), ("sub",)),
         Case("rmdir_fresh_file_in_lower_dir", (D("sub"), F("sub/n", fresh=True)),
              lambda d: os.rmdir(f"{d}/sub"), ("sub",)),
-        Case("rmdir_dot", (D("sub"),), lambda d: _seq(lambda: os.rmdir(f"{d}/sub/."),
+        Case("rmdir_dot", (D("sub"),), lambda d: results_of(lambda: os.rmdir(f"{d}/sub/."),
                                                       lambda: os.rmdir(f"{d}/sub/..")), ("sub",)),
         Case("rmdir_file", f + (D("sub"), S("s", "sub")),
-             lambda d: _seq(lambda: os.rmdir(f"{d}/f"), lambda: os.rmdir(f"{d}/s")), ("f", "s", "sub")),
+             lambda d: results_of(lambda: os.rmdir(f"{d}/f"), lambda: os.rmdir(f"{d}/s")), ("f", "s", "sub")),
         Case("rmdir_missing", (), lambda d: os.rmdir(f"{d}/none")),
         # -- unlink
         Case("unlink_file", f, lambda d: os.unlink(f"{d}/f"), ("f",)),
@@ -445,7 +433,7 @@ def _cases() -> list[Case]:
         Case("link_new", f, lambda d: os.link(f"{d}/f", f"{d}/n"), ("f", "n")),
         Case("link_dir", (D("sub"),), lambda d: os.link(f"{d}/sub", f"{d}/n"), ("sub", "n")),
         Case("link_existing", f + (F("g"), D("sub")),
-             lambda d: _seq(lambda: os.link(f"{d}/f", f"{d}/g"), lambda: os.link(f"{d}/f", f"{d}/sub")),
+             lambda d: results_of(lambda: os.link(f"{d}/f", f"{d}/g"), lambda: os.link(f"{d}/f", f"{d}/sub")),
              ("f", "g", "sub")),
         Case("link_symlink", f + (S("s", "f"),), lambda d: os.link(f"{d}/s", f"{d}/n", follow_symlinks=False),
              ("s", "n", "f")),
@@ -454,14 +442,14 @@ def _cases() -> list[Case]:
              ("f", "sub", "sub/n")),
         Case("link_fifo", (P("p"),), lambda d: os.link(f"{d}/p", f"{d}/n"), ("p", "n")),
         # -- symlink / readlink
-        Case("symlink_new", (), lambda d: _seq(lambda: os.symlink("some/target", f"{d}/s"),
+        Case("symlink_new", (), lambda d: results_of(lambda: os.symlink("some/target", f"{d}/s"),
                                                lambda: os.readlink(f"{d}/s")), ("s",)),
         Case("symlink_existing", f + (D("sub"), S("s", "x")),
-             lambda d: _seq(lambda: os.symlink("t", f"{d}/f"), lambda: os.symlink("t", f"{d}/sub"),
+             lambda d: results_of(lambda: os.symlink("t", f"{d}/f"), lambda: os.symlink("t", f"{d}/sub"),
                             lambda: os.symlink("t", f"{d}/s")), ("f", "sub", "s")),
         Case("symlink_long_name", (), lambda d: os.symlink("t", f"{d}/{TOO_LONG}")),
         Case("readlink", f + (S("s", "f"), D("sub")),
-             lambda d: _seq(lambda: os.readlink(f"{d}/s"), lambda: os.readlink(f"{d}/f"),
+             lambda d: results_of(lambda: os.readlink(f"{d}/s"), lambda: os.readlink(f"{d}/f"),
                             lambda: os.readlink(f"{d}/sub")), ("s", "f")),
         # -- rename
         Case("rename_file_new", f, lambda d: os.rename(f"{d}/f", f"{d}/n"), ("f", "n")),
@@ -484,13 +472,13 @@ def _cases() -> list[Case]:
         Case("rename_dir_over_whited_out", (D("a", fresh=True), D("b"), F("b/x"), W("b/x")),
              lambda d: os.rename(f"{d}/a", f"{d}/b"), ("a", "b")),
         Case("rename_dir_into_itself", (D("a"), D("a/b")),
-             lambda d: _seq(lambda: os.rename(f"{d}/a", f"{d}/a/b/c"), lambda: os.rename(f"{d}/a", f"{d}/a/c")),
+             lambda d: results_of(lambda: os.rename(f"{d}/a", f"{d}/a/b/c"), lambda: os.rename(f"{d}/a", f"{d}/a/c")),
              ("a", "a/b")),
-        Case("rename_dot", (D("a"),), lambda d: _seq(lambda: os.rename(f"{d}/a/.", f"{d}/x"),
+        Case("rename_dot", (D("a"),), lambda d: results_of(lambda: os.rename(f"{d}/a/.", f"{d}/x"),
                                                      lambda: os.rename(f"{d}/a", f"{d}/a/..")), ("a",)),
         Case("rename_same_inode", f + (H("h", "f"),), lambda d: os.rename(f"{d}/f", f"{d}/h"), ("f", "h")),
         Case("rename_to_itself", f, lambda d: os.rename(f"{d}/f", f"{d}/f"), ("f",)),
-        Case("rename_noreplace", f + (F("g"),), lambda d: _seq(lambda: renameat2(f"{d}/f", f"{d}/g",
+        Case("rename_noreplace", f + (F("g"),), lambda d: results_of(lambda: renameat2(f"{d}/f", f"{d}/g",
                                                                                   RENAME_NOREPLACE),
                                                                 lambda: renameat2(f"{d}/f", f"{d}/n",
                                                                                   RENAME_NOREPLACE)),
@@ -525,22 +513,22 @@ def _cases() -> list[Case]:
         # -- utimensat
         Case("utime_now", f, lambda d: utimensat(f"{d}/f", UTIME_NOW, UTIME_NOW), ("f",)),
         Case("utime_null", f, lambda d: os.utime(f"{d}/f"), ("f",)),
-        Case("utime_explicit", f, lambda d: _seq(lambda: utimensat(f"{d}/f", T1, T2), lambda: _times(f"{d}/f")),
+        Case("utime_explicit", f, lambda d: results_of(lambda: utimensat(f"{d}/f", T1, T2), lambda: _times(f"{d}/f")),
              ("f",)),
         Case("utime_omit_both", f, lambda d: utimensat(f"{d}/f", UTIME_OMIT, UTIME_OMIT), ("f",)),
-        Case("utime_omit_atime", f, lambda d: _seq(lambda: utimensat(f"{d}/f", UTIME_OMIT, T2),
+        Case("utime_omit_atime", f, lambda d: results_of(lambda: utimensat(f"{d}/f", UTIME_OMIT, T2),
                                                    lambda: _times(f"{d}/f")[1]), ("f",)),
-        Case("utime_omit_mtime", f, lambda d: _seq(lambda: utimensat(f"{d}/f", T1, UTIME_OMIT),
+        Case("utime_omit_mtime", f, lambda d: results_of(lambda: utimensat(f"{d}/f", T1, UTIME_OMIT),
                                                    lambda: _times(f"{d}/f")[0]), ("f",)),
         Case("utime_now_omit", f, lambda d: utimensat(f"{d}/f", UTIME_NOW, UTIME_OMIT), ("f",)),
-        Case("utime_symlink", f + (S("s", "f"),), lambda d: _seq(lambda: utimensat(f"{d}/s", T1, T2),
+        Case("utime_symlink", f + (S("s", "f"),), lambda d: results_of(lambda: utimensat(f"{d}/s", T1, T2),
                                                                  lambda: _times(f"{d}/s")), ("s", "f")),
-        Case("utime_dir", (D("sub"),), lambda d: _seq(lambda: utimensat(f"{d}/sub", T1, T2),
+        Case("utime_dir", (D("sub"),), lambda d: results_of(lambda: utimensat(f"{d}/sub", T1, T2),
                                                       lambda: _times(f"{d}/sub")), ("sub",)),
         # -- mknod / mkfifo
         Case("mkfifo_new", (), lambda d: os.mkfifo(f"{d}/p", 0o640), ("p",)),
         Case("mkfifo_existing", f, lambda d: os.mkfifo(f"{d}/f"), ("f",)),
-        Case("mknod_kinds", (), lambda d: _seq(
+        Case("mknod_kinds", (), lambda d: results_of(
             lambda: os.mknod(f"{d}/c", stat.S_IFCHR | 0o600, os.makedev(1, 3)),
             lambda: os.mknod(f"{d}/b", stat.S_IFBLK | 0o600, os.makedev(7, 0)),
             lambda: os.mknod(f"{d}/r", stat.S_IFREG | 0o600),
@@ -549,12 +537,12 @@ def _cases() -> list[Case]:
             lambda: os.mknod(f"{d}/dd", stat.S_IFDIR | 0o600)), ("c", "b", "r", "k", "z", "dd")),
         Case("mknod_over_whiteout", f + (W("f"),), lambda d: os.mkfifo(f"{d}/f"), ("f",)),
         # -- xattrs
-        Case("xattr_roundtrip", f, lambda d: _seq(
+        Case("xattr_roundtrip", f, lambda d: results_of(
             lambda: os.setxattr(f"{d}/f", "user.a", b"1"), lambda: os.getxattr(f"{d}/f", "user.a"),
             lambda: _user_xattrs(f"{d}/f"), lambda: os.removexattr(f"{d}/f", "user.a"),
             lambda: os.getxattr(f"{d}/f", "user.a"), lambda: os.removexattr(f"{d}/f", "user.a"),
             lambda: _user_xattrs(f"{d}/f")), ("f",)),
-        Case("xattr_lower_value", f + (X("f", "user.l", b"lower value"),), lambda d: _seq(
+        Case("xattr_lower_value", f + (X("f", "user.l", b"lower value"),), lambda d: results_of(
             lambda: os.getxattr(f"{d}/f", "user.l"), lambda: _small_getxattr(f"{d}/f", "user.l", 2),
             lambda: _small_getxattr(f"{d}/f", "user.l", 0), lambda: _small_listxattr(f"{d}/f", 2),
             lambda: _small_listxattr(f"{d}/f", 0) > 0, lambda: os.setxattr(f"{d}/f", "user.l", b"x", XATTR_CREATE),
@@ -562,20 +550,20 @@ def _cases() -> list[Case]:
             lambda: os.setxattr(f"{d}/f", "user.l", b"new", XATTR_REPLACE), lambda: os.getxattr(f"{d}/f", "user.l"),
             lambda: os.setxattr(f"{d}/f", "user.e", b""), lambda: os.getxattr(f"{d}/f", "user.e"),
             lambda: _user_xattrs(f"{d}/f")), ("f",)),
-        Case("xattr_dir", (D("sub"),), lambda d: _seq(
+        Case("xattr_dir", (D("sub"),), lambda d: results_of(
             lambda: os.setxattr(f"{d}/sub", "user.a", b"1"), lambda: os.getxattr(f"{d}/sub", "user.a"),
             lambda: _user_xattrs(f"{d}/sub")), ("sub",)),
-        Case("xattr_symlink", f + (S("s", "f"), P("p")), lambda d: _seq(
+        Case("xattr_symlink", f + (S("s", "f"), P("p")), lambda d: results_of(
             lambda: os.setxattr(f"{d}/s", "user.a", b"1", follow_symlinks=False),
             lambda: os.getxattr(f"{d}/s", "user.a", follow_symlinks=False),
             lambda: os.removexattr(f"{d}/s", "user.a", follow_symlinks=False),
             lambda: os.setxattr(f"{d}/p", "user.a", b"1"),
             lambda: os.getxattr(f"{d}/p", "user.a")), ("s", "f", "p")),
-        Case("xattr_bad_names", f, lambda d: _seq(
+        Case("xattr_bad_names", f, lambda d: results_of(
             lambda: os.setxattr(f"{d}/f", "bogus.a", b"1"), lambda: os.getxattr(f"{d}/f", "bogus.a"),
             lambda: os.setxattr(f"{d}/f", "user.", b"1"), lambda: os.getxattr(f"{d}/f", "user." + "x" * 300)),
              ("f",)),
-        Case("xattr_trusted", f, lambda d: _seq(
+        Case("xattr_trusted", f, lambda d: results_of(
             lambda: os.setxattr(f"{d}/f", "trusted.t", b"1"), lambda: os.getxattr(f"{d}/f", "trusted.t"),
             lambda: os.removexattr(f"{d}/f", "trusted.t")), ("f",)),
         # -- through descriptors, across a copy-up
@@ -602,14 +590,14 @@ def _cases() -> list[Case]:
         Case("read_symlink", (S("s", "target"),), lambda d: os.readlink(f"{d}/s"), ("s",)),
         Case("truncate_fifo", (P("p"),), lambda d: os.truncate(f"{d}/p", 0), ("p",)),
         # -- opaque directories
-        Case("opaque_rmdir", (D("o"), F("o/x"), Q("o")), lambda d: _seq(
+        Case("opaque_rmdir", (D("o"), F("o/x"), Q("o")), lambda d: results_of(
             lambda: os.listdir(f"{d}/o"), lambda: os.rmdir(f"{d}/o")), ("o",)),
-        Case("opaque_create", (D("o"), F("o/x"), D("o/y"), Q("o")), lambda d: _seq(
+        Case("opaque_create", (D("o"), F("o/x"), D("o/y"), Q("o")), lambda d: results_of(
             lambda: _open(f"{d}/o/x", WR | CR | EX), lambda: os.mkdir(f"{d}/o/y"), lambda: sorted(os.listdir(f"{d}/o")),
             lambda: os.rmdir(f"{d}/o")), ("o", "o/x", "o/y")),
-        Case("opaque_rename_into", (D("o"), F("o/x"), Q("o"), F("f")), lambda d: _seq(
+        Case("opaque_rename_into", (D("o"), F("o/x"), Q("o"), F("f")), lambda d: results_of(
             lambda: os.rename(f"{d}/f", f"{d}/o/x"), lambda: os.listdir(f"{d}/o")), ("o", "o/x", "f")),
-        Case("long_names_everywhere", f, lambda d: _seq(
+        Case("long_names_everywhere", f, lambda d: results_of(
             lambda: os.link(f"{d}/f", f"{d}/{TOO_LONG}"), lambda: os.mkfifo(f"{d}/{TOO_LONG}"),
             lambda: os.unlink(f"{d}/{TOO_LONG}"), lambda: os.rmdir(f"{d}/{TOO_LONG}"),
             lambda: os.lstat(f"{d}/{TOO_LONG}"), lambda: os.link(f"{d}/f", f"{d}/{LONG}"),
@@ -627,75 +615,75 @@ def _cases() -> list[Case]:
              lambda d: renameat2(f"{d}/f", f"{d}/sub", RENAME_EXCHANGE), ("f", "sub")),
         Case("rename_into_file_parent", f + (F("g"),), lambda d: os.rename(f"{d}/f", f"{d}/g/x"), ("f", "g")),
         Case("tmpfile", (D("sub"),), lambda d: _through_fd(f"{d}/sub", O.O_TMPFILE | O.O_RDWR, _fmode), ("sub",)),
-        Case("mkdir_modes", (), lambda d: _seq(lambda: os.mkdir(f"{d}/a", 0o7777), lambda: _mode(f"{d}/a")),
+        Case("mkdir_modes", (), lambda d: results_of(lambda: os.mkdir(f"{d}/a", 0o7777), lambda: _mode(f"{d}/a")),
              ("a",)),
-        Case("create_modes", (), lambda d: _seq(lambda: _open(f"{d}/a", WR | CR, 0o7777), lambda: _mode(f"{d}/a"),
+        Case("create_modes", (), lambda d: results_of(lambda: _open(f"{d}/a", WR | CR, 0o7777), lambda: _mode(f"{d}/a"),
                                                 lambda: os.mknod(f"{d}/b", stat.S_IFREG | 0o6777),
                                                 lambda: _mode(f"{d}/b")), ("a", "b")),
-        Case("symlink_long_target", (), lambda d: _seq(lambda: os.symlink("t" * 4095, f"{d}/a"),
+        Case("symlink_long_target", (), lambda d: results_of(lambda: os.symlink("t" * 4095, f"{d}/a"),
                                                        lambda: len(os.readlink(f"{d}/a")),
                                                        lambda: os.symlink("t" * 4096, f"{d}/b")), ("a",)),
-        Case("xattr_big", f, lambda d: _seq(lambda: os.setxattr(f"{d}/f", "user.big", b"v" * 3000),
+        Case("xattr_big", f, lambda d: results_of(lambda: os.setxattr(f"{d}/f", "user.big", b"v" * 3000),
                                             lambda: len(os.getxattr(f"{d}/f", "user.big")),
                                             lambda: os.setxattr(f"{d}/f", "user.huge", b"v" * 70000)), ("f",)),
-        Case("xattr_overlay_names", f, lambda d: _seq(
+        Case("xattr_overlay_names", f, lambda d: results_of(
             lambda: os.setxattr(f"{d}/f", "trusted.overlay.x", b"1"), lambda: os.getxattr(f"{d}/f", "trusted.overlay.x"),
             lambda: sorted(os.listxattr(f"{d}/f"))), ("f",)),
-        Case("xattr_user_overlay", f, lambda d: _seq(
+        Case("xattr_user_overlay", f, lambda d: results_of(
             lambda: os.setxattr(f"{d}/f", "user.overlay.x", b"1"), lambda: os.getxattr(f"{d}/f", "user.overlay.x")),
              ("f",)),
-        Case("truncate_too_big", f, lambda d: _seq(lambda: os.truncate(f"{d}/f", 1 << 50),
+        Case("truncate_too_big", f, lambda d: results_of(lambda: os.truncate(f"{d}/f", 1 << 50),
                                                    lambda: _open_write_at(f"{d}/f", (1 << 50) - 1)), ("f",)),
         # -- as the unprivileged user
-        Case("u_create_in_root_dir", (D("sub"),), lambda d: _seq(
+        Case("u_create_in_root_dir", (D("sub"),), lambda d: results_of(
             lambda: _open(f"{d}/sub/n", WR | CR), lambda: os.mkdir(f"{d}/sub/m"),
             lambda: os.symlink("t", f"{d}/sub/s"), lambda: os.mkfifo(f"{d}/sub/p")), ("sub",), user=True),
-        Case("u_create_in_open_dir", (D("sub", 0o777),), lambda d: _seq(
+        Case("u_create_in_open_dir", (D("sub", 0o777),), lambda d: results_of(
             lambda: _open(f"{d}/sub/n", WR | CR, 0o666), lambda: os.mkdir(f"{d}/sub/m"),
             lambda: os.mkfifo(f"{d}/sub/p"), lambda: os.mknod(f"{d}/sub/c", stat.S_IFCHR, os.makedev(1, 3))),
              ("sub", "sub/n", "sub/m", "sub/p", "sub/c"), user=True),
-        Case("u_write_readonly", f, lambda d: _seq(
+        Case("u_write_readonly", f, lambda d: results_of(
             lambda: _open(f"{d}/f", WR), lambda: _open(f"{d}/f", O.O_RDONLY | O.O_TRUNC),
             lambda: os.truncate(f"{d}/f", 1)), ("f",), user=True),
         Case("u_chmod_others", f, lambda d: os.chmod(f"{d}/f", 0o777), ("f",), user=True),
-        Case("u_chmod_own_sgid_nonmember", (F("f", 0o644, U, OTHER),), lambda d: _seq(
+        Case("u_chmod_own_sgid_nonmember", (F("f", 0o644, U, OTHER),), lambda d: results_of(
             lambda: os.chmod(f"{d}/f", 0o2755), lambda: _mode(f"{d}/f")), ("f",), user=True),
-        Case("u_chmod_own_dir_sgid_nonmember", (D("sub", 0o755, U, OTHER),), lambda d: _seq(
+        Case("u_chmod_own_dir_sgid_nonmember", (D("sub", 0o755, U, OTHER),), lambda d: results_of(
             lambda: os.chmod(f"{d}/sub", 0o2755), lambda: _mode(f"{d}/sub")), ("sub",), user=True),
-        Case("u_chown_others", (F("f", 0o666, OTHER, OTHER),), lambda d: _seq(
+        Case("u_chown_others", (F("f", 0o666, OTHER, OTHER),), lambda d: results_of(
             lambda: os.chown(f"{d}/f", -1, -1), lambda: os.chown(f"{d}/f", OTHER, -1)), ("f",), user=True),
-        Case("u_chown_own", (F("f", 0o6755, U, OTHER),), lambda d: _seq(
+        Case("u_chown_own", (F("f", 0o6755, U, OTHER),), lambda d: results_of(
             lambda: os.chown(f"{d}/f", OTHER, -1), lambda: os.chown(f"{d}/f", -1, OTHER),
             lambda: _mode(f"{d}/f"), lambda: os.chown(f"{d}/f", -1, -1), lambda: _mode(f"{d}/f")), ("f",),
              user=True),
-        Case("u_chown_own_to_own_group", (F("f", 0o6755, U, OTHER),), lambda d: _seq(
+        Case("u_chown_own_to_own_group", (F("f", 0o6755, U, OTHER),), lambda d: results_of(
             lambda: os.chown(f"{d}/f", -1, os.getgid()), lambda: _mode(f"{d}/f")), ("f",), user=True),
         Case("u_chown_own_symlink", (S("s", "x", U, U),), lambda d: os.chown(f"{d}/s", -1, os.getgid(), follow_symlinks=False), ("s",), user=True),
-        Case("u_utime_others_writable", (F("f", 0o666, OTHER, OTHER),), lambda d: _seq(
+        Case("u_utime_others_writable", (F("f", 0o666, OTHER, OTHER),), lambda d: results_of(
             lambda: utimensat(f"{d}/f", UTIME_NOW, UTIME_NOW), lambda: os.utime(f"{d}/f"),
             lambda: utimensat(f"{d}/f", T1, T2), lambda: utimensat(f"{d}/f", UTIME_NOW, UTIME_OMIT),
             lambda: utimensat(f"{d}/f", UTIME_OMIT, UTIME_OMIT)), ("f",), user=True),
-        Case("u_utime_others_readonly", (F("f", 0o644, OTHER, OTHER),), lambda d: _seq(
+        Case("u_utime_others_readonly", (F("f", 0o644, OTHER, OTHER),), lambda d: results_of(
             lambda: utimensat(f"{d}/f", UTIME_NOW, UTIME_NOW), lambda: os.utime(f"{d}/f"),
             lambda: utimensat(f"{d}/f", T1, T2), lambda: utimensat(f"{d}/f", UTIME_NOW, UTIME_OMIT),
             lambda: utimensat(f"{d}/f", UTIME_OMIT, UTIME_OMIT)), ("f",), user=True),
-        Case("u_utime_own", (F("f", 0o444, U, U),), lambda d: _seq(
+        Case("u_utime_own", (F("f", 0o444, U, U),), lambda d: results_of(
             lambda: utimensat(f"{d}/f", T1, T2), lambda: _times(f"{d}/f")), ("f",), user=True),
-        Case("u_truncate_others", (F("f", 0o666, OTHER, OTHER), F("g", 0o6777, OTHER, OTHER)), lambda d: _seq(
+        Case("u_truncate_others", (F("f", 0o666, OTHER, OTHER), F("g", 0o6777, OTHER, OTHER)), lambda d: results_of(
             lambda: os.truncate(f"{d}/f", 1), lambda: os.truncate(f"{d}/g", 1), lambda: _mode(f"{d}/g")),
              ("f", "g"), user=True),
-        Case("u_write_setid", (F("g", 0o6777, OTHER, OTHER),), lambda d: _seq(
+        Case("u_write_setid", (F("g", 0o6777, OTHER, OTHER),), lambda d: results_of(
             lambda: _open_write(f"{d}/g", WR), lambda: _mode(f"{d}/g")), ("g",), user=True),
         Case("u_xattr", (F("f", 0o644, OTHER, OTHER), F("g", 0o666, OTHER, OTHER), D("sub", 0o1777, OTHER, OTHER)),
-             lambda d: _seq(
+             lambda d: results_of(
                  lambda: os.setxattr(f"{d}/f", "user.a", b"1"), lambda: os.setxattr(f"{d}/g", "user.a", b"1"),
                  lambda: os.getxattr(f"{d}/g", "user.a"), lambda: os.setxattr(f"{d}/sub", "user.a", b"1"),
                  lambda: os.setxattr(f"{d}/g", "trusted.a", b"1"), lambda: os.getxattr(f"{d}/g", "trusted.a")),
              ("f", "g", "sub"), user=True),
-        Case("u_link_others", (F("f", 0o600, OTHER, OTHER), D("sub", 0o777)), lambda d: _seq(
+        Case("u_link_others", (F("f", 0o600, OTHER, OTHER), D("sub", 0o777)), lambda d: results_of(
             lambda: os.link(f"{d}/f", f"{d}/sub/n")), ("f",), user=True),
         Case("u_sticky", (D("t", 0o1777), F("t/others", 0o666, OTHER, OTHER), F("t/mine", 0o644, U, U),
-                          D("t/others-dir", 0o777, OTHER, OTHER), F("t/mine2", 0o644, U, U)), lambda d: _seq(
+                          D("t/others-dir", 0o777, OTHER, OTHER), F("t/mine2", 0o644, U, U)), lambda d: results_of(
             lambda: os.unlink(f"{d}/t/others"), lambda: os.rename(f"{d}/t/others", f"{d}/t/x"),
             lambda: os.rename(f"{d}/t/mine2", f"{d}/t/others"), lambda: os.rmdir(f"{d}/t/others-dir"),
             lambda: os.rename(f"{d}/t/mine", f"{d}/t/moved"), lambda: os.unlink(f"{d}/t/moved"),
@@ -703,31 +691,31 @@ def _cases() -> list[Case]:
              ("t", "t/others", "t/mine", "t/mine2", "t/others-dir"), user=True),
         Case("u_sticky_own_dir", (D("t", 0o1777, U, U), F("t/others", 0o666, OTHER, OTHER)),
              lambda d: os.unlink(f"{d}/t/others"), ("t", "t/others"), user=True),
-        Case("u_closed_dir", (D("c", 0o700, OTHER, OTHER), F("c/f", 0o666)), lambda d: _seq(
+        Case("u_closed_dir", (D("c", 0o700, OTHER, OTHER), F("c/f", 0o666)), lambda d: results_of(
             lambda: _open(f"{d}/c/f", O.O_RDONLY), lambda: os.listdir(f"{d}/c"), lambda: os.unlink(f"{d}/c/f")),
              ("c",), user=True),
-        Case("u_setgid_dir", (D("g", 0o2777, 0, OTHER),), lambda d: _seq(
+        Case("u_setgid_dir", (D("g", 0o2777, 0, OTHER),), lambda d: results_of(
             lambda: os.mkdir(f"{d}/g/n"), lambda: _open(f"{d}/g/f", WR | CR, 0o2777), lambda: os.mkfifo(f"{d}/g/p"),
             lambda: os.symlink("t", f"{d}/g/s")), ("g", "g/n", "g/f", "g/p", "g/s"), user=True),
-        Case("u_create_setgid_mode", (D("o", 0o777),), lambda d: _seq(
+        Case("u_create_setgid_mode", (D("o", 0o777),), lambda d: results_of(
             lambda: _open(f"{d}/o/f", WR | CR, 0o6777), lambda: os.mkdir(f"{d}/o/n", 0o3777)),
              ("o/f", "o/n"), user=True),
-        Case("u_sticky_protected_regular", (D("t", 0o1777), F("t/others", 0o666, OTHER, OTHER)), lambda d: _seq(
+        Case("u_sticky_protected_regular", (D("t", 0o1777), F("t/others", 0o666, OTHER, OTHER)), lambda d: results_of(
             lambda: _open(f"{d}/t/others", WR | CR), lambda: _open(f"{d}/t/others", WR)), ("t/others",),
              user=True),
         Case("u_access", (F("r", 0o644), F("w", 0o666), F("x", 0o755), D("sub", 0o700)), lambda d: [
             os.access(f"{d}/{n}", m) for n in ("r", "w", "x", "sub") for m in (os.R_OK, os.W_OK, os.X_OK)]
              + [os.access(f"{d}/sub/none", os.F_OK)], user=True),
-        Case("u_own_setid_write", (F("f", 0o6755, U, OTHER), F("g", 0o6755, U, U)), lambda d: _seq(
+        Case("u_own_setid_write", (F("f", 0o6755, U, OTHER), F("g", 0o6755, U, U)), lambda d: results_of(
             lambda: _open_write(f"{d}/f", WR), lambda: _mode(f"{d}/f"), lambda: _open_write(f"{d}/g", WR),
             lambda: _mode(f"{d}/g")), ("f", "g"), user=True),
-        Case("u_utime_dir_others", (D("sub", 0o777, OTHER, OTHER), D("ro", 0o755, OTHER, OTHER)), lambda d: _seq(
+        Case("u_utime_dir_others", (D("sub", 0o777, OTHER, OTHER), D("ro", 0o755, OTHER, OTHER)), lambda d: results_of(
             lambda: utimensat(f"{d}/sub", UTIME_NOW, UTIME_NOW), lambda: utimensat(f"{d}/sub", T1, T2),
             lambda: utimensat(f"{d}/ro", UTIME_NOW, UTIME_NOW)), ("sub", "ro"), user=True),
         Case("u_rename_dir_others_sticky", (D("t", 0o1777), D("t/od", 0o777, OTHER, OTHER), D("t/md", 0o755, U, U)),
-             lambda d: _seq(lambda: os.rename(f"{d}/t/od", f"{d}/t/x"), lambda: os.rename(f"{d}/t/md", f"{d}/t/od")),
+             lambda d: results_of(lambda: os.rename(f"{d}/t/od", f"{d}/t/x"), lambda: os.rename(f"{d}/t/md", f"{d}/t/od")),
              ("t", "t/od", "t/md"), user=True),
-        Case("u_dir_no_write", (D("c", 0o755, OTHER, OTHER), F("c/f", 0o666, U, U)), lambda d: _seq(
+        Case("u_dir_no_write", (D("c", 0o755, OTHER, OTHER), F("c/f", 0o666, U, U)), lambda d: results_of(
             lambda: os.unlink(f"{d}/c/f"), lambda: os.rename(f"{d}/c/f", f"{d}/c/g"),
             lambda: _open_write(f"{d}/c/f", WR)), ("c", "c/f"), user=True),
     ]

@@ -34,7 +34,8 @@ from pathlib import Path
 import pytest
 
 from support import fsck, mounts
-from support.faults import RACE, daemon_pids, errname
+from support.faults import RACE, daemon_pids
+from support.upper_ops import errname
 from support.layergen import make_layers, write
 from support.snapshot import compare, invariant_problems, snapshot
 from support.upper_ops import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2

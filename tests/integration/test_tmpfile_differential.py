@@ -19,7 +19,7 @@ import pytest
 
 from support import fsck
 from support.convert import convert_layers
-from support.faults import errname
+from support.upper_ops import errname
 from support.layergen import make_layers, write
 
 KERNEL_OPTS = ("redirect_dir=off", "index=off", "metacopy=off")

@@ -34,7 +34,6 @@ import contextlib
 import copy
 import ctypes
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -50,11 +49,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .upper_ops import errname
+
 MiB = 1 << 20
-
-
-def errname(e: OSError) -> str:
-    return errno.errorcode.get(e.errno, str(e.errno))
 
 
 # -- small filesystems ----------------------------------------------------------------------------

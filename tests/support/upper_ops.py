@@ -94,6 +94,19 @@ def errname(e: OSError) -> str:
     return errno.errorcode.get(e.errno, str(e.errno))
 
 
+def results_of(*thunks) -> list:
+    """Several calls in order; each one's result ("ok" for None, the errno name
+    on failure)."""
+    out = []
+    for t in thunks:
+        try:
+            v = t()
+            out.append("ok" if v is None else v)
+        except OSError as e:
+            out.append(errname(e))
+    return out
+
+
 def errno_of(fn, *args, **kw) -> str:
     """The errno name fn raises, or 'ok'."""
     try:
