@@ -42,8 +42,17 @@ in a worker thread, interrupted by a signal), a storm of FORGETs leaves no
 lookup counted, and SIGTERM, a cancelled main(), fusermount3 -u and a lazy
 unmount with a handler suspended each end the daemon cleanly.
 
-The fallocate, lseek, opendir, killpriv, tmpfile and receive loop tests fail
-without their patches. The filesystem under test is a flat passthrough of one
+FUSE passthrough (Linux 6.9) lets the kernel read and write an open file
+through a backing file, without READ or WRITE requests; libfuse 3.14 can
+neither ask for it nor name the backing file in an open reply.
+patches/pyfuse3-3.5.0-passthrough.patch adds Operations.enable_passthrough,
+pyfuse3.passthrough_granted(), pyfuse3.backing_open/backing_close and
+FileInfo.backing_id ("passthrough" on the command line here: every open and
+create passes through). The results are the daemon's counts of read and write
+requests.
+
+The fallocate, lseek, opendir, killpriv, tmpfile, receive loop and passthrough
+tests fail without their patches. The filesystem under test is a flat passthrough of one
 backing directory, defined below and served by a child process (`python
 THIS_FILE BACKING MOUNTPOINT [OPENDIR_REPLY]`), so pyfuse3's
 one-mount-per-process state stays out of pytest.
@@ -57,6 +66,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -148,11 +158,16 @@ class Passthrough(pyfuse3.Operations):
         self.names: dict[int, bytes] = {}  # inode -> name in the backing dir
         self.inodes: dict[bytes, int] = {}
         # "killpriv": handle_killpriv_v2 and ACLs (the kernel passes the ACL's kill
-        # flag only then), and opendir answers with an int
+        # flag only then); opendir answers with an int but as OPENDIR_REPLIES says
         self.handle_killpriv_v2 = self.enable_acl = opendir_reply == "killpriv"
-        self.opendir_reply = OPENDIR_REPLIES["int" if self.handle_killpriv_v2 else opendir_reply]
+        self.opendir_reply = OPENDIR_REPLIES.get(opendir_reply, OPENDIR_REPLIES["int"])
         # kills: [request, name, the kill flag the request came with]
-        self.calls = {"opendir": 0, "readdir": 0, "getxattr " + CAPS: 0, "kills": []}
+        self.calls = {"opendir": 0, "readdir": 0, "getxattr " + CAPS: 0, "kills": [],
+                      "read": 0, "write": 0, "passthrough_granted": False}
+        # "passthrough": opens and creates in passthrough mode, each on its own
+        # backing id (a test opens a file once at a time)
+        self.enable_passthrough = opendir_reply == "passthrough"
+        self.backing_ids: dict[int, int] = {}  # file handle -> backing id
         self.fh_names: dict[int, int] = {}  # file handle (a backing fd) -> inode
         self.nameless: dict[int, int] = {}  # inode of an O_TMPFILE file -> its fd
         self.lookups: dict[int, int] = {}  # inode -> lookups the kernel has not forgotten
@@ -231,7 +246,14 @@ class Passthrough(pyfuse3.Operations):
         self.fh_names[fd] = inode
         if self.names[inode].startswith(GATED_PREFIX.encode()):
             self.gated_fds.add(fd)
-        return pyfuse3.FileInfo(fh=fd)
+        return self._file_info(fd)
+
+    def _file_info(self, fd: int) -> pyfuse3.FileInfo:
+        if not self.enable_passthrough:
+            return pyfuse3.FileInfo(fh=fd)
+        self.calls["passthrough_granted"] = pyfuse3.passthrough_granted()
+        self.backing_ids[fd] = pyfuse3.backing_open(fd)
+        return pyfuse3.FileInfo(fh=fd, backing_id=self.backing_ids[fd])
 
     async def setattr(self, inode, attr, fields, fh, ctx):
         with _fuse_errors():
@@ -244,7 +266,7 @@ class Passthrough(pyfuse3.Operations):
         with _fuse_errors():
             fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW, mode, dir_fd=self.dirfd)
             self.fh_names[fd] = self._inode(name)
-            return (pyfuse3.FileInfo(fh=fd),
+            return (self._file_info(fd),
                     self._entry(self._looked_up(self._inode(name)), os.fstat(fd)))
 
     async def tmpfile(self, parent_inode, mode, flags, ctx):
@@ -258,12 +280,14 @@ class Passthrough(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fd), self._entry(self._looked_up(inode), os.fstat(fd))
 
     async def read(self, fh, off, size):
+        self.calls["read"] += 1
         with _fuse_errors():
             return os.pread(fh, size, off)
 
     async def write(self, fh, off, buf, ctx=None):
         if ctx is not None:
             self._kill("write", self.fh_names[fh], ctx.kill_suidgid)
+        self.calls["write"] += 1
         with _fuse_errors():
             return os.pwrite(fh, buf, off)
 
@@ -272,6 +296,8 @@ class Passthrough(pyfuse3.Operations):
             self.gated_fds.discard(fh)
             await self._wait_for_gate()
         self.nameless.pop(self.fh_names.pop(fh, None), None)
+        if fh in self.backing_ids:
+            pyfuse3.backing_close(self.backing_ids.pop(fh))
         os.close(fh)
 
     async def fallocate(self, fh, mode, offset, length):
@@ -959,6 +985,41 @@ def test_unmount_with_a_release_suspended_exits_once_it_completes(passthrough):
     fs.proc.send_signal(signal.SIGUSR2)
     # Its answer finds no connection (pyfuse3 logs that), and the daemon exits.
     assert fs.wait_exit() == 0
+
+
+# -- passthrough -----------------------------------------------------------------
+
+def _require_passthrough_patch() -> None:
+    if not hasattr(pyfuse3, "backing_open"):
+        pytest.fail("pyfuse3 has no backing_open: this pyfuse3 lacks "
+                    "patches/pyfuse3-3.5.0-passthrough.patch (run scripts/install)", pytrace=False)
+
+
+def _skip_unless_kernel_passes_through() -> None:
+    release = tuple(int(x) for x in re.findall(r"\d+", os.uname().release)[:2])
+    if release < (6, 9):
+        pytest.skip(f"FUSE passthrough needs Linux 6.9 (this is {os.uname().release})")
+
+
+@pytest.mark.parametrize("passthrough", ["passthrough"], indirect=True)
+def test_passthrough_reads_and_writes_do_not_reach_the_daemon(passthrough):
+    backing, mnt = passthrough.backing, passthrough.mnt
+    _require_passthrough_patch()
+    _skip_unless_kernel_passes_through()
+    data = os.urandom(3 * MiB + 5)
+    (backing / "old").write_bytes(data)
+
+    assert (mnt / "old").read_bytes() == data  # an open: FUSE_OPEN reply
+    fd = os.open(mnt / "new", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # a create reply
+    try:
+        os.write(fd, data)
+        assert os.pread(fd, len(data), 0) == data
+    finally:
+        os.close(fd)
+    assert (backing / "new").read_bytes() == data
+    calls = _calls(mnt)
+    assert calls["passthrough_granted"] is True
+    assert (calls["read"], calls["write"]) == (0, 0)
 
 
 if __name__ == "__main__":
