@@ -29,6 +29,9 @@ Options (-o):
   logfile=PATH, debug        where messages go once detached; log every request
   noatime, nodiratime        reads (of directories) change no atime in the upper;
                              atime, relatime, norelatime, strictatime, diratime undo them
+  upper_passthrough          the kernel reads and writes open upper files itself
+                             (rootful, Linux 6.9); a freeze then holds back no
+                             write through a file already open
   ro, allow_other, static_nlink, noacl, and the generic nosuid nodev noexec ...
 """
 

@@ -11,6 +11,20 @@ Atimes: a lower file is read with O_NOATIME (a layer never changes, as under the
 kernel overlay); an upper one without, so that its filesystem updates the atime
 by its own rules, unless the mount is noatime.  fsync is a no-op under fsync=0
 or volatile, and otherwise runs in a worker thread.
+
+Passthrough (kernel >= 6.9, CAP_SYS_ADMIN: rootful mounts): a handle is opened
+in passthrough mode where that is correct, so that the kernel reads, writes and
+maps it through the real file and sends fsd no read or write for it.  The
+kernel fixes that backing file at open, so a handle on a lower file of a mount
+with an upper stays on the normal path: it must move to the upper copy after a
+copy-up (`fd`).  On a mount without an upper nothing is ever copied up: its
+lower files pass through.  Upper files pass through with `upper_passthrough`
+only: writes through such a handle bypass fsd, and so the write gate of a
+freeze (freeze.py) and the quota (none is kept then).  The kernel fails an open that mixes passthrough and normal handles on
+one inode, or two backing files: a node with normal handles open gets only
+normal ones, and all passthrough handles of a node share one backing id.  The
+first failure to register a backing file (an unprivileged daemon, an upper on
+a stacked filesystem, a kernel without it) turns passthrough off for the mount.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import itertools
+import logging
 import mmap
 import os
 
@@ -35,6 +50,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 FALLOC_FL_PUNCH_HOLE = 0x02
 _DROP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+log = logging.getLogger("fsd")
 
 
 def _aligned(size: int) -> mmap.mmap:
@@ -43,13 +59,24 @@ def _aligned(size: int) -> mmap.mmap:
 
 
 class Handle:
-    __slots__ = ("fd", "node", "flags", "on_upper")
+    __slots__ = ("fd", "node", "flags", "on_upper", "passthrough")
 
-    def __init__(self, fd: int, node: Node, flags: int, on_upper: bool):
+    def __init__(self, fd: int, node: Node, flags: int, on_upper: bool, passthrough: bool):
         self.fd = fd
         self.node = node
         self.flags = flags
         self.on_upper = on_upper
+        self.passthrough = passthrough
+
+
+class Backing:
+    """The backing file of a node's passthrough handles: its id, and how many
+    handles use it."""
+    __slots__ = ("id", "handles")
+
+    def __init__(self, backing_id: int):
+        self.id = backing_id
+        self.handles = 0
 
 
 class FileOps:
@@ -60,6 +87,10 @@ class FileOps:
         self.noatime = ovl.noatime
         self.handles: dict[int, Handle] = {}
         self._ids = itertools.count(1)
+        # passthrough: None until the kernel's answer at INIT is known
+        self.passthrough: bool | None = None
+        self.backings: dict[Node, Backing] = {}  # nodes with passthrough handles
+        self.normal_opens: dict[Node, int] = {}  # nodes with handles on the normal path
 
     async def open(self, node: Node, flags: int) -> pyfuse3.FileInfo:
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
@@ -80,9 +111,34 @@ class FileOps:
         """A handle on fd, a descriptor of node's real file opened as flags ask
         (by `open`, or O_TMPFILE by `DirOps.tmpfile`); it is the handle's now."""
         fh = next(self._ids)
-        self.handles[fh] = Handle(fd, node, flags & ~(_DROP_FLAGS | os.O_TRUNC), on_upper)
+        backing = self._backing(node, fd, on_upper)
+        self.handles[fh] = Handle(fd, node, flags & ~(_DROP_FLAGS | os.O_TRUNC), on_upper,
+                                  backing is not None)
         self.table.opened(node, fd, on_upper)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        if backing is None:
+            self.normal_opens[node] = self.normal_opens.get(node, 0) + 1
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        backing.handles += 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing.id)
+
+    def _backing(self, node: Node, fd: int, on_upper: bool) -> Backing | None:
+        """The backing file for a new handle of node on fd, registering fd as
+        the node's if it has none yet; None: the normal path (see the module's
+        docstring for when)."""
+        if self.passthrough is None:
+            self.passthrough = pyfuse3.passthrough_granted()
+        if (not self.passthrough or node in self.normal_opens
+                or not (self.ovl.upper is None or on_upper and self.ovl.upper_passthrough)):
+            return None
+        backing = self.backings.get(node)
+        if backing is None:
+            try:
+                backing = self.backings[node] = Backing(pyfuse3.backing_open(fd))
+            except OSError as e:
+                log.info("passthrough off: the kernel refused a backing file (%s)", e)
+                self.passthrough = False
+                return None
+        return backing
 
     def _reopen(self, node: Node, flags: int) -> tuple[int, bool]:
         """Open a file whose last name is gone, which the kernel can still open
@@ -179,10 +235,21 @@ class FileOps:
         descriptor: its blocks leave the quota then (an O_TMPFILE never linked,
         or a file written after its last name went)."""
         handle = self.handles.pop(fh)
+        node = handle.node
         quota = self.ovl.quota
-        if quota is not None and handle.on_upper and handle.node.gone:
+        if quota is not None and handle.on_upper and node.gone:
             st = os.fstat(handle.fd)
             if st.st_nlink == 0:
                 quota.released(st)
+        if handle.passthrough:
+            backing = self.backings[node]
+            backing.handles -= 1
+            if not backing.handles:
+                del self.backings[node]
+                pyfuse3.backing_close(backing.id)
+        elif self.normal_opens[node] == 1:
+            del self.normal_opens[node]
+        else:
+            self.normal_opens[node] -= 1
         os.close(handle.fd)
-        self.table.closed(handle.node, handle.fd)
+        self.table.closed(node, handle.fd)

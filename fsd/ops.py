@@ -72,6 +72,8 @@ class Operations(pyfuse3.Operations):
         self.attrs = AttrOps(ovl, self.copyup, pyfuse3.get_sup_groups)
         self.dirs = DirOps(ovl, dircache, self.namei, self.copyup)
         self.files = FileOps(ovl, self.copyup)
+        # where file.py may use passthrough: lower files never change without an upper
+        self.enable_passthrough = ovl.upper is None or ovl.upper_passthrough
         self.listings = ReaddirOps(ovl, dircache, self.namei, self.attrs)
         self.writable = ovl.writable
         self.gate = ovl.gate

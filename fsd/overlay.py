@@ -54,6 +54,7 @@ class Overlay:
         self.timeout = params.timeout
         self.static_nlink = params.static_nlink
         self.metacopy = params.metacopy
+        self.upper_passthrough = params.upper_passthrough  # FUSE passthrough (file.py)
         self.noatime = params.noatime  # reads move no atime in the upper (O_NOATIME)
         self.dir_atime = not (params.noatime or params.nodiratime)
         self.gate = WriteGate()  # every change of the upper passes it (freeze.py)

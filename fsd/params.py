@@ -49,6 +49,7 @@ class OverlayParams:
     squash_to_gid: int | None = None
     static_nlink: bool = False
     noacl: bool = False
+    upper_passthrough: bool = False  # upper files by FUSE passthrough too (file.py)
     xattr_permissions: int = 0
     quota_bytes: int | None = None
     quota_inodes: int | None = None
@@ -250,7 +251,8 @@ def parse_options(option_strings: list[str], mountpoint: str, cwd: str | None = 
     kw: dict = {}
     if "fsync" in values:
         kw["fsync"] = _parse_bool("fsync", take("fsync"))
-    for flag in ("volatile", "ro", "allow_other", "debug", "static_nlink", "noacl"):
+    for flag in ("volatile", "ro", "allow_other", "debug", "static_nlink", "noacl",
+                 "upper_passthrough"):
         if flag in values:
             kw[flag] = _parse_bool(flag, take(flag))
     if "metacopy" in values:
@@ -297,6 +299,9 @@ def parse_options(option_strings: list[str], mountpoint: str, cwd: str | None = 
         kw["ro"] = True
         if "quota_bytes" in kw or "quota_inodes" in kw:
             raise ParamError("quota_bytes and quota_inodes need an upperdir")
+    if kw.get("upper_passthrough") and ("quota_bytes" in kw or "quota_inodes" in kw):
+        # writes through passthrough handles never reach fsd's accounting
+        raise ParamError("upper_passthrough cannot be used with quota_bytes or quota_inodes")
 
     for key in list(values):
         value = values.pop(key)

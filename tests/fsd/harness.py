@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import logging
 import os
 import re
@@ -95,9 +96,16 @@ class Session:
         self.invalidated_entries: list[tuple[int, bytes]] = []
         self.stored: list[tuple[int, int, bytes]] = []
         self.groups: dict[int, frozenset[int]] = {}
+        self.passthrough = False  # what the kernel answered at INIT
+        self.refuse_backings = False  # backing_open fails EPERM (an unprivileged daemon)
+        self.backings: dict[int, int] = {}  # backing ids registered -> their fd
+        self.closed_backings: list[int] = []
+        self.backing_opens = 0
+        self._backing_ids = itertools.count(1)
 
     FAKED = ("invalidate_inode", "invalidate_entry", "invalidate_entry_async", "notify_store",
-             "readdir_reply", "get_sup_groups")
+             "readdir_reply", "get_sup_groups", "passthrough_granted", "backing_open",
+             "backing_close")
 
     def install(self, monkeypatch) -> None:
         for name in self.FAKED:
@@ -124,6 +132,21 @@ class Session:
 
     def get_sup_groups(self, pid: int) -> set[int]:
         return set(self.groups.get(pid, ()))
+
+    def passthrough_granted(self) -> bool:
+        return self.passthrough
+
+    def backing_open(self, fd: int) -> int:
+        self.backing_opens += 1
+        if not self.passthrough or self.refuse_backings:
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM))
+        backing_id = next(self._backing_ids)
+        self.backings[backing_id] = fd
+        return backing_id
+
+    def backing_close(self, backing_id: int) -> None:
+        del self.backings[backing_id]
+        self.closed_backings.append(backing_id)
 
 
 class fails:

@@ -1,8 +1,10 @@
-"""In-process tests of fsd/file.py: opening files."""
+"""In-process tests of fsd/file.py: opening files, and which handles pass through."""
 
 from __future__ import annotations
 
 import os
+
+from support.layergen import write
 
 
 async def test_a_file_whose_name_is_gone_reopens_for_a_caller_with_o_nofollow(overlay):
@@ -21,3 +23,65 @@ async def test_a_file_whose_name_is_gone_reopens_for_a_caller_with_o_nofollow(ov
     assert await fs.ops.read(held, 0, 100) == b"data+more"
     await fs.ops.release(fh)
     await fs.ops.release(held)
+
+
+async def test_passthrough_handles_of_a_node_share_one_backing_and_never_mix_with_normal_ones(overlay):
+    """The kernel fails (EIO) an open that mixes passthrough and normal handles
+    on one inode, or two backing files; a handle on a lower file stays normal
+    (it must move to the copy after a copy-up)."""
+    overlay.lowers(1)
+    write(overlay.layers[0], "f", b"lower")
+    fs = await overlay.mount("upper_passthrough")
+    fs.session.passthrough = True
+    ino = await fs.ino("f")
+    lower = await fs.ops.open(ino, os.O_RDONLY, fs.ctx)
+    writer = await fs.ops.open(ino, os.O_WRONLY, fs.ctx)  # copies up, the lower handle open
+    assert (lower.backing_id, writer.backing_id) == (0, 0)
+    await fs.ops.release(lower.fh)
+    third = await fs.ops.open(ino, os.O_RDONLY, fs.ctx)  # on the copy, the writer still normal
+    assert third.backing_id == 0
+    await fs.ops.release(writer.fh)
+    await fs.ops.release(third.fh)
+
+    a = await fs.ops.open(ino, os.O_RDONLY, fs.ctx)
+    b = await fs.ops.open(ino, os.O_RDWR, fs.ctx)
+    assert a.backing_id == b.backing_id != 0
+    assert (a.keep_cache, list(fs.session.backings)) == (False, [a.backing_id])
+    await fs.ops.release(a.fh)
+    assert fs.session.closed_backings == []
+    await fs.ops.release(b.fh)
+    assert (fs.session.closed_backings, fs.session.backings) == ([a.backing_id], {})
+
+
+async def test_passthrough_is_off_for_upper_files_without_the_option(overlay):
+    overlay.lowers(1)
+    fs = await overlay.mount()
+    fs.session.passthrough = True
+    await fs.create("f", b"data")
+    info = await fs.ops.open(await fs.ino("f"), os.O_RDONLY, fs.ctx)
+    assert info.backing_id == 0
+    await fs.ops.release(info.fh)
+
+
+async def test_a_mount_without_upper_passes_its_lower_files_through(overlay):
+    overlay.lowers(1)
+    write(overlay.layers[0], "f", b"lower")
+    fs = await overlay.mount(upper=False)
+    fs.session.passthrough = True
+    info = await fs.ops.open(await fs.ino("f"), os.O_RDONLY, fs.ctx)
+    assert info.backing_id != 0
+    await fs.ops.release(info.fh)
+
+
+async def test_a_refused_backing_file_turns_passthrough_off_for_the_mount(overlay):
+    """An unprivileged daemon, an upper on a stacked filesystem: the kernel
+    refuses the first backing file, and fsd asks no more."""
+    overlay.lowers(1)
+    fs = await overlay.mount("upper_passthrough")
+    fs.session.passthrough = fs.session.refuse_backings = True
+    await fs.create("f", b"data")
+    for _ in range(2):
+        info = await fs.ops.open(await fs.ino("f"), os.O_RDONLY, fs.ctx)
+        assert info.backing_id == 0
+        await fs.ops.release(info.fh)
+    assert fs.session.backing_opens == 1

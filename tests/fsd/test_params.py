@@ -111,6 +111,7 @@ def test_upper_and_work_make_it_writable(t):
     ("xattr_permissions=2", "xattr_permissions", 2),
     ("whiteout=file", "whiteout", "file"),
     ("whiteout=chardev", "whiteout", "chardev"),
+    ("upper_passthrough", "upper_passthrough", True),
     ("metacopy=on", "metacopy", True),
     ("metacopy=off", "metacopy", False),
     ("metacopy", "metacopy", True),
@@ -232,3 +233,9 @@ def test_mountpoint(t):
 ])
 def test_bad_values(t, opt, message):
     assert error(t, "lowerdir=a", opt) == message
+
+
+def test_upper_passthrough_and_quota_exclude_each_other(t):
+    """Writes through passthrough handles never reach fsd's quota accounting."""
+    assert error(t, "lowerdir=a,upperdir=upper,workdir=work,upper_passthrough,quota_bytes=1M") == \
+        "upper_passthrough cannot be used with quota_bytes or quota_inodes"

@@ -480,3 +480,26 @@ def test_userns_ids_outside_uidmapping_are_stored_as_overflow(userns):
     for rel in ("mtab", "dir", "file"):
         st = a.stat(mnt / rel)
         assert (st.st_uid, st.st_gid) == (OVERFLOW, OVERFLOW), f"{rel}: shown as {st.st_uid}:{st.st_gid}"
+
+
+def _falls_back_from_passthrough(env: Env) -> None:
+    """An unprivileged daemon may not register backing files (the kernel wants
+    CAP_SYS_ADMIN of the initial namespace): fsd serves reads and writes itself."""
+    a, mnt = env.agent, env.mnt
+    m = env.mount("upper_passthrough", "debug")
+    a.write(mnt / "new.txt", "fresh\n")
+    assert a.read(mnt / "new.txt") == "fresh\n"
+    assert a.read(mnt / "own.txt") == "own\n"
+    a.unmount(m)
+    assert (env.upper / "new.txt").read_text() == "fresh\n"
+    log = m.log.read_text(errors="replace")
+    assert "passthrough off: the kernel refused a backing file" in log
+    assert "DEBUG read(" in log and "DEBUG write(" in log
+
+
+def test_user_mount_falls_back_from_passthrough(plain):
+    _falls_back_from_passthrough(plain)
+
+
+def test_userns_mount_falls_back_from_passthrough(userns):
+    _falls_back_from_passthrough(userns)
