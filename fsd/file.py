@@ -20,11 +20,12 @@ with an upper stays on the normal path: it must move to the upper copy after a
 copy-up (`fd`).  On a mount without an upper nothing is ever copied up: its
 lower files pass through.  Upper files pass through with `upper_passthrough`
 only: writes through such a handle bypass fsd, and so the write gate of a
-freeze (freeze.py) and the quota (none is kept then).  The kernel fails an open that mixes passthrough and normal handles on
-one inode, or two backing files: a node with normal handles open gets only
-normal ones, and all passthrough handles of a node share one backing id.  The
-first failure to register a backing file (an unprivileged daemon, an upper on
-a stacked filesystem, a kernel without it) turns passthrough off for the mount.
+freeze (freeze.py) and the quota (none is kept then).  The kernel fails an
+open that mixes passthrough and normal handles on one inode, or two backing
+files: a node with normal handles open gets only normal ones, and all
+passthrough handles of a node share one backing id.  The first failure to
+register a backing file (an unprivileged daemon, an upper on a stacked
+filesystem, a kernel without it) turns passthrough off for the mount.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class FileOps:
         # passthrough: None until the kernel's answer at INIT is known
         self.passthrough: bool | None = None
         self.backings: dict[Node, Backing] = {}  # nodes with passthrough handles
-        self.normal_opens: dict[Node, int] = {}  # nodes with handles on the normal path
+        # nodes with handles on the normal path, counted while passthrough is on
+        self.normal_opens: dict[Node, int] = {}
 
     async def open(self, node: Node, flags: int) -> pyfuse3.FileInfo:
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
@@ -116,7 +118,8 @@ class FileOps:
                                   backing is not None)
         self.table.opened(node, fd, on_upper)
         if backing is None:
-            self.normal_opens[node] = self.normal_opens.get(node, 0) + 1
+            if self.passthrough:
+                self.normal_opens[node] = self.normal_opens.get(node, 0) + 1
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         backing.handles += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing.id)
@@ -125,19 +128,20 @@ class FileOps:
         """The backing file for a new handle of node on fd, registering fd as
         the node's if it has none yet; None: the normal path (see the module's
         docstring for when)."""
+        backing = self.backings.get(node)
+        if backing is not None:  # even once passthrough is off: the node's mode
+            return backing
         if self.passthrough is None:
             self.passthrough = pyfuse3.passthrough_granted()
         if (not self.passthrough or node in self.normal_opens
                 or not (self.ovl.upper is None or on_upper and self.ovl.upper_passthrough)):
             return None
-        backing = self.backings.get(node)
-        if backing is None:
-            try:
-                backing = self.backings[node] = Backing(pyfuse3.backing_open(fd))
-            except OSError as e:
-                log.info("passthrough off: the kernel refused a backing file (%s)", e)
-                self.passthrough = False
-                return None
+        try:
+            backing = self.backings[node] = Backing(pyfuse3.backing_open(fd))
+        except OSError as e:
+            log.info("passthrough off: the kernel refused a backing file (%s)", e)
+            self.passthrough = False
+            return None
         return backing
 
     def _reopen(self, node: Node, flags: int) -> tuple[int, bool]:
@@ -247,9 +251,10 @@ class FileOps:
             if not backing.handles:
                 del self.backings[node]
                 pyfuse3.backing_close(backing.id)
-        elif self.normal_opens[node] == 1:
-            del self.normal_opens[node]
-        else:
-            self.normal_opens[node] -= 1
+        elif node in self.normal_opens:
+            if self.normal_opens[node] == 1:
+                del self.normal_opens[node]
+            else:
+                self.normal_opens[node] -= 1
         os.close(handle.fd)
         self.table.closed(node, handle.fd)

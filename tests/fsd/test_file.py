@@ -85,3 +85,22 @@ async def test_a_refused_backing_file_turns_passthrough_off_for_the_mount(overla
         assert info.backing_id == 0
         await fs.ops.release(info.fh)
     assert fs.session.backing_opens == 1
+
+
+async def test_a_node_with_passthrough_handles_keeps_them_after_passthrough_turned_off(overlay):
+    """A refusal for another file turns passthrough off, but a node whose
+    handles pass through must get passthrough handles as long as one is open."""
+    overlay.lowers(1)
+    fs = await overlay.mount("upper_passthrough")
+    fs.session.passthrough = True
+    await fs.create("a", b"a")
+    await fs.create("b", b"b")
+    first = await fs.ops.open(await fs.ino("a"), os.O_RDONLY, fs.ctx)
+    assert first.backing_id != 0
+    fs.session.refuse_backings = True
+    other = await fs.ops.open(await fs.ino("b"), os.O_RDONLY, fs.ctx)  # refused: off
+    second = await fs.ops.open(await fs.ino("a"), os.O_RDWR, fs.ctx)
+    assert (other.backing_id, second.backing_id) == (0, first.backing_id)
+    for info in (first, other, second):
+        await fs.ops.release(info.fh)
+    assert fs.session.backings == {}
