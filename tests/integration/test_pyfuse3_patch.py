@@ -51,10 +51,18 @@ FileInfo.backing_id ("passthrough" on the command line here: every open and
 create passes through). The results are the daemon's counts of read and write
 requests.
 
-The fallocate, lseek, opendir, killpriv, tmpfile, receive loop and passthrough
-tests fail without their patches. The filesystem under test is a flat passthrough of one
-backing directory, defined below and served by a child process (`python
-THIS_FILE BACKING MOUNTPOINT [OPENDIR_REPLY]`), so pyfuse3's
+Stock pyfuse3 never asks for FUSE_CAP_DONT_MASK, so the kernel applies the
+caller's umask before the file system sees the mode of a new file, also where a
+default ACL says the umask must not apply. patches/pyfuse3-3.5.0-dont-mask.patch
+adds Operations.enable_dont_mask (in this passthrough: "dont_mask" on the
+command line): the mode then arrives as asked, the umask in
+RequestContext.umask. The results are the mode and umask the create handler
+got, read through CALLS_XATTR.
+
+The fallocate, lseek, opendir, killpriv, tmpfile, receive loop, passthrough and
+dont_mask tests fail without their patches. The filesystem under test is a flat
+passthrough of one backing directory, defined below and served by a child
+process (`python THIS_FILE BACKING MOUNTPOINT [OPENDIR_REPLY]`), so pyfuse3's
 one-mount-per-process state stays out of pytest.
 """
 
@@ -161,13 +169,16 @@ class Passthrough(pyfuse3.Operations):
         # flag only then); opendir answers with an int but as OPENDIR_REPLIES says
         self.handle_killpriv_v2 = self.enable_acl = opendir_reply == "killpriv"
         self.opendir_reply = OPENDIR_REPLIES.get(opendir_reply, OPENDIR_REPLIES["int"])
-        # kills: [request, name, the kill flag the request came with]
+        # kills: [request, name, the kill flag the request came with]; create:
+        # [mode, umask] that the last create request came with
         self.calls = {"opendir": 0, "readdir": 0, "getxattr " + CAPS: 0, "kills": [],
-                      "read": 0, "write": 0, "passthrough_granted": False}
+                      "read": 0, "write": 0, "passthrough_granted": False, "create": None}
         # "passthrough": opens and creates in passthrough mode, each on its own
         # backing id (a test opens a file once at a time)
         self.enable_passthrough = opendir_reply == "passthrough"
         self.backing_ids: dict[int, int] = {}  # file handle -> backing id
+        # "dont_mask": enable_dont_mask
+        self.enable_dont_mask = opendir_reply == "dont_mask"
         self.fh_names: dict[int, int] = {}  # file handle (a backing fd) -> inode
         self.nameless: dict[int, int] = {}  # inode of an O_TMPFILE file -> its fd
         self.lookups: dict[int, int] = {}  # inode -> lookups the kernel has not forgotten
@@ -263,6 +274,7 @@ class Passthrough(pyfuse3.Operations):
         return await self.getattr(inode, ctx)
 
     async def create(self, parent_inode, name, mode, flags, ctx):
+        self.calls["create"] = [mode & 0o7777, ctx.umask]
         with _fuse_errors():
             fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW, mode, dir_fd=self.dirfd)
             self.fh_names[fd] = self._inode(name)
@@ -735,6 +747,27 @@ def test_o_tmpfile_reaches_the_tmpfile_handler(passthrough):
         assert os.listdir(mnt) == os.listdir(backing) == []
     finally:
         os.close(fd)
+
+
+def _created_with_umask(mnt: Path, umask: int) -> list[int]:
+    """Create a file with mode 0666 under umask; the [mode, umask] create got."""
+    old = os.umask(umask)
+    try:
+        os.close(os.open(mnt / "new", os.O_WRONLY | os.O_CREAT, 0o666))
+    finally:
+        os.umask(old)
+    return _calls(mnt)["create"]
+
+
+def test_the_kernel_masks_the_mode_of_a_new_file_by_default(passthrough):
+    mnt = passthrough.mnt
+    assert _created_with_umask(mnt, 0o027) == [0o640, 0o027]
+
+
+@pytest.mark.parametrize("passthrough", ["dont_mask"], indirect=True)
+def test_dont_mask_leaves_the_umask_to_the_file_system(passthrough):
+    mnt = passthrough.mnt
+    assert _created_with_umask(mnt, 0o027) == [0o666, 0o027]
 
 
 def _require_killpriv_patch() -> None:
