@@ -26,6 +26,8 @@ from .ondisk import (NAME_MAX, WH_PREFIX, format_override, is_reserved_name, is_
 from .overlay import Overlay
 from .workarea import discard_tree
 
+ACL_DEFAULT = b"system.posix_acl_default"  # a directory's ACL for what is made in it
+
 
 class DirOps:
     def __init__(self, ovl: Overlay, dircache: DirCache, namei: Namei, copyup: CopyUp):
@@ -64,9 +66,10 @@ class DirOps:
     # --- creating -----------------------------------------------------------------
 
     async def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int,
-                     rdev: int = 0, target: bytes | None = None) -> Node:
+                     rdev: int = 0, target: bytes | None = None, umask: int = 0) -> Node:
         """Make a new object of S_IFMT(mode); returns its node.  EEXIST if taken;
-        EPERM for a character device 0/0, which is a whiteout here (as the kernel)."""
+        EPERM for a character device 0/0, which is a whiteout here (as the kernel).
+        umask: the caller's (see `_creation_mode`)."""
         if is_whiteout_dev(stat.S_IFMT(mode), rdev):
             raise fail(errno.EPERM, name)
         self._check_new_name(parent, name)
@@ -81,22 +84,42 @@ class DirOps:
             gid = pst.st_gid
             if kind == stat.S_IFDIR:
                 mode |= stat.S_ISGID
+        mode, default_acl = self._creation_mode(parent, mode, umask)
         entries = self.dircache.upper_entries(parent)
         if name not in entries.whiteouts:
             self._make(self.ovl.upper, rel, mode, rdev, target, uid, gid)
         else:
+            work = self.ovl.work.layer
             tmp = self.ovl.work.tmp_name()
+            made = tmp
             try:
-                self._make(self.ovl.work.layer, tmp, mode, rdev, target, uid, gid)
+                if default_acl is not None:
+                    # made in a directory with the parent's default ACL, so that
+                    # it inherits what it would have inherited in the parent
+                    work.mkdir(tmp, 0o700)
+                    work.setxattr(tmp, ACL_DEFAULT, default_acl)
+                    made = tmp + b"/new"
+                self._make(work, made, mode, rdev, target, uid, gid)
                 if kind == stat.S_IFDIR:
-                    self.set_opaque(self.ovl.work.layer, tmp)
-                self._replace_whiteout(tmp, parent, name, kind)
+                    self.set_opaque(work, made)
+                self._replace_whiteout(made, parent, name, kind)
             except BaseException:
                 self.ovl.discard(tmp)
                 raise
+            if made != tmp:
+                work.rmdir(tmp)
         self.dircache.upper_added(parent, name, kind)
         self._account(rel, parent)
         return self.namei.lookup(parent, name)
+
+    def _creation_mode(self, parent: Node, mode: int, umask: int) -> tuple[int, bytes | None]:
+        """The mode to make a new object in parent (in the upper) with, and
+        parent's default ACL if it has one.  The caller's umask applies only
+        where no default ACL is inherited: one replaces the umask (POSIX), and
+        the upper's filesystem gives the object its mode and ACLs from it (the
+        kernel leaves both to fsd, see Operations.enable_dont_mask)."""
+        default_acl = self.ovl.upper.try_getxattr(parent.path(), ACL_DEFAULT)
+        return (mode & ~umask if default_acl is None else mode), default_acl
 
     def _account(self, *places) -> None:
         """Take the usage of changed upper objects (paths or directory nodes)."""
@@ -134,26 +157,32 @@ class DirOps:
     def _set_owner(self, made: os.stat_result, mode: int, rdev: int, uid: int, gid: int,
                    chown, setxattr, chmod) -> None:
         """Give a new object (made: its stat) the owner (uid, gid) as given through
-        the mount and the mode asked for, through its chown(uid, gid),
-        setxattr(name, value) and chmod(mode).  Under xattr_permissions a daemon
-        that may not chown keeps the owner and mode in the override xattr."""
+        the mount, through its chown(uid, gid), setxattr(name, value) and
+        chmod(mode).  Its permission bits stay those its filesystem gave it (a
+        default ACL of the directory shapes them, and its ACLs); its set-id and
+        sticky bits are those of mode.  Under xattr_permissions a daemon that
+        may not chown keeps the owner and mode in the override xattr."""
         kind = stat.S_IFMT(mode)
         perm = stat.S_IMODE(mode)
+        if stat.S_IFMT(made.st_mode) == kind:
+            perm = stat.S_IMODE(made.st_mode) & 0o777 | perm & 0o7000
         override = self.idmap.override_xattr
         disk_uid, disk_gid = self.idmap.on_disk(uid, gid)
         chowned = (made.st_uid, made.st_gid) == (disk_uid, disk_gid)
+        cleared = False  # by the chown: set-id bits
         if not chowned:
             try:
                 chown(disk_uid, disk_gid)
-                chowned = True
+                chowned = cleared = True
             except PermissionError:
                 pass  # rootless: the caller's ids are the daemon's own
         if override is not None and kind != stat.S_IFLNK and not chowned:
-            setxattr(override, format_override(disk_uid, disk_gid, mode, rdev))
-        if kind != stat.S_IFLNK and (stat.S_IMODE(made.st_mode) != perm or perm & 0o6000):
-            chmod(perm)  # chown clears set-id bits; mkdir ignores some
+            setxattr(override, format_override(disk_uid, disk_gid, kind | perm, rdev))
+        if kind != stat.S_IFLNK and (stat.S_IMODE(made.st_mode) != perm or cleared and perm & 0o6000):
+            chmod(perm)  # mkdir drops set-id bits, chown clears them
 
-    async def tmpfile(self, parent: Node, mode: int, flags: int, uid: int, gid: int) -> tuple[Node, int]:
+    async def tmpfile(self, parent: Node, mode: int, flags: int, uid: int, gid: int,
+                      umask: int = 0) -> tuple[Node, int]:
         """A regular file with no name, for open(2) with O_TMPFILE in parent:
         its node (with no link) and a descriptor open on it as flags ask.  It is
         made with O_TMPFILE in parent's upper directory, as the kernel overlay
@@ -167,7 +196,7 @@ class DirOps:
         quota = self.ovl.quota
         if quota is not None:
             quota.check(0, inodes=1)
-        mode = stat.S_IFREG | stat.S_IMODE(mode)
+        mode, _ = self._creation_mode(parent, stat.S_IFREG | stat.S_IMODE(mode), umask)
         pst = self.ovl.upper.lstat(parent.path())
         if pst.st_mode & stat.S_ISGID:
             gid = pst.st_gid

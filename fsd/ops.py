@@ -61,6 +61,7 @@ class Operations(pyfuse3.Operations):
     # security.capability before every write (FUSE_HANDLE_KILLPRIV_V2); it still
     # removes a capability it knows of itself.
     handle_killpriv_v2 = True
+    enable_dont_mask = True  # the umask is fsd's to apply: not where a default ACL is inherited
 
     def __init__(self, ovl: Overlay, noacl: bool = False, on_init=None):
         super().__init__()
@@ -146,7 +147,7 @@ class Operations(pyfuse3.Operations):
         self._writable()
         async with self.gate:
             node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
-                                          rdev=rdev)
+                                          rdev=rdev, umask=ctx.umask)
         return self._entry(node)
 
     @request
@@ -154,7 +155,8 @@ class Operations(pyfuse3.Operations):
         self._writable()
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
         async with self.gate:
-            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid)
+            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
+                                          umask=ctx.umask)
         return self._entry(node)
 
     @request
@@ -170,7 +172,8 @@ class Operations(pyfuse3.Operations):
         self._writable()
         mode = stat.S_IFREG | stat.S_IMODE(mode)
         async with self.gate:
-            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid)
+            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
+                                          umask=ctx.umask)
             attr = self._entry(node)
             return await self.files.open(node, flags), attr
 
@@ -178,7 +181,8 @@ class Operations(pyfuse3.Operations):
     async def tmpfile(self, parent_inode, mode, flags, ctx):
         self._writable()
         async with self.gate:
-            node, fd = await self.dirs.tmpfile(self.table[parent_inode], mode, flags, ctx.uid, ctx.gid)
+            node, fd = await self.dirs.tmpfile(self.table[parent_inode], mode, flags, ctx.uid, ctx.gid,
+                                               umask=ctx.umask)
         info = self.files.adopt(node, fd, flags)
         try:
             return info, self._entry(node)

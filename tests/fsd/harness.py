@@ -15,7 +15,8 @@ kernel would: so the tests stay valid however fsd arranges its insides.
 What the kernel does around a request is done here too: a path is looked up
 one component at a time (each reply counted as a lookup, `forget_all` gives
 them back as the kernel does when it drops its caches), modes of new objects
-are masked by the caller's umask, a negative lookup reply is ENOENT.
+are masked by the caller's umask unless fsd asks to do that itself
+(enable_dont_mask), a negative lookup reply is ENOENT.
 
 pyfuse3's functions that need a live FUSE session are replaced for the test
 by recording fakes (`Session`): invalidations (and notify_store) are recorded,
@@ -282,10 +283,15 @@ class InProcessMount:
 
     # --- making and removing -----------------------------------------------------
 
+    def _as_sent(self, mode: int) -> int:
+        """A new object's mode as the kernel sends it: without the umask's bits,
+        unless fsd applies the umask itself (FUSE_CAP_DONT_MASK)."""
+        return mode if self.ops.enable_dont_mask else mode & ~self.ctx.umask
+
     async def create(self, path, data: bytes = b"", mode: int = 0o644) -> pyfuse3.EntryAttributes:
         parent, name = await self._parent(path)
-        info, attr = await self.ops.create(parent, name, mode & ~self.ctx.umask,
-                                           os.O_WRONLY | os.O_CREAT, self.ctx)
+        info, attr = await self.ops.create(parent, name, self._as_sent(mode), os.O_WRONLY | os.O_CREAT,
+                                           self.ctx)
         self._entry(attr)
         try:
             if data:
@@ -296,12 +302,11 @@ class InProcessMount:
 
     async def mkdir(self, path, mode: int = 0o755) -> pyfuse3.EntryAttributes:
         parent, name = await self._parent(path)
-        return self._entry(await self.ops.mkdir(parent, name, mode & ~self.ctx.umask, self.ctx))
+        return self._entry(await self.ops.mkdir(parent, name, self._as_sent(mode), self.ctx))
 
     async def mknod(self, path, mode: int, rdev: int = 0) -> pyfuse3.EntryAttributes:
         parent, name = await self._parent(path)
-        mode = stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~self.ctx.umask)
-        return self._entry(await self.ops.mknod(parent, name, mode, rdev, self.ctx))
+        return self._entry(await self.ops.mknod(parent, name, self._as_sent(mode), rdev, self.ctx))
 
     async def symlink(self, target, path) -> pyfuse3.EntryAttributes:
         parent, name = await self._parent(path)

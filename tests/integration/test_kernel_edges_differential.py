@@ -330,6 +330,82 @@ def test_unlinked_open_file_opens_by_handle(tmp_path, mount_fsd):
     assert got == {"lower": "from below", "upper": "made above"}
 
 
+# -- default ACLs on create ------------------------------------------------------------------------------
+
+ACL_DEFAULT, ACL_ACCESS = "system.posix_acl_default", "system.posix_acl_access"
+UMASKS = (0, 0o022, 0o077)
+
+
+def _acl(user: int, group: int, other: int, named_user: tuple[int, int] | None = None) -> bytes:
+    """The xattr form of a POSIX ACL: u::, g::, o:: entries and, with
+    named_user (uid, perm), that user's entry and a mask of rwx."""
+    entries = [(0x01, user, 0xFFFFFFFF)]
+    if named_user is not None:
+        entries.append((0x02, named_user[1], named_user[0]))
+    entries.append((0x04, group, 0xFFFFFFFF))
+    if named_user is not None:
+        entries.append((0x10, 7, 0xFFFFFFFF))
+    entries.append((0x20, other, 0xFFFFFFFF))
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in entries)
+
+
+def _build_acl_dirs(base: Path, state: str):
+    for name, mode, acl in (("acl", 0o755, _acl(5, 4, 0)), ("sgid", 0o2775, _acl(7, 7, 5)),
+                            ("named", 0o755, _acl(7, 5, 4, named_user=(4242, 6))), ("plain", 0o755, None)):
+        (base / name).mkdir()
+        os.chown(base / name, 0, 4242)
+        os.chmod(base / name, mode)
+        if acl is not None:
+            os.setxattr(base / name, ACL_DEFAULT, acl)
+        for umask in UMASKS:  # removed and made again: over a whiteout in the lower states
+            _write(base / name / f"w{umask:o}")
+
+
+def _xattr(path, name):
+    try:
+        return os.getxattr(path, name, follow_symlinks=False).hex()
+    except OSError as e:
+        return errname(e)
+
+
+def _created(umask):
+    def ops(d):
+        os.umask(umask)
+        out = {}
+        for parent in ("acl", "sgid", "named", "plain"):
+            p = f"{d}/{parent}"
+            t = f"{umask:o}"
+            os.unlink(f"{p}/w{t}")
+            made = results_of(lambda: os.close(os.open(f"{p}/f{t}", os.O_WRONLY | os.O_CREAT, 0o666)),
+                              lambda: os.mkdir(f"{p}/w{t}", 0o777),
+                              lambda: os.mkdir(f"{p}/d{t}", 0o777), lambda: os.mkfifo(f"{p}/p{t}", 0o666),
+                              lambda: os.mknod(f"{p}/r{t}", stat.S_IFREG | 0o666),
+                              lambda: os.symlink("x", f"{p}/s{t}"))
+            made.append(results_of(lambda: _tmpfile_mode(p)))
+            out[parent] = [made] + [
+                (n, f"{stat.S_IMODE(os.lstat(f'{p}/{n}{t}').st_mode):o}", os.lstat(f"{p}/{n}{t}").st_gid,
+                 _xattr(f"{p}/{n}{t}", ACL_ACCESS), _xattr(f"{p}/{n}{t}", ACL_DEFAULT))
+                for n in "fdprsw"]
+        return out
+    return ops
+
+
+def _tmpfile_mode(d):
+    fd = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o666)
+    try:
+        return f"{stat.S_IMODE(os.fstat(fd).st_mode):o}"
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("umask", UMASKS)
+def test_default_acl_decides_the_mode_of_new_objects(tmp_path, mount_fsd, mount_kernel_overlay, umask):
+    """In a directory with a default ACL the new object's mode comes from the
+    ACL and the requested mode, without the umask; elsewhere from the umask."""
+    twin = Twin(tmp_path, mount_fsd, mount_kernel_overlay, _build_acl_dirs)
+    twin.assert_same(_created(umask), f"objects created with umask {umask:o}")
+
+
 # -- atime options ---------------------------------------------------------------------------------------
 
 OLD, NEWER = 1_000_000_000 * 10**9, 1_200_000_000 * 10**9  # atime before mtime: relatime updates it
