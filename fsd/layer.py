@@ -33,20 +33,23 @@ def renameat2(src_fd: int, src: bytes, dst_fd: int, dst: bytes, flags: int = 0) 
         raise OSError(code, os.strerror(code), src)
 
 
-def reopen(fd: int, flags: int) -> int:
-    """A new descriptor of the object that fd is open on, through /proc, which
-    reaches it when it has no name left.  O_NOATIME is dropped where the kernel
-    refuses it, as in Layer.open; so is a caller's O_NOFOLLOW, which would
-    refuse the /proc link itself (ELOOP) though it names the object, not a
-    path."""
-    flags &= ~os.O_NOFOLLOW
-    path = b"/proc/self/fd/%d" % fd
+def _open(path: bytes, flags: int, mode: int = 0o600, dir_fd: int | None = None) -> int:
+    """os.open; O_NOATIME (fsd's own reads must not change what users see) is
+    dropped where the kernel refuses it to a daemon that does not own the file."""
     try:
-        return os.open(path, flags | os.O_CLOEXEC)
+        return os.open(path, flags, mode, dir_fd=dir_fd)
     except PermissionError:
         if not flags & os.O_NOATIME:
             raise
-        return os.open(path, (flags & ~os.O_NOATIME) | os.O_CLOEXEC)
+        return os.open(path, flags & ~os.O_NOATIME, mode, dir_fd=dir_fd)
+
+
+def reopen(fd: int, flags: int) -> int:
+    """A new descriptor of the object that fd is open on, through /proc, which
+    reaches it when it has no name left.  Without a caller's O_NOFOLLOW, which
+    would refuse the /proc link itself (ELOOP) though it names the object, not
+    a path."""
+    return _open(b"/proc/self/fd/%d" % fd, (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC)
 
 
 class Layer:
@@ -147,16 +150,9 @@ class Layer:
             return os.readlink(name, dir_fd=fd)
 
     def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
-        """openat, never following a symlink.  O_NOATIME (fsd's own reads must
-        not change what users see) is dropped where the kernel refuses it to a
-        daemon that does not own the file."""
+        """openat, never following a symlink (see _open for O_NOATIME)."""
         with self.at(rel) as (fd, name):
-            try:
-                return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
-            except PermissionError:
-                if not flags & os.O_NOATIME:
-                    raise
-                return os.open(name, (flags & ~os.O_NOATIME) | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+            return _open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, fd)
 
     def getxattr(self, rel: bytes, attr: bytes) -> bytes:
         with self.at(rel) as (fd, name):
