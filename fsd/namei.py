@@ -9,7 +9,8 @@ deleted object, has that number recorded in the upper (`InodeTable.keep_number`)
 so that it keeps it after a remount.
 
 Outcomes of `lookup`: the child Node, or OSError ENOENT (no such name, a whiteout,
-a reserved `.wh.` name) / ENAMETOOLONG (over 255 bytes).
+a reserved `.wh.` name) / ENAMETOOLONG (over 255 bytes).  `named` answers None
+instead of ENOENT.
 """
 
 from __future__ import annotations
@@ -33,14 +34,20 @@ class Namei:
         self.dircache = dircache
 
     def lookup(self, parent: Node, name: bytes) -> Node:
-        if len(name) > NAME_MAX:
-            raise fail(errno.ENAMETOOLONG, name)
-        if is_reserved_name(name) or name in (b".", b".."):
-            raise fail(errno.ENOENT, name)
-        found = self.find(parent, name)
+        found = self.named(parent, name)
         if found is None:
             raise fail(errno.ENOENT, name)
         return found
+
+    def named(self, parent: Node, name: bytes) -> Node | None:
+        """What a user's lookup of name finds: the child Node, or None for no
+        such name (a negative lookup is an ordinary answer, not an exception:
+        ops.py replies it without raising)."""
+        if len(name) > NAME_MAX:
+            raise fail(errno.ENAMETOOLONG, name)
+        if is_reserved_name(name) or name in (b".", b".."):
+            return None
+        return self.find(parent, name)
 
     def find(self, parent: Node, name: bytes) -> Node | None:
         """The child node, or None when the merged view has no such name."""

@@ -1,7 +1,8 @@
 """The pyfuse3 Operations: one thin method per request, no logic of its own.
 
-Every handler is wrapped by `errors.translate`, the one place where OSError
-becomes FUSEError and an unexpected exception becomes a logged EIO.  This is the
+Every handler is wrapped once, by `request`: tracked for the watchdog, its
+errors answered as `errors.fuse_error` says (the one place where OSError
+becomes FUSEError and an unexpected exception becomes a logged EIO).  This is the
 only module that calls pyfuse3 (replies, invalidation, supplementary groups) and
 the only one that counts the kernel's lookups of a node: a node handed to the
 kernel in an entry reply (lookup, create, mkdir, mknod, symlink, link,
@@ -9,50 +10,64 @@ readdirplus) holds one more.  `Operations(ovl)` puts the mechanisms together on
 one mount's `Overlay`.  Every
 handler that changes the upper passes the write gate (`freeze.WriteGate`), so
 that the upper can be frozen for a reader.  Every request is in
-`self.requests` while in flight, for the watchdog (`watchdog.track_requests`).
+`self.requests` while in flight, for the watchdog.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import stat
 
 import pyfuse3
+import trio
 
 from .attr import AttrOps
 from .copy_up import CopyUp
 from .dir import DirOps
 from .dircache import DirCache
-from .errors import fail, translate
+from .errors import fail, fuse_error, log
 from .file import FileOps
 from .inode import Node
 from .namei import Namei
 from .overlay import Overlay
 from .readdir import ReaddirOps
 from .recovery import recover
-from .watchdog import Requests, track_requests
+from . import watchdog
+from .watchdog import Request, Requests
 
 
 def request(method):
-    """A handler: errors translated; afterwards the kernel is told of the
+    """A handler, wrapped once (the hot path of every request): it is in
+    `self.requests` while in flight, for the watchdog; what it raises becomes
+    the FUSEError `errors.fuse_error` says; afterwards the kernel is told of the
     cached attributes that went stale during the request (a copy-up changes the
     ctime of the object and of the directory it lands in)."""
-    translated = translate(method)
+    name = method.__name__
+    about = watchdog.about(method)
 
     @functools.wraps(method)
     async def handler(self, *args):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s%r", name, args)
+        request = Request(name, about, args[0] if about else None, trio.current_time())
+        token = self.requests.begin(request)
         try:
-            return await translated(self, *args)
+            return await method(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            raise fuse_error(name, args, exc) from None
         finally:
+            self.requests.end(request, token)
             if self.table.stale:
                 self._invalidate_stale()
 
     return handler
 
 
-@track_requests
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -116,9 +131,8 @@ class Operations(pyfuse3.Operations):
 
     @request
     async def lookup(self, parent_inode, name, ctx=None):
-        try:
-            node = self.namei.lookup(self.table[parent_inode], name)
-        except FileNotFoundError:
+        node = self.namei.named(self.table[parent_inode], name)
+        if node is None:
             return self.attrs.negative_entry()
         return self._entry(node)
 

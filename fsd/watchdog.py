@@ -5,8 +5,8 @@ that a report of a hung mount says where it hangs.
 Level 0: imports nothing of fsd.
 
 Cheap on the hot path: a request costs a set insert and removal and a context
-variable (`Requests.serving`, applied to every handler by `track_requests`);
-no task or timer per request.  One trio task (`Requests.watch`) looks at the
+variable (`Requests.begin` and `end`, called by ops.py's one wrapper of every
+handler); no task or timer per request.  One trio task (`Requests.watch`) looks at the
 set every CHECK_EVERY seconds.  What a request waits on is told by the code
 that waits, around the wait (`waiting`): the end of a directory move, the
 copy-up of a node, a worker thread.  The watch task runs on the trio loop, so
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import inspect
 import logging
 
@@ -72,15 +71,14 @@ class Requests:
         self.limit = limit
         self._in_flight: set[Request] = set()
 
-    @contextlib.contextmanager
-    def serving(self, request: Request):
+    def begin(self, request: Request) -> contextvars.Token:
+        """Request is in flight (and what `waiting` records on) until `end`."""
         self._in_flight.add(request)
-        token = _current.set(request)
-        try:
-            yield
-        finally:
-            _current.reset(token)
-            self._in_flight.discard(request)
+        return _current.set(request)
+
+    def end(self, request: Request, token: contextvars.Token) -> None:
+        _current.reset(token)
+        self._in_flight.discard(request)
 
     def overdue(self, now: float) -> list[Request]:
         """The requests in flight for longer than the limit and not reported
@@ -101,25 +99,10 @@ class Requests:
                             request, now - request.started, request.waits_on)
 
 
-def track_requests(cls):
-    """Class decorator for a pyfuse3.Operations subclass with a `requests`
-    attribute: every request handler it defines (a coroutine method, forget
-    aside: it never waits) runs as an entry of `self.requests`."""
-    for name, handler in list(vars(cls).items()):
-        if name.startswith("_") or name == "forget" or not inspect.iscoroutinefunction(handler):
-            continue
-        setattr(cls, name, _tracked(handler))
-    return cls
-
-
-def _tracked(handler):
+def about(handler) -> str | None:
+    """What a request handler's first argument is, as `Request.about` says it
+    ("inode", "fh", "parent inode" ...); None for a handler whose first
+    argument is its ctx, or that has none."""
     params = list(inspect.signature(handler).parameters)[1:]
     first = params[0] if params and params[0] != "ctx" else None
-    label = first.removesuffix("_old").replace("_", " ") if first is not None else None
-
-    @functools.wraps(handler)
-    async def tracked(self, *args):
-        request = Request(handler.__name__, label, args[0] if label else None, trio.current_time())
-        with self.requests.serving(request):
-            return await handler(self, *args)
-    return tracked
+    return first.removesuffix("_old").replace("_", " ") if first is not None else None
