@@ -56,8 +56,12 @@ class Node:
     __slots__ = (
         "ino", "key", "kind", "links", "upper", "lower_index", "lower_indices", "opaque",
         "lookups", "fds", "lower_stat", "upper_entries", "lower_entries",
-        "lock", "gone", "metacopy", "last_stat", "__weakref__",
+        "lock", "gone", "metacopy", "last_stat", "_path", "_path_epoch", "__weakref__",
     )
+
+    # Bumped whenever a directory's path changes (its last link replaced or
+    # dropped): every path cached before it may name a moved tree.
+    _epoch = 0
 
     def __init__(self, ino: int, key: int, kind: int):
         self.ino = ino
@@ -77,6 +81,8 @@ class Node:
         self.gone = False  # every name of it has been removed
         self.metacopy = False  # upper holds metadata only; data still in `layer`
         self.last_stat = None  # its stat when its last name went, for fstat after that
+        self._path = b""  # path() as of _path_epoch
+        self._path_epoch = -1
 
     @property
     def is_dir(self) -> bool:
@@ -99,7 +105,11 @@ class Node:
     def path(self) -> bytes:
         """The path relative to a layer root, built from the names up to the root.
         ENOENT for an object that no longer has a name (it must never be taken
-        for the root, whose path is b"")."""
+        for the root, whose path is b"").  Kept until a path on the way changes
+        (`_moved`): lookups and attribute replies ask it on every request."""
+        epoch = Node._epoch
+        if self._path_epoch == epoch:
+            return self._path
         parts = []
         node = self
         while node.links:
@@ -109,7 +119,16 @@ class Node:
         if node.ino != pyfuse3.ROOT_INODE:
             raise OSError(errno.ENOENT, "no name left", self.ino)
         parts.reverse()
-        return b"/".join(parts)
+        self._path = path = b"/".join(parts)
+        self._path_epoch = epoch
+        return path
+
+    def _moved(self) -> None:
+        """This node's path changed: a directory's moves its whole tree."""
+        if self.kind == stat.S_IFDIR:
+            Node._epoch += 1
+        else:
+            self._path_epoch = -1
 
     def child_path(self, name: bytes) -> bytes:
         base = self.path()
@@ -122,9 +141,14 @@ class Node:
 
     def add_link(self, parent: "Node", name: bytes) -> None:
         link = (parent, name)
-        if link in self.links:
-            self.links.remove(link)
-        self.links.append(link)
+        links = self.links
+        if not links:
+            links.append(link)  # no path of it, nor of anything below it, was kept
+        elif links[-1] != link:
+            if link in links:
+                links.remove(link)
+            links.append(link)
+            self._moved()
         self.gone = False
 
     def add_link_behind(self, parent: "Node", name: bytes) -> None:
@@ -134,9 +158,13 @@ class Node:
         self.gone = False
 
     def drop_link(self, parent: "Node", name: bytes) -> None:
-        if (parent, name) in self.links:
-            self.links.remove((parent, name))
-        if not self.links:
+        links = self.links
+        if (parent, name) in links:
+            last = links[-1] == (parent, name)
+            links.remove((parent, name))
+            if last:
+                self._moved()
+        if not links:
             self.gone = True
 
     def is_below(self, ancestor: "Node") -> bool:

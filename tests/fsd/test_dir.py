@@ -552,3 +552,36 @@ async def test_a_directory_move_tells_the_kernel_the_attributes_inside_changed(o
     assert (await fs.stat("e/sub/new")).st_nlink == 1
     told = {ino for ino, attr_only in overlay.session.invalidated_inodes if attr_only}
     assert inodes <= told, f"the kernel keeps the attributes of {sorted(inodes - told)} from before the move"
+
+
+async def test_an_inode_held_by_the_kernel_reaches_its_object_after_a_rename_above_it(overlay):
+    """Requests on an inode find its object where it is now: after its
+    directory, a directory above it, or the object itself moved, and through
+    the name a hard link was last looked up by (paths are kept between
+    requests, so each of these must drop them)."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a/b/f", "lower")
+    fs = await overlay.mount()
+    ino = await fs.ino("a/b/f")
+    assert (await fs.ops.getattr(ino, fs.ctx)).st_size == 5
+    await fs.mkdir("top")
+    await fs.mkdir("top/sub")
+    await fs.create("top/sub/g", b"upper")
+    g = await fs.ino("top/sub/g")
+    assert (await fs.ops.getattr(g, fs.ctx)).st_size == 5
+    await fs.rename("top", "moved")  # a directory above g
+    fh = (await fs.ops.open(g, os.O_RDWR, fs.ctx)).fh
+    await fs.ops.write(fh, 5, b"+", fs.ctx)
+    await fs.ops.release(fh)
+    assert (await fs.ops.getattr(g, fs.ctx)).st_size == 6
+    assert await fs.read("moved/sub/g") == b"upper+"
+    await fs.rename("moved/sub/g", "h")  # the object itself
+    assert (await fs.ops.getattr(g, fs.ctx)).st_size == 6
+    await fs.link("h", "moved/h2")
+    await fs.lookup("moved/h2")  # its path is now that of this name
+    await fs.unlink("h")
+    assert (await fs.ops.getattr(g, fs.ctx)).st_size == 6
+    await fs.rename("a", "c")  # a merged directory above a lower file
+    fh = (await fs.ops.open(ino, os.O_RDONLY, fs.ctx)).fh
+    assert await fs.ops.read(fh, 0, 10) == b"lower"
+    await fs.ops.release(fh)
