@@ -98,6 +98,8 @@ class Layer:
     # --- reading -----------------------------------------------------------------
 
     def lstat(self, rel: bytes) -> os.stat_result:
+        if len(rel) < _LONG:  # `at` without its context manager: the common case, every request
+            return os.lstat(rel or b".", dir_fd=self.fd)
         with self.at(rel) as (fd, name):
             return os.lstat(name, dir_fd=fd)
 
@@ -155,6 +157,8 @@ class Layer:
             return _open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, fd)
 
     def getxattr(self, rel: bytes, attr: bytes) -> bytes:
+        if len(rel) < _LONG:  # as in lstat
+            return os.getxattr(self.proc_path(self.fd, rel or b"."), attr, follow_symlinks=False)
         with self.at(rel) as (fd, name):
             return os.getxattr(self.proc_path(fd, name), attr, follow_symlinks=False)
 
