@@ -153,6 +153,8 @@ class Layer:
 
     def open(self, rel: bytes, flags: int, mode: int = 0o600) -> int:
         """openat, never following a symlink (see _open for O_NOATIME)."""
+        if len(rel) < _LONG:  # as in lstat
+            return _open(rel or b".", flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, self.fd)
         with self.at(rel) as (fd, name):
             return _open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, fd)
 
