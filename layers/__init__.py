@@ -32,8 +32,9 @@ LEVELS = {
     "layerstore": 6, "imagestore": 6, "containerstore": 6, "volumestore": 6,
     "parkedstore": 6, "archive": 6,
     "drivers.fuse": 6, "drivers.overlay": 6, "drivers.vfs": 6, "registry.upload": 6,
-    # what an import reads; btrfs (borrows vfs's layer apply)
-    "source": 7, "drivers.btrfs": 7,
+    # what an import reads; btrfs (borrows vfs's layer apply); seekable
+    # (eStargz) layer blobs
+    "source": 7, "drivers.btrfs": 7, "estargz": 7,
     # the lock, the records and the rules across them; an image in a registry
     "storecore": 8, "registry.remote": 8,
     # the workflows on a StoreCore; a pull or push session

@@ -42,7 +42,7 @@ from . import layout
 from .digest import Digest, HashingReader
 from .errors import BadArchive, UnsafeArchive
 from .fsutil import clone_file, crash_point, sync_tree
-from .tarsplit import SplitRecorder, SplitWriter, checksum
+from .tarsplit import SplitPaths, SplitRecorder, SplitWriter, checksum
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -216,7 +216,7 @@ def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
     finally:
         if zstd is not None:
             zstd.close(check=ok)
-        if split is not None and not (ok and ex.split_ok):
+        if split is not None and not (ok and ex.split_paths.ok):
             split.abandon()
             split = None
     if split is not None:
@@ -262,11 +262,7 @@ class _Extractor:
         self.count = 0
         self.device_files = 0      # device nodes kept as files (`_add_device_file`)
         self.recorder = recorder
-        # The split refers to files by path: a later entry that replaces one
-        # (or a directory holding one) makes the split unusable.
-        self.split_ok = True
-        self._split_files: set[tuple[str, ...]] = set()
-        self._split_dirs: set[tuple[str, ...]] = set()
+        self.split_paths = SplitPaths()
 
     def __enter__(self) -> "_Extractor":
         return self
@@ -344,8 +340,7 @@ class _Extractor:
                 self.dir_times.append(((), int(m.mtime)))
             return
         key = tuple(parts)
-        if key in self._split_files or (key in self._split_dirs and not m.isdir()):
-            self.split_ok = False
+        self.split_paths.entry(key, m.isdir())
         name = parts[-1]
         if name.startswith(layout.WHITEOUT_PREFIX):
             self._add_marker(m, parts)
@@ -438,9 +433,7 @@ class _Extractor:
         recorder = self.recorder if m.size and m.sparse is None else None
         if recorder is not None:
             recorder.data_begins(m.offset_data, m.size, "/".join(key))
-            self._split_files.add(key)
-            for i in range(1, len(key)):
-                self._split_dirs.add(key[:i])
+            self.split_paths.referenced(key)
         h = checksum()
         src = tf.extractfile(m)
         remaining = m.size

@@ -125,6 +125,16 @@ class DigestMismatch(LayersError):
         super().__init__(f"digest mismatch for {what}: expected {expected}, got {got}")
 
 
+class BadSeekableLayer(LayersError):
+    """A seekable (eStargz) layer blob whose TOC or layout we cannot use, or
+    a tar that cannot be written as one."""
+
+    def __init__(self, what: str, reason: str):
+        self.what = what
+        self.reason = reason
+        super().__init__(f"seekable layer {what}: {reason}")
+
+
 class LayerCorrupt(LayersError):
     """A layer's content no longer matches what was recorded for it."""
 

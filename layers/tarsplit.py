@@ -45,13 +45,38 @@ def checksum() -> "xxhash.xxh3_64":
     return xxhash.xxh3_64()
 
 
+class SplitPaths:
+    """The paths a split refers to, fed entry by entry in tar order.  A split
+    refers to files by path, so a later entry that replaces one (or a
+    directory holding one) makes it unusable: `ok` turns false."""
+
+    def __init__(self) -> None:
+        self.ok = True
+        self._files: set[tuple[str, ...]] = set()
+        self._dirs: set[tuple[str, ...]] = set()
+
+    def entry(self, key: tuple[str, ...], is_dir: bool) -> None:
+        """An entry at `key` (its path components) is applied."""
+        if key in self._files or (key in self._dirs and not is_dir):
+            self.ok = False
+
+    def referenced(self, key: tuple[str, ...]) -> None:
+        """The split refers to the file at `key` for its contents."""
+        self._files.add(key)
+        for i in range(1, len(key)):
+            self._dirs.add(key[:i])
+
+
 class SplitWriter:
     """Writes one split file; `close()` makes it durable, `abandon()` drops it."""
 
     def __init__(self, path: str):
         self.path = path
         self._f = open(path, "wb")
-        self._gz = gzip.GzipFile(fileobj=self._f, mode="wb", compresslevel=3, mtime=0)
+        # no name nor time in the gzip header: the same tar gives the same
+        # split, so a seekable blob carrying it is deterministic too
+        self._gz = gzip.GzipFile(filename="", fileobj=self._f, mode="wb", compresslevel=3,
+                                 mtime=0)
         self._gz.write(MAGIC)
         self._raw = bytearray()
 
