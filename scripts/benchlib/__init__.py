@@ -2,6 +2,7 @@
 
 Layers, each importing only those above it in this list:
   worker     the timed loops, run as their own process (imports nothing of ours)
+  floorfs    the pyfuse3 floor, run as a FUSE daemon (imports nothing of ours)
   machine    is the machine quiet enough to judge a result
   trace      FUSE requests by operation, from the kernel's tracepoint
   mounts     mounting and always unmounting the implementations, rootful and

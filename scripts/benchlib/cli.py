@@ -6,7 +6,9 @@
 Repetition by repetition, each workload group runs on a fresh mount of each
 implementation in turn (the order rotates every repetition), on the same
 cached data (data.py) with a fresh upper and workdir: the kernel overlay,
-fuse-overlayfs and fsd as root, and fuse-overlayfs and fsd run by an
+fuse-overlayfs and fsd as root, the pyfuse3 floor as root (floorfs.py: a
+bare passthrough on fsd's pyfuse3, serving a linked copy of the lowers: what
+any Python filesystem costs per request), and fuse-overlayfs and fsd run by an
 unprivileged user (rootless, on a copy of the data the user owns). Every
 mount's start and unmount are timed too (rows `mount`, `umount`). Then the
 podman section (podman.py) runs p1..p3 with each daemon as podman's mount
@@ -39,7 +41,7 @@ from pathlib import Path
 from . import data as datamod
 from .machine import Quiet
 from .mounts import AsUser, Implementation, MountError, cleanup_all, interrupt_on_term, unmount_leftovers
-from .report import (FSD, FUSE_OVERLAYFS, IMPORT_IMPLS, KERNEL, RL_FSD, RL_FUSE_OVERLAYFS, Results, document,
+from .report import (FLOOR, FSD, FUSE_OVERLAYFS, IMPORT_IMPLS, KERNEL, RL_FSD, RL_FUSE_OVERLAYFS, Results, document,
                      render_table, summarize)
 from .trace import RequestTrace
 from .workloads import GROUPS, PODMAN, WORKLOAD_GROUP, Context, WorkloadError
@@ -125,6 +127,10 @@ def find_implementations() -> tuple[dict[str, Implementation], dict[str, str], d
     impls[FSD] = Implementation(FSD, str(REPO / ".venv" / "bin" / "fsd"))
     versions[FSD] = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
                                    capture_output=True, text=True).stdout.strip() or "?"
+    # what any filesystem on pyfuse3 and trio costs per request (floorfs.py)
+    impls[FLOOR] = Implementation(FLOOR, str(Path(__file__).with_name("floorfs.py")),
+                                  interpreter=str(REPO / ".venv" / "bin" / "python"), serves_copy=True)
+    versions[FLOOR] = versions[FSD]
     return impls, skipped, versions
 
 
@@ -256,8 +262,12 @@ class Bench:
             if group.lowers:
                 lowers, cwd = self._lowers(group, data)
                 deadline = self.args.timeout * (len(group.workloads) + 1)
+                # the floor's copy of the lower: what w4 appends to is copied, not linked
+                private = tuple(datamod.load_spec(data["lower"])["w4_files"]) \
+                    if self.impls[impl].serves_copy and group.lowers == "lower" else ()
                 mount = self.impls[impl].open_mount(lowers, self._scratch(impl, f"r{rep}-{gname}"),
-                                                    volatile=group.volatile, cwd=cwd, deadline=deadline)
+                                                    volatile=group.volatile, cwd=cwd, deadline=deadline,
+                                                    private=private)
                 with mount:
                     ctx.mount = mount
                     group.run(ctx)

@@ -27,6 +27,14 @@ its daemon as an unprivileged user in the private mount namespace of an agent
 must see its mount runs there as that user (`mount.command(argv)`), and the
 mount table is the agent's.
 
+An implementation that serves a copy (`Implementation(..., serves_copy=True)`:
+the pyfuse3 floor, floorfs.py) is given, as its upperdir, the merged view
+of the lowers made before it starts: hard links to the one lower's files
+(except the `private` paths, which a workload writes in place: those are
+copies, so that the cached data never changes), or for a stack of lowers a
+copy of what the kernel overlay shows of them. That preparation is not part
+of `live_seconds`.
+
 Errors: `MountError` (the mount did not come up; the daemon's output is in
 its message). Unmount problems are returned as text, never raised, so that
 the cleanup of one mount cannot keep another from being cleaned.
@@ -192,6 +200,13 @@ def _wait_gone(proc: subprocess.Popen, timeout: float) -> bool:
         return False
 
 
+def _run(argv: list[str], cwd: str | None = None) -> None:
+    """Run a preparation step; MountError with its output if it fails."""
+    r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=MOUNT_TIMEOUT * 10)
+    if r.returncode:
+        raise MountError(f"{' '.join(argv[:3])} ...: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+
+
 def drop_caches() -> None:
     """Write back dirty data, then drop the page, dentry and inode caches."""
     os.sync()
@@ -230,9 +245,10 @@ class Mount:
     """One live mount of an implementation, with its fresh upper and workdir."""
 
     def __init__(self, impl: "Implementation", lowers: list[str], scratch: Path,
-                 volatile: bool, cwd: str | None, deadline: float | None):
+                 volatile: bool, cwd: str | None, deadline: float | None, private: tuple[str, ...] = ()):
         self.impl = impl
         self.lowers = lowers
+        self.private = private
         self.volatile = volatile
         self.cwd = cwd
         self.dir = scratch
@@ -311,6 +327,8 @@ class Mount:
             self.as_user.own(self.dir, self.upper, self.work, self.merged)
         LIVE.append(self)
         try:
+            if self.impl.serves_copy:
+                self._fill_upper()
             self._start()
             if self.deadline and self.impl.fuse:
                 self._watchdog = threading.Timer(self.deadline, self._expire)
@@ -332,6 +350,26 @@ class Mount:
         self.expired = True
         self.abort()
 
+    def _fill_upper(self) -> None:
+        """The upper becomes the merged view of the lowers (module doc)."""
+        lowers = [os.path.join(self.cwd or "", p) for p in self.lowers]
+        if len(lowers) == 1:
+            _run(["cp", "-al", lowers[0] + "/.", str(self.upper)])
+            for rel in self.private:
+                dst = self.upper / rel
+                dst.unlink()
+                shutil.copy2(Path(lowers[0]) / rel, dst)
+            return
+        view = self.dir / "view"
+        view.mkdir()
+        _run(["mount", "-t", "overlay", "overlay", "-o", "ro,lowerdir=" + ":".join(self.lowers), str(view)],
+             cwd=self.cwd)
+        try:
+            _run(["cp", "-a", str(view) + "/.", str(self.upper)])
+        finally:
+            _run(["umount", str(view)])
+            view.rmdir()
+
     def _start(self) -> None:
         t0 = time.perf_counter()
         if not self.impl.fuse:
@@ -344,7 +382,7 @@ class Mount:
             return
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                self.command([self.impl.executable, "-f", "-o", self.options(), str(self.merged)], self.cwd),
+                self.command([*self.impl.argv, "-f", "-o", self.options(), str(self.merged)], self.cwd),
                 cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)
         end = time.monotonic() + MOUNT_TIMEOUT
@@ -451,21 +489,31 @@ class Mount:
 
 
 class Implementation:
-    """An overlay implementation: the kernel's, or a FUSE daemon's executable,
-    run by root or (`as_user`) by an unprivileged user."""
+    """An overlay implementation: the kernel's, or a FUSE daemon's executable
+    (a script run by `interpreter` if given), run by root or (`as_user`) by an
+    unprivileged user; `serves_copy`: one that serves its upperdir alone, made
+    the merged view of the lowers first (module doc)."""
 
-    def __init__(self, name: str, executable: str | None, as_user: AsUser | None = None):
+    def __init__(self, name: str, executable: str | None, as_user: AsUser | None = None,
+                 interpreter: str | None = None, serves_copy: bool = False):
         self.name = name
         self.executable = executable  # None: the kernel overlay
         self.as_user = as_user
+        self.interpreter = interpreter
+        self.serves_copy = serves_copy
 
     @property
     def fuse(self) -> bool:
         return self.executable is not None
 
+    @property
+    def argv(self) -> list[str]:
+        return [self.interpreter, self.executable] if self.interpreter else [self.executable]
+
     def open_mount(self, lowers: list[str], scratch: Path, volatile: bool = False,
-                   cwd: str | None = None, deadline: float | None = None) -> Mount:
-        return Mount(self, lowers, scratch, volatile, cwd, deadline)
+                   cwd: str | None = None, deadline: float | None = None,
+                   private: tuple[str, ...] = ()) -> Mount:
+        return Mount(self, lowers, scratch, volatile, cwd, deadline, private)
 
 
 def cleanup_all() -> list[str]:

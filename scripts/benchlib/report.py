@@ -4,7 +4,8 @@
 `summarize(results, busy)` turns them into per-workload medians and ratios,
 the same dict that is saved with --json (`document`); `render_table(summary)`
 prints it. Ratios are only ever between medians of the same run:
-fsd/fuse-overlayfs (rootful and rootless) and fsd/kernel (lower is better),
+fsd/fuse-overlayfs (rootful and rootless), fsd/kernel, and against the pyfuse3
+floor (floorfs.py) fsd/floor and floor/fuse-overlayfs (lower is better),
 and for w10 the throughput of `layers import` over that of `tar -x` +
 `sha256sum` (higher is better). A target is "ok", "MISS", "?" when a side has
 no measurement, or "busy, not judged" when the machine was not quiet
@@ -24,9 +25,12 @@ from dataclasses import dataclass, field
 from .workloads import GROUPS, IMPORT_BASELINE, IMPORT_OURS, LIFECYCLE, PODMAN, WORKLOAD_GROUP
 
 KERNEL, FUSE_OVERLAYFS, FSD = "kernel", "fuse-overlayfs", "fsd"
+FLOOR = "pyfuse3 floor"  # floorfs.py: a bare passthrough on fsd's pyfuse3, rootful only
 RL_FUSE_OVERLAYFS, RL_FSD = "fuse-overlayfs rootless", "fsd rootless"
-MOUNT_IMPLS = (KERNEL, FUSE_OVERLAYFS, FSD, RL_FUSE_OVERLAYFS, RL_FSD)
-FUSE_PAIRS = ((FSD, FUSE_OVERLAYFS), (RL_FSD, RL_FUSE_OVERLAYFS))  # (ours, theirs) for the ratios
+MOUNT_IMPLS = (KERNEL, FUSE_OVERLAYFS, FSD, FLOOR, RL_FUSE_OVERLAYFS, RL_FSD)
+# (ours, theirs) for the ratios; fsd/floor: how much of fsd's time its overlay logic adds
+FUSE_PAIRS = ((FSD, FUSE_OVERLAYFS), (RL_FSD, RL_FUSE_OVERLAYFS), (FSD, FLOOR), (FLOOR, FUSE_OVERLAYFS))
+WHY_IMPLS = (FUSE_OVERLAYFS, FSD, FLOOR)
 IMPORT_IMPLS = (IMPORT_BASELINE, IMPORT_OURS)
 BUSY = "busy, not judged"
 FORMAT = 2
@@ -186,35 +190,37 @@ def render_table(summary: dict) -> str:
                                 _r(w["ratios"]["fsd/fuse-overlayfs"]), _s(w["cpu_median"].get(FUSE_OVERLAYFS)),
                                 _s(w["cpu_median"].get(FSD)), _target(w)])
         elif GROUPS.get(w["group"]) is None or GROUPS[w["group"]].lowers:
-            mount_rows.append([wid, w["title"], *(_cell(w, i) for i in MOUNT_IMPLS[:3]),
+            mount_rows.append([wid, w["title"], *(_cell(w, i) for i in (KERNEL, FUSE_OVERLAYFS, FSD)),
                                _r(w["ratios"]["fsd/fuse-overlayfs"]), _r(w["ratios"]["fsd/kernel"]),
-                               *(_cell(w, i) for i in MOUNT_IMPLS[3:]),
+                               _cell(w, FLOOR), _r(w["ratios"][f"{FSD}/{FLOOR}"]),
+                               *(_cell(w, i) for i in (RL_FUSE_OVERLAYFS, RL_FSD)),
                                _r(w["ratios"][f"{RL_FSD}/{RL_FUSE_OVERLAYFS}"]), _target(w)])
         else:
             import_rows.append([wid, w["title"], *(_cell(w, i) for i in IMPORT_IMPLS),
                                 _r(w["ratios"]["import/baseline throughput"]),
                                 _s(w["cpu_median"].get(IMPORT_OURS)), _target(w)])
         if w["group"] != "lifecycle" and (w["why"] or any(w["cpu_median"].get(i) is not None
-                                                          for i in (FSD, FUSE_OVERLAYFS))):
+                                                          for i in WHY_IMPLS)):
             why = w["why"]
-            why_rows.append([wid, *(_n(why.get(i, {}).get("requests")) for i in (FUSE_OVERLAYFS, FSD)),
-                             *(_s(w["cpu_median"].get(i)) for i in (FUSE_OVERLAYFS, FSD)),
+            why_rows.append([wid, *(_n(why.get(i, {}).get("requests")) for i in WHY_IMPLS),
+                             *(_s(w["cpu_median"].get(i)) for i in WHY_IMPLS),
                              *(_n(why.get(i, {}).get("cpu_us_per_request"))
-                               for i in (FUSE_OVERLAYFS, FSD, RL_FUSE_OVERLAYFS, RL_FSD)),
-                             _ops(why.get(FUSE_OVERLAYFS)), _ops(why.get(FSD))])
+                               for i in (*WHY_IMPLS, RL_FUSE_OVERLAYFS, RL_FSD)),
+                             *(_ops(why.get(i)) for i in WHY_IMPLS)])
     out = []
     if mount_rows:
         out += _table(["id", "workload", "kernel s", "fuse-overlayfs s", "fsd s", "fsd/f-o", "fsd/kernel",
-                       "rootless f-o s", "rootless fsd s", "rootless fsd/f-o", "target"], mount_rows)
+                       "floor s", "fsd/floor", "rootless f-o s", "rootless fsd s", "rootless fsd/f-o", "target"], mount_rows)
     if podman_rows:
         out += [""] if out else []
         out += _table(["id", "podman workload", "fuse-overlayfs s", "fsd s", "fsd/f-o",
                        "f-o cpu s", "fsd cpu s", "target"], podman_rows)
     if why_rows:
         out += [""] if out else []
-        out += _table(["id", "f-o requests", "fsd requests", "f-o cpu s", "fsd cpu s", "f-o us/req",
-                       "fsd us/req", "rootless f-o us/req", "rootless fsd us/req",
-                       "f-o requests by op", "fsd requests by op"], why_rows)
+        out += _table(["id", "f-o requests", "fsd requests", "floor requests", "f-o cpu s", "fsd cpu s",
+                       "floor cpu s", "f-o us/req", "fsd us/req", "floor us/req", "rootless f-o us/req",
+                       "rootless fsd us/req", "f-o requests by op", "fsd requests by op",
+                       "floor requests by op"], why_rows)
     if import_rows:
         out += [""] if out else []
         out += _table(["id", "workload", f"{IMPORT_BASELINE} s", f"{IMPORT_OURS} s", "throughput ratio",

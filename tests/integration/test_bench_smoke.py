@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "scripts" / "bench"
 SCRATCH = REPO / ".cache" / "bench" / "scratch"
 MOUNT_IMPLS = ("kernel", "fuse-overlayfs", "fsd")
+FLOOR = "pyfuse3 floor"  # rootful only
 
 
 @pytest.fixture
@@ -99,9 +100,10 @@ def test_bench_small_w1_prints_tables_and_json(bench_ok, tmp_path):
     assert set(times) == {"id", "w1", "w1w", "mount", "umount"}, why
     for wid, cells in times.items():
         if wid != "id":
-            for cell in cells[2:10]:
+            for cell in cells[2:12]:
                 _number_or_dash(cell)
             assert _column(times, "fsd s", wid) != "-", "no fsd time"
+            assert _column(times, "floor s", wid) != "-", "no time of the pyfuse3 floor"
             assert _column(times, "target", wid).endswith("busy, not judged"), cells
     assert set(requests) == {"id", "w1", "w1w"}, why
 
@@ -116,6 +118,7 @@ def test_bench_small_w1_prints_tables_and_json(bench_ok, tmp_path):
     if "rootless" not in doc["skipped"]:
         measured += [f"{i} rootless" for i in MOUNT_IMPLS[1:] if i in measured]
         assert _column(times, "rootless fsd s", "w1") != "-", why
+    measured.append(FLOOR)
     assert "fsd" in measured and "kernel" in measured
     for wid, w in doc["workloads"].items():
         assert set(w["runs"]) == set(measured), wid
@@ -138,6 +141,9 @@ def test_bench_small_w1_prints_tables_and_json(bench_ok, tmp_path):
                 # find opens every directory of the tree
                 assert w["why"][impl]["requests_by_op"]["OPENDIR"] >= dirs, impl
                 assert w["why"][impl]["cpu_us_per_request"] >= 0
+            # the floor serves the same tree: the kernel asks it what it asks fsd
+            assert w["why"][FLOOR]["requests_by_op"]["OPENDIR"] == w["why"]["fsd"]["requests_by_op"]["OPENDIR"]
+            assert _column(requests, "floor us/req", wid) != "-", why
     assert doc["data"]["lower"]["size"] == "small"
 
 

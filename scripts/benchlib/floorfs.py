@@ -1,0 +1,340 @@
+"""The pyfuse3 floor: a bare passthrough filesystem, a measuring instrument of
+the bench (not product code, not an overlay).
+
+    floorfs.py [-f] -o upperdir=DIR[,...] MOUNTPOINT    (or lowerdir=DIR alone)
+
+It serves one directory (the upperdir, else the one lowerdir) as it is: every
+request is answered straight from that directory, inode number = st_ino, no
+layers, no copy-up, no whiteouts, no lookup counting, no error translation
+beyond OSError -> FUSEError. It runs on the same patched pyfuse3 and receive
+loop as fsd and asks the kernel for what fsd asks (default_permissions, POSIX
+ACLs, HANDLE_KILLPRIV_V2, no writeback cache, the same entry and attribute
+timeouts, cached listings, keep_cache on open), so that the kernel sends it
+the requests it sends fsd. What fsd spends per request above what this spends
+is fsd's overlay logic; what this spends is the floor of any Python
+filesystem on pyfuse3 and trio (scripts/bench's "pyfuse3 floor" column).
+
+Not a filesystem to use: it ignores forget (inode numbers of deleted files
+that the backing filesystem reuses get the new file's path), renames with
+flags fail EINVAL, and set-id bits are left to the backing filesystem.
+Imports nothing of the bench: it runs as the FUSE daemon, with the repo's venv.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import sys
+
+import pyfuse3
+import trio
+from pyfuse3 import FUSEError
+
+TIMEOUT = 3600.0  # fsd's default entry and attribute timeout
+ROOT = pyfuse3.ROOT_INODE
+
+
+class Floor(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = True
+    handle_killpriv_v2 = True
+
+    def __init__(self, root: bytes):
+        super().__init__()
+        self.root_ino = os.lstat(root).st_ino
+        self.paths: dict[int, bytes] = {ROOT: root}  # inode -> absolute path
+        self.dirs: dict[int, list] = {}  # dir handle -> [path, names or None]
+        self.next_dh = 1
+        self.euid, self.egid = os.geteuid(), os.getegid()
+
+    def _entry(self, st: os.stat_result, path: bytes) -> pyfuse3.EntryAttributes:
+        """The reply for the object at path; its inode leads to path from now on."""
+        ino = ROOT if st.st_ino == self.root_ino else st.st_ino
+        self.paths[ino] = path
+        return self._attr(st, ino)
+
+    @staticmethod
+    def _attr(st: os.stat_result, ino: int) -> pyfuse3.EntryAttributes:
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = ino
+        attr.entry_timeout = TIMEOUT
+        attr.attr_timeout = TIMEOUT
+        attr.st_mode = st.st_mode
+        attr.st_nlink = st.st_nlink
+        attr.st_uid = st.st_uid
+        attr.st_gid = st.st_gid
+        attr.st_rdev = st.st_rdev
+        attr.st_size = st.st_size
+        attr.st_blksize = st.st_blksize
+        attr.st_blocks = st.st_blocks
+        attr.st_atime_ns = st.st_atime_ns
+        attr.st_mtime_ns = st.st_mtime_ns
+        attr.st_ctime_ns = st.st_ctime_ns
+        return attr
+
+    def _own(self, path: bytes, ctx) -> None:
+        """A new object belongs to its creator, as on a local filesystem."""
+        if ctx.uid != self.euid or ctx.gid != self.egid:
+            os.lchown(path, ctx.uid, ctx.gid)
+
+    async def lookup(self, parent_inode, name, ctx=None):
+        path = self.paths[parent_inode] + b"/" + name
+        try:
+            return self._entry(os.lstat(path), path)
+        except FileNotFoundError:
+            attr = pyfuse3.EntryAttributes()
+            attr.st_ino = 0
+            attr.entry_timeout = TIMEOUT
+            return attr
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def getattr(self, inode, ctx=None):
+        path = self.paths[inode]
+        try:
+            return self._entry(os.lstat(path), path)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        path = self.paths[inode]
+        try:
+            if fields.update_size:
+                if fh is not None:
+                    os.ftruncate(fh, attr.st_size)
+                else:
+                    os.truncate(path, attr.st_size)
+            if fields.update_mode:
+                os.chmod(path, stat.S_IMODE(attr.st_mode), follow_symlinks=False)
+            if fields.update_uid or fields.update_gid:
+                os.lchown(path, attr.st_uid if fields.update_uid else -1,
+                          attr.st_gid if fields.update_gid else -1)
+            if fields.update_atime or fields.update_mtime:
+                st = os.lstat(path)
+                os.utime(path, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                                   attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns),
+                         follow_symlinks=False)
+            return self._entry(os.lstat(path), path)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def readlink(self, inode, ctx):
+        try:
+            return os.readlink(self.paths[inode])
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    def _made(self, path: bytes, ctx):
+        self._own(path, ctx)
+        return self._entry(os.lstat(path), path)
+
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        path = self.paths[parent_inode] + b"/" + name
+        try:
+            os.mknod(path, mode, rdev)
+            return self._made(path, ctx)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        path = self.paths[parent_inode] + b"/" + name
+        try:
+            os.mkdir(path, mode)
+            return self._made(path, ctx)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def symlink(self, parent_inode, name, target, ctx):
+        path = self.paths[parent_inode] + b"/" + name
+        try:
+            os.symlink(target, path)
+            return self._made(path, ctx)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        path = self.paths[new_parent_inode] + b"/" + new_name
+        try:
+            os.link(self.paths[inode], path, follow_symlinks=False)
+            return self._entry(os.lstat(path), self.paths[inode])
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def unlink(self, parent_inode, name, ctx):
+        try:
+            os.unlink(self.paths[parent_inode] + b"/" + name)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def rmdir(self, parent_inode, name, ctx):
+        try:
+            os.rmdir(self.paths[parent_inode] + b"/" + name)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if flags:
+            raise FUSEError(errno.EINVAL)
+        old = self.paths[parent_inode_old] + b"/" + name_old
+        new = self.paths[parent_inode_new] + b"/" + name_new
+        try:
+            os.rename(old, new)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        prefix = old + b"/"
+        for ino, path in list(self.paths.items()):
+            if path == old:
+                self.paths[ino] = new
+            elif path.startswith(prefix):
+                self.paths[ino] = new + path[len(old):]
+
+    async def open(self, inode, flags, ctx):
+        try:
+            fd = os.open(self.paths[inode], flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY))
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        path = self.paths[parent_inode] + b"/" + name
+        try:
+            fd = os.open(path, (flags | os.O_CREAT) & ~os.O_NOCTTY, mode)
+            self._own(path, ctx)
+            return pyfuse3.FileInfo(fh=fd, keep_cache=True), self._entry(os.fstat(fd), path)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def read(self, fh, off, size):
+        try:
+            return os.pread(fh, size, off)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def write(self, fh, off, buf, ctx=None):
+        try:
+            return os.pwrite(fh, buf, off)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def release(self, fh):
+        os.close(fh)
+
+    async def fsync(self, fh, datasync):
+        try:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def opendir(self, inode, ctx):
+        dh = self.next_dh
+        self.next_dh += 1
+        self.dirs[dh] = [self.paths[inode], None]
+        return pyfuse3.FileInfo(fh=dh, cache_readdir=True, keep_cache=True)
+
+    async def readdir(self, fh, start_id, token):
+        handle = self.dirs[fh]
+        path = handle[0]
+        try:
+            if handle[1] is None or start_id == 0:
+                handle[1] = [b".", b"..", *os.listdir(path)]
+            names = handle[1]
+            for pos in range(start_id, len(names)):
+                name = names[pos]
+                if pos < 2:  # . and ..: the kernel takes no inode from them
+                    st = os.lstat(path if pos == 0 else path + b"/..")
+                    attr = self._attr(st, ROOT if st.st_ino == self.root_ino else st.st_ino)
+                else:
+                    child = path + b"/" + name
+                    try:
+                        attr = self._entry(os.lstat(child), child)
+                    except FileNotFoundError:
+                        continue
+                if not pyfuse3.readdir_reply(token, name, attr, pos + 1):
+                    return
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def releasedir(self, fh):
+        del self.dirs[fh]
+
+    async def fsyncdir(self, fh, datasync):
+        fd = os.open(self.dirs[fh][0], os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            await trio.to_thread.run_sync(os.fsync, fd)
+        finally:
+            os.close(fd)
+
+    async def statfs(self, ctx):
+        sv = os.statvfs(self.paths[ROOT])
+        out = pyfuse3.StatvfsData()
+        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                     "f_favail", "f_namemax"):
+            setattr(out, name, getattr(sv, name))
+        return out
+
+    async def getxattr(self, inode, name, ctx):
+        try:
+            return os.getxattr(self.paths[inode], name, follow_symlinks=False)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def listxattr(self, inode, ctx):
+        try:
+            return [os.fsencode(n) for n in os.listxattr(self.paths[inode], follow_symlinks=False)]
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def setxattr(self, inode, name, value, ctx):
+        try:
+            os.setxattr(self.paths[inode], name, value, follow_symlinks=False)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+    async def removexattr(self, inode, name, ctx):
+        try:
+            os.removexattr(self.paths[inode], name, follow_symlinks=False)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
+
+
+def _backing_dir(options: str) -> str:
+    values = dict(o.partition("=")[::2] for o in options.split(","))
+    if values.get("upperdir"):
+        return values["upperdir"]
+    lowers = values.get("lowerdir", "")
+    if not lowers or ":" in lowers:
+        raise SystemExit("floorfs: needs upperdir=DIR or a single lowerdir=DIR")
+    return lowers
+
+
+def main(argv: list[str]) -> int:
+    """Mount and serve until unmounted; the process ends here."""
+    options, mountpoint = None, None
+    args = iter(argv)
+    for arg in args:
+        if arg == "-o":
+            options = next(args, "")
+        elif arg != "-f":
+            mountpoint = arg
+    if options is None or mountpoint is None:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    root = os.fsencode(os.path.abspath(_backing_dir(options)))
+    os.umask(0)
+    fuse_opts = {"fsname=floorfs", "subtype=floorfs", "default_permissions"}
+    if os.geteuid() == 0:
+        fuse_opts.update(("allow_other", "dev", "suid"))
+    pyfuse3.init(Floor(root), mountpoint, fuse_opts)
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)
+    # as fsd does: no interpreter teardown once the mount is gone
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
