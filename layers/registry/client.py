@@ -424,6 +424,45 @@ class RegistryClient:
         finally:
             r.close()
 
+    def get_blob_range(self, repository: str, digest: Digest, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a blob, by one HTTP Range request (a seekable
+        layer's footer, TOC or chunk); the caller verifies what they hold.
+        Only a 206 whose Content-Range is the one asked and whose body has
+        exactly those bytes is accepted: a registry that ignores Range and
+        answers 200 with the whole blob is an error (RegistryError), never a
+        silent full read.  A connection that breaks mid-body is retried."""
+        if not 0 <= start < end:
+            raise ValueError(f"empty or negative range [{start}, {end})")
+        what = f"bytes [{start}, {end}) of blob {digest} of {repository}"
+        for attempt in range(self.options.retries + 1):
+            r = self.request("GET", f"/v2/{repository}/blobs/{digest}", repository,
+                             headers={"Range": f"bytes={start}-{end - 1}"}, stream=True)
+            try:
+                if r.status_code == 200:
+                    raise RegistryError(self.name, f"{what}: the registry ignored the Range "
+                                                   "request and sent the whole blob (200)")
+                if r.status_code != 206:
+                    r.read()
+                    raise self._failure(r, what, repository)
+                said = r.headers.get("Content-Range", "")
+                if said.removeprefix("bytes ").split("/")[0] != f"{start}-{end - 1}":
+                    raise RegistryError(self.name, f"{what}: the registry sent another range "
+                                                   f"({said or 'no Content-Range'})")
+                try:
+                    body = self._read_limited(r, end - start, what)
+                except (httpx.TransportError, httpx.StreamError) as e:
+                    if attempt == self.options.retries:
+                        raise RegistryUnavailable(self.name, f"{what}: {_describe(e)}") \
+                            from None
+                    self._sleep(self._delay(attempt))
+                    continue
+            finally:
+                r.close()
+            if len(body) != end - start:
+                raise RegistryError(self.name, f"{what}: got {len(body)} bytes")
+            return body
+        raise AssertionError("unreachable")
+
     def open_blob(self, repository: str, digest: Digest, size: int | None,
                   on_bytes: Callable[[int], None] | None = None) -> "BlobStream":
         return BlobStream(self, repository, digest, size, on_bytes)

@@ -36,7 +36,10 @@ from storetools import (LAYERS_EXE, StoreEnv, directory, file, oci_layout,  # no
                         chain_ids)
 from support.registryd import (Proxy, Registry, ensure_installed, free_port,  # noqa: E402
                                htpasswd_line, make_cert)
+from layers.digest import Digest  # noqa: E402
 from layers.registry import upload  # noqa: E402
+from layers.registry.client import ClientOptions, RegistryClient  # noqa: E402
+from layers.registry.errors import RegistryError  # noqa: E402
 
 BASE = tar_bytes([directory("etc"), file("etc/os-release", "ID=base\n"),
                   file("bin/sh", "#!sh\n", mode=0o755), symlink("bin/bash", "sh"),
@@ -346,6 +349,26 @@ def test_skopeo_pushes_what_we_pull_and_reads_what_we_push(machines, registry, s
     _skopeo(skopeo, "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{out}")
     b.ok("import", "-q", str(out), "--name", "copied:1")
     assert inspect(b, "copied:1")["layers"] == mine.chain_ids
+
+
+def test_blob_ranges_are_206_checked_and_a_200_is_refused(proxy):
+    client = RegistryClient(proxy.host, ClientOptions(tls_verify=False, retries=1,
+                                                      backoff=0.01, timeout=10),
+                            lambda repo: None, insecure=True)
+    blob = os.urandom(300_000)
+    digest = Digest.of_bytes(blob)
+    with client:
+        client.upload_blob("ranges/blob", digest, len(blob), lambda: iter([blob]))
+        for start, end in [(0, 51), (len(blob) - 51, len(blob)), (1000, 250_001), (7, 8)]:
+            assert client.get_blob_range("ranges/blob", digest, start, end) == blob[start:end]
+        assert all(s.status == 206 for s in proxy.requests if s.method == "GET"
+                   and "/blobs/" in s.path)
+        proxy.ignore_range = True
+        with pytest.raises(RegistryError) as e:
+            client.get_blob_range("ranges/blob", digest, 10, 20)
+        assert str(e.value) == (f"registry {proxy.host}: bytes [10, 20) of blob {digest} "
+                                "of ranges/blob: the registry ignored the Range request and "
+                                "sent the whole blob (200)")
 
 
 # -- faults --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from layers.registry import auth, regconf
 from layers.registry.blobinfo import BlobInfoCache
 from layers.registry.client import ClientOptions, RegistryClient
 from layers.registry.credentials import Credentials, find_credentials, parse_creds
-from layers.registry.errors import Aborted, RegistryAuthError, RegistryUnavailable
+from layers.registry.errors import Aborted, RegistryAuthError, RegistryError, RegistryUnavailable
 from layers.registry.parallel import run_bounded
 from layers.registry.reference import Reference, parse_reference
 from layers.registry.remote import Platform, choose_platform
@@ -526,3 +526,16 @@ def test_opening_the_store_removes_a_park_whose_pull_died(store_env, tmp_path):
     again = store_env.open()
     assert f"removed interrupted parked layer {layer.id.short}" in again.repaired
     assert os.listdir(store.paths.parked) == []
+
+
+def test_a_blob_range_other_than_the_one_asked_is_refused(double):
+    # the double answers any Range with everything from its start on
+    with _client(double) as c:
+        with pytest.raises(RegistryError) as e:
+            c.get_blob_range("repo", double.digest, 10, 20)
+        assert str(e.value) == (f"registry {double.host}: bytes [10, 20) of blob "
+                                f"{double.digest} of repo: the registry sent another range "
+                                f"(bytes 10-199999/200000)")
+        assert c.get_blob_range("repo", double.digest, 100, 200000) == double.blob[100:]
+        with pytest.raises(ValueError):
+            c.get_blob_range("repo", double.digest, 20, 20)

@@ -13,7 +13,8 @@
   every request with this status), `stall` (a blob digest: send its
   headers and half its body, then hold the connection until released or
   `drop` it), `bearer` (require a token from the proxy's own `/token`,
-  which wants Basic `user:password`).
+  which wants Basic `user:password`), `ignore_range` (drop the `Range`
+  header, as a registry without range support would: it answers 200).
 Only loopback addresses are used; every wait is bounded.
 """
 
@@ -172,6 +173,7 @@ class Proxy:
         self.release = threading.Event()       # ends a stall: the rest is sent
         self.drop = threading.Event()          # ends a stall: the connection is cut
         self.bearer: tuple[str, str] | None = None
+        self.ignore_range = False
         self.tokens: set[str] = set()
         self.token_requests: list[dict] = []
         self.port = port or free_port()
@@ -265,8 +267,9 @@ class Proxy:
                     "WWW-Authenticate": f'Bearer realm="http://{self.host}/token",'
                                         f'service="strata-test"{scope}',
                     "Content-Type": "application/json"})
-        headers = {k: v for k, v in h.headers.items()
-                   if k.lower() not in ("authorization", "connection", "transfer-encoding")}
+        dropped = ("authorization", "connection", "transfer-encoding") \
+            + (("range",) if self.ignore_range else ())
+        headers = {k: v for k, v in h.headers.items() if k.lower() not in dropped}
         headers["Content-Length"] = str(len(body))
         conn = http.client.HTTPConnection(self.upstream, timeout=30)
         try:
