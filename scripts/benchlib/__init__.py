@@ -5,6 +5,7 @@ Layers, each importing only those above it in this list:
   floorfs    the pyfuse3 floor, run as a FUSE daemon (imports nothing of ours)
   machine    is the machine quiet enough to judge a result
   trace      FUSE requests by operation, from the kernel's tracepoint
+  profile    --profile: a daemon's CPU by component, sampled by py-spy
   mounts     mounting and always unmounting the implementations, rootful and
              rootless; mount and unmount timings; daemon CPU
   data       the cached test data (and the rootless user's copies)

@@ -1,7 +1,7 @@
 """`scripts/bench`: fsd against the kernel overlay and fuse-overlayfs (issues 9, 15).
 
     scripts/bench [--reps N] [--only W...] [--small] [--json FILE] [--timeout S]
-                  [--max-load L] [--no-rootless] [--podman-image TAR]
+                  [--max-load L] [--no-rootless] [--podman-image TAR] [--profile DIR]
 
 Repetition by repetition, each workload group runs on a fresh mount of each
 implementation in turn (the order rotates every repetition), on the same
@@ -42,7 +42,7 @@ from . import data as datamod
 from .machine import Quiet
 from .mounts import AsUser, Implementation, MountError, cleanup_all, interrupt_on_term, unmount_leftovers
 from .report import (FLOOR, FSD, FUSE_OVERLAYFS, IMPORT_IMPLS, KERNEL, RL_FSD, RL_FUSE_OVERLAYFS, Results, document,
-                     render_table, summarize)
+                     render_profiles, render_table, summarize)
 from .trace import RequestTrace
 from .workloads import GROUPS, PODMAN, WORKLOAD_GROUP, Context, WorkloadError
 
@@ -71,6 +71,10 @@ def parse_args(argv):
                     "with --small the podman tests' busybox tree)")
     ap.add_argument("--small", action="store_true", help="tiny data set (a smoke test, not a benchmark)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="sample the rootful daemons with py-spy during each step (installed into the venv "
+                         "by scripts/bench): their CPU by component and request handler, printed after the "
+                         "tables, the folded stacks kept in DIR; the times of such a run are not the benchmark's")
     ap.add_argument("--timeout", type=float, metavar="S",
                     help="a step still running after S seconds fails (default 900, 120 with --small)")
     args = ap.parse_args(argv)
@@ -81,6 +85,8 @@ def parse_args(argv):
         unknown = [w for w in args.only if w not in known]
         if unknown:
             ap.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
     if args.timeout is None:
         args.timeout = 120.0 if args.small else 900.0
     return args
@@ -254,8 +260,10 @@ class Bench:
         shutil.rmtree(ctx_dir, ignore_errors=True)
         ctx_dir.mkdir()
         data = self._data(impl) if group.lowers else self.data
+        profile = (str(REPO / ".venv" / "bin" / "py-spy"), Path(self.args.profile), f"r{rep}") \
+            if self.args.profile else None
         ctx = Context(impl, None, data, ctx_dir, self.args.small, self.args.timeout, self.fio,
-                      str(REPO / ".venv" / "bin" / "layers"), self.trace)
+                      str(REPO / ".venv" / "bin" / "layers"), self.trace, profile)
         error = None
         mount = None
         try:
@@ -431,6 +439,9 @@ def main(argv=None) -> int:
     if busy:
         print("busy, not judged: " + "; ".join(busy) + ". The ratios below are from a shared machine.")
     print(render_table(summary), end="")
+    if args.profile:
+        print(f"\nprofiles (py-spy, {args.profile}): busy samples by component and handler")
+        print(render_profiles(summary), end="")
     if errors:
         print("\nerrors:")
         for e in errors:

@@ -22,6 +22,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
+from . import profile
 from .workloads import GROUPS, IMPORT_BASELINE, IMPORT_OURS, LIFECYCLE, PODMAN, WORKLOAD_GROUP
 
 KERNEL, FUSE_OVERLAYFS, FSD = "kernel", "fuse-overlayfs", "fsd"
@@ -226,3 +227,14 @@ def render_table(summary: dict) -> str:
         out += _table(["id", "workload", f"{IMPORT_BASELINE} s", f"{IMPORT_OURS} s", "throughput ratio",
                        "import cpu s", "target"], import_rows)
     return "\n".join(out) + "\n"
+
+
+def render_profiles(summary: dict) -> str:
+    """With --profile: each workload's profiles, per implementation, summed over its repetitions."""
+    out = []
+    for wid, w in summary.items():
+        for impl, runs in w["runs"].items():
+            found = [r["info"]["profile"] for r in runs if isinstance(r.get("info", {}).get("profile"), dict)]
+            if found:
+                out.append(profile.render(f"{wid} {impl}", profile.merge(found)))
+    return "".join(out)

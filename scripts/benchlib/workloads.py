@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from .mounts import Mount, drop_caches
+from .profile import Profiler, summarize
 
 WORKER = str(Path(__file__).resolve().with_name("worker.py"))
 
@@ -60,7 +61,8 @@ class Context:
     """What a group needs to run and time its steps on one mount."""
 
     def __init__(self, impl: str, mount: Mount | None, data: dict[str, Path], scratch: Path,
-                 small: bool, timeout: float, fio: str | None, layers_exe: str, trace=None):
+                 small: bool, timeout: float, fio: str | None, layers_exe: str, trace=None,
+                 profile: tuple[str, Path, str] | None = None):
         self.impl = impl
         self.mount = mount
         self.data = data
@@ -70,6 +72,9 @@ class Context:
         self.fio = fio
         self.layers_exe = layers_exe
         self.trace = trace  # a trace.RequestTrace, or None
+        # (py-spy, directory, file name suffix): each step's daemon CPU by component (profile.py)
+        self.profile = profile
+        self._profiler: Profiler | None = None
         self.steps: dict[str, Step] = {}
 
     @property
@@ -119,20 +124,28 @@ class Context:
             raise WorkloadError(f"{_show(argv)}: exit {status}: {tail or '(no output)'}")
         return stdout, wall, rusage
 
-    def _begin(self):
-        """Before a measured step: the daemon's CPU so far; requests counted from now."""
+    def _begin(self, wid: str):
+        """Before a measured step: the daemon's CPU so far; requests counted from
+        now; with --profile a rootful daemon is sampled from now."""
         if self.trace is not None and self.mount is not None and self.mount.connection is not None:
             self.trace.start(self.mount.connection)
+        if self.profile is not None and self.mount is not None and self.mount.proc is not None \
+                and self.mount.as_user is None:
+            pyspy, folder, suffix = self.profile
+            if self._profiler is not None:  # of a step that failed
+                self._profiler.stop()
+            name = f"{wid}-{self.impl.replace(' ', '-')}-{suffix}.txt"
+            self._profiler = Profiler(pyspy, self.mount.proc.pid, folder / name)
         return self._cpu()
 
     def time_cmd(self, wid: str, argv: list[str], capture=False) -> tuple[Step, str]:
         """The step and, with capture, what the command printed."""
-        cpu0 = self._begin()
+        cpu0 = self._begin(wid)
         out, wall, rusage = self._run(argv, capture=capture)
         return self._record(wid, Step(wall), cpu0, rusage), out
 
     def time_worker(self, wid: str, *args: str) -> Step:
-        cpu0 = self._begin()
+        cpu0 = self._begin(wid)
         out, _, rusage = self._run([sys.executable, WORKER, *args], cwd=self.scratch, capture=True)
         try:
             result = json.loads(out.strip().splitlines()[-1])
@@ -143,7 +156,7 @@ class Context:
 
     def time_fio(self, wid: str, path: Path, count: int) -> Step:
         size = self.mount.lstat(path).st_size
-        cpu0 = self._begin()
+        cpu0 = self._begin(wid)
         out, _, rusage = self._run([
             self.fio, "--name=randread", f"--filename={path}", "--readonly", "--rw=randread",
             "--bs=4k", "--ioengine=psync", f"--size={size}", f"--io_size={count * 4096}",
@@ -161,6 +174,10 @@ class Context:
 
     def _record(self, wid: str, step: Step, cpu0, rusage) -> Step:
         cpu1 = self._cpu()
+        if self._profiler is not None:
+            profiler, self._profiler = self._profiler, None
+            why_not = profiler.stop()
+            step.info["profile"] = why_not or summarize(profiler.out.read_text())
         if self.trace is not None and self.mount is not None and self.mount.connection is not None:
             counts = self.trace.stop()
             step.requests = dict(counts.of([self.mount.connection]))

@@ -204,3 +204,26 @@ def test_bench_podman_section_on_a_tiny_image(bench_ok, tmp_path):
             assert run["info"]["mounts"] >= 1, (wid, impl)
             if doc["requests"] == "fuse:fuse_request_send":
                 assert run["requests"].get("LOOKUP", 0) > 0, (wid, impl)
+
+
+def test_bench_profile_summary_attributes_samples_to_their_owner():
+    # --profile's reading of py-spy's folded stacks (no daemon needed)
+    sys.path.insert(0, str(REPO / "scripts"))
+    from benchlib import profile
+    top = "<module> (fsd:8);run (trio/_core/_run.py:2535)"
+    handler = ("async_wrapper.<locals>.wrapper (_pyfuse3.py:67);__pyx_gb_7pyfuse3_7generator1 (__init__.c:8723);"
+               "request.<locals>.handler (fsd/ops.py:58);Operations.getattr (fsd/ops.py:154)")
+    folded = "\n".join([
+        f"{top};EpollIOManager.get_events (trio/_core/_io_epoll.py:243);epoll_wait (libc.so.6) 50",
+        f"{top};{handler};AttrOps.entry (fsd/attr.py:147);Layer.lstat (fsd/layer.py:90);0x7f (libc.so.6) 7",
+        f"{top};{handler} 2",
+        f"{top};async_wrapper.<locals>.wrapper (_pyfuse3.py:67);fuse_reply_attr (libfuse3.so.3.14.0);writev (libc.so.6) 5",
+        f"{top};unrolled_run (trio/_core/_run.py:2743) 3",
+        "garbage line",
+    ])
+    s = profile.summarize(folded)
+    assert s == {"samples": 67, "idle": 50,
+                 "components": {"fsd layer.py": 7, "/dev/fuse I/O": 5, "trio": 3, "fsd ops.py": 2},
+                 "handlers": {"ops.py Operations.getattr": 9}}
+    text = profile.render("w1 fsd", profile.merge([s, s]))
+    assert text.startswith("w1 fsd: 34 busy samples (100 idle)\n  by component: fsd layer.py 41%, /dev/fuse I/O 29%")
