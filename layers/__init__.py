@@ -28,15 +28,16 @@ LEVELS = {
     "bundle": 5, "analyze": 5, "drivers.base": 5, "registry.client": 5,
     "registry.blobinfo": 5,
     # one record store per kind (parked layers are one); layer tars in and
-    # out; three drivers; uploads
+    # out; three drivers
     "layerstore": 6, "imagestore": 6, "containerstore": 6, "volumestore": 6,
     "parkedstore": 6, "archive": 6,
-    "drivers.fuse": 6, "drivers.overlay": 6, "drivers.vfs": 6, "registry.upload": 6,
+    "drivers.fuse": 6, "drivers.overlay": 6, "drivers.vfs": 6,
     # what an import reads; btrfs (borrows vfs's layer apply); seekable
     # (eStargz) layer blobs
     "source": 7, "drivers.btrfs": 7, "estargz": 7,
-    # the lock, the records and the rules across them; an image in a registry
-    "storecore": 8, "registry.remote": 8,
+    # the lock, the records and the rules across them; an image in a registry;
+    # uploads (plain or seekable)
+    "storecore": 8, "registry.remote": 8, "registry.upload": 8,
     # the workflows on a StoreCore; a pull or push session
     "containers": 9, "commit": 9, "cleanup": 9, "check": 9, "registry.session": 9,
     "ingest": 10, "export": 10, "registry.command": 10,

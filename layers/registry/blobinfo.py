@@ -1,8 +1,9 @@
 """What we know about blobs we pulled or pushed, so a push can reuse them.
 
 One JSON file (`StorePaths.blobinfo`): for each compressed blob digest, its
-size, media type, the diffID it decompresses to, and the repositories
-(`registry/repository`) known to hold it.  A push looks a layer's diffID up
+size, media type, the diffID it decompresses to, the repositories
+(`registry/repository`) known to hold it, and for a seekable (eStargz) blob
+its TOC digest (once known, kept: a blob does not stop being seekable).  A push looks a layer's diffID up
 to find blobs it may not need to make or upload: one the destination has
 (skipped), or one another repository of the same registry has (mounted).
 
@@ -34,6 +35,7 @@ class BlobInfo:
     media_type: str
     diff_id: Digest
     locations: tuple[str, ...]
+    toc_digest: Digest | None = None     # a seekable blob's (estargz.py)
 
 
 class BlobInfoCache:
@@ -55,8 +57,10 @@ class BlobInfoCache:
     @staticmethod
     def _info(key: str, e: dict) -> BlobInfo | None:
         try:
+            toc = e.get("toc_digest")
             return BlobInfo(Digest.parse(key), int(e["size"]), str(e["media_type"]),
-                            Digest.parse(e["diff_id"]), tuple(e.get("locations", ())))
+                            Digest.parse(e["diff_id"]), tuple(e.get("locations", ())),
+                            Digest.parse(toc) if toc is not None else None)
         except Exception:
             return None
 
@@ -74,7 +78,7 @@ class BlobInfoCache:
         return self._info(str(digest), e) if e else None
 
     def record(self, digest: Digest, size: int, media_type: str, diff_id: Digest,
-               location: str) -> None:
+               location: str, toc_digest: Digest | None = None) -> None:
         with self._lock:
             key = str(digest)
             old = self._learned.get(key) or self._entries.get(key) or {}
@@ -82,6 +86,9 @@ class BlobInfoCache:
             self._learned[key] = {"size": size, "media_type": media_type,
                                   "diff_id": str(diff_id),
                                   "locations": locations[:MAX_LOCATIONS], "used": time.time()}
+            toc = str(toc_digest) if toc_digest is not None else old.get("toc_digest")
+            if toc is not None:
+                self._learned[key]["toc_digest"] = toc
 
     def save(self) -> None:
         """Merge what this command learned into the file."""
@@ -96,7 +103,7 @@ class BlobInfoCache:
                 old = entries.get(key, {})
                 locs = e["locations"] + [x for x in old.get("locations", [])
                                          if x not in e["locations"]]
-                entries[key] = {**e, "locations": locs[:MAX_LOCATIONS]}
+                entries[key] = {**old, **e, "locations": locs[:MAX_LOCATIONS]}
             if len(entries) > MAX_BLOBS:
                 keep = sorted(entries, key=lambda k: -entries[k].get("used", 0))[:MAX_BLOBS]
                 entries = {k: entries[k] for k in keep}

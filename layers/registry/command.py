@@ -87,7 +87,9 @@ def add_parsers(sub) -> None:
                    help="default: the image's first name that names a registry")
     c.add_argument("--manifest-format", dest="manifest_format", choices=FORMATS,
                    default="oci", help="oci (default) or v2s2 (Docker)")
-    c.add_argument("--compression-format", choices=COMPRESSIONS, default="gzip")
+    c.add_argument("--compression-format", choices=COMPRESSIONS, default="gzip",
+                   help="gzip (default), none, or estargz: seekable gzip layers that "
+                        "can be pulled lazily (same diffIDs)")
     c.add_argument("--compression-level", type=int, choices=range(1, 10), default=6,
                    metavar="1-9")
     c.add_argument("--chunk-size", type=_count, default=0, metavar="BYTES",

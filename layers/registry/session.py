@@ -52,7 +52,7 @@ class RegistryOptions:
     jobs: int = DEFAULT_JOBS
     platform: Platform | None = None    # pull; None: the host's
     format: str = "oci"                 # push: oci | v2s2
-    compression: str = "gzip"           # push: gzip | none
+    compression: str = "gzip"           # push: gzip | none | estargz (seekable gzip)
     compression_level: int = 6
     chunk_size: int = 0                 # push: PATCH size; 0: monolithic
 

@@ -14,6 +14,7 @@ registry that goes away mid-pull, 500s, 401s, TLS, mirrors.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -31,11 +33,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storetools import (LAYERS_EXE, StoreEnv, directory, file, oci_layout,  # noqa: E402
-                        run_on_terminal, sha256, symlink, tar_bytes, tree_snapshot,
-                        chain_ids)
+from storetools import (LAYERS_EXE, StoreEnv, TarEntry, directory, file,  # noqa: E402
+                        hardlink, oci_layout, run_on_terminal, sha256, symlink, tar_bytes,
+                        tree_snapshot, chain_ids)
 from support.registryd import (Proxy, Registry, ensure_installed, free_port,  # noqa: E402
                                htpasswd_line, make_cert)
+from layers import estargz  # noqa: E402
 from layers.digest import Digest  # noqa: E402
 from layers.registry import upload  # noqa: E402
 from layers.registry.client import ClientOptions, RegistryClient  # noqa: E402
@@ -369,6 +372,103 @@ def test_blob_ranges_are_206_checked_and_a_200_is_refused(proxy):
         assert str(e.value) == (f"registry {proxy.host}: bytes [10, 20) of blob {digest} "
                                 "of ranges/blob: the registry ignored the Range request and "
                                 "sent the whole blob (200)")
+
+
+# -- seekable (eStargz) layers ----------------------------------------------------------------
+
+SEEKABLE = tar_bytes([
+    directory("data"), file("data/empty"), file("data/one", os.urandom(3000)),
+    file("data/many", os.urandom(9 << 20)),                  # three 4 MiB chunks
+    file("data/zeros", bytes(5 << 20)), hardlink("data/hl", "data/many"),
+    symlink("data/sl", "many"), TarEntry("data/fifo", tarfile.FIFOTYPE),
+    file("data/x", "x", pax={"SCHILY.xattr.user.k": "v"}),
+    file("etc/.wh.os-release"), directory("lib"), file("lib/.wh..wh..opq"),
+    file("n" * 150 + "/" + "m" * 150, "long"), file(os.fsdecode(b"raw\xfe"), "raw")])
+
+
+def _manifest(registry: Registry, repository: str, tag: str) -> dict:
+    return httpx.get(f"http://{registry.host}/v2/{repository}/manifests/{tag}",
+                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).json()
+
+
+def test_estargz_push_keeps_diffids_and_gzip_clients_read_it(machines, registry, skopeo,
+                                                             tmp_path):
+    a, b = machines
+    built = import_image(a, tmp_path, [BASE, SEEKABLE], "seek:1")
+    ref = f"{registry.host}/estargz/seek:1"
+    rep = a.report("push", "seek:1", ref, INSECURE, "--compression-format", "estargz")
+    assert [x["status"] for x in rep["layers"]] == ["uploaded", "uploaded"]
+
+    # the descriptors: gzip layers with the TOC digest and the tar size
+    doc = _manifest(registry, "estargz/seek", "1")
+    raw = json.loads(_skopeo(skopeo, "inspect", "--raw", "--tls-verify=false",
+                             f"docker://{ref}"))
+    assert raw == doc
+    for desc, tar in zip(doc["layers"], [BASE, SEEKABLE]):
+        assert desc["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
+        ann = desc["annotations"]
+        assert ann["io.containers.estargz.uncompressed-size"] == str(len(tar))
+        blob = registry.blob_path(desc["digest"]).read_bytes()
+        offset = estargz.parse_footer(blob)
+        toc = estargz.parse_toc_region(
+            blob[offset:-estargz.FOOTER_SIZE],
+            Digest.parse(ann["containerd.io/snapshot/stargz/toc.digest"]))
+        assert gzip.decompress(blob) == tar
+    assert len(toc.chunks(toc.entries["data/many"])) == 3
+
+    # a gzip-only client: skopeo decompresses to the config's diffIDs
+    out = tmp_path / "dir"
+    _skopeo(skopeo, "copy", "--src-tls-verify=false", "--dest-decompress", f"docker://{ref}",
+            f"dir:{out}")
+    copied = json.loads((out / "manifest.json").read_text())
+    config = json.loads((out / copied["config"]["digest"][7:]).read_bytes())
+    assert config["rootfs"]["diff_ids"] == built.diff_ids
+    assert [sha256((out / d["digest"][7:]).read_bytes()) for d in copied["layers"]] \
+        == built.diff_ids
+
+    # our own plain pull: the image id and ChainIDs of the plain push
+    plain = f"{registry.host}/estargz/plain:1"
+    a.ok("push", "seek:1", plain, INSECURE)
+    assert [x.get("annotations") for x in _manifest(registry, "estargz/plain", "1")
+            ["layers"]] == [None, None]
+    b.ok("pull", ref, INSECURE)
+    got = inspect(b, ref)
+    assert got["layers"] == built.chain_ids and got["id"] == inspect(a, "seek:1")["id"]
+    rep = b.report("pull", plain, INSECURE)
+    assert [x["outcome"] for x in rep["layers"]] == ["present", "present"]
+    assert inspect(b, plain)["id"] == got["id"]
+    for cid in built.chain_ids:
+        assert tree_snapshot(inspect(b, cid)["dir"]) == tree_snapshot(inspect(a, cid)["dir"])
+
+
+def test_estargz_and_plain_blobs_are_kept_apart_when_reused(machines, registry, tmp_path):
+    a, _ = machines
+    import_image(a, tmp_path, [BASE, APP1], "apart:1")
+    seek = a.report("push", "apart:1", f"{registry.host}/apart/seek:1", INSECURE,
+                    "--compression-format", "estargz")
+    # a plain push does not take the seekable blobs the cache knows...
+    plain = a.report("push", "apart:1", f"{registry.host}/apart/plain:1", INSECURE)
+    assert [x["status"] for x in plain["layers"]] == ["uploaded", "uploaded"]
+    assert not {x["digest"] for x in plain["layers"]} & {x["digest"] for x in seek["layers"]}
+    # ... and a seekable push takes them, annotations and all, not the plain ones
+    again = a.report("push", "apart:1", f"{registry.host}/apart/again:1", INSECURE,
+                     "--compression-format", "estargz")
+    assert [x["status"] for x in again["layers"]] == ["mounted", "mounted"]
+    assert [x["digest"] for x in again["layers"]] == [x["digest"] for x in seek["layers"]]
+    assert _manifest(registry, "apart/again", "1")["layers"] == \
+        _manifest(registry, "apart/seek", "1")["layers"]
+    twice = a.report("push", "apart:1", f"{registry.host}/apart/plain:2", INSECURE)
+    assert [x["digest"] for x in twice["layers"]] == [x["digest"] for x in plain["layers"]]
+    # a Docker v2s2 manifest carries the same blobs and annotations
+    a.ok("push", "apart:1", f"{registry.host}/apart/docker:1", INSECURE,
+         "--compression-format", "estargz", "--manifest-format", "v2s2")
+    docker = httpx.get(f"http://{registry.host}/v2/apart/docker/manifests/1", headers={
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json"}).json()
+    assert [(x["digest"], x["annotations"]) for x in docker["layers"]] == \
+        [(x["digest"], x["annotations"]) for x in _manifest(registry, "apart/seek", "1")
+         ["layers"]]
+    assert {x["mediaType"] for x in docker["layers"]} == {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"}
 
 
 # -- faults --------------------------------------------------------------------------------

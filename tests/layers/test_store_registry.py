@@ -310,6 +310,26 @@ def test_blobinfo_records_merge_and_survive_a_broken_file(tmp_path):
     assert BlobInfoCache(path).by_diff_id(diff) == []
 
 
+def test_blobinfo_keeps_a_blobs_toc_digest_once_known(tmp_path):
+    path = str(tmp_path / "registry" / "blobinfo.json")
+    diff, toc, blob = Digest("d" * 64), Digest("7" * 64), Digest("1" * 64)
+    pushed = BlobInfoCache(path)
+    pushed.record(blob, 10, "gz", diff, "reg/a", toc)
+    pushed.save()
+    pulled = BlobInfoCache(path)             # a pull of the same blob knows no TOC
+    pulled.record(blob, 10, "gz", diff, "reg/b")
+    pulled.save()
+    unaware = BlobInfoCache(path)            # ... nor does a command that loaded before
+    saved = BlobInfoCache(path)
+    unaware._entries.clear()
+    unaware.record(blob, 10, "gz", diff, "reg/c")
+    unaware.save()
+    for cache in (pulled, BlobInfoCache(path)):
+        [info] = cache.by_diff_id(diff)
+        assert info.toc_digest == toc
+    assert saved.get(blob).toc_digest == toc
+
+
 # -- gzip, parallel runs -----------------------------------------------------------------------------
 
 def test_gzip_of_the_same_tar_is_the_same_blob(tmp_path):
