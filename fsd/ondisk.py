@@ -9,6 +9,9 @@
 - fsd's private xattrs: the origin inode number of a copied-up object and the
   metacopy flag (under the probed private prefix), and the owner override of
   rootless mounts (`xattr_permissions=`, fuse-overlayfs' format).
+- The store's marks of a lazy layer (`user.strata.lazy`, read by lazy.py): on
+  its root, the path of the fetch socket; on a regular file, that its content
+  is not there yet.
 - The work area: fsd's directory inside the workdir, its lock, its scratch
   directory, the hard-link index and the directory-move journal (names and
   record formats here; what is done with them is workarea.py's).
@@ -27,8 +30,12 @@ from .layer import RENAME_WHITEOUT, Layer
 WH_PREFIX = b".wh."
 OPAQUE_FILE = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque", b"user.fuseoverlayfs.opaque")
-# xattrs that describe the overlay itself: never copied up, shown or changed.
-MARKER_PREFIXES = (b"trusted.overlay.", b"user.overlay.", b"user.fuseoverlayfs.")
+# A lazy layer's marks, written and removed by the store's fetcher only: the
+# layer root's value is the fetch socket's path, while any file in the layer is
+# incomplete; a regular file carries it (empty) until its content is in place.
+LAZY_XATTR = b"user.strata.lazy"
+# xattrs that describe the overlay or a layer itself: never copied up, shown or changed.
+MARKER_PREFIXES = (b"trusted.overlay.", b"user.overlay.", b"user.fuseoverlayfs.", b"user.strata.")
 # The owner override of rootless mounts, by `xattr_permissions=` value (idmap.py):
 # copied up with the object, but never shown or changed directly.
 OVERRIDE_XATTRS = {1: b"security.fuseoverlayfs.override_stat", 2: b"user.containers.override_stat"}

@@ -181,6 +181,12 @@ def test_a_metacopy_marker_without_a_lower_file(tree):
     assert len(tree.problems()) == 1  # over a lower file it is what metacopy=on writes
 
 
+def test_a_lazy_layers_xattr_copied_up(tree):
+    write(tree.upper, "d/f", "f")
+    os.setxattr(tree.upper / "d" / "f", "user.strata.lazy", b"")
+    tree.finds("a lazy layer's xattr user.strata.lazy copied up")
+
+
 def test_an_upper_directory_that_cannot_be_listed(tree):
     if os.geteuid() == 0:
         pytest.skip("root lists any directory")

@@ -33,7 +33,8 @@ upper               every entry lstat-able; whiteouts (a char device 0/0, or an
                     markers (an opaque xattr = "y", or a `.wh..wh..opq` file)
                     only on directories; fsd's private xattrs `fsd.ino` (the
                     number kept across copy-up) a decimal number, `fsd.metacopy`
-                    only on a regular file that the lowers show as one.
+                    only on a regular file that the lowers show as one; no
+                    lazy layer's mark (`user.strata.*`, never copied up).
 
 Nothing here imports fsd: the same check runs after a real mount.
 """
@@ -52,6 +53,7 @@ WH_PREFIX = b".wh."
 OPAQUE_FILE = b".wh..wh..opq"
 OPAQUE_XATTRS = (b"trusted.overlay.opaque", b"user.overlay.opaque", b"user.fuseoverlayfs.opaque")
 PRIVATE_PREFIXES = (b"trusted.overlay.", b"user.overlay.")
+LAZY_PREFIX = b"user.strata."
 
 
 def _entries(path: bytes) -> list[bytes]:
@@ -168,6 +170,9 @@ def _check_xattrs(view: "_Lowers", rel: bytes, name: bytes, child: bytes, st, ou
             lower_kind = view.shown(rel).get(name)
             if not stat.S_ISREG(st.st_mode) or lower_kind != stat.S_IFREG:
                 out.append(f"upper {child!r}: metacopy marker without a lower regular file under it")
+    for attr in attrs:
+        if attr.startswith(LAZY_PREFIX):
+            out.append(f"upper {child!r}: a lazy layer's xattr {attr.decode()} copied up")
 
 
 def _check_upper(lowers: list[Path], upper: bytes, settled: bool, out: list[str]) -> None:

@@ -292,7 +292,7 @@ class _Generator:
         rng = self.rng
         if rng.random() < p:
             for _ in range(rng.randint(1, 3)):  # ext4 keeps all of a file's xattrs in one block
-                name = "user." + rng.choice(("comment", "mime_type", "strata.a", "strata.b", "checksum"))
+                name = "user." + rng.choice(("comment", "mime_type", "app.a", "app.b", "checksum"))
                 value = rng.choice((b"", b"y", b"text/plain", rng.randbytes(rng.randint(1, 64)),
                                     rng.randbytes(rng.randint(300, 900))))
                 os.setxattr(path, name, value)

@@ -555,7 +555,7 @@ _WEIGHTS = {
 }
 _MODES = (0o644, 0o600, 0o755, 0o4755, 0o2750, 0o1777, 0o000, 0o444)
 _OWNERS = ((0, 0), (1000, 1000), (12345, 54321), (0, 100), (65534, 65534))
-_XNAMES = ("user.comment", "user.mime_type", "user.strata.a", "user.t1", "user.t2")
+_XNAMES = ("user.comment", "user.mime_type", "user.app.a", "user.t1", "user.t2")
 
 
 @dataclass
