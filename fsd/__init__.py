@@ -15,8 +15,9 @@ LEVELS = {
     #    the probe of the upper; usage limits of the upper
     "ondisk": 2, "quota": 2,
     # 3: owners as shown and as stored; nodes and the inode table: every
-    #    numbering rule, lookup counts, forget; the write gate that freezes the upper
-    "idmap": 3, "inode": 3, "freeze": 3,
+    #    numbering rule, lookup counts, forget; the write gate that freezes the
+    #    upper; lazy layers: a file's content fetched before it is opened
+    "idmap": 3, "inode": 3, "freeze": 3, "lazy": 3,
     # 4: the work area: scratch names, hard-link index, directory-move journal
     "workarea": 4,
     # 5: Overlay, the per-mount object every mechanism takes (the kernel's ovl_fs)

@@ -6,7 +6,8 @@ the upper, so a crash leaves either nothing in the upper (the lower stays
 visible) or the complete copy; the work area is emptied at the next mount.
 Ancestors are copied first.  One copy runs per node: concurrent requests that
 need the same copy-up wait on the node's lock and find it done.  Big data and
-whole trees are copied in a worker thread, off the trio loop.
+whole trees are copied in a worker thread, off the trio loop.  A lower file's
+data is read through lazy.py: in a lazy layer it is fetched first.
 
 Outcomes: None, or the OSError of the real filesystem (ENOSPC, EDQUOT, EIO ...)
 with nothing left behind in the upper or the work area.
@@ -211,6 +212,8 @@ class CopyUp:
         metadata_only = metadata_only and self.ovl.markers.metacopy_xattr is not None
         rel = node.path()
         src = self.ovl.lowers[node.lower_indices[0] if node.is_dir else node.lower_index]
+        if self.ovl.quota is not None and node.kind == stat.S_IFREG and data and not metadata_only:
+            await self.ovl.lazy.complete(src, rel)  # a placeholder takes no blocks: its content does
         st = src.lstat(rel)
         if self.ovl.quota is not None:
             full = stat.S_ISREG(st.st_mode) and data and not metadata_only
@@ -312,7 +315,7 @@ class CopyUp:
         dst_fd = work.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             if size:
-                src_fd = src.open(rel, os.O_RDONLY | os.O_NOATIME)
+                src_fd = await self.ovl.lazy.open(src, rel, os.O_RDONLY | os.O_NOATIME)
                 try:
                     if size > BIG:
                         with waiting(f"a worker thread copying {size} bytes of {rel!r}"):
@@ -363,6 +366,8 @@ class CopyUp:
         src = self.ovl.lowers[node.lower_index]
         upper = self.ovl.upper
         st = upper.lstat(rel)
+        if self.ovl.quota is not None:
+            await self.ovl.lazy.complete(src, rel)  # as in _copy
         lower = src.lstat(rel)
         if self.ovl.quota is not None:
             self.ovl.quota.check(lower.st_blocks * 512)
@@ -467,7 +472,7 @@ class CopyUp:
             dst_fd = work.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 if st.st_size:
-                    src_fd = src.open(rel, os.O_RDONLY | os.O_NOATIME)
+                    src_fd = self.ovl.lazy.open_in_thread(src, rel, os.O_RDONLY | os.O_NOATIME)
                     try:
                         self._copy_and_sync(src_fd, dst_fd, st.st_size)
                     finally:

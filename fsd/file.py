@@ -1,8 +1,9 @@
 """Open files: every handle is a real file descriptor on the upper or a lower.
 
 Opening for writing (or with O_TRUNC) copies the file up first; O_TRUNC copies
-no data.  Reads and writes go straight to the real descriptor, so a file
-unlinked while open keeps working through it.  O_DIRECT stays on the real
+no data.  A lower file's content is opened through lazy.py when its layer is
+lazy: fetched first.  Reads and writes go straight to the real descriptor, so a
+file unlinked while open keeps working through it.  O_DIRECT stays on the real
 descriptor, so the layer's filesystem applies its rules (ext4: EINVAL for an
 unaligned offset or size, as through the kernel overlay); the data of such a
 handle passes through page-aligned buffers, which O_DIRECT wants too.
@@ -85,6 +86,7 @@ class FileOps:
         self.ovl = ovl
         self.table = ovl.table
         self.copyup = copyup
+        self.lazy = ovl.lazy
         self.noatime = ovl.noatime
         self.handles: dict[int, Handle] = {}
         self._ids = itertools.count(1)
@@ -106,7 +108,10 @@ class FileOps:
         else:
             on_upper = node.upper and not node.metacopy
             layer = self.ovl.upper if on_upper else self.ovl.lowers[node.lower_index]
-            fd = layer.open(node.path(), self._real_flags(flags, on_upper))
+            if layer.index in self.lazy.sockets:  # no await for other layers: they cost nothing
+                fd = await self.lazy.open(layer, node.path(), self._real_flags(flags, on_upper))
+            else:
+                fd = layer.open(node.path(), self._real_flags(flags, on_upper))
         return self.adopt(node, fd, flags, on_upper)
 
     def adopt(self, node: Node, fd: int, flags: int, on_upper: bool = True) -> pyfuse3.FileInfo:

@@ -1,7 +1,7 @@
 """`Overlay`: everything one mount owns (the kernel's `struct ovl_fs`).
 
 Built once from checked params before the mount goes live: the layers opened
-(lowers top first, the upper), the work area taken and emptied, the marker
+(lowers top first, the upper), the lazy lowers found (lazy.py), the work area taken and emptied, the marker
 formats probed on the upper's filesystem, the id mapping, the quota measured,
 the inode table with its root.  Every mechanism (dircache, namei, copy_up and
 the operations) takes the Overlay and reaches the mount's state through it;
@@ -23,6 +23,7 @@ from .freeze import WriteGate
 from .idmap import IdMap
 from .inode import InodeTable, Node
 from .layer import UPPER, Layer
+from .lazy import LazyLayers
 from .ondisk import Markers, probe_markers
 from .params import OverlayParams
 from .quota import Quota
@@ -33,6 +34,7 @@ from .workarea import WorkArea
 class Overlay:
     def __init__(self, params: OverlayParams):
         self.lowers = [Layer(p, i) for i, p in enumerate(params.lowerdirs)]
+        self.lazy = LazyLayers(self.lowers)  # every open of a lower file's content goes through it
         self.upper: Layer | None = None
         self.work: WorkArea | None = None
         self.quota: Quota | None = None

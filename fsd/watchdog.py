@@ -9,7 +9,7 @@ variable (`Requests.begin` and `end`, called by ops.py's one wrapper of every
 handler); no task or timer per request.  One trio task (`Requests.watch`) looks at the
 set every CHECK_EVERY seconds.  What a request waits on is told by the code
 that waits, around the wait (`waiting`): the end of a directory move, the
-copy-up of a node, a worker thread.  The watch task runs on the trio loop, so
+copy-up of a node, a worker thread, a lazy fetch (lazy.py).  The watch task runs on the trio loop, so
 it reports what waits, not a request that holds the loop itself (that one is
 seen when the loop comes back, if it is still in flight).
 """
