@@ -38,6 +38,8 @@ from storetools import (LAYERS_EXE, StoreEnv, TarEntry, directory, file,  # noqa
                         tree_snapshot, chain_ids)
 from support.registryd import (Proxy, Registry, ensure_installed, free_port,  # noqa: E402
                                htpasswd_line, make_cert)
+from support import mounts, podman as podman_support  # noqa: E402
+from support.rootless import Sandbox  # noqa: E402
 from layers import estargz  # noqa: E402
 from layers.digest import Digest  # noqa: E402
 from layers.registry import upload  # noqa: E402
@@ -439,6 +441,37 @@ def test_estargz_push_keeps_diffids_and_gzip_clients_read_it(machines, registry,
     assert inspect(b, plain)["id"] == got["id"]
     for cid in built.chain_ids:
         assert tree_snapshot(inspect(b, cid)["dir"]) == tree_snapshot(inspect(a, cid)["dir"])
+
+
+def test_podman_pulls_and_runs_an_estargz_image(machines, registry, tmp_path, fsd_log):
+    """podman 4.3 (partial pulls off: a gzip-only client) with fsd as its
+    mount program pulls the seekable image, checks its diffIDs, runs it."""
+    reason = mounts.why_no_fuse() or podman_support.ensure_podman()
+    if reason:
+        pytest.skip(reason)
+    a, _ = machines
+    box = Sandbox(None, prefix="strata-estargz-podman-")
+    problems: list[str] = []
+    try:
+        a.ok("import", "-q", str(podman_support.busybox_rootfs(box)), "--name", "bb:1")
+        ref = f"{registry.host}/estargz/busybox:1"
+        a.ok("push", "bb:1", ref, INSECURE, "--compression-format", "estargz")
+        store = podman_support.PodmanStore(box, rootless=False)
+        try:
+            store("pull", "--tls-verify=false", ref)
+            [image] = json.loads(store("image", "inspect", ref).stdout)
+            assert image["Id"] == inspect(a, "bb:1")["id"]
+            assert image["RootFS"]["Layers"] == [inspect(a, cid)["diff_id"]
+                                                 for cid in inspect(a, "bb:1")["layers"]]
+            out = store("run", "--rm", *podman_support.RUN_OPTS, ref, "sh", "-c",
+                        "cat /lower/keep.txt; readlink /lower/keep-link").stdout
+            assert out == "keep\nkeep.txt\n"
+        finally:
+            problems += store.close()
+            store.collect_logs(fsd_log)
+    finally:
+        problems += box.cleanup()
+    assert not problems, "; ".join(problems)
 
 
 def test_estargz_and_plain_blobs_are_kept_apart_when_reused(machines, registry, tmp_path):
