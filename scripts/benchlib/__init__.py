@@ -13,4 +13,9 @@ Layers, each importing only those above it in this list:
   podman     the podman section: each daemon as podman's mount_program (mounts)
   report     medians, ratios, why (requests, CPU per request), tables, JSON (workloads)
   cli        the command line and the run (all of them)
+
+scripts/bench-lazy (issue 17) is a second command on the same package:
+  shaper     a delaying, rate-capping, counting HTTP proxy (imports nothing of ours)
+  lazyimage  the lazy benchmark's images' layer tars (data, podman)
+  lazy       its command line and run (machine, mounts, data, shaper, lazyimage)
 """

@@ -26,6 +26,8 @@ Components (the numbers are those of `full`; `small` is a toy of each):
 every file owned by an unprivileged user (`<name>.owned-<uid>`), built and
 published the same way: the lowers of the rootless runs, as a rootless
 podman's store holds files of the user's own.
+
+`publish`, `seeded_tree` and `tar_tree` also build lazyimage.py's layers.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def ensure(cache: Path, size: str, name: str, say=print) -> Path:
     def build(tmp: Path) -> dict:
         tmp.mkdir()
         return {**want, **BUILDERS[name](tmp, SIZES[size])}
-    _publish(final, build)
+    publish(final, build)
     return final
 
 
@@ -111,11 +113,11 @@ def ensure_owned(cache: Path, size: str, name: str, uid: int, gid: int, say=prin
         subprocess.run(["cp", "-a", "--reflink=auto", "--", str(src), str(tmp)], check=True)
         subprocess.run(["chown", "-R", "--no-dereference", f"{uid}:{gid}", str(tmp)], check=True)
         return want
-    _publish(final, build)
+    publish(final, build)
     return final
 
 
-def _publish(final: Path, build) -> None:
+def publish(final: Path, build) -> None:
     """Replace `final` with what build(tmp) makes at a temporary name next to
     it (build returns the spec, written last), synced, then renamed into place."""
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +246,7 @@ def _build_stack(out: Path, p: dict) -> dict:
     return {"paths": len(paths), "whiteouts": whiteouts}
 
 
-def _seeded_tree(top: Path, total: int, mean: int, seed: int, half_zero: bool) -> None:
+def seeded_tree(top: Path, total: int, mean: int, seed: int, half_zero: bool) -> None:
     rng = random.Random(seed)
     written = i = 0
     while written < total:
@@ -255,21 +257,21 @@ def _seeded_tree(top: Path, total: int, mean: int, seed: int, half_zero: bool) -
         i += 1
 
 
-def _tar(src: Path, tarfile: Path) -> None:
+def tar_tree(src: Path, tarfile: Path) -> None:
     subprocess.run(["tar", "-C", str(src), "--sort=name", "--owner=0", "--group=0",
                     "--numeric-owner", "-cf", str(tarfile), "."], check=True)
     shutil.rmtree(src)
 
 
 def _build_untar(out: Path, p: dict) -> dict:
-    _seeded_tree(out / "src", p["untar_bytes"], 20_000, 40, half_zero=False)
-    _tar(out / "src", out / "untar.tar")
+    seeded_tree(out / "src", p["untar_bytes"], 20_000, 40, half_zero=False)
+    tar_tree(out / "src", out / "untar.tar")
     return {"tar_bytes": (out / "untar.tar").stat().st_size}
 
 
 def _build_import(out: Path, p: dict) -> dict:
-    _seeded_tree(out / "src", p["import_bytes"], 100_000, 200, half_zero=True)
-    _tar(out / "src", out / "layer.tar")
+    seeded_tree(out / "src", p["import_bytes"], 100_000, 200, half_zero=True)
+    tar_tree(out / "src", out / "layer.tar")
     return {"tar_bytes": (out / "layer.tar").stat().st_size}
 
 

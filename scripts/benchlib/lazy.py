@@ -1,0 +1,618 @@
+"""`scripts/bench-lazy`: a container started from a lazily pulled image against
+one started after a full pull, over a shaped network (issue 17).
+
+    scripts/bench-lazy [--reps N] [--small] [--json FILE] [--timeout S] [--max-load L]
+                       [--delay MS] [--rate MBIT]
+
+A command of its own rather than a section of scripts/bench: scripts/bench
+compares mount implementations (kernel, fuse-overlayfs, fsd) on the same
+lower directories, and its tables have one column per implementation; this
+one compares ways of getting an image from a registry into the store, needs
+a registry, a shaped network and pushed images, and reports seconds and
+bytes. Sharing the run would bend both tables; the pieces that fit are
+shared (machine.py's quiet check, data.py's cache, podman.py's image).
+
+Set-up, untimed, once per run: Debian's docker-registry on 127.0.0.1
+(tests/support/registryd.py); the two images of lazyimage.py imported into a
+seed store and pushed to it directly, once with gzip layers and once with
+eStargz ones (`layers push --compression-format`); then a ShapedProxy
+(shaper.py: every request delayed, one link capped) in front of it, which
+every timed client goes through.
+
+Each repetition runs these, in an order that rotates, each on a fresh store
+(the fuse driver) that is removed after it:
+  full gzip      `layers pull` of the first image (gzip) + create + mount +
+                 the command (lazyimage.COMMAND, chroot into the mount) to
+                 its first output; then the second image pulled into the
+                 same store (whole layers: it shares files, no layer)
+  full estargz   the same from the eStargz push; the second pull is a
+                 partial pull by content (only what the store lacks)
+  lazy           `layers pull --lazy` of the first image (eStargz) + create +
+                 mount + the command to its first output; then until the
+                 background fetch has completed every layer (no layer root
+                 carries `user.strata.lazy` any more, LAZY-CONTRACT)
+Every figure is from the pull's start; bytes are those the proxy sent the
+client (answers' heads and bodies), read at the instant. A command whose
+output differs from the expected one (the data file's sha256) fails its run.
+
+The podman comparison of the issue (plain pull against an additional layer
+store) is not measured: the additional layer store is not built yet.
+
+Exit status: 0 all ran; 3 a step failed (listed; timings never fail
+anything); 2 bad usage or an environment it cannot run in; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import data as datamod
+from . import lazyimage
+from .machine import Quiet
+from .mounts import interrupt_on_term, unmount_leftovers
+from .shaper import ShapedProxy
+
+REPO = Path(__file__).resolve().parents[2]
+LAYERS = REPO / ".venv" / "bin" / "layers"
+
+LAZY_XATTR = "user.strata.lazy"   # LAZY-CONTRACT 2: on a layer's diff/ while a file is incomplete
+FULL_GZIP, FULL_ESTARGZ, LAZY = "full gzip", "full estargz", "lazy"
+MODES = (FULL_GZIP, FULL_ESTARGZ, LAZY)
+TARGET_SOONER = 5.0     # first output at least 5x sooner than a full pull
+TARGET_FRACTION = 0.10  # under 10% of the image's bytes fetched by then
+MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json, "
+                  "application/vnd.docker.distribution.manifest.v2+json")
+PODMAN_NOTE = ("podman (plain pull against an additional layer store): not measured, "
+               "the additional layer store of issue 17 is not built yet")
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class StepError(Exception):
+    """A step of a run failed; str(self) is one line."""
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(
+        prog="scripts/bench-lazy",
+        description="Lazy pull + create + mount + first output of a command against a full pull, "
+                    "over a shaped network (issue 17). Needs root. The images' layers are built once "
+                    "under .cache/bench/.")
+    ap.add_argument("--reps", type=int, default=3, metavar="N", help="repetitions (default 3)")
+    ap.add_argument("--small", action="store_true", help="a busybox image of a few MB (a smoke test, "
+                    "not a benchmark)")
+    ap.add_argument("--json", metavar="FILE", help="also write every run and the medians as JSON to FILE")
+    ap.add_argument("--timeout", type=float, metavar="S",
+                    help="a step still running after S seconds fails (default 600, 120 with --small)")
+    ap.add_argument("--max-load", type=float, default=0.5 * (os.cpu_count() or 1), metavar="L",
+                    help="a load average above L at the start makes the run busy: no target is judged "
+                         "(default: half the CPUs)")
+    ap.add_argument("--delay", type=float, default=20.0, metavar="MS",
+                    help="milliseconds added to every request (default 20)")
+    ap.add_argument("--rate", type=float, default=100.0, metavar="MBIT",
+                    help="the link's capacity in Mbit/s (default 100)")
+    args = ap.parse_args(argv)
+    if args.reps < 1:
+        ap.error("--reps must be at least 1")
+    if args.delay < 0 or args.rate <= 0:
+        ap.error("--delay must be at least 0 and --rate more than 0")
+    if args.timeout is None:
+        args.timeout = 120.0 if args.small else 600.0
+    return args
+
+
+def capabilities() -> dict[str, str | None]:
+    """Which parts the store's CLI has: {"estargz": why not or None, "lazy": ...}."""
+    def help_of(cmd: str) -> str:
+        r = subprocess.run([str(LAYERS), cmd, "-h"], capture_output=True, text=True, timeout=60)
+        return r.stdout
+    push, pull = help_of("push"), help_of("pull")
+    return {"estargz": None if "estargz" in push else "layers push has no --compression-format estargz",
+            "lazy": None if "--lazy" in pull else "layers pull has no --lazy"}
+
+
+# -- a store ----------------------------------------------------------------------------------
+
+class Store:
+    """A private store (fuse driver), with its own empty registries.conf and
+    storage.conf, driven through the CLI."""
+
+    def __init__(self, top: Path, timeout: float):
+        self.top = top
+        self.root = top / "root"
+        self.timeout = timeout
+        home = top / "home"
+        for d in (home / "run", home / "config"):
+            d.mkdir(parents=True, exist_ok=True)
+        (top / "registries.conf").write_text("")
+        (top / "storage.conf").write_text("")
+        self.env = {k: v for k, v in os.environ.items() if k != "REGISTRY_AUTH_FILE"}
+        self.env.update({"STRATA_REGISTRIES_CONF": str(top / "registries.conf"),
+                         "STRATA_STORAGE_CONF": str(top / "storage.conf"),
+                         "HOME": str(home), "XDG_RUNTIME_DIR": str(home / "run"),
+                         "XDG_CONFIG_HOME": str(home / "config"), "DOCKER_CONFIG": str(home / "docker")})
+
+    def __call__(self, *args: str) -> str:
+        argv = [str(LAYERS), "--root", str(self.root), "--runroot", str(self.top / "run"),
+                "--driver", "fuse", *args]
+        try:
+            r = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=self.timeout,
+                               stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise StepError(f"layers {' '.join(args)}: still running after {self.timeout:.0f}s") from None
+        if r.returncode:
+            tail = " | ".join(r.stderr.strip().splitlines()[-3:])
+            raise StepError(f"layers {' '.join(args)}: exit {r.returncode}: {tail}")
+        return r.stdout
+
+    def layer_diffs(self, image: str) -> list[Path]:
+        doc = json.loads(self("inspect", image))
+        return [self.root / "layers" / layer.split(":", 1)[1] / "diff" for layer in doc["layers"]]
+
+    def close(self) -> list[str]:
+        """Remove the store (unmounting what is mounted); what went wrong."""
+        problems = []
+        if self.root.exists():
+            try:
+                self("reset", "-f")
+            except StepError as exc:
+                problems.append(str(exc))
+        for pid in _processes_naming(self.top):
+            problems.append(f"a process still running after `layers reset` of its store: {pid} "
+                            f"{_cmdline(pid)[:200]}; killed")
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        left = unmount_leftovers(self.top)
+        if left:
+            problems.append(f"left mounted and now unmounted: {left}")
+        shutil.rmtree(self.top, ignore_errors=True)
+        return problems
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _processes_naming(path: Path) -> list[int]:
+    """Processes whose command line names something under path (a fetcher, an fsd)."""
+    needle = str(path) + "/"
+    return [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()
+            and needle in _cmdline(int(d))]
+
+
+# -- the registry and its images --------------------------------------------------------------
+
+@dataclass
+class Images:
+    """The pushed images: references by (image, format) on the registry
+    itself, and their layers' blob bytes (what a full pull fetches)."""
+    refs: dict[tuple[str, str], str] = field(default_factory=dict)
+    layer_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
+    tar_bytes: dict[str, int] = field(default_factory=dict)
+
+    def via(self, proxy: ShapedProxy, image: str, fmt: str) -> str:
+        path = self.refs[image, fmt].partition("/")[2]
+        return f"{proxy.host}/{path}"
+
+
+def _manifest_layer_bytes(registry: str, repo_tag: str) -> int:
+    repo, _, tag = repo_tag.rpartition(":")
+    req = urllib.request.Request(f"http://{registry}/v2/{repo}/manifests/{tag}",
+                                 headers={"Accept": MANIFEST_TYPES})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        manifest = json.load(r)
+    return sum(layer["size"] for layer in manifest["layers"])
+
+
+def push_images(seed: Store, registry, component: Path, formats: list[str]) -> Images:
+    images = Images()
+    layer_tars = {"first": [lazyimage.base_of(component), component / "data.tar"],
+                  "second": [component / "second.tar"]}
+    for image, tars in layer_tars.items():
+        seed("import", "-q", "--name", f"bench/{image}:local", *map(str, tars))
+        images.tar_bytes[image] = sum(t.stat().st_size for t in tars)
+        for fmt in formats:
+            repo_tag = f"bench/{image}:{fmt}"
+            say(f"bench-lazy: pushing {image} as {fmt} (untimed, straight to the registry)")
+            seed("push", "-q", "--tls-verify=false", "--compression-format", fmt, f"bench/{image}:local",
+                 f"{registry.host}/{repo_tag}")
+            images.refs[image, fmt] = f"{registry.host}/{repo_tag}"
+            images.layer_bytes[image, fmt] = _manifest_layer_bytes(registry.host, repo_tag)
+    return images
+
+
+# -- one run ------------------------------------------------------------------------------------
+
+def _first_output(argv: list[str], deadline: float, proxy: ShapedProxy, errfile: Path
+                  ) -> tuple[float, int, float, str]:
+    """Run argv: (instant of its first output byte, bytes the proxy had sent by
+    then, instant it ended, all it printed)."""
+    with open(errfile, "wb") as err:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                             process_group=0)
+    fd = p.stdout.fileno()
+    out = bytearray()
+    first = fetched = None
+    try:
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                raise StepError(f"{' '.join(argv[-3:])}: no end of output within the step's time")
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            data = os.read(fd, 65536)
+            if data and first is None:
+                first = time.perf_counter()
+                fetched = proxy.counters().down
+            if not data:
+                break
+            out += data
+        end = time.perf_counter()
+        code = p.wait(timeout=max(1.0, deadline - time.perf_counter()))
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, 9)
+            p.wait()
+        p.stdout.close()
+    if code:
+        tail = errfile.read_text(errors="replace").strip().splitlines()[-3:]
+        raise StepError(f"the command exited {code}: {' | '.join(tail)}")
+    if first is None:
+        raise StepError("the command printed nothing")
+    return first, fetched, end, out.decode(errors="replace")
+
+
+def _wait_complete(diffs: list[Path], deadline: float) -> float:
+    """The instant no layer root carries the lazy xattr any more (polled)."""
+    while True:
+        now = time.perf_counter()
+        if not any(_is_lazy(d) for d in diffs):
+            return now
+        if now > deadline:
+            left = [d.parent.name[:12] for d in diffs if _is_lazy(d)]
+            raise StepError(f"the background fetch had not completed layer(s) {', '.join(left)} "
+                            f"within the step's time")
+        time.sleep(0.05)
+
+
+def _is_lazy(diff: Path) -> bool:
+    try:
+        os.getxattr(diff, LAZY_XATTR, follow_symlinks=False)
+        return True
+    except OSError as exc:
+        if exc.errno == 61:  # ENODATA
+            return False
+        raise
+
+
+class Run:
+    """One mode once: every figure into `result`; an error ends it."""
+
+    def __init__(self, mode: str, rep: int, store: Store, proxy: ShapedProxy, images: Images,
+                 component: Path, timeout: float):
+        self.mode, self.rep = mode, rep
+        self.store, self.proxy, self.images = store, proxy, images
+        self.spec = datamod.load_spec(component)
+        self.timeout = timeout
+        self.result: dict = {"rep": rep}
+
+    def go(self) -> None:
+        fmt = "gzip" if self.mode == FULL_GZIP else "estargz"
+        ref = self.images.via(self.proxy, "first", fmt)
+        deadline = time.perf_counter() + self.timeout
+        r = self.result
+        os.sync()                       # the last run's writeback is not this one's
+        self.proxy.reset()
+        t0 = time.perf_counter()
+        self.store("pull", "-q", "--tls-verify=false", *(["--lazy"] if self.mode == LAZY else []), ref)
+        r["pull_s"] = time.perf_counter() - t0
+        self.store("create", "--name", "c", ref)
+        mnt = self.store("mount", "c").strip()
+        r["create_mount_s"] = time.perf_counter() - t0 - r["pull_s"]
+        argv = ["chroot", mnt, *lazyimage.COMMAND[self.spec["kind"]]]
+        first, fetched, end, out = _first_output(argv, deadline, self.proxy, self.store.top / "command.err")
+        r["first_output_s"] = first - t0
+        r["command_s"] = end - t0
+        r["fetched_first_output"] = fetched
+        if out != self.spec["expected_output"]:
+            raise StepError(f"the command printed {out[:200]!r}, not {self.spec['expected_output']!r}")
+        if self.mode == LAZY:
+            diffs = self.store.layer_diffs(ref)
+            r["lazy_layers_at_first_output"] = sum(_is_lazy(d) for d in diffs)
+            done = _wait_complete(diffs, deadline)
+            r["background_done_s"] = done - t0
+            r["fetched_total"] = self.proxy.counters().down
+            inspect = json.loads(self.store("inspect", ref))
+            r["inspect_after"] = {k: v for k, v in inspect.items() if "lazy" in k.lower()}
+        else:
+            r["fetched_total"] = self.proxy.counters().down
+            self.partial(fmt, deadline)
+
+    def partial(self, fmt: str, deadline: float) -> None:
+        """The second image into the store that holds the first."""
+        ref = self.images.via(self.proxy, "second", fmt)
+        os.sync()
+        self.proxy.reset()
+        t0 = time.perf_counter()
+        report = json.loads(self.store("pull", "--tls-verify=false", "--format", "json", ref))
+        self.result["second_pull_s"] = time.perf_counter() - t0
+        self.result["second_fetched"] = self.proxy.counters().down
+        self.result["second_report"] = report
+
+
+# -- the report -------------------------------------------------------------------------------
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(runs: dict[str, list[dict]], images: Images | None, busy: bool) -> dict:
+    keys = ("pull_s", "create_mount_s", "first_output_s", "command_s", "fetched_first_output",
+            "background_done_s", "fetched_total", "second_pull_s", "second_fetched")
+    medians = {mode: {k: _median([r.get(k) for r in rs if "error" not in r]) for k in keys}
+               for mode, rs in runs.items()}
+    full = medians.get(FULL_GZIP, {}).get("first_output_s")
+    lazy = medians.get(LAZY, {}).get("first_output_s")
+    sooner = full / lazy if full and lazy else None
+    image_bytes = images.layer_bytes.get(("first", "estargz")) if images else None
+    lazy_fetched = medians.get(LAZY, {}).get("fetched_first_output")
+    fraction = lazy_fetched / image_bytes if lazy_fetched is not None and image_bytes else None
+
+    def verdict(value, ok) -> str:
+        if value is None:
+            return "?"
+        if busy:
+            return "busy, not judged"
+        return "ok" if ok(value) else "MISS"
+    targets = {
+        "first_output_sooner": {"value": sooner, "target": f">= {TARGET_SOONER:g}x",
+                                "verdict": verdict(sooner, lambda v: v >= TARGET_SOONER)},
+        "fetched_fraction_by_first_output": {"value": fraction, "target": f"< {TARGET_FRACTION:.0%}",
+                                             "verdict": verdict(fraction, lambda v: v < TARGET_FRACTION)},
+    }
+    return {"medians": medians, "targets": targets}
+
+
+def _s(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _mb(v) -> str:
+    return "-" if v is None else f"{v / 1e6:.1f} MB"
+
+
+def _pct(part, whole) -> str:
+    return f" ({part / whole:.1%})" if part is not None and whole else ""
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "| " + " | ".join(c.ljust(n) for c, n in zip(cells, widths)) + " |"  # noqa: E731
+    return [line(header), "|" + "|".join("-" * (n + 2) for n in widths) + "|", *map(line, rows)]
+
+
+def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, skipped: dict[str, str],
+           reps: int) -> str:
+    med = summary["medians"]
+    image = {mode: images.layer_bytes.get(("first", "gzip" if mode == FULL_GZIP else "estargz"))
+             for mode in MODES} if images else {}
+    rows = []
+    for mode in MODES:
+        if mode in skipped:
+            rows.append([mode, *["-"] * 6, f"not run: {skipped[mode]}"])
+            continue
+        m, rs = med.get(mode, {}), runs.get(mode, [])
+        failed = sum("error" in r for r in rs)
+        rows.append([mode, _s(m.get("pull_s")), _s(m.get("create_mount_s")), _s(m.get("first_output_s")),
+                     _mb(m.get("fetched_first_output")) + _pct(m.get("fetched_first_output"), image.get(mode)),
+                     _s(m.get("background_done_s")) if mode == LAZY else "-",
+                     _mb(m.get("fetched_total")) + _pct(m.get("fetched_total"), image.get(mode)),
+                     f"{failed} of {len(rs)} runs failed" if failed else ""])
+    out = _table(["first image", "pull s", "create + mount s", "first output s", "fetched by first output",
+                  "background fetch done s", "fetched in all", "note"], rows)
+    t = summary["targets"]
+    first = t["first_output_sooner"]
+    frac = t["fetched_fraction_by_first_output"]
+    out += ["",
+            f"first output, full gzip pull / lazy pull: "
+            f"{'-' if first['value'] is None else format(first['value'], '.1f') + 'x'} "
+            f"(target {first['target']}: {first['verdict']})",
+            f"fetched by the lazy run's first output: "
+            f"{'-' if frac['value'] is None else format(frac['value'], '.1%')} of the image's "
+            f"{_mb(images.layer_bytes.get(('first', 'estargz')) if images else None)} of eStargz layers "
+            f"(target {frac['target']}: {frac['verdict']})"]
+    rows = []
+    for mode, what in ((FULL_GZIP, "gzip: whole layers"), (FULL_ESTARGZ, "estargz: partial pull by content")):
+        if mode in skipped:
+            rows.append([what, "-", "-", "-", f"not run: {skipped[mode]}"])
+            continue
+        m = med.get(mode, {})
+        fmt = "gzip" if mode == FULL_GZIP else "estargz"
+        whole = images.layer_bytes.get(("second", fmt)) if images else None
+        rows.append([what, _s(m.get("second_pull_s")), _mb(m.get("second_fetched")) + _pct(m.get("second_fetched"), whole),
+                     _mb(whole), ""])
+    out += ["", *_table(["second image, into the store holding the first", "pull s", "fetched",
+                         "its layers' blobs", "note"], rows)]
+    if images and med.get(FULL_GZIP, {}).get("second_fetched") and med.get(FULL_ESTARGZ, {}).get("second_fetched"):
+        g, e = med[FULL_GZIP]["second_fetched"], med[FULL_ESTARGZ]["second_fetched"]
+        out.append(f"partial pull saved {_mb(g - e)} of {_mb(g)} ({1 - e / g:.0%}) against the gzip pull")
+    out += ["", PODMAN_NOTE]
+    return "\n".join(out) + "\n"
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+def _clean_old_runs(scratch_root: Path) -> None:
+    for d in scratch_root.glob("lazy-*"):
+        pid = d.name.partition("-")[2]
+        if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
+            continue
+        for sub in d.glob("*"):
+            if (sub / "root").exists():
+                Store(sub, 120).close()
+        unmount_leftovers(d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _rotate(items: list, k: int) -> list:
+    k %= len(items)
+    return items[k:] + items[:k]
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0:
+        say("bench-lazy: needs root (the stores mount with fsd, the command runs in a chroot)")
+        return 2
+    if not os.access(LAYERS, os.X_OK):
+        say(f"bench-lazy: no layers at {LAYERS} (run scripts/install)")
+        return 2
+    if shutil.which("docker-registry") is None:
+        say("bench-lazy: no docker-registry (apt-get install docker-registry)")
+        return 2
+    quiet = Quiet(args.max_load)
+    load = quiet.load_start
+    say(f"bench-lazy: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {quiet.cpus} CPUs")
+    caps = capabilities()
+    skipped = {}
+    if caps["estargz"]:
+        skipped[FULL_ESTARGZ] = skipped[LAZY] = caps["estargz"]
+    elif caps["lazy"]:
+        skipped[LAZY] = caps["lazy"]
+    for mode, why in skipped.items():
+        say(f"bench-lazy: without {mode}: {why}")
+    modes = [m for m in MODES if m not in skipped]
+    interrupt_on_term()
+    cache = REPO / ".cache" / "bench"
+    scratch = cache / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    _clean_old_runs(scratch)
+    run_dir = scratch / f"lazy-{os.getpid()}"
+    run_dir.mkdir()
+    size = "small" if args.small else "full"
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    problems: list[str] = []
+    images = registry = proxy = None
+    interrupted = False
+    started = time.time()
+    try:
+        if args.small:
+            base = None
+        else:
+            from .podman import debootstrap_image
+            base = debootstrap_image(say)
+        component = lazyimage.ensure(cache, size, base, say)
+        sys.path.insert(0, str(REPO / "tests"))
+        from support.registryd import Registry   # imports pytest: not for --help
+        registry = Registry(run_dir / "registry").start()
+        seed = Store(run_dir / "seed", args.timeout)
+        try:
+            images = push_images(seed, registry, component,
+                                 ["gzip"] + (["estargz"] if not caps["estargz"] else []))
+        finally:
+            problems += seed.close()
+        proxy = ShapedProxy(registry.host, delay=args.delay / 1000, rate=args.rate * 1e6 / 8).start()
+        for rep in range(args.reps):
+            say(f"bench-lazy: rep {rep + 1}/{args.reps}: CPUs {quiet.sample_idle():.0%} idle before it")
+            for mode in _rotate(modes, rep):
+                store = Store(run_dir / f"r{rep}-{mode.replace(' ', '-')}", args.timeout)
+                run = Run(mode, rep, store, proxy, images, component, args.timeout)
+                try:
+                    run.go()
+                except StepError as exc:
+                    run.result["error"] = str(exc)
+                except (OSError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+                    run.result["error"] = f"{type(exc).__name__}: {exc}"
+                    say(traceback.format_exc())
+                finally:
+                    problems += [f"{mode} rep {rep}: {p}" for p in store.close()]
+                runs[mode].append(run.result)
+                r = run.result
+                say(f"bench-lazy: rep {rep + 1} {mode:<13} "
+                    + (f"ERROR {r['error']}" if "error" in r else
+                       f"first output {r['first_output_s']:.2f}s, {r['fetched_first_output'] / 1e6:.1f} MB by then"
+                       + (f"; complete {r['background_done_s']:.2f}s" if "background_done_s" in r else "")
+                       + (f"; second image {r['second_pull_s']:.2f}s, {r['second_fetched'] / 1e6:.1f} MB"
+                          if "second_pull_s" in r else "")))
+    except KeyboardInterrupt:
+        interrupted = True
+        say("bench-lazy: interrupted; here is what was measured")
+    except (StepError, OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        problems.append(f"set-up: {exc}")
+        say(f"bench-lazy: set-up failed: {exc}")
+    finally:
+        if proxy is not None:
+            proxy.stop()
+            problems += [f"proxy: {e}" for e in proxy.errors]
+        if registry is not None:
+            registry.stop()
+        left = unmount_leftovers(run_dir)
+        if left:
+            problems.append(f"left mounted and now unmounted: {left}")
+        shutil.rmtree(run_dir, ignore_errors=True)
+    quiet.finish()
+    busy = quiet.reasons()
+    summary = summarize(runs, images, bool(busy))
+    errors = [f"{mode} rep {r['rep']}: {r['error']}" for mode, rs in runs.items() for r in rs if "error" in r]
+    errors += problems
+    if args.small:
+        print("(--small: a busybox image of a few MB; a smoke test, not a benchmark)")
+    print(f"network: {args.delay:g} ms added to every request, {args.rate:g} Mbit/s; medians of {args.reps} "
+          f"repetition(s); load average at the start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {quiet.cpus} CPUs")
+    if images:
+        print(f"first image: {images.tar_bytes['first'] / 1e6:.0f} MB of layer tars "
+              f"({_mb(images.layer_bytes.get(('first', 'gzip')))} gzip"
+              + (f", {_mb(images.layer_bytes[('first', 'estargz')])} estargz" if ('first', 'estargz') in
+                 images.layer_bytes else "") + ")")
+    if busy:
+        print("busy, not judged: " + "; ".join(busy))
+    print(render(summary, runs, images, skipped, args.reps), end="")
+    if errors:
+        print("\nerrors:")
+        for e in errors:
+            print(f"- {e}")
+    if args.json:
+        doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+               "seconds": round(time.time() - started, 1), "interrupted": interrupted,
+               "options": vars(args), "host": {"kernel": platform.release(), "cpus": os.cpu_count()},
+               "machine": quiet.describe(), "skipped": skipped,
+               "images": None if images is None else {
+                   "refs": {f"{i}:{f}": v for (i, f), v in images.refs.items()},
+                   "layer_bytes": {f"{i}:{f}": v for (i, f), v in images.layer_bytes.items()},
+                   "tar_bytes": images.tar_bytes},
+               "runs": runs, **summary, "podman": PODMAN_NOTE, "errors": errors}
+        tmp = f"{args.json}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(doc, f, indent=1)
+            f.write("\n")
+        os.rename(tmp, args.json)
+    if interrupted:
+        return 130
+    return 3 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
