@@ -269,7 +269,10 @@ class Proxy:
                     "Content-Type": "application/json"})
         dropped = ("authorization", "connection", "transfer-encoding") \
             + (("range",) if self.ignore_range else ())
-        headers = {k: v for k, v in h.headers.items() if k.lower() not in dropped}
+        headers: dict[str, str] = {}
+        for k, v in h.headers.items():   # a header sent on several lines (Accept) is one list
+            if k.lower() not in dropped:
+                headers[k] = f"{headers[k]}, {v}" if k in headers else v
         headers["Content-Length"] = str(len(body))
         conn = http.client.HTTPConnection(self.upstream, timeout=30)
         try:
