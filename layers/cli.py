@@ -138,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune(vsub, "volume", "remove the anonymous volumes no container uses",
                all_help="every volume no container uses, named ones too")
 
+    a = sub.add_parser("als", help="serve images to podman as an additional layer store "
+                                   "(its layers are not pulled again; lazy ones stay lazy)")
+    groups["als"] = a
+    asub = a.add_subparsers(dest="als_command", metavar="COMMAND")
+    c = asub.add_parser("add", help="serve an image; prints the storage.conf line podman needs")
+    c.add_argument("image")
+    c = asub.add_parser("rm", help="serve an image no more")
+    c.add_argument("image")
+    asub.add_parser("ls", help="list the images served")
+
     c = sub.add_parser("ps", help="list containers")
     c.add_argument("-q", "--quiet", action="store_true", help="ids only")
     c.add_argument("--format", choices=("table", "json"), default="table")
@@ -491,6 +501,12 @@ def _cmd_volume(store: Store, args) -> int:
     return 0
 
 
+def _cmd_als(store: Store, args) -> int:
+    for line in store.als(args.als_command, getattr(args, "image", None)):
+        print(line)
+    return 0
+
+
 def _cmd_df(store: Store, args) -> int:
     usage = store.df()
     if args.format == "json":
@@ -664,6 +680,6 @@ COMMANDS = {
     "export": _cmd_export, "save": _cmd_save,
     "volume": _cmd_volume, "df": _cmd_df, "info": _cmd_info, "prune": _cmd_prune,
     "container": _cmd_prune, "image": _cmd_prune, "system": _cmd_prune,
-    "bundle": _cmd_bundle, "analyze": _cmd_analyze,
+    "bundle": _cmd_bundle, "analyze": _cmd_analyze, "als": _cmd_als,
 }
 COMMANDS.update(registrycmd.COMMANDS)

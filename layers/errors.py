@@ -102,6 +102,12 @@ class ImageInUse(LayersError):
         )
 
 
+class ImageServed(LayersError):
+    def __init__(self, image: str):
+        self.image = image
+        super().__init__(f"image {image} is served to podman (`layers als rm {image}` first)")
+
+
 class ContainerMounted(LayersError):
     def __init__(self, container: str, count: int,
                  hint: str = "umount it first or use -f"):

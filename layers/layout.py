@@ -25,6 +25,9 @@ Store root (`graphroot`)::
     registry/parked/<chainid-hex>.json  published (its record); see parkedstore.py
     registry/blobinfo.json      blobs pulled or pushed: digest → size, media type,
                                 diffID, repositories holding it (a cache)
+    als/<blob digest>/          podman's additional layer store (als.py): `diff`
+                                (symlink to the layer's diff/), `info`, `blob`
+    als.json                    the images served there: {"images": [ids]}
 
 Runtime root (`runroot`)::
 
@@ -63,6 +66,8 @@ MOUNTS = "mounts.json"
 SPLIT = "tar-split.gz"
 LAYER_DIFF = "diff"
 LAYER_SUBVOLUME = "btrfs"
+ALS = "als"
+ALS_RECORD = "als.json"
 
 # Marks of a directory that is some other program's store: refused.
 FOREIGN_STORES = (
@@ -222,6 +227,14 @@ class StorePaths:
     @property
     def blobinfo(self) -> str:
         return os.path.join(self.root, REGISTRY, "blobinfo.json")
+
+    @property
+    def als(self) -> str:
+        return os.path.join(self.root, ALS)
+
+    @property
+    def als_record(self) -> str:
+        return os.path.join(self.root, ALS_RECORD)
 
     @property
     def mounts(self) -> str:

@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import analyze, check, cleanup, commit, containers, driverchoice, export, fsprobe
+from . import als, analyze, check, cleanup, commit, containers, driverchoice, export, fsprobe
 from . import fsutil, gc, ingest, layout, push, quota
 from .config import Config
 from .drivers.btrfs import BtrfsDriver
@@ -195,6 +195,7 @@ class Store(StoreCore):
                     self.images.save(image.id, replace(
                         image, names=tuple(n for n in image.names if n != name)))
                     return [f"untagged {name}"]
+                als.refuse_served(self, image, ref)
                 users = [c for c in self.containers.all(include_incomplete=True)
                          if c.image == image.id]
                 if users and not force:
@@ -244,6 +245,17 @@ class Store(StoreCore):
 
     # The workflows: each entry point below hands the store to the function
     # of the module named for it, where its docstring says what it does.
+
+    # -- podman's additional layer store ----------------------------------------------
+    def als(self, action: str, ref: str | None = None) -> list[str]:
+        """`layers als add|rm REF`, `layers als ls`: see als.py."""
+        if action == "add":
+            return als.add(self, ref) + [f"podman storage.conf [storage.options]: "
+                                         f"{als.storage_conf_line(self)}"]
+        if action == "rm":
+            return als.remove(self, ref)
+        return [f"{image.id[:12]}  {','.join(image.names) or '<none>'}  {len(layers)} layers"
+                for image, layers in als.served(self)]
 
     # -- import --------------------------------------------------------------------
     def import_path(self, path: str | list[str], name: str | None = None,

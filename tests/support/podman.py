@@ -3,7 +3,8 @@
     reason = ensure_podman()            installs what is missing (apt); None when usable
     tar = busybox_rootfs(box)           a small rootfs tar from busybox-static
     store = PodmanStore(box, rootless)  a store under the sandbox; store(*args) runs podman
-                                        (mount_program=PATH: another one than fsd)
+                                        (mount_program=PATH: another one than fsd;
+                                        layer_stores: podman's additional layer stores)
     store.close()                       removes containers, stops the rootless pause process
 
 The agent (tests/support/rootless.py) gives podman the namespace this machine
@@ -132,7 +133,7 @@ class PodmanStore:
     """A podman store in the sandbox, driven through an agent (root or the user)."""
 
     def __init__(self, box: Sandbox, rootless: bool, timeout: float = 240.0,
-                 mount_program: str | None = None):
+                 mount_program: str | None = None, layer_stores: tuple[str, ...] = ()):
         self.box = box
         self.rootless = rootless
         self.timeout = timeout
@@ -150,6 +151,7 @@ class PodmanStore:
                                 f"-o logfile={shlex.quote(str(self.logdir))}/fsd-$$.log\n")
         self.wrapper.chmod(0o755)
         self.mount_program = mount_program or str(self.wrapper)
+        self.layer_stores = tuple(map(str, layer_stores))
         conf = box.root / "containers.conf"
         conf.write_text(CONTAINERS_CONF)
         conf.chmod(0o644)
@@ -159,6 +161,8 @@ class PodmanStore:
             'driver = "overlay"\n'
             f'graphroot = "{self.graph}"\n'
             f'runroot = "{self.runroot}"\n'
+            "[storage.options]\n"
+            f"additionallayerstores = {json.dumps(list(self.layer_stores))}\n"
             "[storage.options.overlay]\n"
             f'mount_program = "{self.mount_program}"\n')
         storage.chmod(0o644)
@@ -173,7 +177,9 @@ class PodmanStore:
     def global_opts(self) -> list[str]:
         return ["--root", str(self.graph), "--runroot", str(self.runroot), "--tmpdir", str(self.tmpdir),
                 "--storage-driver", "overlay",
-                "--storage-opt", f"overlay.mount_program={self.mount_program}"]
+                "--storage-opt", f"overlay.mount_program={self.mount_program}",
+                # --storage-opt replaces storage.conf's options: every one is given
+                *(f"--storage-opt=overlay.additionallayerstore={d}" for d in self.layer_stores)]
 
     def __call__(self, *args, timeout: float | None = None, check: bool = True) -> mounts.Result:
         """podman ARGS in the agent; asserts exit 0 unless check=False. A command

@@ -1,0 +1,195 @@
+"""Images of the store served to podman as an additional layer store (ALS),
+so that `podman pull`/`run` takes their layers from here instead of pulling
+the blobs: a lazy layer (`pull --lazy`) then reaches podman still lazy, and
+its files are fetched when fsd, podman's mount program, opens them.
+
+What podman 4.3 reads (containers/storage 1.43 `drivers/overlay/overlay.go`,
+containers/image 5.23 `storage/storage_dest.go`):
+- storage.conf `[storage.options] additionallayerstores = ["DIR"]` (the
+  overlay driver only).  Before copying a layer, podman stats
+  `DIR/<blob digest>/diff`, `info` and `blob` (with `DIR:ref`,
+  `DIR/<base64 of the image reference>/<blob digest>/`: not used here, since
+  the store knows each layer by its blob digest whatever name podman pulls it
+  by).  All three there: the blob is not pulled; podman records a layer
+  whose `diff` is a symlink to `DIR/<digest>/diff` and mounts that as a
+  lowerdir.  A plain directory does: nothing has to answer lookups.
+- `info`: JSON of containers/storage's layer record; podman takes
+  `diff-digest` (the diffID: the layer's id is computed from it),
+  `diff-size`, `compressed-diff-digest`, `compressed-size`, `compression`.
+- `blob`: read only when podman reads the layer back out (`push`, `save`)
+  as the layer's blob in the `compression` `info` names.  The store keeps
+  no blob, so `blob` is an empty directory: such a `push` or `save` fails
+  reading it ("is a directory") instead of sending wrong bytes.
+- On each use podman creates and removes `DIR/<digest>/use`, and when done
+  with a handle rmdirs `DIR/<digest>` (ENOTEMPTY here, which it logs as a
+  warning); these are GC hints for an ALS that counts users, which this one
+  does not: an image stays served until `layers als rm`.
+
+Here `DIR` is `<graphroot>/als/` (`layout.StorePaths.als`): one entry per
+blob digest of the served images' layers, `diff` a symlink to the layer's
+diff dir.  Which images are served is the record `als.json` (image ids);
+the entries are made to match it under the store lock (`sync`), each built
+under a temporary name and renamed into place.  `rmi` refuses a served image
+(podman's layers point into it).
+
+Only fsd fetches a lazy layer's files on open: with another mount program
+or the kernel overlay as podman's driver a lazy file would read as zeros, so
+serve an image with lazy layers only to a podman whose mount_program is fsd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+
+from . import fsutil, layout
+from .digest import Digest
+from .errors import CorruptRecord, ImageServed, LayersError
+from .records import Image, Layer
+from .storecore import StoreCore
+
+# containers/storage's archive.Compression: the `info` field `compression`.
+UNCOMPRESSED = 0
+
+
+class NotServable(LayersError):
+    def __init__(self, image: str, reason: str):
+        self.image, self.reason = image, reason
+        super().__init__(f"image {image} cannot be served to podman: {reason}")
+
+
+def storage_conf_line(store: StoreCore) -> str:
+    """What podman's storage.conf needs, under `[storage.options]`."""
+    return f'additionallayerstores = ["{store.paths.als}"]'
+
+
+def add(store: StoreCore, ref: str) -> list[str]:
+    """Serve the image `ref`: an entry for each of its layers.  NotServable
+    when a layer has no blob digest (imported from a plain tar): podman asks
+    for a layer by the digest of its blob."""
+    with store.lock:
+        image = store.images.resolve(ref)
+        layers = _layers_of(store, image)
+        missing = [str(layer.id) for layer in layers if layer.compressed_digest is None]
+        if missing:
+            raise NotServable(ref, f"layer {missing[0]} has no blob digest, which is "
+                                   "what podman asks for")
+        served = _load(store)
+        if image.id not in served:
+            _save(store, sorted(served | {image.id}))
+        _sync(store)
+    return [f"serving {ref} ({len(layers)} layers) in {store.paths.als}"]
+
+
+def remove(store: StoreCore, ref: str) -> list[str]:
+    """Serve the image `ref` no more: the entries of its layers that no other
+    served image has go (podman's layers made from them break)."""
+    with store.lock:
+        image = store.images.resolve(ref)
+        served = _load(store)
+        if image.id not in served:
+            return [f"{ref} was not served"]
+        _save(store, sorted(served - {image.id}))
+        _sync(store)
+    return [f"no longer serving {ref}"]
+
+
+def served(store: StoreCore) -> list[tuple[Image, list[Layer]]]:
+    """The served images and their layers, bottom first."""
+    with store.lock:
+        out = []
+        for image_id in sorted(_load(store)):
+            image = store.images.get(image_id)
+            if image is not None:
+                out.append((image, _layers_of(store, image)))
+        return out
+
+
+def refuse_served(store: StoreCore, image: Image, ref: str) -> None:
+    """ImageServed when `image` is served (the caller holds the lock)."""
+    if image.id in _load(store):
+        raise ImageServed(ref)
+
+
+def entry_dir(store: StoreCore, blob: Digest) -> str:
+    return os.path.join(store.paths.als, str(blob))
+
+
+def info_json(layer: Layer) -> bytes:
+    """The `info` file: containers/storage's layer record, as much of it as
+    podman takes from an ALS (`blob` holds nothing to decompress)."""
+    doc = {"compressed-diff-digest": str(layer.compressed_digest),
+           "diff-digest": str(layer.diff_id), "diff-size": layer.tar_size,
+           "compression": UNCOMPRESSED}
+    return json.dumps(doc, sort_keys=True).encode() + b"\n"
+
+
+# -- under the lock ---------------------------------------------------------------
+
+def _layers_of(store: StoreCore, image: Image) -> list[Layer]:
+    out = []
+    for lid in image.layers:
+        layer = store.layers.get(lid)
+        if layer is None:
+            raise CorruptRecord(store.paths.als_record, f"image {image.id}: layer {lid} is missing")
+        out.append(layer)
+    return out
+
+
+def _load(store: StoreCore) -> set[str]:
+    try:
+        with open(store.paths.als_record, "rb") as f:
+            doc = json.loads(f.read())
+    except FileNotFoundError:
+        return set()
+    except ValueError as e:
+        raise CorruptRecord(store.paths.als_record, str(e)) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) \
+            or not all(isinstance(i, str) for i in doc["images"]):
+        raise CorruptRecord(store.paths.als_record, "expected {\"images\": [ids]}")
+    return set(doc["images"])
+
+
+def _save(store: StoreCore, image_ids: list[str]) -> None:
+    fsutil.atomic_write(store.paths.als_record,
+                        json.dumps({"images": image_ids}).encode() + b"\n", mode=0o600)
+
+
+def _sync(store: StoreCore) -> None:
+    """Make the entries in `als/` those of the served images' layers: missing
+    ones built aside and renamed in, others (and leftovers of an interrupted
+    build) removed.  A served image removed behind our back is dropped."""
+    wanted: dict[str, Layer] = {}
+    served = _load(store)
+    present = {i for i in served if store.images.get(i) is not None}
+    if present != served:
+        _save(store, sorted(present))
+    for image_id in present:
+        for layer in _layers_of(store, store.images.get(image_id)):
+            if layer.compressed_digest is not None:
+                wanted[str(layer.compressed_digest)] = layer
+    als = store.paths.als
+    os.makedirs(als, mode=0o755, exist_ok=True)
+    for name in os.listdir(als):
+        if name not in wanted:
+            fsutil.remove_tree(os.path.join(als, name))
+    for name, layer in sorted(wanted.items()):
+        if not os.path.lexists(os.path.join(als, name)):
+            _build_entry(store, layer)
+    fsutil.fsync_dir(als)
+
+
+def _build_entry(store: StoreCore, layer: Layer) -> None:
+    final = entry_dir(store, layer.compressed_digest)
+    tmp = os.path.join(store.paths.als, f".{layer.compressed_digest.hex}.tmp-"
+                                        f"{os.getpid()}-{secrets.token_hex(4)}")
+    os.mkdir(tmp, 0o755)
+    try:
+        os.symlink(store.layers.diff_dir(layer.id), os.path.join(tmp, "diff"))
+        fsutil.atomic_write(os.path.join(tmp, "info"), info_json(layer))
+        os.mkdir(os.path.join(tmp, "blob"), 0o755)
+        os.rename(tmp, final)
+    except BaseException:
+        fsutil.remove_tree(tmp)
+        raise

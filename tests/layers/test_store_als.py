@@ -1,0 +1,102 @@
+"""`layers als`: the additional layer store podman reads (layers/als.py):
+its entries follow the served images, each exactly what containers/storage
+1.43 stats and reads; a served image cannot be removed."""
+
+import json
+import os
+
+import pytest
+
+from layers import als
+from layers.errors import ImageServed
+
+from storetools import directory, file, make_tar, oci_layout, tar_bytes
+
+BASE = tar_bytes([directory("etc"), file("etc/os-release", "ID=base\n")])
+APP1 = tar_bytes([file("app/one", "1")])
+APP2 = tar_bytes([file("app/two", "2")])
+
+
+@pytest.fixture
+def images(store_env, tmp_path):
+    """Two images sharing their base layer, imported from gzip OCI layouts
+    (their layers keep blob digests)."""
+    store = store_env.open()
+    a = oci_layout(tmp_path / "a", [BASE, APP1])
+    b = oci_layout(tmp_path / "b", [BASE, APP2])
+    store.import_path(str(a.path), name="a")
+    store.import_path(str(b.path), name="b")
+    return store
+
+
+def entries(store):
+    return sorted(os.listdir(store.paths.als))
+
+
+def blobs(store, ref):
+    return [str(store.layers.get(lid).compressed_digest) for lid in store.image(ref).layers]
+
+
+def test_an_entry_is_what_containers_storage_stats_and_reads(images, store_env):
+    store = images
+    r = store_env.ok("als", "add", "a")
+    assert r.out.splitlines() == [
+        f"serving a ({2} layers) in {store.paths.als}",
+        f'podman storage.conf [storage.options]: additionallayerstores = ["{store.paths.als}"]']
+    assert entries(store) == sorted(blobs(store, "a"))
+    for lid in store.image("a").layers:
+        layer = store.layers.get(lid)
+        entry = als.entry_dir(store, layer.compressed_digest)
+        assert os.readlink(os.path.join(entry, "diff")) == store.layers.diff_dir(lid)
+        info = json.loads(open(os.path.join(entry, "info"), "rb").read())
+        assert info == {"compressed-diff-digest": str(layer.compressed_digest),
+                        "diff-digest": str(layer.diff_id), "diff-size": layer.tar_size,
+                        "compression": 0}
+        # the store keeps no blob: reading it fails rather than giving wrong bytes
+        assert os.path.isdir(os.path.join(entry, "blob"))
+        assert os.listdir(os.path.join(entry, "blob")) == []
+    assert store_env.ok("als", "ls").out.split()[1:] == ["a:latest", "2", "layers"]
+
+
+def test_entries_follow_the_served_images(images, store_env):
+    store = images
+    store_env.ok("als", "add", "a")
+    store_env.ok("als", "add", "b")
+    assert entries(store) == sorted(set(blobs(store, "a")) | set(blobs(store, "b")))
+    assert store_env.ok("als", "rm", "a").out == "no longer serving a\n"
+    assert entries(store) == sorted(blobs(store, "b"))       # the shared base stays
+    store_env.ok("als", "rm", "b")
+    assert entries(store) == []
+    assert store_env.ok("als", "rm", "b").out == "b was not served\n"
+
+
+def test_a_served_image_is_not_removed(images, store_env):
+    store = images
+    store_env.ok("als", "add", "a")
+    r = store_env.cli("rmi", "a")
+    assert (r.code, r.err) == (1, "layers: image a is served to podman "
+                                  "(`layers als rm a` first)\n")
+    with pytest.raises(ImageServed):
+        store.rmi("a", force=True)
+    store_env.ok("als", "rm", "a")
+    store_env.ok("rmi", "a")
+
+
+def test_an_interrupted_entry_build_is_cleared_by_the_next_change(images, store_env):
+    store = images
+    store_env.ok("als", "add", "a")
+    leftover = os.path.join(store.paths.als, ".0123.tmp-1-abcd")
+    os.makedirs(os.path.join(leftover, "blob"))
+    store_env.ok("als", "add", "b")
+    assert entries(store) == sorted(set(blobs(store, "a")) | set(blobs(store, "b")))
+
+
+def test_a_layer_without_a_blob_digest_is_refused(store_env, tmp_path):
+    store = store_env.open()
+    tar = make_tar(tmp_path / "plain.tar", [file("x", "1")])
+    store.import_path(str(tar), name="plain")
+    lid = store.image("plain").layers[0]
+    assert store.layers.get(lid).compressed_digest is None
+    r = store_env.cli("als", "add", "plain")
+    assert (r.code, r.err) == (1, f"layers: image plain cannot be served to podman: layer "
+                                  f"{lid} has no blob digest, which is what podman asks for\n")
