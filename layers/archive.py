@@ -250,6 +250,16 @@ def clean_name(name: str) -> list[str]:
     return parts
 
 
+def data_in_split(m: tarfile.TarInfo, parts: list[str]) -> bool:
+    """Whether a tar-split refers to the file extraction makes of member `m`
+    (named `parts`, see `clean_name`) for its data, instead of keeping the
+    data's raw bytes: yes for a regular file with content, but not for a
+    sparse one (its tar data is not the file's bytes), a marker or the
+    layer root (no file of the layer holds their data)."""
+    return bool(m.isreg() and m.size and m.sparse is None and parts
+                and not parts[-1].startswith(layout.WHITEOUT_PREFIX))
+
+
 class _Extractor:
     """Applies tar members one by one under `dest` (see the module doc)."""
 
@@ -429,8 +439,8 @@ class _Extractor:
     def _copy_data(self, m: tarfile.TarInfo, tf: tarfile.TarFile, fd: int,
                    key: tuple[str, ...]) -> None:
         """The member's data from the tar into `fd`; its bytes are left out of
-        the split, which refers to this file instead (not for sparse files)."""
-        recorder = self.recorder if m.size and m.sparse is None else None
+        the split, which refers to this file instead (`data_in_split`)."""
+        recorder = self.recorder if data_in_split(m, list(key)) else None
         if recorder is not None:
             recorder.data_begins(m.offset_data, m.size, "/".join(key))
             self.split_paths.referenced(key)

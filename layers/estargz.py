@@ -58,7 +58,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .archive import clean_name
+from .archive import clean_name, data_in_split
 from .digest import Digest
 from .errors import BadSeekableLayer, DigestMismatch, LayersError
 from .tarsplit import SplitPaths, SplitRecorder, SplitWriter, checksum
@@ -352,7 +352,7 @@ class _File:
     index: int                    # of its entry in the TOC
     data_start: int               # tar offset of its data
     segments: list[tuple[int, int]]   # (offset in file, bytes), packed in the tar
-    sparse: bool
+    in_split: bool                    # the tar-split refers to the file for them
 
 
 class _MemberWriter:
@@ -459,10 +459,11 @@ def _plan(tar: BinaryIO) -> tuple[list[TocEntry], list[_File]]:
             _EMPTY_DIGEST if kind == "reg" else None)
         entries.append(entry)
         if kind == "reg" and m.size:
-            sparse = m.sparse is not None
-            segments = [(o, n) for o, n in m.sparse if n] if sparse else [(0, m.size)]
-            files.append(_File(entry, len(entries) - 1, m.offset_data, segments, sparse))
-            if not sparse:
+            segments = [(o, n) for o, n in m.sparse if n] if m.sparse is not None \
+                else [(0, m.size)]
+            in_split = data_in_split(m, parts)
+            files.append(_File(entry, len(entries) - 1, m.offset_data, segments, in_split))
+            if in_split:
                 paths.referenced(tuple(parts))
     if not paths.ok:
         raise BadSeekableLayer("tar", "a later entry replaces a file of its own; the "
@@ -502,7 +503,7 @@ def _compress(tar: BinaryIO, members: _MemberWriter, files: list[_File], chunk_s
 
     for f in files:
         copy(f.data_start - recorder.pos)
-        if not f.sparse:
+        if f.in_split:
             recorder.data_begins(f.data_start, f.entry.size, f.entry.name)
         whole, check = hashlib.sha256(), checksum()
         chunks = []
@@ -518,7 +519,7 @@ def _compress(tar: BinaryIO, members: _MemberWriter, files: list[_File], chunk_s
                 chunks.append(Chunk(off, n, start, 0, Digest.of_bytes(data), f.entry.name))
             done = seg_off + seg_len
         _zeros(whole, f.entry.size - done)
-        if not f.sparse:
+        if f.in_split:
             recorder.data_done(check.intdigest())
         out[f.index] = chunks
         digests[f.index] = Digest(whole.hexdigest())

@@ -69,6 +69,9 @@ CASES = {
     "gnu-sparse": lambda tmp: gnu_sparse_tar(tmp, "gnu"),
     "posix-sparse": lambda tmp: gnu_sparse_tar(tmp, "posix"),
     "trailing-padding": lambda tmp: tar_bytes([file("a", "x")]) + b"\0" * 10240,
+    "markers-with-data": lambda tmp: tar_bytes([file(".wh.x", "data in a whiteout"),
+                                                file("d/.wh..wh..opq", "y"),
+                                                file("d/f", os.urandom(3000))]),
     "empty-layer": lambda tmp: tar_bytes([]),
 }
 
