@@ -24,7 +24,9 @@ until a fetch of it succeeds.  The next open asks again, so a fetcher that
 comes back serves it.
 
 A layer whose root has no xattr at mount is not lazy: opening its files costs
-one dict lookup more than `Layer.open`.
+one dict lookup more than `Layer.open`.  The store removes the root's xattr
+once every file is complete; fsd looks again every ROOT_RECHECK opens of
+complete files, and from then on the layer is not lazy either.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ log = logging.getLogger("fsd")
 
 FETCH_TIMEOUT = 900.0  # seconds: a big file over a slow network, not a hung fetcher
 ANSWER_MAX = 1 << 16  # bytes of the fetcher's answer line
+ROOT_RECHECK = 1000  # opens of complete files of a lazy layer between two looks at its root
 
 
 def incomplete(fd: int) -> bool:
@@ -76,6 +79,7 @@ class LazyLayers:
             socket = layer.try_getxattr(b"", LAZY_XATTR)
             if socket:
                 self.sockets[layer.index] = socket
+        self._until_recheck = dict.fromkeys(self.sockets, ROOT_RECHECK)  # lower index -> opens
         self._fetches: dict[tuple[int, int], _Fetch] = {}  # (lower index, st_ino) -> under way
         self._logged: dict[tuple[int, bytes], str] = {}  # failures logged, until one succeeds
 
@@ -84,17 +88,19 @@ class LazyLayers:
         in a lazy layer, fetched first when the file carries the xattr.  EIO
         (logged) when it cannot be completed."""
         fd = layer.open(rel, flags)
-        if layer.index not in self.sockets:
+        socket = self.sockets.get(layer.index)
+        if socket is None:
             return fd
         try:
             if not incomplete(fd):
+                self._opened_complete(layer)
                 return fd
             ino = os.fstat(fd).st_ino
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)
-        error = await self._fetch(layer, rel, ino)
+        error = await self._fetch(socket, layer, rel, ino)
         if error is None:
             fd = layer.open(rel, flags)
             if not incomplete(fd):
@@ -106,6 +112,15 @@ class LazyLayers:
             self._logged[(layer.index, rel)] = error
             log.error("lazy layer %s: %r could not be fetched: %s", layer.path, rel, error)
         raise fail(errno.EIO, rel)
+
+    def _opened_complete(self, layer: Layer) -> None:
+        """Count an open of a complete file; every ROOT_RECHECK of them, see
+        whether the whole layer is complete now."""
+        left = self._until_recheck[layer.index] - 1
+        self._until_recheck[layer.index] = left or ROOT_RECHECK
+        if not left and layer.try_getxattr(b"", LAZY_XATTR) is None:
+            del self.sockets[layer.index]
+            log.info("lazy layer %s is complete", layer.path)
 
     async def complete(self, layer: Layer, rel: bytes) -> None:
         """Have a lower regular file complete (see `open`), for a look at what
@@ -122,7 +137,7 @@ class LazyLayers:
         os.close(fd)
         return trio.from_thread.run(self.open, layer, rel, flags)
 
-    async def _fetch(self, layer: Layer, rel: bytes, ino: int) -> str | None:
+    async def _fetch(self, socket: bytes, layer: Layer, rel: bytes, ino: int) -> str | None:
         """Ask the fetcher to complete file ino of layer (at rel), or wait for
         the request under way for it; None when the fetcher answered ok, or
         why not."""
@@ -134,7 +149,7 @@ class LazyLayers:
                 return fetch.error
             fetch = self._fetches[key] = _Fetch()
             try:
-                fetch.error = await self._ask(self.sockets[layer.index], layer.path, rel)
+                fetch.error = await self._ask(socket, layer.path, rel)
             finally:
                 del self._fetches[key]
                 fetch.done.set()

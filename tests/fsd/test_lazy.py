@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from fsd.lazy import FETCH_TIMEOUT
+from fsd.lazy import FETCH_TIMEOUT, ROOT_RECHECK
 from fsd.watchdog import LIMIT
 from harness import fails
 from support.lazyfetcher import LAZY_XATTR, A, B, H, lazy_layer
@@ -222,6 +222,23 @@ async def test_the_lazy_xattrs_are_never_shown_or_changed(overlay, lazy):
     with fails(errno.ENODATA):
         await fs.removexattr("a", LAZY_XATTR)
     assert lazy.requests == []
+
+
+async def test_a_layer_whose_root_loses_the_xattr_while_mounted_stops_being_lazy(overlay, lazy, caplog):
+    """The store removes the root's xattr once every file is complete: fsd
+    sees it within ROOT_RECHECK opens and stops looking at files' xattrs."""
+    caplog.set_level(logging.INFO, "fsd")
+    fs = await overlay.mount()
+    for path in ("a", "d/b", "h1"):
+        await fs.read(path, 8 << 20)
+    os.removexattr(overlay.layers[0], LAZY_XATTR)
+    for _ in range(ROOT_RECHECK):
+        await fs.read("empty")
+    assert [r.getMessage() for r in caplog.records if r.name == "fsd"] == \
+        [f"lazy layer {overlay.layers[0]} is complete"]
+    os.setxattr(overlay.layers[0] / "a", LAZY_XATTR, b"")  # never done by a store: to show it
+    assert await fs.read("a") == A
+    assert len(lazy.requests) == 3
 
 
 async def test_a_layer_without_the_root_xattr_is_not_lazy(overlay, lazy):
