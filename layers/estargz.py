@@ -47,7 +47,6 @@ import base64
 import bisect
 import dataclasses
 import datetime
-import gzip
 import hashlib
 import json
 import os
@@ -65,6 +64,7 @@ from .tarsplit import SplitPaths, SplitRecorder, SplitWriter, checksum
 
 CHUNK = 4 << 20
 FOOTER_SIZE = 51
+MAX_TOC = 256 << 20            # inflated TOC JSON (about a million entries)
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
 TOC_VERSION = 1
@@ -233,10 +233,15 @@ def parse_toc_region(region: bytes, toc_digest: Digest) -> Toc:
     `toc_digest` names, or the tar-split not the one the TOC names;
     BadSeekableLayer when the region or the TOC is malformed."""
     carried = _carried(region)
+    inflate = zlib.decompressobj(31)
     try:
-        toc_json = gzip.decompress(carried.get(_TOC_FIELD, b""))
-    except (OSError, EOFError, zlib.error) as e:
+        toc_json = inflate.decompress(carried.get(_TOC_FIELD, b""), MAX_TOC + 1)
+    except zlib.error as e:
         raise BadSeekableLayer("TOC", f"cannot inflate ({e})") from None
+    if len(toc_json) > MAX_TOC:     # before its digest can be checked: a bomb
+        raise BadSeekableLayer("TOC", f"larger than {MAX_TOC} bytes")
+    if not inflate.eof or inflate.unused_data:
+        raise BadSeekableLayer("TOC", "truncated or followed by other data")
     got = Digest.of_bytes(toc_json)
     if got != toc_digest:
         raise DigestMismatch("TOC", str(toc_digest), str(got))
@@ -427,6 +432,8 @@ def write_seekable(tar: BinaryIO, out: BinaryIO, level: int = 6, chunk_size: int
            "strata.tarSplitDigest": str(Digest.of_bytes(tar_split)),
            "strata.carrierOffset": carrier_offset}
     toc_json = json.dumps(toc, separators=(",", ":")).encode()
+    if len(toc_json) > MAX_TOC:
+        raise BadSeekableLayer("tar", f"its TOC would be larger than {MAX_TOC} bytes")
     packed = zlib.compressobj(9, zlib.DEFLATED, 31)
     members.raw(_carriers(_TOC_FIELD, packed.compress(toc_json) + packed.flush()))
     members.raw(_carriers(_SPLIT_FIELD, tar_split))

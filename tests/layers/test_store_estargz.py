@@ -262,3 +262,15 @@ def test_a_region_that_is_no_toc_is_named(tmp_path):
     with pytest.raises(BadSeekableLayer) as e:
         estargz.parse_toc_region(blob[:100], w.toc_digest)      # the tar's first member
     assert str(e.value) == "seekable layer TOC: no carrier member at offset 0 of the TOC"
+
+
+def test_a_toc_too_big_is_refused_before_it_is_inflated_whole(tmp_path, monkeypatch):
+    raw = tar_bytes([file(f"f{i}", "x") for i in range(20)])
+    blob, w = seekable(raw, tmp_path)
+    monkeypatch.setattr(estargz, "MAX_TOC", 1000)
+    with pytest.raises(BadSeekableLayer) as e:
+        open_toc(blob, w.toc_digest)
+    assert str(e.value) == "seekable layer TOC: larger than 1000 bytes"
+    with pytest.raises(BadSeekableLayer) as e:
+        seekable(raw, tmp_path)
+    assert str(e.value) == "seekable layer tar: its TOC would be larger than 1000 bytes"
