@@ -178,7 +178,9 @@ class Chunk:
 @dataclass(frozen=True)
 class Toc:
     digest: Digest                  # sha256 of the TOC JSON
-    entries: dict[str, TocEntry]    # by name, in tar order (a later duplicate wins)
+    entries: dict[str, TocEntry]    # by name, in tar order of first appearance
+                                    # (a later duplicate's fields win: a directory
+                                    # listed twice keeps its place before its files)
     tar_split: bytes                # the layer's tar-split file (gzip bytes)
     carrier_offset: int             # where the TOC's carrier members start
     _chunks: dict[str, list[Chunk]] = field(default_factory=dict, repr=False)
@@ -286,7 +288,6 @@ def _entries(raw: list, carrier_offset: int) -> tuple[dict[str, TocEntry],
             raise ValueError(f"unknown type {kind!r} of {name!r}")
         else:
             link = d.get("linkName", "")
-            entries.pop(name, None)
             entries[name] = TocEntry(
                 name, kind, _int(d.get("size", 0)), _parse_time(d.get("modtime", "")
                                                                 or "1970-01-01T00:00:00Z"),

@@ -274,3 +274,10 @@ def test_a_toc_too_big_is_refused_before_it_is_inflated_whole(tmp_path, monkeypa
     with pytest.raises(BadSeekableLayer) as e:
         seekable(raw, tmp_path)
     assert str(e.value) == "seekable layer tar: its TOC would be larger than 1000 bytes"
+
+
+def test_a_directory_listed_twice_keeps_its_place_and_takes_the_later_fields(tmp_path):
+    raw = tar_bytes([directory("d", mode=0o700), file("d/f", "x"), directory("d", mode=0o755)])
+    blob, w = seekable(raw, tmp_path)
+    toc = open_toc(blob, w.toc_digest)
+    assert list(toc.entries) == ["d", "d/f"] and toc.entries["d"].mode == 0o755
