@@ -63,7 +63,7 @@ from . import data as datamod
 from . import lazyimage
 from .machine import Quiet
 from .mounts import interrupt_on_term, unmount_leftovers
-from .shaper import ShapedProxy
+from .shaper import Counters, ShapedProxy
 
 REPO = Path(__file__).resolve().parents[2]
 LAYERS = REPO / ".venv" / "bin" / "layers"
@@ -245,9 +245,9 @@ def push_images(seed: Store, registry, component: Path, formats: list[str]) -> I
 # -- one run ------------------------------------------------------------------------------------
 
 def _first_output(argv: list[str], deadline: float, proxy: ShapedProxy, errfile: Path
-                  ) -> tuple[float, int, float, str]:
-    """Run argv: (instant of its first output byte, bytes the proxy had sent by
-    then, instant it ended, all it printed)."""
+                  ) -> tuple[float, Counters, float, str]:
+    """Run argv: (instant of its first output byte, the proxy's counters at
+    that instant, instant it ended, all it printed)."""
     with open(errfile, "wb") as err:
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                              process_group=0)
@@ -265,7 +265,7 @@ def _first_output(argv: list[str], deadline: float, proxy: ShapedProxy, errfile:
             data = os.read(fd, 65536)
             if data and first is None:
                 first = time.perf_counter()
-                fetched = proxy.counters().down
+                fetched = proxy.counters()
             if not data:
                 break
             out += data
@@ -307,6 +307,14 @@ def _is_lazy(diff: Path) -> bool:
         raise
 
 
+def _traffic(c: Counters) -> dict:
+    """Why the bytes are what they are: how many requests, connections,
+    ranged requests, and connections that did not start with HTTP (a TLS
+    attempt before plain HTTP)."""
+    return {"bytes": c.down, "bytes_up": c.up, "requests": len(c.requests), "connections": c.connections,
+            "ranged": len(c.ranged), "not_http": sum(r.method == "(not HTTP)" for r in c.requests)}
+
+
 class Run:
     """One mode once: every figure into `result`; an error ends it."""
 
@@ -335,22 +343,25 @@ class Run:
         first, fetched, end, out = _first_output(argv, deadline, self.proxy, self.store.top / "command.err")
         r["first_output_s"] = first - t0
         r["command_s"] = end - t0
-        r["fetched_first_output"] = fetched
+        r["fetched_first_output"] = fetched.down
+        r["traffic_first_output"] = _traffic(fetched)
         if out != self.spec["expected_output"]:
             raise StepError(f"the command printed {out[:200]!r}, not {self.spec['expected_output']!r}")
         if self.mode == LAZY:
             diffs = self.store.layer_diffs(ref)
             r["lazy_layers_at_first_output"] = sum(_is_lazy(d) for d in diffs)
-            done = _wait_complete(diffs, deadline)
-            r["background_done_s"] = done - t0
-            r["fetched_total"] = self.proxy.counters().down
-            inspect = json.loads(self.store("inspect", ref))
-            r["inspect_after"] = {k: v for k, v in inspect.items() if "lazy" in k.lower()}
+            r["background_done_s"] = _wait_complete(diffs, deadline) - t0
+        total = self.proxy.counters()
+        r["fetched_total"] = total.down
+        r["traffic_total"] = _traffic(total)
+        if self.mode == LAZY:
+            # what the store says of its layers once complete (the lazy fields, if it keeps any)
+            r["layers_after"] = [{k: v for k, v in json.loads(self.store("inspect", d.parent.name)).items()
+                                  if "lazy" in k.lower() or "fetch" in k.lower()} for d in diffs]
         else:
-            r["fetched_total"] = self.proxy.counters().down
-            self.partial(fmt, deadline)
+            self.partial(fmt)
 
-    def partial(self, fmt: str, deadline: float) -> None:
+    def partial(self, fmt: str) -> None:
         """The second image into the store that holds the first."""
         ref = self.images.via(self.proxy, "second", fmt)
         os.sync()
@@ -358,7 +369,9 @@ class Run:
         t0 = time.perf_counter()
         report = json.loads(self.store("pull", "--tls-verify=false", "--format", "json", ref))
         self.result["second_pull_s"] = time.perf_counter() - t0
-        self.result["second_fetched"] = self.proxy.counters().down
+        second = self.proxy.counters()
+        self.result["second_fetched"] = second.down
+        self.result["traffic_second"] = _traffic(second)
         self.result["second_report"] = report
 
 
@@ -456,9 +469,10 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, sk
                      _mb(whole), ""])
     out += ["", *_table(["second image, into the store holding the first", "pull s", "fetched",
                          "its layers' blobs", "note"], rows)]
-    if images and med.get(FULL_GZIP, {}).get("second_fetched") and med.get(FULL_ESTARGZ, {}).get("second_fetched"):
-        g, e = med[FULL_GZIP]["second_fetched"], med[FULL_ESTARGZ]["second_fetched"]
-        out.append(f"partial pull saved {_mb(g - e)} of {_mb(g)} ({1 - e / g:.0%}) against the gzip pull")
+    g, e = med.get(FULL_GZIP, {}).get("second_fetched"), med.get(FULL_ESTARGZ, {}).get("second_fetched")
+    if g and e:
+        out.append(f"partial pull by content: {_mb(g - e)} ({1 - e / g:.0%}) fewer than the gzip pull's {_mb(g)}"
+                   if e < g else f"partial pull by content saved nothing: {_mb(e)} against the gzip pull's {_mb(g)}")
     out += ["", PODMAN_NOTE]
     return "\n".join(out) + "\n"
 
