@@ -25,20 +25,27 @@ containers/image 5.23 `storage/storage_dest.go`):
   warning); these are GC hints for an ALS that counts users, which this one
   does not: an image stays served until `layers als rm`.
 
-Here `DIR` is `<graphroot>/als/` (`layout.StorePaths.als`): one entry per
-blob digest of the served images' layers, `diff` a symlink to the layer's
-diff dir.  Which images are served is the record `als.json` (image ids);
-the entries are made to match it under the store lock (`sync`), each built
+A layer's diff dir is read as it is by whoever mounts it, so what may be
+served depends on podman's driver; there is one `DIR` per kind of reader,
+under `<graphroot>/als/` (`layout.StorePaths.als`):
+- `fsd/`, for a podman whose mount_program is fsd: every layer.  fsd reads
+  both marker forms and fetches a lazy layer's files when they are opened.
+- `kernel/`, for the kernel overlay (or another mount program): only
+  complete layers the kernel reads as the layer, i.e. of a store keeping the
+  overlay form, or holding no `.wh.` marker.  The kernel would read a lazy
+  file as zeros and a `.wh.` file as a file; podman pulls those layers
+  itself.
+Each holds one entry per blob digest, `diff` a symlink to the layer's diff
+dir.  Which images are served is the record `als.json` (image ids); the
+entries are made to match it under the store lock (`_sync`), each built
 under a temporary name and renamed into place.  `rmi` refuses a served image
-(podman's layers point into it).
-
-Only fsd fetches a lazy layer's files on open: with another mount program
-or the kernel overlay as podman's driver a lazy file would read as zeros, so
-serve an image with lazy layers only to a podman whose mount_program is fsd.
+(podman's layers point into it).  A lazy layer completed later reaches
+`kernel/` at the next `als` command.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -51,6 +58,9 @@ from .storecore import StoreCore
 
 # containers/storage's archive.Compression: the `info` field `compression`.
 UNCOMPRESSED = 0
+# The readers, each with its dir under als/: see above.
+FSD, KERNEL = "fsd", "kernel"
+READERS = (FSD, KERNEL)
 
 
 class NotServable(LayersError):
@@ -59,9 +69,13 @@ class NotServable(LayersError):
         super().__init__(f"image {image} cannot be served to podman: {reason}")
 
 
-def storage_conf_line(store: StoreCore) -> str:
+def reader_dir(store: StoreCore, reader: str) -> str:
+    return os.path.join(store.paths.als, reader)
+
+
+def storage_conf_line(store: StoreCore, reader: str) -> str:
     """What podman's storage.conf needs, under `[storage.options]`."""
-    return f'additionallayerstores = ["{store.paths.als}"]'
+    return f'additionallayerstores = ["{reader_dir(store, reader)}"]'
 
 
 def add(store: StoreCore, ref: str) -> list[str]:
@@ -79,7 +93,11 @@ def add(store: StoreCore, ref: str) -> list[str]:
         if image.id not in served:
             _save(store, sorted(served | {image.id}))
         _sync(store)
-    return [f"serving {ref} ({len(layers)} layers) in {store.paths.als}"]
+        kernel = sum(1 for layer in layers if _kernel_reads(store, layer))
+    return [f"serving {ref}: {len(layers)} layers to podman with fsd as mount_program: "
+            f"{storage_conf_line(store, FSD)}",
+            f"{kernel} of them to the kernel overlay or another mount program: "
+            f"{storage_conf_line(store, KERNEL)}"]
 
 
 def remove(store: StoreCore, ref: str) -> list[str]:
@@ -112,8 +130,8 @@ def refuse_served(store: StoreCore, image: Image, ref: str) -> None:
         raise ImageServed(ref)
 
 
-def entry_dir(store: StoreCore, blob: Digest) -> str:
-    return os.path.join(store.paths.als, str(blob))
+def entry_dir(store: StoreCore, reader: str, blob: Digest) -> str:
+    return os.path.join(reader_dir(store, reader), str(blob))
 
 
 def info_json(layer: Layer) -> bytes:
@@ -157,33 +175,57 @@ def _save(store: StoreCore, image_ids: list[str]) -> None:
 
 
 def _sync(store: StoreCore) -> None:
-    """Make the entries in `als/` those of the served images' layers: missing
-    ones built aside and renamed in, others (and leftovers of an interrupted
-    build) removed.  A served image removed behind our back is dropped."""
-    wanted: dict[str, Layer] = {}
+    """Make the entries under `als/` those of the served images' layers, for
+    each reader those it reads right: missing ones built aside and renamed
+    in, others (and leftovers of an interrupted build) removed.  A served
+    image removed behind our back is dropped."""
     served = _load(store)
     present = {i for i in served if store.images.get(i) is not None}
     if present != served:
         _save(store, sorted(present))
+    layers: dict[str, Layer] = {}
     for image_id in present:
         for layer in _layers_of(store, store.images.get(image_id)):
             if layer.compressed_digest is not None:
-                wanted[str(layer.compressed_digest)] = layer
-    als = store.paths.als
-    os.makedirs(als, mode=0o755, exist_ok=True)
-    for name in os.listdir(als):
-        if name not in wanted:
-            fsutil.remove_tree(os.path.join(als, name))
-    for name, layer in sorted(wanted.items()):
-        if not os.path.lexists(os.path.join(als, name)):
-            _build_entry(store, layer)
-    fsutil.fsync_dir(als)
+                layers[str(layer.compressed_digest)] = layer
+    os.makedirs(store.paths.als, mode=0o755, exist_ok=True)
+    for reader in READERS:
+        directory = reader_dir(store, reader)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        wanted = {name: layer for name, layer in layers.items()
+                  if reader == FSD or _kernel_reads(store, layer)}
+        for name in os.listdir(directory):
+            if name not in wanted:
+                fsutil.remove_tree(os.path.join(directory, name))
+        for name, layer in sorted(wanted.items()):
+            if not os.path.lexists(os.path.join(directory, name)):
+                _build_entry(store, directory, layer)
+        fsutil.fsync_dir(directory)
 
 
-def _build_entry(store: StoreCore, layer: Layer) -> None:
-    final = entry_dir(store, layer.compressed_digest)
-    tmp = os.path.join(store.paths.als, f".{layer.compressed_digest.hex}.tmp-"
-                                        f"{os.getpid()}-{secrets.token_hex(4)}")
+def _kernel_reads(store: StoreCore, layer: Layer) -> bool:
+    """Whether the kernel overlay reads the layer's diff dir as the layer:
+    complete (its root without the lazy mark), and in the overlay form or
+    holding no `.wh.` marker (what fsd and the store's other drivers read)."""
+    diff = store.layers.diff_dir(layer.id)
+    try:
+        os.getxattr(diff, layout.LAZY_XATTR)
+        return False
+    except OSError as e:
+        if e.errno != errno.ENODATA:
+            raise
+    if store.driver.form == layout.FORM_OVERLAY:
+        return True
+    for _, dirs, files in os.walk(diff):
+        if any(n.startswith(layout.WHITEOUT_PREFIX) for n in dirs + files):
+            return False
+    return True
+
+
+def _build_entry(store: StoreCore, directory: str, layer: Layer) -> None:
+    final = os.path.join(directory, str(layer.compressed_digest))
+    tmp = os.path.join(directory, f".{layer.compressed_digest.hex}.tmp-"
+                                  f"{os.getpid()}-{secrets.token_hex(4)}")
     os.mkdir(tmp, 0o755)
     try:
         os.symlink(store.layers.diff_dir(layer.id), os.path.join(tmp, "diff"))

@@ -25,7 +25,8 @@ Store root (`graphroot`)::
     registry/parked/<chainid-hex>.json  published (its record); see parkedstore.py
     registry/blobinfo.json      blobs pulled or pushed: digest → size, media type,
                                 diffID, repositories holding it (a cache)
-    als/<blob digest>/          podman's additional layer store (als.py): `diff`
+    als/<reader>/<blob digest>/ podman's additional layer stores (als.py), one
+                                per kind of reader (fsd, kernel): `diff`
                                 (symlink to the layer's diff/), `info`, `blob`
     als.json                    the images served there: {"images": [ids]}
 
@@ -87,6 +88,8 @@ OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque",
                  "user.fuseoverlayfs.opaque")
 KERNEL_OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERRIDE_STAT_XATTR = "user.containers.override_stat"
+# On a lazy layer's diff root while any of its files is still in the registry.
+LAZY_XATTR = "user.strata.lazy"
 # xattrs an archive may never set: they would forge overlay state or owners.
 PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.",
                           "user.fuseoverlayfs.", "security.fuseoverlayfs.",

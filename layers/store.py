@@ -250,8 +250,7 @@ class Store(StoreCore):
     def als(self, action: str, ref: str | None = None) -> list[str]:
         """`layers als add|rm REF`, `layers als ls`: see als.py."""
         if action == "add":
-            return als.add(self, ref) + [f"podman storage.conf [storage.options]: "
-                                         f"{als.storage_conf_line(self)}"]
+            return als.add(self, ref)
         if action == "rm":
             return als.remove(self, ref)
         return [f"{image.id[:12]}  {','.join(image.names) or '<none>'}  {len(layers)} layers"

@@ -1,19 +1,24 @@
 """podman 4.3 taking an image's layers from the store's additional layer
-store (`layers als`, layers/als.py) instead of pulling their blobs, with
-fsd as its mount_program, rootful and rootless.
+stores (`layers als`, layers/als.py) instead of pulling their blobs: with
+fsd as its mount_program rootful and rootless (`als/fsd`), and with the
+kernel overlay rootful (`als/kernel`, which holds only the layers the
+kernel reads right: podman pulls the others itself).
 
-Per mode, one sandbox: a Strata store and a podman store, both run through
+Per case, one sandbox: a Strata store and a podman store, both run through
 the same agent (root, or the test user), and Debian's docker-registry on
 loopback behind a counting proxy (tests/support/registryd.py).  The image is
-the busybox rootfs of the podman tests, imported and pushed by the store,
-then pulled back into it and served; podman pulls it from the proxy, which
-sees every blob podman asks for.
+the busybox rootfs of the podman tests with a layer on top that deletes a
+file (a `.wh.` whiteout), imported and pushed by the store, then pulled back
+into it and served; podman pulls it from the proxy, which sees every blob
+podman asks for.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -48,10 +53,10 @@ def registry(tmp_path_factory, podman_ready):
 
 
 class Served:
-    """A Strata store and a podman store reading its additional layer store,
-    in one sandbox, run by one agent."""
+    """A Strata store and a podman store reading one of its additional layer
+    stores (`reader`), in one sandbox, run by one agent."""
 
-    def __init__(self, box: Sandbox, rootless: bool):
+    def __init__(self, box: Sandbox, rootless: bool, reader: str):
         self.box = box
         self.strata_root = box.dir("strata/graph", owned=rootless, mode=0o700)
         self.strata_run = box.dir("strata/run", owned=rootless, mode=0o700)
@@ -59,8 +64,9 @@ class Served:
         regconf = box.file("strata/registries.conf", "", owned=False)
         self.strata_env = {"STRATA_STORAGE_CONF": str(conf),
                            "STRATA_REGISTRIES_CONF": str(regconf)}
-        self.als = self.strata_root / "als"
-        self.podman = PodmanStore(box, rootless=rootless, layer_stores=(str(self.als),))
+        self.als = self.strata_root / "als" / reader
+        self.podman = PodmanStore(box, rootless=rootless, layer_stores=(str(self.als),),
+                                  mount_program="" if reader == "kernel" else None)
 
     def layers(self, *args: str) -> str:
         argv = [LAYERS_EXE, "--root", self.strata_root, "--runroot", self.strata_run,
@@ -73,17 +79,18 @@ class Served:
         return self.podman.close()
 
 
-@pytest.fixture(scope="module", params=["rootful", "rootless"])
+@pytest.fixture(scope="module", params=["fsd-rootful", "fsd-rootless", "kernel-rootful"])
 def served(request, podman_ready):
+    reader, mode = request.param.split("-")
     user = None
-    if request.param == "rootless":
+    if mode == "rootless":
         user = rootless.ensure_user()
         reason = rootless.why_user_cannot_run_fsd(user)
         if reason:
             pytest.skip(reason)
     box = Sandbox(user, prefix=f"strata-als-{request.param}-")
     try:
-        s = Served(box, rootless=user is not None)
+        s = Served(box, rootless=user is not None, reader=reader)
     except Exception:
         box.cleanup()
         raise
@@ -103,12 +110,23 @@ def podman_logs(request, fsd_log):
         request.getfixturevalue("served").podman.collect_logs(fsd_log)
 
 
+def whiteout_layer(path: Path) -> Path:
+    """A layer deleting /lower/delete-me.txt of the busybox rootfs."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.addfile(tarfile.TarInfo("lower/.wh.delete-me.txt"))
+    path.write_bytes(buf.getvalue())
+    path.chmod(0o644)
+    return path
+
+
 def publish(served: Served, registry: Proxy, name: str) -> str:
-    """The busybox image pushed to the registry by the store, then pulled back
-    (so its layer records carry their blob digests) and served: its reference."""
-    tar = podman_support.busybox_rootfs(served.box)
+    """The image pushed to the registry by the store, then pulled back (so its
+    layer records carry their blob digests) and served: its reference."""
+    base = podman_support.busybox_rootfs(served.box)
+    top = whiteout_layer(served.box.root / "whiteout.tar")
     ref = f"{registry.host}/als/{name}:1"
-    served.layers("import", "-q", str(tar), "--name", f"localhost/{name}:1")
+    served.layers("import", "-q", str(base), str(top), "--name", f"localhost/{name}:1")
     served.layers("push", f"localhost/{name}:1", ref, INSECURE)
     served.layers("rmi", f"localhost/{name}:1")
     served.layers("pull", "-q", ref, INSECURE)
@@ -122,21 +140,25 @@ def layer_blobs(served: Served, ref: str) -> list[str]:
             for cid in image["layers"]]
 
 
-def test_podman_runs_an_image_whose_layer_it_did_not_pull(served, registry):
+def test_podman_runs_an_image_whose_layers_it_did_not_pull(served, registry):
     ref = publish(served, registry, "busybox")
-    blobs = layer_blobs(served, ref)
-    assert sorted(p.name for p in served.als.iterdir()) == sorted(blobs)
+    base, whiteout = layer_blobs(served, ref)
+    kernel = served.als.name == "kernel"
+    # the kernel would read the `.wh.` file as a file: that layer is podman's to pull
+    served_blobs = [base] if kernel else [base, whiteout]
+    assert sorted(p.name for p in served.als.iterdir()) == sorted(served_blobs)
 
     registry.reset()
     served.podman("pull", INSECURE, ref)
     fetched = registry.blob_gets()
-    assert not set(fetched) & set(blobs), f"podman pulled a served layer: {fetched}"
-    assert len(fetched) == 1, f"podman fetched more than the config: {fetched}"
+    assert not set(fetched) & set(served_blobs), f"podman pulled a served layer: {fetched}"
+    assert len(fetched) == 3 - len(served_blobs), f"podman fetched more than the config: {fetched}"
 
     out = served.podman("run", *RUN_OPTS, "--rm", ref, "sh", "-c",
                         "cat /lower/keep.txt && ls /lower && "
                         "awk '$2 == \"/\" {print \"root:\" $3}' /proc/mounts").stdout.split()
     assert out[0] == "keep"
-    assert out[-1] == f"root:{mounts.FSD_FSTYPE}", out
-    assert "delete-dir" in out[1:-1], out
+    assert out[1:-1] == ["append.txt", "delete-dir", "keep-link", "keep.txt", "link-src",
+                         "rename-dir"], out
+    assert out[-1] == f"root:{'overlay' if kernel else mounts.FSD_FSTYPE}", out
     assert registry.blob_gets() == fetched, "podman run fetched blobs"

@@ -1,13 +1,14 @@
-"""`layers als`: the additional layer store podman reads (layers/als.py):
-its entries follow the served images, each exactly what containers/storage
-1.43 stats and reads; a served image cannot be removed."""
+"""`layers als`: the additional layer stores podman reads (layers/als.py):
+their entries follow the served images, each exactly what containers/storage
+1.43 stats and reads; the kernel's gets only the layers it reads right; a
+served image cannot be removed."""
 
 import json
 import os
 
 import pytest
 
-from layers import als
+from layers import als, layout
 from layers.errors import ImageServed
 
 from storetools import directory, file, make_tar, oci_layout, tar_bytes
@@ -15,6 +16,7 @@ from storetools import directory, file, make_tar, oci_layout, tar_bytes
 BASE = tar_bytes([directory("etc"), file("etc/os-release", "ID=base\n")])
 APP1 = tar_bytes([file("app/one", "1")])
 APP2 = tar_bytes([file("app/two", "2")])
+WHITEOUT = tar_bytes([file("etc/.wh.os-release")])
 
 
 @pytest.fixture
@@ -29,8 +31,8 @@ def images(store_env, tmp_path):
     return store
 
 
-def entries(store):
-    return sorted(os.listdir(store.paths.als))
+def entries(store, reader=als.FSD):
+    return sorted(os.listdir(als.reader_dir(store, reader)))
 
 
 def blobs(store, ref):
@@ -41,12 +43,14 @@ def test_an_entry_is_what_containers_storage_stats_and_reads(images, store_env):
     store = images
     r = store_env.ok("als", "add", "a")
     assert r.out.splitlines() == [
-        f"serving a ({2} layers) in {store.paths.als}",
-        f'podman storage.conf [storage.options]: additionallayerstores = ["{store.paths.als}"]']
-    assert entries(store) == sorted(blobs(store, "a"))
+        "serving a: 2 layers to podman with fsd as mount_program: "
+        f'additionallayerstores = ["{store.paths.als}/fsd"]',
+        "2 of them to the kernel overlay or another mount program: "
+        f'additionallayerstores = ["{store.paths.als}/kernel"]']
+    assert entries(store) == entries(store, als.KERNEL) == sorted(blobs(store, "a"))
     for lid in store.image("a").layers:
         layer = store.layers.get(lid)
-        entry = als.entry_dir(store, layer.compressed_digest)
+        entry = als.entry_dir(store, als.FSD, layer.compressed_digest)
         assert os.readlink(os.path.join(entry, "diff")) == store.layers.diff_dir(lid)
         info = json.loads(open(os.path.join(entry, "info"), "rb").read())
         assert info == {"compressed-diff-digest": str(layer.compressed_digest),
@@ -66,7 +70,7 @@ def test_entries_follow_the_served_images(images, store_env):
     assert store_env.ok("als", "rm", "a").out == "no longer serving a\n"
     assert entries(store) == sorted(blobs(store, "b"))       # the shared base stays
     store_env.ok("als", "rm", "b")
-    assert entries(store) == []
+    assert entries(store) == entries(store, als.KERNEL) == []
     assert store_env.ok("als", "rm", "b").out == "b was not served\n"
 
 
@@ -85,7 +89,7 @@ def test_a_served_image_is_not_removed(images, store_env):
 def test_an_interrupted_entry_build_is_cleared_by_the_next_change(images, store_env):
     store = images
     store_env.ok("als", "add", "a")
-    leftover = os.path.join(store.paths.als, ".0123.tmp-1-abcd")
+    leftover = os.path.join(als.reader_dir(store, als.FSD), ".0123.tmp-1-abcd")
     os.makedirs(os.path.join(leftover, "blob"))
     store_env.ok("als", "add", "b")
     assert entries(store) == sorted(set(blobs(store, "a")) | set(blobs(store, "b")))
@@ -100,3 +104,23 @@ def test_a_layer_without_a_blob_digest_is_refused(store_env, tmp_path):
     r = store_env.cli("als", "add", "plain")
     assert (r.code, r.err) == (1, f"layers: image plain cannot be served to podman: layer "
                                   f"{lid} has no blob digest, which is what podman asks for\n")
+
+
+def test_the_kernel_gets_no_layer_it_would_misread(store_env, tmp_path):
+    """A `.wh.` file of the OCI form is a plain file to the kernel overlay, and
+    a lazy layer's files read as zeros: podman pulls those layers itself."""
+    store = store_env.open()
+    assert store.driver.form == layout.FORM_OCI
+    store.import_path(str(oci_layout(tmp_path / "w", [BASE, WHITEOUT, APP1]).path), name="w")
+    base, whiteout, app = store.image("w").layers
+    lazy = store.layers.diff_dir(app)
+    os.setxattr(lazy, layout.LAZY_XATTR, b"/run/fetcher.sock")
+    r = store_env.ok("als", "add", "w")
+    assert r.out.splitlines()[1].startswith("1 of them to the kernel overlay")
+    assert entries(store) == sorted(blobs(store, "w"))
+    assert entries(store, als.KERNEL) == [str(store.layers.get(base).compressed_digest)]
+    # once complete, the next change serves it to the kernel too
+    os.removexattr(lazy, layout.LAZY_XATTR)
+    store_env.ok("als", "add", "w")
+    assert entries(store, als.KERNEL) == sorted(
+        str(store.layers.get(lid).compressed_digest) for lid in (base, app))

@@ -3,8 +3,9 @@
     reason = ensure_podman()            installs what is missing (apt); None when usable
     tar = busybox_rootfs(box)           a small rootfs tar from busybox-static
     store = PodmanStore(box, rootless)  a store under the sandbox; store(*args) runs podman
-                                        (mount_program=PATH: another one than fsd;
-                                        layer_stores: podman's additional layer stores)
+                                        (mount_program=PATH: another one than fsd, "":
+                                        the kernel overlay; layer_stores: podman's
+                                        additional layer stores)
     store.close()                       removes containers, stops the rootless pause process
 
 The agent (tests/support/rootless.py) gives podman the namespace this machine
@@ -150,7 +151,7 @@ class PodmanStore:
                                 f"exec {shlex.quote(mounts.fsd_executable())} \"$@\" "
                                 f"-o logfile={shlex.quote(str(self.logdir))}/fsd-$$.log\n")
         self.wrapper.chmod(0o755)
-        self.mount_program = mount_program or str(self.wrapper)
+        self.mount_program = str(self.wrapper) if mount_program is None else mount_program
         self.layer_stores = tuple(map(str, layer_stores))
         conf = box.root / "containers.conf"
         conf.write_text(CONTAINERS_CONF)
@@ -164,7 +165,7 @@ class PodmanStore:
             "[storage.options]\n"
             f"additionallayerstores = {json.dumps(list(self.layer_stores))}\n"
             "[storage.options.overlay]\n"
-            f'mount_program = "{self.mount_program}"\n')
+            + (f'mount_program = "{self.mount_program}"\n' if self.mount_program else ""))
         storage.chmod(0o644)
         env = {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage),
                "TMPDIR": str(tmp), "HOME": str(home), "XDG_RUNTIME_DIR": str(xdg)}
@@ -177,8 +178,9 @@ class PodmanStore:
     def global_opts(self) -> list[str]:
         return ["--root", str(self.graph), "--runroot", str(self.runroot), "--tmpdir", str(self.tmpdir),
                 "--storage-driver", "overlay",
-                "--storage-opt", f"overlay.mount_program={self.mount_program}",
                 # --storage-opt replaces storage.conf's options: every one is given
+                *([f"--storage-opt=overlay.mount_program={self.mount_program}"]
+                  if self.mount_program else []),
                 *(f"--storage-opt=overlay.additionallayerstore={d}" for d in self.layer_stores)]
 
     def __call__(self, *args, timeout: float | None = None, check: bool = True) -> mounts.Result:
