@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from support import lazyfetcher as lazy_sample
 from support import rootless
+from support.lazyfetcher import lazy_layer
 from support.rootless import Agent, Sandbox, User, UserMount
 
 OVERFLOW = 65534
@@ -169,6 +171,22 @@ def test_user_mounts_and_writes_own_files(plain):
     a.unmount(m)  # fusermount3 -u as the user; the daemon must exit
     assert (plain.upper / "new.txt").read_text() == "fresh\n"
     assert (plain.upper / "newdir/inner").read_text() == "inner\n"
+
+
+def test_user_reads_and_copies_up_files_of_a_lazy_layer(plain):
+    """fsd run by the user asks the store's fetcher (root's, here) for a lazy
+    layer's files: it reads the layer root's xattr and each file's list of
+    xattrs, which a user may."""
+    a, mnt = plain.agent, plain.mnt
+    with lazy_layer(plain.box.root / "lazy") as (layer, fetcher):
+        os.chown(layer / "h1", plain.user.uid, plain.user.gid)  # the user's file in the image
+        m = a.mount_fsd([layer], plain.upper, plain.work, (), mnt)
+        assert a.read(mnt / "a") == lazy_sample.A.decode()
+        a.write(mnt / "h1", "more\n", append=True)
+        assert a.read(mnt / "d/h2") == lazy_sample.H.decode() + "more\n"
+        assert (plain.upper / "h1").read_bytes() == lazy_sample.H + b"more\n"
+        assert len(fetcher.requests) == 2
+        a.unmount(m)
 
 
 def test_user_copy_up_of_own_lower_file(plain):

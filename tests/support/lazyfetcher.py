@@ -54,13 +54,16 @@ def write_sample(root: Path) -> None:
 def lazy_layer(root: Path):
     """Yield (layer, fetcher): root/lower, the lazy placeholder of the sample
     tree root/reference, and its fetcher, running.  The socket is in a short
-    temporary directory: a unix socket's path has at most 107 bytes."""
+    temporary directory (a unix socket's path has at most 107 bytes), and
+    anyone may connect to it (an fsd run by an unprivileged user)."""
     reference, layer = root / "reference", root / "lower"
     write_sample(reference)
     sockets = Path(tempfile.mkdtemp(prefix="fsd-lazy-"))
+    sockets.chmod(0o755)
     make_placeholder(reference, layer, sockets / "fetch.sock")
     fetcher = Fetcher(sockets / "fetch.sock", {layer: reference})
     fetcher.start()
+    os.chmod(fetcher.socket, 0o666)
     try:
         yield layer, fetcher
     finally:
