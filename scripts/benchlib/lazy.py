@@ -148,17 +148,23 @@ class Store:
                          "XDG_CONFIG_HOME": str(home / "config"), "DOCKER_CONFIG": str(home / "docker")})
 
     def __call__(self, *args: str) -> str:
+        """What the command printed; StepError when it failed. Its output goes
+        to files, not pipes: a process it leaves running (the fetcher a lazy
+        pull starts) could hold a pipe open and make the command look as long
+        as that process's life."""
         argv = [str(LAYERS), "--root", str(self.root), "--runroot", str(self.top / "run"),
                 "--driver", "fuse", *args]
-        try:
-            r = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=self.timeout,
-                               stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise StepError(f"layers {' '.join(args)}: still running after {self.timeout:.0f}s") from None
-        if r.returncode:
-            tail = " | ".join(r.stderr.strip().splitlines()[-3:])
-            raise StepError(f"layers {' '.join(args)}: exit {r.returncode}: {tail}")
-        return r.stdout
+        out_path, err_path = self.top / "layers.out", self.top / "layers.err"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            try:
+                code = subprocess.run(argv, env=self.env, stdout=out, stderr=err, timeout=self.timeout,
+                                      stdin=subprocess.DEVNULL).returncode
+            except subprocess.TimeoutExpired:
+                raise StepError(f"layers {' '.join(args)}: still running after {self.timeout:.0f}s") from None
+        if code:
+            tail = " | ".join(err_path.read_text(errors="replace").strip().splitlines()[-3:])
+            raise StepError(f"layers {' '.join(args)}: exit {code}: {tail}")
+        return out_path.read_text(errors="replace")
 
     def layer_diffs(self, image: str) -> list[Path]:
         doc = json.loads(self("inspect", image))
