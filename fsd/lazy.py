@@ -182,6 +182,6 @@ class LazyLayers:
             if isinstance(reply, dict) and reply.get("ok") is True:
                 return None
             if isinstance(reply, dict) and reply.get("ok") is False:
-                return str(reply.get("error", "no reason given"))
+                return " ".join(str(reply.get("error", "no reason given")).split())  # one line
             return f"fetcher at {os.fsdecode(socket)} answered {answer[:200]!r}"
         return f"no answer from the fetcher at {os.fsdecode(socket)} within {FETCH_TIMEOUT:.0f} s"
