@@ -15,7 +15,8 @@ its names, share one request) and opens again, checking again.
 The fetcher's protocol, one request per connection, newline-terminated JSON:
     {"layer": "<the lowerdir, absolute, symlinks resolved>", "path": "<relative, / separated>"}
     answered {"ok": true} (the file is complete now) or {"ok": false, "error": "<one line>"}
-Paths are os.fsdecode'd (surrogateescape for bytes that are not UTF-8).
+Paths are os.fsdecode'd (surrogateescape for bytes that are not UTF-8); a file
+with several names is asked for by the name fsd reached it by, any of them.
 
 Failure (no fetcher, an error answer, no answer within FETCH_TIMEOUT, the xattr
 still there): EIO for that open, and one log line naming the layer, the path
@@ -49,8 +50,6 @@ log = logging.getLogger("fsd")
 FETCH_TIMEOUT = 900.0  # seconds: a big file over a slow network, not a hung fetcher
 ANSWER_MAX = 1 << 16  # bytes of the fetcher's answer line
 ROOT_RECHECK = 1000  # opens of complete files of a lazy layer between two looks at its root
-
-
 _LAZY_NAME = os.fsdecode(LAZY_XATTR)
 
 
