@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 from storetools import LAYERS_EXE  # noqa: E402
 
 from support import mounts, rootless  # noqa: E402
+from support.lazyfetcher import LAZY_XATTR, Fetcher, make_placeholder  # noqa: E402
 from support import podman as podman_support  # noqa: E402
 from support.podman import RUN_OPTS, PodmanStore  # noqa: E402
 from support.registryd import Proxy, Registry  # noqa: E402
@@ -67,6 +70,11 @@ class Served:
         self.als = self.strata_root / "als" / reader
         self.podman = PodmanStore(box, rootless=rootless, layer_stores=(str(self.als),),
                                   mount_program="" if reader == "kernel" else None)
+
+    def rootfs(self) -> Path:
+        """The busybox rootfs tar, made once per sandbox."""
+        tar = self.box.root / "rootfs.tar"
+        return tar if tar.exists() else podman_support.busybox_rootfs(self.box)
 
     def layers(self, *args: str) -> str:
         argv = [LAYERS_EXE, "--root", self.strata_root, "--runroot", self.strata_run,
@@ -110,23 +118,24 @@ def podman_logs(request, fsd_log):
         request.getfixturevalue("served").podman.collect_logs(fsd_log)
 
 
-def whiteout_layer(path: Path) -> Path:
-    """A layer deleting /lower/delete-me.txt of the busybox rootfs."""
+def layer_tar(path: Path, files: dict[str, bytes]) -> Path:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
-        tf.addfile(tarfile.TarInfo("lower/.wh.delete-me.txt"))
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tf.addfile(info, io.BytesIO(data))
     path.write_bytes(buf.getvalue())
     path.chmod(0o644)
     return path
 
 
-def publish(served: Served, registry: Proxy, name: str) -> str:
-    """The image pushed to the registry by the store, then pulled back (so its
-    layer records carry their blob digests) and served: its reference."""
-    base = podman_support.busybox_rootfs(served.box)
-    top = whiteout_layer(served.box.root / "whiteout.tar")
+def publish(served: Served, registry: Proxy, name: str, top: Path) -> str:
+    """The busybox rootfs with the layer `top` on it, pushed to the registry by
+    the store, then pulled back (so its layer records carry their blob digests)
+    and served: its reference."""
     ref = f"{registry.host}/als/{name}:1"
-    served.layers("import", "-q", str(base), str(top), "--name", f"localhost/{name}:1")
+    served.layers("import", "-q", str(served.rootfs()), str(top), "--name", f"localhost/{name}:1")
     served.layers("push", f"localhost/{name}:1", ref, INSECURE)
     served.layers("rmi", f"localhost/{name}:1")
     served.layers("pull", "-q", ref, INSECURE)
@@ -141,7 +150,9 @@ def layer_blobs(served: Served, ref: str) -> list[str]:
 
 
 def test_podman_runs_an_image_whose_layers_it_did_not_pull(served, registry):
-    ref = publish(served, registry, "busybox")
+    # a layer deleting /lower/delete-me.txt of the rootfs
+    top = layer_tar(served.box.root / "whiteout.tar", {"lower/.wh.delete-me.txt": b""})
+    ref = publish(served, registry, "busybox", top)
     base, whiteout = layer_blobs(served, ref)
     kernel = served.als.name == "kernel"
     # the kernel would read the `.wh.` file as a file: that layer is podman's to pull
@@ -162,3 +173,40 @@ def test_podman_runs_an_image_whose_layers_it_did_not_pull(served, registry):
                          "rename-dir"], out
     assert out[-1] == f"root:{'overlay' if kernel else mounts.FSD_FSTYPE}", out
     assert registry.blob_gets() == fetched, "podman run fetched blobs"
+
+
+@pytest.mark.parametrize("served", ["fsd-rootful"], indirect=True)
+def test_podman_fetches_a_lazy_layer_file_by_file_through_fsd(served, registry):
+    """A layer of the store made lazy (the placeholder tree and a fetcher of
+    tests/support/lazyfetcher.py standing for `pull --lazy`'s): podman runs the
+    image from `als/fsd`, and only the file the command reads is fetched, when
+    fsd opens it; `als/kernel` does not offer the layer."""
+    top = layer_tar(served.box.root / "data.tar", {"data/read.txt": b"fetched on open\n",
+                                                   "data/unread.bin": os.urandom(1 << 20)})
+    ref = publish(served, registry, "lazy", top)
+    image = json.loads(served.layers("inspect", ref))
+    diff = Path(json.loads(served.layers("inspect", image["layers"][-1]))["dir"])
+    reference = served.box.root / "lazy-reference"
+    os.rename(diff, reference)
+    sockets = Path(tempfile.mkdtemp(prefix="als-fetch-"))
+    make_placeholder(reference, diff, sockets / "fetch.sock")
+    fetcher = Fetcher(sockets / "fetch.sock", {diff: reference})
+    fetcher.start()
+    try:
+        served.layers("als", "add", ref)    # again: the layer is lazy now
+        base, lazy = layer_blobs(served, ref)
+        assert sorted(p.name for p in (served.als.parent / "kernel").iterdir()) == [base]
+
+        registry.reset()
+        served.podman("pull", INSECURE, ref)
+        assert len(registry.blob_gets()) == 1, registry.blob_gets()   # the config
+        out = served.podman("run", *RUN_OPTS, "--rm", ref, "cat", "/data/read.txt").stdout
+        assert out == "fetched on open\n"
+        assert [path for _, path in fetcher.requests] == ["data/read.txt"]
+        assert {layer for layer, _ in fetcher.requests} == {str(diff)}
+        assert LAZY_XATTR in os.listxattr(diff / "data/unread.bin")
+        assert LAZY_XATTR not in os.listxattr(diff / "data/read.txt")
+        assert registry.blob_gets() == [registry.blob_gets()[0]], "podman run fetched blobs"
+    finally:
+        fetcher.stop()
+        os.rmdir(sockets)
