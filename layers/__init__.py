@@ -40,8 +40,10 @@ LEVELS = {
     "storecore": 8, "registry.remote": 8, "registry.upload": 8,
     # the workflows on a StoreCore (als: images served to podman); a pull or
     # push session
-    "containers": 9, "als": 9, "commit": 9, "cleanup": 9, "check": 9, "registry.session": 9,
+    "containers": 9, "als": 9, "commit": 9, "check": 9, "registry.session": 9,
     "ingest": 10, "export": 10, "registry.command": 10,
+    # df and prune (prune keeps the images als serves)
+    "cleanup": 10,
     "push": 11,
     # the facade: opening, queries, one entry point per command
     "store": 12,

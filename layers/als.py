@@ -39,7 +39,7 @@ Each holds one entry per blob digest, `diff` a symlink to the layer's diff
 dir.  Which images are served is the record `als.json` (image ids); the
 entries are made to match it under the store lock (`_sync`), each built
 under a temporary name and renamed into place.  `rmi` refuses a served image
-(podman's layers point into it).  A lazy layer completed later reaches
+and `prune` keeps it (podman's layers point into it).  A lazy layer completed later reaches
 `kernel/` at the next `als` command.
 """
 
@@ -122,6 +122,11 @@ def served(store: StoreCore) -> list[tuple[Image, list[Layer]]]:
             if image is not None:
                 out.append((image, _layers_of(store, image)))
         return out
+
+
+def served_ids(store: StoreCore) -> set[str]:
+    """Ids of the served images (the caller holds the lock): `prune` keeps them."""
+    return _load(store)
 
 
 def refuse_served(store: StoreCore, image: Image, ref: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from . import fsutil, gc
+from . import als, fsutil, gc
 from .digest import Digest
 from .storecore import StoreCore
 
@@ -25,7 +25,8 @@ def _snapshot(store: StoreCore) -> gc.Snapshot:
         busy={c.id for c in containers if not c.incomplete
               and fsutil.lease_alive(store.paths.staging, c.lease)},
         container_dir=store.containers.container_dir,
-        volume_dir=store.paths.volume_dir)
+        volume_dir=store.paths.volume_dir,
+        served=als.served_ids(store))
 
 
 def df(store: StoreCore) -> list[gc.Usage]:

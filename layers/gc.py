@@ -11,7 +11,7 @@ function the caller passes (real allocated bytes of a path, hard links once).
   instant; containers and volumes change while they live and are measured.
 - `plan_prune(snap, kinds, all)`: what a prune removes, in order: containers
   (unmounted, not busy), then images (dangling, or with `all` every image no
-  remaining container uses), then volumes (anonymous and unused, or with `all`
+  remaining container uses and none served to podman), then volumes (anonymous and unused, or with `all`
   every unused one), then the layers nothing remaining refers to.  Records
   in flight (incomplete, with a live lease) count as users: nothing they
   refer to is ever planned.
@@ -39,6 +39,7 @@ class Snapshot:
     busy: set[str]                         # ids of containers being committed
     container_dir: Callable[[str], str]
     volume_dir: Callable[[str], str]
+    served: set[str] = field(default_factory=set)   # ids of images podman reads (als.py)
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def plan_prune(snap: Snapshot, kinds: tuple[str, ...], all: bool = False,
     users = containers + flying_containers
     images = list(snap.images)
     if "images" in kinds:
-        used = {c.image for c in users}
+        used = {c.image for c in users} | snap.served
         keep = []
         for image in images:
             if image.id not in used and (all or not image.names):

@@ -124,3 +124,12 @@ def test_the_kernel_gets_no_layer_it_would_misread(store_env, tmp_path):
     store_env.ok("als", "add", "w")
     assert entries(store, als.KERNEL) == sorted(
         str(store.layers.get(lid).compressed_digest) for lid in (base, app))
+
+
+def test_prune_keeps_a_served_image(images, store_env):
+    store = images
+    store_env.ok("als", "add", "a")
+    removed = [label for label, _ in store.prune(kinds=("images",), all=True)]
+    assert any("(b:latest)" in label for label in removed), removed
+    assert not any("(a:latest)" in label for label in removed), removed
+    assert entries(store) == sorted(blobs(store, "a"))
