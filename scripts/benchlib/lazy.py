@@ -342,6 +342,9 @@ class Run:
         t0 = time.perf_counter()
         self.store("pull", "-q", "--tls-verify=false", *(["--lazy"] if self.mode == LAZY else []), ref)
         r["pull_s"] = time.perf_counter() - t0
+        after_pull = self.proxy.counters()
+        r["fetched_after_pull"] = after_pull.down
+        r["traffic_after_pull"] = _traffic(after_pull)
         self.store("create", "--name", "c", ref)
         mnt = self.store("mount", "c").strip()
         r["create_mount_s"] = time.perf_counter() - t0 - r["pull_s"]
@@ -360,6 +363,9 @@ class Run:
         total = self.proxy.counters()
         r["fetched_total"] = total.down
         r["traffic_total"] = _traffic(total)
+        # the requests in order, seconds from the pull's start (the proxy was reset just before it)
+        r["requests"] = [[round(q.at, 3), q.method, q.target.rsplit("/", 1)[-1][:19], q.range]
+                         for q in total.requests]
         if self.mode == LAZY:
             # what the store says of its layers once complete (the lazy fields, if it keeps any)
             r["layers_after"] = [{k: v for k, v in json.loads(self.store("inspect", d.parent.name)).items()
@@ -389,7 +395,7 @@ def _median(values):
 
 
 def summarize(runs: dict[str, list[dict]], images: Images | None, busy: bool) -> dict:
-    keys = ("pull_s", "create_mount_s", "first_output_s", "command_s", "fetched_first_output",
+    keys = ("pull_s", "fetched_after_pull", "create_mount_s", "first_output_s", "command_s", "fetched_first_output",
             "background_done_s", "fetched_total", "second_pull_s", "second_fetched")
     medians = {mode: {k: _median([r.get(k) for r in rs if "error" not in r]) for k in keys}
                for mode, rs in runs.items()}
@@ -463,6 +469,11 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, sk
             f"{'-' if frac['value'] is None else format(frac['value'], '.1%')} of the image's "
             f"{_mb(images.layer_bytes.get(('first', 'estargz')) if images else None)} of eStargz layers "
             f"(target {frac['target']}: {frac['verdict']})"]
+    lazy = med.get(LAZY, {})
+    if lazy.get("fetched_after_pull") is not None:
+        requests = [r["traffic_first_output"]["requests"] for r in runs[LAZY] if "traffic_first_output" in r]
+        out.append(f"the lazy pull itself (tables of contents) fetched {_mb(lazy['fetched_after_pull'])}; "
+                   f"{statistics.median(requests):.0f} requests by the first output")
     rows = []
     for mode, what in ((FULL_GZIP, "gzip: whole layers"), (FULL_ESTARGZ, "estargz: partial pull by content")):
         if mode in skipped:

@@ -73,6 +73,7 @@ class Request:
     method: str
     target: str
     range: str | None       # the Range header as forwarded, if any
+    at: float = 0.0         # when it came, seconds since the counters' last reset
 
 
 @dataclass
@@ -107,6 +108,7 @@ class ShapedProxy:
         self.errors: list[str] = []    # connections that ended in an error of the proxy's own
         self._lock = threading.Lock()
         self._counters = Counters()
+        self._reset_at = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server = None
@@ -164,6 +166,7 @@ class ShapedProxy:
         with self._lock:
             # throttled is kept as the down link's total at the reset, subtracted on reading
             self._counters = Counters(throttled=self._down.waited if self._down else 0.0)
+            self._reset_at = time.monotonic()
 
     # -- the loop's side -------------------------------------------------------------------
 
@@ -181,6 +184,9 @@ class ShapedProxy:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
+
+    def _since(self) -> float:
+        return time.monotonic() - self._reset_at
 
     def _count(self, **add) -> None:
         with self._lock:
@@ -242,14 +248,14 @@ class ShapedProxy:
             if head is None:
                 return  # the client closed between requests
             if isinstance(head, Raw):
-                self._count(request=Request("(not HTTP)", head.data[:16].hex(), None))
+                self._count(request=Request("(not HTTP)", head.data[:16].hex(), None, self._since()))
                 await self._wait_delay()
                 await self._send(head.data, writer, self._up, "up")
                 while data := await incoming.some():
                     await self._send(data, writer, self._up, "up")
                 return
             method, target, headers = parse_head(head)
-            self._count(request=Request(method, target, headers.get("range")))
+            self._count(request=Request(method, target, headers.get("range"), self._since()))
             await self._wait_delay()
             await self._send(head, writer, self._up, "up")
             if headers.get("transfer-encoding", "").lower().endswith("chunked"):

@@ -111,6 +111,8 @@ def test_bytes_pass_unchanged_and_range_is_forwarded(upstream):
     assert [(r.method, r.target, r.range) for r in counters.requests] == [
         ("GET", "/blob", None), ("GET", "/blob", "bytes=70000-70099"),
         ("POST", "/echo", None), ("POST", "/echo", None)]
+    ats = [r.at for r in counters.requests]
+    assert ats == sorted(ats) and ats[0] >= 0
     assert counters.connections == 1
     # bodies plus answer heads one way, bodies plus request heads the other
     assert counters.down > len(BLOB) + 100 + 2 * 64
