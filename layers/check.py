@@ -23,7 +23,6 @@ is adopted; a missing volume or data dir is made again, empty.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
@@ -132,13 +131,10 @@ def verify_layer(layers: LayerStore, layer: Layer) -> Problem | None:
         return Problem("unverifiable", layer.id.hex,
                        f"layer {layer.id.short} cannot be verified: it has no tar-split",
                        NOTE)
-    h = hashlib.sha256()
     try:
-        for data in tarsplit.replay(split, layers.diff_dir(layer.id), layer.id.short):
-            h.update(data)
+        got = tarsplit.rebuilt_digest(split, layers.diff_dir(layer.id), layer.id.short)
     except LayerCorrupt as e:
         return Problem("layer-corrupt", layer.id.hex, str(e))
-    got = Digest(h.hexdigest())
     if got != layer.diff_id:
         return Problem("layer-corrupt", layer.id.hex,
                        f"layer {layer.id.short} is corrupt: its tar hashes to {got}, "

@@ -24,6 +24,7 @@ with the file that changed (`LayerCorrupt`), never silently exported.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import zlib
@@ -31,6 +32,7 @@ from typing import BinaryIO, Iterator
 
 import xxhash
 
+from .digest import Digest
 from .errors import LayerCorrupt, LayersError
 from .fsutil import open_beneath
 
@@ -204,6 +206,15 @@ def replay(split_path: str, diff_dir: str, where: str) -> Iterator[bytes]:
         os.close(dirfd)
 
 
+def rebuilt_digest(split_path: str, diff_dir: str, where: str) -> Digest:
+    """The sha256 of the tar `replay` rebuilds: the layer's diffID when its
+    dir is intact (LayerCorrupt as `replay`)."""
+    h = hashlib.sha256()
+    for data in replay(split_path, diff_dir, where):
+        h.update(data)
+    return Digest(h.hexdigest())
+
+
 def _exact(gz, n: int) -> bytes:
     data = gz.read(n)
     if len(data) != n:
@@ -211,29 +222,40 @@ def _exact(gz, n: int) -> bytes:
     return data
 
 
-def _frames(gz, dirfd: int, where: str) -> Iterator[bytes]:
+def frames(gz: BinaryIO) -> Iterator[tuple[bytes, object]]:
+    """The frames of an open (decompressed) split, in order: (b"R", raw
+    bytes), (b"F", (relpath, size)), (b"C", xxh3 of the last F's contents).
+    EOFError (also struct.error) when the split is damaged."""
     if gz.read(len(MAGIC)) != MAGIC:
         raise EOFError("not a tar-split")
-    last: tuple[str, int] | None = None
     while True:
         kind = _exact(gz, 1)
         if kind == b"R":
             (n,) = struct.unpack(">I", _exact(gz, 4))
-            yield _exact(gz, n)
+            yield kind, _exact(gz, n)
         elif kind == b"F":
             size, n = struct.unpack(">QH", _exact(gz, 10))
-            relpath = _exact(gz, n).decode("utf-8", "surrogateescape")
-            h = checksum()
-            yield from _file_bytes(dirfd, relpath, size, h, where)
-            last = (relpath, h.intdigest())
+            yield kind, (_exact(gz, n).decode("utf-8", "surrogateescape"), size)
         elif kind == b"C":
-            (value,) = struct.unpack(">Q", _exact(gz, 8))
-            if last is not None and last[1] != value:
-                raise LayerCorrupt(where, last[0], "contents differ from the layer's tar")
+            yield kind, struct.unpack(">Q", _exact(gz, 8))[0]
         elif kind == b"E":
             return
         else:
             raise EOFError(f"unknown tar-split frame {kind!r}")
+
+
+def _frames(gz, dirfd: int, where: str) -> Iterator[bytes]:
+    last: tuple[str, int] | None = None
+    for kind, value in frames(gz):
+        if kind == b"R":
+            yield value
+        elif kind == b"F":
+            relpath, size = value
+            h = checksum()
+            yield from _file_bytes(dirfd, relpath, size, h, where)
+            last = (relpath, h.intdigest())
+        elif last is not None and last[1] != value:
+            raise LayerCorrupt(where, last[0], "contents differ from the layer's tar")
 
 
 def _file_bytes(dirfd: int, relpath: str, size: int, h, where: str) -> Iterator[bytes]:
