@@ -228,6 +228,26 @@ def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
                          split=split is not None, device_files=ex.device_files)
 
 
+def extract_placeholders(tar: BinaryIO, dest: str, options: ExtractOptions,
+                         lazy: Callable[[tarfile.TarInfo], bool],
+                         where: str = "layer") -> int:
+    """Apply the layer tar `tar` (seekable) to the empty dir `dest` as
+    `extract_layer` would, but for the regular files `lazy` picks: each is
+    a sparse file of its size carrying `layout.LAZY_XATTR`, its data never
+    read (so the tar may hold anything there).  The count of entries;
+    UnsafeArchive and BadArchive as `extract_layer`."""
+    try:
+        with _Extractor(dest, options, lazy=lazy) as ex:
+            tf = tarfile.open(fileobj=tar, mode="r:", tarinfo=_SafeTarInfo, errorlevel=2)
+            for member in tf:
+                ex.add(member, tf)
+            ex.finish()
+    except (tarfile.TarError, EOFError) as e:
+        raise BadArchive(where, _tar_error(e)) from None
+    sync_tree(dest)
+    return ex.count
+
+
 def _tar_error(e: BaseException) -> str:
     text = str(e) or type(e).__name__
     if isinstance(e, EOFError) or "unexpected end" in text:
@@ -264,8 +284,10 @@ class _Extractor:
     """Applies tar members one by one under `dest` (see the module doc)."""
 
     def __init__(self, dest: str, options: ExtractOptions,
-                 recorder: SplitRecorder | None = None):
+                 recorder: SplitRecorder | None = None,
+                 lazy: Callable[[tarfile.TarInfo], bool] | None = None):
         self.options = options
+        self.lazy = lazy           # which regular files become placeholders
         self.root_fd = os.open(dest, _DIR_FLAGS)
         self.dirs: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self.dir_times: list[tuple[tuple[str, ...], int]] = []
@@ -346,7 +368,7 @@ class _Extractor:
             raise UnsafeArchive(m.name, f"absurd size {m.size}")
         if not parts:               # "./": the layer root itself
             if m.isdir():
-                self._set_meta(self.root_fd, None, m, is_dir=True)
+                set_meta(self.options, self.root_fd, None, m, is_dir=True)
                 self.dir_times.append(((), int(m.mtime)))
             return
         key = tuple(parts)
@@ -364,7 +386,7 @@ class _Extractor:
             elif m.issym():
                 self._remove(parent, name)
                 os.symlink(m.linkname, name, dir_fd=parent)
-                self._set_meta(parent, name, m)
+                set_meta(self.options, parent, name, m)
             elif m.islnk():
                 self._add_hardlink(m, parent, name)
             elif m.ischr() or m.isblk() or m.isfifo():
@@ -418,7 +440,7 @@ class _Extractor:
         except FileNotFoundError:
             os.mkdir(name, 0o700, dir_fd=parent)
         fd = self._dir_fd(parts, m.name)
-        self._set_meta(fd, None, m, is_dir=True)
+        set_meta(self.options, fd, None, m, is_dir=True)
         self.dir_times.append((parts, int(m.mtime)))
 
     def _add_file(self, m: tarfile.TarInfo, tf: tarfile.TarFile | None,
@@ -430,9 +452,13 @@ class _Extractor:
         try:
             if src_fd is not None:
                 clone_file(src_fd, fd)
+            elif self.lazy is not None and m.size and self.lazy(m):
+                # its content comes later (lazylayer.py): a hole of its size
+                os.ftruncate(fd, m.size)
+                os.setxattr(fd, layout.LAZY_XATTR, b"")
             elif m.size:                # an empty file of a tree comes without source
                 self._copy_data(m, tf, fd, key)
-            self._set_meta(fd, None, m)
+            set_meta(self.options, fd, None, m)
         finally:
             os.close(fd)
 
@@ -493,7 +519,7 @@ class _Extractor:
             dev = os.makedev(m.devmajor, m.devminor)
         self._remove(parent, name)
         os.mknod(name, kind | (m.mode & 0o777), dev, dir_fd=parent)
-        self._set_meta(parent, name, m)
+        set_meta(self.options, parent, name, m)
 
     def _add_device_file(self, m: tarfile.TarInfo, parent: int, name: str) -> None:
         """A device node where devices cannot be made (rootless): an empty file
@@ -505,67 +531,10 @@ class _Extractor:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600, dir_fd=parent)
         try:
-            self._set_meta(fd, None, m)
+            set_meta(self.options, fd, None, m)
         finally:
             os.close(fd)
         self.device_files += 1
-
-    # -- metadata --------------------------------------------------------------
-
-    def _set_meta(self, fd: int, name: str | None, m: tarfile.TarInfo,
-                  is_dir: bool = False) -> None:
-        """Owner, mode, xattrs and (but for dirs) mtime of an entry.
-
-        `name is None`: `fd` is the entry itself (a regular file or directory,
-        or the file standing for a device); otherwise the entry is `name` in
-        directory `fd` (symlink, fifo, device).
-        """
-        opts = self.options
-        mode = m.mode & 0o7777
-        on_disk = mode
-        if opts.override_stat and name is None:
-            if opts.force_mask is not None:
-                on_disk = opts.force_mask
-            on_disk |= 0o700 if is_dir else 0o600
-            os.setxattr(fd, layout.OVERRIDE_STAT_XATTR, layout.format_override_stat(
-                m.uid, m.gid, mode, "dir" if is_dir else _override_kind(m)))
-        elif opts.privileged:
-            try:
-                if name is None:
-                    os.fchown(fd, m.uid, m.gid)
-                else:
-                    os.chown(name, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
-            except OSError:
-                if not opts.ignore_chown_errors:
-                    raise
-        for key, value in (m.pax_headers or {}).items():
-            if key.startswith("SCHILY.xattr."):
-                self._set_xattr(fd, name, m, key[len("SCHILY.xattr."):], value)
-        if name is None:
-            os.fchmod(fd, on_disk)   # after chown, which clears setuid bits
-            if not is_dir:
-                os.utime(fd, ns=(int(m.mtime * 1e9),) * 2)
-        else:
-            if not m.issym():
-                os.chmod(name, on_disk, dir_fd=fd)
-            os.utime(name, ns=(int(m.mtime * 1e9),) * 2, dir_fd=fd,
-                     follow_symlinks=False)
-
-    def _set_xattr(self, fd: int, name: str | None, m: tarfile.TarInfo,
-                   key: str, value: str) -> None:
-        if layout.is_private_xattr(key):
-            return  # would forge overlay markers or owners
-        if not self.options.privileged and not key.startswith("user."):
-            return
-        raw = value.encode("utf-8", "surrogateescape")
-        try:
-            if name is None:
-                os.setxattr(fd, key, raw)
-            elif not m.issym():
-                os.setxattr(f"/proc/self/fd/{fd}/{name}", key, raw, follow_symlinks=False)
-        except OSError as e:
-            if e.errno not in (errno.ENOTSUP, errno.EPERM):
-                raise
 
     def finish(self) -> None:
         """Directory mtimes last: adding entries changed them."""
@@ -575,6 +544,63 @@ class _Extractor:
             except (UnsafeArchive, OSError):
                 continue  # replaced by a later entry
             os.utime(fd, ns=(mtime * 1_000_000_000,) * 2)
+
+
+def set_meta(opts: ExtractOptions, fd: int, name: str | None, m: tarfile.TarInfo,
+             is_dir: bool = False) -> None:
+    """Owner, mode, xattrs and (but for dirs) mtime of an entry.
+
+    `name is None`: `fd` is the entry itself (a regular file or directory,
+    or the file standing for a device); otherwise the entry is `name` in
+    directory `fd` (symlink, fifo, device).  A lazy file's fill sets them
+    again (lazylayer.py).
+    """
+    mode = m.mode & 0o7777
+    on_disk = mode
+    if opts.override_stat and name is None:
+        if opts.force_mask is not None:
+            on_disk = opts.force_mask
+        on_disk |= 0o700 if is_dir else 0o600
+        os.setxattr(fd, layout.OVERRIDE_STAT_XATTR, layout.format_override_stat(
+            m.uid, m.gid, mode, "dir" if is_dir else _override_kind(m)))
+    elif opts.privileged:
+        try:
+            if name is None:
+                os.fchown(fd, m.uid, m.gid)
+            else:
+                os.chown(name, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            if not opts.ignore_chown_errors:
+                raise
+    for key, value in (m.pax_headers or {}).items():
+        if key.startswith("SCHILY.xattr."):
+            _set_xattr(opts, fd, name, m, key[len("SCHILY.xattr."):], value)
+    if name is None:
+        os.fchmod(fd, on_disk)   # after chown, which clears setuid bits
+        if not is_dir:
+            os.utime(fd, ns=(int(m.mtime * 1e9),) * 2)
+    else:
+        if not m.issym():
+            os.chmod(name, on_disk, dir_fd=fd)
+        os.utime(name, ns=(int(m.mtime * 1e9),) * 2, dir_fd=fd,
+                 follow_symlinks=False)
+
+
+def _set_xattr(opts: ExtractOptions, fd: int, name: str | None, m: tarfile.TarInfo,
+               key: str, value: str) -> None:
+    if layout.is_private_xattr(key):
+        return  # would forge overlay markers, owners or a lazy file
+    if not opts.privileged and not key.startswith("user."):
+        return
+    raw = value.encode("utf-8", "surrogateescape")
+    try:
+        if name is None:
+            os.setxattr(fd, key, raw)
+        elif not m.issym():
+            os.setxattr(f"/proc/self/fd/{fd}/{name}", key, raw, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in (errno.ENOTSUP, errno.EPERM):
+            raise
 
 
 def _override_kind(m: tarfile.TarInfo) -> str:
