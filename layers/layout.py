@@ -7,11 +7,15 @@ Store root (`graphroot`)::
     lock                        the store lock (fcntl.flock); holds the holder's pid
     layers/<chainid-hex>.json   Layer record
     layers/<chainid-hex>/diff/  the layer's content, a lowerdir
+    layers/<chainid-hex>/toc    a layer pulled from a seekable blob: its table of
+                                contents as fetched (estargz.py reads it, checking
+                                the digest in the record)
     layers/<chainid-hex>/btrfs/ the btrfs driver's subvolume: the full tree of
                                 the image up to this layer (drivers/btrfs.py)
     layers/<chainid-hex>/tar-split.gz  what rebuilds the layer's exact tar from
                                 diff/ (see tarsplit.py); absent for a layer
-                                whose tar replaced its own files
+                                whose tar replaced its own files, and for a
+                                lazy layer until it is complete
     images/<id>.json            Image record (id = hex of the config digest)
     containers/<id>.json        Container record
     containers/<id>/            the driver's dirs: upper/ work/ merged/ (fuse,
@@ -35,6 +39,17 @@ Runtime root (`runroot`)::
     <store-key>/mounts.json     mount registry: container id → mount point,
                                 count, daemon pid (store-key derives from the
                                 graphroot, so stores never share a registry)
+    <store-key>/fetcher.sock    the fetcher's socket (fetcher.py), while it runs
+    <store-key>/fetcher.pid     its pid, flock'ed while it runs
+    <store-key>/fetcher.log     one line per failure of a fetch
+
+A lazy layer (lazylayer.py: pulled with `pull --lazy`, its record's `lazy`
+set) has a placeholder tree as its diff/: every entry of the layer's tar as
+extraction makes it, but a regular file whose content is still in the
+registry is a sparse file of its full size carrying the xattr LAZY_XATTR
+(empty value), removed once its content is written, verified and synced.
+The diff dir itself carries LAZY_XATTR = the fetcher socket's absolute path
+while any file in it is incomplete.
 
 Markers inside layer dirs and uppers (OCI image spec and kernel overlayfs):
 whiteouts are `.wh.NAME` files (OCI form) or char devices 0/0 (overlay form);
@@ -65,6 +80,10 @@ REGISTRY = "registry"
 LEASE = "lease"
 MOUNTS = "mounts.json"
 SPLIT = "tar-split.gz"
+TOC = "toc"
+FETCHER_SOCKET = "fetcher.sock"
+FETCHER_PID = "fetcher.pid"
+FETCHER_LOG = "fetcher.log"
 LAYER_DIFF = "diff"
 LAYER_SUBVOLUME = "btrfs"
 ALS = "als"
@@ -88,12 +107,14 @@ OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque",
                  "user.fuseoverlayfs.opaque")
 KERNEL_OPAQUE_XATTR = "trusted.overlay.opaque"
 OVERRIDE_STAT_XATTR = "user.containers.override_stat"
-# On a lazy layer's diff root while any of its files is still in the registry.
+# The store's own xattrs (a lazy file, a lazy layer's root: see above).
+STRATA_XATTR_PREFIX = "user.strata."
 LAZY_XATTR = "user.strata.lazy"
-# xattrs an archive may never set: they would forge overlay state or owners.
+# xattrs an archive may never set: they would forge overlay state, owners,
+# or a lazy file (whose placeholder content would then be served).
 PRIVATE_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.",
                           "user.fuseoverlayfs.", "security.fuseoverlayfs.",
-                          OVERRIDE_STAT_XATTR)
+                          OVERRIDE_STAT_XATTR, STRATA_XATTR_PREFIX)
 
 FORM_OCI = "oci"          # whiteouts as .wh. files: what fsd and vfs read
 FORM_OVERLAY = "overlay"  # char dev 0/0 and trusted.overlay.opaque: the kernel's
@@ -243,6 +264,18 @@ class StorePaths:
     def mounts(self) -> str:
         return os.path.join(self.runroot, MOUNTS)
 
+    @property
+    def fetcher_socket(self) -> str:
+        return os.path.join(self.runroot, FETCHER_SOCKET)
+
+    @property
+    def fetcher_pid(self) -> str:
+        return os.path.join(self.runroot, FETCHER_PID)
+
+    @property
+    def fetcher_log(self) -> str:
+        return os.path.join(self.runroot, FETCHER_LOG)
+
     def layer_dir(self, layer_id: Digest) -> str:
         return os.path.join(self.layers, layer_id.hex)
 
@@ -251,6 +284,9 @@ class StorePaths:
 
     def layer_split(self, layer_id: Digest) -> str:
         return os.path.join(self.layers, layer_id.hex, SPLIT)
+
+    def layer_toc(self, layer_id: Digest) -> str:
+        return os.path.join(self.layers, layer_id.hex, TOC)
 
     def layer_extract_lock(self, layer_id: Digest) -> str:
         return os.path.join(self.staging, layer_id.hex + ".lock")

@@ -59,6 +59,25 @@ def check_container_name(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class LazySource:
+    """Where a lazy layer's missing content is (see lazylayer.py): the
+    seekable blob `blob` in `repository` at the registry `registry`
+    (its API host, reached over plain HTTP or unverified TLS when
+    `insecure`), with the table of contents `toc_digest`.  `fetched` of the
+    blob's `total` bytes have come so far (footer and TOC included);
+    `error` is the last failure that stopped its completion, if any."""
+    registry: str
+    repository: str
+    blob: Digest
+    toc_digest: Digest
+    total: int
+    fetched: int = 0
+    insecure: bool = False
+    cert_dir: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Layer:
     id: Digest                       # ChainID
     diff_id: Digest
@@ -69,6 +88,7 @@ class Layer:
     size: int                        # real allocated bytes of the content
     incomplete: bool = False
     lease: str | None = None
+    lazy: LazySource | None = None   # content still (partly) in a registry
 
 
 @dataclass(frozen=True)
@@ -196,6 +216,9 @@ def _encode_value(name: str, value: Any) -> Any:
         return str(value)
     if isinstance(value, Quota):
         return {"bytes": value.bytes, "inodes": value.inodes}
+    if isinstance(value, LazySource):
+        return {f.name: _encode_value(f.name, getattr(value, f.name))
+                for f in dataclasses.fields(value)}
     if isinstance(value, MountSpec):
         return {"type": value.type, "source": value.source,
                 "destination": value.destination, "options": list(value.options)}
@@ -241,6 +264,8 @@ def decode(cls: Type[R], raw: bytes, path: str = "<record>") -> R:
 def _decode_field(cls: type, name: str, value: Any) -> Any:
     if cls is Layer and name in _DIGEST_FIELDS:
         return None if value is None else Digest.parse(value)
+    if cls is Layer and name == "lazy":
+        return None if value is None else _decode_lazy(_expect(value, dict, name))
     if name == "manifest_digest":
         return None if value is None else Digest.parse(value)
     if name == "layers":
@@ -274,6 +299,24 @@ def _decode_field(cls: type, name: str, value: Any) -> Any:
     if name == "lease":
         return None if value is None else _expect(value, str, name)
     raise CorruptRecord("<record>", f"unexpected field {name}")
+
+
+def _decode_lazy(doc: dict) -> LazySource:
+    def text(key: str, optional: bool = False) -> str | None:
+        value = doc.get(key)
+        return None if optional and value is None else _expect(value, str, f"lazy.{key}")
+
+    def count(key: str) -> int:
+        value = _expect(doc.get(key, 0), int, f"lazy.{key}")
+        if value < 0:
+            raise ValueError(f"field 'lazy.{key}' is negative")
+        return value
+    return LazySource(registry=text("registry"), repository=text("repository"),
+                      blob=Digest.parse(text("blob")),
+                      toc_digest=Digest.parse(text("toc_digest")),
+                      total=count("total"), fetched=count("fetched"),
+                      insecure=bool(_expect(doc.get("insecure", False), bool, "lazy")),
+                      cert_dir=text("cert_dir", True), error=text("error", True))
 
 
 def _decode_mount(doc: Any) -> MountSpec:
