@@ -36,12 +36,14 @@ LEVELS = {
     # (eStargz) layer blobs
     "source": 7, "drivers.btrfs": 7, "estargz": 7,
     # the lock, the records and the rules across them; an image in a registry;
-    # uploads (plain or seekable)
-    "storecore": 8, "registry.remote": 8, "registry.upload": 8,
+    # uploads (plain or seekable); a lazy layer's placeholder tree and its
+    # completion
+    "storecore": 8, "registry.remote": 8, "registry.upload": 8, "lazylayer": 8,
     # the workflows on a StoreCore (als: images served to podman); a pull or
     # push session
     "containers": 9, "als": 9, "commit": 9, "check": 9, "registry.session": 9,
-    "ingest": 10, "export": 10, "registry.command": 10,
+    # the fetcher of lazy layers
+    "ingest": 10, "export": 10, "registry.command": 10, "fetcher": 10,
     # df and prune (prune keeps the images als serves)
     "cleanup": 10,
     "push": 11,

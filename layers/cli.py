@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true", help="no progress display")
 
     registrycmd.add_parsers(sub)
+    sub.add_parser("fetcher", help="complete the store's lazy layers, answering fsd's "
+                                   "requests (started by pull --lazy and mount)")
 
     sub.add_parser("config", help="print the effective configuration")
 
@@ -660,6 +662,10 @@ def _cmd_check(store: Store, args) -> int:
     return 1 if errors else 0
 
 
+def _cmd_fetcher(store: Store, args) -> int:
+    return store.serve_fetcher()
+
+
 def _cmd_reset(store: Store, args) -> int:
     for line in store.reset():
         print(line)
@@ -681,5 +687,10 @@ COMMANDS = {
     "volume": _cmd_volume, "df": _cmd_df, "info": _cmd_info, "prune": _cmd_prune,
     "container": _cmd_prune, "image": _cmd_prune, "system": _cmd_prune,
     "bundle": _cmd_bundle, "analyze": _cmd_analyze, "als": _cmd_als,
+    "fetcher": _cmd_fetcher,
 }
 COMMANDS.update(registrycmd.COMMANDS)
+
+
+if __name__ == "__main__":      # `python -m layers.cli`: how the fetcher is started
+    main()

@@ -9,7 +9,7 @@ import os
 import secrets
 import time
 
-from . import fsutil, quota
+from . import fsutil, lazylayer, quota
 from .bundle import runtime_config
 from .changelist import RUNTIME_MOUNTPOINTS, without_mountpoints
 from .drivers.base import Mounted
@@ -141,7 +141,12 @@ def user_usage(store: StoreCore, uid: int | None = None) -> quota.UserUsage:
 
 
 def mount(store: StoreCore, ref: str) -> str:
-    """Mount the container (or count one more user); its mount point."""
+    """Mount the container (or count one more user); its mount point.  With
+    lazy layers in its stack, the store's fetcher is started first (before
+    the lock: it opens the store), so that fsd can ask it for their files."""
+    if any(layer is not None and layer.lazy is not None
+           for layer in map(store.layers.get, store.containers.resolve(ref).layers)):
+        lazylayer.start_fetcher(store.paths, store.config.root, store.config.runroot)
     with store.lock:
         c = store.containers.resolve(ref)
         store.refuse_busy(c)

@@ -9,7 +9,7 @@ import json
 import os
 from typing import Callable, Iterator
 
-from . import fsutil, tarsplit
+from . import fsutil, tarsplit, units
 from .archive import write_tar
 from .containers import mount, umount
 from .digest import Digest
@@ -26,7 +26,12 @@ def layer_tar(store: StoreCore, layer: Layer, lease: fsutil.Lease,
               warnings: list[str]) -> tuple[Digest, int, Callable[[], Iterator[bytes]]]:
     """(digest, size, chunks) of the layer's tar: rebuilt exactly from its
     tar-split (its digest is the diffID; a changed file raises
-    LayerCorrupt), else made anew from its dir (a new digest; warned)."""
+    LayerCorrupt), else made anew from its dir (a new digest; warned).
+    UsageError for a lazy layer, whose files are not all there yet."""
+    if layer.lazy is not None:
+        raise UsageError(f"layer {layer.id.short} is lazy ({units.size(layer.lazy.fetched)} "
+                         f"of {units.size(layer.lazy.total)} fetched): its tar is there once "
+                         "the fetcher has completed it")
     diff = store.layers.diff_dir(layer.id)
     split = store.layers.split_file(layer.id)
     if split is not None:

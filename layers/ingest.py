@@ -15,14 +15,14 @@ import functools
 import os
 import threading
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
-from . import fsutil, layout
+from . import estargz, fsutil, layout, lazylayer
 from .archive import extract_layer
 from .digest import Digest, HashingReader, chain_ids
-from .errors import BadArchive, DigestMismatch, LayerUnknown
+from .errors import BadArchive, DigestMismatch, LayerUnknown, UsageError
 from .progress import Progress
-from .records import Image, Layer, parse_image_name, replace
+from .records import Image, LazySource, Layer, parse_image_name, replace
 from .registry.blobinfo import BlobInfoCache
 from .registry.parallel import run_bounded
 from .registry.session import LayerTransfer, PullReport, RegistryOptions, open_pull
@@ -70,13 +70,15 @@ def import_source(store: StoreCore, src: ImageSource, names: list[str],
 
 def _ingest(store: StoreCore, src: ImageSource, image_id: str, names: list[str],
             lease: fsutil.Lease, progress: Progress | None, park: bool = False,
-            jobs: int = 1, abort: threading.Event | None = None) -> tuple[Image, list[str]]:
+            jobs: int = 1, abort: threading.Event | None = None,
+            stage=None) -> tuple[Image, list[str]]:
     """The pipeline of an image with a config, for import and pull alike:
     the image recorded incomplete → each layer made present (`_ensure_layer`,
     `jobs` at a time) → the image complete and named, in one lock hold
     with the publishing of what was parked.  On any failure the image
     record goes, and with it every layer nothing else refers to.  The image
-    and each layer's outcome ("present", "parked", "fetched")."""
+    and each layer's outcome ("present", "parked", "fetched", "lazy").
+    `stage` makes a missing layer in staging (default `_extract`)."""
     chain = chain_ids(src.diff_ids)
     with store.lock:
         existing = store.images.get(image_id)
@@ -89,7 +91,8 @@ def _ingest(store: StoreCore, src: ImageSource, image_id: str, names: list[str],
     fsutil.crash_point("image-recorded")
     try:
         calls = [functools.partial(_ensure_layer, store, blob, i, chain, src.diff_ids, lease,
-                                   progress, park) for i, blob in enumerate(src.layers)]
+                                   progress, park, stage or _extract)
+                 for i, blob in enumerate(src.layers)]
         outcomes = run_bounded(jobs, calls, abort)
         fsutil.crash_point("pull-parked" if park else "layers-done")
         with store.lock:
@@ -106,11 +109,12 @@ def _ingest(store: StoreCore, src: ImageSource, image_id: str, names: list[str],
 
 def _ensure_layer(store: StoreCore, blob: LayerBlob, index: int, chain: list[Digest],
                   diff_ids: list[Digest], lease: fsutil.Lease, progress: Progress | None,
-                  park: bool) -> str:
+                  park: bool, stage) -> str:
     """Make layer `index` present in the store, or with `park` present or
-    parked: "present", "parked" or "fetched".  It is extracted into this
-    command's staging dir, then published under the store lock, or parked
-    without it (a pull runs this on its transfer threads)."""
+    parked: "present", "parked", "fetched" or "lazy".  It is made by `stage`
+    (`_extract`, `_stage_lazy`) in this command's staging dir, then published
+    under the store lock, or parked without it (a pull runs this on its
+    transfer threads)."""
     lid, total = chain[index], len(chain)
     parent = chain[index - 1] if index else None
 
@@ -129,8 +133,8 @@ def _ensure_layer(store: StoreCore, blob: LayerBlob, index: int, chain: list[Dig
             outcome = found()
             if outcome is None:
                 staged = os.path.join(lease.path, lid.hex)
-                layer = _extract(store, blob, index, total, staged, progress,
-                                 parent=parent, layer_id=lid)
+                layer = stage(store, blob, index, total, staged, progress,
+                              parent=parent, layer_id=lid)
                 if park:
                     store.parked.park(layer, staged, lease.token)
                     fsutil.crash_point("pull-layer-parked")
@@ -141,7 +145,7 @@ def _ensure_layer(store: StoreCore, blob: LayerBlob, index: int, chain: list[Dig
                             store.layers.publish(layer, staged, lease.token)
                 if progress:
                     progress.layer_done(layer)
-                return "fetched"
+                return "lazy" if layer.lazy else "fetched"
     if progress:
         progress.layer_start(index, total, blob.where, blob.size)
         progress.layer_done(None)
@@ -196,6 +200,47 @@ def _extract(store: StoreCore, blob: LayerBlob, index: int, total: int, staged: 
                  size=fsutil.allocated_size(staged))
 
 
+def _stage_lazy(origin: Callable[..., LazySource], store: StoreCore, blob: LayerBlob, index: int,
+                total: int, staged: str, progress: Progress | None, parent: Digest | None,
+                layer_id: Digest) -> Layer:
+    """A layer of a seekable blob (its TOC digest annotated) made lazy in
+    `staged`: footer, then TOC by range requests, the TOC checked against
+    the annotation, the placeholder tree built from it and the TOC kept
+    (lazylayer.py); the record says where the rest is (`origin`, a pull's
+    registry and repository, completed by `origin(blob=…)`).  A layer with nothing to fetch is finished at
+    once (its diffID checked).  Any other blob is extracted whole."""
+    if blob.toc_digest is None or blob.read_range is None or blob.size is None \
+            or blob.size <= estargz.FOOTER_SIZE:
+        return _extract(store, blob, index, total, staged, progress, parent, layer_id)
+    what = f"layer {index + 1}/{total} ({blob.where})"
+    if progress:
+        progress.layer_start(index, total, blob.where, None)
+    tail = blob.read_range(blob.size - estargz.FOOTER_SIZE, blob.size)
+    try:
+        offset = estargz.parse_footer(tail)
+    except ValueError as e:
+        raise BadArchive(what, f"annotated with a TOC digest but not seekable ({e})") from None
+    if not 0 <= offset < blob.size - estargz.FOOTER_SIZE:
+        raise BadArchive(what, f"its footer points outside the blob ({offset})")
+    region = blob.read_range(offset, blob.size - estargz.FOOTER_SIZE)
+    content = lazylayer.LayerIndex(estargz.parse_toc_region(region, blob.toc_digest),
+                                   layer_id.short)
+    diff = os.path.join(staged, layout.LAYER_DIFF)
+    os.makedirs(diff, mode=0o755)
+    lazylayer.build_placeholders(content, diff, store.extract_options(),
+                                 store.paths.fetcher_socket)
+    fsutil.atomic_write(os.path.join(staged, layout.TOC), region)
+    lazy = origin(blob=blob.digest, toc_digest=blob.toc_digest, total=blob.size,
+                  fetched=len(tail) + len(region))
+    if not content.files:
+        lazylayer.finish(diff, content, blob.diff_id, os.path.join(staged, layout.SPLIT))
+        lazy = None
+    return Layer(id=layer_id, diff_id=blob.diff_id, parent=parent,
+                 compressed_digest=blob.digest, created=time.time(),
+                 tar_size=content.skeleton.size, size=fsutil.allocated_size(staged),
+                 lazy=lazy)
+
+
 def _blob_digest(blob: LayerBlob) -> Digest:
     with blob.open() as f:
         reader = HashingReader(f)
@@ -237,7 +282,7 @@ def _import_bare(store: StoreCore, src: ImageSource, names: list[str], lease: fs
 
 
 def pull(store: StoreCore, ref: str, options: RegistryOptions, name: str | None = None,
-         progress: Progress | None = None) -> PullReport:
+         progress: Progress | None = None, lazy: bool = False) -> PullReport:
     """Pull the image `ref` names from its registry (or a mirror: see
     `registry/session.py`); record it under that name (or `name`).
 
@@ -249,7 +294,16 @@ def pull(store: StoreCore, ref: str, options: RegistryOptions, name: str | None 
     in one hold of the lock.  An interrupted pull leaves no layer and no
     image visible; the layers it finished stay parked for the next pull.
     Raises DigestMismatch, BadArchive, UnsafeArchive, the registry errors.
+
+    With `lazy`, a seekable layer is pulled lazily (`_stage_lazy`: its
+    table of contents only) and the store's fetcher is started to complete
+    it; only the fuse driver can serve such a layer (fsd asks the fetcher
+    for a file before it opens it), so another refuses `lazy` at once.
     """
+    if lazy and store.driver.name != "fuse":
+        raise UsageError(f"pull --lazy needs the fuse driver (fsd fetches a lazy file when "
+                         f"it is opened); the {store.driver.name} driver reads layer dirs "
+                         "directly: pull without --lazy")
     names = [parse_image_name(name)] if name else None
     started = time.monotonic()
     store.parked.expire()
@@ -257,11 +311,19 @@ def pull(store: StoreCore, ref: str, options: RegistryOptions, name: str | None 
         remote = pulled.remote
         src = remote.source
         image_id = Digest.of_bytes(src.config).hex
+        stage = None
+        if lazy:
+            stage = functools.partial(_stage_lazy, functools.partial(
+                LazySource, registry=remote.reference.registry,
+                repository=remote.reference.repository, insecure=not pulled.client.verify,
+                cert_dir=options.cert_dir))
         with fsutil.exclusive_flock(store.paths.image_import_lock(image_id)):
             image, outcomes = _ingest(store, src, image_id,
                                       src.names if names is None else names, lease,
                                       progress, park=True, jobs=options.jobs,
-                                      abort=pulled.abort)
+                                      abort=pulled.abort, stage=stage)
+        if "lazy" in outcomes:
+            lazylayer.start_fetcher(store.paths, store.config.root, store.config.runroot)
         cache = BlobInfoCache(store.paths.blobinfo)
         for blob, media in zip(src.layers, remote.layer_media_types):
             cache.record(blob.digest, blob.size, media, blob.diff_id, remote.reference.name)

@@ -64,6 +64,10 @@ class LayerBlob:
     digest: Digest | None = None             # expected blob digest, when known
     diff_id: Digest | None = None            # expected diffID, when known
     size: int | None = None
+    # a seekable blob in a registry (estargz.py): its TOC's digest, and
+    # read_range(start, end) → the blob's bytes [start, end)
+    toc_digest: Digest | None = None
+    read_range: Callable[[int, int], bytes] | None = None
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from . import als, analyze, check, cleanup, commit, containers, driverchoice, export, fsprobe
-from . import fsutil, gc, ingest, layout, push, quota
+from . import als, analyze, check, cleanup, commit, containers, driverchoice, export
+from . import fetcher, fsprobe, fsutil, gc, ingest, layout, push, quota
 from .config import Config
 from .drivers.btrfs import BtrfsDriver
 from .drivers.overlay import OverlayDriver
@@ -266,8 +266,12 @@ class Store(StoreCore):
         return ingest.import_source(self, src, names, progress)
 
     def pull(self, ref: str, options: RegistryOptions, name: str | None = None,
-             progress: Progress | None = None) -> PullReport:
-        return ingest.pull(self, ref, options, name, progress)
+             progress: Progress | None = None, lazy: bool = False) -> PullReport:
+        return ingest.pull(self, ref, options, name, progress, lazy)
+
+    # -- lazy layers -----------------------------------------------------------------
+    def serve_fetcher(self) -> int:
+        return fetcher.serve(self)
 
     # -- push ----------------------------------------------------------------------
     def push(self, ref: str, dest: str | None, options: RegistryOptions,

@@ -79,6 +79,10 @@ def add_parsers(sub) -> None:
     c.add_argument("--platform", metavar="OS/ARCH[/VARIANT]",
                    help="from an image index (default: the host's)")
     c.add_argument("--name", metavar="NAME[:TAG]", help="name the image this, not the reference")
+    c.add_argument("--lazy", action="store_true",
+                   help="seekable (eStargz) layers: fetch only their tables of contents; "
+                        "files come when first opened, the rest in the background "
+                        "(fuse driver)")
     _common(c)
 
     c = sub.add_parser("push", help="push an image to a registry (only the blobs it lacks)")
@@ -114,7 +118,7 @@ def cmd_pull(store, args) -> int:
     options = options_from(args)
     display = progress.for_terminal("pulling", args.quiet)
     report: PullReport = store.pull(args.reference, options, name=args.name,
-                                    progress=display)
+                                    progress=display, lazy=args.lazy)
     return _done(args, display, report, [], pull_lines(report), report.image_id)
 
 
@@ -139,16 +143,18 @@ def _done(args, display, report: PullReport | PushReport, warnings: list[str],
 
 def pull_lines(report: PullReport) -> list[str]:
     words = {"present": "already in the store", "parked": "kept from an interrupted pull",
-             "fetched": "fetched"}
+             "fetched": "fetched", "lazy": "pulled lazily, its table of contents"}
     out = [f"{report.found_at}: passed over mirror {m}" for m in report.mirrors_passed]
     for t in report.layers:
         amount = f" {units.size(t.received)}" if t.received else ""
         out.append(f"layer {t.index + 1}/{len(report.layers)} {t.blob.short}: "
                    f"{words[t.outcome]}{amount}")
     fetched = sum(1 for t in report.layers if t.outcome == "fetched")
-    out.append(f"pulled {report.reference}: {fetched} layer(s) fetched "
-               f"({units.size(report.received)}), {len(report.layers) - fetched} reused, "
-               f"in {report.seconds:.1f}s")
+    lazy = sum(1 for t in report.layers if t.outcome == "lazy")
+    lazily = f", {lazy} lazy" if lazy else ""
+    out.append(f"pulled {report.reference}: {fetched} layer(s) fetched{lazily} "
+               f"({units.size(report.received)}), {len(report.layers) - fetched - lazy} "
+               f"reused, in {report.seconds:.1f}s")
     return out
 
 

@@ -29,6 +29,7 @@ from ..source import (MAX_JSON, ImageSource, LayerBlob, config_diff_ids, descrip
                       host_arch)
 from .client import (DOCKER_LIST, DOCKER_MANIFEST, DOCKER_SCHEMA1, LAYER_TYPES, OCI_INDEX,
                      OCI_MANIFEST, RegistryClient)
+from ..estargz import TOC_DIGEST_ANNOTATION
 from .errors import RegistryError
 from .reference import Reference
 
@@ -184,10 +185,24 @@ def resolve(client: RegistryClient, ref: Reference, platform: Platform) -> Remot
         if not isinstance(size, int) or size < 0:
             raise BadArchive(where, f"layer {d} has no valid size")
         remote.layer_media_types.append(layer_type)
+        annotations = desc.get("annotations")
+        toc = annotations.get(TOC_DIGEST_ANNOTATION) \
+            if isinstance(annotations, dict) else None
         remote.source.layers.append(LayerBlob(
             where=f"{ref.name}@{d}", digest=d, diff_id=diff_id, size=size,
-            open=_opener(client, remote, ref.repository, d, size)))
+            open=_opener(client, remote, ref.repository, d, size),
+            toc_digest=Digest.parse(toc) if isinstance(toc, str) else None,
+            read_range=_range_reader(client, remote, ref.repository, d)))
     return remote
+
+
+def _range_reader(client: RegistryClient, remote: RemoteImage, repository: str,
+                  digest: Digest):
+    def read_range(start: int, end: int) -> bytes:
+        data = client.get_blob_range(repository, digest, start, end)
+        remote.count(digest, len(data))
+        return data
+    return read_range
 
 
 def _opener(client: RegistryClient, remote: RemoteImage, repository: str,

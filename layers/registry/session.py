@@ -146,6 +146,16 @@ def _client(endpoint: regconf.Endpoint, options: RegistryOptions,
                           name=ref.registry, abort=abort)
 
 
+def blob_client(registry: str, repository: str, insecure: bool, cert_dir: str | None,
+                abort: threading.Event, env=os.environ) -> RegistryClient:
+    """A client of `registry` for reading blobs of `repository` later, as a
+    pull found them (the fetcher of lazy layers: credentials from the auth
+    files, TLS as the pull had it)."""
+    endpoint = regconf.Endpoint(Reference(registry, repository, None, None), insecure)
+    return _client(endpoint, RegistryOptions(tls_verify=not insecure, cert_dir=cert_dir),
+                   abort, env)
+
+
 @contextlib.contextmanager
 def open_pull(text: str, options: RegistryOptions, env=os.environ) -> Iterator[Pull]:
     conf = regconf.load(options.registries_conf, env)

@@ -1,0 +1,404 @@
+"""The store's fetcher: completes lazy layers (lazylayer.py), on request and
+in the background.
+
+One process per store, `layers fetcher`, started detached by `pull --lazy`
+and by the mount of a container with lazy layers
+(`lazylayer.start_fetcher`).  It holds the flock of the runroot's
+`fetcher.pid` for its life (a second one exits at once), listens on
+`fetcher.sock` (bound under a temp name and renamed into place once it
+listens), and exits when no lazy layer is left to complete and no request
+has come for IDLE seconds.  A layer whose completion failed (registry gone,
+a chunk failing its digest, the rebuilt tar not the diffID) keeps its
+error in its record and stays lazy: the next start of the fetcher (a
+mount, a pull) clears the error and tries again.
+
+Requests, one per connection, a JSON line each way (LAZY-CONTRACT.md):
+    {"layer": "<absolute path of a layer's diff dir>", "path": "<relative path>"}
+    → {"ok": true} once the file is complete (also when it already was),
+      {"ok": false, "error": "<one line>"} otherwise.
+Requests for one file, and the background work, share one fetch: a future
+per file (`_fetch`).  Every failure is one line in `fetcher.log` naming the
+layer, the file and the blob range.
+
+The background work takes each lazy layer in turn: its incomplete files in
+tar order, BATCH blob bytes at a time (about one range request), the record's
+`fetched` brought up to date after each batch, then `lazylayer.finish` (the
+exact tar rebuilt and checked against the diffID; the tar-split kept; the
+root's mark removed) and the record made an ordinary layer's.  A layer
+removed meanwhile (rmi, prune) is dropped between two batches; what is
+written into its moved dir goes with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable, Iterator
+
+from . import estargz, fsutil, layout, lazylayer
+from .digest import Digest
+from .errors import BadReference, LayersError, LayerUnknown, UsageError
+from .records import Layer, LazySource, replace
+from .registry.client import RegistryClient
+from .registry.session import blob_client
+from .storecore import StoreCore
+
+IDLE = 30.0                # seconds without work or request before exiting
+# Blob bytes of one background step: about one range request, so that a
+# request for a file the background has not reached waits for no more.
+BATCH = lazylayer.MAX_RANGE
+REQUEST_LIMIT = 1 << 16    # bytes of one request line
+READ_TIMEOUT = 30.0        # for a client to send its request
+
+log = logging.getLogger("layers.fetcher")
+
+
+@dataclasses.dataclass
+class _Lazy:
+    """A lazy layer the fetcher has loaded: its TOC's index, how to read its
+    blob, the blob bytes received and not yet in its record."""
+    id: Digest
+    diff: str
+    index: lazylayer.LayerIndex
+    read_range: Callable[[int, int], bytes]
+    received: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    def count(self, n: int) -> None:
+        with self.lock:
+            self.received += n
+
+    def take_received(self) -> int:
+        with self.lock:
+            n, self.received = self.received, 0
+            return n
+
+
+class Fetcher:
+    def __init__(self, store: StoreCore):
+        self.store = store
+        self.options = store.extract_options()
+        self.lock = threading.Lock()            # the tables below
+        self.pending: dict[tuple[Digest, str], Future] = {}
+        self.loaded: dict[Digest, _Lazy] = {}
+        self.clients: dict[tuple[str, bool, str | None], RegistryClient] = {}
+        self.abort = threading.Event()
+        self.active = 0                         # requests being answered
+        self.last_request = time.monotonic()
+
+    # -- the process ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until no lazy layer is left (module doc); 0, also when
+        another fetcher of the store runs."""
+        paths = self.store.paths
+        os.makedirs(paths.runroot, mode=0o700, exist_ok=True)
+        pidfd = os.open(paths.fetcher_pid, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(pidfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0
+            os.ftruncate(pidfd, 0)
+            os.write(pidfd, f"{os.getpid()}\n".encode())
+            listener = self._listen()
+            try:
+                threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+                self._retry_failed()
+                self._complete_all()
+            finally:
+                fsutil.remove_file(paths.fetcher_socket)
+                listener.close()
+                self._wait_requests()
+                self.abort.set()
+                for client in self.clients.values():
+                    client.close()
+            return 0
+        finally:
+            os.close(pidfd)
+
+    def _listen(self) -> socket.socket:
+        path = self.store.paths.fetcher_socket
+        tmp = path + ".new"
+        fsutil.remove_file(tmp)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        with _short_address(tmp) as address:
+            listener.bind(address)
+        listener.listen(64)
+        os.rename(tmp, path)
+        return listener
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return                          # closed: the fetcher is leaving
+            with self.lock:
+                self.active += 1
+                self.last_request = time.monotonic()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _wait_requests(self, bound: float = READ_TIMEOUT) -> None:
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.active:
+                    return
+            time.sleep(0.05)
+
+    # -- requests ------------------------------------------------------------------
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                conn.settimeout(READ_TIMEOUT)
+                line = _read_line(conn)
+                try:
+                    self._answer(line)
+                    reply = {"ok": True}
+                except LayersError as e:
+                    reply = {"ok": False, "error": str(e)}
+                except OSError as e:
+                    reply = {"ok": False, "error": f"{e.strerror or e}"
+                                                   f"{': ' + str(e.filename) if e.filename else ''}"}
+                with contextlib.suppress(OSError):
+                    conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass                                # the client went away
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.last_request = time.monotonic()
+
+    def _answer(self, line: bytes) -> None:
+        """Make the file a request names complete; LayersError saying why not."""
+        try:
+            req = json.loads(line)
+            layer_dir, relpath = req["layer"], req["path"]
+            if not isinstance(layer_dir, str) or not isinstance(relpath, str):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise UsageError("a request is one JSON line with \"layer\" and \"path\"") \
+                from None
+        layer_id = self._layer_of(layer_dir)
+        st = self._load(layer_id)
+        if st is None:                          # complete: nothing to wait for
+            return
+        f = st.index.file_of(relpath)
+        if f is None:
+            if lazylayer.is_incomplete(st.diff, relpath):
+                raise UsageError(f"{relpath}: marked lazy, but not a file of "
+                                 f"layer {layer_id.short}'s table of contents")
+            return
+        try:
+            self._fetch(st, [f.relpath])
+        except lazylayer.FetchFailed as e:
+            if e.path == f.relpath:
+                raise
+            self._fetch(st, [f.relpath])        # another file of a shared batch failed
+
+    def _layer_of(self, layer_dir: str) -> Digest:
+        parent, name = os.path.split(os.path.normpath(layer_dir))
+        if name != layout.LAYER_DIFF or os.path.dirname(parent) != self.store.paths.layers:
+            raise UsageError(f"{layer_dir}: not a layer of the store at "
+                             f"{self.store.paths.root}")
+        try:
+            return Digest(os.path.basename(parent))
+        except BadReference:
+            raise UsageError(f"{layer_dir}: not a layer of the store") from None
+
+    # -- shared fetches --------------------------------------------------------------
+
+    def _fetch(self, st: _Lazy, relpaths: list[str]) -> None:
+        """Complete the files `relpaths` of `st`, sharing what is in flight:
+        a file being fetched already is waited for, the others fetched here.
+        FetchFailed as `lazylayer.fill`."""
+        mine: dict[str, Future] = {}
+        waits: list[Future] = []
+        with self.lock:
+            for p in relpaths:
+                fut = self.pending.get((st.id, p))
+                if fut is None:
+                    fut = self.pending[(st.id, p)] = mine[p] = Future()
+                waits.append(fut)
+        try:
+            if mine:
+                lazylayer.fill(st.diff, st.index, list(mine), st.read_range, self.options,
+                               on_done=lambda p: mine[p].set_result(None),
+                               on_bytes=st.count)
+        except (LayersError, OSError) as e:
+            log.error("%s", _one_line(e, st))
+            for fut in mine.values():
+                if not fut.done():
+                    fut.set_exception(e)
+        finally:
+            with self.lock:
+                for p in mine:
+                    del self.pending[(st.id, p)]
+            for fut in mine.values():           # a bug: never leave a waiter hanging
+                if not fut.done():
+                    fut.set_exception(LayersError(f"{st.id.short}: fetch abandoned"))
+        for fut in waits:
+            fut.result()
+
+    # -- layers ----------------------------------------------------------------------
+
+    def _load(self, layer_id: Digest) -> _Lazy | None:
+        """The loaded lazy layer, None when it is complete; LayerUnknown."""
+        with self.lock:
+            st = self.loaded.get(layer_id)
+            if st is not None:
+                return st
+            layer = self.store.layers.get(layer_id)
+            if layer is None:
+                raise LayerUnknown(str(layer_id))
+            if layer.lazy is None:
+                return None
+            with open(self.store.paths.layer_toc(layer_id), "rb") as f:
+                toc = estargz.parse_toc_region(f.read(), layer.lazy.toc_digest)
+            st = _Lazy(layer_id, self.store.layers.diff_dir(layer_id),
+                       lazylayer.LayerIndex(toc, layer_id.short),
+                       self._reader(layer.lazy))
+            self.loaded[layer_id] = st
+            return st
+
+    def _reader(self, lazy: LazySource) -> Callable[[int, int], bytes]:
+        """read_range of the layer's blob (caller holds self.lock)."""
+        key = (lazy.registry, lazy.insecure, lazy.cert_dir)
+        client = self.clients.get(key)
+        if client is None:
+            client = self.clients[key] = blob_client(lazy.registry, lazy.repository,
+                                                     lazy.insecure, lazy.cert_dir,
+                                                     self.abort)
+        return lambda start, end: client.get_blob_range(lazy.repository, lazy.blob,
+                                                        start, end)
+
+    def _lazy_layers(self) -> list[Layer]:
+        return [layer for layer in self.store.layers.all() if layer.lazy is not None]
+
+    def _retry_failed(self) -> None:
+        with self.store.lock:
+            for layer in self._lazy_layers():
+                if layer.lazy.error is not None:
+                    self.store.layers.save(layer.id.hex, replace(
+                        layer, lazy=replace(layer.lazy, error=None)))
+
+    def _complete_all(self) -> None:
+        while True:
+            todo = [layer for layer in self._lazy_layers() if layer.lazy.error is None]
+            for layer in todo:
+                self._complete(layer)
+            if not todo:
+                with self.lock:
+                    idle = not self.active and time.monotonic() - self.last_request >= IDLE
+                if idle or not self._lazy_layers():
+                    return
+                time.sleep(1.0)
+
+    def _complete(self, layer: Layer) -> None:
+        """Complete one layer (module doc); a failure goes into its record."""
+        try:
+            st = self._load(layer.id)
+            if st is None:
+                return
+            todo = lazylayer.incomplete_files(st.diff, st.index)
+            while todo:
+                batch, size = [], 0
+                while todo and (not batch or size < BATCH):
+                    p = todo.pop(0)
+                    batch.append(p)
+                    size += sum(c.blob_end - c.blob_start for c in st.index.files[p].chunks)
+                if self.store.layers.get(layer.id) is None:
+                    return                      # removed meanwhile
+                try:
+                    self._fetch(st, batch)
+                finally:
+                    self._save_received(st)
+                if not todo:
+                    todo = lazylayer.incomplete_files(st.diff, st.index)
+            lazylayer.finish(st.diff, st.index, layer.diff_id,
+                             self.store.paths.layer_split(layer.id))
+            with self.store.lock:
+                now = self.store.layers.get(layer.id)
+                if now is not None and now.lazy is not None:
+                    self.store.layers.save(layer.id.hex, replace(
+                        now, lazy=None,
+                        size=fsutil.allocated_size(self.store.paths.layer_dir(layer.id))))
+            with self.lock:
+                self.loaded.pop(layer.id, None)
+            log.info("layer %s: complete", layer.id.short)
+        except (LayersError, OSError) as e:
+            if self.store.layers.get(layer.id) is None:
+                return                          # removed meanwhile: its errors are moot
+            if not isinstance(e, lazylayer.FetchFailed):
+                log.error("layer %s: %s", layer.id.short, e)
+            self._record_error(layer.id, str(e))
+
+    def _save_received(self, st: _Lazy) -> None:
+        n = st.take_received()
+        if not n:
+            return
+        with self.store.lock:
+            now = self.store.layers.get(st.id)
+            if now is not None and now.lazy is not None:
+                self.store.layers.save(st.id.hex, replace(
+                    now, lazy=replace(now.lazy, fetched=now.lazy.fetched + n)))
+
+    def _record_error(self, layer_id: Digest, message: str) -> None:
+        with self.store.lock:
+            now = self.store.layers.get(layer_id)
+            if now is not None and now.lazy is not None:
+                self.store.layers.save(layer_id.hex, replace(
+                    now, lazy=replace(now.lazy, error=message)))
+
+
+def serve(store: StoreCore) -> int:
+    """`layers fetcher`: run the store's fetcher in this process (module
+    doc); its log lines go to stderr, which `start_fetcher` points at the
+    runroot's fetcher.log."""
+    logging.basicConfig(format=f"%(asctime)s fetcher[{os.getpid()}]: %(message)s",
+                        level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)     # a line per request
+    return Fetcher(store).run()
+
+
+def _one_line(e: BaseException, st: _Lazy) -> str:
+    if isinstance(e, LayersError):
+        return str(e)
+    return f"layer {st.id.short}: {e}"
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\n" not in data:
+        more = conn.recv(4096)
+        if not more:
+            break
+        data += more
+        if len(data) > REQUEST_LIMIT:
+            raise OSError(errno.EMSGSIZE, "request too long")
+    return data.split(b"\n", 1)[0]
+
+
+@contextlib.contextmanager
+def _short_address(path: str) -> Iterator[str]:
+    """`path` as a unix socket address: through /proc/self/fd when it is
+    longer than sun_path holds (108 bytes; a store deep in a tree)."""
+    if len(os.fsencode(path)) < 100:
+        yield path
+        return
+    dirfd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        yield f"/proc/self/fd/{dirfd}/{os.path.basename(path)}"
+    finally:
+        os.close(dirfd)

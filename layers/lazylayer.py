@@ -1,0 +1,377 @@
+"""A lazy layer: a layer whose file contents are still in a registry.
+
+`layers pull --lazy` fetches only a seekable blob's table of contents
+(`estargz.py`: the TOC, verified against its digest, carries every file's
+chunks and the layer's tar-split).  This module turns that into a layer of
+the store and completes it, whoever asks (the fetcher, fetcher.py, on a
+request or in the background; a plain pull reusing local content):
+
+- `LayerIndex(toc)`: the layer's tar as the tar-split gives it, with every
+  file's content left out, read by tarfile (so the tree is built from the
+  very headers the diffID covers), and which chunks of the blob hold each
+  regular file's content.
+- `build_placeholders(index, dest, options, socket)`: the placeholder tree
+  in `dest` (see `layout.py`): the headers applied as extraction applies
+  them, each regular file with content a sparse file of its size carrying
+  `LAZY_XATTR`, the root carrying it too (the fetcher socket's path).
+- `fill(diff, index, paths, read_range, options)`: the content of those
+  files: their chunks fetched by ranges (adjacent ones merged), each
+  inflated and checked against its digest before a byte is written, written
+  in place; then fsync, the file's metadata set again as extraction set it
+  (a write clears set-id bits and `security.capability`; the mtime), and the
+  xattr removed last.  A file still carrying the xattr is never complete:
+  a crash anywhere leaves it to be filled again from its first chunk.
+- `finish(diff, index, diff_id, split_path, where)`: once no file carries
+  the xattr, the exact tar rebuilt from the tar-split and the files is
+  hashed and checked against the diffID, the split kept at `split_path`,
+  and the root's xattr removed: from then on the layer is an ordinary one.
+
+`read_range(start, end)` returns the blob's bytes [start, end); a
+LayersError it raises (a registry's failure) becomes `FetchFailed`, naming
+the layer, the file and the range.
+
+The fetcher is started from here (`start_fetcher`), by a lazy pull and by
+the mount of a container with lazy layers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import gzip
+import io
+import os
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from . import estargz, fsutil, layout, tarsplit
+from .archive import ExtractOptions, clean_name, extract_placeholders, set_meta
+from .digest import Digest
+from .errors import BadArchive, DigestMismatch, DriverError, LayersError
+
+# A range request spans at most this many blob bytes (merging adjacent chunks).
+MAX_RANGE = 8 << 20
+START_TIMEOUT = 15.0       # for a new fetcher to listen
+
+
+class FetchFailed(LayersError):
+    """A chunk could not be had or failed its digest: nothing of its file was
+    kept as complete."""
+
+    def __init__(self, layer: str, path: str, start: int, end: int, reason: str):
+        self.layer, self.path, self.start, self.end = layer, path, start, end
+        self.reason = reason
+        super().__init__(f"layer {layer}: {path}: bytes {start}-{end} of the blob: {reason}")
+
+
+@dataclass(frozen=True)
+class LazyFile:
+    """A regular file whose content the TOC describes."""
+    relpath: str                       # its first name in the tar
+    member: tarfile.TarInfo            # its header: the metadata set again after a fill
+    chunks: tuple                      # estargz.Chunk, in file order; between
+                                       # them (or without any) holes of a sparse file
+
+
+class _Skeleton(io.RawIOBase):
+    """The layer's tar rebuilt from its tar-split with every file's content
+    read as zeros: a seekable stream for tarfile, which seeks over the data
+    of each member it is not asked to read."""
+
+    def __init__(self, split: bytes, where: str):
+        self.starts: list[int] = []
+        self.parts: list[bytes | int] = []      # raw bytes, or a content's length
+        self.contents: dict[int, tuple[str, int]] = {}   # offset → (relpath, size)
+        pos = 0
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(split)) as gz:
+                for kind, value in tarsplit.frames(gz):
+                    if kind == b"R":
+                        self.starts.append(pos)
+                        self.parts.append(value)
+                        pos += len(value)
+                    elif kind == b"F":
+                        relpath, size = value
+                        self.contents[pos] = (relpath, size)
+                        self.starts.append(pos)
+                        self.parts.append(size)
+                        pos += size
+        except (EOFError, OSError, ValueError) as e:
+            raise BadArchive(where, f"damaged tar-split in the TOC ({e})") from None
+        self.size = pos
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        if self.pos >= self.size:
+            return 0
+        i = bisect.bisect_right(self.starts, self.pos) - 1
+        part, at = self.parts[i], self.pos - self.starts[i]
+        if isinstance(part, int):
+            n = min(len(buf), part - at)
+            buf[:n] = bytes(n)
+        else:
+            n = min(len(buf), len(part) - at)
+            buf[:n] = part[at:at + n]
+        self.pos += n
+        return n
+
+
+class LayerIndex:
+    """What a lazy layer is made of (module doc).  `files`: relpath → LazyFile
+    for every regular file whose content the tar-split leaves out; `names`:
+    each further name (hard link) of one of them → its first name."""
+
+    def __init__(self, toc: "estargz.Toc", where: str):
+        self.toc = toc
+        self.where = where
+        self.skeleton = _Skeleton(toc.tar_split, where)
+        by_name = {}
+        for entry in toc.entries.values():
+            if entry.type == "reg":
+                by_name["/".join(clean_name(entry.name))] = entry
+        self.files: dict[str, LazyFile] = {}
+        self.names: dict[str, str] = {}
+        tf = tarfile.open(fileobj=self.skeleton, mode="r:")
+        for m in tf:
+            relpath = "/".join(clean_name(m.name))
+            if m.islnk():
+                target = "/".join(clean_name(m.linkname))
+                self.names[relpath] = self.names.get(target, target)
+            elif self.is_lazy(m):
+                entry = by_name.get(relpath)
+                if entry is None or entry.size != m.size:
+                    raise BadArchive(where, f"the TOC does not describe {relpath!r} "
+                                            f"({m.size} bytes)")
+                self.files[relpath] = LazyFile(relpath, m, tuple(toc.chunks(entry)))
+                self.names.pop(relpath, None)      # a later entry of that name
+        self.names = {k: v for k, v in self.names.items() if v in self.files}
+
+    def is_lazy(self, m: tarfile.TarInfo) -> bool:
+        """A member whose content the tar-split leaves out (a regular file
+        with content; not a sparse one, whose data is in the split)."""
+        found = self.skeleton.contents.get(m.offset_data)
+        return m.isreg() and m.size > 0 and m.sparse is None and found is not None \
+            and found[1] == m.size
+
+    def file_of(self, relpath: str) -> LazyFile | None:
+        """The lazy file `relpath` names (through a hard link too), or None."""
+        relpath = "/".join(p for p in relpath.split("/") if p not in ("", "."))
+        return self.files.get(self.names.get(relpath, relpath))
+
+    @property
+    def content_bytes(self) -> int:
+        return sum(f.member.size for f in self.files.values())
+
+
+def build_placeholders(index: LayerIndex, dest: str, options: ExtractOptions,
+                       socket: str) -> int:
+    """The placeholder tree of the layer in the empty dir `dest` (module doc);
+    its root marked with `socket`, the fetcher's.  The count of entries."""
+    index.skeleton.seek(0)
+    count = extract_placeholders(index.skeleton, dest, options, index.is_lazy, index.where)
+    if index.files:
+        os.setxattr(dest, layout.LAZY_XATTR, os.fsencode(socket))
+    fsutil.fsync_dir(dest)
+    return count
+
+
+def is_incomplete(diff: str, relpath: str) -> bool:
+    """Whether `relpath` under `diff` is a regular file still waiting for its
+    content (anything else never is; nothing is opened but a regular file)."""
+    dirfd = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        pathfd = fsutil.open_beneath(dirfd, relpath, os.O_PATH)
+    finally:
+        os.close(dirfd)
+    try:
+        if not stat.S_ISREG(os.fstat(pathfd).st_mode):
+            return False
+        fd = os.open(f"/proc/self/fd/{pathfd}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(pathfd)
+    try:
+        os.getxattr(fd, layout.LAZY_XATTR)
+        return True
+    except OSError as e:
+        if e.errno == errno.ENODATA:
+            return False
+        raise
+    finally:
+        os.close(fd)
+
+
+def incomplete_files(diff: str, index: LayerIndex) -> list[str]:
+    """The lazy files of `index` still waiting for their content, tar order."""
+    return [p for p in index.files if is_incomplete(diff, p)]
+
+
+def ranges(chunks: Iterable, limit: int = MAX_RANGE) -> list[tuple[int, int, list]]:
+    """(start, end, chunks) of the range requests that fetch `chunks`
+    (sorted by blob offset): adjacent ones merged, up to `limit` bytes."""
+    out: list[tuple[int, int, list]] = []
+    for c in sorted(chunks, key=lambda c: c.blob_start):
+        if out and out[-1][1] == c.blob_start and c.blob_end - out[-1][0] <= limit:
+            start, _, group = out[-1]
+            group.append(c)
+            out[-1] = (start, c.blob_end, group)
+        else:
+            out.append((c.blob_start, c.blob_end, [c]))
+    return out
+
+
+def fill(diff: str, index: LayerIndex, relpaths: Iterable[str],
+         read_range: Callable[[int, int], bytes], options: ExtractOptions,
+         on_done: Callable[[str], None] | None = None,
+         on_bytes: Callable[[int], None] | None = None) -> None:
+    """Give the lazy files `relpaths` (first names, see `LayerIndex.file_of`)
+    their content (module doc).  `on_done(relpath)` as each is complete;
+    `on_bytes(n)` for the blob bytes received.  FetchFailed names the
+    file and range that failed; the files completed before stay complete."""
+    owner: dict[int, LazyFile] = {}
+    left: dict[str, int] = {}
+    chunks = []
+    holes = []                                 # files that are holes only
+    for relpath in relpaths:
+        f = index.files[relpath]
+        if not is_incomplete(diff, relpath):
+            if on_done:
+                on_done(relpath)
+            continue
+        left[relpath] = len(f.chunks)
+        if not f.chunks:
+            holes.append(f)
+        for c in f.chunks:
+            owner[id(c)] = f
+            chunks.append(c)
+    open_files: dict[str, int] = {}
+    dirfd = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for f in holes:
+            fd = fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY)
+            try:
+                _complete(fd, f, options)
+            finally:
+                os.close(fd)
+            if on_done:
+                on_done(f.relpath)
+        for start, end, group in ranges(chunks):
+            try:
+                data = read_range(start, end)
+            except LayersError as e:
+                raise FetchFailed(index.where, owner[id(group[0])].relpath, start, end,
+                                  e.message) from None
+            if len(data) != end - start:
+                raise FetchFailed(index.where, owner[id(group[0])].relpath, start, end,
+                                  f"the registry sent {len(data)} bytes")
+            if on_bytes:
+                on_bytes(len(data))
+            for c in group:
+                f = owner[id(c)]
+                try:
+                    content = estargz.read_chunk(data[c.blob_start - start:c.blob_end - start],
+                                                 c)
+                except LayersError as e:
+                    raise FetchFailed(index.where, f.relpath, c.blob_start, c.blob_end,
+                                      e.message) from None
+                fd = open_files.get(f.relpath)
+                if fd is None:
+                    fd = open_files[f.relpath] = fsutil.open_beneath(dirfd, f.relpath,
+                                                                     os.O_WRONLY)
+                if content != bytes(len(content)):   # zeros: the hole stays
+                    _write_all(fd, content, c.offset_in_file)
+                left[f.relpath] -= 1
+                if left[f.relpath] == 0:
+                    del open_files[f.relpath]
+                    try:
+                        _complete(fd, f, options)
+                    finally:
+                        os.close(fd)
+                    if on_done:
+                        on_done(f.relpath)
+    finally:
+        for fd in open_files.values():
+            os.close(fd)
+        os.close(dirfd)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _complete(fd: int, f: LazyFile, options: ExtractOptions) -> None:
+    """The content is written: durable first, then the metadata extraction
+    gave the file (a write cleared set-id bits and file capabilities, and
+    moved the mtime), then the mark goes — last, so that a crash before it
+    leaves a file that is filled again, never one served half."""
+    os.fsync(fd)
+    set_meta(options, fd, None, f.member)
+    os.removexattr(fd, layout.LAZY_XATTR)
+    os.fsync(fd)
+
+
+def finish(diff: str, index: LayerIndex, diff_id: Digest, split_path: str) -> None:
+    """Turn the complete placeholder tree into an ordinary layer (module
+    doc).  LayerCorrupt or DigestMismatch when the rebuilt tar is not the
+    layer's; then nothing changes."""
+    tmp = split_path + ".tmp"
+    fsutil.atomic_write(tmp, index.toc.tar_split)
+    try:
+        got = tarsplit.rebuilt_digest(tmp, diff, index.where)
+        if got != diff_id:
+            raise DigestMismatch(f"layer {index.where} rebuilt from its chunks",
+                                 str(diff_id), str(got))
+        os.rename(tmp, split_path)
+    finally:
+        fsutil.remove_file(tmp)
+    fsutil.fsync_dir(os.path.dirname(split_path))
+    try:
+        os.removexattr(diff, layout.LAZY_XATTR)
+    except OSError as e:
+        if e.errno != errno.ENODATA:
+            raise
+    fsutil.fsync_dir(diff)
+
+
+def start_fetcher(paths: layout.StorePaths, root: str, runroot: str) -> None:
+    """Start the store's fetcher (fetcher.py: `layers fetcher`), detached,
+    unless it runs; return once it listens, or once it has exited (another
+    one won the race, or no lazy layer was left).  DriverError when it does
+    neither within START_TIMEOUT."""
+    if fsutil.flock_held(paths.fetcher_pid):
+        return
+    os.makedirs(paths.runroot, mode=0o700, exist_ok=True)
+    argv = [sys.executable, "-m", "layers.cli", "--root", root, "--runroot", runroot,
+            "fetcher"]
+    with open(paths.fetcher_log, "ab") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None or (os.path.exists(paths.fetcher_socket)
+                                       and fsutil.flock_held(paths.fetcher_pid)):
+            return
+        time.sleep(0.02)
+    raise DriverError("fuse", f"the fetcher of lazy layers did not start in "
+                              f"{START_TIMEOUT:.0f}s (see {paths.fetcher_log})")
