@@ -12,7 +12,8 @@
   status, body bytes sent to the client).  Faults: `fail_with` (answer
   every request with this status), `stall` (a blob digest: send its
   headers and half its body, then hold the connection until released or
-  `drop` it), `bearer` (require a token from the proxy's own `/token`,
+  `drop` it; `stall_skip` GETs of it pass first, and with `stall_once`
+  only one is held), `bearer` (require a token from the proxy's own `/token`,
   which wants Basic `user:password`), `ignore_range` (drop the `Range`
   header, as a registry without range support would: it answers 200).
 Only loopback addresses are used; every wait is bounded.
@@ -169,6 +170,9 @@ class Proxy:
         self.lock = threading.Lock()
         self.fail_with: int | None = None
         self.stall: str | None = None          # a blob digest to stall
+        self.stall_skip = 0                    # GETs of it that pass first
+        self.stall_once = False                # hold only one GET of it
+        self._stall_seen = 0
         self.stalled = threading.Event()       # set once a stall began
         self.release = threading.Event()       # ends a stall: the rest is sent
         self.drop = threading.Event()          # ends a stall: the connection is cut
@@ -292,7 +296,7 @@ class Proxy:
         if h.command == "HEAD":
             return self._record(h, r.status, 0)
         if self.stall and h.command == "GET" and h.path.endswith(self.stall) \
-                and r.status in (200, 206):
+                and r.status in (200, 206) and self._stall_now():
             half = len(data) // 2
             h.wfile.write(data[:half])
             h.wfile.flush()
@@ -309,6 +313,12 @@ class Proxy:
             return self._record(h, r.status, len(data))
         h.wfile.write(data)
         self._record(h, r.status, len(data))
+
+    def _stall_now(self) -> bool:
+        with self.lock:
+            self._stall_seen += 1
+            return self._stall_seen > self.stall_skip \
+                and not (self.stall_once and self.stalled.is_set())
 
     def _token(self, h) -> None:
         auth = h.headers.get("Authorization", "")

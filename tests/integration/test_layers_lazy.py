@@ -1,0 +1,234 @@
+"""Lazy pulling: `layers pull --lazy` of seekable (eStargz) images from a real
+registry on loopback (Debian's docker-registry, through the test's own proxy,
+tests/support/registryd.py), and the store's fetcher that completes them.
+
+The images are built by the store (`import`) and pushed with
+`push --compression-format estargz`.  The fetcher is spoken to through its
+socket as fsd speaks to it (LAZY-CONTRACT.md); contents are compared with a
+full pull of the same image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from storetools import (directory, file, hardlink, oci_layout, symlink,  # noqa: E402
+                        tar_bytes, wait_until)
+from support.registryd import Proxy, Registry  # noqa: E402
+from test_layers_registry import INSECURE, Machine  # noqa: E402
+
+from layers import layout  # noqa: E402
+from layers.store import Store  # noqa: E402
+
+MiB = 1 << 20
+BIG = os.urandom(9 * MiB + 123)                 # three chunks
+SPARSE = b"\0" * (5 * MiB) + b"middle" + b"\0" * (3 * MiB)
+BASE = tar_bytes([
+    file("big", BIG), directory("etc"), file("etc/os-release", "ID=lazy\n"),
+    file("empty"), file("one", os.urandom(70_000), mode=0o4755),
+    file("sparse", SPARSE), hardlink("one-again", "one"), symlink("link", "one"),
+    directory("opaque"), file("opaque/kept", "kept\n"), file("gone", "gone\n"),
+])
+TOP = tar_bytes([
+    file(".wh.gone"), directory("opaque"), file("opaque/.wh..wh..opq"),
+    file("opaque/new", os.urandom(3000)), file("top", os.urandom(200_000)),
+])
+FILES = ["big", "one", "one-again", "sparse", "etc/os-release", "opaque/kept"]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    reg = Registry(tmp_path_factory.mktemp("registry")).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def proxy(registry):
+    p = Proxy(registry.host).start()
+    yield p
+    p.stop()
+
+
+class LazyMachine(Machine):
+    """A fuse-driver store (lazy layers need it) that stops its fetcher when
+    the test ends."""
+
+    def __init__(self, tmp: Path, name: str):
+        super().__init__(tmp, name)
+        self.driver = "fuse"
+
+    def store(self) -> Store:
+        return self.open()
+
+    def fetcher_pid(self) -> int | None:
+        store = self.store()
+        if not _flock_held(store.paths.fetcher_pid):
+            return None
+        return int(Path(store.paths.fetcher_pid).read_text())
+
+    def stop_fetcher(self) -> None:
+        pid = self.fetcher_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            assert wait_until(lambda: self.fetcher_pid() is None, 30)
+
+    def record(self, layer: str) -> dict:
+        return json.loads((self.root / "layers" / f"{layer}.json").read_text())
+
+    def diff(self, layer: str) -> Path:
+        return self.root / "layers" / layer / "diff"
+
+
+def _flock_held(path: str) -> bool:
+    from layers.fsutil import flock_held
+    return flock_held(path)
+
+
+@pytest.fixture
+def lazy_machines(tmp_path):
+    made = [LazyMachine(tmp_path, "lazy"), Machine(tmp_path, "full")]
+    yield made
+    made[0].stop_fetcher()
+    for m in made:
+        m.cleanup()
+        m.assert_consistent()
+
+
+def push_estargz(tmp: Path, registry_host: str, layers: list[bytes],
+                 name: str) -> tuple[str, list[str], int]:
+    """Import `layers` into a store of its own and push them seekable: the
+    reference pushed to, the blobs' digests and their total size."""
+    src = Machine(tmp, f"src-{name}")
+    built = oci_layout(tmp / f"layout-{name}", layers, compression="gzip")
+    src.ok("import", "-q", str(built.path), "--name", f"{name}:1")
+    ref = f"{registry_host}/lazy/{name}:1"
+    rep = src.report("push", "-q", f"{name}:1", ref, INSECURE,
+                     "--compression-format", "estargz")
+    return ref, [b["digest"] for b in rep["layers"]], sum(b["size"] for b in rep["layers"])
+
+
+def hold_background(proxy: Proxy, blob: str) -> None:
+    """Hold the fetcher's first request for `blob` (after the footer and TOC
+    a lazy pull reads: the background's, for the first file, `big`), so that
+    the layer stays lazy until `proxy.release`."""
+    proxy.stall, proxy.stall_skip, proxy.stall_once = blob.split(":")[1], 2, True
+
+
+def ask(socket_path: str, layer: Path, path: str) -> dict:
+    """One request to the fetcher, as fsd sends it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(120)
+        s.connect(socket_path)
+        s.sendall(json.dumps({"layer": str(layer), "path": path}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            more = s.recv(4096)
+            if not more:
+                break
+            data += more
+    return json.loads(data)
+
+
+def lazy_mark(path: Path) -> bytes | None:
+    try:
+        return os.getxattr(path, layout.LAZY_XATTR, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def test_lazy_pull_records_the_image_fetching_only_tables_of_contents(
+        lazy_machines, proxy, tmp_path):
+    lazy, full = lazy_machines
+    ref, blobs, size = push_estargz(tmp_path, proxy.host, [BASE, TOP], "kinds")
+    proxy.reset()
+    hold_background(proxy, blobs[0])
+    rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
+    assert [t["outcome"] for t in rep["layers"]] == ["lazy", "lazy"]
+    assert rep["received"] < size // 20
+    bottom, top = (t["layer"].split(":")[1] for t in rep["layers"])
+    rec = lazy.record(bottom)["lazy"]
+    assert rec["fetched"] < rec["total"] and rec["toc_digest"].startswith("sha256:")
+    # the placeholder tree: every entry there, contents not yet
+    store = lazy.store()
+    diff = lazy.diff(bottom)
+    assert lazy_mark(diff) == os.fsencode(store.paths.fetcher_socket)
+    assert os.stat(diff / "big").st_size == len(BIG)
+    assert os.stat(diff / "big").st_blocks == 0
+    assert lazy_mark(diff / "big") == b"" and lazy_mark(diff / "one-again") == b""
+    assert lazy_mark(diff / "empty") is None and os.stat(diff / "empty").st_size == 0
+    assert os.readlink(diff / "link") == "one"
+    assert os.stat(diff / "one").st_ino == os.stat(diff / "one-again").st_ino
+    assert (lazy.diff(top) / ".wh.gone").exists()
+    assert (lazy.diff(top) / "opaque" / ".wh..wh..opq").exists()
+    full.ok("pull", "-q", ref, INSECURE)
+    ref_diff = full.root / "layers" / bottom / "diff"
+    for name in ["etc", "big", "one", "link", "opaque", "sparse"]:
+        a, b = os.lstat(diff / name), os.lstat(ref_diff / name)
+        assert (a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns) == \
+            (b.st_mode, b.st_uid, b.st_gid, b.st_mtime_ns), name
+    img = json.loads(lazy.ok("inspect", ref))
+    assert img["layers"] == [t["layer"] for t in rep["layers"]]
+    proxy.release.set()
+
+
+def test_the_fetcher_completes_files_on_request_then_the_layer_in_the_background(
+        lazy_machines, proxy, tmp_path):
+    lazy, full = lazy_machines
+    ref, blobs, _ = push_estargz(tmp_path, proxy.host, [BASE, TOP], "fetch")
+    hold_background(proxy, blobs[0])
+    rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
+    bottom, top = (t["layer"].split(":")[1] for t in rep["layers"])
+    full.ok("pull", "-q", ref, INSECURE)
+    want = full.root / "layers" / bottom / "diff"
+    diff = lazy.diff(bottom)
+    sock = lazy.store().paths.fetcher_socket
+    assert wait_until(proxy.stalled.is_set, 30)      # the background waits on the proxy
+    for name in ["one-again", "sparse", "etc/os-release", "opaque/kept", "empty", "link"]:
+        assert ask(sock, diff, name) == {"ok": True}, name
+    for name in ["one", "one-again", "sparse", "etc/os-release"]:
+        assert lazy_mark(diff / name) is None
+        assert (diff / name).read_bytes() == (want / name).read_bytes(), name
+        a, b = os.lstat(diff / name), os.lstat(want / name)
+        assert (a.st_mode, a.st_mtime_ns, a.st_nlink) == (b.st_mode, b.st_mtime_ns, b.st_nlink)
+    assert os.stat(diff / "sparse").st_blocks * 512 < len(SPARSE) // 2   # holes kept
+    assert lazy_mark(diff / "big") == b""              # the held background's file
+    assert lazy.record(bottom)["lazy"] is not None
+    answer = ask(sock, diff, "nowhere")
+    assert answer["ok"] is False and "nowhere" in answer["error"]
+    answer = ask(sock, tmp_path, "big")
+    assert answer == {"ok": False, "error": f"{tmp_path}: not a layer of the store at "
+                                            f"{lazy.root}"}
+    proxy.release.set()
+    assert wait_until(lambda: lazy.record(bottom)["lazy"] is None
+                      and lazy.record(top)["lazy"] is None, 120)
+    assert lazy_mark(diff) is None and lazy_mark(diff / "big") is None
+    assert (diff / "big").read_bytes() == BIG
+    assert (lazy.root / "layers" / bottom / "tar-split.gz").exists()
+    assert lazy.ok("check", "--verify") == ""
+    for layer in (bottom, top):
+        out = tmp_path / f"{layer}.tar"
+        lazy.ok("export", layer, "-o", str(out))
+        assert "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest() == \
+            lazy.record(layer)["diff_id"]
+    assert wait_until(lambda: lazy.fetcher_pid() is None, 30)  # nothing left: it left
+
+
+def test_a_driver_that_reads_layer_dirs_directly_refuses_a_lazy_pull(tmp_path, proxy):
+    m = Machine(tmp_path, "vfs")
+    r = m.run("pull", "-q", "--lazy", f"{proxy.host}/lazy/none:1", INSECURE)
+    assert (r.code, r.err) == (2, "layers: pull --lazy needs the fuse driver (fsd fetches "
+                                  "a lazy file when it is opened); the vfs driver reads "
+                                  "layer dirs directly: pull without --lazy\n")
+    assert proxy.requests == []
