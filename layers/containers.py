@@ -144,9 +144,8 @@ def mount(store: StoreCore, ref: str) -> str:
     """Mount the container (or count one more user); its mount point.  With
     lazy layers in its stack, the store's fetcher is started first (before
     the lock: it opens the store), so that fsd can ask it for their files."""
-    if any(layer is not None and layer.lazy is not None
-           for layer in map(store.layers.get, store.containers.resolve(ref).layers)):
-        lazylayer.start_fetcher(store.paths, store.config.root, store.config.runroot)
+    lazylayer.start_fetcher(store.paths, store.config.root, store.config.runroot,
+                            map(store.layers.get, store.containers.resolve(ref).layers))
     with store.lock:
         c = store.containers.resolve(ref)
         store.refuse_busy(c)

@@ -322,8 +322,9 @@ def pull(store: StoreCore, ref: str, options: RegistryOptions, name: str | None 
                                       src.names if names is None else names, lease,
                                       progress, park=True, jobs=options.jobs,
                                       abort=pulled.abort, stage=stage)
-        if "lazy" in outcomes:
-            lazylayer.start_fetcher(store.paths, store.config.root, store.config.runroot)
+        # this pull's lazy layers, or an earlier pull's, to complete or retry
+        lazylayer.start_fetcher(store.paths, store.config.root, store.config.runroot,
+                                map(store.layers.get, image.layers))
         cache = BlobInfoCache(store.paths.blobinfo)
         for blob, media in zip(src.layers, remote.layer_media_types):
             cache.record(blob.digest, blob.size, media, blob.diff_id, remote.reference.name)

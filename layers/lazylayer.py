@@ -53,6 +53,7 @@ from . import estargz, fsutil, layout, tarsplit
 from .archive import ExtractOptions, clean_name, extract_placeholders, set_meta
 from .digest import Digest
 from .errors import BadArchive, DigestMismatch, DriverError, LayersError
+from .records import Layer
 
 # A range request spans at most this many blob bytes (merging adjacent chunks).
 MAX_RANGE = 8 << 20
@@ -354,12 +355,14 @@ def finish(diff: str, index: LayerIndex, diff_id: Digest, split_path: str) -> No
     fsutil.fsync_dir(diff)
 
 
-def start_fetcher(paths: layout.StorePaths, root: str, runroot: str) -> None:
-    """Start the store's fetcher (fetcher.py: `layers fetcher`), detached,
-    unless it runs; return once it listens, or once it has exited (another
-    one won the race, or no lazy layer was left).  DriverError when it does
-    neither within START_TIMEOUT."""
-    if fsutil.flock_held(paths.fetcher_pid):
+def start_fetcher(paths: layout.StorePaths, root: str, runroot: str,
+                  layers: Iterable[Layer | None]) -> None:
+    """When one of `layers` is lazy, start the store's fetcher (fetcher.py:
+    `layers fetcher`), detached, unless it runs; return once it listens, or
+    once it has exited (another one won the race, or no lazy layer was
+    left).  DriverError when it does neither within START_TIMEOUT."""
+    if not any(layer is not None and layer.lazy is not None for layer in layers) \
+            or fsutil.flock_held(paths.fetcher_pid):
         return
     os.makedirs(paths.runroot, mode=0o700, exist_ok=True)
     argv = [sys.executable, "-m", "layers.cli", "--root", root, "--runroot", runroot,

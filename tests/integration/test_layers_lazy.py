@@ -23,12 +23,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storetools import (directory, file, hardlink, oci_layout, symlink,  # noqa: E402
-                        tar_bytes, wait_until)
+from storetools import (directory, driver_skip_reason, file, hardlink,  # noqa: E402
+                        oci_layout, symlink, tar_bytes, tree_snapshot, wait_until)
 from support.registryd import Proxy, Registry  # noqa: E402
 from test_layers_registry import INSECURE, Machine  # noqa: E402
 
-from layers import layout  # noqa: E402
+from layers import estargz, layout  # noqa: E402
+from layers.digest import Digest  # noqa: E402
 from layers.store import Store  # noqa: E402
 
 MiB = 1 << 20
@@ -232,3 +233,97 @@ def test_a_driver_that_reads_layer_dirs_directly_refuses_a_lazy_pull(tmp_path, p
                                   "a lazy file when it is opened); the vfs driver reads "
                                   "layer dirs directly: pull without --lazy\n")
     assert proxy.requests == []
+
+
+def _chunk_of(registry: Registry, blob: str, toc_digest: str, name: str):
+    """The first chunk of file `name` in the registry's copy of `blob`."""
+    data = registry.blob_path(blob).read_bytes()
+    offset = estargz.parse_footer(data[-estargz.FOOTER_SIZE:])
+    toc = estargz.parse_toc_region(data[offset:-estargz.FOOTER_SIZE],
+                                   Digest.parse(toc_digest))
+    return toc.chunks(toc.entries[name])[0]
+
+
+def test_a_tampered_chunk_is_refused_and_nothing_of_it_kept(lazy_machines, proxy, registry,
+                                                            tmp_path):
+    lazy, _ = lazy_machines
+    victim = os.urandom(300_000)
+    ref, blobs, _ = push_estargz(tmp_path, proxy.host,
+                                 [tar_bytes([file("big", BIG), file("victim", victim)])],
+                                 "tamper")
+    hold_background(proxy, blobs[0])
+    rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
+    layer = rep["layers"][0]["layer"].split(":")[1]
+    chunk = _chunk_of(registry, blobs[0], lazy.record(layer)["lazy"]["toc_digest"], "victim")
+    stored = registry.blob_path(blobs[0])
+    good = stored.read_bytes()
+    at = (chunk.blob_start + chunk.blob_end) // 2
+    stored.write_bytes(good[:at] + bytes([good[at] ^ 0xFF]) + good[at + 1:])
+    try:
+        diff = lazy.diff(layer)
+        answer = ask(lazy.store().paths.fetcher_socket, diff, "victim")
+        assert answer["ok"] is False
+        assert answer["error"].startswith(f"layer {layer[:12]}: victim: bytes "
+                                          f"{chunk.blob_start}-{chunk.blob_end} of the blob: ")
+        assert lazy_mark(diff / "victim") == b"" and os.stat(diff / "victim").st_blocks == 0
+        log = (Path(lazy.store().paths.fetcher_log)).read_text().splitlines()
+        assert [line for line in log if "victim" in line][0].endswith(answer["error"])
+    finally:
+        stored.write_bytes(good)
+    assert ask(lazy.store().paths.fetcher_socket, diff, "victim") == {"ok": True}
+    assert (diff / "victim").read_bytes() == victim
+    proxy.release.set()
+
+
+def test_a_fetcher_killed_mid_file_leaves_it_marked_and_a_new_one_completes_it(
+        lazy_machines, proxy, tmp_path):
+    lazy, _ = lazy_machines
+    ref, blobs, _ = push_estargz(tmp_path, proxy.host, [BASE], "killed")
+    proxy.stall, proxy.stall_skip, proxy.stall_once = blobs[0].split(":")[1], 3, True
+    rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
+    layer = rep["layers"][0]["layer"].split(":")[1]
+    diff = lazy.diff(layer)
+    assert wait_until(proxy.stalled.is_set, 30)   # big's first chunk written, its second held
+    assert os.stat(diff / "big").st_blocks > 0 and lazy_mark(diff / "big") == b""
+    os.kill(lazy.fetcher_pid(), signal.SIGKILL)
+    assert wait_until(lambda: lazy.fetcher_pid() is None, 30)
+    assert lazy_mark(diff / "big") == b"" and lazy.record(layer)["lazy"] is not None
+    proxy.stall = None
+    proxy.release.set()
+    rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)    # starts a fetcher again
+    assert [t["outcome"] for t in rep["layers"]] == ["present"]
+    assert wait_until(lambda: lazy.record(layer)["lazy"] is None, 120)
+    assert (diff / "big").read_bytes() == BIG
+    assert lazy.ok("check", "--verify") == ""
+
+
+def test_a_container_on_a_lazy_image_mounts_at_once_and_reads_what_a_full_pull_has(
+        lazy_machines, proxy, tmp_path):
+    reason = driver_skip_reason("fuse")
+    if reason:
+        pytest.skip(reason)
+    lazy, full = lazy_machines
+    ref, blobs, _ = push_estargz(tmp_path, proxy.host, [BASE, TOP], "mounted")
+    hold_background(proxy, blobs[0])
+    rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
+    bottom = rep["layers"][0]["layer"].split(":")[1]
+    full.ok("pull", "-q", ref, INSECURE)
+    lazy.ok("create", ref, "--name", "c")
+    full.ok("create", ref, "--name", "c")
+    merged = Path(lazy.ok("mount", "c").strip())
+    want = Path(full.ok("mount", "c").strip())
+    try:
+        for name in ["one", "one-again", "sparse", "etc/os-release", "opaque/new", "top",
+                     "empty"]:
+            assert (merged / name).read_bytes() == (want / name).read_bytes(), name
+        assert lazy_mark(lazy.diff(bottom) / "big") == b""   # held: not read yet
+        assert sorted(os.listdir(merged)) == sorted(os.listdir(want))
+        assert sorted(os.listdir(merged / "opaque")) == ["new"]
+        assert not (merged / "gone").exists()
+        proxy.release.set()
+        assert (merged / "big").read_bytes() == BIG
+        assert tree_snapshot(merged) == tree_snapshot(want)
+    finally:
+        proxy.release.set()
+        lazy.ok("umount", "c")
+        full.ok("umount", "c")
