@@ -30,17 +30,27 @@ served depends on podman's driver; there is one `DIR` per kind of reader,
 under `<graphroot>/als/` (`layout.StorePaths.als`):
 - `fsd/`, for a podman whose mount_program is fsd: every layer.  fsd reads
   both marker forms and fetches a lazy layer's files when they are opened.
-- `kernel/`, for the kernel overlay (or another mount program): only
-  complete layers the kernel reads as the layer, i.e. of a store keeping the
-  overlay form, or holding no `.wh.` marker.  The kernel would read a lazy
-  file as zeros and a `.wh.` file as a file; podman pulls those layers
-  itself.
-Each holds one entry per blob digest, `diff` a symlink to the layer's diff
-dir.  Which images are served is the record `als.json` (image ids); the
-entries are made to match it under the store lock (`_sync`), each built
-under a temporary name and renamed into place.  `rmi` refuses a served image
-and `prune` keeps it (podman's layers point into it).  A lazy layer completed later reaches
-`kernel/` at the next `als` command.
+- `kernel/`, for the kernel overlay (or another mount program): the layers
+  the kernel reads as the layer.  A complete one is its diff dir when the
+  store keeps the overlay form or the layer holds no `.wh.` marker (the
+  kernel would read a `.wh.` file as a file).  A lazy one holding no marker
+  at all, of an image served with `mount_lazy`, is a read-only fsd mount of
+  its diff dir (a daemon per layer), made here, in the runroot
+  (`layout.StorePaths.als_mounts`): the kernel would read a lazy file as
+  zeros, but reading through fsd fetches it on open.  (fsd shows
+  no whiteout in such a mount, so a lazy layer with markers is not served
+  to the kernel.)  podman pulls the layers left out itself.
+Each holds one entry per blob digest, `diff` a symlink to what the reader
+reads.  Which images are served is the record `als.json` (image ids, and
+those served with `mount_lazy`); the entries are made to match it under
+the store lock (`_sync`, at every `als` command), each built under a
+temporary name and renamed into place; a `diff` whose target changed (a
+lazy layer completed: its mount is no longer needed) is replaced by a
+rename, and a mount no entry names is unmounted once no overlay uses it.
+A mount gone (a reboot) is made again at the next `als` command; until then
+podman's containers on it fail to mount rather than read an empty layer.
+`rmi` refuses a served image and `prune` keeps it (podman's layers point
+into it).
 """
 
 from __future__ import annotations
@@ -52,7 +62,9 @@ import secrets
 
 from . import fsutil, layout
 from .digest import Digest
-from .errors import CorruptRecord, ImageServed, LayersError
+from .drivers.base import Mounted, mount_fstype
+from .drivers.fuse import FuseDriver
+from .errors import CorruptRecord, DriverError, ImageServed, LayersError
 from .records import Image, Layer
 from .storecore import StoreCore
 
@@ -78,10 +90,11 @@ def storage_conf_line(store: StoreCore, reader: str) -> str:
     return f'additionallayerstores = ["{reader_dir(store, reader)}"]'
 
 
-def add(store: StoreCore, ref: str) -> list[str]:
-    """Serve the image `ref`: an entry for each of its layers.  NotServable
-    when a layer has no blob digest (imported from a plain tar): podman asks
-    for a layer by the digest of its blob."""
+def add(store: StoreCore, ref: str, mount_lazy: bool = False) -> list[str]:
+    """Serve the image `ref`: an entry for each of its layers (with
+    `mount_lazy`, for the kernel its lazy ones too: module doc).
+    NotServable when a layer has no blob digest (imported from a plain tar):
+    podman asks for a layer by the digest of its blob."""
     with store.lock:
         image = store.images.resolve(ref)
         layers = _layers_of(store, image)
@@ -89,15 +102,20 @@ def add(store: StoreCore, ref: str) -> list[str]:
         if missing:
             raise NotServable(ref, f"layer {missing[0]} has no blob digest, which is "
                                    "what podman asks for")
-        served = _load(store)
-        if image.id not in served:
-            _save(store, sorted(served | {image.id}))
+        served, mounted = _load(store)
+        mounted = mounted | {image.id} if mount_lazy else mounted - {image.id}
+        _save(store, served | {image.id}, mounted)
         _sync(store)
-        kernel = sum(1 for layer in layers if _kernel_reads(store, layer))
+        kernel = sum(1 for layer in layers
+                     if _kernel_view(store, layer, mount_lazy) is not None)
+        unmounted = 0 if mount_lazy else sum(
+            1 for layer in layers if _kernel_view(store, layer, True) not in (
+                None, store.layers.diff_dir(layer.id)))
     return [f"serving {ref}: {len(layers)} layers to podman with fsd as mount_program: "
             f"{storage_conf_line(store, FSD)}",
-            f"{kernel} of them to the kernel overlay or another mount program: "
-            f"{storage_conf_line(store, KERNEL)}"]
+            f"{kernel} of them to the kernel overlay or another mount program"
+            + (f" ({unmounted} lazy more with --mount-lazy)" if unmounted else "")
+            + f": {storage_conf_line(store, KERNEL)}"]
 
 
 def remove(store: StoreCore, ref: str) -> list[str]:
@@ -105,10 +123,10 @@ def remove(store: StoreCore, ref: str) -> list[str]:
     served image has go (podman's layers made from them break)."""
     with store.lock:
         image = store.images.resolve(ref)
-        served = _load(store)
+        served, mounted = _load(store)
         if image.id not in served:
             return [f"{ref} was not served"]
-        _save(store, sorted(served - {image.id}))
+        _save(store, served - {image.id}, mounted - {image.id})
         _sync(store)
     return [f"no longer serving {ref}"]
 
@@ -117,7 +135,7 @@ def served(store: StoreCore) -> list[tuple[Image, list[Layer]]]:
     """The served images and their layers, bottom first."""
     with store.lock:
         out = []
-        for image_id in sorted(_load(store)):
+        for image_id in sorted(_load(store)[0]):
             image = store.images.get(image_id)
             if image is not None:
                 out.append((image, _layers_of(store, image)))
@@ -126,12 +144,12 @@ def served(store: StoreCore) -> list[tuple[Image, list[Layer]]]:
 
 def served_ids(store: StoreCore) -> set[str]:
     """Ids of the served images (the caller holds the lock): `prune` keeps them."""
-    return _load(store)
+    return _load(store)[0]
 
 
 def refuse_served(store: StoreCore, image: Image, ref: str) -> None:
     """ImageServed when `image` is served (the caller holds the lock)."""
-    if image.id in _load(store):
+    if image.id in _load(store)[0]:
         raise ImageServed(ref)
 
 
@@ -160,83 +178,175 @@ def _layers_of(store: StoreCore, image: Image) -> list[Layer]:
     return out
 
 
-def _load(store: StoreCore) -> set[str]:
+def _load(store: StoreCore) -> tuple[set[str], set[str]]:
+    """(ids of the served images, those served with `mount_lazy`)."""
     try:
         with open(store.paths.als_record, "rb") as f:
             doc = json.loads(f.read())
     except FileNotFoundError:
-        return set()
+        return set(), set()
     except ValueError as e:
         raise CorruptRecord(store.paths.als_record, str(e)) from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) \
-            or not all(isinstance(i, str) for i in doc["images"]):
-        raise CorruptRecord(store.paths.als_record, "expected {\"images\": [ids]}")
-    return set(doc["images"])
+    if not isinstance(doc, dict) or any(
+            not isinstance(doc.get(key), list) or not all(isinstance(i, str) for i in doc[key])
+            for key in ("images", "mount_lazy")):
+        raise CorruptRecord(store.paths.als_record,
+                            'expected {"images": [ids], "mount_lazy": [ids]}')
+    return set(doc["images"]), set(doc["mount_lazy"])
 
 
-def _save(store: StoreCore, image_ids: list[str]) -> None:
-    fsutil.atomic_write(store.paths.als_record,
-                        json.dumps({"images": image_ids}).encode() + b"\n", mode=0o600)
+def _save(store: StoreCore, images: set[str], mount_lazy: set[str]) -> None:
+    doc = {"images": sorted(images), "mount_lazy": sorted(mount_lazy)}
+    fsutil.atomic_write(store.paths.als_record, json.dumps(doc).encode() + b"\n", mode=0o600)
 
 
 def _sync(store: StoreCore) -> None:
     """Make the entries under `als/` those of the served images' layers, for
-    each reader those it reads right: missing ones built aside and renamed
-    in, others (and leftovers of an interrupted build) removed.  A served
-    image removed behind our back is dropped."""
-    served = _load(store)
+    each reader what it reads right (module doc).  A served image removed
+    behind our back is dropped."""
+    served, mounted = _load(store)
     present = {i for i in served if store.images.get(i) is not None}
     if present != served:
-        _save(store, sorted(present))
+        _save(store, present, mounted & present)
     layers: dict[str, Layer] = {}
+    mount_lazy: set[str] = set()       # blob digests of layers that may be mounted
     for image_id in present:
         for layer in _layers_of(store, store.images.get(image_id)):
             if layer.compressed_digest is not None:
                 layers[str(layer.compressed_digest)] = layer
+                if image_id in mounted:
+                    mount_lazy.add(str(layer.compressed_digest))
     os.makedirs(store.paths.als, mode=0o755, exist_ok=True)
-    for reader in READERS:
-        directory = reader_dir(store, reader)
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        wanted = {name: layer for name, layer in layers.items()
-                  if reader == FSD or _kernel_reads(store, layer)}
-        for name in os.listdir(directory):
-            if name not in wanted:
-                fsutil.remove_tree(os.path.join(directory, name))
-        for name, layer in sorted(wanted.items()):
-            if not os.path.lexists(os.path.join(directory, name)):
-                _build_entry(store, directory, layer)
-        fsutil.fsync_dir(directory)
+    kernel: dict[str, tuple[str, Layer]] = {}
+    for name, layer in layers.items():
+        view = _kernel_view(store, layer, name in mount_lazy)
+        if view is not None:
+            kernel[name] = (view, layer)
+            if view != store.layers.diff_dir(layer.id):
+                _ensure_mounted(view, store.layers.diff_dir(layer.id))
+    _sync_reader(store, FSD, {name: (store.layers.diff_dir(layer.id), layer)
+                              for name, layer in layers.items()})
+    _sync_reader(store, KERNEL, kernel)
+    _unmount_unused(store, {view for view, _ in kernel.values()})
 
 
-def _kernel_reads(store: StoreCore, layer: Layer) -> bool:
-    """Whether the kernel overlay reads the layer's diff dir as the layer:
-    complete (its root without the lazy mark), and in the overlay form or
-    holding no `.wh.` marker (what fsd and the store's other drivers read)."""
+def _sync_reader(store: StoreCore, reader: str,
+                 wanted: dict[str, tuple[str, Layer]]) -> None:
+    """The reader's entries: one per blob digest in `wanted`, its `diff` a
+    symlink to the path given with the layer; missing ones built aside and
+    renamed in, a changed `diff` replaced, others (and leftovers of an
+    interrupted build) removed."""
+    directory = reader_dir(store, reader)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    for name in os.listdir(directory):
+        if name not in wanted:
+            fsutil.remove_tree(os.path.join(directory, name))
+    for name, (target, layer) in sorted(wanted.items()):
+        entry = os.path.join(directory, name)
+        if not os.path.lexists(entry):
+            _build_entry(entry, target, layer)
+        elif os.readlink(os.path.join(entry, "diff")) != target:
+            _replace_symlink(os.path.join(entry, "diff"), target)
+    fsutil.fsync_dir(directory)
+
+
+def _kernel_view(store: StoreCore, layer: Layer, mount_lazy: bool) -> str | None:
+    """What the kernel overlay may read as the layer (module doc): its diff
+    dir, the mount point of an fsd mount of it (only if `mount_lazy`), or
+    None."""
     diff = store.layers.diff_dir(layer.id)
     try:
         os.getxattr(diff, layout.LAZY_XATTR)
-        return False
     except OSError as e:
         if e.errno != errno.ENODATA:
             raise
-    if store.driver.form == layout.FORM_OVERLAY:
-        return True
-    for _, dirs, files in os.walk(diff):
-        if any(n.startswith(layout.WHITEOUT_PREFIX) for n in dirs + files):
-            return False
-    return True
+        if store.driver.form == layout.FORM_OVERLAY or not _has_markers(diff, oci_only=True):
+            return diff
+        return None
+    if not mount_lazy or _has_markers(diff, oci_only=False):
+        return None
+    return os.path.join(store.paths.als_mounts, layer.compressed_digest.hex)
 
 
-def _build_entry(store: StoreCore, directory: str, layer: Layer) -> None:
-    final = os.path.join(directory, str(layer.compressed_digest))
-    tmp = os.path.join(directory, f".{layer.compressed_digest.hex}.tmp-"
-                                  f"{os.getpid()}-{secrets.token_hex(4)}")
+def _has_markers(tree: str, oci_only: bool) -> bool:
+    """Whether `tree` holds a whiteout or opaque marker: a `.wh.` name, and
+    unless `oci_only` a char device 0/0 or an opaque xattr too."""
+    for parent, dirs, files in os.walk(tree):
+        names = dirs + files
+        if any(n.startswith(layout.WHITEOUT_PREFIX) for n in names):
+            return True
+        if oci_only:
+            continue
+        if layout.is_opaque_dir(parent, set(names)):
+            return True
+        for n in files:
+            path = os.path.join(parent, n)
+            if layout.is_whiteout_dev(os.lstat(path)):
+                return True
+    return False
+
+
+def _ensure_mounted(mountpoint: str, diff: str) -> None:
+    """A live read-only fsd mount of the lazy layer `diff` at `mountpoint`; a
+    dead one (its daemon gone) is unmounted and made again."""
+    if mount_fstype(mountpoint) is not None:
+        try:
+            os.stat(mountpoint)
+            return
+        except OSError:
+            FuseDriver().umount("", Mounted(mountpoint, None), lazy=True)
+    os.makedirs(mountpoint, mode=0o755, exist_ok=True)
+    FuseDriver().mount_read_only([diff], mountpoint,
+                                 ("allow_other", f"logfile={mountpoint}.log"))
+
+
+def _unmount_unused(store: StoreCore, views: set[str]) -> None:
+    """Unmount the fsd mounts no entry names, and remove their mount points;
+    one an overlay still uses (busy) stays until a later `als` command."""
+    for name in _listdir(store.paths.als_mounts):
+        mountpoint = os.path.join(store.paths.als_mounts, name)
+        if name.endswith(".log") or mountpoint in views:
+            continue
+        try:
+            FuseDriver().umount("", Mounted(mountpoint, None))
+        except DriverError:
+            continue
+        os.rmdir(mountpoint)
+        fsutil.remove_file(mountpoint + ".log")
+
+
+def unmount_all(store: StoreCore) -> None:
+    """Unmount every fsd mount made for the kernel (`reset`); DriverError
+    when one is busy."""
+    _unmount_unused(store, set())
+    leftover = [n for n in _listdir(store.paths.als_mounts) if not n.endswith(".log")]
+    if leftover:
+        raise DriverError("fuse", f"{os.path.join(store.paths.als_mounts, leftover[0])} is "
+                                  "busy: a container of podman's still reads it")
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _replace_symlink(path: str, target: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    os.symlink(target, tmp)
+    os.rename(tmp, path)
+
+
+def _build_entry(entry: str, target: str, layer: Layer) -> None:
+    directory, name = os.path.split(entry)
+    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     os.mkdir(tmp, 0o755)
     try:
-        os.symlink(store.layers.diff_dir(layer.id), os.path.join(tmp, "diff"))
+        os.symlink(target, os.path.join(tmp, "diff"))
         fsutil.atomic_write(os.path.join(tmp, "info"), info_json(layer))
         os.mkdir(os.path.join(tmp, "blob"), 0o755)
-        os.rename(tmp, final)
+        os.rename(tmp, entry)
     except BaseException:
         fsutil.remove_tree(tmp)
         raise

@@ -111,6 +111,7 @@ def reset(store: StoreCore) -> list[str]:
             if store.mounts.get(c.id) is not None:
                 store.umount_all(c)
                 done.append(f"unmounted {c.name}")
+        als.unmount_all(store)
         fsutil.remove_tree(store.paths.runroot)
         trash = os.path.join(parent, f".{base}.strata-removing-{secrets.token_hex(4)}")
         os.rename(root, trash)

@@ -142,8 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(its layers are not pulled again; lazy ones stay lazy)")
     groups["als"] = a
     asub = a.add_subparsers(dest="als_command", metavar="COMMAND")
-    c = asub.add_parser("add", help="serve an image; prints the storage.conf line podman needs")
+    c = asub.add_parser("add", help="serve an image; prints the storage.conf lines podman needs")
     c.add_argument("image")
+    c.add_argument("--mount-lazy", action="store_true",
+                   help="its lazy layers to the kernel overlay too, through read-only fsd "
+                        "mounts (a daemon per layer)")
     c = asub.add_parser("rm", help="serve an image no more")
     c.add_argument("image")
     asub.add_parser("ls", help="list the images served")
@@ -504,7 +507,8 @@ def _cmd_volume(store: Store, args) -> int:
 
 
 def _cmd_als(store: Store, args) -> int:
-    for line in store.als(args.als_command, getattr(args, "image", None)):
+    for line in store.als(args.als_command, getattr(args, "image", None),
+                          getattr(args, "mount_lazy", False)):
         print(line)
     return 0
 

@@ -32,7 +32,8 @@ Store root (`graphroot`)::
     als/<reader>/<blob digest>/ podman's additional layer stores (als.py), one
                                 per kind of reader (fsd, kernel): `diff`
                                 (symlink to the layer's diff/), `info`, `blob`
-    als.json                    the images served there: {"images": [ids]}
+    als.json                    the images served there: {"images": [ids],
+                                "mount_lazy": [ids]} (als.py)
 
 Runtime root (`runroot`)::
 
@@ -42,6 +43,8 @@ Runtime root (`runroot`)::
     <store-key>/fetcher.sock    the fetcher's socket (fetcher.py), while it runs
     <store-key>/fetcher.pid     its pid, flock'ed while it runs
     <store-key>/fetcher.log     one line per failure of a fetch
+    <store-key>/als/<blob hex>  read-only fsd mount of a lazy layer, for the
+                                kernel overlay (als.py); its log beside it
 
 A lazy layer (lazylayer.py: pulled with `pull --lazy`, its record's `lazy`
 set) has a placeholder tree as its diff/: every entry of the layer's tar as
@@ -259,6 +262,10 @@ class StorePaths:
     @property
     def als_record(self) -> str:
         return os.path.join(self.root, ALS_RECORD)
+
+    @property
+    def als_mounts(self) -> str:
+        return os.path.join(self.runroot, ALS)
 
     @property
     def mounts(self) -> str:

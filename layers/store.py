@@ -247,10 +247,10 @@ class Store(StoreCore):
     # of the module named for it, where its docstring says what it does.
 
     # -- podman's additional layer store ----------------------------------------------
-    def als(self, action: str, ref: str | None = None) -> list[str]:
+    def als(self, action: str, ref: str | None = None, mount_lazy: bool = False) -> list[str]:
         """`layers als add|rm REF`, `layers als ls`: see als.py."""
         if action == "add":
-            return als.add(self, ref)
+            return als.add(self, ref, mount_lazy)
         if action == "rm":
             return als.remove(self, ref)
         return [f"{image.id[:12]}  {','.join(image.names) or '<none>'}  {len(layers)} layers"

@@ -148,8 +148,16 @@ class FuseDriver(Driver):
         return ",".join(opts)
 
     def mount(self, cdir: str, lowers: list[str], quota: Quota = Quota()) -> Mounted:
-        merged = os.path.join(cdir, "merged")
-        argv = [self.program(), "-o", self.options(cdir, lowers, quota), merged]
+        return self._mount(self.options(cdir, lowers, quota), os.path.join(cdir, "merged"))
+
+    def mount_read_only(self, lowers: list[str], mountpoint: str,
+                        extra: tuple[str, ...] = ()) -> Mounted:
+        """`lowers` merged at `mountpoint`, with no upper: read-only."""
+        lowerdir = "lowerdir=" + ":".join(escape_option(p) for p in lowers)
+        return self._mount(",".join([lowerdir, *extra]), mountpoint)
+
+    def _mount(self, options: str, merged: str) -> Mounted:
+        argv = [self.program(), "-o", options, merged]
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                                   timeout=MOUNT_TIMEOUT)

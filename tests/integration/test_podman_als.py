@@ -175,12 +175,13 @@ def test_podman_runs_an_image_whose_layers_it_did_not_pull(served, registry):
     assert registry.blob_gets() == fetched, "podman run fetched blobs"
 
 
-@pytest.mark.parametrize("served", ["fsd-rootful"], indirect=True)
-def test_podman_fetches_a_lazy_layer_file_by_file_through_fsd(served, registry):
+@pytest.mark.parametrize("served", ["fsd-rootful", "kernel-rootful"], indirect=True)
+def test_podman_fetches_a_lazy_layer_file_by_file(served, registry):
     """A layer of the store made lazy (the placeholder tree and a fetcher of
     tests/support/lazyfetcher.py standing for `pull --lazy`'s): podman runs the
-    image from `als/fsd`, and only the file the command reads is fetched, when
-    fsd opens it; `als/kernel` does not offer the layer."""
+    image from the store, and only the file the command reads is fetched, when
+    it is opened: by podman's fsd, or (`als/kernel`, `--mount-lazy`) by the
+    read-only fsd mount the store made for the kernel overlay to read."""
     top = layer_tar(served.box.root / "data.tar", {"data/read.txt": b"fetched on open\n",
                                                    "data/unread.bin": os.urandom(1 << 20)})
     ref = publish(served, registry, "lazy", top)
@@ -192,10 +193,17 @@ def test_podman_fetches_a_lazy_layer_file_by_file_through_fsd(served, registry):
     make_placeholder(reference, diff, sockets / "fetch.sock")
     fetcher = Fetcher(sockets / "fetch.sock", {diff: reference})
     fetcher.start()
+    kernel = served.als.name == "kernel"
     try:
-        served.layers("als", "add", ref)    # again: the layer is lazy now
+        served.layers("als", "add", "--mount-lazy", ref)    # again: the layer is lazy now
         base, lazy = layer_blobs(served, ref)
-        assert sorted(p.name for p in (served.als.parent / "kernel").iterdir()) == [base]
+        assert {base, lazy} <= {p.name for p in served.als.iterdir()}
+        view = os.readlink(served.als / lazy / "diff")
+        agent = served.podman.agent     # the mount is in its mount namespace
+        if kernel:
+            assert agent.mounted(view, mounts.FSD_FSTYPE), view
+        else:
+            assert view == str(diff)
 
         registry.reset()
         served.podman("pull", INSECURE, ref)
@@ -206,7 +214,11 @@ def test_podman_fetches_a_lazy_layer_file_by_file_through_fsd(served, registry):
         assert {layer for layer, _ in fetcher.requests} == {str(diff)}
         assert LAZY_XATTR in os.listxattr(diff / "data/unread.bin")
         assert LAZY_XATTR not in os.listxattr(diff / "data/read.txt")
-        assert registry.blob_gets() == [registry.blob_gets()[0]], "podman run fetched blobs"
+        assert len(registry.blob_gets()) == 1, "podman run fetched blobs"
+        served.podman("rmi", ref)
+        served.layers("als", "rm", ref)
+        if kernel:
+            assert not agent.mounted(view), f"{view} still mounted after als rm"
     finally:
         fetcher.stop()
         os.rmdir(sockets)

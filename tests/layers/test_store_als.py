@@ -107,23 +107,43 @@ def test_a_layer_without_a_blob_digest_is_refused(store_env, tmp_path):
 
 
 def test_the_kernel_gets_no_layer_it_would_misread(store_env, tmp_path):
-    """A `.wh.` file of the OCI form is a plain file to the kernel overlay, and
-    a lazy layer's files read as zeros: podman pulls those layers itself."""
+    """A `.wh.` file of the OCI form is a plain file to the kernel overlay; a
+    lazy layer would reach it through an fsd mount, which shows no marker of
+    either form: podman pulls those layers itself."""
     store = store_env.open()
     assert store.driver.form == layout.FORM_OCI
     store.import_path(str(oci_layout(tmp_path / "w", [BASE, WHITEOUT, APP1]).path), name="w")
     base, whiteout, app = store.image("w").layers
     lazy = store.layers.diff_dir(app)
     os.setxattr(lazy, layout.LAZY_XATTR, b"/run/fetcher.sock")
-    r = store_env.ok("als", "add", "w")
-    assert r.out.splitlines()[1].startswith("1 of them to the kernel overlay")
+    os.setxattr(os.path.join(lazy, "app"), layout.KERNEL_OPAQUE_XATTR, b"y")
+    r = store_env.ok("als", "add", "--mount-lazy", "w")
+    assert r.out.splitlines()[1].startswith("1 of them to the kernel overlay or another "
+                                            "mount program: ")
     assert entries(store) == sorted(blobs(store, "w"))
     assert entries(store, als.KERNEL) == [str(store.layers.get(base).compressed_digest)]
-    # once complete, the next change serves it to the kernel too
+    assert os.readlink(os.path.join(als.entry_dir(store, als.KERNEL, store.layers.get(
+        base).compressed_digest), "diff")) == store.layers.diff_dir(base)
+    # once complete, the next change serves it to the kernel too, as it is
     os.removexattr(lazy, layout.LAZY_XATTR)
+    os.removexattr(os.path.join(lazy, "app"), layout.KERNEL_OPAQUE_XATTR)
     store_env.ok("als", "add", "w")
     assert entries(store, als.KERNEL) == sorted(
         str(store.layers.get(lid).compressed_digest) for lid in (base, app))
+
+
+def test_a_lazy_layer_reaches_the_kernel_only_when_asked(images, store_env):
+    """Mounting it costs a daemon: without --mount-lazy the line says what is
+    left out."""
+    store = images
+    base, app = store.image("a").layers
+    os.setxattr(store.layers.diff_dir(app), layout.LAZY_XATTR, b"/run/fetcher.sock")
+    r = store_env.ok("als", "add", "a")
+    assert r.out.splitlines()[1] == ("1 of them to the kernel overlay or another mount program "
+                                     "(1 lazy more with --mount-lazy): additionallayerstores = "
+                                     f'["{store.paths.als}/kernel"]')
+    assert entries(store, als.KERNEL) == [str(store.layers.get(base).compressed_digest)]
+    os.removexattr(store.layers.diff_dir(app), layout.LAZY_XATTR)
 
 
 def test_prune_keeps_a_served_image(images, store_env):
