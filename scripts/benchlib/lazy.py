@@ -45,6 +45,7 @@ anything); 2 bad usage or an environment it cannot run in; 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import platform
@@ -308,7 +309,7 @@ def _is_lazy(diff: Path) -> bool:
         os.getxattr(diff, LAZY_XATTR, follow_symlinks=False)
         return True
     except OSError as exc:
-        if exc.errno == 61:  # ENODATA
+        if exc.errno == errno.ENODATA:
             return False
         raise
 
