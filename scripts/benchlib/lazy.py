@@ -30,7 +30,8 @@ Each repetition runs these, in an order that rotates, each on a fresh store
   lazy           `layers pull --lazy` of the first image (eStargz) + create +
                  mount + the command to its first output; then until the
                  background fetch has completed every layer (no layer root
-                 carries `user.strata.lazy` any more, LAZY-CONTRACT)
+                 carries `user.strata.lazy` and no layer record says `lazy`
+                 any more: each was checked against its diffID, LAZY-CONTRACT)
 Every figure is from the pull's start; bytes are those the proxy sent the
 client (answers' heads and bodies), read at the instant. A command whose
 output differs from the expected one (the data file's sha256) fails its run.
@@ -115,16 +116,6 @@ def parse_args(argv):
     if args.timeout is None:
         args.timeout = 120.0 if args.small else 600.0
     return args
-
-
-def capabilities() -> dict[str, str | None]:
-    """Which parts the store's CLI has: {"estargz": why not or None, "lazy": ...}."""
-    def help_of(cmd: str) -> str:
-        r = subprocess.run([str(LAYERS), cmd, "-h"], capture_output=True, text=True, timeout=60)
-        return r.stdout
-    push, pull = help_of("push"), help_of("pull")
-    return {"estargz": None if "estargz" in push else "layers push has no --compression-format estargz",
-            "lazy": None if "--lazy" in pull else "layers pull has no --lazy"}
 
 
 # -- a store ----------------------------------------------------------------------------------
@@ -292,7 +283,7 @@ def _first_output(argv: list[str], deadline: float, proxy: ShapedProxy, errfile:
 
 
 def _wait_complete(diffs: list[Path], deadline: float) -> float:
-    """The instant no layer root carries the lazy xattr any more (polled)."""
+    """The instant no layer is lazy any more (polled)."""
     while True:
         now = time.perf_counter()
         if not any(_is_lazy(d) for d in diffs):
@@ -304,14 +295,23 @@ def _wait_complete(diffs: list[Path], deadline: float) -> float:
         time.sleep(0.05)
 
 
+def _lazy_record(diff: Path) -> dict | None:
+    """The `lazy` field of the layer's record (`layers/<chainid>.json`,
+    LAZY-CONTRACT 2): where its content still is and how much has come;
+    None once the layer is an ordinary one."""
+    return json.loads((diff.parents[1] / f"{diff.parent.name}.json").read_text()).get("lazy")
+
+
 def _is_lazy(diff: Path) -> bool:
+    """Its root still carries the lazy xattr (a file is incomplete), or its
+    record still says it is lazy (not yet checked against its diffID)."""
     try:
         os.getxattr(diff, LAZY_XATTR, follow_symlinks=False)
         return True
     except OSError as exc:
-        if exc.errno == errno.ENODATA:
-            return False
-        raise
+        if exc.errno != errno.ENODATA:
+            raise
+    return _lazy_record(diff) is not None
 
 
 def _traffic(c: Counters) -> dict:
@@ -359,7 +359,10 @@ class Run:
             raise StepError(f"the command printed {out[:200]!r}, not {self.spec['expected_output']!r}")
         if self.mode == LAZY:
             diffs = self.store.layer_diffs(ref)
-            r["lazy_layers_at_first_output"] = sum(_is_lazy(d) for d in diffs)
+            records = [_lazy_record(d) for d in diffs]
+            # the store's own count: blob bytes fetched (footers and TOCs included)
+            r["store_fetched_at_first_output"] = sum(rec["fetched"] for rec in records if rec)
+            r["lazy_layers_at_first_output"] = sum(rec is not None for rec in records)
             r["background_done_s"] = _wait_complete(diffs, deadline) - t0
         total = self.proxy.counters()
         r["fetched_total"] = total.down
@@ -367,11 +370,7 @@ class Run:
         # the requests in order, seconds from the pull's start (the proxy was reset just before it)
         r["requests"] = [[round(q.at, 3), q.method, q.target.rsplit("/", 1)[-1][:19], q.range]
                          for q in total.requests]
-        if self.mode == LAZY:
-            # what the store says of its layers once complete (the lazy fields, if it keeps any)
-            r["layers_after"] = [{k: v for k, v in json.loads(self.store("inspect", d.parent.name)).items()
-                                  if "lazy" in k.lower() or "fetch" in k.lower()} for d in diffs]
-        else:
+        if self.mode != LAZY:
             self.partial(fmt)
 
     def partial(self, fmt: str) -> None:
@@ -440,16 +439,12 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), "|" + "|".join("-" * (n + 2) for n in widths) + "|", *map(line, rows)]
 
 
-def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, skipped: dict[str, str],
-           reps: int) -> str:
+def render(summary: dict, runs: dict[str, list[dict]], images: Images | None) -> str:
     med = summary["medians"]
     image = {mode: images.layer_bytes.get(("first", "gzip" if mode == FULL_GZIP else "estargz"))
              for mode in MODES} if images else {}
     rows = []
     for mode in MODES:
-        if mode in skipped:
-            rows.append([mode, *["-"] * 6, f"not run: {skipped[mode]}"])
-            continue
         m, rs = med.get(mode, {}), runs.get(mode, [])
         failed = sum("error" in r for r in rs)
         rows.append([mode, _s(m.get("pull_s")), _s(m.get("create_mount_s")), _s(m.get("first_output_s")),
@@ -477,9 +472,6 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, sk
                    f"{statistics.median(requests):.0f} requests by the first output")
     rows = []
     for mode, what in ((FULL_GZIP, "gzip: whole layers"), (FULL_ESTARGZ, "estargz: partial pull by content")):
-        if mode in skipped:
-            rows.append([what, "-", "-", "-", f"not run: {skipped[mode]}"])
-            continue
         m = med.get(mode, {})
         fmt = "gzip" if mode == FULL_GZIP else "estargz"
         whole = images.layer_bytes.get(("second", fmt)) if images else None
@@ -528,15 +520,6 @@ def main(argv=None) -> int:
     quiet = Quiet(args.max_load)
     load = quiet.load_start
     say(f"bench-lazy: load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {quiet.cpus} CPUs")
-    caps = capabilities()
-    skipped = {}
-    if caps["estargz"]:
-        skipped[FULL_ESTARGZ] = skipped[LAZY] = caps["estargz"]
-    elif caps["lazy"]:
-        skipped[LAZY] = caps["lazy"]
-    for mode, why in skipped.items():
-        say(f"bench-lazy: without {mode}: {why}")
-    modes = [m for m in MODES if m not in skipped]
     interrupt_on_term()
     cache = REPO / ".cache" / "bench"
     scratch = cache / "scratch"
@@ -545,7 +528,7 @@ def main(argv=None) -> int:
     run_dir = scratch / f"lazy-{os.getpid()}"
     run_dir.mkdir()
     size = "small" if args.small else "full"
-    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    runs: dict[str, list[dict]] = {m: [] for m in MODES}
     problems: list[str] = []
     images = registry = proxy = None
     interrupted = False
@@ -563,13 +546,13 @@ def main(argv=None) -> int:
         seed = Store(run_dir / "seed", args.timeout)
         try:
             images = push_images(seed, registry, component,
-                                 ["gzip"] + (["estargz"] if not caps["estargz"] else []))
+                                 ["gzip", "estargz"])
         finally:
             problems += seed.close()
         proxy = ShapedProxy(registry.host, delay=args.delay / 1000, rate=args.rate * 1e6 / 8).start()
         for rep in range(args.reps):
             say(f"bench-lazy: rep {rep + 1}/{args.reps}: CPUs {quiet.sample_idle():.0%} idle before it")
-            for mode in _rotate(modes, rep):
+            for mode in _rotate(list(MODES), rep):
                 store = Store(run_dir / f"r{rep}-{mode.replace(' ', '-')}", args.timeout)
                 run = Run(mode, rep, store, proxy, images, component, args.timeout)
                 try:
@@ -621,7 +604,7 @@ def main(argv=None) -> int:
                  images.layer_bytes else "") + ")")
     if busy:
         print("busy, not judged: " + "; ".join(busy))
-    print(render(summary, runs, images, skipped, args.reps), end="")
+    print(render(summary, runs, images), end="")
     if errors:
         print("\nerrors:")
         for e in errors:
@@ -630,7 +613,7 @@ def main(argv=None) -> int:
         doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
                "seconds": round(time.time() - started, 1), "interrupted": interrupted,
                "options": vars(args), "host": {"kernel": platform.release(), "cpus": os.cpu_count()},
-               "machine": quiet.describe(), "skipped": skipped,
+               "machine": quiet.describe(),
                "images": None if images is None else {
                    "refs": {f"{i}:{f}": v for (i, f), v in images.refs.items()},
                    "layer_bytes": {f"{i}:{f}": v for (i, f), v in images.layer_bytes.items()},
