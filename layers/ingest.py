@@ -15,6 +15,7 @@ import functools
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from . import estargz, fsutil, layout, lazylayer
@@ -200,15 +201,30 @@ def _extract(store: StoreCore, blob: LayerBlob, index: int, total: int, staged: 
                  size=fsutil.allocated_size(staged))
 
 
-def _stage_lazy(origin: Callable[..., LazySource], store: StoreCore, blob: LayerBlob, index: int,
-                total: int, staged: str, progress: Progress | None, parent: Digest | None,
-                layer_id: Digest) -> Layer:
-    """A layer of a seekable blob (its TOC digest annotated) made lazy in
-    `staged`: footer, then TOC by range requests, the TOC checked against
-    the annotation, the placeholder tree built from it and the TOC kept
-    (lazylayer.py); the record says where the rest is (`origin`, a pull's
-    registry and repository, completed by `origin(blob=…)`).  A layer with nothing to fetch is finished at
-    once (its diffID checked).  Any other blob is extracted whole."""
+@dataclass
+class Seekable:
+    """How a pull treats seekable layers (`_stage_seekable`): lazily
+    (`origin` makes their records' LazySource), or completed at once reusing
+    the files the store holds (`local`); `saved` gathers, per blob, the
+    blob bytes not fetched thanks to that."""
+    lazy: bool
+    origin: Callable[..., LazySource]
+    local: dict = field(default_factory=dict)
+    saved: dict[Digest, int] = field(default_factory=dict)
+
+
+def _stage_seekable(how: Seekable, store: StoreCore, blob: LayerBlob, index: int,
+                    total: int, staged: str, progress: Progress | None,
+                    parent: Digest | None, layer_id: Digest) -> Layer:
+    """A layer of a seekable blob (its TOC digest annotated) staged from its
+    table of contents: footer, then TOC by range requests, the TOC checked
+    against the annotation, the placeholder tree built from it, the TOC and
+    the contents index kept (lazylayer.py).  Lazily: the record says where
+    the rest is (`how.origin(blob=…)`).  Otherwise the files the store holds
+    are cloned (`lazylayer.reuse`), the rest fetched (`lazylayer.fill`), and
+    the layer finished: its rebuilt tar checked against the diffID.  A layer
+    with nothing to fetch is finished at once either way.  Any other blob is
+    extracted whole (`_extract`)."""
     if blob.toc_digest is None or blob.read_range is None or blob.size is None \
             or blob.size <= estargz.FOOTER_SIZE:
         return _extract(store, blob, index, total, staged, progress, parent, layer_id)
@@ -227,12 +243,19 @@ def _stage_lazy(origin: Callable[..., LazySource], store: StoreCore, blob: Layer
                                    layer_id.short)
     diff = os.path.join(staged, layout.LAYER_DIFF)
     os.makedirs(diff, mode=0o755)
-    lazylayer.build_placeholders(content, diff, store.extract_options(),
-                                 store.paths.fetcher_socket)
+    options = store.extract_options()
+    lazylayer.build_placeholders(content, diff, options, store.paths.fetcher_socket)
     fsutil.atomic_write(os.path.join(staged, layout.TOC), region)
-    lazy = origin(blob=blob.digest, toc_digest=blob.toc_digest, total=blob.size,
-                  fetched=len(tail) + len(region))
-    if not content.files:
+    lazylayer.write_contents(content, os.path.join(staged, layout.CONTENTS))
+    lazy = how.origin(blob=blob.digest, toc_digest=blob.toc_digest, total=blob.size,
+                      fetched=len(tail) + len(region))
+    if not how.lazy:
+        reused = lazylayer.reuse(diff, content, how.local, options)
+        how.saved[blob.digest] = sum(c.blob_end - c.blob_start for p in reused
+                                     for c in content.files[p].chunks)
+        lazylayer.fill(diff, content, lazylayer.incomplete_files(diff, content),
+                       blob.read_range, options)
+    if not how.lazy or not content.files:
         lazylayer.finish(diff, content, blob.diff_id, os.path.join(staged, layout.SPLIT))
         lazy = None
     return Layer(id=layer_id, diff_id=blob.diff_id, parent=parent,
@@ -311,12 +334,15 @@ def pull(store: StoreCore, ref: str, options: RegistryOptions, name: str | None 
         remote = pulled.remote
         src = remote.source
         image_id = Digest.of_bytes(src.config).hex
-        stage = None
-        if lazy:
-            stage = functools.partial(_stage_lazy, functools.partial(
-                LazySource, registry=remote.reference.registry,
-                repository=remote.reference.repository, insecure=not pulled.client.verify,
-                cert_dir=options.cert_dir))
+        how = Seekable(lazy, functools.partial(
+            LazySource, registry=remote.reference.registry,
+            repository=remote.reference.repository, insecure=not pulled.client.verify,
+            cert_dir=options.cert_dir))
+        if not lazy and any(b.toc_digest for b in src.layers):
+            how.local = lazylayer.local_contents(
+                (store.layers.diff_dir(layer.id), store.paths.layer_contents(layer.id))
+                for layer in store.layers.all())
+        stage = functools.partial(_stage_seekable, how)
         with fsutil.exclusive_flock(store.paths.image_import_lock(image_id)):
             image, outcomes = _ingest(store, src, image_id,
                                       src.names if names is None else names, lease,
@@ -334,7 +360,7 @@ def pull(store: StoreCore, ref: str, options: RegistryOptions, name: str | None 
             reference=str(pulled.asked), found_at=str(remote.reference),
             image_id=image.id, names=image.names, manifest_digest=src.manifest_digest,
             layers=[LayerTransfer(i, chain[i], b.digest, b.size, outcomes[i],
-                                  remote.received.get(b.digest, 0))
+                                  remote.received.get(b.digest, 0), how.saved.get(b.digest, 0))
                     for i, b in enumerate(src.layers)],
             received=remote.bytes_received, seconds=time.monotonic() - started,
             mirrors_passed=pulled.mirrors_passed)

@@ -10,6 +10,9 @@ Store root (`graphroot`)::
     layers/<chainid-hex>/toc    a layer pulled from a seekable blob: its table of
                                 contents as fetched (estargz.py reads it, checking
                                 the digest in the record)
+    layers/<chainid-hex>/contents.json  the same layer's file contents by digest:
+                                {"sha256:…": "relpath"}, where a pull finds
+                                content the store holds (lazylayer.py)
     layers/<chainid-hex>/btrfs/ the btrfs driver's subvolume: the full tree of
                                 the image up to this layer (drivers/btrfs.py)
     layers/<chainid-hex>/tar-split.gz  what rebuilds the layer's exact tar from
@@ -84,6 +87,7 @@ LEASE = "lease"
 MOUNTS = "mounts.json"
 SPLIT = "tar-split.gz"
 TOC = "toc"
+CONTENTS = "contents.json"
 FETCHER_SOCKET = "fetcher.sock"
 FETCHER_PID = "fetcher.pid"
 FETCHER_LOG = "fetcher.log"
@@ -294,6 +298,9 @@ class StorePaths:
 
     def layer_toc(self, layer_id: Digest) -> str:
         return os.path.join(self.layers, layer_id.hex, TOC)
+
+    def layer_contents(self, layer_id: Digest) -> str:
+        return os.path.join(self.layers, layer_id.hex, CONTENTS)
 
     def layer_extract_lock(self, layer_id: Digest) -> str:
         return os.path.join(self.staging, layer_id.hex + ".lock")

@@ -21,7 +21,12 @@ request or in the background; a plain pull reusing local content):
   (a write clears set-id bits and `security.capability`; the mtime), and the
   xattr removed last.  A file still carrying the xattr is never complete:
   a crash anywhere leaves it to be filled again from its first chunk.
-- `finish(diff, index, diff_id, split_path, where)`: once no file carries
+- `reuse(diff, index, local, options)`: the files whose content the store
+  holds already (by the TOC's digests, `local_contents` of the contents
+  indexes `write_contents` keeps beside each such layer) cloned from there,
+  checked against the digest: a plain pull of a seekable layer fetches only
+  the rest (`fill`), then finishes at once.
+- `finish(diff, index, diff_id, split_path)`: once no file carries
   the xattr, the exact tar rebuilt from the tar-split and the files is
   hashed and checked against the diffID, the split kept at `split_path`,
   and the root's xattr removed: from then on the layer is an ordinary one.
@@ -39,7 +44,9 @@ from __future__ import annotations
 import bisect
 import errno
 import gzip
+import hashlib
 import io
+import json
 import os
 import stat
 import subprocess
@@ -75,6 +82,7 @@ class LazyFile:
     """A regular file whose content the TOC describes."""
     relpath: str                       # its first name in the tar
     member: tarfile.TarInfo            # its header: the metadata set again after a fill
+    digest: Digest                     # sha256 of its content, as the TOC says
     chunks: tuple                      # estargz.Chunk, in file order; between
                                        # them (or without any) holes of a sparse file
 
@@ -162,7 +170,8 @@ class LayerIndex:
                 if entry is None or entry.size != m.size:
                     raise BadArchive(where, f"the TOC does not describe {relpath!r} "
                                             f"({m.size} bytes)")
-                self.files[relpath] = LazyFile(relpath, m, tuple(toc.chunks(entry)))
+                self.files[relpath] = LazyFile(relpath, m, entry.digest,
+                                               tuple(toc.chunks(entry)))
                 self.names.pop(relpath, None)      # a later entry of that name
         self.names = {k: v for k, v in self.names.items() if v in self.files}
 
@@ -330,6 +339,83 @@ def _complete(fd: int, f: LazyFile, options: ExtractOptions) -> None:
     set_meta(options, fd, None, f.member)
     os.removexattr(fd, layout.LAZY_XATTR)
     os.fsync(fd)
+
+
+def write_contents(index: LayerIndex, path: str) -> None:
+    """The layer's contents index at `path` (`layout.CONTENTS`): each file
+    content's digest → the file's first name, where a later pull finds
+    content the store holds already (`local_contents`, `reuse`)."""
+    doc = {str(f.digest): relpath for relpath, f in index.files.items()}
+    fsutil.atomic_write(path, (json.dumps(doc, sort_keys=True) + "\n").encode())
+
+
+def local_contents(layers: Iterable[tuple[str, str]]) -> dict[Digest, list[tuple[str, str]]]:
+    """Content digest → (diff dir, relpath) of the files of the `layers`,
+    given as (diff dir, contents index path); a missing or broken index is
+    skipped (its layer offers nothing)."""
+    found: dict[Digest, list[tuple[str, str]]] = {}
+    for diff, path in layers:
+        try:
+            with open(path, "rb") as f:
+                doc = json.load(f)
+            for digest, relpath in doc.items():
+                found.setdefault(Digest.parse(digest), []).append((diff, str(relpath)))
+        except (OSError, ValueError, AttributeError, LayersError):
+            continue
+    return found
+
+
+def reuse(diff: str, index: LayerIndex, local: dict[Digest, list[tuple[str, str]]],
+          options: ExtractOptions) -> list[str]:
+    """Give each incomplete file of `index` whose content the store holds
+    (`local`) that content: cloned (a reflink where the filesystem can),
+    its digest checked on the way, then completed as a fetched file is.  The
+    relpaths completed so."""
+    done = []
+    dirfd = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for relpath in incomplete_files(diff, index):
+            f = index.files[relpath]
+            for src_diff, src_path in local.get(f.digest, ()):
+                if _clone_verified(dirfd, f, src_diff, src_path, options):
+                    done.append(relpath)
+                    break
+    finally:
+        os.close(dirfd)
+    return done
+
+
+def _clone_verified(dirfd: int, f: LazyFile, src_diff: str, src_path: str,
+                    options: ExtractOptions) -> bool:
+    """Clone src into the lazy file `f` when src is a complete regular file
+    whose content hashes to `f.digest`; whether it was."""
+    try:
+        if is_incomplete(src_diff, src_path):
+            return False
+        srcdir = os.open(src_diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            src = fsutil.open_beneath(srcdir, src_path)
+        finally:
+            os.close(srcdir)
+    except (OSError, LayersError):
+        return False                   # gone meanwhile (a removed layer), or not a file
+    try:
+        h = hashlib.sha256()
+        offset = 0
+        while data := os.pread(src, 1 << 20, offset):
+            h.update(data)
+            offset += len(data)
+        if offset != f.member.size or Digest(h.hexdigest()) != f.digest:
+            return False
+        fd = fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY)
+        try:
+            fsutil.clone_file(src, fd)
+            _complete(fd, f, options)
+        finally:
+            os.close(fd)
+        return True
+    finally:
+        os.close(src)
 
 
 def finish(diff: str, index: LayerIndex, diff_id: Digest, split_path: str) -> None:

@@ -147,6 +147,8 @@ def pull_lines(report: PullReport) -> list[str]:
     out = [f"{report.found_at}: passed over mirror {m}" for m in report.mirrors_passed]
     for t in report.layers:
         amount = f" {units.size(t.received)}" if t.received else ""
+        if t.saved:
+            amount += f" ({units.size(t.saved)} not fetched: files the store holds)"
         out.append(f"layer {t.index + 1}/{len(report.layers)} {t.blob.short}: "
                    f"{words[t.outcome]}{amount}")
     fetched = sum(1 for t in report.layers if t.outcome == "fetched")
@@ -154,7 +156,9 @@ def pull_lines(report: PullReport) -> list[str]:
     lazily = f", {lazy} lazy" if lazy else ""
     out.append(f"pulled {report.reference}: {fetched} layer(s) fetched{lazily} "
                f"({units.size(report.received)}), {len(report.layers) - fetched - lazy} "
-               f"reused, in {report.seconds:.1f}s")
+               f"reused, in {report.seconds:.1f}s"
+               + (f"; {units.size(report.saved)} saved by files the store holds"
+                  if report.saved else ""))
     return out
 
 

@@ -64,8 +64,9 @@ class LayerTransfer:
     blob: Digest
     size: int                   # of the blob, as its descriptor says
     outcome: str                # "present" (in the store), "parked" (kept by an
-                                # interrupted pull), "fetched"
+                                # interrupted pull), "fetched", "lazy" (its TOC only)
     received: int               # bytes received for it
+    saved: int = 0              # blob bytes not fetched: their files were in the store
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,20 @@ class PullReport:
     seconds: float
     mirrors_passed: list[str]
 
+    @property
+    def saved(self) -> int:
+        return sum(t.saved for t in self.layers)
+
     def as_dict(self) -> dict:
         return {"reference": self.reference, "found_at": self.found_at,
                 "image": self.image_id, "names": list(self.names),
                 "manifest_digest": str(self.manifest_digest) if self.manifest_digest else None,
                 "layers": [{"index": t.index, "layer": str(t.layer), "blob": str(t.blob),
-                            "size": t.size, "outcome": t.outcome, "received": t.received}
+                            "size": t.size, "outcome": t.outcome, "received": t.received,
+                            "saved": t.saved}
                            for t in self.layers],
-                "received": self.received, "seconds": round(self.seconds, 3),
+                "received": self.received, "saved": self.saved,
+                "seconds": round(self.seconds, 3),
                 "mirrors_passed": self.mirrors_passed}
 
 

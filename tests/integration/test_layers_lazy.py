@@ -35,9 +35,10 @@ from layers.store import Store  # noqa: E402
 MiB = 1 << 20
 BIG = os.urandom(9 * MiB + 123)                 # three chunks
 SPARSE = b"\0" * (5 * MiB) + b"middle" + b"\0" * (3 * MiB)
+BASE_ONE = os.urandom(70_000)
 BASE = tar_bytes([
     file("big", BIG), directory("etc"), file("etc/os-release", "ID=lazy\n"),
-    file("empty"), file("one", os.urandom(70_000), mode=0o4755),
+    file("empty"), file("one", BASE_ONE, mode=0o4755),
     file("sparse", SPARSE), hardlink("one-again", "one"), symlink("link", "one"),
     directory("opaque"), file("opaque/kept", "kept\n"), file("gone", "gone\n"),
 ])
@@ -108,16 +109,17 @@ def lazy_machines(tmp_path):
 
 
 def push_estargz(tmp: Path, registry_host: str, layers: list[bytes],
-                 name: str) -> tuple[str, list[str], int]:
+                 name: str) -> tuple[str, list[str], int, Machine]:
     """Import `layers` into a store of its own and push them seekable: the
-    reference pushed to, the blobs' digests and their total size."""
+    reference pushed to, the blobs' digests, their total size, and that
+    store (whose layers, extracted from the plain tars, are the oracle)."""
     src = Machine(tmp, f"src-{name}")
     built = oci_layout(tmp / f"layout-{name}", layers, compression="gzip")
     src.ok("import", "-q", str(built.path), "--name", f"{name}:1")
     ref = f"{registry_host}/lazy/{name}:1"
     rep = src.report("push", "-q", f"{name}:1", ref, INSECURE,
                      "--compression-format", "estargz")
-    return ref, [b["digest"] for b in rep["layers"]], sum(b["size"] for b in rep["layers"])
+    return ref, [b["digest"] for b in rep["layers"]], sum(b["size"] for b in rep["layers"]), src
 
 
 def hold_background(proxy: Proxy, blob: str) -> None:
@@ -152,7 +154,7 @@ def lazy_mark(path: Path) -> bytes | None:
 def test_lazy_pull_records_the_image_fetching_only_tables_of_contents(
         lazy_machines, proxy, tmp_path):
     lazy, full = lazy_machines
-    ref, blobs, size = push_estargz(tmp_path, proxy.host, [BASE, TOP], "kinds")
+    ref, blobs, size, src = push_estargz(tmp_path, proxy.host, [BASE, TOP], "kinds")
     proxy.reset()
     hold_background(proxy, blobs[0])
     rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
@@ -173,8 +175,7 @@ def test_lazy_pull_records_the_image_fetching_only_tables_of_contents(
     assert os.stat(diff / "one").st_ino == os.stat(diff / "one-again").st_ino
     assert (lazy.diff(top) / ".wh.gone").exists()
     assert (lazy.diff(top) / "opaque" / ".wh..wh..opq").exists()
-    full.ok("pull", "-q", ref, INSECURE)
-    ref_diff = full.root / "layers" / bottom / "diff"
+    ref_diff = src.root / "layers" / bottom / "diff"
     for name in ["etc", "big", "one", "link", "opaque", "sparse"]:
         a, b = os.lstat(diff / name), os.lstat(ref_diff / name)
         assert (a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns) == \
@@ -187,12 +188,11 @@ def test_lazy_pull_records_the_image_fetching_only_tables_of_contents(
 def test_the_fetcher_completes_files_on_request_then_the_layer_in_the_background(
         lazy_machines, proxy, tmp_path):
     lazy, full = lazy_machines
-    ref, blobs, _ = push_estargz(tmp_path, proxy.host, [BASE, TOP], "fetch")
+    ref, blobs, _, src = push_estargz(tmp_path, proxy.host, [BASE, TOP], "fetch")
     hold_background(proxy, blobs[0])
     rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
     bottom, top = (t["layer"].split(":")[1] for t in rep["layers"])
-    full.ok("pull", "-q", ref, INSECURE)
-    want = full.root / "layers" / bottom / "diff"
+    want = src.root / "layers" / bottom / "diff"
     diff = lazy.diff(bottom)
     sock = lazy.store().paths.fetcher_socket
     assert wait_until(proxy.stalled.is_set, 30)      # the background waits on the proxy
@@ -248,9 +248,9 @@ def test_a_tampered_chunk_is_refused_and_nothing_of_it_kept(lazy_machines, proxy
                                                             tmp_path):
     lazy, _ = lazy_machines
     victim = os.urandom(300_000)
-    ref, blobs, _ = push_estargz(tmp_path, proxy.host,
-                                 [tar_bytes([file("big", BIG), file("victim", victim)])],
-                                 "tamper")
+    ref, blobs, _, _ = push_estargz(tmp_path, proxy.host,
+                                    [tar_bytes([file("big", BIG), file("victim", victim)])],
+                                    "tamper")
     hold_background(proxy, blobs[0])
     rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
     layer = rep["layers"][0]["layer"].split(":")[1]
@@ -278,7 +278,7 @@ def test_a_tampered_chunk_is_refused_and_nothing_of_it_kept(lazy_machines, proxy
 def test_a_fetcher_killed_mid_file_leaves_it_marked_and_a_new_one_completes_it(
         lazy_machines, proxy, tmp_path):
     lazy, _ = lazy_machines
-    ref, blobs, _ = push_estargz(tmp_path, proxy.host, [BASE], "killed")
+    ref, blobs, _, _ = push_estargz(tmp_path, proxy.host, [BASE], "killed")
     proxy.stall, proxy.stall_skip, proxy.stall_once = blobs[0].split(":")[1], 3, True
     rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
     layer = rep["layers"][0]["layer"].split(":")[1]
@@ -303,15 +303,14 @@ def test_a_container_on_a_lazy_image_mounts_at_once_and_reads_what_a_full_pull_h
     if reason:
         pytest.skip(reason)
     lazy, full = lazy_machines
-    ref, blobs, _ = push_estargz(tmp_path, proxy.host, [BASE, TOP], "mounted")
+    ref, blobs, _, src = push_estargz(tmp_path, proxy.host, [BASE, TOP], "mounted")
     hold_background(proxy, blobs[0])
     rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
     bottom = rep["layers"][0]["layer"].split(":")[1]
-    full.ok("pull", "-q", ref, INSECURE)
     lazy.ok("create", ref, "--name", "c")
-    full.ok("create", ref, "--name", "c")
+    src.ok("create", "mounted:1", "--name", "c")
     merged = Path(lazy.ok("mount", "c").strip())
-    want = Path(full.ok("mount", "c").strip())
+    want = Path(src.ok("mount", "c").strip())
     try:
         for name in ["one", "one-again", "sparse", "etc/os-release", "opaque/new", "top",
                      "empty"]:
@@ -326,4 +325,31 @@ def test_a_container_on_a_lazy_image_mounts_at_once_and_reads_what_a_full_pull_h
     finally:
         proxy.release.set()
         lazy.ok("umount", "c")
-        full.ok("umount", "c")
+        src.ok("umount", "c")
+
+
+def test_a_plain_pull_fetches_only_the_files_the_store_lacks(lazy_machines, proxy, tmp_path):
+    _, full = lazy_machines
+    ref1, _, _, src1 = push_estargz(tmp_path, proxy.host, [BASE, TOP], "partial1")
+    changed = os.urandom(1 * MiB)
+    v2 = tar_bytes([file("big", BIG), file("one", BASE_ONE, mode=0o4755),
+                    file("changed", changed), file("sparse", SPARSE)])
+    ref2, blobs2, size2, src2 = push_estargz(tmp_path, proxy.host, [v2], "partial2")
+    rep1 = full.report("pull", "-q", ref1, INSECURE)
+    assert [t["saved"] for t in rep1["layers"]] == [0, 0]
+    bottom = rep1["layers"][0]["layer"].split(":")[1]
+    assert tree_snapshot(full.root / "layers" / bottom / "diff") == \
+        tree_snapshot(src1.root / "layers" / bottom / "diff")
+    rep2 = full.report("pull", "-q", ref2, INSECURE)
+    (t,) = rep2["layers"]
+    assert t["outcome"] == "fetched"
+    assert len(BIG) < t["saved"] and t["received"] < size2 - len(BIG)
+    assert t["received"] + t["saved"] <= size2
+    layer = t["layer"].split(":")[1]
+    assert tree_snapshot(full.root / "layers" / layer / "diff") == \
+        tree_snapshot(src2.root / "layers" / layer / "diff")
+    assert full.ok("check", "--verify") == ""
+    out = tmp_path / "v2.tar"
+    full.ok("export", layer, "-o", str(out))
+    assert "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest() == \
+        json.loads((full.root / "layers" / f"{layer}.json").read_text())["diff_id"]
