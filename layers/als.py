@@ -60,7 +60,7 @@ import json
 import os
 import secrets
 
-from . import fsutil, layout
+from . import fsutil, layout, lazylayer
 from .digest import Digest
 from .drivers.base import Mounted, mount_fstype
 from .drivers.fuse import FuseDriver
@@ -94,7 +94,11 @@ def add(store: StoreCore, ref: str, mount_lazy: bool = False) -> list[str]:
     """Serve the image `ref`: an entry for each of its layers (with
     `mount_lazy`, for the kernel its lazy ones too: module doc).
     NotServable when a layer has no blob digest (imported from a plain tar):
-    podman asks for a layer by the digest of its blob."""
+    podman asks for a layer by the digest of its blob.  With lazy layers the
+    store's fetcher is started (before the lock: it opens the store), so that
+    the fsd podman runs can ask it for their files."""
+    lazylayer.start_fetcher(store.paths, store.config.root, store.config.runroot,
+                            map(store.layers.get, store.images.resolve(ref).layers))
     with store.lock:
         image = store.images.resolve(ref)
         layers = _layers_of(store, image)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -27,7 +29,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 
-from storetools import LAYERS_EXE  # noqa: E402
+from storetools import LAYERS_EXE, wait_until  # noqa: E402
+
+from layers import fsutil, layout  # noqa: E402
 
 from support import mounts, rootless  # noqa: E402
 from support.lazyfetcher import LAZY_XATTR, Fetcher, make_placeholder  # noqa: E402
@@ -37,6 +41,7 @@ from support.registryd import Proxy, Registry  # noqa: E402
 from support.rootless import Sandbox  # noqa: E402
 
 INSECURE = "--tls-verify=false"
+MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +52,18 @@ def podman_ready():
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory, podman_ready):
+def registry_server(tmp_path_factory, podman_ready):
     reg = Registry(tmp_path_factory.mktemp("registry")).start()
-    proxy = Proxy(reg.host).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def registry(registry_server):
+    """The proxy in front of the registry: one per test (its faults and counts)."""
+    proxy = Proxy(registry_server.host).start()
     yield proxy
     proxy.stop()
-    reg.stop()
 
 
 class Served:
@@ -83,8 +94,29 @@ class Served:
         assert r.returncode == 0, f"layers {' '.join(args)} failed:\n{r.describe()}"
         return r.stdout
 
+    def fetcher_pid(self) -> int | None:
+        """The store's fetcher, while it runs."""
+        path = layout.StorePaths(str(self.strata_root), str(self.strata_run)).fetcher_pid
+        return int(Path(path).read_text()) if fsutil.flock_held(path) else None
+
+    def stop_fetcher(self) -> None:
+        pid = self.fetcher_pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            assert wait_until(lambda: self.fetcher_pid() is None, 30)
+
     def close(self) -> list[str]:
-        return self.podman.close()
+        """podman's containers gone, then every image served no more (the
+        store's mounts for the kernel go with them)."""
+        self.stop_fetcher()
+        problems = []
+        self.podman("rm", "--all", "--force", "--time", "0", check=False, timeout=120)
+        try:
+            for line in self.layers("als", "ls").splitlines():
+                self.layers("als", "rm", line.split()[0])
+        except AssertionError as e:
+            problems.append(str(e))
+        return problems + self.podman.close()
 
 
 @pytest.fixture(scope="module", params=["fsd-rootful", "fsd-rootless", "kernel-rootful"])
@@ -222,3 +254,65 @@ def test_podman_fetches_a_lazy_layer_file_by_file(served, registry):
     finally:
         fetcher.stop()
         os.rmdir(sockets)
+
+
+def big_first_rootfs(served: Served) -> Path:
+    """The busybox rootfs as one layer tar whose first file is BIG bytes of
+    noise: the fetcher's background takes a layer's files in tar order, a
+    batch at a time, and a batch holding only that file is the one a test
+    holds at the proxy, so that the rest stays lazy until podman reads it."""
+    served.rootfs()
+    noise = served.box.dir("noise", owned=False)
+    (noise / "0-big.bin").write_bytes(os.urandom(12 * MiB))
+    tar = served.box.root / "big-first.tar"
+    subprocess.run(["tar", "--numeric-owner", "--owner=0", "--group=0", "-cf", str(tar),
+                    "-C", str(noise), "0-big.bin", "-C", str(served.box.root / "rootfs"), "."],
+                   check=True)
+    tar.chmod(0o644)
+    return tar
+
+
+def test_podman_runs_a_lazily_pulled_estargz_image(served, registry):
+    """`push --compression-format estargz`, `pull --lazy`, `als add`: podman
+    pulls no layer blob and its container reads the files it needs, fetched
+    by the store on open (by podman's fsd, or for the kernel overlay by the
+    store's read-only fsd mount), while the rest of the layer is still in
+    the registry: its background fetch is held at the proxy meanwhile."""
+    kernel = served.als.name == "kernel"
+    name = "estargz"
+    served.layers("import", "-q", str(big_first_rootfs(served)), "--name", f"localhost/{name}:1")
+    ref = f"{registry.host}/als/{name}:1"
+    pushed = json.loads(served.layers("push", "-q", f"localhost/{name}:1", ref, INSECURE,
+                                      "--compression-format", "estargz", "--format", "json"))
+    (blob,) = [layer["digest"] for layer in pushed["layers"]]
+    size = sum(layer["size"] for layer in pushed["layers"])
+    served.layers("rmi", f"localhost/{name}:1")
+    registry.stall, registry.stall_skip, registry.stall_once = blob.split(":")[1], 2, True
+    try:
+        pulled = json.loads(served.layers("pull", "-q", "--lazy", ref, INSECURE,
+                                          "--format", "json"))
+        assert [layer["outcome"] for layer in pulled["layers"]] == ["lazy"]
+        served.layers("als", "add", *(["--mount-lazy"] if kernel else []), ref)
+        assert blob in {p.name for p in served.als.iterdir()}
+        assert wait_until(registry.stalled.is_set, 30), "the background fetch did not start"
+
+        served.podman("pull", INSECURE, ref)
+        out = served.podman("run", *RUN_OPTS, "--rm", ref, "sh", "-c",
+                            "cat /lower/keep.txt && ls /lower").stdout.split()
+        assert out == ["keep", "append.txt", "delete-dir", "delete-me.txt", "keep-link",
+                       "keep.txt", "link-src", "rename-dir"], out
+        full = [r for r in registry.requests if r.method == "GET" and r.path.endswith(blob)
+                and r.status == 200]
+        assert full == [], f"the layer blob was pulled whole: {full}"
+        fetched = registry.sent_bytes("GET", blob)    # the held response not yet counted
+        assert fetched < size // 10, f"{fetched} of {size} bytes fetched before the output"
+        diff = Path(json.loads(served.layers("inspect", json.loads(
+            served.layers("inspect", ref))["layers"][0]))["dir"])
+        assert layout.LAZY_XATTR in os.listxattr(diff / "0-big.bin")
+        print(f"\npodman ({served.als.name}) ran a lazily pulled image after {fetched} "
+              f"of its {size} blob bytes")
+    finally:
+        registry.release.set()
+    served.podman("rmi", ref)
+    served.layers("als", "rm", ref)
+    served.stop_fetcher()
