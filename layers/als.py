@@ -300,8 +300,22 @@ def _ensure_mounted(mountpoint: str, diff: str) -> None:
         except OSError:
             FuseDriver().umount("", Mounted(mountpoint, None), lazy=True)
     os.makedirs(mountpoint, mode=0o755, exist_ok=True)
-    FuseDriver().mount_read_only([diff], mountpoint,
-                                 ("allow_other", f"logfile={mountpoint}.log"))
+    others = ("allow_other",) if _others_may_read() else ()
+    FuseDriver().mount_read_only([diff], mountpoint, (*others, f"logfile={mountpoint}.log"))
+
+
+def _others_may_read() -> bool:
+    """Whether a mount of ours may let other users in (`allow_other`): a
+    container's processes run as other users than the store's.  Root may; a
+    user only where /etc/fuse.conf says `user_allow_other`, else the
+    container's root (the user, rootless) alone reads the mount."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/etc/fuse.conf") as f:
+            return any(line.split("#")[0].strip() == "user_allow_other" for line in f)
+    except FileNotFoundError:
+        return False
 
 
 def _unmount_unused(store: StoreCore, views: set[str]) -> None:

@@ -1,8 +1,8 @@
 """podman 4.3 taking an image's layers from the store's additional layer
 stores (`layers als`, layers/als.py) instead of pulling their blobs: with
-fsd as its mount_program rootful and rootless (`als/fsd`), and with the
-kernel overlay rootful (`als/kernel`, which holds only the layers the
-kernel reads right: podman pulls the others itself).
+fsd as its mount_program (`als/fsd`) and with the kernel overlay
+(`als/kernel`, which holds only the layers the kernel reads right: podman
+pulls the others itself), rootful and rootless.
 
 Per case, one sandbox: a Strata store and a podman store, both run through
 the same agent (root, or the test user), and Debian's docker-registry on
@@ -119,7 +119,8 @@ class Served:
         return problems + self.podman.close()
 
 
-@pytest.fixture(scope="module", params=["fsd-rootful", "fsd-rootless", "kernel-rootful"])
+@pytest.fixture(scope="module", params=["fsd-rootful", "fsd-rootless", "kernel-rootful",
+                                        "kernel-rootless"])
 def served(request, podman_ready):
     reader, mode = request.param.split("-")
     user = None
