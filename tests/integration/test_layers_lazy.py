@@ -254,6 +254,7 @@ def test_a_tampered_chunk_is_refused_and_nothing_of_it_kept(lazy_machines, proxy
     hold_background(proxy, blobs[0])
     rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
     layer = rep["layers"][0]["layer"].split(":")[1]
+    assert wait_until(proxy.stalled.is_set, 30)      # the background waits on the proxy
     chunk = _chunk_of(registry, blobs[0], lazy.record(layer)["lazy"]["toc_digest"], "victim")
     stored = registry.blob_path(blobs[0])
     good = stored.read_bytes()
@@ -311,6 +312,7 @@ def test_a_container_on_a_lazy_image_mounts_at_once_and_reads_what_a_full_pull_h
     src.ok("create", "mounted:1", "--name", "c")
     merged = Path(lazy.ok("mount", "c").strip())
     want = Path(src.ok("mount", "c").strip())
+    assert wait_until(proxy.stalled.is_set, 30)      # the background waits on the proxy
     try:
         for name in ["one", "one-again", "sparse", "etc/os-release", "opaque/new", "top",
                      "empty"]:
