@@ -26,9 +26,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import fsutil, tarsplit
+from . import fsutil, lazylayer, tarsplit
 from .digest import Digest
-from .errors import LayerCorrupt
+from .errors import LayerCorrupt, LayersError
 from .layerstore import LayerStore
 from .records import Layer
 from .storecore import StoreCore
@@ -125,7 +125,11 @@ def find_problems(store: StoreCore) -> list[Problem]:
 
 
 def verify_layer(layers: LayerStore, layer: Layer) -> Problem | None:
-    """Rebuild the layer's tar and compare its hash with the diffID."""
+    """Rebuild the layer's tar and compare its hash with the diffID; a lazy
+    layer's complete files are checked against its TOC instead, and its
+    incompleteness is a note, not damage."""
+    if layer.lazy is not None:
+        return _verify_lazy(layers, layer)
     split = layers.split_file(layer.id)
     if split is None:
         return Problem("unverifiable", layer.id.hex,
@@ -140,6 +144,27 @@ def verify_layer(layers: LayerStore, layer: Layer) -> Problem | None:
                        f"layer {layer.id.short} is corrupt: its tar hashes to {got}, "
                        f"not its diffID {layer.diff_id}")
     return None
+
+
+def _verify_lazy(layers: LayerStore, layer: Layer) -> Problem:
+    where = layer.id.short
+    diff = layers.diff_dir(layer.id)
+    try:
+        index = lazylayer.load_index(layers.paths.layer_toc(layer.id), layer.lazy.toc_digest,
+                                     where)
+        bad = lazylayer.verify_complete(diff, index)
+        done = lazylayer.completeness(diff, index)
+    except (LayersError, OSError) as e:
+        return Problem("layer-corrupt", layer.id.hex,
+                       f"layer {where} is lazy and its table of contents is unusable: {e}")
+    if bad:
+        path, reason = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        return Problem("layer-corrupt", layer.id.hex,
+                       f"layer {where} is corrupt: {path}: {reason}{more}")
+    return Problem("lazy", layer.id.hex,
+                   f"layer {where} is lazy: {done['files_complete']} of {done['files']} files "
+                   f"fetched and verified against its table of contents", NOTE)
 
 
 def repair(p: Problem, store: StoreCore, lease: fsutil.Lease) -> list[str]:

@@ -524,6 +524,11 @@ def _cmd_df(store: Store, args) -> int:
         rows.append((u.kind, str(u.total), str(u.active), units.size(u.size),
                      units.size(u.reclaimable) + share))
     _table(rows)
+    lazy = [i["lazy"] for i in usage[0].items if i["lazy"]]
+    if lazy:
+        print(f"lazy layers: {sum(z['layers'] for z in lazy)}, "
+              f"{units.size(sum(z['fetched'] for z in lazy))} of "
+              f"{units.size(sum(z['total'] for z in lazy))} fetched")
     if args.verbose:
         images, containers, volumes = usage
         print()

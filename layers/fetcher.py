@@ -44,7 +44,7 @@ import time
 from concurrent.futures import Future
 from typing import Callable, Iterator
 
-from . import estargz, fsutil, layout, lazylayer
+from . import fsutil, layout, lazylayer
 from .digest import Digest
 from .errors import BadReference, LayersError, LayerUnknown, UsageError
 from .records import Layer, LazySource, replace
@@ -264,10 +264,9 @@ class Fetcher:
                 raise LayerUnknown(str(layer_id))
             if layer.lazy is None:
                 return None
-            with open(self.store.paths.layer_toc(layer_id), "rb") as f:
-                toc = estargz.parse_toc_region(f.read(), layer.lazy.toc_digest)
             st = _Lazy(layer_id, self.store.layers.diff_dir(layer_id),
-                       lazylayer.LayerIndex(toc, layer_id.short),
+                       lazylayer.load_index(self.store.paths.layer_toc(layer_id),
+                                            layer.lazy.toc_digest, layer_id.short),
                        self._reader(layer.lazy))
             self.loaded[layer_id] = st
             return st

@@ -9,6 +9,8 @@ function the caller passes (real allocated bytes of a path, hard links once).
   also gets its writable layer's usage against them (`writable` measures it).
   A layer's size is the one recorded when it was sealed, so the image part is
   instant; containers and volumes change while they live and are measured.
+  An image with lazy layers says how many, and their blob bytes fetched of
+  the total (their records').
 - `plan_prune(snap, kinds, all)`: what a prune removes, in order: containers
   (unmounted, not busy), then images (dangling, or with `all` every image no
   remaining container uses and none served to podman), then volumes (anonymous and unused, or with `all`
@@ -102,10 +104,14 @@ def disk_usage(snap: Snapshot, measure: Callable[[str], int],
     for image in sorted(snap.images, key=lambda i: (-i.created, i.id)):
         others = _layers_of(i for i in snap.images if i.id != image.id)
         mine = set(image.layers)
+        lazy = [snap.layers[i].lazy for i in mine
+                if i in snap.layers and snap.layers[i].lazy is not None]
         images.items.append({
             "id": image.id, "names": list(image.names), "size": _sum(snap, mine),
             "shared": _sum(snap, mine & others), "unique": _sum(snap, mine - others),
-            "containers": sum(1 for c in snap.containers if c.image == image.id)})
+            "containers": sum(1 for c in snap.containers if c.image == image.id),
+            "lazy": {"layers": len(lazy), "fetched": sum(z.fetched for z in lazy),
+                     "total": sum(z.total for z in lazy)} if lazy else None})
 
     containers = Usage("containers", total=len(snap.containers))
     for c in snap.containers:

@@ -192,6 +192,56 @@ class LayerIndex:
         return sum(f.member.size for f in self.files.values())
 
 
+def load_index(toc_path: str, toc_digest: Digest, where: str) -> LayerIndex:
+    """The index of a layer from the TOC kept beside it (`layout.TOC`),
+    checked against `toc_digest` (the record's)."""
+    with open(toc_path, "rb") as f:
+        return LayerIndex(estargz.parse_toc_region(f.read(), toc_digest), where)
+
+
+def completeness(diff: str, index: LayerIndex) -> dict:
+    """How much of a lazy layer is there: its files with content and their
+    bytes, complete or in all."""
+    waiting = set(incomplete_files(diff, index))
+    done = [f for p, f in index.files.items() if p not in waiting]
+    return {"files": len(index.files), "files_complete": len(done),
+            "content_bytes": index.content_bytes,
+            "content_complete": sum(f.member.size for f in done)}
+
+
+def verify_complete(diff: str, index: LayerIndex) -> list[tuple[str, str]]:
+    """(relpath, reason) of each complete file of the lazy layer whose
+    content is not what its TOC says (size or digest); incomplete files are
+    not looked at."""
+    bad = []
+    dirfd = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for relpath, f in index.files.items():
+            if is_incomplete(diff, relpath):
+                continue
+            fd = fsutil.open_beneath(dirfd, relpath)
+            try:
+                got, size = _digest_of(fd)
+            finally:
+                os.close(fd)
+            if size != f.member.size:
+                bad.append((relpath, f"{size} bytes, not {f.member.size}"))
+            elif got != f.digest:
+                bad.append((relpath, f"content hashes to {got}, not {f.digest}"))
+    finally:
+        os.close(dirfd)
+    return bad
+
+
+def _digest_of(fd: int) -> tuple[Digest, int]:
+    h = hashlib.sha256()
+    offset = 0
+    while data := os.pread(fd, 1 << 20, offset):
+        h.update(data)
+        offset += len(data)
+    return Digest(h.hexdigest()), offset
+
+
 def build_placeholders(index: LayerIndex, dest: str, options: ExtractOptions,
                        socket: str) -> int:
     """The placeholder tree of the layer in the empty dir `dest` (module doc);
@@ -400,12 +450,8 @@ def _clone_verified(dirfd: int, f: LazyFile, src_diff: str, src_path: str,
     except (OSError, LayersError):
         return False                   # gone meanwhile (a removed layer), or not a file
     try:
-        h = hashlib.sha256()
-        offset = 0
-        while data := os.pread(src, 1 << 20, offset):
-            h.update(data)
-            offset += len(data)
-        if offset != f.member.size or Digest(h.hexdigest()) != f.digest:
+        got, size = _digest_of(src)
+        if size != f.member.size or got != f.digest:
             return False
         fd = fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY)
         try:

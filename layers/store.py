@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass
 
 from . import als, analyze, check, cleanup, commit, containers, driverchoice, export
-from . import fetcher, fsprobe, fsutil, gc, ingest, layout, push, quota
+from . import fetcher, fsprobe, fsutil, gc, ingest, layout, lazylayer, push, quota
 from .config import Config
 from .drivers.btrfs import BtrfsDriver
 from .drivers.overlay import OverlayDriver
-from .errors import (BadReference, ContainerUnknown, ImageInUse, ImageUnknown, NotAStore,
-                     NotFound, StoreMismatch)
+from .errors import (BadReference, ContainerUnknown, ImageInUse, ImageUnknown, LayersError,
+                     NotAStore, NotFound, StoreMismatch)
 from .mounts import MountEntry
 from .progress import Progress
 from .records import Container, Image, Layer, MountSpec, Volume, parse_image_name, replace
@@ -144,8 +144,13 @@ class Store(StoreCore):
             pass
         try:
             image = self.images.resolve(ref)
+            lazy = [layer for layer in map(self.layers.get, image.layers)
+                    if layer is not None and layer.lazy is not None]
             return {"type": "image", "id": image.id, "digest": f"sha256:{image.id}",
                     "names": list(image.names), "layers": [str(x) for x in image.layers],
+                    "lazy_layers": [{"layer": str(layer.id), "fetched": layer.lazy.fetched,
+                                     "total": layer.lazy.total, "error": layer.lazy.error}
+                                    for layer in lazy],
                     "size": self.image_size(image), "created": image.created,
                     "manifest_digest": str(image.manifest_digest)
                     if image.manifest_digest else None,
@@ -160,7 +165,25 @@ class Store(StoreCore):
                 "compressed_digest": str(layer.compressed_digest)
                 if layer.compressed_digest else None,
                 "created": layer.created, "tar_size": layer.tar_size, "size": layer.size,
-                "dir": self.layers.diff_dir(layer.id)}
+                "dir": self.layers.diff_dir(layer.id), "lazy": self._lazy_doc(layer)}
+
+    def _lazy_doc(self, layer: Layer) -> dict | None:
+        """None for a complete layer; for a lazy one, where its content is,
+        how much of its blob came and how many of its files are complete."""
+        if layer.lazy is None:
+            return None
+        z = layer.lazy
+        doc = {"registry": z.registry, "repository": z.repository, "blob": str(z.blob),
+               "toc_digest": str(z.toc_digest), "fetched": z.fetched, "total": z.total,
+               "error": z.error}
+        try:
+            doc.update(lazylayer.completeness(self.layers.diff_dir(layer.id),
+                                              lazylayer.load_index(
+                                                  self.paths.layer_toc(layer.id),
+                                                  z.toc_digest, layer.id.short)))
+        except (LayersError, OSError) as e:      # said, not fatal: check names it
+            doc["files"] = f"unknown ({e})"
+        return doc
 
     def _mount_doc(self, m: MountSpec) -> dict:
         doc = {"type": m.type, "source": m.source, "destination": m.destination,

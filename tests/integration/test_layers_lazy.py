@@ -355,3 +355,38 @@ def test_a_plain_pull_fetches_only_the_files_the_store_lacks(lazy_machines, prox
     full.ok("export", layer, "-o", str(out))
     assert "sha256:" + hashlib.sha256(out.read_bytes()).hexdigest() == \
         json.loads((full.root / "layers" / f"{layer}.json").read_text())["diff_id"]
+
+
+def test_inspect_df_check_and_rmi_of_a_lazy_image(lazy_machines, proxy, tmp_path):
+    lazy, _ = lazy_machines
+    ref, blobs, _, _ = push_estargz(tmp_path, proxy.host, [BASE, TOP], "status")
+    hold_background(proxy, blobs[0])
+    rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
+    bottom = rep["layers"][0]["layer"].split(":")[1]
+    assert wait_until(proxy.stalled.is_set, 30)      # the background waits on the proxy
+    diff = lazy.diff(bottom)
+    assert ask(lazy.store().paths.fetcher_socket, diff, "one") == {"ok": True}
+    doc = json.loads(lazy.ok("inspect", bottom))["lazy"]
+    assert doc["blob"] == blobs[0] and doc["repository"] == "lazy/status"
+    assert doc["fetched"] < doc["total"] and doc["error"] is None
+    assert (doc["files"], doc["files_complete"]) == (6, 1)
+    assert doc["content_complete"] == len(BASE_ONE)
+    img = json.loads(lazy.ok("inspect", ref))
+    assert bottom in [z["layer"].split(":")[1] for z in img["lazy_layers"]]
+    df = lazy.ok("df")
+    assert "lazy layers: " in df and " fetched" in df
+    r = lazy.run("check", "--verify")
+    assert r.code == 0
+    assert f"note: layer {bottom[:12]} is lazy: 1 of 6 files fetched and verified " \
+           "against its table of contents" in r.out
+    good = (diff / "one").read_bytes()
+    with open(diff / "one", "r+b") as f:
+        f.write(b"X")
+    r = lazy.run("check", "--verify")
+    assert r.code == 1 and f"layer {bottom[:12]} is corrupt: one: content hashes to " in r.out
+    with open(diff / "one", "r+b") as f:
+        f.write(good[:1])
+    lazy.ok("rmi", ref)
+    assert lazy.layers() == []
+    proxy.release.set()
+    assert wait_until(lambda: lazy.fetcher_pid() is None, 60)

@@ -211,3 +211,13 @@ def test_unprivileged_device_nodes_are_files_carrying_override_stat(tmp_path):
         assert os.getxattr(dest / rel, layout.OVERRIDE_STAT_XATTR) == value
     # the layer's tar comes back with the device entries it had
     assert b"".join(tarsplit.replay(str(split), str(dest), "t")) == raw
+
+
+def test_an_archive_never_marks_a_file_lazy(tmp_path):
+    """user.strata.lazy would make fsd ask the fetcher for a file it does not
+    know, and the store's own marks are never an archive's to set."""
+    raw = tar_bytes([file("f", "data", pax={"SCHILY.xattr.user.strata.lazy": "",
+                                            "SCHILY.xattr.user.strata.other": "x",
+                                            "SCHILY.xattr.user.kept": "y"})])
+    dest, _ = extract(tmp_path, raw)
+    assert os.listxattr(dest / "f") == ["user.kept"]
