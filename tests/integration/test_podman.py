@@ -24,17 +24,10 @@ import pytest
 
 from support import mounts, rootless
 from support import podman as podman_support
-from support.podman import BUILD_OPTS, RUN_OPTS, PodmanStore
+from support.podman import BUILD_OPTS, RUN_OPTS, PodmanStore, podman_ready  # noqa: F401
 from support.rootless import Sandbox
 
 BASE = "localhost/strata-base"
-
-
-@pytest.fixture(scope="module")
-def podman_ready():
-    reason = rootless.why_no_rootless() or podman_support.ensure_podman()
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

@@ -30,40 +30,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 
 from storetools import LAYERS_EXE, wait_until  # noqa: E402
+from test_layers_registry import INSECURE, proxy, registry  # noqa: E402,F401
 
 from layers import fsutil, layout  # noqa: E402
 
 from support import mounts, rootless  # noqa: E402
 from support.lazyfetcher import LAZY_XATTR, Fetcher, make_placeholder  # noqa: E402
 from support import podman as podman_support  # noqa: E402
-from support.podman import RUN_OPTS, PodmanStore  # noqa: E402
-from support.registryd import Proxy, Registry  # noqa: E402
+from support.podman import RUN_OPTS, PodmanStore, podman_ready  # noqa: E402,F401
+from support.registryd import Proxy  # noqa: E402
 from support.rootless import Sandbox  # noqa: E402
 
-INSECURE = "--tls-verify=false"
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def podman_ready():
-    reason = rootless.why_no_rootless() or podman_support.ensure_podman()
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def registry_server(tmp_path_factory, podman_ready):
-    reg = Registry(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture
-def registry(registry_server):
-    """The proxy in front of the registry: one per test (its faults and counts)."""
-    proxy = Proxy(registry_server.host).start()
-    yield proxy
-    proxy.stop()
 
 
 class Served:
@@ -125,8 +103,7 @@ def served(request, podman_ready):
     reader, mode = request.param.split("-")
     user = None
     if mode == "rootless":
-        user = rootless.ensure_user()
-        reason = rootless.why_user_cannot_run_fsd(user)
+        user, reason = rootless.fsd_user()
         if reason:
             pytest.skip(reason)
     box = Sandbox(user, prefix=f"strata-als-{request.param}-")
@@ -163,11 +140,11 @@ def layer_tar(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
-def publish(served: Served, registry: Proxy, name: str, top: Path) -> str:
+def publish(served: Served, proxy: Proxy, name: str, top: Path) -> str:
     """The busybox rootfs with the layer `top` on it, pushed to the registry by
     the store, then pulled back (so its layer records carry their blob digests)
     and served: its reference."""
-    ref = f"{registry.host}/als/{name}:1"
+    ref = f"{proxy.host}/als/{name}:1"
     served.layers("import", "-q", str(served.rootfs()), str(top), "--name", f"localhost/{name}:1")
     served.layers("push", f"localhost/{name}:1", ref, INSECURE)
     served.layers("rmi", f"localhost/{name}:1")
@@ -182,19 +159,19 @@ def layer_blobs(served: Served, ref: str) -> list[str]:
             for cid in image["layers"]]
 
 
-def test_podman_runs_an_image_whose_layers_it_did_not_pull(served, registry):
+def test_podman_runs_an_image_whose_layers_it_did_not_pull(served, proxy):
     # a layer deleting /lower/delete-me.txt of the rootfs
     top = layer_tar(served.box.root / "whiteout.tar", {"lower/.wh.delete-me.txt": b""})
-    ref = publish(served, registry, "busybox", top)
+    ref = publish(served, proxy, "busybox", top)
     base, whiteout = layer_blobs(served, ref)
     kernel = served.als.name == "kernel"
     # the kernel would read the `.wh.` file as a file: that layer is podman's to pull
     served_blobs = [base] if kernel else [base, whiteout]
     assert sorted(p.name for p in served.als.iterdir()) == sorted(served_blobs)
 
-    registry.reset()
+    proxy.reset()
     served.podman("pull", INSECURE, ref)
-    fetched = registry.blob_gets()
+    fetched = proxy.blob_gets()
     assert not set(fetched) & set(served_blobs), f"podman pulled a served layer: {fetched}"
     assert len(fetched) == 3 - len(served_blobs), f"podman fetched more than the config: {fetched}"
 
@@ -205,11 +182,11 @@ def test_podman_runs_an_image_whose_layers_it_did_not_pull(served, registry):
     assert out[1:-1] == ["append.txt", "delete-dir", "keep-link", "keep.txt", "link-src",
                          "rename-dir"], out
     assert out[-1] == f"root:{'overlay' if kernel else mounts.FSD_FSTYPE}", out
-    assert registry.blob_gets() == fetched, "podman run fetched blobs"
+    assert proxy.blob_gets() == fetched, "podman run fetched blobs"
 
 
 @pytest.mark.parametrize("served", ["fsd-rootful", "kernel-rootful"], indirect=True)
-def test_podman_fetches_a_lazy_layer_file_by_file(served, registry):
+def test_podman_fetches_a_lazy_layer_file_by_file(served, proxy):
     """A layer of the store made lazy (the placeholder tree and a fetcher of
     tests/support/lazyfetcher.py standing for `pull --lazy`'s): podman runs the
     image from the store, and only the file the command reads is fetched, when
@@ -217,7 +194,7 @@ def test_podman_fetches_a_lazy_layer_file_by_file(served, registry):
     read-only fsd mount the store made for the kernel overlay to read."""
     top = layer_tar(served.box.root / "data.tar", {"data/read.txt": b"fetched on open\n",
                                                    "data/unread.bin": os.urandom(1 << 20)})
-    ref = publish(served, registry, "lazy", top)
+    ref = publish(served, proxy, "lazy", top)
     image = json.loads(served.layers("inspect", ref))
     diff = Path(json.loads(served.layers("inspect", image["layers"][-1]))["dir"])
     reference = served.box.root / "lazy-reference"
@@ -238,16 +215,16 @@ def test_podman_fetches_a_lazy_layer_file_by_file(served, registry):
         else:
             assert view == str(diff)
 
-        registry.reset()
+        proxy.reset()
         served.podman("pull", INSECURE, ref)
-        assert len(registry.blob_gets()) == 1, registry.blob_gets()   # the config
+        assert len(proxy.blob_gets()) == 1, proxy.blob_gets()   # the config
         out = served.podman("run", *RUN_OPTS, "--rm", ref, "cat", "/data/read.txt").stdout
         assert out == "fetched on open\n"
         assert [path for _, path in fetcher.requests] == ["data/read.txt"]
         assert {layer for layer, _ in fetcher.requests} == {str(diff)}
         assert LAZY_XATTR in os.listxattr(diff / "data/unread.bin")
         assert LAZY_XATTR not in os.listxattr(diff / "data/read.txt")
-        assert len(registry.blob_gets()) == 1, "podman run fetched blobs"
+        assert len(proxy.blob_gets()) == 1, "podman run fetched blobs"
         served.podman("rmi", ref)
         served.layers("als", "rm", ref)
         if kernel:
@@ -273,39 +250,39 @@ def big_first_rootfs(served: Served) -> Path:
     return tar
 
 
-def test_podman_runs_a_lazily_pulled_estargz_image(served, registry):
+def test_podman_runs_a_lazily_pulled_estargz_image(served, proxy):
     """`push --compression-format estargz`, `pull --lazy`, `als add`: podman
     pulls no layer blob and its container reads the files it needs, fetched
     by the store on open (by podman's fsd, or for the kernel overlay by the
     store's read-only fsd mount), while the rest of the layer is still in
-    the registry: its background fetch is held at the proxy meanwhile."""
+    the proxy: its background fetch is held at the proxy meanwhile."""
     kernel = served.als.name == "kernel"
     name = "estargz"
     served.layers("import", "-q", str(big_first_rootfs(served)), "--name", f"localhost/{name}:1")
-    ref = f"{registry.host}/als/{name}:1"
+    ref = f"{proxy.host}/als/{name}:1"
     pushed = json.loads(served.layers("push", "-q", f"localhost/{name}:1", ref, INSECURE,
                                       "--compression-format", "estargz", "--format", "json"))
     (blob,) = [layer["digest"] for layer in pushed["layers"]]
     size = sum(layer["size"] for layer in pushed["layers"])
     served.layers("rmi", f"localhost/{name}:1")
-    registry.stall, registry.stall_skip, registry.stall_once = blob.split(":")[1], 2, True
+    proxy.stall, proxy.stall_skip, proxy.stall_once = blob.split(":")[1], 2, True
     try:
         pulled = json.loads(served.layers("pull", "-q", "--lazy", ref, INSECURE,
                                           "--format", "json"))
         assert [layer["outcome"] for layer in pulled["layers"]] == ["lazy"]
         served.layers("als", "add", *(["--mount-lazy"] if kernel else []), ref)
         assert blob in {p.name for p in served.als.iterdir()}
-        assert wait_until(registry.stalled.is_set, 30), "the background fetch did not start"
+        assert wait_until(proxy.stalled.is_set, 30), "the background fetch did not start"
 
         served.podman("pull", INSECURE, ref)
         out = served.podman("run", *RUN_OPTS, "--rm", ref, "sh", "-c",
                             "cat /lower/keep.txt && ls /lower").stdout.split()
         assert out == ["keep", "append.txt", "delete-dir", "delete-me.txt", "keep-link",
                        "keep.txt", "link-src", "rename-dir"], out
-        full = [r for r in registry.requests if r.method == "GET" and r.path.endswith(blob)
+        full = [r for r in proxy.requests if r.method == "GET" and r.path.endswith(blob)
                 and r.status == 200]
         assert full == [], f"the layer blob was pulled whole: {full}"
-        fetched = registry.sent_bytes("GET", blob)    # the held response not yet counted
+        fetched = proxy.sent_bytes("GET", blob)    # the held response not yet counted
         assert fetched < size // 10, f"{fetched} of {size} bytes fetched before the output"
         diff = Path(json.loads(served.layers("inspect", json.loads(
             served.layers("inspect", ref))["layers"][0]))["dir"])
@@ -313,7 +290,7 @@ def test_podman_runs_a_lazily_pulled_estargz_image(served, registry):
         print(f"\npodman ({served.als.name}) ran a lazily pulled image after {fetched} "
               f"of its {size} blob bytes")
     finally:
-        registry.release.set()
+        proxy.release.set()
     served.podman("rmi", ref)
     served.layers("als", "rm", ref)
     served.stop_fetcher()

@@ -1,6 +1,7 @@
 """podman with fsd as the overlay driver's mount_program, in a throw-away store.
 
     reason = ensure_podman()            installs what is missing (apt); None when usable
+    podman_ready                        a module fixture skipping where podman cannot run
     tar = busybox_rootfs(box)           a small rootfs tar from busybox-static
     store = PodmanStore(box, rootless)  a store under the sandbox; store(*args) runs podman
                                         (mount_program=PATH: another one than fsd, "":
@@ -29,8 +30,10 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
+
 from . import mounts
-from .rootless import Agent, Sandbox, abort_fuse_of, processes_under
+from .rootless import Agent, Sandbox, abort_fuse_of, processes_under, why_no_rootless
 
 PACKAGES = ("podman", "crun", "uidmap", "slirp4netns", "busybox-static")
 LIMITS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096")  # the hard limits here are low
@@ -82,6 +85,14 @@ def ensure_podman() -> str | None:
     if not os.access(BUSYBOX, os.X_OK):
         return f"{BUSYBOX} (busybox-static) not found"
     return None
+
+
+@pytest.fixture(scope="module")
+def podman_ready():
+    """Skips the module's tests where podman cannot run (import it into the module)."""
+    reason = why_no_rootless() or ensure_podman()
+    if reason:
+        pytest.skip(reason)
 
 
 # -- the image ---------------------------------------------------------------------------------
