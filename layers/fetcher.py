@@ -171,6 +171,9 @@ class Fetcher:
                 except OSError as e:
                     reply = {"ok": False, "error": f"{e.strerror or e}"
                                                    f"{': ' + str(e.filename) if e.filename else ''}"}
+                except Exception as e:          # a bug: said, logged, the fetcher lives on
+                    log.exception("internal error answering %r", line[:200])
+                    reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
                 with contextlib.suppress(OSError):
                     conn.sendall(json.dumps(reply).encode() + b"\n")
         except OSError:
@@ -236,7 +239,7 @@ class Fetcher:
                 lazylayer.fill(st.diff, st.index, list(mine), st.read_range, self.options,
                                on_done=lambda p: mine[p].set_result(None),
                                on_bytes=st.count)
-        except (LayersError, OSError) as e:
+        except Exception as e:
             log.error("%s", _one_line(e, st))
             for fut in mine.values():
                 if not fut.done():
@@ -342,6 +345,9 @@ class Fetcher:
             if not isinstance(e, lazylayer.FetchFailed):
                 log.error("layer %s: %s", layer.id.short, e)
             self._record_error(layer.id, str(e))
+        except Exception as e:                  # a bug: the other layers go on
+            log.exception("layer %s: internal error", layer.id.short)
+            self._record_error(layer.id, f"internal error: {type(e).__name__}: {e}")
 
     def _save_received(self, st: _Lazy) -> None:
         n = st.take_received()

@@ -204,9 +204,9 @@ def _extract(store: StoreCore, blob: LayerBlob, index: int, total: int, staged: 
 @dataclass
 class Seekable:
     """How a pull treats seekable layers (`_stage_seekable`): lazily
-    (`origin` makes their records' LazySource), or completed at once reusing
-    the files the store holds (`local`); `saved` gathers, per blob, the
-    blob bytes not fetched thanks to that."""
+    (`origin` makes their records' LazySource) or completed at once, either
+    way reusing the files the store holds (`local`); `saved` gathers, per
+    blob, the blob bytes not fetched thanks to that."""
     lazy: bool
     origin: Callable[..., LazySource]
     local: dict = field(default_factory=dict)
@@ -219,11 +219,11 @@ def _stage_seekable(how: Seekable, store: StoreCore, blob: LayerBlob, index: int
     """A layer of a seekable blob (its TOC digest annotated) staged from its
     table of contents: footer, then TOC by range requests, the TOC checked
     against the annotation, the placeholder tree built from it, the TOC and
-    the contents index kept (lazylayer.py).  Lazily: the record says where
-    the rest is (`how.origin(blob=…)`).  Otherwise the files the store holds
-    are cloned (`lazylayer.reuse`), the rest fetched (`lazylayer.fill`), and
-    the layer finished: its rebuilt tar checked against the diffID.  A layer
-    with nothing to fetch is finished at once either way.  Any other blob is
+    the contents index kept (lazylayer.py), the files the store holds
+    cloned (`lazylayer.reuse`).  Lazily: the record says where the rest is
+    (`how.origin(blob=…)`).  Otherwise the rest is fetched (`lazylayer.fill`)
+    and the layer finished: its rebuilt tar checked against the diffID.  A
+    layer with nothing to fetch is finished at once either way.  Any other blob is
     extracted whole (`_extract`)."""
     if blob.toc_digest is None or blob.read_range is None or blob.size is None \
             or blob.size <= estargz.FOOTER_SIZE:
@@ -249,13 +249,13 @@ def _stage_seekable(how: Seekable, store: StoreCore, blob: LayerBlob, index: int
     lazylayer.write_contents(content, os.path.join(staged, layout.CONTENTS))
     lazy = how.origin(blob=blob.digest, toc_digest=blob.toc_digest, total=blob.size,
                       fetched=len(tail) + len(region))
+    reused = lazylayer.reuse(diff, content, how.local, options)
+    how.saved[blob.digest] = sum(c.blob_end - c.blob_start for p in reused
+                                 for c in content.files[p].chunks)
+    waiting = lazylayer.incomplete_files(diff, content)
     if not how.lazy:
-        reused = lazylayer.reuse(diff, content, how.local, options)
-        how.saved[blob.digest] = sum(c.blob_end - c.blob_start for p in reused
-                                     for c in content.files[p].chunks)
-        lazylayer.fill(diff, content, lazylayer.incomplete_files(diff, content),
-                       blob.read_range, options)
-    if not how.lazy or not content.files:
+        lazylayer.fill(diff, content, waiting, blob.read_range, options)
+    if not how.lazy or not waiting:
         lazylayer.finish(diff, content, blob.diff_id, os.path.join(staged, layout.SPLIT))
         lazy = None
     return Layer(id=layer_id, diff_id=blob.diff_id, parent=parent,
@@ -338,7 +338,7 @@ def pull(store: StoreCore, ref: str, options: RegistryOptions, name: str | None 
             LazySource, registry=remote.reference.registry,
             repository=remote.reference.repository, insecure=not pulled.client.verify,
             cert_dir=options.cert_dir))
-        if not lazy and any(b.toc_digest for b in src.layers):
+        if any(b.toc_digest for b in src.layers):
             how.local = lazylayer.local_contents(
                 (store.layers.diff_dir(layer.id), store.paths.layer_contents(layer.id))
                 for layer in store.layers.all())

@@ -326,13 +326,8 @@ def fill(diff: str, index: LayerIndex, relpaths: Iterable[str],
     dirfd = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for f in holes:
-            fd = fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY)
-            try:
-                _complete(fd, f, options)
-            finally:
-                os.close(fd)
-            if on_done:
-                on_done(f.relpath)
+            _close_complete(fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY), f, options,
+                            on_done)
         for start, end, group in ranges(chunks):
             try:
                 data = read_range(start, end)
@@ -361,12 +356,7 @@ def fill(diff: str, index: LayerIndex, relpaths: Iterable[str],
                 left[f.relpath] -= 1
                 if left[f.relpath] == 0:
                     del open_files[f.relpath]
-                    try:
-                        _complete(fd, f, options)
-                    finally:
-                        os.close(fd)
-                    if on_done:
-                        on_done(f.relpath)
+                    _close_complete(fd, f, options, on_done)
     finally:
         for fd in open_files.values():
             os.close(fd)
@@ -378,6 +368,17 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+def _close_complete(fd: int, f: LazyFile, options: ExtractOptions,
+                    on_done: Callable[[str], None] | None) -> None:
+    """`_complete` the file open at `fd`, close it, tell `on_done`."""
+    try:
+        _complete(fd, f, options)
+    finally:
+        os.close(fd)
+    if on_done:
+        on_done(f.relpath)
 
 
 def _complete(fd: int, f: LazyFile, options: ExtractOptions) -> None:
@@ -456,9 +457,10 @@ def _clone_verified(dirfd: int, f: LazyFile, src_diff: str, src_path: str,
         fd = fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY)
         try:
             fsutil.clone_file(src, fd)
-            _complete(fd, f, options)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        _close_complete(fd, f, options, None)
         return True
     finally:
         os.close(src)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from storetools import (directory, driver_skip_reason, file, hardlink,  # noqa: E402
                         oci_layout, symlink, tar_bytes, tree_snapshot, wait_until)
 from support.registryd import Proxy, Registry  # noqa: E402
-from test_layers_registry import INSECURE, Machine  # noqa: E402
+from test_layers_registry import INSECURE, Machine, proxy, registry  # noqa: E402,F401
 
 from layers import estargz, layout  # noqa: E402
 from layers.digest import Digest  # noqa: E402
@@ -47,20 +47,6 @@ TOP = tar_bytes([
     file("opaque/new", os.urandom(3000)), file("top", os.urandom(200_000)),
 ])
 FILES = ["big", "one", "one-again", "sparse", "etc/os-release", "opaque/kept"]
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = Registry(tmp_path_factory.mktemp("registry")).start()
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture
-def proxy(registry):
-    p = Proxy(registry.host).start()
-    yield p
-    p.stop()
 
 
 class LazyMachine(Machine):
@@ -331,7 +317,7 @@ def test_a_container_on_a_lazy_image_mounts_at_once_and_reads_what_a_full_pull_h
 
 
 def test_a_plain_pull_fetches_only_the_files_the_store_lacks(lazy_machines, proxy, tmp_path):
-    _, full = lazy_machines
+    lazy, full = lazy_machines
     ref1, _, _, src1 = push_estargz(tmp_path, proxy.host, [BASE, TOP], "partial1")
     changed = os.urandom(1 * MiB)
     v2 = tar_bytes([file("big", BIG), file("one", BASE_ONE, mode=0o4755),
@@ -390,3 +376,11 @@ def test_inspect_df_check_and_rmi_of_a_lazy_image(lazy_machines, proxy, tmp_path
     assert lazy.layers() == []
     proxy.release.set()
     assert wait_until(lambda: lazy.fetcher_pid() is None, 60)
+    # a lazy pull takes them from the store too: only `changed` is left to fetch
+    lazy.ok("pull", "-q", "--lazy", ref1, INSECURE)
+    assert wait_until(lambda: all(lazy.record(x)["lazy"] is None for x in lazy.layers()), 60)
+    (t,) = lazy.report("pull", "-q", "--lazy", ref2, INSECURE)["layers"]
+    assert t["outcome"] == "lazy" and t["saved"] == rep2["layers"][0]["saved"]
+    assert json.loads(lazy.ok("inspect", layer))["lazy"]["files"] == 4
+    assert wait_until(lambda: lazy.record(layer)["lazy"] is None, 60)
+    assert tree_snapshot(lazy.diff(layer)) == tree_snapshot(src2.root / "layers" / layer / "diff")
