@@ -30,10 +30,14 @@ served depends on podman's driver; there is one `DIR` per kind of reader,
 under `<graphroot>/als/` (`layout.StorePaths.als`):
 - `fsd/`, for a podman whose mount_program is fsd: every layer.  fsd reads
   both marker forms and fetches a lazy layer's files when they are opened.
+  (A rootless store keeps owners in override_stat, which podman has fsd
+  read, `xattr_permissions=2`, only when it has a `force_mask`.)
 - `kernel/`, for the kernel overlay (or another mount program): the layers
   the kernel reads as the layer.  A complete one is its diff dir when the
   store keeps the overlay form or the layer holds no `.wh.` marker (the
-  kernel would read a `.wh.` file as a file).  A lazy one holding no marker
+  kernel would read a `.wh.` file as a file), and, in a rootless store,
+  with every owner, mode and type on disk as the layer has them (the kernel
+  reads no override_stat).  A lazy one holding no marker
   at all, of an image served with `mount_lazy`, is a read-only fsd mount of
   its diff dir (a daemon per layer), made here, in the runroot
   (`layout.StorePaths.als_mounts`): the kernel would read a lazy file as
@@ -59,6 +63,7 @@ import errno
 import json
 import os
 import secrets
+import stat
 
 from . import fsutil, layout, lazylayer
 from .digest import Digest
@@ -261,32 +266,40 @@ def _kernel_view(store: StoreCore, layer: Layer, mount_lazy: bool) -> str | None
     diff = store.layers.diff_dir(layer.id)
     try:
         os.getxattr(diff, layout.LAZY_XATTR)
+        lazy = True
     except OSError as e:
         if e.errno != errno.ENODATA:
             raise
-        if store.driver.form == layout.FORM_OVERLAY or not _has_markers(diff, oci_only=True):
-            return diff
+        lazy = False
+    if (lazy and not mount_lazy) or _kernel_misreads(store, diff, lazy):
         return None
-    if not mount_lazy or _has_markers(diff, oci_only=False):
-        return None
-    return os.path.join(store.paths.als_mounts, layer.compressed_digest.hex)
+    return os.path.join(store.paths.als_mounts, layer.compressed_digest.hex) if lazy else diff
 
 
-def _has_markers(tree: str, oci_only: bool) -> bool:
-    """Whether `tree` holds a whiteout or opaque marker: a `.wh.` name, and
-    unless `oci_only` a char device 0/0 or an opaque xattr too."""
+def _kernel_misreads(store: StoreCore, tree: str, lazy: bool) -> bool:
+    """Whether the kernel overlay would read `tree` otherwise than the layer
+    is: a `.wh.` name (unless the store keeps the overlay form), any marker
+    at all when `lazy` (fsd's mount of it shows none), or an owner, mode or
+    type kept in override_stat (a rootless store: the kernel shows the
+    files' own, the store's user being a rootless podman's root)."""
+    markers = lazy or store.driver.form != layout.FORM_OVERLAY
     for parent, dirs, files in os.walk(tree):
         names = dirs + files
-        if any(n.startswith(layout.WHITEOUT_PREFIX) for n in names):
+        if markers and any(n.startswith(layout.WHITEOUT_PREFIX) for n in names):
             return True
-        if oci_only:
+        if lazy and layout.is_opaque_dir(parent, set(names)):
+            return True
+        if not (lazy or store.override_stat):
             continue
-        if layout.is_opaque_dir(parent, set(names)):
-            return True
-        for n in files:
-            path = os.path.join(parent, n)
-            if layout.is_whiteout_dev(os.lstat(path)):
+        for path in [parent, *(os.path.join(parent, n) for n in files)]:
+            st = os.lstat(path)
+            if lazy and layout.is_whiteout_dev(st):
                 return True
+            if store.override_stat and not stat.S_ISLNK(st.st_mode):
+                uid, gid, mode, kind = layout.seen_owner_mode(path, st)
+                if (uid, gid) != (0, 0) or mode != stat.S_IMODE(st.st_mode) \
+                        or kind not in (None, "file", "dir"):
+                    return True
     return False
 
 

@@ -57,8 +57,11 @@ class Served:
         self.strata_env = {"STRATA_STORAGE_CONF": str(conf),
                            "STRATA_REGISTRIES_CONF": str(regconf)}
         self.als = self.strata_root / "als" / reader
+        # rootless, the store keeps owners in override_stat: podman passes fsd
+        # xattr_permissions=2, which reads them, when it has a force_mask
         self.podman = PodmanStore(box, rootless=rootless, layer_stores=(str(self.als),),
-                                  mount_program="" if reader == "kernel" else None)
+                                  mount_program="" if reader == "kernel" else None,
+                                  force_mask="shared" if rootless and reader == "fsd" else None)
 
     def rootfs(self) -> Path:
         """The busybox rootfs tar, made once per sandbox."""
@@ -128,24 +131,26 @@ def podman_logs(request, fsd_log):
         request.getfixturevalue("served").podman.collect_logs(fsd_log)
 
 
-def layer_tar(path: Path, files: dict[str, bytes]) -> Path:
+def layer_tar(path: Path, files: dict[str, bytes], owner: tuple[int, int] = (0, 0),
+              mode: int = 0o644) -> Path:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o644
+            info.size, info.mode, (info.uid, info.gid) = len(data), mode, owner
             tf.addfile(info, io.BytesIO(data))
     path.write_bytes(buf.getvalue())
     path.chmod(0o644)
     return path
 
 
-def publish(served: Served, proxy: Proxy, name: str, top: Path) -> str:
-    """The busybox rootfs with the layer `top` on it, pushed to the registry by
-    the store, then pulled back (so its layer records carry their blob digests)
-    and served: its reference."""
+def publish(served: Served, proxy: Proxy, name: str, *tops: Path) -> str:
+    """The busybox rootfs with the layers `tops` on it, pushed to the registry
+    by the store, then pulled back (so its layer records carry their blob
+    digests) and served: its reference."""
     ref = f"{proxy.host}/als/{name}:1"
-    served.layers("import", "-q", str(served.rootfs()), str(top), "--name", f"localhost/{name}:1")
+    served.layers("import", "-q", str(served.rootfs()), *map(str, tops),
+                  "--name", f"localhost/{name}:1")
     served.layers("push", f"localhost/{name}:1", ref, INSECURE)
     served.layers("rmi", f"localhost/{name}:1")
     served.layers("pull", "-q", ref, INSECURE)
@@ -160,27 +165,32 @@ def layer_blobs(served: Served, ref: str) -> list[str]:
 
 
 def test_podman_runs_an_image_whose_layers_it_did_not_pull(served, proxy):
-    # a layer deleting /lower/delete-me.txt of the rootfs
-    top = layer_tar(served.box.root / "whiteout.tar", {"lower/.wh.delete-me.txt": b""})
-    ref = publish(served, proxy, "busybox", top)
-    base, whiteout = layer_blobs(served, ref)
-    kernel = served.als.name == "kernel"
-    # the kernel would read the `.wh.` file as a file: that layer is podman's to pull
-    served_blobs = [base] if kernel else [base, whiteout]
+    # a layer deleting /lower/delete-me.txt of the rootfs, one adding a file of
+    # another owner than root
+    whiteout = layer_tar(served.box.root / "whiteout.tar", {"lower/.wh.delete-me.txt": b""})
+    owned = layer_tar(served.box.root / "owned.tar", {"lower/owned": b"o"}, (1000, 1001), 0o600)
+    ref = publish(served, proxy, "busybox", whiteout, owned)
+    base, whiteout, owned = layer_blobs(served, ref)
+    # the kernel reads a `.wh.` file as a file, and the owner a rootless store
+    # keeps in override_stat not at all: those layers are podman's to pull
+    served_blobs = {"fsd": [base, whiteout, owned], "kernel": [base, owned]}[served.als.name]
+    if served.als.name == "kernel" and served.podman.rootless:
+        served_blobs = [base]
     assert sorted(p.name for p in served.als.iterdir()) == sorted(served_blobs)
 
     proxy.reset()
     served.podman("pull", INSECURE, ref)
     fetched = proxy.blob_gets()
     assert not set(fetched) & set(served_blobs), f"podman pulled a served layer: {fetched}"
-    assert len(fetched) == 3 - len(served_blobs), f"podman fetched more than the config: {fetched}"
+    assert len(fetched) == 4 - len(served_blobs), f"podman fetched more than the config: {fetched}"
 
     out = served.podman("run", *RUN_OPTS, "--rm", ref, "sh", "-c",
-                        "cat /lower/keep.txt && ls /lower && "
+                        "cat /lower/keep.txt && stat -c %u:%g:%a /lower/owned && ls /lower && "
                         "awk '$2 == \"/\" {print \"root:\" $3}' /proc/mounts").stdout.split()
-    assert out[0] == "keep"
-    assert out[1:-1] == ["append.txt", "delete-dir", "keep-link", "keep.txt", "link-src",
-                         "rename-dir"], out
+    assert out[:2] == ["keep", "1000:1001:600"], out
+    assert out[2:-1] == ["append.txt", "delete-dir", "keep-link", "keep.txt", "link-src",
+                         "owned", "rename-dir"], out
+    kernel = served.als.name == "kernel"
     assert out[-1] == f"root:{'overlay' if kernel else mounts.FSD_FSTYPE}", out
     assert proxy.blob_gets() == fetched, "podman run fetched blobs"
 

@@ -6,7 +6,8 @@
     store = PodmanStore(box, rootless)  a store under the sandbox; store(*args) runs podman
                                         (mount_program=PATH: another one than fsd, "":
                                         the kernel overlay; layer_stores: podman's
-                                        additional layer stores)
+                                        additional layer stores; force_mask: owners
+                                        and modes kept in override_stat)
     store.close()                       removes containers, stops the rootless pause process
 
 The agent (tests/support/rootless.py) gives podman the namespace this machine
@@ -145,7 +146,8 @@ class PodmanStore:
     """A podman store in the sandbox, driven through an agent (root or the user)."""
 
     def __init__(self, box: Sandbox, rootless: bool, timeout: float = 240.0,
-                 mount_program: str | None = None, layer_stores: tuple[str, ...] = ()):
+                 mount_program: str | None = None, layer_stores: tuple[str, ...] = (),
+                 force_mask: str | None = None):
         self.box = box
         self.rootless = rootless
         self.timeout = timeout
@@ -164,6 +166,7 @@ class PodmanStore:
         self.wrapper.chmod(0o755)
         self.mount_program = str(self.wrapper) if mount_program is None else mount_program
         self.layer_stores = tuple(map(str, layer_stores))
+        self.force_mask = force_mask
         conf = box.root / "containers.conf"
         conf.write_text(CONTAINERS_CONF)
         conf.chmod(0o644)
@@ -176,7 +179,8 @@ class PodmanStore:
             "[storage.options]\n"
             f"additionallayerstores = {json.dumps(list(self.layer_stores))}\n"
             "[storage.options.overlay]\n"
-            + (f'mount_program = "{self.mount_program}"\n' if self.mount_program else ""))
+            + (f'mount_program = "{self.mount_program}"\n' if self.mount_program else "")
+            + (f'force_mask = "{force_mask}"\n' if force_mask else ""))
         storage.chmod(0o644)
         env = {"CONTAINERS_CONF": str(conf), "CONTAINERS_STORAGE_CONF": str(storage),
                "TMPDIR": str(tmp), "HOME": str(home), "XDG_RUNTIME_DIR": str(xdg)}
@@ -192,7 +196,8 @@ class PodmanStore:
                 # --storage-opt replaces storage.conf's options: every one is given
                 *([f"--storage-opt=overlay.mount_program={self.mount_program}"]
                   if self.mount_program else []),
-                *(f"--storage-opt=overlay.additionallayerstore={d}" for d in self.layer_stores)]
+                *(f"--storage-opt=overlay.additionallayerstore={d}" for d in self.layer_stores),
+                *([f"--storage-opt=overlay.force_mask={self.force_mask}"] if self.force_mask else [])]
 
     def __call__(self, *args, timeout: float | None = None, check: bool = True) -> mounts.Result:
         """podman ARGS in the agent; asserts exit 0 unless check=False. A command
