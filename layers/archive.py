@@ -100,7 +100,7 @@ class _Prefixed:
         return self._raw.read(n)
 
 
-class _SafeTarInfo(tarfile.TarInfo):
+class SafeTarInfo(tarfile.TarInfo):
     """Refuses oversized pax/GNU long headers before tarfile reads them into memory."""
 
     def _proc_gnulong(self, tf):
@@ -196,7 +196,7 @@ def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
     try:
         try:
             with _Extractor(dest, options, recorder) as ex:
-                tf = tarfile.open(fileobj=recorder, mode="r|", tarinfo=_SafeTarInfo,
+                tf = tarfile.open(fileobj=recorder, mode="r|", tarinfo=SafeTarInfo,
                                   errorlevel=2)
                 for member in tf:
                     ex.add(member, tf)
@@ -228,18 +228,18 @@ def extract_layer(blob: BinaryIO, dest: str, options: ExtractOptions,
                          split=split is not None, device_files=ex.device_files)
 
 
-def extract_placeholders(tar: BinaryIO, dest: str, options: ExtractOptions,
+def extract_placeholders(tf: tarfile.TarFile, dest: str, options: ExtractOptions,
                          lazy: Callable[[tarfile.TarInfo], bool],
                          where: str = "layer") -> int:
-    """Apply the layer tar `tar` (seekable) to the empty dir `dest` as
-    `extract_layer` would, but for the regular files `lazy` picks: each is
-    a sparse file of its size carrying `layout.LAZY_XATTR`, its data never
-    read (so the tar may hold anything there).  The count of entries;
-    UnsafeArchive and BadArchive as `extract_layer`."""
+    """Apply the layer tar `tf` (opened seekable, its members read) to the
+    empty dir `dest` as `extract_layer` would, but for the regular files
+    `lazy` picks: each is a sparse file of its size carrying
+    `layout.LAZY_XATTR`, its data never read (so the tar may hold anything
+    there).  The count of entries; UnsafeArchive and BadArchive as
+    `extract_layer`."""
     try:
         with _Extractor(dest, options, lazy=lazy) as ex:
-            tf = tarfile.open(fileobj=tar, mode="r:", tarinfo=_SafeTarInfo, errorlevel=2)
-            for member in tf:
+            for member in tf.getmembers():
                 ex.add(member, tf)
             ex.finish()
     except (tarfile.TarError, EOFError) as e:

@@ -17,9 +17,9 @@ request or in the background; a plain pull reusing local content):
 - `fill(diff, index, paths, read_range, options)`: the content of those
   files: their chunks fetched by ranges (adjacent ones merged), each
   inflated and checked against its digest before a byte is written, written
-  in place; then fsync, the file's metadata set again as extraction set it
-  (a write clears set-id bits and `security.capability`; the mtime), and the
-  xattr removed last.  A file still carrying the xattr is never complete:
+  in place; then synced (one syncfs for many files), the file's metadata
+  set again as extraction set it (a write clears set-id bits and
+  `security.capability`; the mtime), and the xattr removed last (`_Written`).  A file still carrying the xattr is never complete:
   a crash anywhere leaves it to be filled again from its first chunk.
 - `reuse(diff, index, local, options)`: the files whose content the store
   holds already (by the TOC's digests, `local_contents` of the contents
@@ -57,7 +57,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from . import estargz, fsutil, layout, tarsplit
-from .archive import ExtractOptions, clean_name, extract_placeholders, set_meta
+from .archive import (ExtractOptions, SafeTarInfo, clean_name, extract_placeholders,
+                      set_meta)
 from .digest import Digest
 from .errors import BadArchive, DigestMismatch, DriverError, LayersError
 from .records import Layer
@@ -159,8 +160,13 @@ class LayerIndex:
                 by_name["/".join(clean_name(entry.name))] = entry
         self.files: dict[str, LazyFile] = {}
         self.names: dict[str, str] = {}
-        tf = tarfile.open(fileobj=self.skeleton, mode="r:")
-        for m in tf:
+        try:
+            self.tar = tarfile.open(fileobj=self.skeleton, mode="r:",
+                                    tarinfo=SafeTarInfo, errorlevel=2)
+            members = self.tar.getmembers()
+        except (tarfile.TarError, EOFError) as e:
+            raise BadArchive(where, f"the TOC's tar-split is no tar ({e})") from None
+        for m in members:
             relpath = "/".join(clean_name(m.name))
             if m.islnk():
                 target = "/".join(clean_name(m.linkname))
@@ -246,8 +252,7 @@ def build_placeholders(index: LayerIndex, dest: str, options: ExtractOptions,
                        socket: str) -> int:
     """The placeholder tree of the layer in the empty dir `dest` (module doc);
     its root marked with `socket`, the fetcher's.  The count of entries."""
-    index.skeleton.seek(0)
-    count = extract_placeholders(index.skeleton, dest, options, index.is_lazy, index.where)
+    count = extract_placeholders(index.tar, dest, options, index.is_lazy, index.where)
     if index.files:
         os.setxattr(dest, layout.LAZY_XATTR, os.fsencode(socket))
     fsutil.fsync_dir(dest)
@@ -324,11 +329,12 @@ def fill(diff: str, index: LayerIndex, relpaths: Iterable[str],
             chunks.append(c)
     open_files: dict[str, int] = {}
     dirfd = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    written = _Written(diff, options, on_done)
     try:
         for f in holes:
-            _close_complete(fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY), f, options,
-                            on_done)
+            written.add(fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY), f)
         for start, end, group in ranges(chunks):
+            written.complete()
             try:
                 data = read_range(start, end)
             except LayersError as e:
@@ -355,9 +361,10 @@ def fill(diff: str, index: LayerIndex, relpaths: Iterable[str],
                     _write_all(fd, content, c.offset_in_file)
                 left[f.relpath] -= 1
                 if left[f.relpath] == 0:
-                    del open_files[f.relpath]
-                    _close_complete(fd, f, options, on_done)
+                    written.add(open_files.pop(f.relpath), f)
+        written.complete()
     finally:
+        written.close()
         for fd in open_files.values():
             os.close(fd)
         os.close(dirfd)
@@ -370,26 +377,44 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[n:], offset + n
 
 
-def _close_complete(fd: int, f: LazyFile, options: ExtractOptions,
-                    on_done: Callable[[str], None] | None) -> None:
-    """`_complete` the file open at `fd`, close it, tell `on_done`."""
-    try:
-        _complete(fd, f, options)
-    finally:
-        os.close(fd)
-    if on_done:
-        on_done(f.relpath)
+class _Written:
+    """Files whose whole content is written, waiting to be completed: made
+    durable together (one syncfs for many: a sync per small file would
+    bound a layer's completion by the disk's sync rate), then each given the
+    metadata extraction gave it (a write cleared set-id bits and file
+    capabilities, and moved the mtime), then its mark removed — last, so
+    that a crash before leaves a file filled again, never one served half.
+    (The removal itself need not be durable: lost, it costs a refetch.)"""
 
+    def __init__(self, diff: str, options: ExtractOptions,
+                 on_done: Callable[[str], None] | None):
+        self.diff, self.options, self.on_done = diff, options, on_done
+        self.files: list[tuple[int, LazyFile]] = []
 
-def _complete(fd: int, f: LazyFile, options: ExtractOptions) -> None:
-    """The content is written: durable first, then the metadata extraction
-    gave the file (a write cleared set-id bits and file capabilities, and
-    moved the mtime), then the mark goes — last, so that a crash before it
-    leaves a file that is filled again, never one served half."""
-    os.fsync(fd)
-    set_meta(options, fd, None, f.member)
-    os.removexattr(fd, layout.LAZY_XATTR)
-    os.fsync(fd)
+    def add(self, fd: int, f: LazyFile) -> None:
+        self.files.append((fd, f))
+
+    def complete(self) -> None:
+        if not self.files:
+            return
+        if len(self.files) == 1:
+            os.fdatasync(self.files[0][0])
+        else:
+            fsutil.sync_tree(self.diff)
+        while self.files:
+            fd, f = self.files[0]
+            set_meta(self.options, fd, None, f.member)
+            os.removexattr(fd, layout.LAZY_XATTR)
+            self.files.pop(0)
+            os.close(fd)
+            if self.on_done:
+                self.on_done(f.relpath)
+
+    def close(self) -> None:
+        """Close what a failure left uncompleted (still marked: filled again)."""
+        for fd, _ in self.files:
+            os.close(fd)
+        self.files = []
 
 
 def write_contents(index: LayerIndex, path: str) -> None:
@@ -424,44 +449,46 @@ def reuse(diff: str, index: LayerIndex, local: dict[Digest, list[tuple[str, str]
     relpaths completed so."""
     done = []
     dirfd = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    written = _Written(diff, options, done.append)
     try:
         for relpath in incomplete_files(diff, index):
             f = index.files[relpath]
             for src_diff, src_path in local.get(f.digest, ()):
-                if _clone_verified(dirfd, f, src_diff, src_path, options):
-                    done.append(relpath)
+                fd = _clone_verified(dirfd, f, src_diff, src_path)
+                if fd is not None:
+                    written.add(fd, f)
                     break
+        written.complete()
     finally:
+        written.close()
         os.close(dirfd)
     return done
 
 
-def _clone_verified(dirfd: int, f: LazyFile, src_diff: str, src_path: str,
-                    options: ExtractOptions) -> bool:
+def _clone_verified(dirfd: int, f: LazyFile, src_diff: str, src_path: str) -> int | None:
     """Clone src into the lazy file `f` when src is a complete regular file
-    whose content hashes to `f.digest`; whether it was."""
+    whose content hashes to `f.digest`: the open file, or None."""
     try:
         if is_incomplete(src_diff, src_path):
-            return False
+            return None
         srcdir = os.open(src_diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             src = fsutil.open_beneath(srcdir, src_path)
         finally:
             os.close(srcdir)
     except (OSError, LayersError):
-        return False                   # gone meanwhile (a removed layer), or not a file
+        return None                    # gone meanwhile (a removed layer), or not a file
     try:
         got, size = _digest_of(src)
         if size != f.member.size or got != f.digest:
-            return False
+            return None
         fd = fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY)
         try:
             fsutil.clone_file(src, fd)
         except BaseException:
             os.close(fd)
             raise
-        _close_complete(fd, f, options, None)
-        return True
+        return fd
     finally:
         os.close(src)
 
