@@ -3,15 +3,18 @@ their entries follow the served images, each exactly what containers/storage
 1.43 stats and reads; the kernel's gets only the layers it reads right; a
 served image cannot be removed."""
 
+import contextlib
 import json
 import os
+import subprocess
 
 import pytest
 
 from layers import als, layout
+from layers.drivers.base import mount_fstype
 from layers.errors import ImageServed
 
-from storetools import directory, file, make_tar, oci_layout, tar_bytes
+from storetools import directory, driver_skip_reason, file, make_tar, oci_layout, tar_bytes
 
 BASE = tar_bytes([directory("etc"), file("etc/os-release", "ID=base\n")])
 APP1 = tar_bytes([file("app/one", "1")])
@@ -153,3 +156,52 @@ def test_prune_keeps_a_served_image(images, store_env):
     assert any("(b:latest)" in label for label in removed), removed
     assert not any("(a:latest)" in label for label in removed), removed
     assert entries(store) == sorted(blobs(store, "a"))
+
+
+@pytest.fixture
+def lazy_mounted(images, store_env):
+    """Image a served with --mount-lazy, its top layer marked lazy (nothing
+    reads it here, so no fetcher is needed): the kernel's entry of that layer
+    is a read-only fsd mount.  (mount point, the layer's blob digest)"""
+    reason = driver_skip_reason("fuse")
+    if reason:
+        pytest.skip(reason)
+    store = images
+    top = store.image("a").layers[-1]
+    os.setxattr(store.layers.diff_dir(top), layout.LAZY_XATTR, b"/run/fetcher.sock")
+    store_env.ok("als", "add", "--mount-lazy", "a")
+    blob = store.layers.get(top).compressed_digest
+    mountpoint = os.readlink(os.path.join(als.entry_dir(store, als.KERNEL, blob), "diff"))
+    assert mountpoint == os.path.join(store.paths.als_mounts, blob.hex)
+    assert mount_fstype(mountpoint) == "fuse.fsd"
+    assert sorted(os.listdir(mountpoint)) == sorted(os.listdir(store.layers.diff_dir(top)))
+    yield mountpoint, blob
+    with contextlib.suppress(FileNotFoundError):      # not after a reset
+        os.removexattr(store.layers.diff_dir(top), layout.LAZY_XATTR)
+
+
+def test_a_lazy_layer_mount_follows_the_layer(images, store_env, lazy_mounted):
+    store = images
+    mountpoint, blob = lazy_mounted
+    # unmounted behind the store's back (a reboot): made again by the next als command
+    subprocess.run(["umount", "-l", mountpoint], check=True)
+    store_env.ok("als", "add", "--mount-lazy", "a")
+    assert mount_fstype(mountpoint) == "fuse.fsd"
+    # complete: the entry reads the layer's dir, and the mount goes
+    top = store.image("a").layers[-1]
+    os.removexattr(store.layers.diff_dir(top), layout.LAZY_XATTR)
+    store_env.ok("als", "add", "--mount-lazy", "a")
+    entry = als.entry_dir(store, als.KERNEL, blob)
+    assert os.readlink(os.path.join(entry, "diff")) == store.layers.diff_dir(top)
+    assert mount_fstype(mountpoint) is None and not os.path.exists(mountpoint)
+    os.setxattr(store.layers.diff_dir(top), layout.LAZY_XATTR, b"/run/fetcher.sock")
+
+
+def test_als_rm_and_reset_unmount_the_lazy_layer_mounts(images, store_env, lazy_mounted):
+    mountpoint, _ = lazy_mounted
+    store_env.ok("als", "rm", "a")
+    assert mount_fstype(mountpoint) is None and not os.path.exists(mountpoint)
+    store_env.ok("als", "add", "--mount-lazy", "a")
+    assert mount_fstype(mountpoint) == "fuse.fsd"
+    store_env.ok("reset", "-f")
+    assert mount_fstype(mountpoint) is None
