@@ -137,7 +137,7 @@ class CopyUp:
         """Whether node's copy-up is complete: in the upper with its data, and
         no copy-up of it still under way (one that published the copy goes on
         to link the file's other names: until then they are missing)."""
-        return node.upper and not node.metacopy and not node.copy_under_way
+        return node.upper and not node.metacopy and not node.linking_names
 
     async def ensure_all(self, *nodes: Node) -> None:
         """Copy up nodes and return at a moment when no tree move is under way, so
@@ -275,7 +275,11 @@ class CopyUp:
             node.upper_entries = self.dircache.scan_upper(rel)
         self.dircache.upper_added(parent, node.name, node.kind)
         if linked is not None:
-            await self.link_other_names(node.lower_index, st.st_ino, work, linked)
+            node.linking_names = True
+            try:
+                await self.link_other_names(node.lower_index, st.st_ino, work, linked)
+            finally:
+                node.linking_names = False
             work.unlink(linked)
         self.table.attrs_changed(node)  # the copy has its own ctime
 

@@ -56,7 +56,7 @@ class Node:
     __slots__ = (
         "ino", "key", "kind", "links", "upper", "lower_index", "lower_indices", "opaque",
         "lookups", "fds", "lower_stat", "upper_entries", "lower_entries",
-        "lock", "gone", "metacopy", "last_stat", "_path", "_path_epoch", "__weakref__",
+        "lock", "linking_names", "gone", "metacopy", "last_stat", "_path", "_path_epoch", "__weakref__",
     )
 
     # Bumped whenever a directory's path changes (its last link replaced or
@@ -78,6 +78,10 @@ class Node:
         self.upper_entries = None  # cached upper listing of a directory
         self.lower_entries = None  # cached merged listing of a directory's lowers
         self.lock = None  # trio.Lock, made when a copy-up needs one
+        # a copy-up that published this lower hard-linked file is linking its
+        # other names (copy_up.py); not the lock's being held, which a waiter
+        # also holds for a moment when it is passed on
+        self.linking_names = False
         self.gone = False  # every name of it has been removed
         self.metacopy = False  # upper holds metadata only; data still in `layer`
         self.last_stat = None  # its stat when its last name went, for fstat after that
@@ -87,12 +91,6 @@ class Node:
     @property
     def is_dir(self) -> bool:
         return self.kind == stat.S_IFDIR
-
-    @property
-    def copy_under_way(self) -> bool:
-        """A copy-up of this node holds its lock (copy_up.py): one that has
-        published the copy may still be linking the file's other names."""
-        return self.lock is not None and self.lock.locked()
 
     @property
     def parent(self) -> "Node | None":

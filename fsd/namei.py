@@ -104,7 +104,7 @@ class Namei:
         key = self.table.key_for(layer.dev, st.st_ino)
         node = self.table.find(key, kind)
         if node is not None and node.upper:
-            if node.copy_under_way:
+            if node.linking_names:
                 # a copy-up that published the file is linking its other names,
                 # this one too: it names the node, whose path stays a name
                 # already in the upper until then

@@ -232,6 +232,35 @@ async def test_writes_through_two_names_of_a_lower_hard_link_at_once(overlay, mo
     assert await fs.ino("a") == await fs.ino("b")
 
 
+async def test_renames_waiting_for_the_copy_up_of_a_hard_link_go_on_when_it_ends(overlay, monkeypatch):
+    """Two renames wait for the copy-up that links a lower file's other names.
+    The node's lock passes from one waiter to the next when released: taking
+    the lock's being held for that copy-up still under way, they handed it
+    round for ever (the daemon at full CPU, the renames never answered)."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a", "linked")
+    os.link(bottom / "a", bottom / "b")
+    fs = await overlay.mount()
+    await fs.lookup("a")
+    # The order of events, made certain without timing: the search for the
+    # other names (a walk of the layer in a worker thread) waits until both
+    # renames wait for the copy-up.
+    jobs = HeldWorkerJobs(monkeypatch)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fs.write, "a", b"L")
+            await jobs.waiting.wait()
+            nursery.start_soon(fs.rename, "a", "x")
+            nursery.start_soon(fs.rename, "b", "y")
+            await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.add_instrument(StepBudget(scope, 20_000))
+            jobs.release()
+    assert not scope.cancelled_caught, "the renames still waited after 20000 scheduler steps"
+    assert sorted(await fs.listdir("")) == [b"x", b"y"]
+    assert await fs.read("y") == b"Linked"
+    assert await fs.ino("x") == await fs.ino("y")
+
+
 async def test_other_names_of_a_hard_link_are_linked_to_its_copy_even_if_its_name_goes(overlay, monkeypatch):
     """The copy's name is unlinked (a whiteout takes its place) while fsd looks
     for the file's other names: they are linked to the copy, not to that
