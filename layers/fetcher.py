@@ -9,8 +9,10 @@ and by the mount of a container with lazy layers
 listens), and exits when no lazy layer is left to complete and no request
 has come for IDLE seconds.  A layer whose completion failed (registry gone,
 a chunk failing its digest, the rebuilt tar not the diffID) keeps its
-error in its record and stays lazy: the next start of the fetcher (a
-mount, a pull) clears the error and tries again.
+error in its record and stays lazy: the next pull or mount of an image
+holding it starts a fetcher, or tells the running one
+(`lazylayer.RETRY_SIGNAL`), and
+the error is cleared and the layer tried again.
 
 Requests, one per connection, a JSON line each way (LAZY-CONTRACT.md):
     {"layer": "<absolute path of a layer's diff dir>", "path": "<relative path>"}
@@ -38,6 +40,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -93,6 +96,7 @@ class Fetcher:
         self.clients: dict[tuple[str, bool, str | None], RegistryClient] = {}
         self.abort = threading.Event()
         self.active = 0                         # requests being answered
+        self.retry = threading.Event()          # RETRY_SIGNAL came: clear the errors
         self.last_request = time.monotonic()
 
     # -- the process ---------------------------------------------------------------
@@ -102,6 +106,8 @@ class Fetcher:
         another fetcher of the store runs."""
         paths = self.store.paths
         os.makedirs(paths.runroot, mode=0o700, exist_ok=True)
+        # before the pid file is ours: a pull may signal us from then on
+        signal.signal(lazylayer.RETRY_SIGNAL, lambda *_: self.retry.set())
         pidfd = os.open(paths.fetcher_pid, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:
@@ -297,6 +303,9 @@ class Fetcher:
 
     def _complete_all(self) -> None:
         while True:
+            if self.retry.is_set():
+                self.retry.clear()
+                self._retry_failed()
             todo = [layer for layer in self._lazy_layers() if layer.lazy.error is None]
             for layer in todo:
                 self._complete(layer)
@@ -305,7 +314,7 @@ class Fetcher:
                     idle = not self.active and time.monotonic() - self.last_request >= IDLE
                 if idle or not self._lazy_layers():
                     return
-                time.sleep(1.0)
+                self.retry.wait(1.0)
 
     def _complete(self, layer: Layer) -> None:
         """Complete one layer (module doc); a failure goes into its record."""

@@ -48,6 +48,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -66,6 +67,7 @@ from .records import Layer
 # A range request spans at most this many blob bytes (merging adjacent chunks).
 MAX_RANGE = 8 << 20
 START_TIMEOUT = 15.0       # for a new fetcher to listen
+RETRY_SIGNAL = signal.SIGUSR1   # to a running fetcher: retry the layers that failed
 
 
 class FetchFailed(LayersError):
@@ -519,11 +521,16 @@ def finish(diff: str, index: LayerIndex, diff_id: Digest, split_path: str) -> No
 def start_fetcher(paths: layout.StorePaths, root: str, runroot: str,
                   layers: Iterable[Layer | None]) -> None:
     """When one of `layers` is lazy, start the store's fetcher (fetcher.py:
-    `layers fetcher`), detached, unless it runs; return once it listens, or
-    once it has exited (another one won the race, or no lazy layer was
+    `layers fetcher`), detached, unless it runs (then it is told to retry
+    the layers that failed, when one of these did); return once it listens,
+    or once it has exited (another one won the race, or no lazy layer was
     left).  DriverError when it does neither within START_TIMEOUT."""
-    if not any(layer is not None and layer.lazy is not None for layer in layers) \
-            or fsutil.flock_held(paths.fetcher_pid):
+    lazy = [layer for layer in layers if layer is not None and layer.lazy is not None]
+    if not lazy:
+        return
+    if fsutil.flock_held(paths.fetcher_pid):
+        if any(layer.lazy.error for layer in lazy):
+            _tell_retry(paths, root)
         return
     os.makedirs(paths.runroot, mode=0o700, exist_ok=True)
     argv = [sys.executable, "-m", "layers.cli", "--root", root, "--runroot", runroot,
@@ -539,3 +546,18 @@ def start_fetcher(paths: layout.StorePaths, root: str, runroot: str,
         time.sleep(0.02)
     raise DriverError("fuse", f"the fetcher of lazy layers did not start in "
                               f"{START_TIMEOUT:.0f}s (see {paths.fetcher_log})")
+
+
+def _tell_retry(paths: layout.StorePaths, root: str) -> None:
+    """RETRY_SIGNAL to the running fetcher: the pid in its flock'ed pid file,
+    when that process is this store's fetcher (the file may still name the
+    last one for a moment; one that just left is no error)."""
+    try:
+        with open(paths.fetcher_pid) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        if argv[-2:] == [b"fetcher", b""] and os.fsencode(root) in argv:
+            os.kill(pid, RETRY_SIGNAL)
+    except (OSError, ValueError):
+        pass

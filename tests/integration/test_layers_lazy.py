@@ -10,11 +10,13 @@ full pull of the same image.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import socket
+import threading
 import sys
 from pathlib import Path
 
@@ -384,3 +386,66 @@ def test_inspect_df_check_and_rmi_of_a_lazy_image(lazy_machines, proxy, tmp_path
     assert lazy.layers() == []
     proxy.release.set()
     assert wait_until(lambda: lazy.fetcher_pid() is None, 60)
+
+
+def test_a_registry_gone_fails_requests_clearly_and_the_next_pull_retries(
+        lazy_machines, proxy, tmp_path):
+    lazy, _ = lazy_machines
+    ref, blobs, _, src = push_estargz(tmp_path, proxy.host, [BASE], "gone")
+    hold_background(proxy, blobs[0])
+    layer = lazy.report("pull", "-q", "--lazy", ref, INSECURE)["layers"][0]["layer"]
+    layer = layer.split(":")[1]
+    diff = lazy.diff(layer)
+    assert wait_until(proxy.stalled.is_set, 30)
+    proxy.fail_with = 503                         # gone: every request fails from now on
+    proxy.drop.set()                              # and the held fetch is cut
+    answer = ask(lazy.store().paths.fetcher_socket, diff, "one")
+    assert answer["ok"] is False
+    assert answer["error"].startswith(f"layer {layer[:12]}: one: bytes ")
+    assert lazy_mark(diff / "one") == b""
+    assert wait_until(lambda: lazy.record(layer)["lazy"]["error"] is not None, 60)
+    assert lazy_mark(diff / "big") == b""
+    proxy.fail_with = None                        # it is back
+    lazy.ok("pull", "-q", "--lazy", ref, INSECURE)  # and the fetcher is told to retry
+    assert wait_until(lambda: lazy.record(layer)["lazy"] is None, 120)
+    assert tree_snapshot(diff) == tree_snapshot(src.root / "layers" / layer / "diff")
+
+
+def test_requests_for_a_file_being_fetched_share_its_fetch(lazy_machines, proxy, tmp_path):
+    lazy, _ = lazy_machines
+    ref, blobs, size, src = push_estargz(tmp_path, proxy.host, [BASE], "shared")
+    hold_background(proxy, blobs[0])                  # the background's fetch of `big`
+    layer = lazy.report("pull", "-q", "--lazy", ref, INSECURE)["layers"][0]["layer"]
+    diff = lazy.diff(layer.split(":")[1])
+    assert wait_until(proxy.stalled.is_set, 30)
+    sock = lazy.store().paths.fetcher_socket
+    answers = []
+    askers = [threading.Thread(target=lambda: answers.append(ask(sock, diff, "big")))
+              for _ in range(3)]
+    for t in askers:
+        t.start()
+    pid = lazy.fetcher_pid()
+    assert wait_until(lambda: _connections(pid) >= 3, 30)    # all three are waiting
+    proxy.release.set()
+    for t in askers:
+        t.join(120)
+    assert answers == [{"ok": True}] * 3
+    assert (diff / "big").read_bytes() == BIG
+    assert wait_until(lambda: lazy.record(layer.split(":")[1])["lazy"] is None, 60)
+    # every chunk came once: the blob's bytes, less what no request needs (the TOC's
+    # carriers, fetched once by the pull), were sent once
+    assert proxy.sent_bytes("GET", blobs[0]) <= size
+
+
+def _connections(pid: int) -> int:
+    """Connected unix sockets the process `pid` holds: the fetcher's side of
+    each request it accepted."""
+    mine = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                mine.add(target[8:-1])
+    with open("/proc/net/unix") as f:
+        lines = [line.split() for line in f.read().splitlines()[1:]]
+    return sum(1 for fields in lines if fields[6] in mine and fields[5] == "03")
