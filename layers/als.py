@@ -114,12 +114,9 @@ def add(store: StoreCore, ref: str, mount_lazy: bool = False) -> list[str]:
         served, mounted = _load(store)
         mounted = mounted | {image.id} if mount_lazy else mounted - {image.id}
         _save(store, served | {image.id}, mounted)
-        _sync(store)
-        kernel = sum(1 for layer in layers
-                     if _kernel_view(store, layer, mount_lazy) is not None)
-        unmounted = 0 if mount_lazy else sum(
-            1 for layer in layers if _kernel_view(store, layer, True) not in (
-                None, store.layers.diff_dir(layer.id)))
+        to_kernel, unmounted = _sync(store)
+        blobs = {str(layer.compressed_digest) for layer in layers}
+        kernel, unmounted = len(blobs & to_kernel), len(blobs & unmounted)
     return [f"serving {ref}: {len(layers)} layers to podman with fsd as mount_program: "
             f"{storage_conf_line(store, FSD)}",
             f"{kernel} of them to the kernel overlay or another mount program"
@@ -209,10 +206,12 @@ def _save(store: StoreCore, images: set[str], mount_lazy: set[str]) -> None:
     fsutil.atomic_write(store.paths.als_record, json.dumps(doc).encode() + b"\n", mode=0o600)
 
 
-def _sync(store: StoreCore) -> None:
+def _sync(store: StoreCore) -> tuple[set[str], set[str]]:
     """Make the entries under `als/` those of the served images' layers, for
     each reader what it reads right (module doc).  A served image removed
-    behind our back is dropped."""
+    behind our back is dropped.  The blob digests served to the kernel, and
+    those it would read through a mount but was not given for want of
+    `mount_lazy`."""
     served, mounted = _load(store)
     present = {i for i in served if store.images.get(i) is not None}
     if present != served:
@@ -227,16 +226,23 @@ def _sync(store: StoreCore) -> None:
                     mount_lazy.add(str(layer.compressed_digest))
     os.makedirs(store.paths.als, mode=0o755, exist_ok=True)
     kernel: dict[str, tuple[str, Layer]] = {}
+    unmounted: set[str] = set()
     for name, layer in layers.items():
-        view = _kernel_view(store, layer, name in mount_lazy)
-        if view is not None:
-            kernel[name] = (view, layer)
-            if view != store.layers.diff_dir(layer.id):
-                _ensure_mounted(view, store.layers.diff_dir(layer.id))
+        diff = store.layers.diff_dir(layer.id)
+        view = _kernel_view(store, layer)
+        if view is None:
+            continue
+        if view != diff:
+            if name not in mount_lazy:
+                unmounted.add(name)
+                continue
+            _ensure_mounted(view, diff)
+        kernel[name] = (view, layer)
     _sync_reader(store, FSD, {name: (store.layers.diff_dir(layer.id), layer)
                               for name, layer in layers.items()})
     _sync_reader(store, KERNEL, kernel)
     _unmount_unused(store, {view for view, _ in kernel.values()})
+    return set(kernel), unmounted
 
 
 def _sync_reader(store: StoreCore, reader: str,
@@ -259,10 +265,9 @@ def _sync_reader(store: StoreCore, reader: str,
     fsutil.fsync_dir(directory)
 
 
-def _kernel_view(store: StoreCore, layer: Layer, mount_lazy: bool) -> str | None:
+def _kernel_view(store: StoreCore, layer: Layer) -> str | None:
     """What the kernel overlay may read as the layer (module doc): its diff
-    dir, the mount point of an fsd mount of it (only if `mount_lazy`), or
-    None."""
+    dir, the mount point of an fsd mount of it (a lazy layer), or None."""
     diff = store.layers.diff_dir(layer.id)
     try:
         os.getxattr(diff, layout.LAZY_XATTR)
@@ -271,7 +276,7 @@ def _kernel_view(store: StoreCore, layer: Layer, mount_lazy: bool) -> str | None
         if e.errno != errno.ENODATA:
             raise
         lazy = False
-    if (lazy and not mount_lazy) or _kernel_misreads(store, diff, lazy):
+    if _kernel_misreads(store, diff, lazy):
         return None
     return os.path.join(store.paths.als_mounts, layer.compressed_digest.hex) if lazy else diff
 
