@@ -17,5 +17,7 @@ Layers, each importing only those above it in this list:
 scripts/bench-lazy (issue 17) is a second command on the same package:
   shaper     a delaying, rate-capping, counting HTTP proxy (imports nothing of ours)
   lazyimage  the lazy benchmark's images' layer tars (data, podman)
-  lazy       its command line and run (machine, mounts, data, shaper, lazyimage)
+  lazystore  a private layer store driven through the CLI (mounts)
+  lazypodman podman pulling against podman on the additional layer store (lazystore)
+  lazy       its command line and run (all of the above, machine)
 """

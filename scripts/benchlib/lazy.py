@@ -2,7 +2,7 @@
 one started after a full pull, over a shaped network (issue 17).
 
     scripts/bench-lazy [--reps N] [--small] [--json FILE] [--timeout S] [--max-load L]
-                       [--delay MS] [--rate MBIT]
+                       [--no-podman] [--delay MS] [--rate MBIT]
 
 A command of its own rather than a section of scripts/bench: scripts/bench
 compares mount implementations (kernel, fuse-overlayfs, fsd) on the same
@@ -36,8 +36,9 @@ Every figure is from the pull's start; bytes are those the proxy sent the
 client (answers' heads and bodies), read at the instant. A command whose
 output differs from the expected one (the data file's sha256) fails its run.
 
-The podman comparison of the issue (plain pull against an additional layer
-store) is not measured: the additional layer store is not built yet.
+Then, unless --no-podman, podman's two ways (lazypodman.py): `podman pull`
+of the gzip image, against the store's lazy pull served to podman as its
+additional layer store; both to the end of `podman run` of the command.
 
 Exit status: 0 all ran; 3 a step failed (listed; timings never fail
 anything); 2 bad usage or an environment it cannot run in; 130 interrupted.
@@ -62,31 +63,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import data as datamod
-from . import lazyimage
+from . import lazyimage, lazypodman
 from .machine import Quiet
+from .lazypodman import MODES as PODMAN_MODES
+from .lazypodman import PODMAN_ALS, PODMAN_PULL
+from .lazystore import LAYERS, StepError, Store
 from .mounts import interrupt_on_term, unmount_leftovers
 from .shaper import Counters, ShapedProxy
 
 REPO = Path(__file__).resolve().parents[2]
-LAYERS = REPO / ".venv" / "bin" / "layers"
 
 LAZY_XATTR = "user.strata.lazy"   # LAZY-CONTRACT 2: on a layer's diff/ while a file is incomplete
 FULL_GZIP, FULL_ESTARGZ, LAZY = "full gzip", "full estargz", "lazy"
 MODES = (FULL_GZIP, FULL_ESTARGZ, LAZY)
+SLUGS = {FULL_GZIP: "fg", FULL_ESTARGZ: "fe", LAZY: "lz", PODMAN_PULL: "pp", PODMAN_ALS: "pa"}  # scratch dirs
 TARGET_SOONER = 5.0     # first output at least 5x sooner than a full pull
 TARGET_FRACTION = 0.10  # under 10% of the image's bytes fetched by then
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json, "
                   "application/vnd.docker.distribution.manifest.v2+json")
-PODMAN_NOTE = ("podman (plain pull against an additional layer store): not measured, "
-               "the additional layer store of issue 17 is not built yet")
 
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-class StepError(Exception):
-    """A step of a run failed; str(self) is one line."""
 
 
 def parse_args(argv):
@@ -104,6 +102,7 @@ def parse_args(argv):
     ap.add_argument("--max-load", type=float, default=0.5 * (os.cpu_count() or 1), metavar="L",
                     help="a load average above L at the start makes the run busy: no target is judged "
                          "(default: half the CPUs)")
+    ap.add_argument("--no-podman", action="store_true", help="without the podman runs")
     ap.add_argument("--delay", type=float, default=20.0, metavar="MS",
                     help="milliseconds added to every request (default 20)")
     ap.add_argument("--rate", type=float, default=100.0, metavar="MBIT",
@@ -116,87 +115,6 @@ def parse_args(argv):
     if args.timeout is None:
         args.timeout = 120.0 if args.small else 600.0
     return args
-
-
-# -- a store ----------------------------------------------------------------------------------
-
-class Store:
-    """A private store (fuse driver), with its own empty registries.conf and
-    storage.conf, driven through the CLI."""
-
-    def __init__(self, top: Path, timeout: float):
-        self.top = top
-        self.root = top / "root"
-        self.timeout = timeout
-        home = top / "home"
-        for d in (home / "run", home / "config"):
-            d.mkdir(parents=True, exist_ok=True)
-        (top / "registries.conf").write_text("")
-        (top / "storage.conf").write_text("")
-        self.env = {k: v for k, v in os.environ.items() if k != "REGISTRY_AUTH_FILE"}
-        self.env.update({"STRATA_REGISTRIES_CONF": str(top / "registries.conf"),
-                         "STRATA_STORAGE_CONF": str(top / "storage.conf"),
-                         "HOME": str(home), "XDG_RUNTIME_DIR": str(home / "run"),
-                         "XDG_CONFIG_HOME": str(home / "config"), "DOCKER_CONFIG": str(home / "docker")})
-
-    def __call__(self, *args: str) -> str:
-        """What the command printed; StepError when it failed. Its output goes
-        to files, not pipes: a process it leaves running (the fetcher a lazy
-        pull starts) could hold a pipe open and make the command look as long
-        as that process's life."""
-        argv = [str(LAYERS), "--root", str(self.root), "--runroot", str(self.top / "run"),
-                "--driver", "fuse", *args]
-        out_path, err_path = self.top / "layers.out", self.top / "layers.err"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            try:
-                code = subprocess.run(argv, env=self.env, stdout=out, stderr=err, timeout=self.timeout,
-                                      stdin=subprocess.DEVNULL).returncode
-            except subprocess.TimeoutExpired:
-                raise StepError(f"layers {' '.join(args)}: still running after {self.timeout:.0f}s") from None
-        if code:
-            tail = " | ".join(err_path.read_text(errors="replace").strip().splitlines()[-3:])
-            raise StepError(f"layers {' '.join(args)}: exit {code}: {tail}")
-        return out_path.read_text(errors="replace")
-
-    def layer_diffs(self, image: str) -> list[Path]:
-        doc = json.loads(self("inspect", image))
-        return [self.root / "layers" / layer.split(":", 1)[1] / "diff" for layer in doc["layers"]]
-
-    def close(self) -> list[str]:
-        """Remove the store (unmounting what is mounted); what went wrong."""
-        problems = []
-        if self.root.exists():
-            try:
-                self("reset", "-f")
-            except StepError as exc:
-                problems.append(str(exc))
-        for pid in _processes_naming(self.top):
-            problems.append(f"a process still running after `layers reset` of its store: {pid} "
-                            f"{_cmdline(pid)[:200]}; killed")
-            try:
-                os.kill(pid, 9)
-            except ProcessLookupError:
-                pass
-        left = unmount_leftovers(self.top)
-        if left:
-            problems.append(f"left mounted and now unmounted: {left}")
-        shutil.rmtree(self.top, ignore_errors=True)
-        return problems
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def _processes_naming(path: Path) -> list[int]:
-    """Processes whose command line names something under path (a fetcher, an fsd)."""
-    needle = str(path) + "/"
-    return [int(d) for d in os.listdir("/proc") if d.isdigit() and int(d) != os.getpid()
-            and needle in _cmdline(int(d))]
 
 
 # -- the registry and its images --------------------------------------------------------------
@@ -323,15 +241,19 @@ def _traffic(c: Counters) -> dict:
 
 
 class Run:
-    """One mode once: every figure into `result`; an error ends it."""
+    """One mode once, on a store of its own: `go()` puts every figure into
+    `result`; a StepError ends it; `close()` removes the store."""
 
-    def __init__(self, mode: str, rep: int, store: Store, proxy: ShapedProxy, images: Images,
-                 component: Path, timeout: float):
+    def __init__(self, mode: str, rep: int, top: Path, proxy: ShapedProxy, images: Images, spec: dict,
+                 timeout: float):
         self.mode, self.rep = mode, rep
-        self.store, self.proxy, self.images = store, proxy, images
-        self.spec = datamod.load_spec(component)
+        self.store, self.proxy, self.images = Store(top, timeout), proxy, images
+        self.spec = spec
         self.timeout = timeout
         self.result: dict = {"rep": rep}
+
+    def close(self) -> list[str]:
+        return self.store.close()
 
     def go(self) -> None:
         fmt = "gzip" if self.mode == FULL_GZIP else "estargz"
@@ -396,7 +318,8 @@ def _median(values):
 
 def summarize(runs: dict[str, list[dict]], images: Images | None, busy: bool) -> dict:
     keys = ("pull_s", "fetched_after_pull", "create_mount_s", "first_output_s", "command_s", "fetched_first_output",
-            "background_done_s", "fetched_total", "second_pull_s", "second_fetched")
+            "background_done_s", "fetched_total", "second_pull_s", "second_fetched",
+            "run_s", "done_s", "fetched_done")
     medians = {mode: {k: _median([r.get(k) for r in rs if "error" not in r]) for k in keys}
                for mode, rs in runs.items()}
     full = medians.get(FULL_GZIP, {}).get("first_output_s")
@@ -412,9 +335,14 @@ def summarize(runs: dict[str, list[dict]], images: Images | None, busy: bool) ->
         if busy:
             return "busy, not judged"
         return "ok" if ok(value) else "MISS"
+    podman_plain = medians.get(PODMAN_PULL, {}).get("done_s")
+    podman_als = medians.get(PODMAN_ALS, {}).get("done_s")
+    podman_sooner = podman_plain / podman_als if podman_plain and podman_als else None
     targets = {
         "first_output_sooner": {"value": sooner, "target": f">= {TARGET_SOONER:g}x",
                                 "verdict": verdict(sooner, lambda v: v >= TARGET_SOONER)},
+        "podman_done_sooner": {"value": podman_sooner, "target": f">= {TARGET_SOONER:g}x",
+                               "verdict": verdict(podman_sooner, lambda v: v >= TARGET_SOONER)},
         "fetched_fraction_by_first_output": {"value": fraction, "target": f"< {TARGET_FRACTION:.0%}",
                                              "verdict": verdict(fraction, lambda v: v < TARGET_FRACTION)},
     }
@@ -439,7 +367,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), "|" + "|".join("-" * (n + 2) for n in widths) + "|", *map(line, rows)]
 
 
-def render(summary: dict, runs: dict[str, list[dict]], images: Images | None) -> str:
+def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, podman_skipped: str | None) -> str:
     med = summary["medians"]
     image = {mode: images.layer_bytes.get(("first", "gzip" if mode == FULL_GZIP else "estargz"))
              for mode in MODES} if images else {}
@@ -483,11 +411,38 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None) ->
     if g and e:
         out.append(f"partial pull by content: {_mb(g - e)} ({1 - e / g:.0%}) fewer than the gzip pull's {_mb(g)}"
                    if e < g else f"partial pull by content saved nothing: {_mb(e)} against the gzip pull's {_mb(g)}")
-    out += ["", PODMAN_NOTE]
+    out += [""]
+    if podman_skipped:
+        out.append(f"podman (its own pull against the additional layer store): not run: {podman_skipped}")
+    else:
+        rows = []
+        for mode, what in ((PODMAN_PULL, "podman pull (gzip)"), (PODMAN_ALS, "layers pull --lazy + als add + podman pull (eStargz)")):
+            m, rs = med.get(mode, {}), runs.get(mode, [])
+            failed = sum("error" in r for r in rs)
+            rows.append([what, _s(m.get("pull_s")), _s(m.get("run_s")), _s(m.get("done_s")),
+                         _mb(m.get("fetched_done")) + _pct(m.get("fetched_done"), image.get(FULL_GZIP if mode == PODMAN_PULL else LAZY)),
+                         f"{failed} of {len(rs)} runs failed" if failed else ""])
+        out += _table(["podman run of the first image", "pull s", "podman run s", "command done s", "fetched by then",
+                       "note"], rows)
+        p = t["podman_done_sooner"]
+        out.append(f"command done, podman pull / podman on the additional layer store: "
+                   f"{'-' if p['value'] is None else format(p['value'], '.1f') + 'x'} "
+                   f"(target {p['target']}: {p['verdict']})")
     return "\n".join(out) + "\n"
 
 
 # -- the run ------------------------------------------------------------------------------------
+
+def _progress(r: dict) -> str:
+    if "error" in r:
+        return f"ERROR {r['error']}"
+    if "done_s" in r:
+        return f"command done {r['done_s']:.2f}s, {r['fetched_done'] / 1e6:.1f} MB by then"
+    return (f"first output {r['first_output_s']:.2f}s, {r['fetched_first_output'] / 1e6:.1f} MB by then"
+            + (f"; complete {r['background_done_s']:.2f}s" if "background_done_s" in r else "")
+            + (f"; second image {r['second_pull_s']:.2f}s, {r['second_fetched'] / 1e6:.1f} MB"
+               if "second_pull_s" in r else ""))
+
 
 def _clean_old_runs(scratch_root: Path) -> None:
     for d in scratch_root.glob("lazy-*"):
@@ -529,6 +484,8 @@ def main(argv=None) -> int:
     run_dir.mkdir()
     size = "small" if args.small else "full"
     runs: dict[str, list[dict]] = {m: [] for m in MODES}
+    modes = list(MODES)
+    podman_skipped: str | None = "not reached"
     problems: list[str] = []
     images = registry = proxy = None
     interrupted = False
@@ -549,12 +506,27 @@ def main(argv=None) -> int:
                                  ["gzip", "estargz"])
         finally:
             problems += seed.close()
+        if args.no_podman:
+            podman_skipped = "--no-podman"
+        else:
+            podman_skipped = lazypodman.why_not()
+        if podman_skipped:
+            say(f"bench-lazy: without podman: {podman_skipped}")
+        else:
+            modes += PODMAN_MODES
+            runs.update({m: [] for m in PODMAN_MODES})
         proxy = ShapedProxy(registry.host, delay=args.delay / 1000, rate=args.rate * 1e6 / 8).start()
+        spec = datamod.load_spec(component)
         for rep in range(args.reps):
             say(f"bench-lazy: rep {rep + 1}/{args.reps}: CPUs {quiet.sample_idle():.0%} idle before it")
-            for mode in _rotate(list(MODES), rep):
-                store = Store(run_dir / f"r{rep}-{mode.replace(' ', '-')}", args.timeout)
-                run = Run(mode, rep, store, proxy, images, component, args.timeout)
+            for mode in _rotate(list(modes), rep):
+                # short: the store's fetcher listens on a unix socket in its runroot,
+                # and a socket's path has room for 107 bytes
+                top = run_dir / f"{rep}{SLUGS[mode]}"
+                if mode in PODMAN_MODES:
+                    run = lazypodman.PodmanRun(mode, rep, top, proxy, images, spec, args.timeout)
+                else:
+                    run = Run(mode, rep, top, proxy, images, spec, args.timeout)
                 try:
                     run.go()
                 except StepError as exc:
@@ -563,15 +535,9 @@ def main(argv=None) -> int:
                     run.result["error"] = f"{type(exc).__name__}: {exc}"
                     say(traceback.format_exc())
                 finally:
-                    problems += [f"{mode} rep {rep}: {p}" for p in store.close()]
+                    problems += [f"{mode} rep {rep}: {p}" for p in run.close()]
                 runs[mode].append(run.result)
-                r = run.result
-                say(f"bench-lazy: rep {rep + 1} {mode:<13} "
-                    + (f"ERROR {r['error']}" if "error" in r else
-                       f"first output {r['first_output_s']:.2f}s, {r['fetched_first_output'] / 1e6:.1f} MB by then"
-                       + (f"; complete {r['background_done_s']:.2f}s" if "background_done_s" in r else "")
-                       + (f"; second image {r['second_pull_s']:.2f}s, {r['second_fetched'] / 1e6:.1f} MB"
-                          if "second_pull_s" in r else "")))
+                say(f"bench-lazy: rep {rep + 1} {mode:<13} {_progress(run.result)}")
     except KeyboardInterrupt:
         interrupted = True
         say("bench-lazy: interrupted; here is what was measured")
@@ -604,7 +570,7 @@ def main(argv=None) -> int:
                  images.layer_bytes else "") + ")")
     if busy:
         print("busy, not judged: " + "; ".join(busy))
-    print(render(summary, runs, images), end="")
+    print(render(summary, runs, images, podman_skipped), end="")
     if errors:
         print("\nerrors:")
         for e in errors:
@@ -618,7 +584,7 @@ def main(argv=None) -> int:
                    "refs": {f"{i}:{f}": v for (i, f), v in images.refs.items()},
                    "layer_bytes": {f"{i}:{f}": v for (i, f), v in images.layer_bytes.items()},
                    "tar_bytes": images.tar_bytes},
-               "runs": runs, **summary, "podman": PODMAN_NOTE, "errors": errors}
+               "runs": runs, **summary, "podman_skipped": podman_skipped, "errors": errors}
         tmp = f"{args.json}.tmp-{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump(doc, f, indent=1)
