@@ -42,6 +42,7 @@ from support.registryd import Proxy  # noqa: E402
 from support.rootless import Sandbox  # noqa: E402
 
 MiB = 1 << 20
+NOTE = f"only in this image: {os.urandom(8).hex()}\n"
 
 
 class Served:
@@ -245,17 +246,19 @@ def test_podman_fetches_a_lazy_layer_file_by_file(served, proxy):
 
 
 def big_first_rootfs(served: Served) -> Path:
-    """The busybox rootfs as one layer tar whose first file is BIG bytes of
-    noise: the fetcher's background takes a layer's files in tar order, a
-    batch at a time, and a batch holding only that file is the one a test
-    holds at the proxy, so that the rest stays lazy until podman reads it."""
+    """The busybox rootfs as one layer tar whose first file is 12 MiB of
+    noise, then a note of NOTE: the fetcher's background takes a layer's files
+    in tar order, a batch at a time, and a batch holding only that file is the
+    one a test holds at the proxy, so that the rest stays lazy until podman
+    reads it."""
     served.rootfs()
     noise = served.box.dir("noise", owned=False)
     (noise / "0-big.bin").write_bytes(os.urandom(12 * MiB))
+    (noise / "note.txt").write_text(NOTE)
     tar = served.box.root / "big-first.tar"
     subprocess.run(["tar", "--numeric-owner", "--owner=0", "--group=0", "-cf", str(tar),
-                    "-C", str(noise), "0-big.bin", "-C", str(served.box.root / "rootfs"), "."],
-                   check=True)
+                    "-C", str(noise), "0-big.bin", "note.txt",
+                    "-C", str(served.box.root / "rootfs"), "."], check=True)
     tar.chmod(0o644)
     return tar
 
@@ -265,7 +268,9 @@ def test_podman_runs_a_lazily_pulled_estargz_image(served, proxy):
     pulls no layer blob and its container reads the files it needs, fetched
     by the store on open (by podman's fsd, or for the kernel overlay by the
     store's read-only fsd mount), while the rest of the layer is still in
-    the proxy: its background fetch is held at the proxy meanwhile."""
+    the registry: its background fetch is held at the proxy meanwhile.  The
+    note is the image's own (its other files the store may hold already from
+    the other tests' images: a lazy pull takes those from it)."""
     kernel = served.als.name == "kernel"
     name = "estargz"
     served.layers("import", "-q", str(big_first_rootfs(served)), "--name", f"localhost/{name}:1")
@@ -286,9 +291,10 @@ def test_podman_runs_a_lazily_pulled_estargz_image(served, proxy):
 
         served.podman("pull", INSECURE, ref)
         out = served.podman("run", *RUN_OPTS, "--rm", ref, "sh", "-c",
-                            "cat /lower/keep.txt && ls /lower").stdout.split()
-        assert out == ["keep", "append.txt", "delete-dir", "delete-me.txt", "keep-link",
-                       "keep.txt", "link-src", "rename-dir"], out
+                            "cat /note.txt /lower/keep.txt && ls /lower").stdout
+        assert out.splitlines() == [NOTE.strip(), "keep", "append.txt", "delete-dir",
+                                    "delete-me.txt", "keep-link", "keep.txt", "link-src",
+                                    "rename-dir"], out
         full = [r for r in proxy.requests if r.method == "GET" and r.path.endswith(blob)
                 and r.status == 200]
         assert full == [], f"the layer blob was pulled whole: {full}"
@@ -297,6 +303,7 @@ def test_podman_runs_a_lazily_pulled_estargz_image(served, proxy):
         diff = Path(json.loads(served.layers("inspect", json.loads(
             served.layers("inspect", ref))["layers"][0]))["dir"])
         assert layout.LAZY_XATTR in os.listxattr(diff / "0-big.bin")
+        assert layout.LAZY_XATTR not in os.listxattr(diff / "note.txt")   # fetched on open
         print(f"\npodman ({served.als.name}) ran a lazily pulled image after {fetched} "
               f"of its {size} blob bytes")
     finally:
