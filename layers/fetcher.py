@@ -23,7 +23,8 @@ per file (`_fetch`).  Every failure is one line in `fetcher.log` naming the
 layer, the file and the blob range.
 
 The background work takes each lazy layer in turn: its incomplete files in
-tar order, BATCH blob bytes at a time (about one range request), the record's
+tar order, BATCH blob bytes at a time (about one range request), each
+started once requests have been quiet for a moment (`_wait_quiet`), the record's
 `fetched` brought up to date after each batch, then `lazylayer.finish` (the
 exact tar rebuilt and checked against the diffID; the tar-split kept; the
 root's mark removed) and the record made an ordinary layer's.  A layer
@@ -56,6 +57,8 @@ from .registry.session import blob_client
 from .storecore import StoreCore
 
 IDLE = 30.0                # seconds without work or request before exiting
+QUIET = 0.25               # seconds without a request before a background range…
+MAX_PAUSE = 2.0            # …or this long waiting for such a quiet
 # Blob bytes of one background step: about one range request, so that a
 # request for a file the background has not reached waits for no more.
 BATCH = lazylayer.MAX_RANGE
@@ -116,21 +119,34 @@ class Fetcher:
                 return 0
             os.ftruncate(pidfd, 0)
             os.write(pidfd, f"{os.getpid()}\n".encode())
-            listener = self._listen()
+            self._retry_failed()
             try:
-                threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-                self._retry_failed()
-                self._complete_all()
+                while True:
+                    listener = self._listen()
+                    threading.Thread(target=self._accept, args=(listener,),
+                                     daemon=True).start()
+                    try:
+                        self._complete_all()
+                    finally:
+                        fsutil.remove_file(paths.fetcher_socket)
+                        listener.close()
+                        self._wait_requests()
+                    # Leave only if no layer to complete came meanwhile, and
+                    # let go of the pid file in the same hold of the store
+                    # lock: a pull publishing one either is seen here or, after
+                    # us, finds no fetcher and starts one.
+                    with self.store.lock:
+                        if not self._to_complete():
+                            os.close(pidfd)
+                            pidfd = -1
+                            return 0
             finally:
-                fsutil.remove_file(paths.fetcher_socket)
-                listener.close()
-                self._wait_requests()
                 self.abort.set()
                 for client in self.clients.values():
                     client.close()
-            return 0
         finally:
-            os.close(pidfd)
+            if pidfd >= 0:
+                os.close(pidfd)
 
     def _listen(self) -> socket.socket:
         path = self.store.paths.fetcher_socket
@@ -301,12 +317,18 @@ class Fetcher:
                     self.store.layers.save(layer.id.hex, replace(
                         layer, lazy=replace(layer.lazy, error=None)))
 
+    def _to_complete(self) -> list[Layer]:
+        """The lazy layers whose completion has not failed."""
+        return [layer for layer in self._lazy_layers() if layer.lazy.error is None]
+
     def _complete_all(self) -> None:
+        """Complete the layers until none is left to complete and either no
+        lazy layer is left or no request came for IDLE seconds."""
         while True:
             if self.retry.is_set():
                 self.retry.clear()
                 self._retry_failed()
-            todo = [layer for layer in self._lazy_layers() if layer.lazy.error is None]
+            todo = self._to_complete()
             for layer in todo:
                 self._complete(layer)
             if not todo:
@@ -331,6 +353,7 @@ class Fetcher:
                     size += sum(c.blob_end - c.blob_start for c in st.index.files[p].chunks)
                 if self.store.layers.get(layer.id) is None:
                     return                      # removed meanwhile
+                self._wait_quiet()
                 try:
                     self._fetch(st, batch)
                 finally:
@@ -357,6 +380,17 @@ class Fetcher:
         except Exception as e:                  # a bug: the other layers go on
             log.exception("layer %s: internal error", layer.id.short)
             self._record_error(layer.id, f"internal error: {type(e).__name__}: {e}")
+
+    def _wait_quiet(self) -> None:
+        """Hold the next background range while requests come (a container
+        starting reads what it needs first; the link is theirs), for at most
+        MAX_PAUSE, so that the background still goes on under steady reads."""
+        deadline = time.monotonic() + MAX_PAUSE
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.active and time.monotonic() - self.last_request >= QUIET:
+                    return
+            time.sleep(0.02)
 
     def _save_received(self, st: _Lazy) -> None:
         n = st.take_received()

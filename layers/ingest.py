@@ -350,7 +350,7 @@ def pull(store: StoreCore, ref: str, options: RegistryOptions, name: str | None 
                                       abort=pulled.abort, stage=stage)
         # this pull's lazy layers, or an earlier pull's, to complete or retry
         lazylayer.start_fetcher(store.paths, store.config.root, store.config.runroot,
-                                map(store.layers.get, image.layers))
+                                map(store.layers.get, image.layers), wait=False)
         cache = BlobInfoCache(store.paths.blobinfo)
         for blob, media in zip(src.layers, remote.layer_media_types):
             cache.record(blob.digest, blob.size, media, blob.diff_id, remote.reference.name)

@@ -519,30 +519,40 @@ def finish(diff: str, index: LayerIndex, diff_id: Digest, split_path: str) -> No
 
 
 def start_fetcher(paths: layout.StorePaths, root: str, runroot: str,
-                  layers: Iterable[Layer | None]) -> None:
+                  layers: Iterable[Layer | None], wait: bool = True) -> None:
     """When one of `layers` is lazy, start the store's fetcher (fetcher.py:
     `layers fetcher`), detached, unless it runs (then it is told to retry
-    the layers that failed, when one of these did); return once it listens,
-    or once it has exited (another one won the race, or no lazy layer was
-    left).  DriverError when it does neither within START_TIMEOUT."""
+    the layers that failed, when one of these did).  With `wait`, return
+    once it listens, or once it has left (no lazy layer was left);
+    DriverError when it does neither within START_TIMEOUT.  (A pull need not
+    wait: only a mount needs the socket, and it waits.)"""
     lazy = [layer for layer in layers if layer is not None and layer.lazy is not None]
     if not lazy:
         return
-    if fsutil.flock_held(paths.fetcher_pid):
-        if any(layer.lazy.error for layer in lazy):
-            _tell_retry(paths, root)
+    def spawn() -> subprocess.Popen:
+        os.makedirs(paths.runroot, mode=0o700, exist_ok=True)
+        argv = [sys.executable, "-m", "layers.cli", "--root", root, "--runroot", runroot,
+                "fetcher"]
+        with open(paths.fetcher_log, "ab") as log:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True)
+
+    proc = None
+    if not fsutil.flock_held(paths.fetcher_pid):
+        proc = spawn()
+    elif any(layer.lazy.error for layer in lazy):
+        _tell_retry(paths, root)
+    if not wait:
         return
-    os.makedirs(paths.runroot, mode=0o700, exist_ok=True)
-    argv = [sys.executable, "-m", "layers.cli", "--root", root, "--runroot", runroot,
-            "fetcher"]
-    with open(paths.fetcher_log, "ab") as log:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if proc.poll() is not None or (os.path.exists(paths.fetcher_socket)
-                                       and fsutil.flock_held(paths.fetcher_pid)):
+        held = fsutil.flock_held(paths.fetcher_pid)
+        if held and os.path.exists(paths.fetcher_socket):
             return
+        if not held and proc is None:
+            proc = spawn()             # the one running left meanwhile
+        elif not held and proc.poll() is not None:
+            return                     # ours left: nothing lazy is left to serve
         time.sleep(0.02)
     raise DriverError("fuse", f"the fetcher of lazy layers did not start in "
                               f"{START_TIMEOUT:.0f}s (see {paths.fetcher_log})")
