@@ -137,14 +137,22 @@ def remove(store: StoreCore, ref: str) -> list[str]:
     return [f"no longer serving {ref}"]
 
 
-def served(store: StoreCore) -> list[tuple[Image, list[Layer]]]:
-    """The served images and their layers, bottom first."""
+def listing(store: StoreCore) -> list[str]:
+    """A line per served image: its id, names, layers, how many of them the
+    kernel gets and how many are lazy still."""
     with store.lock:
+        kernel = set(os.listdir(reader_dir(store, KERNEL))) \
+            if os.path.isdir(reader_dir(store, KERNEL)) else set()
         out = []
         for image_id in sorted(_load(store)[0]):
             image = store.images.get(image_id)
-            if image is not None:
-                out.append((image, _layers_of(store, image)))
+            if image is None:
+                continue
+            layers = _layers_of(store, image)
+            to_kernel = sum(1 for layer in layers if str(layer.compressed_digest) in kernel)
+            lazy = sum(1 for layer in layers if layer.lazy is not None)
+            out.append(f"{image.id[:12]}  {','.join(image.names) or '<none>'}  "
+                       f"{len(layers)} layers, {to_kernel} to the kernel, {lazy} lazy")
         return out
 
 

@@ -276,8 +276,7 @@ class Store(StoreCore):
             return als.add(self, ref, mount_lazy)
         if action == "rm":
             return als.remove(self, ref)
-        return [f"{image.id[:12]}  {','.join(image.names) or '<none>'}  {len(layers)} layers"
-                for image, layers in als.served(self)]
+        return als.listing(self)
 
     # -- import --------------------------------------------------------------------
     def import_path(self, path: str | list[str], name: str | None = None,

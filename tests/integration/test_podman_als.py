@@ -294,6 +294,8 @@ def test_podman_runs_a_lazily_pulled_estargz_image(served, proxy):
         assert [layer["outcome"] for layer in pulled["layers"]] == ["lazy"]
         served.layers("als", "add", *(["--mount-lazy"] if kernel else []), ref)
         assert blob in {p.name for p in served.als.iterdir()}
+        assert any(line.endswith(f"{name}:1  1 layers, {int(kernel)} to the kernel, 1 lazy")
+                   for line in served.layers("als", "ls").splitlines())
         assert wait_until(proxy.stalled.is_set, 30), "the background fetch did not start"
 
         served.podman("pull", INSECURE, ref)
