@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 
-from . import als, fsutil, gc
+from . import als, fsutil, gc, lazylayer
 from .digest import Digest
 from .storecore import StoreCore
 
@@ -98,7 +98,8 @@ def _take_out(store: StoreCore, r: gc.Removal, lease: fsutil.Lease) -> str | Non
 
 
 def reset(store: StoreCore) -> list[str]:
-    """Unmount every container, then remove the whole store.
+    """Unmount every container and stop the fetcher, then remove the whole
+    store.
 
     The root is first renamed aside in one step, so an interrupted reset
     leaves either the old store or none (and a `.strata-removing-*` dir
@@ -112,6 +113,7 @@ def reset(store: StoreCore) -> list[str]:
                 store.umount_all(c)
                 done.append(f"unmounted {c.name}")
         als.unmount_all(store)
+        lazylayer.stop_fetcher(store.paths, root)
         fsutil.remove_tree(store.paths.runroot)
         trash = os.path.join(parent, f".{base}.strata-removing-{secrets.token_hex(4)}")
         os.rename(root, trash)

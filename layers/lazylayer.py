@@ -42,6 +42,7 @@ the mount of a container with lazy layers.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import gzip
 import hashlib
@@ -559,15 +560,34 @@ def start_fetcher(paths: layout.StorePaths, root: str, runroot: str,
 
 
 def _tell_retry(paths: layout.StorePaths, root: str) -> None:
-    """RETRY_SIGNAL to the running fetcher: the pid in its flock'ed pid file,
-    when that process is this store's fetcher (the file may still name the
-    last one for a moment; one that just left is no error)."""
+    """RETRY_SIGNAL to the running fetcher (one that just left is no error)."""
+    pid = _fetcher_pid(paths, root)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, RETRY_SIGNAL)
+
+
+def stop_fetcher(paths: layout.StorePaths, root: str) -> None:
+    """End the store's fetcher (`reset`: the store goes); its lazy layers'
+    files it was writing stay marked."""
+    pid = _fetcher_pid(paths, root)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _fetcher_pid(paths: layout.StorePaths, root: str) -> int | None:
+    """The pid in the fetcher's flock'ed pid file, when that process is this
+    store's fetcher (the file may still name the last one for a moment)."""
+    if not fsutil.flock_held(paths.fetcher_pid):
+        return None
     try:
         with open(paths.fetcher_pid) as f:
             pid = int(f.read().strip())
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv = f.read().split(b"\0")
-        if argv[-2:] == [b"fetcher", b""] and os.fsencode(root) in argv:
-            os.kill(pid, RETRY_SIGNAL)
     except (OSError, ValueError):
-        pass
+        return None
+    if argv[-2:] == [b"fetcher", b""] and os.fsencode(root) in argv:
+        return pid
+    return None

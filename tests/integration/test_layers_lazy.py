@@ -449,3 +449,16 @@ def _connections(pid: int) -> int:
     with open("/proc/net/unix") as f:
         lines = [line.split() for line in f.read().splitlines()[1:]]
     return sum(1 for fields in lines if fields[6] in mine and fields[5] == "03")
+
+
+def test_reset_stops_the_fetcher(lazy_machines, proxy, tmp_path):
+    lazy, _ = lazy_machines
+    ref, blobs, _, _ = push_estargz(tmp_path, proxy.host, [BASE], "reset")
+    hold_background(proxy, blobs[0])
+    lazy.ok("pull", "-q", "--lazy", ref, INSECURE)
+    assert wait_until(proxy.stalled.is_set, 30)
+    pid = lazy.fetcher_pid()
+    lazy.ok("reset", "-f")
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}")
+                      or Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z",
+                      30)
