@@ -69,7 +69,7 @@ from . import fsutil, layout, lazylayer
 from .digest import Digest
 from .drivers.base import Mounted, mount_fstype
 from .drivers.fuse import FuseDriver
-from .errors import CorruptRecord, DriverError, ImageServed, LayersError
+from .errors import CorruptRecord, DriverError, ImageServed, NotServable
 from .records import Image, Layer
 from .storecore import StoreCore
 
@@ -78,12 +78,6 @@ UNCOMPRESSED = 0
 # The readers, each with its dir under als/: see above.
 FSD, KERNEL = "fsd", "kernel"
 READERS = (FSD, KERNEL)
-
-
-class NotServable(LayersError):
-    def __init__(self, image: str, reason: str):
-        self.image, self.reason = image, reason
-        super().__init__(f"image {image} cannot be served to podman: {reason}")
 
 
 def reader_dir(store: StoreCore, reader: str) -> str:

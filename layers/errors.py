@@ -102,6 +102,12 @@ class ImageInUse(LayersError):
         )
 
 
+class NotServable(LayersError):
+    def __init__(self, image: str, reason: str):
+        self.image, self.reason = image, reason
+        super().__init__(f"image {image} cannot be served to podman: {reason}")
+
+
 class ImageServed(LayersError):
     def __init__(self, image: str):
         self.image = image
