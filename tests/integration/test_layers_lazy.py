@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import threading
 import sys
 from pathlib import Path
@@ -25,8 +26,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storetools import (directory, driver_skip_reason, file, hardlink,  # noqa: E402
-                        oci_layout, symlink, tar_bytes, tree_snapshot, wait_until)
+from storetools import (NOBODY, directory, driver_skip_reason, file,  # noqa: E402,F401
+                        hardlink, nobody_dir, oci_layout, run_as_nobody, symlink,
+                        tar_bytes, tree_snapshot, wait_until)
 from support.registryd import Proxy, Registry  # noqa: E402
 from test_layers_registry import INSECURE, Machine, proxy, registry  # noqa: E402,F401
 
@@ -462,3 +464,59 @@ def test_reset_stops_the_fetcher(lazy_machines, proxy, tmp_path):
     assert wait_until(lambda: not os.path.exists(f"/proc/{pid}")
                       or Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z",
                       30)
+
+
+def test_rootless_lazy_pull_is_completed_as_the_user(nobody_dir, proxy, tmp_path):
+    """The store side as an unprivileged user: its fetcher runs as the user and
+    keeps owners in override_stat as a rootless extraction does (fsd's rootless
+    side of lazy layers is tests/integration/test_rootless.py's)."""
+    ref, blobs, _, _ = push_estargz(tmp_path, proxy.host, [BASE, TOP], "rootless")
+    layout_dir = oci_layout(nobody_dir / "layout", [BASE, TOP], compression="gzip").path
+
+    def nobody(*args: str, store: str = "store", driver: str = "fuse") -> str:
+        r = run_as_nobody(nobody_dir, *args, store=store, driver=driver)
+        assert r.returncode == 0, f"{args}: {r.stderr}"
+        return r.stdout
+
+    store = nobody_dir / "store"
+    hold_background(proxy, blobs[0])
+    rep = json.loads(nobody("pull", "-q", "--lazy", ref, INSECURE, "--format", "json"))
+    bottom = rep["layers"][0]["layer"].split(":")[1]
+    record = store / "layers" / f"{bottom}.json"
+    diff = store / "layers" / bottom / "diff"
+    try:
+        assert wait_until(proxy.stalled.is_set, 30)
+        sock = os.getxattr(diff, layout.LAZY_XATTR).decode()
+        pid = int(Path(sock).with_name("fetcher.pid").read_text())
+        assert os.stat(f"/proc/{pid}").st_uid == NOBODY
+        assert ask(sock, diff, "one") == {"ok": True}
+        assert (diff / "one").read_bytes() == BASE_ONE
+        assert json.loads(record.read_text())["lazy"] is not None     # big: held
+        proxy.release.set()
+        assert wait_until(lambda: json.loads(record.read_text())["lazy"] is None, 120)
+        nobody("check", "--verify")
+        nobody("import", "-q", str(layout_dir), store="plain", driver="vfs")
+        assert snapshot_with_xattrs(diff) == \
+            snapshot_with_xattrs(nobody_dir / "plain" / "layers" / bottom / "diff")
+        assert os.stat(diff / "one").st_uid == NOBODY
+        assert layout.OVERRIDE_STAT_XATTR in os.listxattr(diff / "one")
+    finally:
+        proxy.release.set()
+        pid_file = next((nobody_dir / "run").glob("*/fetcher.pid"), None)
+        if pid_file is not None and _flock_held(str(pid_file)):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def snapshot_with_xattrs(root: Path) -> dict:
+    """tree_snapshot's view plus each entry's xattrs and mtime (a rootless
+    store keeps owners in user.containers.override_stat)."""
+    out = tree_snapshot(root)
+    for rel in out:
+        path = str(root) + rel
+        st = os.lstat(path)
+        extra = {} if stat.S_ISLNK(st.st_mode) else {
+            k: os.getxattr(path, k, follow_symlinks=False)
+            for k in os.listxattr(path, follow_symlinks=False)}
+        times = None if stat.S_ISDIR(st.st_mode) or "/.wh." in rel else st.st_mtime_ns
+        out[rel] = (*out[rel], extra, times)
+    return out

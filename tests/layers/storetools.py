@@ -507,8 +507,9 @@ def nobody_dir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def run_as_nobody(d: Path, *args: str, store: str = "store") -> subprocess.CompletedProcess:
-    """`layers … ARGS` as nobody on the vfs store `d/store`."""
+def run_as_nobody(d: Path, *args: str, store: str = "store",
+                  driver: str = "vfs") -> subprocess.CompletedProcess:
+    """`layers … ARGS` as nobody on the store `d/store` (vfs by default)."""
     conf = d / "storage.conf"
     if not conf.exists():
         conf.write_text("")
@@ -517,7 +518,7 @@ def run_as_nobody(d: Path, *args: str, store: str = "store") -> subprocess.Compl
            "XDG_RUNTIME_DIR": str(d / "run")}
     return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
                            "--clear-groups", LAYERS_EXE, "--root", str(d / store),
-                           "--runroot", str(d / "run"), "--driver", "vfs", *args],
+                           "--runroot", str(d / "run"), "--driver", driver, *args],
                           capture_output=True, text=True, env=env, timeout=60)
 
 

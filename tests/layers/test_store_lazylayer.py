@@ -6,7 +6,6 @@ blob's TOC, then filled from the blob's bytes, against the plain tar extracted
 import io
 import os
 import stat
-import tarfile
 
 import pytest
 
@@ -68,6 +67,18 @@ def snapshot(root) -> dict:
     return out
 
 
+def placeholders(tmp_path):
+    """The rootless placeholder tree of `layer_tar()` in tmp_path/diff:
+    (blob, index, diff, options)."""
+    blob, written, region = seekable(layer_tar())
+    options = ExtractOptions(override_stat=True)
+    diff = tmp_path / "diff"
+    diff.mkdir()
+    index = lazylayer.LayerIndex(estargz.parse_toc_region(region, written.toc_digest), "t")
+    lazylayer.build_placeholders(index, str(diff), options, "/s")
+    return blob, index, diff, options
+
+
 OPTIONS = [pytest.param(ExtractOptions(privileged=True), id="rootful",
                         marks=pytest.mark.skipif(not ROOT, reason="needs root")),
            pytest.param(ExtractOptions(override_stat=True), id="rootless")]
@@ -104,13 +115,7 @@ def test_placeholders_filled_are_what_extraction_gives(tmp_path, options):
 
 
 def test_a_failed_fetch_keeps_what_was_complete_and_marks_the_rest(tmp_path):
-    tar = layer_tar()
-    blob, written, region = seekable(tar)
-    options = ExtractOptions(override_stat=True)
-    diff = tmp_path / "diff"
-    diff.mkdir()
-    index = lazylayer.LayerIndex(estargz.parse_toc_region(region, written.toc_digest), "t")
-    lazylayer.build_placeholders(index, str(diff), options, "/s")
+    blob, index, diff, options = placeholders(tmp_path)
     lazylayer.fill(str(diff), index, ["etc/passwd"], lambda s, e: blob[s:e], options)
 
     def gone(start, end):
@@ -127,13 +132,7 @@ def test_a_failed_fetch_keeps_what_was_complete_and_marks_the_rest(tmp_path):
 
 
 def test_a_tampered_chunk_is_refused_before_a_byte_is_written(tmp_path):
-    tar = layer_tar()
-    blob, written, region = seekable(tar)
-    options = ExtractOptions(override_stat=True)
-    diff = tmp_path / "diff"
-    diff.mkdir()
-    index = lazylayer.LayerIndex(estargz.parse_toc_region(region, written.toc_digest), "t")
-    lazylayer.build_placeholders(index, str(diff), options, "/s")
+    blob, index, diff, options = placeholders(tmp_path)
     c = index.files["setuid"].chunks[0]
     bad = bytearray(blob)
     bad[(c.blob_start + c.blob_end) // 2] ^= 0xFF
