@@ -19,8 +19,9 @@ request or in the background; a plain pull reusing local content):
   inflated and checked against its digest before a byte is written, written
   in place; then synced (one syncfs for many files), the file's metadata
   set again as extraction set it (a write clears set-id bits and
-  `security.capability`; the mtime), and the xattr removed last (`_Written`).  A file still carrying the xattr is never complete:
-  a crash anywhere leaves it to be filled again from its first chunk.
+  `security.capability`; the mtime), and the xattr removed last
+  (`_Written`).  A file still carrying the xattr is never complete: a crash
+  anywhere leaves it to be filled again from its first chunk.
 - `reuse(diff, index, local, options)`: the files whose content the store
   holds already (by the TOC's digests, `local_contents` of the contents
   indexes `write_contents` keeps beside each such layer) cloned from there,
@@ -35,8 +36,9 @@ request or in the background; a plain pull reusing local content):
 LayersError it raises (a registry's failure) becomes `FetchFailed`, naming
 the layer, the file and the range.
 
-The fetcher is started from here (`start_fetcher`), by a lazy pull and by
-the mount of a container with lazy layers.
+The fetcher is started, told to retry and stopped from here
+(`start_fetcher`, `stop_fetcher`), by a pull, the mount of a container
+with lazy layers, `als add`, and `reset`.
 """
 
 from __future__ import annotations
