@@ -249,10 +249,10 @@ def _stage_seekable(how: Seekable, store: StoreCore, blob: LayerBlob, index: int
     lazylayer.write_contents(content, os.path.join(staged, layout.CONTENTS))
     lazy = how.origin(blob=blob.digest, toc_digest=blob.toc_digest, total=blob.size,
                       fetched=len(tail) + len(region))
-    reused = lazylayer.reuse(diff, content, how.local, options)
+    reused = set(lazylayer.reuse(diff, content, how.local, options))
     how.saved[blob.digest] = sum(c.blob_end - c.blob_start for p in reused
                                  for c in content.files[p].chunks)
-    waiting = lazylayer.incomplete_files(diff, content)
+    waiting = [p for p in content.files if p not in reused]    # the rest: all still marked
     if not how.lazy:
         lazylayer.fill(diff, content, waiting, blob.read_range, options)
     if not how.lazy or not waiting:

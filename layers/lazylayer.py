@@ -452,12 +452,17 @@ def reuse(diff: str, index: LayerIndex, local: dict[Digest, list[tuple[str, str]
     (`local`) that content: cloned (a reflink where the filesystem can),
     its digest checked on the way, then completed as a fetched file is.  The
     relpaths completed so."""
-    done = []
+    done: list[str] = []
+    wanted = [p for p, f in index.files.items() if f.digest in local]
+    if not wanted:
+        return done
     dirfd = os.open(diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     written = _Written(diff, options, done.append)
     try:
-        for relpath in incomplete_files(diff, index):
+        for relpath in wanted:
             f = index.files[relpath]
+            if not is_incomplete(diff, relpath):
+                continue
             for src_diff, src_path in local.get(f.digest, ()):
                 fd = _clone_verified(dirfd, f, src_diff, src_path)
                 if fd is not None:
