@@ -307,6 +307,8 @@ class Run:
         self.result["second_fetched"] = second.down
         self.result["traffic_second"] = _traffic(second)
         self.result["second_report"] = report
+        self.result["second_requests"] = len(second.requests)
+        self.result["second_saved"] = report.get("saved")     # the pull's own count of bytes not fetched
 
 
 # -- the report -------------------------------------------------------------------------------
@@ -319,7 +321,7 @@ def _median(values):
 def summarize(runs: dict[str, list[dict]], images: Images | None, busy: bool) -> dict:
     keys = ("pull_s", "fetched_after_pull", "create_mount_s", "first_output_s", "command_s", "fetched_first_output",
             "background_done_s", "fetched_total", "second_pull_s", "second_fetched",
-            "run_s", "done_s", "fetched_done")
+            "run_s", "done_s", "fetched_done", "second_requests", "second_saved")
     medians = {mode: {k: _median([r.get(k) for r in rs if "error" not in r]) for k in keys}
                for mode, rs in runs.items()}
     full = medians.get(FULL_GZIP, {}).get("first_output_s")
@@ -351,6 +353,10 @@ def summarize(runs: dict[str, list[dict]], images: Images | None, busy: bool) ->
 
 def _s(v) -> str:
     return "-" if v is None else f"{v:.2f}"
+
+
+def _n(v) -> str:
+    return "-" if v is None else f"{v:.0f}"
 
 
 def _mb(v) -> str:
@@ -403,14 +409,18 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
         m = med.get(mode, {})
         fmt = "gzip" if mode == FULL_GZIP else "estargz"
         whole = images.layer_bytes.get(("second", fmt)) if images else None
+        rs = runs.get(mode, [])
+        failed = sum("error" in r for r in rs)
         rows.append([what, _s(m.get("second_pull_s")), _mb(m.get("second_fetched")) + _pct(m.get("second_fetched"), whole),
-                     _mb(whole), ""])
+                     _mb(whole), _n(m.get("second_requests")), f"{failed} of {len(rs)} runs failed" if failed else ""])
     out += ["", *_table(["second image, into the store holding the first", "pull s", "fetched",
-                         "its layers' blobs", "note"], rows)]
+                         "its layers' blobs", "requests", "note"], rows)]
     g, e = med.get(FULL_GZIP, {}).get("second_fetched"), med.get(FULL_ESTARGZ, {}).get("second_fetched")
     if g and e:
-        out.append(f"partial pull by content: {_mb(g - e)} ({1 - e / g:.0%}) fewer than the gzip pull's {_mb(g)}"
-                   if e < g else f"partial pull by content saved nothing: {_mb(e)} against the gzip pull's {_mb(g)}")
+        saved = med[FULL_ESTARGZ].get("second_saved")
+        out.append((f"partial pull by content: {_mb(g - e)} ({1 - e / g:.0%}) fewer than the gzip pull's {_mb(g)}"
+                    if e < g else f"partial pull by content saved nothing: {_mb(e)} against the gzip pull's {_mb(g)}")
+                   + (f"; the pull reported {_mb(saved)} saved" if saved is not None else ""))
     out += [""]
     if podman_skipped:
         out.append(f"podman (its own pull against the additional layer store): not run: {podman_skipped}")
