@@ -36,9 +36,10 @@ Every figure is from the pull's start; bytes are those the proxy sent the
 client (answers' heads and bodies), read at the instant. A command whose
 output differs from the expected one (the data file's sha256) fails its run.
 
-Then, unless --no-podman, podman's two ways (lazypodman.py): `podman pull`
-of the gzip image, against the store's lazy pull served to podman as its
-additional layer store; both to the end of `podman run` of the command.
+In the same rotation, unless --no-podman, podman's two ways (lazypodman.py):
+`podman pull` of the gzip image, against the store's lazy pull served to
+podman as its additional layer store; both to the end of `podman run` of the
+command.
 
 Exit status: 0 all ran; 3 a step failed (listed; timings never fail
 anything); 2 bad usage or an environment it cannot run in; 130 interrupted.
