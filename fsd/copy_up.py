@@ -127,6 +127,12 @@ class CopyUp:
         self.dircache = dircache
         self.namei = namei
         self._hardlinks: dict[int, dict[int, list[bytes]]] = {}  # lower index -> st_ino -> paths
+        # Held by the copy-up of a lower file with several names until its other
+        # names are linked to the copy, and by a directory move (whose tree copy
+        # copies such files) until it has linked theirs: two copies of one lower
+        # file made at once (through two of its names, or a name in a moved
+        # tree) became two files, each linking what the other had not.
+        self._hard_link_lock = trio.Lock()
 
     def upper_and_no_tree_move(self, *nodes: Node) -> bool:
         """Whether nodes are fully in the upper and no tree is being moved."""
@@ -192,12 +198,30 @@ class CopyUp:
         finally:
             node.lock.release()
 
+    @contextlib.asynccontextmanager
+    async def copying_hard_links(self):
+        """Hold the mount's lock on copying lower files with several names (see
+        __init__).  No directory move is under way while it is held."""
+        with waiting("another copy of a lower file with several names"):
+            await self._hard_link_lock.acquire()
+        try:
+            yield
+        finally:
+            self._hard_link_lock.release()
+
+    def _hard_links_of(self, node: Node):
+        """What a copy-up of node holds besides node's lock: the lock on copying
+        lower hard links, for a lower file with several names."""
+        if not node.upper and node.kind == stat.S_IFREG and self._lower_nlink(node) > 1:
+            return self.copying_hard_links()
+        return contextlib.nullcontext()
+
     async def _ensure_one(self, node: Node, data: bool) -> None:
         if self._copied(node):
             return
-        async with self._copy_lock(node):
+        async with self._copy_lock(node), self._hard_links_of(node):
             if node.upper and not node.metacopy:
-                return
+                return  # copied, or linked to a copy made meanwhile
             parent = node.parent
             if parent is None:
                 raise fail(errno.ENOENT)

@@ -10,6 +10,7 @@ real entry wins over its whiteout).  Errnos are those of the kernel overlay.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -367,18 +368,40 @@ class DirOps:
             raise fail(errno.ENAMETOOLONG, n2)
         if is_reserved_name(n2):
             raise fail(errno.EINVAL, n2)
+        async with contextlib.AsyncExitStack() as hard_links:
+            src, dst = await self._settle_rename(p1, n1, p2, n2, flags, hard_links)
+            if dst is not src:
+                await self._rename(p1, n1, src, p2, n2, dst, flags)
+
+    async def _settle_rename(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int,
+                             hard_links: contextlib.AsyncExitStack) -> tuple[Node, Node | None]:
+        """The source and destination, once what the rename changes is in the
+        upper and no tree move is under way.  A directory move (a tree copy)
+        holds the lock on copying lower hard links in hard_links, from here on."""
+        held = False
         while True:
             src, dst = self._rename_pair(p1, n1, p2, n2, flags)
             if dst is src:
-                return  # two names of one file: POSIX says do nothing
+                return src, dst  # two names of one file: POSIX says do nothing
+            moves_tree = src.is_dir and bool(src.lower_indices)
+            if moves_tree and not held:
+                await hard_links.enter_async_context(self.copyup.copying_hard_links())
+                held = True
+                continue  # it awaited: look the names up again
+            if held and not moves_tree:
+                await hard_links.aclose()  # src changed: no tree move now
+                held = False
             needed = [p1, p2, src, dst] if flags & RENAME_EXCHANGE else [p1, p2, *self._counted_in_upper(dst)]
-            if not (src.is_dir and src.lower_indices) and not flags & RENAME_EXCHANGE:
+            if not moves_tree and not flags & RENAME_EXCHANGE:
                 needed.append(src)
             if self.copyup.upper_and_no_tree_move(*needed):
-                break
+                return src, dst
             # Each round that gets here awaits a copy-up or the end of a tree
             # move; the names are looked up again after it.
             await self.copyup.ensure_all(*needed)
+
+    async def _rename(self, p1: Node, n1: bytes, src: Node, p2: Node, n2: bytes, dst: Node | None,
+                      flags: int) -> None:
         # From here on the upper is settled; only the tree copy below awaits, and
         # it is marked as a tree move, which every other change waits for.
         if flags & RENAME_EXCHANGE:

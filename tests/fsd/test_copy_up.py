@@ -289,6 +289,47 @@ async def test_other_names_of_a_hard_link_are_linked_to_its_copy_even_if_its_nam
         fs = await overlay.remount(fs)
 
 
+@pytest.mark.parametrize("first", ["setxattr d1/a", "rename d1 e1"])
+async def test_a_lower_hard_link_copied_up_while_a_directory_with_another_of_its_names_moves(
+        overlay, monkeypatch, first):
+    """A copy-up of a lower file with several names (or a directory move that
+    copies one) is still linking the file's other names when a directory
+    holding another of them is moved: the move's tree copy made a second copy
+    of the lower file, so the names became two files that showed one inode
+    number until a remount."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d1/a", "linked")
+    write(bottom, "d2/x", "x")
+    os.link(bottom / "d1" / "a", bottom / "d2" / "b")
+    fs = await overlay.mount()
+    for name in ("d1/a", "d2/b"):
+        await fs.lookup(name)
+    a = "e1/a" if first.startswith("rename") else "d1/a"
+    # The order of events, made certain without timing: the first request's
+    # worker job (the search for the file's other names, or the tree copy)
+    # waits until the move of d2 can go no further.
+    jobs = HeldWorkerJobs(monkeypatch)
+
+    async def first_request():
+        if first.startswith("rename"):
+            await fs.rename("d1", "e1")
+        else:
+            await fs.setxattr("d1/a", "user.x", b"1")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first_request)
+        await jobs.waiting.wait()
+        nursery.start_soon(fs.rename, "d2", "e2")
+        await trio.testing.wait_all_tasks_blocked()
+        jobs.release()
+    for _ in range(2):
+        assert await fs.ino(a) == await fs.ino("e2/b")
+        assert (await fs.stat("e2/b")).st_nlink == 2
+        fs = await overlay.remount(fs)
+    await fs.write(a, b"L")
+    assert await fs.read("e2/b") == b"Linked"
+
+
 async def test_a_hard_link_hidden_by_a_whiteout_is_not_linked(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "a", "linked")
