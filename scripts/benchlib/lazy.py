@@ -2,7 +2,7 @@
 one started after a full pull, over a shaped network (issue 17).
 
     scripts/bench-lazy [--reps N] [--small] [--json FILE] [--timeout S] [--max-load L]
-                       [--no-podman] [--delay MS] [--rate MBIT]
+                       [--only MODE...] [--no-podman] [--delay MS] [--rate MBIT]
 
 A command of its own rather than a section of scripts/bench: scripts/bench
 compares mount implementations (kernel, fuse-overlayfs, fsd) on the same
@@ -77,7 +77,7 @@ REPO = Path(__file__).resolve().parents[2]
 LAZY_XATTR = "user.strata.lazy"   # LAZY-CONTRACT 2: on a layer's diff/ while a file is incomplete
 FULL_GZIP, FULL_ESTARGZ, LAZY = "full gzip", "full estargz", "lazy"
 MODES = (FULL_GZIP, FULL_ESTARGZ, LAZY)
-SLUGS = {FULL_GZIP: "fg", FULL_ESTARGZ: "fe", LAZY: "lz", PODMAN_PULL: "pp", PODMAN_ALS: "pa"}  # scratch dirs
+SLUGS = {FULL_GZIP: "fg", FULL_ESTARGZ: "fe", LAZY: "lz", PODMAN_PULL: "pp", PODMAN_ALS: "pa"}  # --only, scratch dirs
 TARGET_SOONER = 5.0     # first output at least 5x sooner than a full pull
 TARGET_FRACTION = 0.10  # under 10% of the image's bytes fetched by then
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json, "
@@ -104,6 +104,9 @@ def parse_args(argv):
                     help="a load average above L at the start makes the run busy: no target is judged "
                          "(default: half the CPUs)")
     ap.add_argument("--no-podman", action="store_true", help="without the podman runs")
+    ap.add_argument("--only", nargs="+", metavar="MODE", choices=list(SLUGS.values()),
+                    help="run only these: " + ", ".join(f"{slug} ({mode})" for mode, slug in SLUGS.items())
+                         + " (the ratios need fg and lz, or pp and pa)")
     ap.add_argument("--delay", type=float, default=20.0, metavar="MS",
                     help="milliseconds added to every request (default 20)")
     ap.add_argument("--rate", type=float, default=100.0, metavar="MBIT",
@@ -379,7 +382,7 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
     image = {mode: images.layer_bytes.get(("first", "gzip" if mode == FULL_GZIP else "estargz"))
              for mode in MODES} if images else {}
     rows = []
-    for mode in MODES:
+    for mode in (m for m in MODES if m in runs):
         m, rs = med.get(mode, {}), runs.get(mode, [])
         failed = sum("error" in r for r in rs)
         rows.append([mode, _s(m.get("pull_s")), _s(m.get("create_mount_s")), _s(m.get("first_output_s")),
@@ -407,6 +410,8 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
                    f"{statistics.median(requests):.0f} requests by the first output")
     rows = []
     for mode, what in ((FULL_GZIP, "gzip: whole layers"), (FULL_ESTARGZ, "estargz: partial pull by content")):
+        if mode not in runs:
+            continue
         m = med.get(mode, {})
         fmt = "gzip" if mode == FULL_GZIP else "estargz"
         whole = images.layer_bytes.get(("second", fmt)) if images else None
@@ -414,8 +419,9 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
         failed = sum("error" in r for r in rs)
         rows.append([what, _s(m.get("second_pull_s")), _mb(m.get("second_fetched")) + _pct(m.get("second_fetched"), whole),
                      _mb(whole), _n(m.get("second_requests")), f"{failed} of {len(rs)} runs failed" if failed else ""])
-    out += ["", *_table(["second image, into the store holding the first", "pull s", "fetched",
-                         "its layers' blobs", "requests", "note"], rows)]
+    if rows:
+        out += ["", *_table(["second image, into the store holding the first", "pull s", "fetched",
+                             "its layers' blobs", "requests", "note"], rows)]
     g, e = med.get(FULL_GZIP, {}).get("second_fetched"), med.get(FULL_ESTARGZ, {}).get("second_fetched")
     if g and e:
         saved = med[FULL_ESTARGZ].get("second_saved")
@@ -428,6 +434,8 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
     else:
         rows = []
         for mode, what in ((PODMAN_PULL, "podman pull (gzip)"), (PODMAN_ALS, "layers pull --lazy + als add + podman pull (eStargz)")):
+            if mode not in runs:
+                continue
             m, rs = med.get(mode, {}), runs.get(mode, [])
             failed = sum("error" in r for r in rs)
             rows.append([what, _s(m.get("pull_s")), _s(m.get("run_s")), _s(m.get("done_s")),
@@ -494,8 +502,9 @@ def main(argv=None) -> int:
     run_dir = scratch / f"lazy-{os.getpid()}"
     run_dir.mkdir()
     size = "small" if args.small else "full"
-    runs: dict[str, list[dict]] = {m: [] for m in MODES}
-    modes = list(MODES)
+    chosen = [m for m in (*MODES, *PODMAN_MODES) if not args.only or SLUGS[m] in args.only]
+    modes = [m for m in chosen if m in MODES]
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
     podman_skipped: str | None = "not reached"
     problems: list[str] = []
     images = registry = proxy = None
@@ -519,13 +528,15 @@ def main(argv=None) -> int:
             problems += seed.close()
         if args.no_podman:
             podman_skipped = "--no-podman"
+        elif not set(chosen) & set(PODMAN_MODES):
+            podman_skipped = "not in --only"
         else:
             podman_skipped = lazypodman.why_not()
         if podman_skipped:
             say(f"bench-lazy: without podman: {podman_skipped}")
         else:
-            modes += PODMAN_MODES
-            runs.update({m: [] for m in PODMAN_MODES})
+            modes += [m for m in chosen if m in PODMAN_MODES]
+            runs.update({m: [] for m in modes})
         proxy = ShapedProxy(registry.host, delay=args.delay / 1000, rate=args.rate * 1e6 / 8).start()
         spec = datamod.load_spec(component)
         for rep in range(args.reps):
