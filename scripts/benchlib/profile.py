@@ -3,8 +3,10 @@
 During each measured step py-spy samples the FUSE daemon from outside (no
 change to the daemon; `--native` also unwinds pyfuse3's Cython, libfuse and
 libc), and its folded stacks are kept as DIR/<workload>-<impl>-r<rep>.txt.
-`summarize` attributes every sample in which the daemon was not waiting in
-epoll_wait (idle) to the innermost frame that belongs to a known owner:
+`summarize` sets apart the samples of a thread that waits (for requests in
+epoll_wait, for work or a lock in a worker thread, for the disk in fsync:
+py-spy's native mode samples blocked threads too) and attributes every other
+sample to the innermost frame that belongs to a known owner:
 
   fsd <module>       fsd's own code in that module (its system calls included)
   pyfuse3+libfuse    the receive loop, request decoding, replies (Cython, libfuse)
@@ -30,6 +32,8 @@ from pathlib import Path
 RATE = 500  # samples per second
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^():]*)(?::\d+)?\)$")
 _DEVICE_IO = {"read", "writev", "write", "readv"}
+_WAITING = {"epoll_wait", "PyThread_acquire_lock_timed", "pthread_cond_timedwait", "pthread_cond_wait",
+            "sem_wait", "sem_timedwait", "fsync", "fdatasync", "syncfs"}
 
 
 class Profiler:
@@ -68,7 +72,7 @@ def _owner(func: str, file: str) -> str | None:
 
 
 def summarize(folded: str) -> dict:
-    """{"samples", "idle", "components": {owner: samples}, "handlers": {handler: samples}}
+    """{"samples", "idle" (waiting), "components": {owner: samples}, "handlers": {handler: samples}}
     from py-spy's raw output (one "frame;frame;... count" per line, outermost first)."""
     components, handlers = Counter(), Counter()
     samples = idle = 0
@@ -82,7 +86,7 @@ def summarize(folded: str) -> dict:
             m = _FRAME.match(text)
             frames.append((m["func"], m["file"]) if m else (text, ""))
         samples += n
-        if frames and frames[-1][0] == "epoll_wait":
+        if any(f in _WAITING for f, _ in frames[-4:]):
             idle += n
             continue
         owner = next((o for o in (_owner(f, p) for f, p in reversed(frames)) if o), "other")
@@ -115,7 +119,7 @@ def render(name: str, summary: dict, top: int = 8) -> str:
     busy = summary["samples"] - summary["idle"]
     if not busy:
         return f"{name}: no busy samples\n"
-    out = [f"{name}: {busy} busy samples ({summary['idle']} idle)"]
+    out = [f"{name}: {busy} busy samples ({summary['idle']} waiting)"]
     for title, key in (("component", "components"), ("handler", "handlers")):
         items = list(summary[key].items())[:top]
         out.append(f"  by {title}: " + ", ".join(f"{k} {v / busy:.0%}" for k, v in items))

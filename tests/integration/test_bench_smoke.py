@@ -226,4 +226,4 @@ def test_bench_profile_summary_attributes_samples_to_their_owner():
                  "components": {"fsd layer.py": 7, "/dev/fuse I/O": 5, "trio": 3, "fsd ops.py": 2},
                  "handlers": {"ops.py Operations.getattr": 9}}
     text = profile.render("w1 fsd", profile.merge([s, s]))
-    assert text.startswith("w1 fsd: 34 busy samples (100 idle)\n  by component: fsd layer.py 41%, /dev/fuse I/O 29%")
+    assert text.startswith("w1 fsd: 34 busy samples (100 waiting)\n  by component: fsd layer.py 41%, /dev/fuse I/O 29%")
