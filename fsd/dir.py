@@ -74,8 +74,8 @@ class DirOps:
         if is_whiteout_dev(stat.S_IFMT(mode), rdev):
             raise fail(errno.EPERM, name)
         self._check_new_name(parent, name)
-        await self.copyup.ensure_all(parent)
-        self._check_new_name(parent, name)  # re-check: the copy-up awaited
+        if await self._copied_up(parent):
+            self._check_new_name(parent, name)  # re-check: the copy-up awaited
         kind = stat.S_IFMT(mode)
         if self.ovl.quota is not None:
             self.ovl.quota.check(4096 if kind == stat.S_IFDIR else 0, inodes=1)
@@ -278,13 +278,25 @@ class DirOps:
 
     async def unlink(self, parent: Node, name: bytes) -> None:
         node = self._node_to_remove(parent, name, is_dir=False)
-        await self.copyup.ensure_all(parent, *self._counted_in_upper(node))
-        self._remove(parent, name, self._node_to_remove(parent, name, is_dir=False))
+        if await self._copied_up(parent, *self._counted_in_upper(node)):
+            node = self._node_to_remove(parent, name, is_dir=False)  # again: the copy-up awaited
+        self._remove(parent, name, node)
 
     async def rmdir(self, parent: Node, name: bytes) -> None:
-        self._node_to_remove(parent, name, is_dir=True)
-        await self.copyup.ensure_all(parent)
-        self._remove(parent, name, self._node_to_remove(parent, name, is_dir=True))
+        node = self._node_to_remove(parent, name, is_dir=True)
+        if await self._copied_up(parent):
+            node = self._node_to_remove(parent, name, is_dir=True)  # again: the copy-up awaited
+        self._remove(parent, name, node)
+
+    async def _copied_up(self, *nodes: Node) -> bool:
+        """`CopyUp.ensure_all(*nodes)`; whether it had anything to do.  When it
+        had not, it did not await either: what the caller looked up before still
+        holds and need not be looked up again (a name in the upper costs an lstat
+        and a listxattr)."""
+        if self.copyup.upper_and_no_tree_move(*nodes):
+            return False
+        await self.copyup.ensure_all(*nodes)
+        return True
 
     @staticmethod
     def _counted_in_upper(node: Node | None) -> tuple[Node, ...]:
