@@ -179,12 +179,17 @@ async def run_concurrently(overlay, seed: int, workers: int, count: int) -> None
         for number in range(workers):
             nursery.start_soon(worker, number)
     where = f"seed {seed} {options}, {len(done)} operations"
-    found = fsck.problems(overlay.layers, overlay.upper, overlay.work)
-    assert not found, f"{where}: " + "; ".join(found)
-    view = await view_of(fs)
-    shared = shared_numbers(view)
-    assert not shared, f"{where}: " + "; ".join(shared[:4])
-    await remount_changes_nothing(overlay, fs, view, options, where)
+    try:
+        found = fsck.problems(overlay.layers, overlay.upper, overlay.work)
+        assert not found, f"{where}: " + "; ".join(found)
+        view = await view_of(fs)
+        shared = shared_numbers(view)
+        assert not shared, f"{where}: " + "; ".join(shared[:4])
+        await remount_changes_nothing(overlay, fs, view, options, where)
+    except AssertionError as exc:
+        # the seed does not give the order back (trio runs ready tasks in a random order)
+        history = "\n".join(repr(step) for step in done)
+        raise AssertionError(f"{exc}\nthe operations, in the order they ended:\n{history}") from None
 
 
 @pytest.mark.parametrize("seed", range(len(OPTIONS)))  # each set of options once
