@@ -211,8 +211,9 @@ class CopyUp:
 
     def _hard_links_of(self, node: Node):
         """What a copy-up of node holds besides node's lock: the lock on copying
-        lower hard links, for a lower file with several names."""
-        if not node.upper and node.kind == stat.S_IFREG and self._lower_nlink(node) > 1:
+        lower hard links, for a lower file with several names, and to wait for
+        the linking of its names by a directory move."""
+        if node.linking_names or (not node.upper and node.kind == stat.S_IFREG and self._lower_nlink(node) > 1):
             return self.copying_hard_links()
         return contextlib.nullcontext()
 
@@ -299,18 +300,33 @@ class CopyUp:
             node.upper_entries = self.dircache.scan_upper(rel)
         self.dircache.upper_added(parent, node.name, node.kind)
         if linked is not None:
-            node.linking_names = True
-            try:
-                await self.link_other_names(node.lower_index, st.st_ino, work, linked)
-            finally:
-                node.linking_names = False
+            await self.link_other_names(node.lower_index, st.st_ino, work, linked, node)
             work.unlink(linked)
         self.table.attrs_changed(node)  # the copy has its own ctime
 
-    async def link_other_names(self, index: int, st_ino: int, src: Layer, src_rel: bytes) -> None:
+    async def link_other_names(self, index: int, st_ino: int, src: Layer, src_rel: bytes,
+                               node: Node | None = None) -> None:
         """Keep a lower file's hard links: every name of it that the merged view
         still shows from the lower becomes a link to its upper copy, src_rel in
-        src (fuse-overlayfs and the kernel without index=on break them)."""
+        src (fuse-overlayfs and the kernel without index=on break them).  Until
+        then the file's node (node, else the one of its lower number) says so:
+        a lookup of another name gets it, a copy-up of it waits (namei.py)."""
+        key = self.table.key_for(self.ovl.lowers[index].dev, st_ino)
+        node = node or self.table.holder(key)
+        if node is not None:
+            node.linking_names = True
+        try:
+            await self._link_other_names(index, st_ino, src, src_rel)
+        finally:
+            if node is not None:
+                node.linking_names = False
+        # The names share one node, which may have been left out (a tree move
+        # marks the nodes whose last name is inside the tree): it is upper now.
+        node = self.table.holder(key)
+        if node is not None and not node.upper:
+            node.upper, node.metacopy, node.lower_index, node.lower_stat = True, False, UPPER, None
+
+    async def _link_other_names(self, index: int, st_ino: int, src: Layer, src_rel: bytes) -> None:
         names = self._hardlinks.get(index)
         if names is None:
             layer = self.ovl.lowers[index]
@@ -332,11 +348,6 @@ class CopyUp:
                 self.dircache.upper_added(parent, name, stat.S_IFREG)
             finally:
                 self.table.unused(parent)
-        # The names share one node, which may have been left out (a tree move
-        # marks the nodes whose last name is inside the tree): it is upper now.
-        node = self.table.holder(self.table.key_for(self.ovl.lowers[index].dev, st_ino))
-        if node is not None and not node.upper:
-            node.upper, node.metacopy, node.lower_index, node.lower_stat = True, False, UPPER, None
 
     async def _copy_file(self, src: Layer, rel: bytes, tmp: bytes, size: int) -> None:
         work = self.ovl.work.layer

@@ -330,6 +330,45 @@ async def test_a_lower_hard_link_copied_up_while_a_directory_with_another_of_its
     assert await fs.read("e2/b") == b"Linked"
 
 
+async def test_another_name_looked_up_while_a_directory_move_links_it_is_the_same_file(overlay, monkeypatch):
+    """A directory move copied a lower file with several names and is linking
+    its other names: a lookup of one not yet linked got a node of its own (the
+    file's was in the upper, and nothing said its names were being linked), so
+    the kernel kept two inodes for one file, one of them reading the lower."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d1/a", "linked")
+    write(bottom, "d2/x", "x")
+    os.link(bottom / "d1" / "a", bottom / "d2" / "b")
+    fs = await overlay.mount()
+    await fs.lookup("d1/a")
+    # The order of events, made certain without timing: the move's second
+    # worker job (after the tree copy, the search for the file's other names)
+    # waits for the lookup.
+    real_run_sync = trio.to_thread.run_sync
+    jobs, linking, may_go = [], trio.Event(), trio.Event()
+
+    async def second_job_held(fn, *args, **kw):
+        jobs.append(fn)
+        if len(jobs) == 2:
+            linking.set()
+            await may_go.wait()
+        return await real_run_sync(fn, *args, **kw)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", second_job_held)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fs.rename, "d1", "e1")
+        await linking.wait()
+        b = await fs.ino("d2/b")
+        may_go.set()
+    await fs.write("e1/a", b"L")
+    fh = (await fs.ops.open(b, os.O_RDONLY, fs.ctx)).fh  # what the kernel holds for d2/b
+    try:
+        assert await fs.ops.read(fh, 0, 100) == b"Linked"
+    finally:
+        await fs.ops.release(fh)
+    assert b == await fs.ino("e1/a") == await fs.ino("d2/b")
+
+
 async def test_a_hard_link_hidden_by_a_whiteout_is_not_linked(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "a", "linked")
