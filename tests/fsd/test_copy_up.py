@@ -207,12 +207,19 @@ async def test_hard_links_stay_one_file(overlay):
     assert await fs.read("b") == b"linked"
 
 
-async def test_writes_through_two_names_of_a_lower_hard_link_at_once(overlay, monkeypatch):
+async def mount_a_lower_file_named_a_and_b(overlay):
+    """A mount on one lower layer holding one file, "linked", named a and b;
+    a looked up."""
     (bottom,) = overlay.lowers(1)
     write(bottom, "a", "linked")
     os.link(bottom / "a", bottom / "b")
     fs = await overlay.mount()
     await fs.lookup("a")
+    return fs
+
+
+async def test_writes_through_two_names_of_a_lower_hard_link_at_once(overlay, monkeypatch):
+    fs = await mount_a_lower_file_named_a_and_b(overlay)
     await fs.lookup("b")
     # The order of events, made certain without timing: the first worker job of
     # the write through a waits until the write through b can go no further.
@@ -237,11 +244,7 @@ async def test_renames_waiting_for_the_copy_up_of_a_hard_link_go_on_when_it_ends
     The node's lock passes from one waiter to the next when released: taking
     the lock's being held for that copy-up still under way, they handed it
     round for ever (the daemon at full CPU, the renames never answered)."""
-    (bottom,) = overlay.lowers(1)
-    write(bottom, "a", "linked")
-    os.link(bottom / "a", bottom / "b")
-    fs = await overlay.mount()
-    await fs.lookup("a")
+    fs = await mount_a_lower_file_named_a_and_b(overlay)
     # The order of events, made certain without timing: the search for the
     # other names (a walk of the layer in a worker thread) waits until both
     # renames wait for the copy-up.
@@ -265,11 +268,7 @@ async def test_other_names_of_a_hard_link_are_linked_to_its_copy_even_if_its_nam
     """The copy's name is unlinked (a whiteout takes its place) while fsd looks
     for the file's other names: they are linked to the copy, not to that
     whiteout (they showed as a character device, and were gone after a remount)."""
-    (bottom,) = overlay.lowers(1)
-    write(bottom, "a", "linked")
-    os.link(bottom / "a", bottom / "b")
-    fs = await overlay.mount()
-    await fs.lookup("a")
+    fs = await mount_a_lower_file_named_a_and_b(overlay)
     # The order of events, made certain without timing: the search for the
     # other names (a walk of the layer in a worker thread) waits for the unlink.
     jobs = HeldWorkerJobs(monkeypatch)
