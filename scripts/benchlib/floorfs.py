@@ -14,9 +14,11 @@ the requests it sends fsd. What fsd spends per request above what this spends
 is fsd's overlay logic; what this spends is the floor of any Python
 filesystem on pyfuse3 and trio (scripts/bench's "pyfuse3 floor" column).
 
-Not a filesystem to use: it ignores forget (inode numbers of deleted files
-that the backing filesystem reuses get the new file's path), renames with
-flags fail EINVAL, and set-id bits are left to the backing filesystem.
+Its code shares nothing with fsd's, on purpose (an attribute reply is built
+here as fsd builds it): it must not measure fsd.  Not a filesystem to use: it
+ignores forget (inode numbers of deleted files that the backing filesystem
+reuses get the new file's path), renames with flags fail EINVAL, and set-id
+bits are left to the backing filesystem.
 Imports nothing of the bench: it runs as the FUSE daemon, with the repo's venv.
 """
 
@@ -126,33 +128,24 @@ class Floor(pyfuse3.Operations):
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 
-    def _made(self, path: bytes, ctx):
-        self._own(path, ctx)
-        return self._entry(os.lstat(path), path)
+    def _make(self, parent_inode, name, ctx, make):
+        """The entry of a new object that make(path) creates at name."""
+        path = self.paths[parent_inode] + b"/" + name
+        try:
+            make(path)
+            self._own(path, ctx)
+            return self._entry(os.lstat(path), path)
+        except OSError as exc:
+            raise FUSEError(exc.errno) from None
 
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        path = self.paths[parent_inode] + b"/" + name
-        try:
-            os.mknod(path, mode, rdev)
-            return self._made(path, ctx)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
+        return self._make(parent_inode, name, ctx, lambda path: os.mknod(path, mode, rdev))
 
     async def mkdir(self, parent_inode, name, mode, ctx):
-        path = self.paths[parent_inode] + b"/" + name
-        try:
-            os.mkdir(path, mode)
-            return self._made(path, ctx)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
+        return self._make(parent_inode, name, ctx, lambda path: os.mkdir(path, mode))
 
     async def symlink(self, parent_inode, name, target, ctx):
-        path = self.paths[parent_inode] + b"/" + name
-        try:
-            os.symlink(target, path)
-            return self._made(path, ctx)
-        except OSError as exc:
-            raise FUSEError(exc.errno) from None
+        return self._make(parent_inode, name, ctx, lambda path: os.symlink(target, path))
 
     async def link(self, inode, new_parent_inode, new_name, ctx):
         path = self.paths[new_parent_inode] + b"/" + new_name
