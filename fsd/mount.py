@@ -8,6 +8,7 @@ the child's one-line error and exits 1 with nothing mounted.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import resource
@@ -38,6 +39,18 @@ def _raise_limits() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _collect_less() -> None:
+    """Before serving: what exists now (modules, the mount's objects) lives as
+    long as the daemon, so the cyclic collector stops scanning it (gc.freeze),
+    and it runs after 10,000 new objects instead of 700.  A request makes a few
+    short-lived objects and a lookup a node that stays: with the defaults
+    a cold walk of a 27,000-entry tree spent a fifth of its CPU (0.045 of
+    0.24 s) in the collector, scanning the inode table again and again; 0.015 s
+    after this."""
+    gc.freeze()
+    gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 
 def fuse_options(params: OverlayParams) -> set[str]:
@@ -165,6 +178,7 @@ def _mount_and_serve(params: OverlayParams, on_init, on_error) -> int:
     except OSError as exc:
         where = f" '{os.fsdecode(exc.filename)}'" if exc.filename else ""
         return on_error(f"{exc.strerror}{where}")
+    _collect_less()
     try:
         trio.run(_serve, mount.freezer, mount.ops.requests)
     except* ConnectionAbortedError:
