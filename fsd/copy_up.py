@@ -223,17 +223,21 @@ class CopyUp:
         async with self._copy_lock(node), self._hard_links_of(node):
             if node.upper and not node.metacopy:
                 return  # copied, or linked to a copy made meanwhile
-            parent = node.parent
-            if parent is None:
-                raise fail(errno.ENOENT)
-            if not parent.upper:
-                await self.ensure(parent)  # its parent changed while we waited
             if node.metacopy:
                 await self._fill_data(node)
             else:
-                await self._copy(node, parent, data)
+                await self._copy(node, data)
 
-    async def _copy(self, node: Node, parent: Node, data: bool, metadata_only: bool = False) -> None:
+    async def _copy(self, node: Node, data: bool, metadata_only: bool = False) -> None:
+        parent = node.parent
+        while parent is not None and not parent.upper:
+            # Copied after we waited (a lookup of another name of a lower hard
+            # link moves its path there): each copy awaits, and a lookup may
+            # have moved it again.  The copy goes where the path is now.
+            await self.ensure(parent)
+            parent = node.parent
+        if parent is None:
+            raise fail(errno.ENOENT)
         metadata_only = metadata_only and self.ovl.markers.metacopy_xattr is not None
         rel = node.path()
         src = self.ovl.lowers[node.lower_indices[0] if node.is_dir else node.lower_index]
@@ -271,7 +275,7 @@ class CopyUp:
                     raise fail(errno.ENOENT)
                 await self.ovl.wait_tree_move()
                 if not node.upper:
-                    await self._copy(node, node.parent, data, metadata_only)
+                    await self._copy(node, data, metadata_only)
                 return
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 # In the index first, so that a crash before every name links
@@ -385,12 +389,7 @@ class CopyUp:
         async with self._copy_lock(node):
             if node.upper:
                 return
-            parent = node.parent
-            if parent is None:
-                raise fail(errno.ENOENT)
-            if not parent.upper:
-                await self.ensure(parent)
-            await self._copy(node, parent, data=False, metadata_only=True)
+            await self._copy(node, data=False, metadata_only=True)
 
     def _lower_nlink(self, node: Node) -> int:
         st = node.lower_stat

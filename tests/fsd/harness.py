@@ -192,6 +192,11 @@ class HeldWorkerJobs:
     def release(self) -> None:
         self._released.set()
 
+    async def only_for(self, fn, *args) -> None:
+        """await fn(*args), holding only this task's jobs (start it in a nursery)."""
+        self.task = trio.lowlevel.current_task()
+        await fn(*args)
+
 
 def holds_no_data(path) -> bool:
     """Whether a real file is all hole (a metadata-only copy): SEEK_DATA finds

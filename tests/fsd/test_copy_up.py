@@ -11,6 +11,7 @@ import stat
 import pytest
 import trio
 import trio.testing
+from fsd.copy_up import CopyUp
 from harness import HeldWorkerJobs, fails, holds_no_data
 
 from support.layergen import write
@@ -224,13 +225,8 @@ async def test_writes_through_two_names_of_a_lower_hard_link_at_once(overlay, mo
     # The order of events, made certain without timing: the first worker job of
     # the write through a waits until the write through b can go no further.
     jobs = HeldWorkerJobs(monkeypatch)
-
-    async def write_a():
-        jobs.task = trio.lowlevel.current_task()
-        await fs.write("a", b"A")
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(write_a)
+        nursery.start_soon(jobs.only_for, fs.write, "a", b"A")
         await jobs.waiting.wait()
         nursery.start_soon(fs.write, "b", b"B", 1)
         await trio.testing.wait_all_tasks_blocked()
@@ -366,6 +362,47 @@ async def test_another_name_looked_up_while_a_directory_move_links_it_is_the_sam
     finally:
         await fs.ops.release(fh)
     assert b == await fs.ino("e1/a") == await fs.ino("d2/b")
+
+
+async def test_a_copy_up_lands_at_the_name_the_file_has_once_its_directory_is_copied(overlay, monkeypatch):
+    """A copy-up of a lower file with several names waited; meanwhile a lookup
+    of another name, in a directory not copied yet, made that the file's path.
+    While that directory was copied a lookup of a third name made that one the
+    path: the copy landed there but was recorded in the listing of the second
+    one's directory, and linking the third name to it failed EEXIST."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "g1", "other")
+    os.link(bottom / "g1", bottom / "g2")
+    write(bottom, "s/r", "linked")
+    (bottom / "h").mkdir()
+    os.link(bottom / "s" / "r", bottom / "h" / "c")
+    os.link(bottom / "s" / "r", bottom / "d")
+    fs = await overlay.mount()
+    await fs.lookup("s/r")
+    # The order of events, made certain without timing: the copy-up through s/r
+    # waits while another lower hard link's copy-up links that file's other
+    # names (its search for them, a worker job, is held).  The lookup of d
+    # comes while the copy-up of s/r has the directory h copied.
+    jobs = HeldWorkerJobs(monkeypatch)
+    real_ensure = CopyUp.ensure
+
+    async def ensure_d_looked_up_meanwhile(self, node, data=True):
+        if node.is_dir and node.path() == b"h":
+            await fs.lookup("d")
+        return await real_ensure(self, node, data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(jobs.only_for, fs.write, "g1", b"O")
+        await jobs.waiting.wait()
+        nursery.start_soon(fs.write, "s/r", b"L")
+        await trio.testing.wait_all_tasks_blocked()
+        await fs.lookup("h/c")
+        monkeypatch.setattr(CopyUp, "ensure", ensure_d_looked_up_meanwhile)
+        jobs.release()
+    for _ in range(2):
+        assert await fs.ino("s/r") == await fs.ino("h/c") == await fs.ino("d")
+        assert await fs.read("h/c") == await fs.read("d") == b"Linked"
+        fs = await overlay.remount(fs)
 
 
 async def test_a_hard_link_hidden_by_a_whiteout_is_not_linked(overlay):
