@@ -265,7 +265,9 @@ def clean_name(name: str) -> list[str]:
     if ".." in parts:
         raise UnsafeArchive(name, "path contains '..'")
     for p in parts:
-        if len(os.fsencode(p)) > 255:
+        # a character is at most 4 bytes encoded (1 for a surrogate escape):
+        # only a longer component can be over the limit
+        if len(p) > 63 and len(os.fsencode(p)) > 255:
             raise UnsafeArchive(name, "name component longer than 255 bytes")
     return parts
 

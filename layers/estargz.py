@@ -198,10 +198,15 @@ def _format_time(ns: int) -> str:
 
 
 def _parse_time(text: str) -> int:
-    """RFC 3339 (as Go writes it) → ns since the epoch."""
+    """RFC 3339 (as Go writes it, in UTC) → ns since the epoch.  (fromisoformat
+    of the usual form, not strptime: a TOC has an entry per file, and strptime
+    took a quarter of a second per 7,000 of them.)"""
     base, _, frac = text.removesuffix("Z").partition(".")
-    t = datetime.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S").replace(
-        tzinfo=datetime.timezone.utc)
+    if len(base) == 19 and base[10] == "T" and base[13] == base[16] == ":":
+        t = datetime.datetime.fromisoformat(base)
+    else:                       # any other form, as strptime reads it
+        t = datetime.datetime.strptime(base, "%Y-%m-%dT%H:%M:%S")
+    t = t.replace(tzinfo=datetime.timezone.utc)
     delta = t - _EPOCH
     return ((delta.days * 86400 + delta.seconds) * 1_000_000_000
             + int((frac + "000000000")[:9] if frac else 0))

@@ -159,10 +159,8 @@ class LayerIndex:
         self.toc = toc
         self.where = where
         self.skeleton = _Skeleton(toc.tar_split, where)
-        by_name = {}
-        for entry in toc.entries.values():
-            if entry.type == "reg":
-                by_name["/".join(clean_name(entry.name))] = entry
+        # TOC names are the store's relpaths already (estargz checks them)
+        by_name = {name: entry for name, entry in toc.entries.items() if entry.type == "reg"}
         self.files: dict[str, LazyFile] = {}
         self.names: dict[str, str] = {}
         try:
