@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import traceback
-from importlib import metadata
 
 from . import config, progress, units
 from .errors import ConfigError, LayersError, UsageError
@@ -238,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
+    from importlib import metadata      # here: 30 ms of every command's start-up else
     try:
         return metadata.version("strata")
     except metadata.PackageNotFoundError:
