@@ -163,6 +163,8 @@ class LayerIndex:
         by_name = {name: entry for name, entry in toc.entries.items() if entry.type == "reg"}
         self.files: dict[str, LazyFile] = {}
         self.names: dict[str, str] = {}
+        self._blob_order: list[str] | None = None      # `neighbours`, made when first asked
+        self._blob_pos: dict[str, int] = {}
         try:
             self.tar = tarfile.open(fileobj=self.skeleton, mode="r:",
                                     tarinfo=SafeTarInfo, errorlevel=2)
@@ -199,6 +201,43 @@ class LayerIndex:
     @property
     def content_bytes(self) -> int:
         return sum(f.member.size for f in self.files.values())
+
+    def neighbours(self, relpath: str, limit: int, usable: Callable[[str], bool]) -> list[str]:
+        """The lazy files whose chunks lie right before and right after those
+        of `relpath` in the blob, up to `limit` blob bytes on each side, each
+        whole and `usable` (the walk stops at the first that is not, or that
+        does not fit): fetched with it, they come in the same range request.
+        (What a program opens next is often stored next to what it opened:
+        the files of one directory, in tar order.)  Blob order, `relpath`
+        not included."""
+        if self._blob_order is None:            # (two threads may both make it: the same)
+            order = sorted((p for p, f in self.files.items() if f.chunks),
+                           key=lambda p: self.files[p].chunks[0].blob_start)
+            self._blob_pos = {p: i for i, p in enumerate(order)}
+            self._blob_order = order
+        at = self._blob_pos.get(relpath)
+        if at is None:
+            return []
+        order, files = self._blob_order, self.files
+        after: list[str] = []
+        end, left = files[relpath].chunks[-1].blob_end, limit
+        for p in order[at + 1:]:
+            cs = files[p].chunks
+            span = cs[-1].blob_end - cs[0].blob_start
+            if cs[0].blob_start != end or span > left or not usable(p):
+                break
+            after.append(p)
+            end, left = cs[-1].blob_end, left - span
+        before: list[str] = []
+        start, left = files[relpath].chunks[0].blob_start, limit
+        for p in reversed(order[:at]):
+            cs = files[p].chunks
+            span = cs[-1].blob_end - cs[0].blob_start
+            if cs[-1].blob_end != start or span > left or not usable(p):
+                break
+            before.append(p)
+            start, left = cs[0].blob_start, left - span
+        return before[::-1] + after
 
 
 def load_index(toc_path: str, toc_digest: Digest, where: str) -> LayerIndex:

@@ -32,7 +32,7 @@ from storetools import (NOBODY, directory, driver_skip_reason, file,  # noqa: E4
 from support.registryd import Proxy, Registry  # noqa: E402
 from test_layers_registry import INSECURE, Machine, proxy, registry  # noqa: E402,F401
 
-from layers import estargz, layout  # noqa: E402
+from layers import estargz, fetcher, layout  # noqa: E402
 from layers.digest import Digest  # noqa: E402
 from layers.store import Store  # noqa: E402
 
@@ -51,6 +51,7 @@ TOP = tar_bytes([
     file("opaque/new", os.urandom(3000)), file("top", os.urandom(200_000)),
 ])
 FILES = ["big", "one", "one-again", "sparse", "etc/os-release", "opaque/kept"]
+LAZY_FILES = ["big", "etc/os-release", "one", "sparse", "opaque/kept", "gone"]  # BASE's, with content
 
 
 class LazyMachine(Machine):
@@ -364,19 +365,22 @@ def test_inspect_df_check_and_rmi_of_a_lazy_image(lazy_machines, proxy, tmp_path
     assert wait_until(proxy.stalled.is_set, 30)      # the background waits on the proxy
     diff = lazy.diff(bottom)
     assert ask(lazy.store().paths.fetcher_socket, diff, "one") == {"ok": True}
+    # with `one`, the small files stored next to it (read-around); not the held `big`
+    complete = [p for p in LAZY_FILES if lazy_mark(diff / p) is None]
+    assert "one" in complete and "big" not in complete
     doc = json.loads(lazy.ok("inspect", bottom))["lazy"]
     assert doc["blob"] == blobs[0] and doc["repository"] == "lazy/status"
     assert doc["fetched"] < doc["total"] and doc["error"] is None
-    assert (doc["files"], doc["files_complete"]) == (6, 1)
-    assert doc["content_complete"] == len(BASE_ONE)
+    assert (doc["files"], doc["files_complete"]) == (len(LAZY_FILES), len(complete))
+    assert doc["content_complete"] == sum(os.stat(diff / p).st_size for p in complete)
     img = json.loads(lazy.ok("inspect", ref))
     assert bottom in [z["layer"].split(":")[1] for z in img["lazy_layers"]]
     df = lazy.ok("df")
     assert "lazy layers: " in df and " fetched" in df
     r = lazy.run("check", "--verify")
     assert r.code == 0
-    assert f"note: layer {bottom[:12]} is lazy: 1 of 6 files fetched and verified " \
-           "against its table of contents" in r.out
+    assert f"note: layer {bottom[:12]} is lazy: {len(complete)} of 6 files fetched and " \
+           "verified against its table of contents" in r.out
     good = (diff / "one").read_bytes()
     with open(diff / "one", "r+b") as f:
         f.write(b"X")
@@ -437,6 +441,51 @@ def test_requests_for_a_file_being_fetched_share_its_fetch(lazy_machines, proxy,
     # every chunk came once: the blob's bytes, less what no request needs (the TOC's
     # carriers, fetched once by the pull), were sent once
     assert proxy.sent_bytes("GET", blobs[0]) <= size
+
+
+def _blob_gets(proxy: Proxy, blob: str) -> list[int]:
+    """Body bytes of each GET of `blob` the proxy answered, in order."""
+    with proxy.lock:
+        return [s.sent for s in proxy.requests if s.method == "GET" and s.path.endswith(blob)]
+
+
+def test_a_request_brings_the_small_files_stored_next_to_its_file_in_the_same_range(
+        lazy_machines, proxy, tmp_path):
+    lazy, _ = lazy_machines
+    small = {f"locale/{c}": os.urandom(1000 + 300 * i) for i, c in enumerate("abcdefgh")}
+    tail = os.urandom(fetcher.READ_AROUND + 1000)          # too big to come along
+    ref, blobs, _, src = push_estargz(
+        tmp_path, proxy.host,
+        [tar_bytes([file("big", BIG), directory("locale"),
+                    *(file(n, data) for n, data in small.items()), file("tail", tail)])],
+        "around")
+    hold_background(proxy, blobs[0])                  # the background's fetch of `big`
+    layer = lazy.report("pull", "-q", "--lazy", ref, INSECURE)["layers"][0]["layer"]
+    diff = lazy.diff(layer.split(":")[1])
+    assert wait_until(proxy.stalled.is_set, 30)
+    before = len(_blob_gets(proxy, blobs[0]))
+    assert ask(lazy.store().paths.fetcher_socket, diff, "locale/c") == {"ok": True}
+    gets = _blob_gets(proxy, blobs[0])[before:]
+    assert len(gets) == 1 and gets[0] < sum(map(len, small.values())) + 8 * 1024
+    for name, data in small.items():                  # each whole, verified, complete
+        assert lazy_mark(diff / name) is None and (diff / name).read_bytes() == data, name
+    assert lazy_mark(diff / "tail") == b"" and lazy_mark(diff / "big") == b""
+    proxy.release.set()
+    assert wait_until(lambda: lazy.record(layer.split(":")[1])["lazy"] is None, 60)
+    assert lazy.ok("check", "--verify") == ""
+
+
+def test_the_background_starts_with_small_ranges_that_grow_while_no_request_comes(
+        lazy_machines, proxy, tmp_path):
+    lazy, _ = lazy_machines
+    files = [file(f"f{i:02}", os.urandom(64 << 10)) for i in range(60)]
+    ref, blobs, size, _ = push_estargz(tmp_path, proxy.host, [tar_bytes(files)], "steps")
+    proxy.reset()
+    layer = lazy.report("pull", "-q", "--lazy", ref, INSECURE)["layers"][0]["layer"]
+    assert wait_until(lambda: lazy.record(layer.split(":")[1])["lazy"] is None, 120)
+    steps = _blob_gets(proxy, blobs[0])[2:]           # after the pull's footer and TOC
+    assert steps[0] <= fetcher.MIN_BATCH + (66 << 10)   # a step ends with the file that fills it
+    assert max(steps) >= 4 * steps[0] and len(steps) < len(files) // 4
 
 
 def _connections(pid: int) -> int:

@@ -164,3 +164,29 @@ def test_reuse_clones_only_content_that_hashes_right(tmp_path):
     assert sorted(done) == ["attrs", "big", "etc/passwd", "ping", "sparse", "zeros"]
     assert lazylayer.incomplete_files(str(diff), index) == ["setuid"]
     assert (diff / "big").read_bytes() == BIG
+
+
+def test_neighbours_are_the_whole_files_stored_next_to_one_in_the_blob():
+    small = {f"d/{c}": os.urandom(200 + 50 * i) for i, c in enumerate("abcdefg")}
+    tar = tar_bytes([directory("d"), *(file(n, data) for n, data in small.items()),
+                     file("d/empty"), file("after", BIG)])
+    blob, written, region = seekable(tar)
+    index = lazylayer.LayerIndex(estargz.parse_toc_region(region, written.toc_digest), "t")
+
+    def span(p):
+        cs = index.files[p].chunks
+        return cs[-1].blob_end - cs[0].blob_start
+
+    names = list(small)                       # blob order is tar order here
+    everything = index.neighbours("d/d", 1 << 20, lambda p: True)
+    assert everything == [n for n in names if n != "d/d"] + ["after"]
+    # each side's walk stops at a file it may not take, or one over its bytes
+    assert index.neighbours("d/d", 1 << 20, lambda p: p not in ("d/b", "d/f")) == ["d/c", "d/e"]
+    limit = span("d/b") + span("d/c")       # the later files are bigger: e fits, e + f not
+    assert span("d/e") <= limit < span("d/e") + span("d/f")
+    assert index.neighbours("d/d", limit, lambda p: True) == ["d/b", "d/c", "d/e"]
+    assert index.neighbours("d/d", span("d/c") - 1, lambda p: True) == []
+    # together they are one range: fetched by one request, each chunk checked
+    taken = ["d/d", *everything]
+    assert len(lazylayer.ranges(c for p in taken for c in index.files[p].chunks)) == 1
+    assert index.neighbours("d/empty", 1 << 20, lambda p: True) == []   # no chunk: none
