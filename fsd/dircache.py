@@ -60,10 +60,28 @@ class DirCache:
 
     def merge_lowers(self, indices: tuple[int, ...], rel: bytes) -> dict[bytes, Entry]:
         """The merged listing of directory `rel` in the lower layers of `indices`."""
+        return self._merge(indices, rel, False)[1]
+
+    def merge_below(self, node: Node, candidates: tuple[int, ...], rel: bytes) -> None:
+        """Set a new lower directory node's lower dirs: the candidates cut after the
+        first opaque one (as merge_depth), and, when there are several, their
+        merged listing in the same pass.  The scan of each dir that the listing
+        needs anyway tells whether a `.wh..wh..opq` file marks it opaque, so each
+        costs a listxattr for opacity, not an lstat of the marker too: on a deep
+        stack that is most of a cold lookup's system calls."""
+        if len(candidates) < 2:
+            node.lower_indices = candidates
+        else:
+            node.lower_indices, node.lower_entries = self._merge(candidates, rel, True)
+
+    def _merge(self, indices: tuple[int, ...], rel: bytes, cut: bool) -> tuple[tuple[int, ...], dict[bytes, Entry]]:
+        """The indices merged (with `cut`, up to the first opaque dir) and their listing."""
         merged: dict[bytes, Entry] = {}
         hidden: set[bytes] = set()
-        for index in indices:
-            names, whiteouts, _ = scan_dir(self.ovl.lowers[index], rel)
+        last = len(indices) - 1
+        for pos, index in enumerate(indices):
+            layer = self.ovl.lowers[index]
+            names, whiteouts, marker_file = scan_dir(layer, rel)
             for name, kind in names.items():
                 entry = merged.get(name)
                 if entry is None:
@@ -81,7 +99,9 @@ class DirCache:
                     hidden.add(name)
                 else:
                     entry.open = False
-        return merged
+            if cut and pos < last and dir_is_opaque(layer, rel, marker_file=marker_file):
+                return indices[:pos + 1], merged
+        return indices, merged
 
     def scan_upper(self, rel: bytes) -> UpperDir:
         names, whiteouts, _ = scan_dir(self.ovl.upper, rel)

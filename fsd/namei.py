@@ -115,7 +115,7 @@ class Namei:
         if node is None:
             node = self.table.add(key, kind)
             if kind == S_IFDIR:
-                node.lower_indices = self.dircache.merge_depth(entry.lower_indices, rel)
+                self.dircache.merge_below(node, entry.lower_indices, rel)
         node.add_link(parent, name)
         node.lower_index = entry.lower_index
         node.lower_stat = st

@@ -157,13 +157,18 @@ def scan_dir(layer: Layer, rel: bytes) -> tuple[dict[bytes, int], set[bytes], bo
     return names, whiteouts, opaque
 
 
-def dir_is_opaque(layer: Layer, rel: bytes, attrs: list[bytes] | None = None) -> bool:
-    """Opaque by xattr or by a `.wh..wh..opq` file; `attrs`: its xattr names, if known."""
+def dir_is_opaque(layer: Layer, rel: bytes, attrs: list[bytes] | None = None,
+                  marker_file: bool | None = None) -> bool:
+    """Opaque by a `.wh..wh..opq` file or by xattr.  `attrs`: its xattr names, and
+    `marker_file`: whether the file is there (scan_dir's answer), if known; each
+    one not known costs a system call."""
+    if marker_file is None:
+        marker_file = layer.try_lstat(_join(rel, OPAQUE_FILE)) is not None
+    if marker_file:
+        return True
     if attrs is None:
         attrs = layer.listxattr(rel)
-    if opaque_by_xattr(attrs, lambda a: layer.try_getxattr(rel, a)):
-        return True
-    return layer.try_lstat(_join(rel, OPAQUE_FILE)) is not None
+    return opaque_by_xattr(attrs, lambda a: layer.try_getxattr(rel, a))
 
 
 # --- writing markers into the upper (or an object being built in the work area) ------
