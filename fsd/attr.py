@@ -122,8 +122,10 @@ class AttrOps:
         attr.entry_timeout = self.timeout
         return attr
 
-    def entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        st = self.real_stat(node)
+    def entry(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        """The attributes of node; `st`: its real stat, if the caller has just read it."""
+        if st is None:
+            st = self.real_stat(node)
         uid, gid, mode, rdev = self.owner(node, st)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino

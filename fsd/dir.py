@@ -67,10 +67,12 @@ class DirOps:
     # --- creating -----------------------------------------------------------------
 
     async def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int,
-                     rdev: int = 0, target: bytes | None = None, umask: int = 0) -> Node:
-        """Make a new object of S_IFMT(mode); returns its node.  EEXIST if taken;
-        EPERM for a character device 0/0, which is a whiteout here (as the kernel).
-        umask: the caller's (see `_creation_mode`)."""
+                     rdev: int = 0, target: bytes | None = None, umask: int = 0
+                     ) -> tuple[Node, os.stat_result]:
+        """Make a new object of S_IFMT(mode); returns its node and real stat (for
+        the entry reply: not read again).  EEXIST if taken; EPERM for a character
+        device 0/0, which is a whiteout here (as the kernel).  umask: the
+        caller's (see `_creation_mode`)."""
         if is_whiteout_dev(stat.S_IFMT(mode), rdev):
             raise fail(errno.EPERM, name)
         self._check_new_name(parent, name)
@@ -87,8 +89,9 @@ class DirOps:
                 mode |= stat.S_ISGID
         mode, default_acl = self._creation_mode(parent, mode, umask)
         entries = self.dircache.upper_entries(parent)
+        st = None
         if name not in entries.whiteouts:
-            self._make(self.ovl.upper, rel, mode, rdev, target, uid, gid)
+            st = self._make(self.ovl.upper, rel, mode, rdev, target, uid, gid)
         else:
             work = self.ovl.work.layer
             tmp = self.ovl.work.tmp_name()
@@ -111,7 +114,12 @@ class DirOps:
                 work.rmdir(tmp)
         self.dircache.upper_added(parent, name, kind)
         self._account(rel, parent)
-        return self.namei.lookup(parent, name)
+        if st is None:  # made in the work area, renamed over a whiteout: looked up as any name
+            node = self.namei.lookup(parent, name)
+            return node, self.ovl.upper.lstat(rel)
+        # new, so without xattrs of fsd's (origin, metacopy) or markers, and nothing
+        # below its name (no whiteout of it): none read
+        return self.namei.upper_child(parent, name, None, st, ()), st
 
     def _creation_mode(self, parent: Node, mode: int, umask: int) -> tuple[int, bytes | None]:
         """The mode to make a new object in parent (in the upper) with, and
@@ -128,10 +136,12 @@ class DirOps:
             for place in places:
                 self.ovl.account(place if isinstance(place, bytes) else place.path())
 
-    def _make(self, layer, rel: bytes, mode: int, rdev: int, target: bytes | None, uid: int, gid: int) -> None:
-        """Create one object owned by (uid, gid) as given through the mount.  Under
-        xattr_permissions the owner and mode go to the override xattr, and a
-        device node the daemon may not make is a regular file carrying its type."""
+    def _make(self, layer, rel: bytes, mode: int, rdev: int, target: bytes | None, uid: int,
+              gid: int) -> os.stat_result:
+        """Create one object owned by (uid, gid) as given through the mount; its
+        stat.  Under xattr_permissions the owner and mode go to the override
+        xattr, and a device node the daemon may not make is a regular file
+        carrying its type."""
         kind = stat.S_IFMT(mode)
         perm = stat.S_IMODE(mode)
         override = self.idmap.override_xattr
@@ -149,17 +159,20 @@ class DirOps:
                     raise
                 os.close(layer.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            self._set_owner(layer.lstat(rel), mode, rdev, uid, gid, functools.partial(layer.chown, rel),
-                            functools.partial(layer.setxattr, rel), functools.partial(layer.chmod, rel))
+            made = layer.lstat(rel)
+            if self._set_owner(made, mode, rdev, uid, gid, functools.partial(layer.chown, rel),
+                               functools.partial(layer.setxattr, rel), functools.partial(layer.chmod, rel)):
+                made = layer.lstat(rel)
         except BaseException:
             (layer.rmdir if kind == stat.S_IFDIR else layer.unlink)(rel)
             raise
+        return made
 
     def _set_owner(self, made: os.stat_result, mode: int, rdev: int, uid: int, gid: int,
-                   chown, setxattr, chmod) -> None:
+                   chown, setxattr, chmod) -> bool:
         """Give a new object (made: its stat) the owner (uid, gid) as given through
         the mount, through its chown(uid, gid), setxattr(name, value) and
-        chmod(mode).  Its permission bits stay those its filesystem gave it (a
+        chmod(mode); whether it called one of them (made is then stale).  Its permission bits stay those its filesystem gave it (a
         default ACL of the directory shapes them, and its ACLs); its set-id and
         sticky bits are those of mode.  Under xattr_permissions a daemon that
         may not chown keeps the owner and mode in the override xattr."""
@@ -177,10 +190,14 @@ class DirOps:
                 chowned = cleared = True
             except PermissionError:
                 pass  # rootless: the caller's ids are the daemon's own
+        changed = cleared
         if override is not None and kind != stat.S_IFLNK and not chowned:
             setxattr(override, format_override(disk_uid, disk_gid, kind | perm, rdev))
+            changed = True
         if kind != stat.S_IFLNK and (stat.S_IMODE(made.st_mode) != perm or cleared and perm & 0o6000):
             chmod(perm)  # mkdir drops set-id bits, chown clears them
+            changed = True
+        return changed
 
     async def tmpfile(self, parent: Node, mode: int, flags: int, uid: int, gid: int,
                       umask: int = 0) -> tuple[Node, int]:

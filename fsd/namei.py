@@ -16,6 +16,7 @@ instead of ENOENT.
 from __future__ import annotations
 
 import errno
+import os
 import stat
 
 from .dircache import DirCache, Entry
@@ -60,19 +61,25 @@ class Namei:
                 return None
         lower = self.dircache.lower_entries(parent).get(name) if parent.lower_indices else None
         if in_upper:
-            return self._upper_child(parent, name, lower)
+            return self.upper_child(parent, name, lower)
         if lower is None:
             return None
         return self._lower_child(parent, name, lower)
 
-    def _upper_child(self, parent: Node, name: bytes, lower: Entry | None) -> Node:
+    def upper_child(self, parent: Node, name: bytes, lower: Entry | None,
+                    st: os.stat_result | None = None, attrs: list[bytes] | tuple | None = None) -> Node:
+        """The node of upper object `name` (`lower`: what its name finds in the
+        lowers).  `st` and `attrs` (its xattr names): what a caller that has
+        just made it knows already, so not read again."""
         upper, markers, table = self.ovl.upper, self.ovl.markers, self.table
         rel = parent.child_path(name)
-        st = upper.lstat(rel)
+        if st is None:
+            st = upper.lstat(rel)
         kind = stat.S_IFMT(st.st_mode)
         lower_indices: tuple[int, ...] = ()
         opaque = False
-        attrs = upper.listxattr(rel) if markers.private_prefix is not None or kind == S_IFDIR else ()
+        if attrs is None:
+            attrs = upper.listxattr(rel) if markers.private_prefix is not None or kind == S_IFDIR else ()
         if kind == S_IFDIR:
             opaque = dir_is_opaque(upper, rel, attrs)
             if not opaque and lower is not None and lower.kind == S_IFDIR:

@@ -127,11 +127,12 @@ class Operations(pyfuse3.Operations):
         if not self.writable:
             raise fail(errno.EROFS)
 
-    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        """The entry reply for node, which the kernel then holds one lookup of;
-        a node made for this reply and not handed over leaves the table."""
+    def _entry(self, node: Node, st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        """The entry reply for node (st: its real stat, if just read), which the
+        kernel then holds one lookup of; a node made for this reply and not
+        handed over leaves the table."""
         try:
-            attr = self.attrs.entry(node)
+            attr = self.attrs.entry(node, st)
         except BaseException:
             self.table.unused(node)
             raise
@@ -169,35 +170,35 @@ class Operations(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._writable()
         async with self.gate:
-            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
-                                          rdev=rdev, umask=ctx.umask)
-        return self._entry(node)
+            node, st = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
+                                              rdev=rdev, umask=ctx.umask)
+        return self._entry(node, st)
 
     @request
     async def mkdir(self, parent_inode, name, mode, ctx):
         self._writable()
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
         async with self.gate:
-            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
-                                          umask=ctx.umask)
-        return self._entry(node)
+            node, st = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
+                                              umask=ctx.umask)
+        return self._entry(node, st)
 
     @request
     async def symlink(self, parent_inode, name, target, ctx):
         self._writable()
         async with self.gate:
-            node = await self.dirs.create(self.table[parent_inode], name, stat.S_IFLNK | 0o777,
-                                          ctx.uid, ctx.gid, target=target)
-        return self._entry(node)
+            node, st = await self.dirs.create(self.table[parent_inode], name, stat.S_IFLNK | 0o777,
+                                              ctx.uid, ctx.gid, target=target)
+        return self._entry(node, st)
 
     @request
     async def create(self, parent_inode, name, mode, flags, ctx):
         self._writable()
         mode = stat.S_IFREG | stat.S_IMODE(mode)
         async with self.gate:
-            node = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
-                                          umask=ctx.umask)
-            attr = self._entry(node)
+            node, st = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
+                                              umask=ctx.umask)
+            attr = self._entry(node, st)
             return await self.files.open(node, flags), attr
 
     @request

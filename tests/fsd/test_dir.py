@@ -585,3 +585,30 @@ async def test_an_inode_held_by_the_kernel_reaches_its_object_after_a_rename_abo
     fh = (await fs.ops.open(ino, os.O_RDONLY, fs.ctx)).fh
     assert await fs.ops.read(fh, 0, 10) == b"lower"
     await fs.ops.release(fh)
+
+
+# --- the entry a new object's reply carries --------------------------------------------------------
+
+@pytest.mark.parametrize("options", ["", "xattr_permissions=2"])
+async def test_the_entry_of_a_new_object_is_what_a_lookup_then_finds(overlay, options):
+    """create, mkdir, mknod and symlink reply with the stat they took while making
+    the object (after its owner and mode were set), not a fresh one: it must be
+    what a later lookup finds, also when the owner went through chown, the
+    override xattr or a chmod, and for a name made over a whiteout."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "gone", "x")
+    fs = await overlay.mount(options)
+    await fs.unlink("gone")
+    user = fs.as_user(1234, 5678, umask=0)
+    made = {
+        "f": await user.create("f", mode=0o4755),
+        "d": await user.mkdir("d", 0o2700),
+        "p": await user.mknod("p", stat.S_IFIFO | 0o640),
+        "l": await user.symlink("f", "l"),
+        "gone": await user.create("gone", mode=0o600),
+    }
+    await fs.forget_all()
+    for name, attr in made.items():
+        found = await fs.stat(name)
+        fields = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_ctime_ns")
+        assert [getattr(attr, f) for f in fields] == [getattr(found, f) for f in fields], name
