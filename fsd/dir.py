@@ -536,8 +536,8 @@ class DirOps:
         EXDEV here (without redirect_dir); programs such as apt and npm then fail.
         Returns the lower hard links inside the tree (see CopyUp.build_tree)."""
         upper, work = self.ovl.upper, self.ovl.work.layer
+        rel1, rel2 = p1.child_path(n1), p2.child_path(n2)  # ENOENT for a parent removed: nothing built yet
         tmp, hard_links = await self.copyup.build_tree(src)
-        rel1, rel2 = p1.child_path(n1), p2.child_path(n2)
         try:
             self.set_opaque(work, tmp)
             self.ovl.work.write_journal(rel1, rel2, src.key)

@@ -450,6 +450,25 @@ async def test_a_merged_directory_renamed_over_an_empty_directory(overlay, wh):
     assert sorted(await fs.listdir("")) == [b"target"]
 
 
+async def test_a_merged_directory_moved_into_a_removed_directory_leaves_no_copy(overlay):
+    """The kernel sends no rename into a removed directory (its locks order
+    them, and it checks), but concurrent requests in-process do, and a daemon
+    should not depend on it: the move of a merged directory into one just
+    removed failed ENOENT only once its tree was copied, and left the copy in
+    the work area."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/f", "x")
+    fs = await overlay.mount()
+    await fs.mkdir("new")
+    new = await fs.ino("new")
+    assert await fs.listdir("new") == []
+    await fs.rmdir("new")
+    with fails(errno.ENOENT):
+        await fs.ops.rename(pyfuse3.ROOT_INODE, b"d", new, b"x", 0, fs.ctx)
+    assert await fs.listdir("") == [b"d"]
+    assert os.listdir(overlay.work / "fsd" / "tmp") == []
+
+
 async def test_a_merged_directory_whose_old_name_cannot_be_whited_out_is_not_moved(overlay):
     (bottom,) = overlay.lowers(1)
     name = "d" * 252
