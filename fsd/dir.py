@@ -67,12 +67,14 @@ class DirOps:
     # --- creating -----------------------------------------------------------------
 
     async def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int,
-                     rdev: int = 0, target: bytes | None = None, umask: int = 0
-                     ) -> tuple[Node, os.stat_result]:
-        """Make a new object of S_IFMT(mode); returns its node and real stat (for
-        the entry reply: not read again).  EEXIST if taken; EPERM for a character
-        device 0/0, which is a whiteout here (as the kernel).  umask: the
-        caller's (see `_creation_mode`)."""
+                     rdev: int = 0, target: bytes | None = None, umask: int = 0,
+                     open_flags: int | None = None) -> tuple[Node, os.stat_result, int | None]:
+        """Make a new object of S_IFMT(mode); returns its node, its real stat (for
+        the entry reply: not read again) and, for a regular file asked with
+        open_flags (real open flags), the descriptor it was created with, open
+        so (the caller's now; None where it was made in the work area).  EEXIST
+        if taken; EPERM for a character device 0/0, which is a whiteout here (as
+        the kernel).  umask: the caller's (see `_creation_mode`)."""
         if is_whiteout_dev(stat.S_IFMT(mode), rdev):
             raise fail(errno.EPERM, name)
         self._check_new_name(parent, name)
@@ -89,9 +91,9 @@ class DirOps:
                 mode |= stat.S_ISGID
         mode, default_acl = self._creation_mode(parent, mode, umask)
         entries = self.dircache.upper_entries(parent)
-        st = None
+        st = fd = None
         if name not in entries.whiteouts:
-            st = self._make(self.ovl.upper, rel, mode, rdev, target, uid, gid)
+            st, fd = self._make(self.ovl.upper, rel, mode, rdev, target, uid, gid, open_flags)
         else:
             work = self.ovl.work.layer
             tmp = self.ovl.work.tmp_name()
@@ -103,7 +105,7 @@ class DirOps:
                     work.mkdir(tmp, 0o700)
                     work.setxattr(tmp, ACL_DEFAULT, default_acl)
                     made = tmp + b"/new"
-                self._make(work, made, mode, rdev, target, uid, gid)
+                self._make(work, made, mode, rdev, target, uid, gid)  # closed: opened by name once in place
                 if kind == stat.S_IFDIR:
                     self.set_opaque(work, made)
                 self._replace_whiteout(made, parent, name, kind)
@@ -112,14 +114,19 @@ class DirOps:
                 raise
             if made != tmp:
                 work.rmdir(tmp)
-        self.dircache.upper_added(parent, name, kind)
-        self._account(rel, parent)
-        if st is None:  # made in the work area, renamed over a whiteout: looked up as any name
-            node = self.namei.lookup(parent, name)
-            return node, self.ovl.upper.lstat(rel)
-        # new, so without xattrs of fsd's (origin, metacopy) or markers, and nothing
-        # below its name (no whiteout of it): none read
-        return self.namei.upper_child(parent, name, None, st, ()), st
+        try:
+            self.dircache.upper_added(parent, name, kind)
+            self._account(rel, parent)
+            if st is None:  # made in the work area, renamed over a whiteout: looked up as any name
+                node = self.namei.lookup(parent, name)
+                return node, self.ovl.upper.lstat(rel), None
+            # new, so without xattrs of fsd's (origin, metacopy) or markers, and nothing
+            # below its name (no whiteout of it): none read
+            return self.namei.upper_child(parent, name, None, st, ()), st, fd
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
 
     def _creation_mode(self, parent: Node, mode: int, umask: int) -> tuple[int, bytes | None]:
         """The mode to make a new object in parent (in the upper) with, and
@@ -137,18 +144,23 @@ class DirOps:
                 self.ovl.account(place if isinstance(place, bytes) else place.path())
 
     def _make(self, layer, rel: bytes, mode: int, rdev: int, target: bytes | None, uid: int,
-              gid: int) -> os.stat_result:
+              gid: int, open_flags: int | None = None) -> tuple[os.stat_result, int | None]:
         """Create one object owned by (uid, gid) as given through the mount; its
-        stat.  Under xattr_permissions the owner and mode go to the override
-        xattr, and a device node the daemon may not make is a regular file
-        carrying its type."""
+        stat, and for a regular file with open_flags the descriptor it was
+        created with, open so.  Under xattr_permissions the owner and mode go to
+        the override xattr, and a device node the daemon may not make is a
+        regular file carrying its type."""
         kind = stat.S_IFMT(mode)
         perm = stat.S_IMODE(mode)
         override = self.idmap.override_xattr
+        fd = None
         if kind == stat.S_IFDIR:
             layer.mkdir(rel, perm)
         elif kind == stat.S_IFREG:
-            os.close(layer.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, perm))
+            fd = layer.open(rel, (os.O_WRONLY if open_flags is None else open_flags) | os.O_CREAT | os.O_EXCL, perm)
+            if open_flags is None:
+                os.close(fd)
+                fd = None
         elif kind == stat.S_IFLNK:
             layer.symlink(target, rel)
         else:
@@ -164,9 +176,11 @@ class DirOps:
                                functools.partial(layer.setxattr, rel), functools.partial(layer.chmod, rel)):
                 made = layer.lstat(rel)
         except BaseException:
+            if fd is not None:
+                os.close(fd)
             (layer.rmdir if kind == stat.S_IFDIR else layer.unlink)(rel)
             raise
-        return made
+        return made, fd
 
     def _set_owner(self, made: os.stat_result, mode: int, rdev: int, uid: int, gid: int,
                    chown, setxattr, chmod) -> bool:

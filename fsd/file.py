@@ -175,6 +175,12 @@ class FileOps:
             self.table.opened(node, fd, True)
         return handle.fd
 
+    def create_flags(self, flags: int) -> int:
+        """The real open flags of a new upper file that create(2) opens with flags
+        (without O_CREAT and O_EXCL: the maker adds them); its descriptor then
+        goes to `adopt` as `open` would have opened it."""
+        return self._real_flags(flags & ~_DROP_FLAGS, True)
+
     def _real_flags(self, flags: int, on_upper: bool) -> int:
         """The open flags of a real file (Layer.open drops O_NOATIME where the
         daemon may not use it)."""

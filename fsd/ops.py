@@ -170,7 +170,7 @@ class Operations(pyfuse3.Operations):
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         self._writable()
         async with self.gate:
-            node, st = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
+            node, st, _ = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
                                               rdev=rdev, umask=ctx.umask)
         return self._entry(node, st)
 
@@ -179,7 +179,7 @@ class Operations(pyfuse3.Operations):
         self._writable()
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
         async with self.gate:
-            node, st = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
+            node, st, _ = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
                                               umask=ctx.umask)
         return self._entry(node, st)
 
@@ -187,7 +187,7 @@ class Operations(pyfuse3.Operations):
     async def symlink(self, parent_inode, name, target, ctx):
         self._writable()
         async with self.gate:
-            node, st = await self.dirs.create(self.table[parent_inode], name, stat.S_IFLNK | 0o777,
+            node, st, _ = await self.dirs.create(self.table[parent_inode], name, stat.S_IFLNK | 0o777,
                                               ctx.uid, ctx.gid, target=target)
         return self._entry(node, st)
 
@@ -196,10 +196,17 @@ class Operations(pyfuse3.Operations):
         self._writable()
         mode = stat.S_IFREG | stat.S_IMODE(mode)
         async with self.gate:
-            node, st = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
-                                              umask=ctx.umask)
-            attr = self._entry(node, st)
-            return await self.files.open(node, flags), attr
+            node, st, fd = await self.dirs.create(self.table[parent_inode], name, mode, ctx.uid, ctx.gid,
+                                                  umask=ctx.umask, open_flags=self.files.create_flags(flags))
+            try:
+                attr = self._entry(node, st)
+            except BaseException:
+                if fd is not None:
+                    os.close(fd)
+                raise
+            if fd is None:
+                return await self.files.open(node, flags), attr
+            return self.files.adopt(node, fd, flags), attr
 
     @request
     async def tmpfile(self, parent_inode, mode, flags, ctx):
