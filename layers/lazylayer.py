@@ -576,7 +576,9 @@ def start_fetcher(paths: layout.StorePaths, root: str, runroot: str,
         return
     def spawn() -> subprocess.Popen:
         os.makedirs(paths.runroot, mode=0o700, exist_ok=True)
-        argv = [sys.executable, "-m", "layers.cli", "--root", root, "--runroot", runroot,
+        # -P: `-m` would put the working directory first on sys.path, and a
+        # `layers` directory there would be started instead of the store's
+        argv = [sys.executable, "-P", "-m", "layers.cli", "--root", root, "--runroot", runroot,
                 "fetcher"]
         with open(paths.fetcher_log, "ab") as log:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

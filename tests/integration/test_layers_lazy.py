@@ -502,6 +502,26 @@ def _connections(pid: int) -> int:
     return sum(1 for fields in lines if fields[6] in mine and fields[5] == "03")
 
 
+def test_the_fetcher_is_the_stores_own_whatever_directory_the_pull_ran_in(
+        lazy_machines, proxy, tmp_path, monkeypatch):
+    """`python -m` puts the working directory first on sys.path: a pull run
+    where a directory `layers` is (a project of the user's) started that as
+    the fetcher."""
+    lazy, _ = lazy_machines
+    ref, _, _, src = push_estargz(tmp_path, proxy.host, [BASE], "cwd")
+    decoy = tmp_path / "project"
+    (decoy / "layers").mkdir(parents=True)
+    (decoy / "layers" / "__init__.py").write_text("")
+    (decoy / "layers" / "cli.py").write_text(
+        f"open({str(tmp_path / 'decoy-ran')!r}, 'w').close()\n")
+    monkeypatch.chdir(decoy)
+    layer = lazy.report("pull", "-q", "--lazy", ref, INSECURE)["layers"][0]["layer"]
+    layer = layer.split(":")[1]
+    assert wait_until(lambda: lazy.record(layer)["lazy"] is None, 60)
+    assert not (tmp_path / "decoy-ran").exists()
+    assert tree_snapshot(lazy.diff(layer)) == tree_snapshot(src.root / "layers" / layer / "diff")
+
+
 def test_reset_stops_the_fetcher(lazy_machines, proxy, tmp_path):
     lazy, _ = lazy_machines
     ref, blobs, _, _ = push_estargz(tmp_path, proxy.host, [BASE], "reset")
