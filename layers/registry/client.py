@@ -29,14 +29,14 @@ challenge, tokens — changes under its lock).
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
-
-import httpx
 
 from ..digest import Digest
 from ..errors import BadArchive
@@ -44,6 +44,41 @@ from . import auth
 from .credentials import Credentials
 from .errors import (Aborted, RegistryAuthError, RegistryError, RegistryNotFound,
                      RegistryTLSError, RegistryUnavailable)
+
+
+def _httpx_on_first_use():
+    """httpx, executed when first used (a client made, an exception caught):
+    importing it is a fifth of the start-up of `layers`, and most commands
+    (create, mount, ...) never speak to a registry."""
+    if "httpx" in sys.modules:
+        return sys.modules["httpx"]
+    spec = importlib.util.find_spec("httpx")
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["httpx"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+httpx = _httpx_on_first_use()
+
+
+def _import_httpcore_without_trio() -> None:
+    """httpx's transport, httpcore (imported when the first client is made),
+    imports trio when it is installed (fsd uses it) for async clients this
+    one never is: 50 ms of every pull's and every fetcher's start-up.  trio is
+    hidden while httpcore is imported, in a process that has not imported it
+    itself (the CLI's)."""
+    if "httpcore" in sys.modules:
+        return
+    hide = "trio" not in sys.modules
+    if hide:
+        sys.modules["trio"] = None          # import trio: ImportError
+    try:
+        import httpcore  # noqa: F401
+    finally:
+        if hide:
+            del sys.modules["trio"]
 
 USER_AGENT = "strata-layers/0.1"
 MANIFEST_LIMIT = 4 << 20
@@ -140,6 +175,7 @@ class RegistryClient:
         self.creds_for = creds_for
         self.abort = abort or threading.Event()
         verify = ssl_context(host, options.cert_dir) if self.verify else False
+        _import_httpcore_without_trio()
         self._http = httpx.Client(
             verify=verify, follow_redirects=True, headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(options.timeout, connect=min(options.timeout, 15.0)),
