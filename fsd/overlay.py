@@ -9,7 +9,8 @@ no mechanism carries another's state.
 
 A directory tree being moved (dir.py) is the one thing across the mount that
 others wait for: no copy-up or name change may land in the tree being copied
-(`moving_tree`, `wait_tree_move`).
+(`moving_tree`, `wait_tree_move`).  Besides, copies of lower files with several
+names take turns, directory moves with them (copy_up.py, `copying_hard_links`).
 """
 
 from __future__ import annotations
