@@ -21,7 +21,9 @@ Requests, one per connection, a JSON line each way (LAZY-CONTRACT.md):
 Requests for one file, and the background work, share one fetch: a future
 per file (`_fetch`).  A request also fetches, in the same range, the
 incomplete files stored right next to its file in the blob (READ_AROUND
-bytes each side) that no fetch has taken.  Every failure is one line in
+bytes each side) that no fetch has taken; and when its file is an ELF
+program or library, the interpreter and libraries it loads (elfdeps.py),
+at once and unasked.  Every failure is one line in
 `fetcher.log` naming the layer, the file and the blob range.
 
 The background work takes each lazy layer in turn: its incomplete files in
@@ -52,7 +54,7 @@ import time
 from concurrent.futures import Future
 from typing import Callable, Iterator
 
-from . import fsutil, layout, lazylayer
+from . import elfdeps, fsutil, layout, lazylayer
 from .digest import Digest
 from .errors import BadReference, LayersError, LayerUnknown, UsageError
 from .records import Layer, LazySource, replace
@@ -246,6 +248,58 @@ class Fetcher:
             if e.path == f.relpath:
                 raise
             self._fetch(st, [f.relpath])        # another file of a shared batch failed
+        self._start_prefetch(st, f.relpath)
+
+    def _start_prefetch(self, st: "_Lazy", relpath: str) -> None:
+        """When the file just completed is an ELF program or library, fetch
+        what the loader will ask for next (elfdeps: its interpreter and the
+        libraries it names, found in the same layer), all at once (their
+        round trips overlap), in the background of this answer; a request
+        for one of them shares its fetch.  Each counts as a request (the
+        background steps wait)."""
+        try:
+            wanted = self._elf_needs(st, relpath)
+        except (OSError, LayersError):
+            return
+        for p in wanted:
+            with self.lock:
+                self.active += 1
+            threading.Thread(target=self._prefetch, args=(st, p), daemon=True).start()
+
+    def _elf_needs(self, st: "_Lazy", relpath: str) -> list[str]:
+        """The incomplete, idle lazy files of `st` that the ELF file `relpath`
+        loads first: its interpreter, then its libraries, each where the
+        loader would find it (`elfdeps.library_dirs`)."""
+        dirfd = os.open(st.diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fd = fsutil.open_beneath(dirfd, relpath)
+            try:
+                interp, sonames, machine = elfdeps.needs(fd)
+            finally:
+                os.close(fd)
+            dirs = elfdeps.library_dirs(machine)
+            wanted: list[str] = []
+            for candidates in [[interp] if interp else [],
+                               *([f"{d}/{n}" for d in dirs] for n in sonames)]:
+                for path in candidates:
+                    found = elfdeps.resolve(dirfd, path)
+                    if found is None:
+                        continue
+                    f = st.index.file_of(found)
+                    if f is not None and f.relpath not in wanted and self._idle(st, f.relpath):
+                        wanted.append(f.relpath)
+                    break                       # the loader takes the first it finds
+            return wanted
+        finally:
+            os.close(dirfd)
+
+    def _prefetch(self, st: "_Lazy", relpath: str) -> None:
+        try:
+            self._fetch(st, [], [relpath])      # a failure is logged there
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.last_request = time.monotonic()
 
     def _idle(self, st: "_Lazy", relpath: str) -> bool:
         """Whether the lazy file is incomplete and no fetch of it is under way."""

@@ -32,7 +32,7 @@ from storetools import (NOBODY, directory, driver_skip_reason, file,  # noqa: E4
 from support.registryd import Proxy, Registry  # noqa: E402
 from test_layers_registry import INSECURE, Machine, proxy, registry  # noqa: E402,F401
 
-from layers import estargz, fetcher, layout  # noqa: E402
+from layers import elfdeps, estargz, fetcher, layout  # noqa: E402
 from layers.digest import Digest  # noqa: E402
 from layers.store import Store  # noqa: E402
 
@@ -473,6 +473,37 @@ def test_a_request_brings_the_small_files_stored_next_to_its_file_in_the_same_ra
     proxy.release.set()
     assert wait_until(lambda: lazy.record(layer.split(":")[1])["lazy"] is None, 60)
     assert lazy.ok("check", "--verify") == ""
+
+
+def test_a_program_asked_for_brings_its_interpreter_and_libraries_unasked(
+        lazy_machines, proxy, tmp_path):
+    sh = Path(os.path.realpath("/bin/sh")).read_bytes()       # a real ELF program
+    with open("/bin/sh", "rb") as f:
+        interp, needed, machine = elfdeps.needs(f.fileno())
+    if not interp or not interp.startswith("/lib64/"):
+        pytest.skip(f"this test's tree is x86_64 Debian's (/bin/sh's loader: {interp})")
+    libdir = elfdeps.library_dirs(machine)[1]                  # usr/lib/<triplet>
+    libs = {f"{libdir}/{n}": os.urandom(3000) for n in needed}
+    filler = os.urandom(fetcher.READ_AROUND + 1000)            # no read-around reaches them
+    entries = [file("big", BIG), directory("usr"), directory("usr/bin"),
+               file("usr/bin/prog", sh), file("usr/filler", filler), directory("usr/lib"),
+               directory(libdir), *(file(n, data) for n, data in libs.items()),
+               file(f"{libdir}/real-loader", b"loader"), file(f"{libdir}/unneeded", "x"),
+               symlink("lib", "usr/lib"), directory(os.path.dirname(interp).lstrip("/")),
+               symlink(interp.lstrip("/"), f"/{libdir}/real-loader")]   # absolute: in the tree
+    ref, blobs, _, _ = push_estargz(tmp_path, proxy.host, [tar_bytes(entries)], "elf")
+    hold_background(proxy, blobs[0])
+    layer = lazy_machines[0].report("pull", "-q", "--lazy", ref, INSECURE)["layers"][0]["layer"]
+    lazy = lazy_machines[0]
+    diff = lazy.diff(layer.split(":")[1])
+    assert wait_until(proxy.stalled.is_set, 30)
+    assert ask(lazy.store().paths.fetcher_socket, diff, "usr/bin/prog") == {"ok": True}
+    wanted = [*libs, f"{libdir}/real-loader"]
+    assert wait_until(lambda: all(lazy_mark(diff / p) is None for p in wanted), 30)
+    for p in wanted:
+        assert (diff / p).read_bytes() == (libs.get(p) or b"loader"), p
+    assert lazy_mark(diff / f"{libdir}/unneeded") == b"" and lazy_mark(diff / "big") == b""
+    proxy.release.set()
 
 
 def test_the_background_starts_with_small_ranges_that_grow_while_no_request_comes(
