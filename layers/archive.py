@@ -448,9 +448,12 @@ class _Extractor:
     def _add_file(self, m: tarfile.TarInfo, tf: tarfile.TarFile | None,
                   src_fd: int | None, parent: int, name: str,
                   key: tuple[str, ...]) -> None:
-        self._remove(parent, name)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=parent)
+        except FileExistsError:     # an earlier entry's (rare: no stat for every file)
+            self._remove(parent, name)
+            fd = os.open(name, flags, 0o600, dir_fd=parent)
         try:
             if src_fd is not None:
                 clone_file(src_fd, fd)

@@ -53,10 +53,12 @@ import json
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -104,19 +106,20 @@ class _Skeleton(io.RawIOBase):
         self.contents: dict[int, tuple[str, int]] = {}   # offset → (relpath, size)
         pos = 0
         try:
-            with gzip.GzipFile(fileobj=io.BytesIO(split)) as gz:
-                for kind, value in tarsplit.frames(gz):
-                    if kind == b"R":
-                        self.starts.append(pos)
-                        self.parts.append(value)
-                        pos += len(value)
-                    elif kind == b"F":
-                        relpath, size = value
-                        self.contents[pos] = (relpath, size)
-                        self.starts.append(pos)
-                        self.parts.append(size)
-                        pos += size
-        except (EOFError, OSError, ValueError) as e:
+            # inflated at once (its raw parts are all kept anyway): read frame
+            # by frame through GzipFile, 44,000 small reads took 30 ms
+            for kind, value in tarsplit.frames(io.BytesIO(gzip.decompress(split))):
+                if kind == b"R":
+                    self.starts.append(pos)
+                    self.parts.append(value)
+                    pos += len(value)
+                elif kind == b"F":
+                    relpath, size = value
+                    self.contents[pos] = (relpath, size)
+                    self.starts.append(pos)
+                    self.parts.append(size)
+                    pos += size
+        except (EOFError, OSError, ValueError, zlib.error, struct.error) as e:
             raise BadArchive(where, f"damaged tar-split in the TOC ({e})") from None
         self.size = pos
         self.pos = 0
