@@ -19,5 +19,5 @@ scripts/bench-lazy (issue 17) is a second command on the same package:
   lazyimage  the lazy benchmark's images' layer tars (data, podman)
   lazystore  a private layer store driven through the CLI (mounts)
   lazypodman podman pulling against podman on the additional layer store (lazystore)
-  lazy       its command line and run (all of the above, machine)
+  lazy       its command line and run (all of the above; machine, report's table)
 """

@@ -54,7 +54,6 @@ import os
 import platform
 import select
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -70,6 +69,7 @@ from .lazypodman import MODES as PODMAN_MODES
 from .lazypodman import PODMAN_ALS, PODMAN_PULL
 from .lazystore import LAYERS, StepError, Store
 from .mounts import interrupt_on_term, unmount_leftovers
+from .report import markdown_table, median_of
 from .shaper import Counters, ShapedProxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -317,16 +317,11 @@ class Run:
 
 # -- the report -------------------------------------------------------------------------------
 
-def _median(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
 def summarize(runs: dict[str, list[dict]], images: Images | None, busy: bool) -> dict:
     keys = ("pull_s", "fetched_after_pull", "create_mount_s", "first_output_s", "command_s", "fetched_first_output",
             "background_done_s", "fetched_total", "second_pull_s", "second_fetched",
             "run_s", "done_s", "fetched_done", "second_requests", "second_saved")
-    medians = {mode: {k: _median([r.get(k) for r in rs if "error" not in r]) for k in keys}
+    medians = {mode: {k: median_of([r.get(k) for r in rs if "error" not in r]) for k in keys}
                for mode, rs in runs.items()}
     full = medians.get(FULL_GZIP, {}).get("first_output_s")
     lazy = medians.get(LAZY, {}).get("first_output_s")
@@ -371,12 +366,6 @@ def _pct(part, whole) -> str:
     return f" ({part / whole:.1%})" if part is not None and whole else ""
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(n) for c, n in zip(cells, widths)) + " |"  # noqa: E731
-    return [line(header), "|" + "|".join("-" * (n + 2) for n in widths) + "|", *map(line, rows)]
-
-
 def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, podman_skipped: str | None) -> str:
     med = summary["medians"]
     image = {mode: images.layer_bytes.get(("first", "gzip" if mode == FULL_GZIP else "estargz"))
@@ -390,7 +379,7 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
                      _s(m.get("background_done_s")) if mode == LAZY else "-",
                      _mb(m.get("fetched_total")) + _pct(m.get("fetched_total"), image.get(mode)),
                      f"{failed} of {len(rs)} runs failed" if failed else ""])
-    out = _table(["first image", "pull s", "create + mount s", "first output s", "fetched by first output",
+    out = markdown_table(["first image", "pull s", "create + mount s", "first output s", "fetched by first output",
                   "background fetch done s", "fetched in all", "note"], rows)
     t = summary["targets"]
     first = t["first_output_sooner"]
@@ -407,7 +396,7 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
     if lazy.get("fetched_after_pull") is not None:
         requests = [r["traffic_first_output"]["requests"] for r in runs[LAZY] if "traffic_first_output" in r]
         out.append(f"the lazy pull itself (tables of contents) fetched {_mb(lazy['fetched_after_pull'])}; "
-                   f"{statistics.median(requests):.0f} requests by the first output")
+                   f"{median_of(requests):.0f} requests by the first output")
     rows = []
     for mode, what in ((FULL_GZIP, "gzip: whole layers"), (FULL_ESTARGZ, "estargz: partial pull by content")):
         if mode not in runs:
@@ -420,7 +409,7 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
         rows.append([what, _s(m.get("second_pull_s")), _mb(m.get("second_fetched")) + _pct(m.get("second_fetched"), whole),
                      _mb(whole), _n(m.get("second_requests")), f"{failed} of {len(rs)} runs failed" if failed else ""])
     if rows:
-        out += ["", *_table(["second image, into the store holding the first", "pull s", "fetched",
+        out += ["", *markdown_table(["second image, into the store holding the first", "pull s", "fetched",
                              "its layers' blobs", "requests", "note"], rows)]
     g, e = med.get(FULL_GZIP, {}).get("second_fetched"), med.get(FULL_ESTARGZ, {}).get("second_fetched")
     if g and e:
@@ -441,7 +430,7 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
             rows.append([what, _s(m.get("pull_s")), _s(m.get("run_s")), _s(m.get("done_s")),
                          _mb(m.get("fetched_done")) + _pct(m.get("fetched_done"), image.get(FULL_GZIP if mode == PODMAN_PULL else LAZY)),
                          f"{failed} of {len(rs)} runs failed" if failed else ""])
-        out += _table(["podman run of the first image", "pull s", "podman run s", "command done s", "fetched by then",
+        out += markdown_table(["podman run of the first image", "pull s", "podman run s", "command done s", "fetched by then",
                        "note"], rows)
         p = t["podman_done_sooner"]
         out.append(f"command done, podman pull / podman on the additional layer store: "

@@ -61,7 +61,8 @@ class Results:
                 for r in runs if "error" in r]
 
 
-def _median(values):
+def median_of(values):
+    """The median of the values that are not None (None if none is); lazy.py's too."""
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
 
@@ -88,9 +89,9 @@ def _why(runs: list[dict]) -> dict:
     if not counted:
         return {}
     ops = sorted({op for r in counted for op in r["requests"]})
-    by_op = {op: _median([r["requests"].get(op, 0) for r in counted]) for op in ops}
-    total = _median([sum(r["requests"].values()) for r in counted])
-    per_request = _median([r["cpu"] / sum(r["requests"].values()) * 1e6 for r in counted
+    by_op = {op: median_of([r["requests"].get(op, 0) for r in counted]) for op in ops}
+    total = median_of([sum(r["requests"].values()) for r in counted])
+    per_request = median_of([r["cpu"] / sum(r["requests"].values()) * 1e6 for r in counted
                            if r.get("cpu") is not None and sum(r["requests"].values())])
     return {"requests": total, "requests_by_op": dict(Counter(by_op).most_common()),
             "cpu_us_per_request": per_request, "requests_lost": max(r["requests_lost"] for r in counted)}
@@ -115,8 +116,8 @@ def summarize(results: Results, busy: bool = False) -> dict:
         w, group, mounted = _workload(wid)
         runs = results.runs[wid]
         ok = {impl: [r for r in rs if "error" not in r] for impl, rs in runs.items()}
-        median = {impl: _median([r["seconds"] for r in rs]) for impl, rs in ok.items()}
-        cpu = {impl: _median([r["cpu"] for r in rs]) for impl, rs in ok.items()}
+        median = {impl: median_of([r["seconds"] for r in rs]) for impl, rs in ok.items()}
+        cpu = {impl: median_of([r["cpu"] for r in rs]) for impl, rs in ok.items()}
         why = {impl: _why(rs) for impl, rs in ok.items() if _why(rs)}
         if mounted:
             ratios = {f"{a}/{b}": _ratio(median.get(a), median.get(b)) for a, b in FUSE_PAIRS}
@@ -171,7 +172,8 @@ def _ops(why: dict, top: int = 4) -> str:
     return text + (f" (lost {why['requests_lost']})" if why["requests_lost"] else "")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a markdown table, columns padded to their widest cell; lazy.py's too."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda cells: "| " + " | ".join(c.ljust(n) for c, n in zip(cells, widths)) + " |"  # noqa: E731
     return [line(header), "|" + "|".join("-" * (n + 2) for n in widths) + "|", *map(line, rows)]
@@ -210,21 +212,21 @@ def render_table(summary: dict) -> str:
                              *(_ops(why.get(i)) for i in WHY_IMPLS)])
     out = []
     if mount_rows:
-        out += _table(["id", "workload", "kernel s", "fuse-overlayfs s", "fsd s", "fsd/f-o", "fsd/kernel",
+        out += markdown_table(["id", "workload", "kernel s", "fuse-overlayfs s", "fsd s", "fsd/f-o", "fsd/kernel",
                        "floor s", "fsd/floor", "rootless f-o s", "rootless fsd s", "rootless fsd/f-o", "target"], mount_rows)
     if podman_rows:
         out += [""] if out else []
-        out += _table(["id", "podman workload", "fuse-overlayfs s", "fsd s", "fsd/f-o",
+        out += markdown_table(["id", "podman workload", "fuse-overlayfs s", "fsd s", "fsd/f-o",
                        "f-o cpu s", "fsd cpu s", "target"], podman_rows)
     if why_rows:
         out += [""] if out else []
-        out += _table(["id", "f-o requests", "fsd requests", "floor requests", "f-o cpu s", "fsd cpu s",
+        out += markdown_table(["id", "f-o requests", "fsd requests", "floor requests", "f-o cpu s", "fsd cpu s",
                        "floor cpu s", "f-o us/req", "fsd us/req", "floor us/req", "rootless f-o us/req",
                        "rootless fsd us/req", "f-o requests by op", "fsd requests by op",
                        "floor requests by op"], why_rows)
     if import_rows:
         out += [""] if out else []
-        out += _table(["id", "workload", f"{IMPORT_BASELINE} s", f"{IMPORT_OURS} s", "throughput ratio",
+        out += markdown_table(["id", "workload", f"{IMPORT_BASELINE} s", f"{IMPORT_OURS} s", "throughput ratio",
                        "import cpu s", "target"], import_rows)
     return "\n".join(out) + "\n"
 
