@@ -50,6 +50,7 @@ log = logging.getLogger("fsd")
 FETCH_TIMEOUT = 900.0  # seconds: a big file over a slow network, not a hung fetcher
 ANSWER_MAX = 1 << 16  # bytes of the fetcher's answer line
 ROOT_RECHECK = 1000  # opens of complete files of a lazy layer between two looks at its root
+SUN_PATH_MAX = 107  # bytes of a unix socket address; a store deep in a tree has longer paths
 _LAZY_NAME = os.fsdecode(LAZY_XATTR)
 
 
@@ -165,7 +166,7 @@ class LazyLayers:
         answer = b""
         with trio.move_on_after(FETCH_TIMEOUT):
             try:
-                async with await trio.open_unix_socket(socket) as stream:
+                async with await _connect(socket) as stream:
                     await stream.send_all(request.encode())
                     while not answer.endswith(b"\n") and len(answer) < ANSWER_MAX:
                         data = await stream.receive_some(ANSWER_MAX)
@@ -184,3 +185,17 @@ class LazyLayers:
                 return " ".join(str(reply.get("error", "no reason given")).split())  # one line
             return f"fetcher at {os.fsdecode(socket)} answered {answer[:200]!r}"
         return f"no answer from the fetcher at {os.fsdecode(socket)} within {FETCH_TIMEOUT:.0f} s"
+
+
+async def _connect(socket: bytes) -> trio.SocketStream:
+    """A stream to the fetcher's socket at `socket`, however long the path:
+    beyond what a socket address holds, through /proc/self/fd/N of its
+    directory (opened O_PATH, closed once connected)."""
+    if len(socket) <= SUN_PATH_MAX:
+        return await trio.open_unix_socket(socket)
+    parent, name = os.path.split(socket)
+    dirfd = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return await trio.open_unix_socket(b"/proc/self/fd/%d/%s" % (dirfd, name))
+    finally:
+        os.close(dirfd)

@@ -248,3 +248,17 @@ async def test_a_layer_without_the_root_xattr_is_not_lazy(overlay, lazy):
     fs = await overlay.mount()
     assert await fs.read("a") == bytes(len(A))  # the placeholder as it is
     assert lazy.requests == []
+
+
+async def test_a_fetcher_socket_path_longer_than_a_socket_address_is_reached(overlay, lazy, tmp_path):
+    """A store deep in a tree: the socket's path is over the 107 bytes a unix
+    socket address holds (a plain connect fails with 'AF_UNIX path too long')."""
+    deep = tmp_path / ("d" * 100) / ("e" * 100)
+    deep.mkdir(parents=True)
+    long_path = deep / "fetch.sock"
+    os.rename(lazy.socket, long_path)      # the socket moves; its fetcher still listens
+    lazy.socket = long_path
+    os.setxattr(overlay.layers[0], LAZY_XATTR, os.fsencode(long_path))
+    fs = await overlay.mount()
+    assert await fs.read("a") == A
+    assert lazy.requests == [(str(overlay.layers[0]), "a")]
