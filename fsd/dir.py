@@ -476,6 +476,10 @@ class DirOps:
         ENAMETOOLONG before any change when the old name must be whited out and
         its whiteout cannot be written (`.wh.NAME` past NAME_MAX)."""
         src = self.namei.lookup(p1, n1)
+        if src.is_dir and (p2 is src or p2.is_below(src)):
+            # the kernel's answer, which it gives itself; but a merged directory
+            # moved below itself would be copied there, then removed with it
+            raise fail(errno.EINVAL, n2)
         if not flags & RENAME_EXCHANGE and self.dircache.lower_has(p1, n1) \
                 and not whiteout_fits(n1, self.markers):
             raise fail(errno.ENAMETOOLONG, n1)

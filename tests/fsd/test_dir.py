@@ -469,6 +469,20 @@ async def test_a_merged_directory_moved_into_a_removed_directory_leaves_no_copy(
     assert os.listdir(overlay.work / "fsd" / "tmp") == []
 
 
+async def test_a_merged_directory_moved_below_itself_is_einval(overlay):
+    """The kernel refuses this itself, but concurrent requests in-process can
+    send it (each rename checked on names another one then moved): the tree
+    was copied below itself, then removed with the old name, and the node of
+    the directory became its own ancestor (every path of it, a loop)."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "a/b/f", "x")
+    fs = await overlay.mount()
+    b = await fs.ino("a/b")
+    with fails(errno.EINVAL):
+        await fs.ops.rename(pyfuse3.ROOT_INODE, b"a", b, b"x", 0, fs.ctx)
+    assert await fs.read("a/b/f") == b"x"
+
+
 async def test_a_merged_directory_whose_old_name_cannot_be_whited_out_is_not_moved(overlay):
     (bottom,) = overlay.lowers(1)
     name = "d" * 252
