@@ -39,7 +39,7 @@ import traceback
 from pathlib import Path
 
 from . import data as datamod
-from .machine import Quiet
+from .machine import Quiet, rotate
 from .mounts import AsUser, Implementation, MountError, cleanup_all, interrupt_on_term, unmount_leftovers
 from .report import (FLOOR, FSD, FUSE_OVERLAYFS, IMPORT_IMPLS, KERNEL, RL_FSD, RL_FUSE_OVERLAYFS, Results, document,
                      render_profiles, render_table, summarize)
@@ -172,11 +172,6 @@ def _clean_old_runs(scratch_root: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _rotate(items: list, k: int) -> list:
-    k %= len(items)
-    return items[k:] + items[:k]
-
-
 def _write_json(path: str, doc: dict) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
@@ -235,7 +230,7 @@ class Bench:
             for gname in self.groups():
                 group = GROUPS[gname]
                 names = list(self.impls) if group.lowers else list(IMPORT_IMPLS)
-                for impl in _rotate(names, rep):
+                for impl in rotate(names, rep):
                     self.run_one(rep, gname, impl)
 
     def _data(self, impl: str) -> dict[str, Path]:
@@ -350,7 +345,7 @@ class Bench:
             for rep in range(self.args.reps):
                 say(f"bench: podman rep {rep + 1}/{self.args.reps}: "
                     f"CPUs {self.quiet.sample_idle():.0%} idle before it")
-                for name in _rotate(list(programs), rep):
+                for name in rotate(list(programs), rep):
                     section.run_one(name, rep, self.results)
         finally:
             self.problems += section.close()

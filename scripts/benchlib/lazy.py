@@ -64,11 +64,12 @@ from pathlib import Path
 
 from . import data as datamod
 from . import lazyimage, lazypodman
-from .machine import Quiet
+from .machine import Quiet, rotate
 from .lazypodman import MODES as PODMAN_MODES
 from .lazypodman import PODMAN_ALS, PODMAN_PULL
 from .lazystore import LAYERS, StepError, Store
 from .mounts import interrupt_on_term, unmount_leftovers
+from .cli import say
 from .report import markdown_table, median_of
 from .shaper import Counters, ShapedProxy
 
@@ -82,10 +83,6 @@ TARGET_SOONER = 5.0     # first output at least 5x sooner than a full pull
 TARGET_FRACTION = 0.10  # under 10% of the image's bytes fetched by then
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json, "
                   "application/vnd.docker.distribution.manifest.v2+json")
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def parse_args(argv):
@@ -464,11 +461,6 @@ def _clean_old_runs(scratch_root: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def _rotate(items: list, k: int) -> list:
-    k %= len(items)
-    return items[k:] + items[:k]
-
-
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if os.geteuid() != 0:
@@ -530,7 +522,7 @@ def main(argv=None) -> int:
         spec = datamod.load_spec(component)
         for rep in range(args.reps):
             say(f"bench-lazy: rep {rep + 1}/{args.reps}: CPUs {quiet.sample_idle():.0%} idle before it")
-            for mode in _rotate(list(modes), rep):
+            for mode in rotate(list(modes), rep):
                 # short: the store's fetcher listens on a unix socket in its runroot,
                 # and a socket's path has room for 107 bytes
                 top = run_dir / f"{rep}{SLUGS[mode]}"

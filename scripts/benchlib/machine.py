@@ -66,3 +66,11 @@ class Quiet:
                 "idle_before_reps": [round(s, 3) for s in self.idle_samples],
                 "steal": None if self.steal is None else round(self.steal, 4),
                 "busy": self.reasons()}
+
+
+def rotate(items: list, k: int) -> list:
+    """`items` started at its k-th: repetition k runs the configurations in
+    this order, so that none always runs first (a cold cache, a drifting
+    machine) and each pays the same share of the machine's changes."""
+    k %= len(items)
+    return items[k:] + items[:k]
