@@ -254,7 +254,8 @@ def _stage_seekable(how: Seekable, store: StoreCore, blob: LayerBlob, index: int
                                  for c in content.files[p].chunks)
     waiting = [p for p in content.files if p not in reused]    # the rest: all still marked
     if not how.lazy:
-        lazylayer.fill(diff, content, waiting, blob.read_range, options)
+        lazylayer.fill(diff, content, waiting, blob.read_range, options,
+                       in_flight=lazylayer.RANGES_IN_FLIGHT)
     if not how.lazy or not waiting:
         lazylayer.finish(diff, content, blob.diff_id, os.path.join(staged, layout.SPLIT))
         lazy = None

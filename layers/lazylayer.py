@@ -44,6 +44,7 @@ with lazy layers, `als add`, and `reset`.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import errno
 import gzip
@@ -59,8 +60,9 @@ import sys
 import tarfile
 import time
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from . import estargz, fsutil, layout, tarsplit
 from .archive import (ExtractOptions, SafeTarInfo, clean_name, extract_placeholders,
@@ -71,6 +73,7 @@ from .records import Layer
 
 # A range request spans at most this many blob bytes (merging adjacent chunks).
 MAX_RANGE = 8 << 20
+RANGES_IN_FLIGHT = 4       # a pull's range requests received at once: each pays a round trip
 START_TIMEOUT = 15.0       # for a new fetcher to listen
 RETRY_SIGNAL = signal.SIGUSR1   # to a running fetcher: retry the layers that failed
 
@@ -351,10 +354,12 @@ def ranges(chunks: Iterable, limit: int = MAX_RANGE) -> list[tuple[int, int, lis
 def fill(diff: str, index: LayerIndex, relpaths: Iterable[str],
          read_range: Callable[[int, int], bytes], options: ExtractOptions,
          on_done: Callable[[str], None] | None = None,
-         on_bytes: Callable[[int], None] | None = None) -> None:
+         on_bytes: Callable[[int], None] | None = None, in_flight: int = 1) -> None:
     """Give the lazy files `relpaths` (first names, see `LayerIndex.file_of`)
     their content (module doc).  `on_done(relpath)` as each is complete;
-    `on_bytes(n)` for the blob bytes received.  FetchFailed names the
+    `on_bytes(n)` for the blob bytes received; up to `in_flight` range
+    requests at once (a pull: RANGES_IN_FLIGHT; the fetcher's background
+    keeps to one, leaving the link to requests).  FetchFailed names the
     file and range that failed; the files completed before stay complete."""
     owner: dict[int, LazyFile] = {}
     left: dict[str, int] = {}
@@ -378,41 +383,77 @@ def fill(diff: str, index: LayerIndex, relpaths: Iterable[str],
     try:
         for f in holes:
             written.add(fsutil.open_beneath(dirfd, f.relpath, os.O_WRONLY), f)
-        for start, end, group in ranges(chunks):
-            written.complete()
-            try:
-                data = read_range(start, end)
-            except LayersError as e:
-                raise FetchFailed(index.where, owner[id(group[0])].relpath, start, end,
-                                  e.message) from None
-            if len(data) != end - start:
-                raise FetchFailed(index.where, owner[id(group[0])].relpath, start, end,
-                                  f"the registry sent {len(data)} bytes")
-            if on_bytes:
-                on_bytes(len(data))
-            for c in group:
-                f = owner[id(c)]
+        with contextlib.closing(_received(ranges(chunks), read_range, in_flight)) \
+                as received_in_order:
+            for (start, end, group), received in received_in_order:
+                written.complete()
                 try:
-                    content = estargz.read_chunk(data[c.blob_start - start:c.blob_end - start],
-                                                 c)
+                    data = received.result()
                 except LayersError as e:
-                    raise FetchFailed(index.where, f.relpath, c.blob_start, c.blob_end,
+                    raise FetchFailed(index.where, owner[id(group[0])].relpath, start, end,
                                       e.message) from None
-                fd = open_files.get(f.relpath)
-                if fd is None:
-                    fd = open_files[f.relpath] = fsutil.open_beneath(dirfd, f.relpath,
-                                                                     os.O_WRONLY)
-                if content != bytes(len(content)):   # zeros: the hole stays
-                    _write_all(fd, content, c.offset_in_file)
-                left[f.relpath] -= 1
-                if left[f.relpath] == 0:
-                    written.add(open_files.pop(f.relpath), f)
+                if len(data) != end - start:
+                    raise FetchFailed(index.where, owner[id(group[0])].relpath, start, end,
+                                      f"the registry sent {len(data)} bytes")
+                if on_bytes:
+                    on_bytes(len(data))
+                for c in group:
+                    f = owner[id(c)]
+                    try:
+                        content = estargz.read_chunk(data[c.blob_start - start:c.blob_end - start],
+                                                     c)
+                    except LayersError as e:
+                        raise FetchFailed(index.where, f.relpath, c.blob_start, c.blob_end,
+                                          e.message) from None
+                    fd = open_files.get(f.relpath)
+                    if fd is None:
+                        fd = open_files[f.relpath] = fsutil.open_beneath(dirfd, f.relpath,
+                                                                         os.O_WRONLY)
+                    if content != bytes(len(content)):   # zeros: the hole stays
+                        _write_all(fd, content, c.offset_in_file)
+                    left[f.relpath] -= 1
+                    if left[f.relpath] == 0:
+                        written.add(open_files.pop(f.relpath), f)
         written.complete()
     finally:
         written.close()
         for fd in open_files.values():
             os.close(fd)
         os.close(dirfd)
+
+
+def _received(spans: list[tuple[int, int, list]], read_range: Callable[[int, int], bytes],
+              in_flight: int) -> Iterator[tuple[tuple[int, int, list], Future]]:
+    """Each span with the future of its bytes, in order, up to `in_flight`
+    of them being received at once: scattered files (a partial pull's) cost
+    one round trip per range, and one after the other those round trips, not
+    the link, set the pace.  A span not yet asked for when the caller stops
+    (a failure) is never asked for."""
+    if in_flight == 1 or len(spans) <= 1:      # one at a time: no thread
+        for span in spans:
+            received: Future = Future()
+            try:
+                received.set_result(read_range(span[0], span[1]))
+            except BaseException as e:
+                received.set_exception(e)
+            yield span, received
+        return
+    pool = ThreadPoolExecutor(in_flight, thread_name_prefix="range")
+    pending: collections.deque = collections.deque()
+    waiting = iter(spans)
+    try:
+        for span in waiting:
+            pending.append((span, pool.submit(read_range, span[0], span[1])))
+            if len(pending) == in_flight:
+                break
+        while pending:
+            span, received = pending.popleft()
+            following = next(waiting, None)
+            if following is not None:
+                pending.append((following, pool.submit(read_range, following[0], following[1])))
+            yield span, received
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:

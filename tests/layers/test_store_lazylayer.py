@@ -6,6 +6,7 @@ blob's TOC, then filled from the blob's bytes, against the plain tar extracted
 import io
 import os
 import stat
+import threading
 
 import pytest
 
@@ -129,6 +130,46 @@ def test_a_failed_fetch_keeps_what_was_complete_and_marks_the_rest(tmp_path):
     assert lazylayer.is_incomplete(str(diff), "setuid")
     lazylayer.fill(str(diff), index, ["big"], lambda s, e: blob[s:e], options)
     assert (diff / "big").read_bytes() == BIG
+
+
+def test_scattered_files_are_received_several_ranges_at_once(tmp_path):
+    """A partial pull's missing files lie apart in the blob: one range each,
+    and those ranges in flight together, not each waiting for the one
+    before (a round trip each)."""
+    blob, index, diff, options = placeholders(tmp_path)
+    wanted = ["etc/passwd", "setuid", "attrs"]
+    assert len(lazylayer.ranges(c for p in wanted for c in index.files[p].chunks)) == 3
+    both_asked = threading.Barrier(2, timeout=10)
+    calls = []
+
+    def read_range(start, end):
+        calls.append(start)
+        if len(calls) <= 2:
+            both_asked.wait()              # broken if the second is asked only after the first
+        return blob[start:end]
+
+    lazylayer.fill(str(diff), index, wanted, read_range, options,
+                   in_flight=lazylayer.RANGES_IN_FLIGHT)
+    assert not any(lazylayer.is_incomplete(str(diff), p) for p in wanted)
+    assert len(calls) == 3
+
+
+def test_a_range_failing_among_several_in_flight_names_its_file(tmp_path):
+    blob, index, diff, options = placeholders(tmp_path)
+    bad = index.files["setuid"].chunks[0].blob_start
+
+    def read_range(start, end):
+        if start == bad:
+            raise DigestMismatch("x", "a", "b")
+        return blob[start:end]
+
+    with pytest.raises(lazylayer.FetchFailed) as e:
+        lazylayer.fill(str(diff), index, ["etc/passwd", "setuid", "attrs"], read_range, options,
+                       in_flight=lazylayer.RANGES_IN_FLIGHT)
+    assert e.value.path == "setuid" and e.value.start == bad
+    assert not lazylayer.is_incomplete(str(diff), "etc/passwd")
+    assert lazylayer.is_incomplete(str(diff), "setuid")
+    assert lazylayer.is_incomplete(str(diff), "attrs")    # received, never written
 
 
 def test_a_tampered_chunk_is_refused_before_a_byte_is_written(tmp_path):
