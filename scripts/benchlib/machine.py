@@ -72,5 +72,7 @@ def rotate(items: list, k: int) -> list:
     """`items` started at its k-th: repetition k runs the configurations in
     this order, so that none always runs first (a cold cache, a drifting
     machine) and each pays the same share of the machine's changes."""
+    if not items:                     # e.g. bench-lazy --only pp --no-podman
+        return []
     k %= len(items)
     return items[k:] + items[:k]
