@@ -20,6 +20,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,10 @@ def saved(tmp_path_factory) -> Saved:
         pytest.skip(reason)
     skopeo = ensure_installed("skopeo", "skopeo")
     work = tmp_path_factory.mktemp("podman-formats")
-    graph, run, tmp = work / "graph", work / "run", work / "libpod-tmp"
+    graph, tmp = work / "graph", work / "libpod-tmp"
+    # podman refuses a runroot over 50 characters, which pytest's numbered
+    # base directory passes once a machine has run it a thousand times
+    run = Path(tempfile.mkdtemp(prefix="pf-run-"))
     conf = work / "containers.conf"
     conf.write_text(podman_support.CONTAINERS_CONF)
     env = dict(os.environ, CONTAINERS_CONF=str(conf), TMPDIR=str(work))
@@ -141,6 +145,7 @@ def saved(tmp_path_factory) -> Saved:
     finally:
         subprocess.run(["podman", *store_opts, "system", "reset", "-f"], capture_output=True,
                        env=env, timeout=300, stdin=subprocess.DEVNULL)
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def imported(env: StoreEnv, path: Path) -> dict:
