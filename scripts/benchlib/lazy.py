@@ -70,7 +70,7 @@ from .lazypodman import PODMAN_ALS, PODMAN_PULL
 from .lazystore import LAYERS, StepError, Store
 from .mounts import interrupt_on_term, unmount_leftovers
 from .cli import say
-from .report import markdown_table, median_of
+from .report import markdown_table, median_of, two_places, whole_number
 from .shaper import Counters, ShapedProxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -347,14 +347,6 @@ def summarize(runs: dict[str, list[dict]], images: Images | None, busy: bool) ->
     return {"medians": medians, "targets": targets}
 
 
-def _s(v) -> str:
-    return "-" if v is None else f"{v:.2f}"
-
-
-def _n(v) -> str:
-    return "-" if v is None else f"{v:.0f}"
-
-
 def _mb(v) -> str:
     return "-" if v is None else f"{v / 1e6:.1f} MB"
 
@@ -371,9 +363,9 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
     for mode in (m for m in MODES if m in runs):
         m, rs = med.get(mode, {}), runs.get(mode, [])
         failed = sum("error" in r for r in rs)
-        rows.append([mode, _s(m.get("pull_s")), _s(m.get("create_mount_s")), _s(m.get("first_output_s")),
+        rows.append([mode, two_places(m.get("pull_s")), two_places(m.get("create_mount_s")), two_places(m.get("first_output_s")),
                      _mb(m.get("fetched_first_output")) + _pct(m.get("fetched_first_output"), image.get(mode)),
-                     _s(m.get("background_done_s")) if mode == LAZY else "-",
+                     two_places(m.get("background_done_s")) if mode == LAZY else "-",
                      _mb(m.get("fetched_total")) + _pct(m.get("fetched_total"), image.get(mode)),
                      f"{failed} of {len(rs)} runs failed" if failed else ""])
     out = markdown_table(["first image", "pull s", "create + mount s", "first output s", "fetched by first output",
@@ -403,8 +395,8 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
         whole = images.layer_bytes.get(("second", fmt)) if images else None
         rs = runs.get(mode, [])
         failed = sum("error" in r for r in rs)
-        rows.append([what, _s(m.get("second_pull_s")), _mb(m.get("second_fetched")) + _pct(m.get("second_fetched"), whole),
-                     _mb(whole), _n(m.get("second_requests")), f"{failed} of {len(rs)} runs failed" if failed else ""])
+        rows.append([what, two_places(m.get("second_pull_s")), _mb(m.get("second_fetched")) + _pct(m.get("second_fetched"), whole),
+                     _mb(whole), whole_number(m.get("second_requests")), f"{failed} of {len(rs)} runs failed" if failed else ""])
     if rows:
         out += ["", *markdown_table(["second image, into the store holding the first", "pull s", "fetched",
                              "its layers' blobs", "requests", "note"], rows)]
@@ -424,7 +416,7 @@ def render(summary: dict, runs: dict[str, list[dict]], images: Images | None, po
                 continue
             m, rs = med.get(mode, {}), runs.get(mode, [])
             failed = sum("error" in r for r in rs)
-            rows.append([what, _s(m.get("pull_s")), _s(m.get("run_s")), _s(m.get("done_s")),
+            rows.append([what, two_places(m.get("pull_s")), two_places(m.get("run_s")), two_places(m.get("done_s")),
                          _mb(m.get("fetched_done")) + _pct(m.get("fetched_done"), image.get(FULL_GZIP if mode == PODMAN_PULL else LAZY)),
                          f"{failed} of {len(rs)} runs failed" if failed else ""])
         out += markdown_table(["podman run of the first image", "pull s", "podman run s", "command done s", "fetched by then",

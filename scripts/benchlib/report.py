@@ -144,11 +144,13 @@ def _s(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def _r(v) -> str:
+def two_places(v) -> str:
+    """A table cell: v to two places, "-" for no value."""
     return "-" if v is None else f"{v:.2f}"
 
 
-def _n(v) -> str:
+def whole_number(v) -> str:
+    """A table cell: v rounded to a whole number, "-" for no value."""
     return "-" if v is None else f"{v:.0f}"
 
 
@@ -190,24 +192,24 @@ def render_table(summary: dict) -> str:
     for wid, w in summary.items():
         if w["group"] == "podman":
             podman_rows.append([wid, w["title"], _cell(w, FUSE_OVERLAYFS), _cell(w, FSD),
-                                _r(w["ratios"]["fsd/fuse-overlayfs"]), _s(w["cpu_median"].get(FUSE_OVERLAYFS)),
+                                two_places(w["ratios"]["fsd/fuse-overlayfs"]), _s(w["cpu_median"].get(FUSE_OVERLAYFS)),
                                 _s(w["cpu_median"].get(FSD)), _target(w)])
         elif GROUPS.get(w["group"]) is None or GROUPS[w["group"]].lowers:
             mount_rows.append([wid, w["title"], *(_cell(w, i) for i in (KERNEL, FUSE_OVERLAYFS, FSD)),
-                               _r(w["ratios"]["fsd/fuse-overlayfs"]), _r(w["ratios"]["fsd/kernel"]),
-                               _cell(w, FLOOR), _r(w["ratios"][f"{FSD}/{FLOOR}"]),
+                               two_places(w["ratios"]["fsd/fuse-overlayfs"]), two_places(w["ratios"]["fsd/kernel"]),
+                               _cell(w, FLOOR), two_places(w["ratios"][f"{FSD}/{FLOOR}"]),
                                *(_cell(w, i) for i in (RL_FUSE_OVERLAYFS, RL_FSD)),
-                               _r(w["ratios"][f"{RL_FSD}/{RL_FUSE_OVERLAYFS}"]), _target(w)])
+                               two_places(w["ratios"][f"{RL_FSD}/{RL_FUSE_OVERLAYFS}"]), _target(w)])
         else:
             import_rows.append([wid, w["title"], *(_cell(w, i) for i in IMPORT_IMPLS),
-                                _r(w["ratios"]["import/baseline throughput"]),
+                                two_places(w["ratios"]["import/baseline throughput"]),
                                 _s(w["cpu_median"].get(IMPORT_OURS)), _target(w)])
         if w["group"] != "lifecycle" and (w["why"] or any(w["cpu_median"].get(i) is not None
                                                           for i in WHY_IMPLS)):
             why = w["why"]
-            why_rows.append([wid, *(_n(why.get(i, {}).get("requests")) for i in WHY_IMPLS),
+            why_rows.append([wid, *(whole_number(why.get(i, {}).get("requests")) for i in WHY_IMPLS),
                              *(_s(w["cpu_median"].get(i)) for i in WHY_IMPLS),
-                             *(_n(why.get(i, {}).get("cpu_us_per_request"))
+                             *(whole_number(why.get(i, {}).get("cpu_us_per_request"))
                                for i in (*WHY_IMPLS, RL_FUSE_OVERLAYFS, RL_FSD)),
                              *(_ops(why.get(i)) for i in WHY_IMPLS)])
     out = []
