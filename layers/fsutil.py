@@ -9,6 +9,7 @@
 - `open_beneath`: open a relative path under a dirfd without following any
   symlink, for names that come from untrusted input.
 - `remove_tree`, `sync_tree`, `allocated_size`, `clone_file`.
+- `spread_subdirs`: where ext4 puts the inodes of what a command stages.
 - `crash_point`: where crash tests stop a command (`$STRATA_CRASH_AT`).
 """
 
@@ -23,6 +24,7 @@ import secrets
 import shutil
 import signal
 import stat
+import sys
 import time
 from typing import BinaryIO, Iterator
 
@@ -31,6 +33,9 @@ from .errors import StoreLocked, UnsafeArchive
 
 _libc = ctypes.CDLL(None, use_errno=True)
 FICLONE = 0x40049409
+FS_IOC_GETFLAGS = 0x80086601   # linux/fs.h: _IOR('f', 1, long); the kernel reads an int
+FS_IOC_SETFLAGS = 0x40086602
+FS_TOPDIR_FL = 0x00020000      # `chattr +T`
 
 
 _pause_hits: dict[str, int] = {}
@@ -270,6 +275,35 @@ def sync_tree(path: str) -> None:
         if _libc.syncfs(fd) != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
+def spread_subdirs(path: str) -> None:
+    """Mark the directory `path` the top of unrelated trees (`chattr +T`):
+    ext4's Orlov allocator then puts each new subdirectory, and the files
+    made under it, in a block group it picks among the emptiest, instead of
+    next to its parent.  Why, for the staging dir: on ext4 without a journal,
+    every inode made scans its block group's free inodes past those freed in
+    the last minute (`recently_deleted`, kept from reuse for fsck's sake), so
+    a layer staged where a removed one was (a `reset`, `rmi` or `prune` just
+    before) paid 150-300 µs per file created: the placeholder tree of a lazy
+    pull (6,800 entries) took 1.3 s of system time, 0.1 s with the flag, as
+    each command's staging dir lands in a block group of its own.  Elsewhere (another filesystem, no right to set it) nothing
+    changes, and that is no error."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        buf = bytearray(4)
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, buf)
+        flags = int.from_bytes(buf, sys.byteorder)
+        if not flags & FS_TOPDIR_FL:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS,
+                        (flags | FS_TOPDIR_FL).to_bytes(4, sys.byteorder))
+    except OSError:
+        pass
     finally:
         os.close(fd)
 

@@ -77,6 +77,7 @@ class Store(StoreCore):
                 store.warnings.append(choice.warning)
         for d in store.paths.record_dirs():
             os.makedirs(d, mode=0o700, exist_ok=True)
+        fsutil.spread_subdirs(store.paths.staging)
         if repair:
             store.repair()
         return store
