@@ -1,9 +1,10 @@
 """Copy-up: make a lower object exist in the upper, atomically.
 
 Every object is built under a temporary name in the work area (data, then
-xattrs, owner, mode, times; data fsynced unless fsync is off) and renamed into
-the upper, so a crash leaves either nothing in the upper (the lower stays
-visible) or the complete copy; the work area is emptied at the next mount.
+xattrs, owner, mode, times; a regular file all through one descriptor, then
+fsynced unless fsync is off) and renamed into the upper, so a crash leaves
+either nothing in the upper (the lower stays visible) or the complete copy; the
+work area is emptied at the next mount.
 Ancestors are copied first.  One copy runs per node: concurrent requests that
 need the same copy-up wait on the node's lock and find it done.  Big data and
 whole trees are copied in a worker thread, off the trio loop.  A lower file's
@@ -28,7 +29,7 @@ from .dircache import DirCache
 from .errors import fail
 from .idmap import IdMap
 from .inode import Node
-from .layer import RENAME_NOREPLACE, UPPER, Layer
+from .layer import RENAME_NOREPLACE, UPPER, Layer, Named, Opened
 from .namei import Namei
 from .ondisk import dir_is_opaque, format_override, is_marker_xattr
 from .overlay import Overlay
@@ -42,14 +43,26 @@ _CHUNK = 1 << 24
 CAPS_XATTR = b"security.capability"  # a file capability, dropped by every chown(2)
 
 
-def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
-    """Copy `size` bytes, sharing extents (FICLONE) when the filesystem can,
-    otherwise copying only the data extents so that holes stay holes."""
-    try:
-        fcntl.ioctl(dst_fd, FICLONE, src_fd)
-        return
-    except OSError:
-        pass
+# FICLONE's answers for two filesystems that cannot share extents, now or later
+_NO_CLONE = (errno.EOPNOTSUPP, errno.EXDEV, errno.ENOTTY)
+
+
+def copy_data(src_fd: int, dst_fd: int, size: int, clone: bool = True, dense: bool = False) -> bool:
+    """Copy `size` bytes into the empty dst_fd, sharing extents (FICLONE) when
+    `clone` and the filesystems can, otherwise copying only the data extents
+    so that holes stay holes (all of it when `dense`: a file with no holes
+    needs no look for them).  Whether cloning is worth trying again between
+    these filesystems: False once they refused it."""
+    if clone:
+        try:
+            fcntl.ioctl(dst_fd, FICLONE, src_fd)
+            return True
+        except OSError as exc:
+            clone = exc.errno not in _NO_CLONE
+    if dense:
+        if _copy_range(src_fd, dst_fd, 0, size) < size:
+            os.ftruncate(dst_fd, size)
+        return clone
     offset = 0
     while offset < size:
         try:
@@ -66,9 +79,12 @@ def copy_data(src_fd: int, dst_fd: int, size: int) -> None:
         _copy_range(src_fd, dst_fd, start, end)
         offset = end
     os.ftruncate(dst_fd, size)
+    return clone
 
 
-def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> int:
+    """Copy bytes start..end at the same offsets; where the copy stopped (end,
+    unless the source ended first)."""
     pos = start
     while pos < end:
         count = min(_CHUNK, end - pos)
@@ -81,43 +97,54 @@ def _copy_range(src_fd: int, dst_fd: int, start: int, end: int) -> None:
         if done == 0:
             data = os.pread(src_fd, min(count, 1 << 20), pos)
             if not data:
-                return
+                return pos
             done = os.pwrite(dst_fd, data, pos)
         pos += done
+    return pos
 
 
-def copy_xattrs(src: Layer, src_rel: bytes, dst: Layer, dst_rel: bytes) -> None:
-    for name in src.listxattr(src_rel):
+def copy_xattrs(src: Named | Opened, dst: Named | Opened) -> list[bytes]:
+    """Copy src's xattrs but fsd's markers to dst; the names copied."""
+    copied = []
+    for name in src.listxattr():
         if is_marker_xattr(name):
             continue
-        value = src.try_getxattr(src_rel, name)
+        value = src.try_getxattr(name)
         if value is None:
             continue
         try:
-            dst.setxattr(dst_rel, name, value)
+            dst.setxattr(name, value)
         except OSError as exc:
             # security.* and trusted.* may be refused to an unprivileged daemon.
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                 raise
+        else:
+            copied.append(name)
+    return copied
 
 
-def copy_owner_mode_times(dst: Layer, rel: bytes, st: os.stat_result, idmap: IdMap) -> None:
+def copy_owner_mode_times(dst: Named | Opened, st: os.stat_result, idmap: IdMap,
+                          made: tuple[int, int, int] | None = None, caps: bool = True) -> None:
     """Owner before mode (chown clears set-id bits), times last.  chown(2) also
     drops a file capability, which the copy keeps (the kernel overlay sets the
-    owner without chown's removal): it is set again.  A daemon that may not
-    chown keeps the owner in the override xattr, when enabled."""
-    caps = dst.try_getxattr(rel, CAPS_XATTR) if stat.S_ISREG(st.st_mode) else None
-    try:
-        dst.chown(rel, st.st_uid, st.st_gid)
-    except PermissionError:
-        name = idmap.override_xattr
-        if name is not None and not stat.S_ISLNK(st.st_mode) and dst.try_getxattr(rel, name) is None:
-            dst.setxattr(rel, name, format_override(st.st_uid, st.st_gid, st.st_mode, st.st_rdev))
-    if caps is not None and dst.try_getxattr(rel, CAPS_XATTR) is None:
-        dst.setxattr(rel, CAPS_XATTR, caps)
-    if not stat.S_ISLNK(st.st_mode):
-        dst.chmod(rel, stat.S_IMODE(st.st_mode))
-    dst.utime(rel, (st.st_atime_ns, st.st_mtime_ns))
+    owner without chown's removal): it is set again (`caps`: whether dst may
+    have one).  A daemon that may not chown keeps the owner in the override
+    xattr, when enabled.  `made`: the (uid, gid, permission bits) dst was made
+    with, when known: a chown or chmod that would change nothing is skipped."""
+    chown = made is None or made[:2] != (st.st_uid, st.st_gid)
+    if chown:
+        caps = dst.try_getxattr(CAPS_XATTR) if caps and stat.S_ISREG(st.st_mode) else None
+        try:
+            dst.chown(st.st_uid, st.st_gid)
+        except PermissionError:
+            name = idmap.override_xattr
+            if name is not None and not stat.S_ISLNK(st.st_mode) and dst.try_getxattr(name) is None:
+                dst.setxattr(name, format_override(st.st_uid, st.st_gid, st.st_mode, st.st_rdev))
+        if caps is not None and dst.try_getxattr(CAPS_XATTR) is None:
+            dst.setxattr(CAPS_XATTR, caps)
+    if not stat.S_ISLNK(st.st_mode) and (chown or made[2] != stat.S_IMODE(st.st_mode)):
+        dst.chmod(stat.S_IMODE(st.st_mode))
+    dst.utime((st.st_atime_ns, st.st_mtime_ns))
 
 
 class CopyUp:
@@ -133,6 +160,8 @@ class CopyUp:
         # file made at once (through two of its names, or a name in a moved
         # tree) became two files, each linking what the other had not.
         self._hard_link_lock = trio.Lock()
+        # lower indices whose files FICLONE cannot share with the work area
+        self._no_clones: set[int] = set()
 
     def upper_and_no_tree_move(self, *nodes: Node) -> bool:
         """Whether nodes are fully in the upper and no tree is being moved."""
@@ -191,8 +220,13 @@ class CopyUp:
         needs the same copy-up waits here and finds it done."""
         if node.lock is None:
             node.lock = trio.Lock()
-        with waiting(f"the copy-up of inode {node.ino}"):
-            await node.lock.acquire()
+        try:
+            # Free, the common case: taken without a trip through trio's
+            # scheduler, so that a small file's copy-up never suspends.
+            node.lock.acquire_nowait()
+        except trio.WouldBlock:
+            with waiting(f"the copy-up of inode {node.ino}"):
+                await node.lock.acquire()
         try:
             yield
         finally:
@@ -243,7 +277,9 @@ class CopyUp:
         src = self.ovl.lowers[node.lower_indices[0] if node.is_dir else node.lower_index]
         if self.ovl.quota is not None and node.kind == stat.S_IFREG and data and not metadata_only:
             await self.ovl.lazy.complete(src, rel)  # a placeholder takes no blocks: its content does
-        st = src.lstat(rel)
+        st = node.lower_stat
+        if st is None or src.index in self.ovl.lazy.sockets:
+            st = src.lstat(rel)  # a lazy layer's files change as their content arrives
         if self.ovl.quota is not None:
             full = stat.S_ISREG(st.st_mode) and data and not metadata_only
             self.ovl.quota.check(st.st_blocks * 512 if full or stat.S_ISDIR(st.st_mode) else 0, inodes=1)
@@ -251,21 +287,17 @@ class CopyUp:
         tmp = self.ovl.work.tmp_name()
         linked = None  # its index entry, for a file with several links
         try:
-            if stat.S_ISDIR(st.st_mode):
-                work.mkdir(tmp, 0o700)
-            elif metadata_only:
-                os.close(work.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-                os.truncate(work.proc_path(work.fd, tmp), st.st_size)  # sparse: no data blocks
-                work.setxattr(tmp, self.ovl.markers.metacopy_xattr, b"y")
-            elif stat.S_ISREG(st.st_mode):
-                await self._copy_file(src, rel, tmp, st.st_size if data else 0)
-            elif stat.S_ISLNK(st.st_mode):
-                work.symlink(src.readlink(rel), tmp)
+            if stat.S_ISREG(st.st_mode):
+                await self._copy_file(src, rel, tmp, st, node.key, st.st_size if data else 0,
+                                      metadata_only=metadata_only)
             else:
-                work.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
-            copy_xattrs(src, rel, work, tmp)
-            self.table.record_origin(work, tmp, node.key)
-            copy_owner_mode_times(work, tmp, st, self.ovl.idmap)
+                if stat.S_ISDIR(st.st_mode):
+                    work.mkdir(tmp, 0o700)
+                elif stat.S_ISLNK(st.st_mode):
+                    work.symlink(src.readlink(rel), tmp)
+                else:
+                    work.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+                self._finish(Named(src, rel), Named(work, tmp), st, node.key)
             if node.gone or node.upper or node.path() != rel or self.ovl.moves_tree_over(node):
                 # Changed while the data was copied (removed, renamed, or in a
                 # tree being moved): this copy no longer belongs at rel.  After
@@ -353,29 +385,68 @@ class CopyUp:
             finally:
                 self.table.unused(parent)
 
-    async def _copy_file(self, src: Layer, rel: bytes, tmp: bytes, size: int) -> None:
-        work = self.ovl.work.layer
-        dst_fd = work.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    async def _copy_file(self, src: Layer, rel: bytes, tmp: bytes, st: os.stat_result, key: int,
+                         size: int, meta: Named | None = None, metadata_only: bool = False) -> None:
+        """Build regular file tmp in the work area from lower file rel of src
+        (st: its stat): `size` bytes of its data (none and a sparse size of
+        st's, marked, for `metadata_only`), then `_finish` with the xattrs of
+        meta (else the lower file's).  Synced but for metadata only (no data
+        to lose), as the kernel overlay does; a big file in a worker thread."""
+        dst_fd, made = self._new_file(tmp, st)
         try:
-            if size:
+            if metadata_only:
+                os.ftruncate(dst_fd, st.st_size)  # sparse: no data blocks
+                os.setxattr(dst_fd, self.ovl.markers.metacopy_xattr, b"y")
+                self._finish(meta or Named(src, rel), Opened(dst_fd), st, key, made)
+            elif not size:
+                self._write_file(src, -1, dst_fd, 0, st, meta or Named(src, rel), key, made)
+            else:
                 src_fd = await self.ovl.lazy.open(src, rel, os.O_RDONLY | os.O_NOATIME)
                 try:
+                    args = (src, src_fd, dst_fd, size, st, meta or Opened(src_fd), key, made)
                     if size > BIG:
                         with waiting(f"a worker thread copying {size} bytes of {rel!r}"):
-                            await trio.to_thread.run_sync(self._copy_and_sync, src_fd, dst_fd, size)
+                            await trio.to_thread.run_sync(self._write_file, *args)
                     else:
-                        self._copy_and_sync(src_fd, dst_fd, size)
+                        self._write_file(*args)
                 finally:
                     os.close(src_fd)
-            elif self.ovl.fsync:
-                os.fsync(dst_fd)
         finally:
             os.close(dst_fd)
 
-    def _copy_and_sync(self, src_fd: int, dst_fd: int, size: int) -> None:
-        copy_data(src_fd, dst_fd, size)
+    def _new_file(self, tmp: bytes, st: os.stat_result) -> tuple[int, tuple[int, int, int] | None]:
+        """Make regular file tmp in the work area, with st's permission bits
+        where the scratch directory says what they become (WorkArea.made_as):
+        a descriptor open for writing, and the (uid, gid, permission bits) it
+        has, when known."""
+        work = self.ovl.work
+        if work.made_as is None:
+            return work.layer.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), None
+        uid, gid, umask = work.made_as
+        perm = stat.S_IMODE(st.st_mode) & 0o777  # set-id bits only once the owner is right
+        return work.layer.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, perm), (uid, gid, perm & ~umask)
+
+    def _write_file(self, src: Layer, src_fd: int, dst_fd: int, size: int, st: os.stat_result,
+                    meta: Named | Opened, key: int, made: tuple[int, int, int] | None) -> None:
+        """Fill the new regular file dst_fd: `size` bytes of src_fd's (of lower
+        src), then `_finish`, then fsync unless fsync is off.  Run in a worker
+        thread for a big file: it touches no state of the mount but the set of
+        layers that cannot clone."""
+        if size:
+            clone = src.index not in self._no_clones
+            if not copy_data(src_fd, dst_fd, size, clone, dense=st.st_blocks * 512 >= size) and clone:
+                self._no_clones.add(src.index)
+        self._finish(meta, Opened(dst_fd), st, key, made)
         if self.ovl.fsync:
             os.fsync(dst_fd)
+
+    def _finish(self, meta: Named | Opened, dst: Named | Opened, st: os.stat_result, key: int,
+                made: tuple[int, int, int] | None = None) -> None:
+        """What every copy gets after its data: meta's xattrs, the origin number
+        key, then st's owner, mode and times (`made`: see copy_owner_mode_times)."""
+        copied = copy_xattrs(meta, dst)
+        self.table.record_origin(dst, key)
+        copy_owner_mode_times(dst, st, self.ovl.idmap, made, caps=CAPS_XATTR in copied)
 
     async def metadata(self, node: Node) -> None:
         """metacopy=on: copy a lower regular file's metadata only; data on first write.
@@ -411,7 +482,7 @@ class CopyUp:
             self.ovl.quota.check(lower.st_blocks * 512)
         tmp = self.ovl.work.tmp_name()
         try:
-            await self._copy_file(src, rel, tmp, lower.st_size)
+            await self._copy_file(src, rel, tmp, st, node.key, lower.st_size, meta=Named(upper, rel))
             if node.gone or not node.metacopy or node.path() != rel or self.ovl.moves_tree_over(node):
                 # Changed while the data was copied: see _copy.
                 self.ovl.discard(tmp)
@@ -421,9 +492,6 @@ class CopyUp:
                 if node.metacopy:
                     await self._fill_data(node)
                 return
-            copy_xattrs(upper, rel, self.ovl.work.layer, tmp)
-            self.table.record_origin(self.ovl.work.layer, tmp, node.key)
-            copy_owner_mode_times(self.ovl.work.layer, tmp, st, self.ovl.idmap)
             self._publish(tmp, node.parent, rel)
         except BaseException:
             self.ovl.discard(tmp)
@@ -489,9 +557,7 @@ class CopyUp:
                 upper.link(child, work, child_dst)
             else:
                 self._copy_lower_object(self.ovl.lowers[entry.lower_index], child, child_dst, linked)
-        copy_xattrs(source, rel, work, dst)
-        self.table.record_origin(work, dst, key)
-        copy_owner_mode_times(work, dst, source.lstat(rel), self.ovl.idmap)
+        self._finish(Named(source, rel), Named(work, dst), source.lstat(rel), key)
 
     def _is_metacopy(self, rel: bytes) -> bool:
         attr = self.ovl.markers.metacopy_xattr
@@ -506,27 +572,26 @@ class CopyUp:
         if st.st_nlink > 1 and ident in linked:
             work.link(linked[ident][0], work, dst)
             return
+        key = self.table.key_for(src.dev, st.st_ino)
+        shown = Named(meta or src, rel)  # where its metadata comes from
+        shown_st = st if meta is None else meta.lstat(rel)
         if stat.S_ISREG(st.st_mode):
-            dst_fd = work.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            dst_fd, made = self._new_file(dst, shown_st)
             try:
-                if st.st_size:
-                    src_fd = self.ovl.lazy.open_in_thread(src, rel, os.O_RDONLY | os.O_NOATIME)
-                    try:
-                        self._copy_and_sync(src_fd, dst_fd, st.st_size)
-                    finally:
+                src_fd = self.ovl.lazy.open_in_thread(src, rel, os.O_RDONLY | os.O_NOATIME) if st.st_size else -1
+                try:
+                    self._write_file(src, src_fd, dst_fd, st.st_size, shown_st, shown, key, made)
+                finally:
+                    if src_fd >= 0:
                         os.close(src_fd)
             finally:
                 os.close(dst_fd)
-        elif stat.S_ISLNK(st.st_mode):
-            work.symlink(src.readlink(rel), dst)
         else:
-            work.mknod(dst, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
-        key = self.table.key_for(src.dev, st.st_ino)
-        if meta is not None:
-            src, st = meta, meta.lstat(rel)
-        copy_xattrs(src, rel, work, dst)
-        self.table.record_origin(work, dst, key)
-        copy_owner_mode_times(work, dst, st, self.ovl.idmap)
+            if stat.S_ISLNK(st.st_mode):
+                work.symlink(src.readlink(rel), dst)
+            else:
+                work.mknod(dst, stat.S_IFMT(st.st_mode) | 0o600, st.st_rdev)
+            self._finish(shown, Named(work, dst), shown_st, key)
         if st.st_nlink > 1 and meta is None:
             linked[ident] = (dst, src.index)
 

@@ -22,12 +22,10 @@ from .errors import fail
 from .inode import Node
 from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT
 from .namei import Namei
-from .ondisk import (NAME_MAX, WH_PREFIX, format_override, is_reserved_name, is_whiteout_dev,
-                     set_opaque, whiteout_fits, write_whiteout, write_whiteout_dev)
+from .ondisk import (ACL_DEFAULT, NAME_MAX, WH_PREFIX, format_override, is_reserved_name,
+                     is_whiteout_dev, set_opaque, whiteout_fits, write_whiteout, write_whiteout_dev)
 from .overlay import Overlay
 from .workarea import discard_tree
-
-ACL_DEFAULT = b"system.posix_acl_default"  # a directory's ACL for what is made in it
 
 
 class DirOps:

@@ -32,7 +32,7 @@ import stat
 
 import pyfuse3
 
-from .layer import UPPER, Layer
+from .layer import UPPER, Layer, Named, Opened
 from .ondisk import Markers, format_origin, parse_origin
 
 __all__ = ["Node", "InodeTable", "UPPER"]
@@ -244,19 +244,19 @@ class InodeTable:
         value = self.upper.try_getxattr(rel, attr)
         return None if value is None else parse_origin(value)
 
-    def record_origin(self, layer: Layer, rel: bytes, key: int) -> None:
-        """Record the number an object keeps after it moved to the upper (layer
-        is the upper or the work area, where it is being built): in an xattr,
+    def record_origin(self, obj: Named | Opened, key: int) -> None:
+        """Record the number an object keeps after it moved to the upper (obj is
+        in the upper or in the work area, where it is being built): in an xattr,
         or, where the filesystem refuses one, in memory for the life of the mount."""
         attr = self.markers.origin_xattr
         try:
             if attr is None:
                 raise OSError(errno.ENOTSUP, "no xattr for fsd's bookkeeping")
-            layer.setxattr(rel, attr, format_origin(key))
+            obj.setxattr(attr, format_origin(key))
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES):
                 raise
-            self._origins[layer.lstat(rel).st_ino] = key
+            self._origins[obj.lstat().st_ino] = key
 
     def keep_number(self, rel: bytes, node: Node) -> None:
         """A new upper object whose natural number the kernel still holds for a

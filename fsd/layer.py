@@ -14,7 +14,8 @@ import errno
 import os
 import stat
 
-__all__ = ["Layer", "UPPER", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT", "reopen"]
+__all__ = ["Layer", "Named", "Opened", "UPPER", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT",
+           "reopen"]
 
 UPPER = -1  # the index of the upper layer (lowers count from 0, top first)
 
@@ -23,6 +24,9 @@ RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 
 _LONG = 3000  # past this many bytes a relative path is walked in pieces
+# what a filesystem or an unprivileged daemon answers for xattrs it keeps none of or hides
+_NO_XATTRS = (errno.ENOTSUP, errno.EPERM, errno.EACCES)
+_NO_XATTR = (errno.ENODATA, *_NO_XATTRS)
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
@@ -168,7 +172,7 @@ class Layer:
         try:
             return self.getxattr(rel, attr)
         except OSError as exc:
-            if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.EACCES):
+            if exc.errno in _NO_XATTR:
                 return None
             raise
 
@@ -177,7 +181,7 @@ class Layer:
             try:
                 names = os.listxattr(self.proc_path(fd, name), follow_symlinks=False)
             except OSError as exc:
-                if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.EACCES):
+                if exc.errno in _NO_XATTRS:
                     return []
                 raise
         return [os.fsencode(n) for n in names]
@@ -252,3 +256,77 @@ class Layer:
             yield st
             if stat.S_ISDIR(st.st_mode):
                 pending.extend(path + b"/" + name for name, _, _ in self.scandir(path))
+
+
+class Named:
+    """One object of a layer, by its path: the calls of `Layer` that read or
+    change a single object (copy_up.py builds copies through these, or through
+    an `Opened` one)."""
+
+    __slots__ = ("layer", "rel")
+
+    def __init__(self, layer: Layer, rel: bytes):
+        self.layer = layer
+        self.rel = rel
+
+    def lstat(self) -> os.stat_result:
+        return self.layer.lstat(self.rel)
+
+    def listxattr(self) -> list[bytes]:
+        return self.layer.listxattr(self.rel)
+
+    def try_getxattr(self, attr: bytes) -> bytes | None:
+        return self.layer.try_getxattr(self.rel, attr)
+
+    def setxattr(self, attr: bytes, value: bytes) -> None:
+        self.layer.setxattr(self.rel, attr, value)
+
+    def chown(self, uid: int, gid: int) -> None:
+        self.layer.chown(self.rel, uid, gid)
+
+    def chmod(self, mode: int) -> None:
+        self.layer.chmod(self.rel, mode)
+
+    def utime(self, ns: tuple[int, int]) -> None:
+        self.layer.utime(self.rel, ns)
+
+
+class Opened:
+    """One object through a descriptor open on it (not O_PATH): the calls of
+    `Named`, with no path to walk (a path xattr call goes through /proc)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def lstat(self) -> os.stat_result:
+        return os.fstat(self.fd)
+
+    def listxattr(self) -> list[bytes]:
+        try:
+            return [os.fsencode(n) for n in os.listxattr(self.fd)]
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                return []
+            raise
+
+    def try_getxattr(self, attr: bytes) -> bytes | None:
+        try:
+            return os.getxattr(self.fd, attr)
+        except OSError as exc:
+            if exc.errno in _NO_XATTR:
+                return None
+            raise
+
+    def setxattr(self, attr: bytes, value: bytes) -> None:
+        os.setxattr(self.fd, attr, value)
+
+    def chown(self, uid: int, gid: int) -> None:
+        os.fchown(self.fd, uid, gid)
+
+    def chmod(self, mode: int) -> None:
+        os.fchmod(self.fd, mode)
+
+    def utime(self, ns: tuple[int, int]) -> None:
+        os.utime(self.fd, ns=ns)

@@ -41,6 +41,7 @@ MARKER_PREFIXES = (b"trusted.overlay.", b"user.overlay.", b"user.fuseoverlayfs."
 OVERRIDE_XATTRS = {1: b"security.fuseoverlayfs.override_stat", 2: b"user.containers.override_stat"}
 PRIVATE_PREFIXES = MARKER_PREFIXES + (b"security.fuseoverlayfs.", OVERRIDE_XATTRS[2])
 NAME_MAX = 255
+ACL_DEFAULT = b"system.posix_acl_default"  # a directory's ACL for what is made in it
 
 
 def is_whiteout_dev(kind: int, rdev: int) -> bool:

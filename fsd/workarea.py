@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable, Iterator
 
 from .layer import UPPER, Layer
-from .ondisk import (INDEX_DIR, JOURNAL, LOCK, TMP_DIR, WORK_AREA, format_journal, index_name,
-                     parse_index_name, parse_journal)
+from .ondisk import (ACL_DEFAULT, INDEX_DIR, JOURNAL, LOCK, TMP_DIR, WORK_AREA, format_journal,
+                     index_name, parse_index_name, parse_journal)
 from .params import ParamError
 
 
@@ -36,10 +36,15 @@ LOCK_WAIT = 2.0  # seconds a mount waits for the work area's last daemon to exit
 
 
 class WorkArea:
-    def __init__(self, layer: Layer, lock_fd: int):
+    def __init__(self, layer: Layer, lock_fd: int, made_as: tuple[int, int, int] | None = None):
         self.layer = layer
         self._lock_fd = lock_fd
         self._serial = itertools.count()
+        # (uid, gid, umask): what a regular file made in the scratch directory
+        # gets, its owner and the bits taken from the mode it is made with (a
+        # copy-up skips a chown or chmod that would change nothing); None
+        # where the directory shapes them (set-group-id, a default ACL)
+        self.made_as = made_as
 
     @classmethod
     def open(cls, workdir: str, upperdir: str) -> "WorkArea":
@@ -74,7 +79,7 @@ class WorkArea:
         layer.mkdir(TMP_DIR, 0o700)
         if layer.try_lstat(INDEX_DIR) is None:
             layer.mkdir(INDEX_DIR, 0o700)
-        return cls(layer, lock_fd)
+        return cls(layer, lock_fd, _made_as(layer))
 
     def close(self) -> None:
         self.layer.close()
@@ -139,6 +144,21 @@ class WorkArea:
 
     def clear_journal(self) -> None:
         self.layer.unlink(JOURNAL)
+
+
+def _made_as(layer: Layer) -> tuple[int, int, int] | None:
+    """How the scratch directory makes a regular file (see WorkArea.made_as),
+    learnt from one made with mode 0777."""
+    if layer.lstat(TMP_DIR).st_mode & stat.S_ISGID or layer.try_getxattr(TMP_DIR, ACL_DEFAULT) is not None:
+        return None
+    probe = TMP_DIR + b"/made"
+    fd = layer.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o777)
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+        layer.unlink(probe)
+    return st.st_uid, st.st_gid, ~st.st_mode & 0o777
 
 
 def _flock_holders(st: os.stat_result) -> list[int]:

@@ -43,6 +43,24 @@ async def test_a_copy_keeps_data_mode_times_and_xattrs(overlay):
     assert os.lstat(overlay.upper / "d").st_mtime_ns == OLD[1], "the parent's times are the lower's"
 
 
+async def test_a_copy_keeps_every_mode_bit(overlay):
+    """The copy is made with the lower file's permission bits where the work
+    area says what it gets (so that no chmod is needed): set-id and sticky bits,
+    bits the daemon's umask would drop, and none at all are still kept."""
+    (bottom,) = overlay.lowers(1)
+    modes = {"suid": 0o4755, "sgid": 0o2750, "sticky": 0o1777, "open": 0o666, "none": 0o000}
+    for name, mode in modes.items():
+        f = write(bottom, name, "x" * 5000, mode=mode)
+        old_times(f)
+    fs = await overlay.mount()
+    for name in modes:
+        await fs.setxattr(name, "user.x", b"")
+    for name, mode in modes.items():
+        st = os.lstat(overlay.upper / name)
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (mode, OLD[1]), name
+        assert (overlay.upper / name).read_bytes() == b"x" * 5000
+
+
 async def test_a_copy_keeps_owner_and_trusted_xattrs(overlay, needs_root):
     (bottom,) = overlay.lowers(1)
     f = write(bottom, "d/f", "x", mode=0o4755)
