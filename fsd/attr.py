@@ -174,6 +174,7 @@ class AttrOps:
                 await self.copyup.metadata(node)
             else:
                 await self.copyup.ensure(node)
+        node.inherits = None  # what a directory gives new objects may change (DirOps.inherited)
         upper = self.ovl.upper
         rel = node.path() if target is None else None
         override = self.idmap.override_xattr if target is None else None
@@ -316,10 +317,12 @@ class AttrOps:
         CAP_FSETID); the upper, changed by fsd, would keep it."""
         real = self._real_xattr(name, errno.EPERM)
         fd = self._nameless_upper_fd(node)
+        if fd is None:
+            await self._copy_for_metadata(node)
+        node.inherits = None  # a default ACL, or the mode with an access ACL (DirOps.inherited)
         if fd is not None:
             os.setxattr(fd, real, value)
         else:
-            await self._copy_for_metadata(node)
             self.ovl.upper.setxattr(node.path(), real, value)
         if kill_sgid:
             self._clear_mode_bits(node, stat.S_ISGID, fd)
@@ -333,6 +336,7 @@ class AttrOps:
         layer, rel = self.location(node)
         layer.getxattr(rel, real)  # ENODATA before any copy-up
         await self._copy_for_metadata(node)
+        node.inherits = None  # see setxattr
         self.ovl.upper.removexattr(node.path(), real)
 
     @staticmethod

@@ -82,12 +82,12 @@ class DirOps:
         if self.ovl.quota is not None:
             self.ovl.quota.check(4096 if kind == stat.S_IFDIR else 0, inodes=1)
         rel = parent.child_path(name)
-        pst = self.ovl.upper.lstat(parent.path())
-        if pst.st_mode & stat.S_ISGID:
-            gid = pst.st_gid
+        group, default_acl = self.inherited(parent)
+        if group is not None:
+            gid = group
             if kind == stat.S_IFDIR:
                 mode |= stat.S_ISGID
-        mode, default_acl = self._creation_mode(parent, mode, umask)
+        mode = self._creation_mode(mode, umask, default_acl)
         entries = self.dircache.upper_entries(parent)
         st = fd = None
         if name not in entries.whiteouts:
@@ -126,14 +126,28 @@ class DirOps:
                 os.close(fd)
             raise
 
-    def _creation_mode(self, parent: Node, mode: int, umask: int) -> tuple[int, bytes | None]:
-        """The mode to make a new object in parent (in the upper) with, and
-        parent's default ACL if it has one.  The caller's umask applies only
+    def inherited(self, parent: Node) -> tuple[int | None, bytes | None]:
+        """What an object made in parent (in the upper) takes from its upper
+        directory: its group, when the directory is set-group-id (else None),
+        and its default ACL (or None).  Read once and kept on the node: the
+        upper changes only through this mount, and every change of a
+        directory's mode, owner or xattrs forgets it (attr.py), as does a tree
+        move that replaces the directory (`_move_merged_dir`)."""
+        inherits = parent.inherits
+        if inherits is None:
+            rel = parent.path()
+            st = self.ovl.upper.lstat(rel)
+            inherits = parent.inherits = (st.st_gid if st.st_mode & stat.S_ISGID else None,
+                                          self.ovl.upper.try_getxattr(rel, ACL_DEFAULT))
+        return inherits
+
+    @staticmethod
+    def _creation_mode(mode: int, umask: int, default_acl: bytes | None) -> int:
+        """The mode to make a new object with.  The caller's umask applies only
         where no default ACL is inherited: one replaces the umask (POSIX), and
         the upper's filesystem gives the object its mode and ACLs from it (the
         kernel leaves both to fsd, see Operations.enable_dont_mask)."""
-        default_acl = self.ovl.upper.try_getxattr(parent.path(), ACL_DEFAULT)
-        return (mode & ~umask if default_acl is None else mode), default_acl
+        return mode & ~umask if default_acl is None else mode
 
     def _account(self, *places) -> None:
         """Take the usage of changed upper objects (paths or directory nodes)."""
@@ -169,10 +183,10 @@ class DirOps:
                     raise
                 os.close(layer.open(rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
-            made = layer.lstat(rel)
+            made = os.fstat(fd) if fd is not None else layer.lstat(rel)
             if self._set_owner(made, mode, rdev, uid, gid, functools.partial(layer.chown, rel),
                                functools.partial(layer.setxattr, rel), functools.partial(layer.chmod, rel)):
-                made = layer.lstat(rel)
+                made = os.fstat(fd) if fd is not None else layer.lstat(rel)
         except BaseException:
             if fd is not None:
                 os.close(fd)
@@ -226,10 +240,10 @@ class DirOps:
         quota = self.ovl.quota
         if quota is not None:
             quota.check(0, inodes=1)
-        mode, _ = self._creation_mode(parent, stat.S_IFREG | stat.S_IMODE(mode), umask)
-        pst = self.ovl.upper.lstat(parent.path())
-        if pst.st_mode & stat.S_ISGID:
-            gid = pst.st_gid
+        group, default_acl = self.inherited(parent)
+        mode = self._creation_mode(stat.S_IFREG | stat.S_IMODE(mode), umask, default_acl)
+        if group is not None:
+            gid = group
         fd = self.ovl.upper.open(parent.path(), os.O_TMPFILE | (flags & (os.O_ACCMODE | os.O_APPEND)),
                                  stat.S_IMODE(mode))
         try:
@@ -580,10 +594,10 @@ class DirOps:
         # counts included, is stale.
         for node in self.table.all_below(src):
             node.upper, node.lower_indices, node.metacopy = True, (), False
-            node.lower_entries = node.upper_entries = node.lower_stat = None
+            node.lower_entries = node.upper_entries = node.lower_stat = node.inherits = None
             self.table.attrs_changed(node)
         src.upper, src.lower_indices, src.opaque = True, (), True
-        src.lower_entries = src.upper_entries = None
+        src.lower_entries = src.upper_entries = src.inherits = None
         self.table.attrs_changed(src)
         return hard_links
 

@@ -56,7 +56,8 @@ class Node:
     __slots__ = (
         "ino", "key", "kind", "links", "upper", "lower_index", "lower_indices", "opaque",
         "lookups", "fds", "lower_stat", "upper_entries", "lower_entries",
-        "lock", "linking_names", "gone", "metacopy", "last_stat", "_path", "_path_epoch", "__weakref__",
+        "lock", "linking_names", "gone", "metacopy", "last_stat", "inherits", "_path", "_path_epoch",
+        "__weakref__",
     )
 
     # Bumped whenever a directory's path changes (its last link replaced or
@@ -85,6 +86,10 @@ class Node:
         self.gone = False  # every name of it has been removed
         self.metacopy = False  # upper holds metadata only; data still in `layer`
         self.last_stat = None  # its stat when its last name went, for fstat after that
+        # what an object made in this upper directory takes from it (dir.py,
+        # `DirOps.inherited`); None until read, and again after any change of
+        # the directory's mode, owner or xattrs (attr.py) or of its upper dir
+        self.inherits = None
         self._path = b""  # path() as of _path_epoch
         self._path_epoch = -1
 

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import stat
+import struct
 
 import pyfuse3
 import pytest
@@ -65,6 +66,54 @@ async def test_the_umask_is_the_callers(overlay):
     fs = (await overlay.mount()).as_user(os.getuid(), os.getgid(), umask=0o077)
     await fs.create("f", mode=0o666)
     assert stat.S_IMODE(os.lstat(overlay.upper / "f").st_mode) == 0o600
+
+
+def minimal_acl(user: int, group: int, other: int) -> bytes:
+    """A system.posix_acl_* value of three entries (the kernel's xattr format)."""
+    entries = ((0x01, user), (0x04, group), (0x20, other))  # USER_OBJ, GROUP_OBJ, OTHER
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                           for tag, perm in entries)
+
+
+async def test_a_new_object_takes_the_group_its_directory_gives_now(overlay, needs_root):
+    """What a directory gives new objects is read once, then kept: a chown or a
+    chmod of the directory makes the next one take what it gives now."""
+    overlay.lowers(1)
+    fs = await overlay.mount()
+    await fs.mkdir("d", mode=0o2775)
+    await fs.chown("d", 0, 4321)
+    await fs.create("d/a")
+    assert (await fs.stat("d/a")).st_gid == 4321
+    await fs.chown("d", 0, 4322)
+    assert (await fs.stat("d")).st_mode & stat.S_ISGID  # a directory keeps it through a chown
+    await fs.create("d/b")
+    await fs.mkdir("d/sub")
+    assert (await fs.stat("d/b")).st_gid == (await fs.stat("d/sub")).st_gid == 4322
+    assert (await fs.stat("d/sub")).st_mode & stat.S_ISGID
+    await fs.chmod("d", 0o775)  # g-s
+    await fs.create("d/c")
+    await fs.mkdir("d/sub2")
+    assert (await fs.stat("d/c")).st_gid == (await fs.stat("d/sub2")).st_gid == fs.ctx.gid
+    assert not (await fs.stat("d/sub2")).st_mode & stat.S_ISGID
+    await fs.chmod("d", 0o2775)
+    await fs.create("d/e")
+    assert (await fs.stat("d/e")).st_gid == 4322
+
+
+async def test_a_new_object_takes_the_default_acl_its_directory_has_now(overlay):
+    """A default ACL set or removed after objects were made in the directory
+    replaces the umask, or no longer does, for the next one."""
+    overlay.lowers(1)
+    fs = await overlay.mount()
+    await fs.mkdir("d", mode=0o777)
+    await fs.create("d/a", mode=0o666)
+    assert stat.S_IMODE((await fs.stat("d/a")).st_mode) == 0o666 & ~fs.ctx.umask
+    await fs.setxattr("d", "system.posix_acl_default", minimal_acl(7, 7, 7))
+    await fs.create("d/b", mode=0o666)
+    assert stat.S_IMODE((await fs.stat("d/b")).st_mode) == 0o666
+    await fs.removexattr("d", "system.posix_acl_default")
+    await fs.create("d/c", mode=0o666)
+    assert stat.S_IMODE((await fs.stat("d/c")).st_mode) == 0o666 & ~fs.ctx.umask
 
 
 async def test_a_name_that_exists_in_any_layer_is_taken(overlay):
