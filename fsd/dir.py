@@ -320,16 +320,16 @@ class DirOps:
     # --- removing -----------------------------------------------------------------
 
     async def unlink(self, parent: Node, name: bytes) -> None:
-        node = self._node_to_remove(parent, name, is_dir=False)
+        node, st = self._node_to_remove(parent, name, is_dir=False)
         if await self._copied_up(parent, *self._counted_in_upper(node)):
-            node = self._node_to_remove(parent, name, is_dir=False)  # again: the copy-up awaited
-        self._remove(parent, name, node)
+            node, st = self._node_to_remove(parent, name, is_dir=False)  # again: the copy-up awaited
+        self._remove(parent, name, node, st)
 
     async def rmdir(self, parent: Node, name: bytes) -> None:
-        node = self._node_to_remove(parent, name, is_dir=True)
+        node, st = self._node_to_remove(parent, name, is_dir=True)
         if await self._copied_up(parent):
-            node = self._node_to_remove(parent, name, is_dir=True)  # again: the copy-up awaited
-        self._remove(parent, name, node)
+            node, st = self._node_to_remove(parent, name, is_dir=True)  # again: the copy-up awaited
+        self._remove(parent, name, node, st)
 
     async def _copied_up(self, *nodes: Node) -> bool:
         """`CopyUp.ensure_all(*nodes)`; whether it had anything to do.  When it
@@ -351,21 +351,23 @@ class DirOps:
             return ()
         return (node,) if node.lower_stat.st_nlink > 1 else ()
 
-    def _node_to_remove(self, parent: Node, name: bytes, is_dir: bool) -> Node:
-        """The node `name` stands for, if rmdir (is_dir) or unlink may remove it;
-        else ENOENT, EISDIR, ENOTDIR or ENOTEMPTY, as the kernel overlay says."""
-        node = self.namei.lookup(parent, name)
+    def _node_to_remove(self, parent: Node, name: bytes, is_dir: bool) -> tuple[Node, os.stat_result | None]:
+        """The node `name` stands for, if rmdir (is_dir) or unlink may remove it,
+        and the stat of its upper object (None if it has none); else ENOENT,
+        EISDIR, ENOTDIR or ENOTEMPTY, as the kernel overlay says."""
+        node, st = self.namei.lookup_stat(parent, name)
         if node.is_dir and not is_dir:
             raise fail(errno.EISDIR, name)
         if is_dir and not node.is_dir:
             raise fail(errno.ENOTDIR, name)
         if is_dir and self.dircache.merged_names(node):
             raise fail(errno.ENOTEMPTY, name)
-        return node
+        return node, st
 
-    def _remove(self, parent: Node, name: bytes, node: Node) -> None:
+    def _remove(self, parent: Node, name: bytes, node: Node, st: os.stat_result | None = None) -> None:
         """Take name out of the merged view: remove its upper entry and, when a
-        lower has the name, leave a whiteout."""
+        lower has the name, leave a whiteout.  st: the upper object's stat, if
+        just read."""
         upper, work = self.ovl.upper, self.ovl.work.layer
         rel = parent.child_path(name)
         whiteout = self.dircache.lower_has(parent, name)
@@ -373,7 +375,7 @@ class DirOps:
         nlink = 1
         last = node.lower_stat
         if in_upper:
-            before = last = upper.lstat(rel)
+            before = last = st if st is not None else upper.lstat(rel)
             nlink = before.st_nlink
             if not whiteout:
                 if node.is_dir:

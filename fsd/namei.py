@@ -44,27 +44,36 @@ class Namei:
         """What a user's lookup of name finds: the child Node, or None for no
         such name (a negative lookup is an ordinary answer, not an exception:
         ops.py replies it without raising)."""
-        if len(name) > NAME_MAX:
-            raise fail(errno.ENAMETOOLONG, name)
-        if is_reserved_name(name) or name in (b".", b".."):
-            return None
-        return self.find(parent, name)
+        return self.find(parent, name) if _may_exist(name) else None
+
+    def lookup_stat(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result | None]:
+        """`lookup`, and the stat of the upper object found (see `find_stat`)."""
+        node, st = self.find_stat(parent, name) if _may_exist(name) else (None, None)
+        if node is None:
+            raise fail(errno.ENOENT, name)
+        return node, st
 
     def find(self, parent: Node, name: bytes) -> Node | None:
         """The child node, or None when the merged view has no such name."""
+        return self.find_stat(parent, name)[0]
+
+    def find_stat(self, parent: Node, name: bytes) -> tuple[Node | None, os.stat_result | None]:
+        """`find`, and the stat of the upper object it found (None where the
+        name is not in the upper): valid until the caller's next await."""
         in_upper = False
         if parent.upper:
             upper = self.dircache.upper_entries(parent)
             if name in upper.names:
                 in_upper = True
             elif name in upper.whiteouts:
-                return None
+                return None, None
         lower = self.dircache.lower_entries(parent).get(name) if parent.lower_indices else None
         if in_upper:
-            return self.upper_child(parent, name, lower)
+            st = self.ovl.upper.lstat(parent.child_path(name))
+            return self.upper_child(parent, name, lower, st), st
         if lower is None:
-            return None
-        return self._lower_child(parent, name, lower)
+            return None, None
+        return self._lower_child(parent, name, lower), None
 
     def upper_child(self, parent: Node, name: bytes, lower: Entry | None,
                     st: os.stat_result | None = None, attrs: list[bytes] | tuple | None = None) -> Node:
@@ -76,6 +85,10 @@ class Namei:
         if st is None:
             st = upper.lstat(rel)
         kind = stat.S_IFMT(st.st_mode)
+        if attrs is None and kind != S_IFDIR:
+            node = self._known(parent, name, st, kind)
+            if node is not None:
+                return node
         lower_indices: tuple[int, ...] = ()
         opaque = False
         if attrs is None:
@@ -101,6 +114,19 @@ class Namei:
         if kind == S_IFDIR and (node.lower_indices != lower_indices or node.opaque != opaque):
             node.lower_indices, node.opaque, node.lower_entries = lower_indices, opaque, None
         node.lower_stat = None
+        return node
+
+    def _known(self, parent: Node, name: bytes, st: os.stat_result, kind: int) -> Node | None:
+        """The node of upper non-directory parent/name (st), when the table has
+        it by the object's own number and by this name: its xattrs need not be
+        read.  Such a node has none of fsd's (its number is not a recorded one:
+        those are its key instead, and a metacopy has one), and the upper
+        changes only through this mount, which keeps the names of its nodes."""
+        node = self.table.holder(self.table.key_for(self.ovl.upper.dev, st.st_ino))
+        if (node is None or node.kind != kind or node.gone or not node.upper or node.metacopy
+                or (parent, name) not in node.links):
+            return None
+        node.add_link(parent, name)
         return node
 
     def _lower_child(self, parent: Node, name: bytes, entry: Entry) -> Node:
@@ -162,3 +188,11 @@ class Namei:
         for part in dirs:
             parent = self.find(parent, part) if parent is not None else None
         return parent, name
+
+
+def _may_exist(name: bytes) -> bool:
+    """Whether a lookup of name can find anything: ENAMETOOLONG past NAME_MAX;
+    False for a reserved name, "." and ".."."""
+    if len(name) > NAME_MAX:
+        raise fail(errno.ENAMETOOLONG, name)
+    return not (is_reserved_name(name) or name in (b".", b".."))

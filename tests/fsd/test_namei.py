@@ -146,6 +146,31 @@ async def test_a_number_the_kernel_still_holds_is_not_given_to_a_new_object(over
     assert await fs.ino("y") == new, "and y keeps its number"
 
 
+async def test_a_known_upper_name_is_the_object_there_now(overlay):
+    """A name in the upper that the mount knows is found without its xattrs
+    read again: as the object now there, whatever stood there before (a file
+    replaced by a rename, one removed whose inode the upper gave again, a copy
+    that keeps its lower number)."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "low", "lower")
+    fs = await overlay.mount()
+    await fs.create("a", b"A")
+    b = (await fs.create("b", b"B")).st_ino
+    await fs.rename("b", "a")
+    assert await fs.ino("a") == b and await fs.read("a") == b"B"
+    x = (await fs.create("x", b"1")).st_ino  # the kernel keeps its lookup of x
+    await fs.unlink("x")
+    again = (await fs.create("x", b"2")).st_ino  # ext4 gives it the inode x had
+    assert again != x and await fs.ino("x") == again and await fs.read("x") == b"2"
+    low = await fs.ino("low")
+    await fs.write("low", b"upper")
+    assert await fs.ino("low") == low
+    await fs.unlink("low")
+    await fs.unlink("x")
+    assert (await fs.stat("a")).st_nlink == 1
+    assert sorted(await fs.listdir("")) == [b"a"]
+
+
 async def test_hard_links_in_a_layer_share_one_inode(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "a", "linked")
