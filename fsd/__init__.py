@@ -7,8 +7,9 @@ mechanism: the module named in the table.
 
 LEVELS = {
     # 0: mount options as frozen params; the one OSError -> FUSEError boundary;
-    #    the watchdog of requests in flight
-    "params": 0, "errors": 0, "watchdog": 0,
+    #    the watchdog of requests in flight; the daemon's start (what trio's
+    #    import may skip)
+    "params": 0, "errors": 0, "watchdog": 0, "startup": 0,
     # 1: one layer directory as a dirfd; every real-fs call, relative, O_NOFOLLOW
     "layer": 1,
     # 2: every on-disk format (markers, private xattrs, work-area layout) and

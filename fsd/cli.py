@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from .params import ParamError, parse_options
+from .startup import trimmed
 
 USAGE = """usage: fsd [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=UPPER,workdir=WORK][,OPTS] MOUNTPOINT
        fsd SOURCE MOUNTPOINT -o OPTS      (as run by mount -t fuse.fsd)
@@ -93,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for warning in params.warnings:
         print(f"fsd: warning: {warning}", file=sys.stderr)
-    from .mount import run
+    with trimmed():  # the daemon's first import of trio (startup.py)
+        from .mount import run
     return run(params, foreground)
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import logging
 import os
 
@@ -162,6 +161,7 @@ class LazyLayers:
     @staticmethod
     async def _ask(socket: bytes, layer_path: str, rel: bytes) -> str | None:
         """One request to the fetcher at socket: None if it answered ok, or why not."""
+        import json  # on first use: not at every daemon's start
         request = json.dumps({"layer": layer_path, "path": os.fsdecode(rel)}) + "\n"
         answer = b""
         with trio.move_on_after(FETCH_TIMEOUT):

@@ -15,7 +15,6 @@ import resource
 import signal
 import stat
 import sys
-import tempfile
 from typing import NoReturn
 
 import pyfuse3
@@ -151,9 +150,10 @@ def _check_fuse_device() -> None:
 
 
 def _fuse_mount(ops, params: OverlayParams) -> None:
-    """pyfuse3.init, with what libfuse prints on failure folded into one error."""
+    """pyfuse3.init, with what libfuse prints on failure folded into one error
+    (caught in a memory file: tempfile would import shutil at every start)."""
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as said:
+    with os.fdopen(os.memfd_create("fsd-mount-messages"), "w+b") as said:
         os.dup2(said.fileno(), 2)
         try:
             pyfuse3.init(ops, params.mountpoint, fuse_options(params))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
 import os
 import stat
 
@@ -322,9 +321,11 @@ def parse_index_name(entry: bytes) -> tuple[int, int] | None:
 def format_journal(src: bytes, dst: bytes, key: int) -> bytes:
     """The move journal's record: a merged directory src is being moved to dst,
     and the new tree carries the origin number key."""
+    import json  # on first use: not at every daemon's start
     return json.dumps({"src": src.hex(), "dst": dst.hex(), "key": key}).encode()
 
 
 def parse_journal(data: bytes) -> tuple[bytes, bytes, int]:
+    import json  # on first use: not at every daemon's start
     record = json.loads(data)
     return bytes.fromhex(record["src"]), bytes.fromhex(record["dst"]), int(record["key"])

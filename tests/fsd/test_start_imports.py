@@ -43,3 +43,46 @@ def test_pyfuse3_version_is_still_the_distribution_version():
                "print(json.dumps([pyfuse3.__version__, p.__version__, pyfuse3.__version__,\n"
                "                  hasattr(pyfuse3, 'no_such_name'), hasattr(p, 'no_such_name')]))")
     assert got == [metadata.version("pyfuse3")] * 3 + [False, False]
+
+
+_TRIMMED_START = ("from fsd.startup import DEFERRED, trimmed\n"
+                  "with trimmed():\n"
+                  "    import fsd.mount\n")
+
+
+def test_the_daemon_start_runs_none_of_the_modules_trio_imports_unused():
+    # the daemon imports trio inside startup.trimmed() (cli.main): ssl, hmac,
+    # idna, subprocess, shutil and tempfile are imported there but not run,
+    # and ctypes.util's library search (ldconfig in a subprocess) does not run
+    got = _run(_TRIMMED_START +
+               "import types\n"
+               "ran = {n for n, m in sys.modules.items() if type(m) is types.ModuleType}\n"
+               "print(json.dumps([sorted(ran & {*DEFERRED, '_ssl', '_hashlib', 'idna.core', 'bz2'}),\n"
+               "                  sorted(set(DEFERRED) - set(sys.modules))]))")
+    assert got == [[], []]
+
+
+def test_modules_skipped_at_the_start_work_whole_on_first_use():
+    got = _run(_TRIMMED_START +
+               "import ssl, subprocess, tempfile, idna.core, hmac, shutil\n"
+               "from trio._core._thread_cache import set_os_thread_name\n"
+               "print(json.dumps([ssl.PROTOCOL_TLS_CLIENT > 0, subprocess.run(['true']).returncode,\n"
+               "                  tempfile.gettempdir() != '', idna.encode('b\u00fccher.example').decode(),\n"
+               "                  len(hmac.digest(b'k', b'm', 'sha256')), shutil.which('sh') is not None,\n"
+               "                  set_os_thread_name is not None]))")
+    # trio still names its worker threads (find_library's answer for pthread works)
+    assert got == [True, 0, True, "xn--bcher-kva.example", 32, True, True]
+
+
+def test_a_module_asked_for_its_own_missing_name_while_it_runs_is_not_run_twice():
+    # a module run on first use, whose code reads a name of its own it has not
+    # set yet through the module object, gets AttributeError, as during an import
+    got = _run("import pathlib, tempfile\n"
+               "d = pathlib.Path(tempfile.mkdtemp())\n"
+               "(d / 'selfref.py').write_text('import sys\\nRUNS = getattr(sys.modules[__name__], \"RUNS\", 0) + 1\\n')\n"
+               "sys.path.insert(0, str(d))\n"
+               "from fsd import startup\n"
+               "startup._defer('selfref')\n"
+               "import selfref\n"
+               "print(json.dumps(selfref.RUNS))")
+    assert got == 1

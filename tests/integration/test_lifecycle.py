@@ -72,6 +72,19 @@ def test_background_daemon_outlives_its_starter_and_keeps_serving(stack, mount_f
         assert os.getsid(p) != os.getsid(0)
 
 
+def test_a_started_daemon_is_named_fsd_and_loaded_no_tls_library(stack, mount_fsd):
+    # fsd/startup.py: trio's TLS support is imported but never run, so libssl
+    # and libcrypto are never mapped; the process keeps its name (podman's
+    # bench and ps find the daemons by it)
+    m = mount_fsd(stack)
+    _check_content(m.mnt)
+    for pid in _daemon_pids(m):
+        assert open(f"/proc/{pid}/comm").read().strip() == "fsd"
+        libraries = {line.split()[-1].rpartition("/")[2] for line in open(f"/proc/{pid}/maps")
+                     if "/" in line}
+        assert not {lib for lib in libraries if lib.startswith(("libssl", "libcrypto"))}, libraries
+
+
 def test_background_start_releases_inherited_pipes(stack, mount_fsd, tmp_path):
     """A caller that reads fsd's output (podman does) must see EOF when fsd returns."""
     mnt = mount_fsd.new_mountpoint()
