@@ -111,6 +111,17 @@ def resolve_user(user: str, rootfs: str) -> tuple[int, int]:
         os.close(root_fd)
 
 
+def image_command(image_config: dict) -> tuple[list[str], list[str]]:
+    """What a container of the image runs unless told otherwise: its argv
+    (Entrypoint + Cmd, maybe empty) and environment (PATH always set)."""
+    cfg = image_config.get("config") or {}
+    argv = [str(a) for a in list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])]
+    env = [str(e) for e in cfg.get("Env") or []]
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, DEFAULT_PATH)
+    return argv, env
+
+
 def runtime_config(rootfs: str, image_config: dict, mounts: Iterable[MountSpec],
                    volume_path, hostname: str, euid: int | None = None,
                    egid: int | None = None, args: list[str] | None = None) -> dict:
@@ -120,12 +131,10 @@ def runtime_config(rootfs: str, image_config: dict, mounts: Iterable[MountSpec],
     egid = os.getegid() if egid is None else egid
     rootless = euid != 0
     cfg = image_config.get("config") or {}
-    argv = args if args else list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
+    default_argv, env = image_command(image_config)
+    argv = args if args else default_argv
     if not argv:
         raise UsageError("the image has no command (Entrypoint/Cmd); give one")
-    env = list(cfg.get("Env") or [])
-    if not any(e.startswith("PATH=") for e in env):
-        env.insert(0, DEFAULT_PATH)
     uid, gid = resolve_user(str(cfg.get("User") or ""), rootfs)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     nofile = NOFILE if hard == resource.RLIM_INFINITY else min(NOFILE, hard)

@@ -26,7 +26,13 @@ program or library, the interpreter and libraries it loads (elfdeps.py),
 at once and unasked.  Every failure is one line in
 `fetcher.log` naming the layer, the file and the blob range.
 
-The background work takes each lazy layer in turn: its incomplete files in
+The background work first fetches, in each lazy layer, what a container's
+start opens first (`_start_set`): the program the layer's images run by
+default (Entrypoint, else Cmd, looked up on their PATH) and the shell
+(`bin/sh`: a `sh -c` command, an entrypoint script), then the interpreter
+and libraries these load (elfdeps.py), several ranges in flight, before a
+container asks for them one round trip after the other.  Then it takes
+each lazy layer in turn: its incomplete files in
 tar order, a step of blob bytes at a time (about one range request: from
 MIN_BATCH after a request, doubling up to BATCH), each
 started once requests have been quiet for a moment (`_wait_quiet`), the record's
@@ -54,7 +60,7 @@ import time
 from concurrent.futures import Future
 from typing import Callable, Iterator
 
-from . import elfdeps, fsutil, layout, lazylayer
+from . import bundle, elfdeps, fsutil, layout, lazylayer
 from .digest import Digest
 from .errors import BadReference, LayersError, LayerUnknown, UsageError
 from .records import Layer, LazySource, replace
@@ -75,6 +81,7 @@ MIN_BATCH = 256 << 10
 # fetched with it in its range request (`LayerIndex.neighbours`): a round trip
 # costs 20 ms or more, 64 KiB 5 ms at 100 Mbit/s.
 READ_AROUND = 64 << 10
+SHELL = "bin/sh"            # in every start set (`_start_set`)
 REQUEST_LIMIT = 1 << 16    # bytes of one request line
 READ_TIMEOUT = 30.0        # for a client to send its request
 
@@ -115,6 +122,7 @@ class Fetcher:
         self.retry = threading.Event()          # RETRY_SIGNAL came: clear the errors
         self.last_request = time.monotonic()
         self.requests = 0                       # accepted so far
+        self.started: set[Digest] = set()       # layers whose start set was fetched
 
     # -- the process ---------------------------------------------------------------
 
@@ -320,11 +328,13 @@ class Fetcher:
 
     # -- shared fetches --------------------------------------------------------------
 
-    def _fetch(self, st: _Lazy, relpaths: list[str], also: list[str] = ()) -> None:
+    def _fetch(self, st: _Lazy, relpaths: list[str], also: list[str] = (),
+               in_flight: int = 1) -> None:
         """Complete the files `relpaths` of `st`, sharing what is in flight:
         a file being fetched already is waited for, the others fetched here,
         with those of `also` that no fetch has taken meanwhile (not waited
-        for).  FetchFailed as `lazylayer.fill`."""
+        for), up to `in_flight` ranges at once.  FetchFailed as
+        `lazylayer.fill`."""
         mine: dict[str, Future] = {}
         waits: list[Future] = []
         with self.lock:
@@ -340,7 +350,7 @@ class Fetcher:
             if mine:
                 lazylayer.fill(st.diff, st.index, list(mine), st.read_range, self.options,
                                on_done=lambda p: mine[p].set_result(None),
-                               on_bytes=st.count)
+                               on_bytes=st.count, in_flight=in_flight)
         except Exception as e:
             log.error("%s", _one_line(e, st))
             for fut in mine.values():
@@ -410,6 +420,10 @@ class Fetcher:
                 self._retry_failed()
             todo = self._to_complete()
             for layer in todo:
+                if layer.id not in self.started:
+                    self.started.add(layer.id)
+                    self._start_set(layer)
+            for layer in todo:
                 self._complete(layer)
             if not todo:
                 with self.lock:
@@ -417,6 +431,61 @@ class Fetcher:
                 if idle or not self._lazy_layers():
                     return
                 self.retry.wait(1.0)
+
+    def _start_set(self, layer: Layer) -> None:
+        """Fetch what a container's start opens first (module doc), as far
+        as the layer holds it: the programs, then what they load (their
+        content read from the layer once fetched).  Best effort: a failure
+        is logged (`_fetch`), its files left to the background."""
+        try:
+            st = self._load(layer.id)
+            if st is None:
+                return
+            programs = self._start_programs(st, layer.id)
+            self._fetch(st, [], programs, in_flight=lazylayer.RANGES_IN_FLIGHT)
+            loaded: list[str] = []
+            for p in programs:
+                with contextlib.suppress(OSError, LayersError):
+                    loaded += [q for q in self._elf_needs(st, p) if q not in loaded]
+            self._fetch(st, [], loaded, in_flight=lazylayer.RANGES_IN_FLIGHT)
+        except LayerUnknown:
+            return                              # removed meanwhile
+        except (LayersError, OSError) as e:
+            log.error("layer %s: start set: %s", layer.id.short, e)
+
+    def _start_programs(self, st: "_Lazy", layer_id: Digest) -> list[str]:
+        """The incomplete, idle lazy files of `st` that are the programs its
+        images run by default (`bundle.image_command`: a bare name looked up
+        on the image's PATH) and the shell, symlinks followed in the layer."""
+        wanted = []
+        for image in self.store.images.all():
+            if layer_id not in image.layers:
+                continue
+            try:
+                argv, env = bundle.image_command(json.loads(image.config))
+            except (ValueError, AttributeError, TypeError):
+                continue
+            if argv and "/" in argv[0]:
+                wanted.append([argv[0]])
+            elif argv:
+                path = next(e[5:] for e in env if e.startswith("PATH="))
+                wanted.append([f"{d}/{argv[0]}" for d in path.split(":") if d])
+        wanted.append([SHELL])
+        found: list[str] = []
+        dirfd = os.open(st.diff, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for candidates in wanted:
+                for path in candidates:
+                    resolved = elfdeps.resolve(dirfd, path.lstrip("/"))
+                    if resolved is None:
+                        continue
+                    f = st.index.file_of(resolved)
+                    if f is not None and f.relpath not in found and self._idle(st, f.relpath):
+                        found.append(f.relpath)
+                    break                       # the first on the PATH runs
+        finally:
+            os.close(dirfd)
+        return found
 
     def _complete(self, layer: Layer) -> None:
         """Complete one layer (module doc); a failure goes into its record."""

@@ -506,6 +506,40 @@ def test_a_program_asked_for_brings_its_interpreter_and_libraries_unasked(
     proxy.release.set()
 
 
+def test_the_background_starts_with_the_shell_and_what_it_loads(lazy_machines, proxy, tmp_path):
+    """Before the tar order (`big` first), the fetcher fetches unasked what a
+    container's start opens first: the shell and its loader and libraries,
+    here reached through symlinks as in a merged-/usr tree."""
+    sh = Path(os.path.realpath("/bin/sh")).read_bytes()
+    with open("/bin/sh", "rb") as f:
+        interp, needed, machine = elfdeps.needs(f.fileno())
+    if not interp or not interp.startswith("/lib64/"):
+        pytest.skip(f"this test's tree is x86_64 Debian's (/bin/sh's loader: {interp})")
+    libdir = elfdeps.library_dirs(machine)[1]                  # usr/lib/<triplet>
+    libs = {f"{libdir}/{n}": os.urandom(3000) for n in needed}
+    entries = [file("big", BIG), directory("usr"), directory("usr/bin"),
+               file("usr/bin/dash", sh), symlink("usr/bin/sh", "dash"), symlink("bin", "usr/bin"),
+               file("usr/bin/other", os.urandom(5000)), directory("usr/lib"), directory(libdir),
+               *(file(n, data) for n, data in libs.items()),    # stored one after the other:
+               file(f"{libdir}/real-loader", b"loader"),          # one range for all
+               file(f"{libdir}/unneeded", "x"), directory(os.path.dirname(interp).lstrip("/")),
+               symlink(interp.lstrip("/"), f"/{libdir}/real-loader")]
+    ref, blobs, _, _ = push_estargz(tmp_path, proxy.host, [tar_bytes(entries)], "start")
+    hold_background(proxy, blobs[0])
+    proxy.stall_skip += 2             # the shell's range, then its loader's and libraries'
+    lazy = lazy_machines[0]
+    layer = lazy.report("pull", "-q", "--lazy", ref, INSECURE)["layers"][0]["layer"]
+    diff = lazy.diff(layer.split(":")[1])
+    assert wait_until(proxy.stalled.is_set, 30)        # the tar order's first range: `big`'s
+    for p in ["usr/bin/dash", *libs, f"{libdir}/real-loader"]:
+        assert lazy_mark(diff / p) is None, p
+    assert (diff / "usr/bin/dash").read_bytes() == sh
+    for p in ["big", "usr/bin/other", f"{libdir}/unneeded"]:
+        assert lazy_mark(diff / p) == b"", p
+    proxy.release.set()
+    assert wait_until(lambda: lazy.record(layer.split(":")[1])["lazy"] is None, 60)
+
+
 def test_the_background_starts_with_small_ranges_that_grow_while_no_request_comes(
         lazy_machines, proxy, tmp_path):
     lazy, _ = lazy_machines
