@@ -7,9 +7,10 @@ the store and completes it, whoever asks (the fetcher, fetcher.py, on a
 request or in the background; a plain pull reusing local content):
 
 - `LayerIndex(toc)`: the layer's tar as the tar-split gives it, with every
-  file's content left out, read by tarfile (so the tree is built from the
-  very headers the diffID covers), and which chunks of the blob hold each
-  regular file's content.
+  file's content left out, its headers read as tarfile reads them
+  (`archive.read_members`: so the tree is built from the very headers the
+  diffID covers), and which chunks of the blob hold each regular file's
+  content.
 - `build_placeholders(index, dest, options, socket)`: the placeholder tree
   in `dest` (see `layout.py`): the headers applied as extraction applies
   them, each regular file with content a sparse file of its size carrying
@@ -66,7 +67,7 @@ from typing import Callable, Iterable, Iterator
 
 from . import estargz, fsutil, layout, tarsplit
 from .archive import (ExtractOptions, SafeTarInfo, clean_name, extract_placeholders,
-                      set_meta)
+                      read_members, set_meta)
 from .digest import Digest
 from .errors import BadArchive, DigestMismatch, DriverError, LayersError
 from .records import Layer
@@ -141,6 +142,18 @@ class _Skeleton(io.RawIOBase):
         self.pos = max(0, base + offset)
         return self.pos
 
+    def read(self, size: int = -1) -> bytes:
+        """What `readinto` gives, without its copies when the bytes lie in
+        one raw part (every tar header does): tarfile reads each header
+        alone."""
+        if 0 <= size and self.pos < self.size:
+            i = bisect.bisect_right(self.starts, self.pos) - 1
+            part, at = self.parts[i], self.pos - self.starts[i]
+            if not isinstance(part, int) and at + size <= len(part):
+                self.pos += size
+                return part[at:at + size]
+        return super().read(size)
+
     def readinto(self, buf) -> int:
         if self.pos >= self.size:
             return 0
@@ -174,10 +187,10 @@ class LayerIndex:
         try:
             self.tar = tarfile.open(fileobj=self.skeleton, mode="r:",
                                     tarinfo=SafeTarInfo, errorlevel=2)
-            members = self.tar.getmembers()
+            self.members = read_members(self.tar)
         except (tarfile.TarError, EOFError) as e:
             raise BadArchive(where, f"the TOC's tar-split is no tar ({e})") from None
-        for m in members:
+        for m in self.members:
             relpath = "/".join(clean_name(m.name))
             if m.islnk():
                 target = "/".join(clean_name(m.linkname))
@@ -300,7 +313,8 @@ def build_placeholders(index: LayerIndex, dest: str, options: ExtractOptions,
                        socket: str) -> int:
     """The placeholder tree of the layer in the empty dir `dest` (module doc);
     its root marked with `socket`, the fetcher's.  The count of entries."""
-    count = extract_placeholders(index.tar, dest, options, index.is_lazy, index.where)
+    count = extract_placeholders(index.tar, index.members, dest, options, index.is_lazy,
+                                 index.where)
     if index.files:
         os.setxattr(dest, layout.LAZY_XATTR, os.fsencode(socket))
     fsutil.fsync_dir(dest)
