@@ -379,10 +379,11 @@ class Fetcher:
                 raise LayerUnknown(str(layer_id))
             if layer.lazy is None:
                 return None
+            read_range = self._reader(layer.lazy)
             st = _Lazy(layer_id, self.store.layers.diff_dir(layer_id),
                        lazylayer.load_index(self.store.paths.layer_toc(layer_id),
                                             layer.lazy.toc_digest, layer_id.short),
-                       self._reader(layer.lazy))
+                       read_range)
             self.loaded[layer_id] = st
             return st
 
@@ -394,6 +395,8 @@ class Fetcher:
             client = self.clients[key] = blob_client(lazy.registry, lazy.repository,
                                                      lazy.insecure, lazy.cert_dir,
                                                      self.abort)
+            # while the layer's index is read: the first range need not wait
+            threading.Thread(target=client.connect, daemon=True).start()
         return lambda start, end: client.get_blob_range(lazy.repository, lazy.blob,
                                                         start, end)
 

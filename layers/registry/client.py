@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from ..digest import Digest
-from ..errors import BadArchive
+from ..errors import BadArchive, LayersError
 from . import auth
 from .credentials import Credentials
 from .errors import (Aborted, RegistryAuthError, RegistryError, RegistryNotFound,
@@ -278,6 +278,15 @@ class RegistryClient:
                 return base
             assert last is not None
             raise last
+
+    def connect(self) -> None:
+        """Learn the scheme and the auth challenge now (`GET /v2/`, a round
+        trip or two), so that a later request need not wait for them; a
+        failure is that request's to report (it tries again)."""
+        try:
+            self._ping()
+        except LayersError:         # RegistryError, Aborted
+            pass
 
     def _parse_challenge(self, r: httpx.Response) -> auth.Challenge | None:
         header = r.headers.get("WWW-Authenticate")

@@ -559,3 +559,19 @@ def test_a_blob_range_other_than_the_one_asked_is_refused(double):
         assert c.get_blob_range("repo", double.digest, 100, 200000) == double.blob[100:]
         with pytest.raises(ValueError):
             c.get_blob_range("repo", double.digest, 20, 20)
+
+
+def test_connect_learns_the_scheme_ahead_and_leaves_failures_to_the_request(double):
+    """The fetcher connects while it reads a layer's index, so that its first
+    range does not wait for the HTTPS probe and `GET /v2/`."""
+    with _client(double) as c:
+        c.connect()
+        pings = [x for x in double.seen if x[1] == "/v2/"]
+        assert len(pings) == 1
+        assert c.blob_size("repo", double.digest) == len(double.blob)
+        assert [x for x in double.seen if x[1] == "/v2/"] == pings
+    double.fail = [500] * 10
+    with _client(double, retries=0) as c:
+        c.connect()                               # no exception here...
+        with pytest.raises(RegistryUnavailable):  # ...the request says it
+            c.blob_size("repo", double.digest)
