@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for the store lock (default 30)")
     p.add_argument("--debug", action="store_true", help="tracebacks on errors")
-    p.add_argument("--version", action="version", version=f"layers {_version()}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     # parsers of command groups (`layers volume …`), by name; their
     # subparsers' dest is NAME_command
@@ -242,6 +242,20 @@ def _version() -> str:
         return metadata.version("strata")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: the version looked up only when asked (argparse's own
+    action wants it at start-up, and the package metadata took 5-10 ms of
+    every command's)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kw):
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0,
+                         help="show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"layers {_version()}")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
