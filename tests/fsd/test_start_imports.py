@@ -5,7 +5,8 @@ is imported on those paths. Checked in a fresh interpreter, never timed.
 pyfuse3 as scripts/install builds it looks its __version__ up on first use
 (patches/pyfuse3-3.5.0-lazy-version.patch): stock pyfuse3 3.5.0 imports
 importlib.metadata and searches for its distribution at import, a tenth of
-fsd's start."""
+fsd's start. It imports pickle only where it refuses to pickle
+(patches/pyfuse3-3.5.0-lazy-pickle.patch)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,21 @@ def test_command_line_parsing_loads_neither_trio_nor_package_metadata():
 def test_a_foreground_daemon_loads_neither_the_syslog_handler_nor_package_metadata():
     loaded = _modules_after("import fsd.cli, fsd.mount")
     assert not loaded & {"logging.handlers", "importlib.metadata"}
+
+
+def test_importing_pyfuse3_loads_no_pickle_and_pickling_its_objects_still_fails():
+    got = _run("import pyfuse3\n"
+               "loaded = 'pickle' in sys.modules\n"
+               "import pickle\n"
+               "refused = []\n"
+               "for obj in (pyfuse3.RequestContext(), pyfuse3.SetattrFields()):\n"
+               "    try:\n"
+               "        pickle.dumps(obj)\n"
+               "    except pickle.PicklingError as exc:\n"
+               "        refused.append(str(exc))\n"
+               "print(json.dumps([loaded, refused]))")
+    assert got == [False, ["RequestContext instances can't be pickled",
+                           "SetattrFields instances can't be pickled"]]
 
 
 def test_pyfuse3_version_is_still_the_distribution_version():
