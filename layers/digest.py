@@ -32,7 +32,10 @@ class Digest:
         if not isinstance(text, str) or not text.startswith("sha256:") \
                 or not _HEX64.fullmatch(text[7:]):
             raise BadReference(str(text), "digest")
-        return cls(text[7:])
+        # checked: made without __init__'s second check (a TOC parses 10,000)
+        d = object.__new__(cls)
+        object.__setattr__(d, "hex", text[7:])
+        return d
 
     @classmethod
     def of_bytes(cls, data: bytes) -> "Digest":
