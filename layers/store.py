@@ -5,7 +5,9 @@ per command.
 what is done here is only opening (`open`: the marker, the driver, repair),
 queries, tags and `rmi` (an image goes with the containers using it only
 with force), and `info`.  Every other command is a function of the module
-named for its workflow, called with the store.
+named for its workflow, called with the store, and imported by the method
+that calls it: a command's start-up loads its own workflow only (all of them
+took a third of the start-up of `create` or `mount`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from . import als, analyze, check, cleanup, commit, containers, driverchoice, export
-from . import fetcher, fsprobe, fsutil, gc, ingest, layout, lazylayer, push, quota
+from . import containers, driverchoice, fsprobe, fsutil, gc, layout, quota
 from .config import Config
 from .drivers.btrfs import BtrfsDriver
 from .drivers.overlay import OverlayDriver
@@ -25,9 +27,12 @@ from .errors import (BadReference, ContainerUnknown, ImageInUse, ImageUnknown, L
 from .mounts import MountEntry
 from .progress import Progress
 from .records import Container, Image, Layer, MountSpec, Volume, parse_image_name, replace
-from .registry.session import PullReport, PushReport, RegistryOptions
-from .source import ImageSource
 from .storecore import StoreCore
+
+if TYPE_CHECKING:
+    from . import analyze, check
+    from .registry.session import PullReport, PushReport, RegistryOptions
+    from .source import ImageSource
 
 DRIVERS = ("fuse", "overlay", "vfs", "btrfs")
 CONFIGURED = "configured (--driver or storage.conf driver)"
@@ -119,6 +124,7 @@ class Store(StoreCore):
     def analyze(self, ref: str) -> analyze.Report:
         """Layer efficiency of the image `ref` (`analyze.py`); its layers are
         pinned while they are read, outside the lock."""
+        from . import analyze
         image = self.images.resolve(ref)
         with self.lease() as lease, self.pinned(image.layers, lease):
             with self.lock:
@@ -171,6 +177,7 @@ class Store(StoreCore):
     def _lazy_doc(self, layer: Layer) -> dict | None:
         """None for a complete layer; for a lazy one, where its content is,
         how much of its blob came and how many of its files are complete."""
+        from . import lazylayer
         if layer.lazy is None:
             return None
         z = layer.lazy
@@ -207,6 +214,7 @@ class Store(StoreCore):
         ImageInUse names the containers using it, unless `force` removes them.
         Returns lines describing what was done.
         """
+        from . import als
         done: list[str] = []
         with self.lease() as lease:
             with self.lock:
@@ -265,6 +273,7 @@ class Store(StoreCore):
     def check(self, verify: bool = False) -> list[str]:
         """Problems found comparing records with the disk (empty: consistent);
         with `verify`, layers whose content does not hash to their diffID."""
+        from . import check
         return [p.message for p in self.problems(verify) if p.severity == check.ERROR]
 
     # The workflows: each entry point below hands the store to the function
@@ -273,6 +282,7 @@ class Store(StoreCore):
     # -- podman's additional layer store ----------------------------------------------
     def als(self, action: str, ref: str | None = None, mount_lazy: bool = False) -> list[str]:
         """`layers als add|rm REF`, `layers als ls`: see als.py."""
+        from . import als
         if action == "add":
             return als.add(self, ref, mount_lazy)
         if action == "rm":
@@ -282,23 +292,28 @@ class Store(StoreCore):
     # -- import --------------------------------------------------------------------
     def import_path(self, path: str | list[str], name: str | None = None,
                     progress: Progress | None = None) -> list[Image]:
+        from . import ingest
         return ingest.import_path(self, path, name, progress)
 
     def import_source(self, src: ImageSource, names: list[str],
                       progress: Progress | None = None) -> Image:
+        from . import ingest
         return ingest.import_source(self, src, names, progress)
 
     def pull(self, ref: str, options: RegistryOptions, name: str | None = None,
              progress: Progress | None = None, lazy: bool = False) -> PullReport:
+        from . import ingest
         return ingest.pull(self, ref, options, name, progress, lazy)
 
     # -- lazy layers -----------------------------------------------------------------
     def serve_fetcher(self) -> int:
+        from . import fetcher
         return fetcher.serve(self)
 
     # -- push ----------------------------------------------------------------------
     def push(self, ref: str, dest: str | None, options: RegistryOptions,
              progress: Progress | None = None) -> PushReport:
+        from . import push
         return push.push(self, ref, dest, options, progress)
 
     # -- containers ----------------------------------------------------------------
@@ -338,35 +353,44 @@ class Store(StoreCore):
     # -- commit, export and save ---------------------------------------------------
     def commit(self, ref: str, name: str | None = None,
                epoch: int | None = None, progress: Progress | None = None) -> Image:
+        from . import commit
         return commit.commit(self, ref, name, epoch, progress)
 
     def export(self, ref: str, path: str, epoch: int | None = None,
                progress: Progress | None = None) -> list[str]:
+        from . import export
         return export.export(self, ref, path, epoch, progress)
 
     def save(self, ref: str, path: str, as_tar: bool | None = None,
              progress: Progress | None = None) -> list[str]:
+        from . import export
         return export.save(self, ref, path, as_tar, progress)
 
     # -- disk usage and cleanup ----------------------------------------------------
     def df(self) -> list[gc.Usage]:
+        from . import cleanup
         return cleanup.df(self)
 
     def prune(self, kinds: tuple[str, ...] = gc.KINDS, all: bool = False,
               dry_run: bool = False) -> list[tuple[str, int | None]]:
+        from . import cleanup
         return cleanup.prune(self, kinds, all, dry_run)
 
     def remove_stale_locks(self) -> list[str]:
+        from . import cleanup
         return cleanup.remove_stale_locks(self)
 
     def reset(self) -> list[str]:
+        from . import cleanup
         return cleanup.reset(self)
 
     # -- check ---------------------------------------------------------------------
     def problems(self, verify: bool = False) -> list[check.Problem]:
+        from . import check
         return check.problems(self, verify)
 
     def repair_problems(self, problems: list[check.Problem]) -> list[str]:
+        from . import check
         return check.repair_problems(self, problems)
 
 
