@@ -102,3 +102,17 @@ def test_a_module_asked_for_its_own_missing_name_while_it_runs_is_not_run_twice(
                "import selfref\n"
                "print(json.dumps(selfref.RUNS))")
     assert got == 1
+
+
+def test_the_start_collects_no_garbage_and_serving_collects_again():
+    # ~50 collections during the imports, ~6 ms of a start: none until the
+    # daemon serves (mount._collect_less, which must enable the collector)
+    got = _run("import gc\n"
+               "from fsd import cli\n"
+               "before = sum(s['collections'] for s in gc.get_stats())\n"
+               "cli._import_daemon()\n"
+               "during = [gc.isenabled(), sum(s['collections'] for s in gc.get_stats()) - before]\n"
+               "from fsd.mount import _collect_less\n"
+               "_collect_less()\n"
+               "print(json.dumps(during + [gc.isenabled()]))")
+    assert got == [False, 0, True]
