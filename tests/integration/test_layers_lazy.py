@@ -475,15 +475,22 @@ def test_a_request_brings_the_small_files_stored_next_to_its_file_in_the_same_ra
     assert lazy.ok("check", "--verify") == ""
 
 
-def test_a_program_asked_for_brings_its_interpreter_and_libraries_unasked(
-        lazy_machines, proxy, tmp_path):
-    sh = Path(os.path.realpath("/bin/sh")).read_bytes()       # a real ELF program
+def _host_shell() -> tuple[bytes, str, str, dict[str, bytes]]:
+    """This host's /bin/sh (a real ELF program), its loader's path, the
+    library dir a layer holds its libraries in (usr/lib/<triplet>) and, by
+    path there, made-up contents for the libraries it names."""
+    sh = Path(os.path.realpath("/bin/sh")).read_bytes()
     with open("/bin/sh", "rb") as f:
         interp, needed, machine = elfdeps.needs(f.fileno())
     if not interp or not interp.startswith("/lib64/"):
         pytest.skip(f"this test's tree is x86_64 Debian's (/bin/sh's loader: {interp})")
-    libdir = elfdeps.library_dirs(machine)[1]                  # usr/lib/<triplet>
-    libs = {f"{libdir}/{n}": os.urandom(3000) for n in needed}
+    libdir = elfdeps.library_dirs(machine)[1]
+    return sh, interp, libdir, {f"{libdir}/{n}": os.urandom(3000) for n in needed}
+
+
+def test_a_program_asked_for_brings_its_interpreter_and_libraries_unasked(
+        lazy_machines, proxy, tmp_path):
+    sh, interp, libdir, libs = _host_shell()
     filler = os.urandom(fetcher.READ_AROUND + 1000)            # no read-around reaches them
     entries = [file("big", BIG), directory("usr"), directory("usr/bin"),
                file("usr/bin/prog", sh), file("usr/filler", filler), directory("usr/lib"),
@@ -510,13 +517,7 @@ def test_the_background_starts_with_the_shell_and_what_it_loads(lazy_machines, p
     """Before the tar order (`big` first), the fetcher fetches unasked what a
     container's start opens first: the shell and its loader and libraries,
     here reached through symlinks as in a merged-/usr tree."""
-    sh = Path(os.path.realpath("/bin/sh")).read_bytes()
-    with open("/bin/sh", "rb") as f:
-        interp, needed, machine = elfdeps.needs(f.fileno())
-    if not interp or not interp.startswith("/lib64/"):
-        pytest.skip(f"this test's tree is x86_64 Debian's (/bin/sh's loader: {interp})")
-    libdir = elfdeps.library_dirs(machine)[1]                  # usr/lib/<triplet>
-    libs = {f"{libdir}/{n}": os.urandom(3000) for n in needed}
+    sh, interp, libdir, libs = _host_shell()
     entries = [file("big", BIG), directory("usr"), directory("usr/bin"),
                file("usr/bin/dash", sh), symlink("usr/bin/sh", "dash"), symlink("bin", "usr/bin"),
                file("usr/bin/other", os.urandom(5000)), directory("usr/lib"), directory(libdir),
