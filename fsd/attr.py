@@ -36,6 +36,8 @@ from .layer import Layer
 from .ondisk import NAME_MAX, escape_xattr, format_override, is_private_xattr, parse_override, visible_xattr
 from .overlay import Overlay
 
+S_IFDIR = stat.S_IFDIR
+
 
 def _removes_privs(fields) -> bool:
     """Whether a setattr is one on which the kernel removes set-id bits: a
@@ -60,6 +62,8 @@ class AttrOps:
         self.static_nlink = ovl.static_nlink
         self.metacopy = ovl.metacopy
         self._sup_groups = sup_groups
+        # what `owner` gives is the stat's own: the entry reply of every walk takes it as is
+        self._owner_as_stored = self.idmap.override_xattr is None and self.idmap.identity
 
     def _in_group(self, caller, gid: int) -> bool:
         """Whether caller's fsgid or one of its supplementary groups is gid.  The
@@ -86,13 +90,14 @@ class AttrOps:
         return node.held_fd() if node.gone else None
 
     def real_stat(self, node: Node) -> os.stat_result:
-        fd = self.open_fd(node)
-        if fd is not None:
-            return os.fstat(fd)
-        if node.gone and node.last_stat is not None:
-            return node.last_stat
+        if node.gone:
+            fd = self.open_fd(node)
+            if fd is not None:
+                return os.fstat(fd)
+            if node.last_stat is not None:
+                return node.last_stat
         if node.lower_stat is not None and not node.upper:
-            return node.lower_stat
+            return node.lower_stat  # lowers never change: most replies of a walk
         layer, rel = self.location(node)
         return layer.lstat(rel)
 
@@ -126,22 +131,23 @@ class AttrOps:
         """The attributes of node; `st`: its real stat, if the caller has just read it."""
         if st is None:
             st = self.real_stat(node)
-        uid, gid, mode, rdev = self.owner(node, st)
-        attr = pyfuse3.EntryAttributes()
+        attr = pyfuse3.EntryAttributes()  # generation 0
+        if self._owner_as_stored:
+            attr.st_mode = st.st_mode
+            attr.st_uid = st.st_uid
+            attr.st_gid = st.st_gid
+            attr.st_rdev = st.st_rdev
+        else:
+            attr.st_uid, attr.st_gid, attr.st_mode, attr.st_rdev = self.owner(node, st)
         attr.st_ino = node.ino
-        attr.generation = 0
         attr.entry_timeout = self.timeout
         attr.attr_timeout = self.timeout
-        attr.st_mode = mode
         nlink = st.st_nlink
-        if node.is_dir and (self.static_nlink or len(node.lower_indices) + node.upper > 1):
+        if node.kind == S_IFDIR and (self.static_nlink or len(node.lower_indices) + node.upper > 1):
             nlink = 1
         elif node.gone:
             nlink = 0
         attr.st_nlink = nlink
-        attr.st_uid = uid
-        attr.st_gid = gid
-        attr.st_rdev = rdev
         attr.st_size = st.st_size
         attr.st_blksize = st.st_blksize
         attr.st_blocks = st.st_blocks

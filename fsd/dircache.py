@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import stat
+from collections.abc import Collection
 
 from .inode import Node
 from .ondisk import dir_is_opaque, scan_dir
@@ -29,7 +30,10 @@ class Entry:
 
     lower_index: the index of the lower layer holding the object; lower_indices:
     for a directory, those where a directory of that name may merge (opaque
-    markers inside them are applied when the child node is made).
+    markers inside them are applied when the child node is made).  Read-only
+    once the merge that made it is done: the merge changes only entries of
+    layers above the one it reads, so those made from the last layer it reads
+    are never changed, and the equal ones share one object (`_shared`).
     """
 
     lower_index: int
@@ -47,6 +51,8 @@ class UpperDir:
 class DirCache:
     def __init__(self, ovl: Overlay):
         self.ovl = ovl
+        # lower index -> {S_IFMT: the Entry of a name found in that layer only}
+        self._entries_of: dict[int, dict[int, Entry]] = {}
 
     def upper_entries(self, node: Node) -> UpperDir:
         if node.upper_entries is None:
@@ -82,6 +88,9 @@ class DirCache:
         for pos, index in enumerate(indices):
             layer = self.ovl.lowers[index]
             names, whiteouts, marker_file = scan_dir(layer, rel)
+            if pos == last:
+                merged = self._merge_last(merged, hidden, names, index)
+                break
             for name, kind in names.items():
                 entry = merged.get(name)
                 if entry is None:
@@ -99,9 +108,35 @@ class DirCache:
                     hidden.add(name)
                 else:
                     entry.open = False
-            if cut and pos < last and dir_is_opaque(layer, rel, marker_file=marker_file):
+            if cut and dir_is_opaque(layer, rel, marker_file=marker_file):
                 return indices[:pos + 1], merged
         return indices, merged
+
+    def _merge_last(self, merged: dict[bytes, Entry], hidden: set[bytes], names: dict[bytes, int],
+                    index: int) -> dict[bytes, Entry]:
+        """`merged` with the names of the last layer read (`index`) under it: a
+        name new here gets the shared Entry of its layer and kind; its whiteouts
+        hide nothing further down.  A directory in one layer only, the
+        commonest, costs one dict insert per name."""
+        shared = self._entries_of.get(index)
+        if shared is None:
+            shared = self._entries_of[index] = {}
+        if not merged and not hidden:
+            return {name: shared.get(kind) or self._shared(index, kind) for name, kind in names.items()}
+        for name, kind in names.items():
+            entry = merged.get(name)
+            if entry is None:
+                if name not in hidden:
+                    merged[name] = shared.get(kind) or self._shared(index, kind)
+            elif entry.open and kind == S_IFDIR:
+                entry.lower_indices += (index,)
+        return merged
+
+    def _shared(self, index: int, kind: int) -> Entry:
+        """The one Entry of a name of kind found in lower `index` only."""
+        is_dir = kind == S_IFDIR
+        entry = self._entries_of[index][kind] = Entry(index, kind, (index,) if is_dir else (), is_dir)
+        return entry
 
     def scan_upper(self, rel: bytes) -> UpperDir:
         names, whiteouts, _ = scan_dir(self.ovl.upper, rel)
@@ -120,19 +155,18 @@ class DirCache:
             return False
         return name in self.lower_entries(parent)
 
-    def merged_names(self, node: Node) -> dict[bytes, int]:
-        """name -> S_IFMT of every entry of a merged directory, markers applied."""
-        out: dict[bytes, int] = {}
-        whiteouts: set[bytes] = set()
-        if node.upper:
-            upper = self.upper_entries(node)
-            out.update(upper.names)
-            whiteouts = upper.whiteouts
-        if node.lower_indices:
-            for name, entry in self.lower_entries(node).items():
-                if name not in out and name not in whiteouts:
-                    out[name] = entry.kind
-        return out
+    def merged_names(self, node: Node) -> Collection[bytes]:
+        """Every name of a merged directory, markers applied, the upper's first.
+        Where one side has them all, a view of its cached listing: read it
+        before the directory changes."""
+        upper = self.upper_entries(node) if node.upper else None
+        if not node.lower_indices:
+            return upper.names.keys() if upper is not None else ()
+        lower = self.lower_entries(node)
+        if upper is None:
+            return lower.keys()
+        names, whiteouts = upper.names, upper.whiteouts
+        return [*names, *(name for name in lower if name not in names and name not in whiteouts)]
 
     # --- kept exact by every change of an upper directory ---------------------------
 

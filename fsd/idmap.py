@@ -45,6 +45,11 @@ class IdMap:
     def squashed(self) -> bool:
         return self.squash_uid is not None or self.squash_gid is not None
 
+    @property
+    def identity(self) -> bool:
+        """Whether every id shows as it is stored (no mapping, no squash)."""
+        return not self.uids and not self.gids and not self.squashed
+
     def shown(self, uid: int, gid: int) -> tuple[int, int]:
         """Disk ids as the mount shows them."""
         if self.uids:

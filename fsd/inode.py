@@ -64,11 +64,11 @@ class Node:
     # dropped): every path cached before it may name a moved tree.
     _epoch = 0
 
-    def __init__(self, ino: int, key: int, kind: int):
+    def __init__(self, ino: int, key: int, kind: int, link: "tuple[Node, bytes] | None" = None):
         self.ino = ino
         self.key = key
         self.kind = kind
-        self.links: list[tuple[Node, bytes]] = []
+        self.links: list[tuple[Node, bytes]] = [link] if link is not None else []
         self.upper = False
         self.lower_index = UPPER
         self.lower_indices: tuple[int, ...] = ()
@@ -196,6 +196,10 @@ class InodeTable:
         for layer in [*lowers, upper]:
             if layer is not None:
                 self._devs.setdefault(layer.dev, len(self._devs))
+        # by lower index, the high bits of key_for's numbers of its objects (None
+        # where key_for has to decide), so that `lower_key` has no device to look up
+        self._lower_bases = [self._devs[layer.dev] << _DEV_SHIFT
+                             if self._devs[layer.dev] < 1 << (62 - _DEV_SHIFT) else None for layer in lowers]
         self._fresh = itertools.count(_FRESH_BASE)
         # upper st_ino -> number, for objects whose origin xattr the filesystem
         # refused (user.* on symlinks): kept for the life of the mount
@@ -299,6 +303,13 @@ class InodeTable:
         key = (index << _DEV_SHIFT) | st_ino
         return key if key != pyfuse3.ROOT_INODE else _FRESH_BASE - 1
 
+    def lower_key(self, index: int, st_ino: int) -> int:
+        """key_for the object st_ino of lower `index` (once per lower object found)."""
+        base = self._lower_bases[index]
+        if base is None or st_ino >= 1 << _DEV_SHIFT or st_ino == pyfuse3.ROOT_INODE:
+            return self.key_for(self.lowers[index].dev, st_ino)
+        return base | st_ino
+
     def fresh_key(self) -> int:
         """A number no real object maps to, and no live node has (one kept in
         an xattr at an earlier mount may have come from the same counter)."""
@@ -330,10 +341,11 @@ class InodeTable:
             return None
         return node
 
-    def add(self, key: int, kind: int) -> Node:
-        """A new node for key; a fresh number if the key's number is still in use."""
+    def add(self, key: int, kind: int, link: tuple[Node, bytes] | None = None) -> Node:
+        """A new node for key (named by `link`, a (parent, name), if given); a
+        fresh number if the key's number is still in use."""
         ino = key if key not in self.nodes else self.fresh_key()
-        node = Node(ino, key, kind)
+        node = Node(ino, key, kind, link)
         self.nodes[ino] = node
         self._by_key[key] = node
         return node

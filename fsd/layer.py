@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import stat
+import sys
 
 __all__ = ["Layer", "Named", "Opened", "UPPER", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT",
            "reopen"]
@@ -23,6 +24,8 @@ RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 
+S_IFDIR, S_IFREG, S_IFLNK = stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _LONG = 3000  # past this many bytes a relative path is walked in pieces
 # what a filesystem or an unprivileged daemon answers for xattrs it keeps none of or hides
 _NO_XATTRS = (errno.ENOTSUP, errno.EPERM, errno.EACCES)
@@ -120,20 +123,19 @@ class Layer:
         dfd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME)
         try:
             out = []
+            append = out.append
             with os.scandir(dfd) as it:
-                for entry in it:
-                    raw = os.fsencode(entry.name)
+                for entry in it:  # names come as str from a descriptor: os.fsencode's encoding, inlined
+                    raw = entry.name.encode(_FS_ENCODING, _FS_ERRORS)
                     if entry.is_dir(follow_symlinks=False):
-                        kind = 0o040000
+                        append((raw, S_IFDIR, 0))
                     elif entry.is_file(follow_symlinks=False):
-                        kind = 0o100000
+                        append((raw, S_IFREG, 0))
                     elif entry.is_symlink():
-                        kind = 0o120000
+                        append((raw, S_IFLNK, 0))
                     else:
                         st = os.lstat(raw, dir_fd=dfd)
-                        out.append((raw, st.st_mode & 0o170000, st.st_rdev))
-                        continue
-                    out.append((raw, kind, 0))
+                        append((raw, st.st_mode & 0o170000, st.st_rdev))
             return out
         finally:
             os.close(dfd)

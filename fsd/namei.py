@@ -130,12 +130,14 @@ class Namei:
         return node
 
     def _lower_child(self, parent: Node, name: bytes, entry: Entry) -> Node:
+        """The node of lower object `name` (once per name found, of every walk)."""
         rel = parent.child_path(name)
-        layer = self.ovl.lowers[entry.lower_index]
-        st = layer.lstat(rel)
-        kind = stat.S_IFMT(st.st_mode)
-        key = self.table.key_for(layer.dev, st.st_ino)
-        node = self.table.find(key, kind)
+        index = entry.lower_index
+        st = self.ovl.lowers[index].lstat(rel)
+        kind = st.st_mode & 0o170000  # S_IFMT
+        table = self.table
+        key = table.lower_key(index, st.st_ino)
+        node = table.find(key, kind)
         if node is not None and node.upper:
             if node.linking_names:
                 # a copy-up that published the file is linking its other names,
@@ -144,13 +146,14 @@ class Namei:
                 node.add_link_behind(parent, name)
                 return node
             node = None  # a hard link whose file was copied up without this name
-            key = self.table.fresh_key()
+            key = table.fresh_key()
         if node is None:
-            node = self.table.add(key, kind)
+            node = table.add(key, kind, (parent, name))
             if kind == S_IFDIR:
                 self.dircache.merge_below(node, entry.lower_indices, rel)
-        node.add_link(parent, name)
-        node.lower_index = entry.lower_index
+        else:
+            node.add_link(parent, name)
+        node.lower_index = index
         node.lower_stat = st
         return node
 

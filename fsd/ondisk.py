@@ -48,13 +48,6 @@ def is_whiteout_dev(kind: int, rdev: int) -> bool:
     return kind == stat.S_IFCHR and rdev == 0
 
 
-def whiteout_target(name: bytes) -> bytes | None:
-    """For `.wh.NAME` the hidden NAME; None for other names and the opaque marker."""
-    if name.startswith(WH_PREFIX) and name != OPAQUE_FILE and len(name) > len(WH_PREFIX):
-        return name[len(WH_PREFIX):]
-    return None
-
-
 def is_reserved_name(name: bytes) -> bool:
     """Names that can never be looked up or created through the mount."""
     return name.startswith(WH_PREFIX)
@@ -140,17 +133,18 @@ def scan_dir(layer: Layer, rel: bytes) -> tuple[dict[bytes, int], set[bytes], bo
     names: dict[bytes, int] = {}
     whiteouts: set[bytes] = set()
     opaque = False
+    # Once per listed entry of every directory read: the ordinary name (not
+    # `.wh.`, not a character device) costs two tests and the insert.
     for name, kind, rdev in layer.scandir(rel):
-        if name == OPAQUE_FILE:
-            opaque = True
-            continue
-        target = whiteout_target(name)
-        if target is not None:
-            whiteouts.add(target)
-        elif is_whiteout_dev(kind, rdev):
+        if name.startswith(WH_PREFIX):
+            if name == OPAQUE_FILE:
+                opaque = True
+            elif len(name) > len(WH_PREFIX):
+                whiteouts.add(name[len(WH_PREFIX):])  # `.wh.NAME` hides NAME
+            elif is_whiteout_dev(kind, rdev):
+                whiteouts.add(name)
+        elif kind == stat.S_IFCHR and is_whiteout_dev(kind, rdev):
             whiteouts.add(name)
-        elif is_reserved_name(name):
-            continue
         else:
             names[name] = kind
     whiteouts.difference_update(names)

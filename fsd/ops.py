@@ -304,8 +304,9 @@ class Operations(pyfuse3.Operations):
 
     @request
     async def readdir(self, fh, start_id, token):
+        reply = pyfuse3.readdir_reply
         for name, attr, next_id, child in self.listings.entries(fh, start_id):
-            if not pyfuse3.readdir_reply(token, name, attr, next_id):
+            if not reply(token, name, attr, next_id):
                 if child is not None:
                     self.table.unused(child)
                 return

@@ -72,19 +72,19 @@ class ReaddirOps:
             handle.names = [b".", b"..", *self.dircache.merged_names(node)]
             if node.upper and not node.gone and self.dir_atime:
                 self._read_upper(node)
-        for pos in range(start, len(handle.names)):
-            name = handle.names[pos]
-            if name == b".":
-                yield name, self.attrs.entry(node), pos + 1, None
-                continue
-            if name == b"..":
-                yield name, self.attrs.entry(node.parent or node), pos + 1, None
-                continue
+        names = handle.names
+        if start == 0:
+            yield b".", self.attrs.entry(node), 1, None
+        if start <= 1:
+            yield b"..", self.attrs.entry(node.parent or node), 2, None
+        find, entry = self.namei.find, self.attrs.entry
+        for pos in range(max(start, 2), len(names)):
+            name = names[pos]
             try:
-                child = self.namei.find(node, name)
+                child = find(node, name)
                 if child is None:
                     continue  # removed since the listing was taken
-                attr = self.attrs.entry(child)
+                attr = entry(child)
             except FileNotFoundError:
                 continue
             yield name, attr, pos + 1, child

@@ -36,3 +36,11 @@ def test_filesystems_are_numbered_in_stack_order():
     second = table_of(10, 20, 30)
     assert first.key_for(20, 5) == second.key_for(20, 5)
     assert len({second.key_for(d, 5) for d in (10, 20, 30)}) == 3
+
+
+def test_a_lower_object_numbered_by_its_layer_index_gets_the_number_of_its_device():
+    table = table_of(10, 20, 10)  # two lowers on one filesystem: st_ino is what tells them apart
+    for index, dev in enumerate((10, 20, 10)):
+        for st_ino in (1, 2, 12345, (1 << 48) - 1, 1 << 48, 1 << 63):
+            assert table.lower_key(index, st_ino) == table.key_for(dev, st_ino), (index, st_ino)
+    assert table.lower_key(0, 1) != 1, "never the root's number"

@@ -41,6 +41,23 @@ async def test_whiteouts_markers_and_what_they_hide_are_not_listed(overlay):
     assert sorted(await fs.listdir("d")) == [b"new", b"opq"]
 
 
+async def test_a_directory_merges_only_the_layers_of_its_own_path(overlay):
+    """Listings made one after the other, each from its own layers: what the merge
+    of y/sub adds to its own entry (y/sub is in the middle and bottom layers)
+    is not in x/sub's (the middle layer only; the bottom one has a file x)."""
+    top, middle, bottom = overlay.lowers(3)
+    write(top, "x/t", "t")
+    write(middle, "x/sub/m", "m")
+    write(bottom, "x", "a file under the directories")
+    write(middle, "y/sub/m", "m")
+    write(bottom, "y/sub/b", "b")
+    fs = await overlay.mount()
+    assert sorted(await fs.listdir("x")) == [b"sub", b"t"]
+    assert sorted(await fs.listdir("y/sub")) == [b"b", b"m"]
+    assert await fs.listdir("x/sub") == [b"m"]
+    assert await fs.read("x/sub/m") == b"m"
+
+
 async def test_dot_and_dotdot_come_first_with_their_inode_numbers(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "d/sub/f", "x")
