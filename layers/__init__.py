@@ -11,6 +11,7 @@ LEVELS = {
     # packages (their __init__ imports nothing), and what imports nothing
     "__init__": 0, "drivers": 0, "registry": 0,
     "units": 0, "fsprobe": 0, "registry.auth": 0, "registry.parallel": 0, "elfdeps": 0,
+    "registry.choices": 0,
     # kinds of failure; progress on a terminal; how a new store picks its driver
     "errors": 1, "progress": 1, "driverchoice": 1,
     # identity (sha256 digests, ChainIDs); storage.conf; the registry's failures

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from .credentials import parse_creds
 from .. import progress, units
-from .remote import Platform
-from .session import DEFAULT_JOBS, PullReport, PushReport, RegistryOptions
-from .upload import COMPRESSIONS, FORMATS
+from .choices import COMPRESSIONS, DEFAULT_JOBS, FORMATS
+
+if TYPE_CHECKING:
+    from .session import PullReport, PushReport, RegistryOptions
 
 
 def _bool(text: str) -> bool:
@@ -102,6 +103,11 @@ def add_parsers(sub) -> None:
 
 
 def options_from(args) -> RegistryOptions:
+    # here, not at the top: the CLI builds this module's parsers for every
+    # command, and these modules load the whole transfer code (`choices`)
+    from .credentials import parse_creds
+    from .remote import Platform
+    from .session import RegistryOptions
     creds = parse_creds(args.creds) if args.creds else None
     platform = Platform.parse(args.platform) if getattr(args, "platform", None) else None
     return RegistryOptions(

@@ -28,6 +28,7 @@ from typing import Iterator
 from ..digest import Digest
 from ..errors import UsageError
 from . import regconf
+from .choices import DEFAULT_JOBS
 from .blobinfo import BlobInfoCache
 from .client import ClientOptions, RegistryClient
 from .credentials import Credentials, find_credentials
@@ -35,8 +36,6 @@ from .errors import RegistryAuthError, RegistryError
 from .reference import Reference, parse_reference
 from .remote import Platform, RemoteImage, resolve
 from .upload import PushedBlob, Pusher, check_options
-
-DEFAULT_JOBS = 4
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,7 @@ from .client import (DOCKER_CONFIG, DOCKER_MANIFEST, LAYER_TYPES, OCI_CONFIG, OC
                      RegistryClient)
 from .reference import Reference
 
-FORMATS = ("oci", "v2s2")
-COMPRESSIONS = ("gzip", "none", "estargz")
-LAYER_MEDIA = {
+LAYER_MEDIA = {       # by (choices.FORMATS, choices.COMPRESSIONS)
     ("oci", "gzip"): "application/vnd.oci.image.layer.v1.tar+gzip",
     ("oci", "none"): "application/vnd.oci.image.layer.v1.tar",
     ("oci", "estargz"): "application/vnd.oci.image.layer.v1.tar+gzip",
