@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
+
+import pytest
+import trio
+import trio.testing
 
 from support.layergen import write
 
@@ -104,3 +109,30 @@ async def test_a_node_with_passthrough_handles_keeps_them_after_passthrough_turn
     for info in (first, other, second):
         await fs.ops.release(info.fh)
     assert fs.session.backings == {}
+
+
+async def test_a_worker_job_answers_its_caller_and_waits_for_a_free_thread():
+    """fsync's worker: the function's result or exception reaches the caller;
+    with every thread of trio's default limit in use, a job waits for one."""
+    from fsd.file import _in_worker
+
+    assert await _in_worker(pow, 2, 10) == 1024
+    with pytest.raises(OSError):
+        await _in_worker(os.fsync, 1 << 20)  # no such descriptor: EBADF
+    limiter = trio.to_thread.current_default_thread_limiter()
+    limiter.total_tokens = 1
+    released = threading.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_in_worker, released.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.borrowed_tokens == 1
+        done = []
+
+        async def second():
+            done.append(await _in_worker(pow, 3, 2))
+
+        nursery.start_soon(second)
+        await trio.testing.wait_all_tasks_blocked()
+        assert done == [] and limiter.statistics().tasks_waiting == 1
+        released.set()
+    assert done == [9] and limiter.borrowed_tokens == 0
