@@ -72,9 +72,11 @@ class DirCache:
         """Set a new lower directory node's lower dirs: the candidates cut after the
         first opaque one (as merge_depth), and, when there are several, their
         merged listing in the same pass.  The scan of each dir that the listing
-        needs anyway tells whether a `.wh..wh..opq` file marks it opaque, so each
-        costs a listxattr for opacity, not an lstat of the marker too: on a deep
-        stack that is most of a cold lookup's system calls."""
+        needs anyway tells whether a `.wh..wh..opq` file marks it opaque and
+        reads its xattr names through the descriptor it opened, so opacity costs
+        a flistxattr per dir, not an lstat of the marker and a listxattr by path
+        (through /proc) too: on a deep stack that is most of a cold lookup's
+        system calls."""
         if len(candidates) < 2:
             node.lower_indices = candidates
         else:
@@ -87,10 +89,11 @@ class DirCache:
         last = len(indices) - 1
         for pos, index in enumerate(indices):
             layer = self.ovl.lowers[index]
-            names, whiteouts, marker_file = scan_dir(layer, rel)
             if pos == last:
+                names = scan_dir(layer, rel)[0]
                 merged = self._merge_last(merged, hidden, names, index)
                 break
+            names, whiteouts, marker_file, attrs = scan_dir(layer, rel, xattrs=cut)
             for name, kind in names.items():
                 entry = merged.get(name)
                 if entry is None:
@@ -108,7 +111,7 @@ class DirCache:
                     hidden.add(name)
                 else:
                     entry.open = False
-            if cut and dir_is_opaque(layer, rel, marker_file=marker_file):
+            if cut and dir_is_opaque(layer, rel, attrs, marker_file):
                 return indices[:pos + 1], merged
         return indices, merged
 
@@ -139,7 +142,7 @@ class DirCache:
         return entry
 
     def scan_upper(self, rel: bytes) -> UpperDir:
-        names, whiteouts, _ = scan_dir(self.ovl.upper, rel)
+        names, whiteouts, _, _ = scan_dir(self.ovl.upper, rel)
         return UpperDir(names, whiteouts)
 
     def merge_depth(self, candidates: tuple[int, ...], rel: bytes) -> tuple[int, ...]:

@@ -38,6 +38,8 @@ from .ondisk import Markers, format_origin, parse_origin
 __all__ = ["Node", "InodeTable", "UPPER"]
 
 _DEV_SHIFT = 48
+_INO_LIMIT = 1 << _DEV_SHIFT  # an st_ino from here on is hashed (key_for)
+_ROOT = pyfuse3.ROOT_INODE
 _FRESH_BASE = 1 << 62
 
 
@@ -306,7 +308,7 @@ class InodeTable:
     def lower_key(self, index: int, st_ino: int) -> int:
         """key_for the object st_ino of lower `index` (once per lower object found)."""
         base = self._lower_bases[index]
-        if base is None or st_ino >= 1 << _DEV_SHIFT or st_ino == pyfuse3.ROOT_INODE:
+        if base is None or st_ino >= _INO_LIMIT or st_ino == _ROOT:
             return self.key_for(self.lowers[index].dev, st_ino)
         return base | st_ino
 

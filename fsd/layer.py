@@ -122,21 +122,16 @@ class Layer:
         """(name, d_type as S_IFMT, st_rdev or 0 for char devices) of every entry."""
         dfd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME)
         try:
-            out = []
-            append = out.append
-            with os.scandir(dfd) as it:
-                for entry in it:  # names come as str from a descriptor: os.fsencode's encoding, inlined
-                    raw = entry.name.encode(_FS_ENCODING, _FS_ERRORS)
-                    if entry.is_dir(follow_symlinks=False):
-                        append((raw, S_IFDIR, 0))
-                    elif entry.is_file(follow_symlinks=False):
-                        append((raw, S_IFREG, 0))
-                    elif entry.is_symlink():
-                        append((raw, S_IFLNK, 0))
-                    else:
-                        st = os.lstat(raw, dir_fd=dfd)
-                        append((raw, st.st_mode & 0o170000, st.st_rdev))
-            return out
+            return _entries(dfd)
+        finally:
+            os.close(dfd)
+
+    def scandir_and_xattrs(self, rel: bytes) -> tuple[list[tuple[bytes, int, int]], list[bytes]]:
+        """scandir, and the directory's xattr names, read through the descriptor
+        of the listing (listxattr would walk the path again, through /proc)."""
+        dfd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME)
+        try:
+            return _entries(dfd), Opened(dfd).listxattr()
         finally:
             os.close(dfd)
 
@@ -258,6 +253,25 @@ class Layer:
             yield st
             if stat.S_ISDIR(st.st_mode):
                 pending.extend(path + b"/" + name for name, _, _ in self.scandir(path))
+
+
+def _entries(dfd: int) -> list[tuple[bytes, int, int]]:
+    """Layer.scandir of the directory open on dfd."""
+    out = []
+    append = out.append
+    with os.scandir(dfd) as it:
+        for entry in it:  # names come as str from a descriptor: os.fsencode's encoding, inlined
+            raw = entry.name.encode(_FS_ENCODING, _FS_ERRORS)
+            if entry.is_dir(follow_symlinks=False):
+                append((raw, S_IFDIR, 0))
+            elif entry.is_file(follow_symlinks=False):
+                append((raw, S_IFREG, 0))
+            elif entry.is_symlink():
+                append((raw, S_IFLNK, 0))
+            else:
+                st = os.lstat(raw, dir_fd=dfd)
+                append((raw, st.st_mode & 0o170000, st.st_rdev))
+    return out
 
 
 class Named:

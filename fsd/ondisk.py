@@ -126,16 +126,22 @@ def _join(base: bytes, name: bytes) -> bytes:
 
 # --- reading a real directory -------------------------------------------------------
 
-def scan_dir(layer: Layer, rel: bytes) -> tuple[dict[bytes, int], set[bytes], bool]:
+def scan_dir(layer: Layer, rel: bytes, xattrs: bool = False
+             ) -> tuple[dict[bytes, int], set[bytes], bool, list[bytes] | None]:
     """One real directory: its entries (name -> S_IFMT), the names it whites out,
-    and whether a `.wh..wh..opq` file makes it opaque.  Reserved `.wh.` names are
-    never entries; a real entry of the same layer wins over its whiteout."""
+    whether a `.wh..wh..opq` file makes it opaque, and with `xattrs` its xattr
+    names (for dir_is_opaque; else None).  Reserved `.wh.` names are never
+    entries; a real entry of the same layer wins over its whiteout."""
     names: dict[bytes, int] = {}
     whiteouts: set[bytes] = set()
     opaque = False
+    if xattrs:
+        entries, attrs = layer.scandir_and_xattrs(rel)
+    else:
+        entries, attrs = layer.scandir(rel), None
     # Once per listed entry of every directory read: the ordinary name (not
     # `.wh.`, not a character device) costs two tests and the insert.
-    for name, kind, rdev in layer.scandir(rel):
+    for name, kind, rdev in entries:
         if name.startswith(WH_PREFIX):
             if name == OPAQUE_FILE:
                 opaque = True
@@ -148,7 +154,7 @@ def scan_dir(layer: Layer, rel: bytes) -> tuple[dict[bytes, int], set[bytes], bo
         else:
             names[name] = kind
     whiteouts.difference_update(names)
-    return names, whiteouts, opaque
+    return names, whiteouts, opaque, attrs
 
 
 def dir_is_opaque(layer: Layer, rel: bytes, attrs: list[bytes] | None = None,

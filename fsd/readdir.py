@@ -77,14 +77,14 @@ class ReaddirOps:
             yield b".", self.attrs.entry(node), 1, None
         if start <= 1:
             yield b"..", self.attrs.entry(node.parent or node), 2, None
-        find, entry = self.namei.find, self.attrs.entry
+        find, entry = self.namei.find_stat, self.attrs.entry
         for pos in range(max(start, 2), len(names)):
             name = names[pos]
             try:
-                child = find(node, name)
+                child, st = find(node, name)
                 if child is None:
                     continue  # removed since the listing was taken
-                attr = entry(child)
+                attr = entry(child, st)  # an upper object's stat, taken by the lookup
             except FileNotFoundError:
                 continue
             yield name, attr, pos + 1, child

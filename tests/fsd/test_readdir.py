@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from harness import Token
 from support.layergen import make_opaque, whiteout, write
 
 
@@ -56,6 +57,31 @@ async def test_a_directory_merges_only_the_layers_of_its_own_path(overlay):
     assert sorted(await fs.listdir("y/sub")) == [b"b", b"m"]
     assert await fs.listdir("x/sub") == [b"m"]
     assert await fs.read("x/sub/m") == b"m"
+
+
+async def test_each_entry_comes_with_the_attributes_a_stat_of_it_gives(overlay):
+    top, bottom = overlay.lowers(2)
+    write(bottom, "d/lower", "l")
+    write(bottom, "d/copied", "c")
+    write(top, "d/sub/f", "s")
+    write(bottom, "d/sub/g", "g")
+    os.symlink("lower", top / "d" / "link")
+    fs = await overlay.mount()
+    await fs.create("d/new")
+    await fs.write("d/copied", b"copied up, longer")
+    await fs.mkdir("d/newdir")
+    fh = await fs.opendir("d")
+    token = Token()
+    await fs.ops.readdir(fh, 0, token)
+    await fs.ops.releasedir(fh)
+    fields = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_ctime_ns")
+    listed = {name: [getattr(attr, f) for f in fields] for name, attr, _ in token.entries}
+    assert sorted(listed) == [b".", b"..", b"copied", b"link", b"lower", b"new", b"newdir", b"sub"]
+    for name, attrs in listed.items():
+        if name not in (b".", b".."):
+            fs.held[attrs[0]] += 1
+            stat = await fs.stat(b"d/" + name)
+            assert attrs == [getattr(stat, f) for f in fields], name
 
 
 async def test_dot_and_dotdot_come_first_with_their_inode_numbers(overlay):
