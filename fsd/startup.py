@@ -19,6 +19,12 @@ of it.  Inside `trimmed()`:
 About 10 ms of a warm start of ~80 ms, more when the files are not cached
 (libssl and libcrypto alone are 5 MB).  Only the daemon's entry (cli.py)
 uses it: a program that imports fsd's modules imports trio as it is.
+
+And the launcher: pip's console script starts Python with site, which runs
+the environment's .pth files (the editable install's import finder among
+them), ~3 ms of every start for two sys.path entries.  `write_launcher`
+writes one that starts Python without site and sets those entries itself;
+scripts/install puts it over pip's (`python -m fsd.startup PATH`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import os
 import sys
 import threading
 import types
+
+# A #! line longer than this is cut by the kernel (BINPRM_BUF_SIZE, Linux 5.1)
+SHEBANG_MAX = 255
 
 # What trio's import imports (some through ctypes.util) and runs nothing of
 DEFERRED = ("ssl", "hmac", "idna", "subprocess", "shutil", "tempfile")
@@ -97,3 +106,37 @@ def trimmed():
         yield
     finally:
         ctypes.util.find_library = search
+
+
+def write_launcher(path: str) -> bool:
+    """Write fsd's launcher at path: this Python started without site (-S),
+    with the environment's packages and the directory holding fsd on
+    sys.path, as site would have them (after the standard library).  False,
+    leaving path as it is, where a #! line cannot name this Python (a path
+    too long, or with white space)."""
+    import sysconfig
+    shebang = f"#!{sys.executable} -S"
+    if len(shebang) > SHEBANG_MAX or any(c.isspace() for c in sys.executable):
+        return False
+    paths = [sysconfig.get_path("purelib"), sysconfig.get_path("platlib"),
+             os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    text = (f"{shebang}\n"
+            "# fsd's launcher, written by scripts/install (fsd/startup.py): Python\n"
+            "# without site, and on sys.path what site would give fsd\n"
+            "import sys\n"
+            "sys.path[0:1] = []  # not this script's directory\n"
+            f"sys.path += {list(dict.fromkeys(paths))!r}\n"
+            "from fsd.cli import main\n"
+            "sys.exit(main())\n")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)
+    return True
+
+
+if __name__ == "__main__":  # scripts/install: python -m fsd.startup PATH
+    if not write_launcher(sys.argv[1]):
+        print(f"fsd: {sys.executable} cannot be named on a #! line; {sys.argv[1]} left as it is",
+              file=sys.stderr)

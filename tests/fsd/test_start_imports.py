@@ -11,9 +11,14 @@ fsd's start. It imports pickle only where it refuses to pickle
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib import metadata
+
+import pytest
+
+from support import mounts
 
 
 def _run(code: str):
@@ -116,3 +121,39 @@ def test_the_start_collects_no_garbage_and_serving_collects_again():
                "_collect_less()\n"
                "print(json.dumps(during + [gc.isenabled()]))")
     assert got == [False, 0, True]
+
+
+def _imports_of(argv: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run argv with Python's import profile on: its result, and the modules it imported."""
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1"})
+    return r, {line.rpartition("|")[2].strip() for line in r.stderr.splitlines()
+               if line.startswith("import time:")}
+
+
+def test_the_installed_fsd_starts_python_without_site():
+    # site runs the environment's .pth files (the editable install's import
+    # finder) at every start; the launcher of scripts/install skips it
+    # (startup.write_launcher) and still finds fsd, its packages and its version
+    fsd = mounts.fsd_executable()
+    if os.environ.get("STRATA_FSD") or not os.path.exists(fsd):
+        pytest.skip("no installed fsd of this checkout")
+    r, imported = _imports_of([fsd, "--version"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[0] == f"fsd {metadata.version('strata')}"
+    assert "fsd.cli" in imported
+    assert not imported & {"site", "sitecustomize"}
+    assert not [m for m in imported if m.startswith("__editable__")]
+
+
+def test_a_launcher_is_written_only_where_a_shebang_can_name_python(tmp_path):
+    written = _run("from fsd import startup\n"
+                   f"ok = startup.write_launcher({str(tmp_path / 'fsd')!r})\n"
+                   "sys.executable = '/' + 'x' * startup.SHEBANG_MAX\n"
+                   f"too_long = startup.write_launcher({str(tmp_path / 'fsd2')!r})\n"
+                   "print(json.dumps([ok, too_long]))")
+    assert written == [True, False]
+    assert not (tmp_path / "fsd2").exists()
+    r, imported = _imports_of([str(tmp_path / "fsd"), "-h"])
+    assert r.returncode == 0 and "lowerdir" in r.stdout
+    assert "site" not in imported and "fsd.cli" in imported

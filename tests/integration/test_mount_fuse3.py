@@ -65,12 +65,13 @@ def _mount(argv, cwd, env=None) -> mounts.Result:
 
 
 def _under_test(pids: list[int]) -> None:
-    """The daemons serving the mount run the fsd under test (a console
-    script: argv is the venv's python, then the script as it was named)."""
+    """The daemons serving the mount run the fsd under test (a script: argv
+    is the venv's python, the argument of its #! line (-S), then the script
+    as it was named)."""
     assert pids, "no fsd daemon serves the mount"
     want = os.path.realpath(mounts.fsd_executable())
     for pid in pids:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2]
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3]
         assert want in (os.path.realpath(os.fsdecode(a)) for a in argv if a), \
             f"fsd {pid} is not the fsd under test {want}: {argv}"
 

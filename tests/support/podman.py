@@ -230,7 +230,8 @@ class PodmanStore:
                 argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if any(a.endswith(b"/fsd") for a in argv[:2]):
+            # python, the argument of fsd's #! line (-S), the script
+            if any(a.endswith(b"/fsd") for a in argv[:3]):
                 out.append(pid)
         return out
 
