@@ -59,8 +59,15 @@ command line): the mode then arrives as asked, the umask in
 RequestContext.umask. The results are the mode and umask the create handler
 got, read through CALLS_XATTR.
 
-The fallocate, lseek, opendir, killpriv, tmpfile, receive loop, passthrough and
-dont_mask tests fail without their patches. The filesystem under test is a flat
+Stock pyfuse3's read handler must return the data as bytes: the file system
+reads it into a Python object, which pyfuse3 then copies into the reply.
+patches/pyfuse3-3.5.0-read-fd-range.patch lets it return a pyfuse3.FdRange
+(a file descriptor, an offset and a size) instead, which libfuse reads into the
+reply itself, or splices ("fd_range" on the command line: every read is
+answered so). The results are the data the reader gets, and the error.
+
+The fallocate, lseek, opendir, killpriv, tmpfile, receive loop, passthrough,
+dont_mask and FdRange tests fail without their patches. The filesystem under test is a flat
 passthrough of one backing directory, defined below and served by a child
 process (`python THIS_FILE BACKING MOUNTPOINT [OPENDIR_REPLY]`), so pyfuse3's
 one-mount-per-process state stays out of pytest.
@@ -103,6 +110,8 @@ GATED_XATTR = "user.passthrough.gated"
 GATED_PREFIX = "gated"  # the release of a file so named waits for the gate too
 STALL_XATTR = "user.passthrough.stall"  # setxattr on the root: Passthrough.stall
 STALL_FIFO = ".stall"  # in the backing directory
+SUSPEND_PREFIX = "suspend"  # fd_range: a read of a file so named suspends first
+UNREADABLE = "unreadable"  # fd_range: a read of this file is answered with a range of a directory
 FORGET_ALL_XATTR = "user.passthrough.forget_all"  # setxattr on the root: Passthrough.forget_all
 # SIGTERM: pyfuse3.terminate(), as fsd does; SIGUSR1: cancel pyfuse3.main();
 # SIGUSR2: open the gate.
@@ -179,6 +188,8 @@ class Passthrough(pyfuse3.Operations):
         self.backing_ids: dict[int, int] = {}  # file handle -> backing id
         # "dont_mask": enable_dont_mask
         self.enable_dont_mask = opendir_reply == "dont_mask"
+        # "fd_range": reads answered with FdRange (see read)
+        self.fd_range = opendir_reply == "fd_range"
         self.fh_names: dict[int, int] = {}  # file handle (a backing fd) -> inode
         self.nameless: dict[int, int] = {}  # inode of an O_TMPFILE file -> its fd
         self.lookups: dict[int, int] = {}  # inode -> lookups the kernel has not forgotten
@@ -292,7 +303,15 @@ class Passthrough(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fd), self._entry(self._looked_up(inode), os.fstat(fd))
 
     async def read(self, fh, off, size):
+        """With fd_range, the read is answered with a range of the backing
+        file, which pyfuse3 has libfuse read; of a file named SUSPEND_PREFIX...
+        after the handler suspended, of UNREADABLE a range of a directory."""
         self.calls["read"] += 1
+        if self.fd_range:
+            name = self.names.get(self.fh_names.get(fh), b"")
+            if name.startswith(SUSPEND_PREFIX.encode()):
+                await trio.lowlevel.checkpoint()
+            return pyfuse3.FdRange(self.dirfd if name == UNREADABLE.encode() else fh, off, size)
         with _fuse_errors():
             return os.pread(fh, size, off)
 
@@ -1053,6 +1072,45 @@ def test_passthrough_reads_and_writes_do_not_reach_the_daemon(passthrough):
     calls = _calls(mnt)
     assert calls["passthrough_granted"] is True
     assert (calls["read"], calls["write"]) == (0, 0)
+
+
+def _require_fd_range_patch() -> None:
+    if not hasattr(pyfuse3, "FdRange"):
+        pytest.fail("pyfuse3 has no FdRange: this pyfuse3 lacks "
+                    "patches/pyfuse3-3.5.0-read-fd-range.patch (run scripts/install)", pytrace=False)
+
+
+@pytest.mark.parametrize("passthrough", ["fd_range"], indirect=True)
+def test_a_read_answered_with_a_range_of_a_file_descriptor(passthrough):
+    """The data of the backing file reaches the reader: in small replies and
+    in large ones (the kernel's readahead asks 128 KiB at a time), short at
+    the end of the file, empty past it, zeros in a hole; from a handler that
+    suspended before it answered too. An error of reading the descriptor is
+    the read's."""
+    backing, mnt = passthrough.backing, passthrough.mnt
+    _require_fd_range_patch()
+    data = os.urandom(3 * MiB + 5)
+    files = {"big": data, "small": b"0123456789", "empty": b"", "suspended": data[:300000],
+             "sparse": bytes(MiB) + b"middle" + bytes(MiB), UNREADABLE: b"x"}
+    for name, content in files.items():
+        (backing / name).write_bytes(content)
+    with open(backing / "sparse", "r+b") as f:  # holes around the data
+        f.truncate(0)
+        f.seek(MiB)
+        f.write(b"middle")
+        f.truncate(2 * MiB + 6)
+
+    for name in ("big", "small", "empty", "suspended", "sparse"):
+        assert (mnt / name).read_bytes() == files[name], name
+    fd = os.open(mnt / "big", os.O_RDONLY)
+    try:
+        for off, n in ((len(data) - 5, 100), (len(data), 10), (len(data) + 4096, 1)):
+            assert os.pread(fd, n, off) == data[off:off + n], (off, n)
+    finally:
+        os.close(fd)
+    with pytest.raises(IsADirectoryError):
+        (mnt / UNREADABLE).read_bytes()
+    assert _calls(mnt)["read"] >= 3 * MiB // (128 * 1024)
 
 
 if __name__ == "__main__":
