@@ -5,8 +5,9 @@ no data.  A lower file's content is opened through lazy.py when its layer is
 lazy: fetched first.  Reads and writes go straight to the real descriptor, so a
 file unlinked while open keeps working through it.  O_DIRECT stays on the real
 descriptor, so the layer's filesystem applies its rules (ext4: EINVAL for an
-unaligned offset or size, as through the kernel overlay); the data of such a
-handle passes through page-aligned buffers, which O_DIRECT wants too.
+unaligned offset or size, as through the kernel overlay); the data written
+through such a handle passes through page-aligned buffers, which O_DIRECT wants
+too, and libfuse reads into a page-aligned one.
 
 Atimes: a lower file is read with O_NOATIME (a layer never changes, as under the
 kernel overlay); an upper one without, so that its filesystem updates the atime
@@ -214,13 +215,13 @@ class FileOps:
         daemon may not use it)."""
         return flags | os.O_NOATIME if self.noatime or not on_upper else flags
 
-    def read(self, fh: int, offset: int, size: int) -> bytes:
-        fd = self.fd(fh)
-        if not self.handles[fh].flags & os.O_DIRECT:
-            return os.pread(fd, size, offset)
-        buf = _aligned(size)
-        done = os.preadv(fd, [memoryview(buf)[:size]], offset)
-        return buf[:done]
+    def read(self, fh: int, offset: int, size: int) -> pyfuse3.FdRange:
+        """The range of the real file that answers the read: libfuse reads it
+        into the reply (or splices it there) as soon as this returns, while
+        the descriptor is still the handle's; the data never passes through
+        Python.  A short read at the end, an error of the real file (EINVAL
+        of an unaligned O_DIRECT read) reach the kernel as from pread(2)."""
+        return pyfuse3.FdRange(self.fd(fh), offset, size)
 
     def _pwrite(self, fh: int, fd: int, data: bytes, offset: int) -> int:
         if not self.handles[fh].flags & os.O_DIRECT:

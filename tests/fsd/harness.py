@@ -16,7 +16,8 @@ What the kernel does around a request is done here too: a path is looked up
 one component at a time (each reply counted as a lookup, `forget_all` gives
 them back as the kernel does when it drops its caches), modes of new objects
 are masked by the caller's umask unless fsd asks to do that itself
-(enable_dont_mask), a negative lookup reply is ENOENT.
+(enable_dont_mask), a negative lookup reply is ENOENT, a read answered
+with a range of a file descriptor gets that range's data (`read_fh`).
 
 pyfuse3's functions that need a live FUSE session are replaced for the test
 by recording fakes (`Session`): invalidations (and notify_store) are recorded,
@@ -343,10 +344,23 @@ class InProcessMount:
     async def open(self, path, flags: int = os.O_RDONLY) -> int:
         return (await self.ops.open(await self.ino(path), flags, self.ctx)).fh
 
+    async def read_fh(self, fh: int, offset: int, size: int) -> bytes:
+        """One read request: the data the kernel gets.  A reply of bytes is
+        the data; an `FdRange` is read as libfuse reads it, at once (its
+        descriptor may close with the handle): one pread(2) of at most the
+        size asked, an error of it the request's."""
+        reply = await self.ops.read(fh, offset, size)
+        if not isinstance(reply, pyfuse3.FdRange):
+            return bytes(reply)
+        try:
+            return os.pread(reply.fd, min(reply.size, size), reply.offset)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+
     async def read(self, path, size: int = 1 << 20, offset: int = 0) -> bytes:
         fh = await self.open(path)
         try:
-            return await self.ops.read(fh, offset, size)
+            return await self.read_fh(fh, offset, size)
         finally:
             await self.ops.release(fh)
 

@@ -353,7 +353,7 @@ async def test_an_unlinked_open_file_lives_on_through_its_handle(overlay):
     await fs.ops.setattr(ino, size, Fields(update_size=True), fh, fs.ctx)
     attr = await fs.ops.getattr(ino, fs.ctx)
     assert (attr.st_nlink, attr.st_size) == (0, 3)
-    assert await fs.ops.read(fh, 0, 10) == b"LOW"
+    assert await fs.read_fh(fh, 0, 10) == b"LOW"
     await fs.ops.release(fh)
     assert await fs.listdir("") == []
 
@@ -665,7 +665,7 @@ async def test_an_inode_held_by_the_kernel_reaches_its_object_after_a_rename_abo
     assert (await fs.ops.getattr(g, fs.ctx)).st_size == 6
     await fs.rename("a", "c")  # a merged directory above a lower file
     fh = (await fs.ops.open(ino, os.O_RDONLY, fs.ctx)).fh
-    assert await fs.ops.read(fh, 0, 10) == b"lower"
+    assert await fs.read_fh(fh, 0, 10) == b"lower"
     await fs.ops.release(fh)
 
 

@@ -25,9 +25,53 @@ async def test_a_file_whose_name_is_gone_reopens_for_a_caller_with_o_nofollow(ov
     await fs.unlink("f")
     fh = (await fs.ops.open(ino, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW, fs.ctx)).fh
     assert await fs.ops.write(fh, 4, b"+more") == 5
-    assert await fs.ops.read(held, 0, 100) == b"data+more"
+    assert await fs.read_fh(held, 0, 100) == b"data+more"
     await fs.ops.release(fh)
     await fs.ops.release(held)
+
+
+async def test_a_read_gets_the_real_file_short_at_its_end_empty_past_it_zeros_in_a_hole(overlay):
+    """A read is answered with a range of the handle's real file, which libfuse
+    reads into the reply: what pread(2) of the real file gives, on a lower file
+    and an upper one alike."""
+    (bottom,) = overlay.lowers(1)
+    data = os.urandom(10000)
+    write(bottom, "lower", data)
+    with open(bottom / "sparse", "wb") as f:
+        f.truncate(1 << 20)
+        f.seek(600000)
+        f.write(b"middle")
+    fs = await overlay.mount()
+    await fs.create("upper", data)
+    for name in ("lower", "upper"):
+        fh = await fs.open(name)
+        try:
+            assert await fs.read_fh(fh, 0, 4096) == data[:4096], name
+            assert await fs.read_fh(fh, 8192, 4096) == data[8192:], name  # short: the end
+            assert await fs.read_fh(fh, len(data), 4096) == b"", name
+            assert await fs.read_fh(fh, 1 << 40, 4096) == b"", name
+        finally:
+            await fs.ops.release(fh)
+    assert await fs.read("sparse", 131072, 0) == bytes(131072)
+    assert await fs.read("sparse", 131072, 524288) == \
+        bytes(600000 - 524288) + b"middle" + bytes(524288 + 131072 - 600006)
+    assert await fs.read("sparse", 131072, (1 << 20) - 100) == bytes(100)
+
+
+async def test_a_handle_opened_on_a_lower_file_reads_the_copy_after_a_copy_up(overlay):
+    """As on the kernel overlay, a descriptor opened before another one copied
+    the file up and wrote to it reads what was written: the range that answers
+    its read is of the upper copy."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", b"lower")
+    fs = await overlay.mount()
+    reader = await fs.open("f")
+    try:
+        assert await fs.read_fh(reader, 0, 100) == b"lower"
+        await fs.write("f", b"UPPER")  # an O_WRONLY open: the copy-up
+        assert await fs.read_fh(reader, 0, 100) == b"UPPER"
+    finally:
+        await fs.ops.release(reader)
 
 
 async def test_passthrough_handles_of_a_node_share_one_backing_and_never_mix_with_normal_ones(overlay):

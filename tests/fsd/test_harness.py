@@ -11,7 +11,7 @@ from harness import Session
 FSD = pathlib.Path(__file__).resolve().parents[2] / "fsd"
 # types, constants and the error; and the calls of the mount's life, which the
 # harness does not make (it builds fsd.mount.Mount and calls its Operations)
-NEEDS_NO_SESSION = {"EntryAttributes", "FileInfo", "StatvfsData", "Operations", "FUSEError",
+NEEDS_NO_SESSION = {"EntryAttributes", "FileInfo", "FdRange", "StatvfsData", "Operations", "FUSEError",
                     "ROOT_INODE", "init", "main", "close", "terminate"}
 
 
