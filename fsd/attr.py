@@ -32,7 +32,7 @@ import pyfuse3
 from .copy_up import CopyUp
 from .errors import fail
 from .inode import Node
-from .layer import Layer
+from .layer import Layer, set_times
 from .ondisk import NAME_MAX, escape_xattr, format_override, is_private_xattr, parse_override, visible_xattr
 from .overlay import Overlay
 
@@ -216,11 +216,15 @@ class AttrOps:
         if fields.update_atime or fields.update_mtime or not changes:
             # With no field (chown(-1, -1), a removal of set-id bits) the times are set
             # to what they are: the ctime changes, as the kernel's notify_change does.
-            now = os.fstat(target) if target is not None else upper.lstat(rel)
-            times = (attr.st_atime_ns if fields.update_atime else now.st_atime_ns,
-                     attr.st_mtime_ns if fields.update_mtime else now.st_mtime_ns)
+            # Else a time not given stays as it is (tar gives the mtime only).
+            if changes:
+                times = (attr.st_atime_ns if fields.update_atime else None,
+                         attr.st_mtime_ns if fields.update_mtime else None)
+            else:
+                now = os.fstat(target) if target is not None else upper.lstat(rel)
+                times = (now.st_atime_ns, now.st_mtime_ns)
             if target is not None:
-                os.utime(target, ns=times)
+                set_times(target, None, times)
             else:
                 upper.utime(rel, times)
         if kill:

@@ -16,7 +16,7 @@ import stat
 import sys
 
 __all__ = ["Layer", "Named", "Opened", "UPPER", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "RENAME_WHITEOUT",
-           "reopen"]
+           "reopen", "set_times"]
 
 UPPER = -1  # the index of the upper layer (lowers count from 0, top first)
 
@@ -34,10 +34,33 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+_libc.futimens.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
+_UTIME_OMIT = (1 << 30) - 2
+_AT_SYMLINK_NOFOLLOW = 0x100
+
+
 def renameat2(src_fd: int, src: bytes, dst_fd: int, dst: bytes, flags: int = 0) -> None:
     if _libc.renameat2(src_fd, src, dst_fd, dst, flags) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), src)
+
+
+def set_times(fd: int, name: bytes | None, ns: tuple[int | None, int | None]) -> None:
+    """utimensat(2) of name relative to dirfd fd (not following a symlink), or
+    futimens(3) of the object open on fd when name is None: (atime, mtime) in
+    ns, a time given as None left as it is (UTIME_OMIT, which os.utime cannot
+    say)."""
+    times = (_Timespec * 2)(*(_Timespec(0, _UTIME_OMIT) if t is None else _Timespec(*divmod(t, 10**9))
+                              for t in ns))
+    done = _libc.futimens(fd, times) if name is None else _libc.utimensat(fd, name, times, _AT_SYMLINK_NOFOLLOW)
+    if done != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), name)
 
 
 def _open(path: bytes, flags: int, mode: int = 0o600, dir_fd: int | None = None) -> int:
@@ -221,9 +244,13 @@ class Layer:
         with self.at(rel) as (fd, name):
             os.chmod(name, mode, dir_fd=fd)
 
-    def utime(self, rel: bytes, ns: tuple[int, int]) -> None:
+    def utime(self, rel: bytes, ns: tuple[int | None, int | None]) -> None:
+        """Set (atime, mtime) in ns; one given as None stays as it is."""
         with self.at(rel) as (fd, name):
-            os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
+            if None in ns:
+                set_times(fd, name, ns)
+            else:
+                os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
 
     def link(self, src_rel: bytes, dst: "Layer", dst_rel: bytes) -> None:
         with self.at(src_rel) as (sfd, sname), dst.at(dst_rel) as (dfd, dname):

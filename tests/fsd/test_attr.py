@@ -8,6 +8,7 @@ import errno
 import os
 import stat
 
+import pyfuse3
 import pytest
 from harness import Fields, fails, holds_no_data
 
@@ -52,6 +53,27 @@ async def test_utimens_sets_both_times(overlay):
     st = os.lstat(overlay.upper / "f")
     assert (st.st_atime_ns, st.st_mtime_ns) == OLD
     assert os.lstat(bottom / "f").st_mtime_ns != OLD[1]
+
+
+async def test_a_time_not_given_stays_as_it_is(overlay):
+    """utimensat with UTIME_OMIT for one of the times (tar gives the mtime
+    only), by name and through the descriptor of a file with no name left."""
+    overlay.lowers(1)
+    fs = await overlay.mount()
+    await fs.create("f", b"x")
+    await fs.utimens("f", *OLD)
+    mtime_only = await fs.setattr("f", Fields(update_mtime=True), st_mtime_ns=5 * 10**18)
+    assert (mtime_only.st_atime_ns, mtime_only.st_mtime_ns) == (OLD[0], 5 * 10**18)
+    atime_only = await fs.setattr("f", Fields(update_atime=True), st_atime_ns=7 * 10**17 + 3)
+    assert (atime_only.st_atime_ns, atime_only.st_mtime_ns) == (7 * 10**17 + 3, 5 * 10**18)
+    ino = await fs.ino("f")
+    fh = (await fs.ops.open(ino, os.O_WRONLY, fs.ctx)).fh
+    await fs.unlink("f")
+    attr = pyfuse3.EntryAttributes()
+    attr.st_mtime_ns = OLD[1]
+    nameless = await fs.ops.setattr(ino, attr, Fields(update_mtime=True), fh, fs.ctx)
+    assert (nameless.st_atime_ns, nameless.st_mtime_ns) == (7 * 10**17 + 3, OLD[1])
+    await fs.ops.release(fh)
 
 
 async def test_truncate_keeps_what_is_below_the_new_size(overlay):
