@@ -40,7 +40,8 @@ class _Timespec(ctypes.Structure):
 
 _libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
 _libc.futimens.argtypes = [ctypes.c_int, ctypes.POINTER(_Timespec)]
-_UTIME_OMIT = (1 << 30) - 2
+_Times = _Timespec * 2
+_OMIT = _Timespec(0, (1 << 30) - 2)  # UTIME_OMIT
 _AT_SYMLINK_NOFOLLOW = 0x100
 
 
@@ -55,10 +56,10 @@ def set_times(fd: int, name: bytes | None, ns: tuple[int | None, int | None]) ->
     futimens(3) of the object open on fd when name is None: (atime, mtime) in
     ns, a time given as None left as it is (UTIME_OMIT, which os.utime cannot
     say)."""
-    times = (_Timespec * 2)(*(_Timespec(0, _UTIME_OMIT) if t is None else _Timespec(*divmod(t, 10**9))
-                              for t in ns))
-    done = _libc.futimens(fd, times) if name is None else _libc.utimensat(fd, name, times, _AT_SYMLINK_NOFOLLOW)
-    if done != 0:
+    atime, mtime = ns
+    times = _Times(_OMIT if atime is None else _Timespec(atime // 1_000_000_000, atime % 1_000_000_000),
+                   _OMIT if mtime is None else _Timespec(mtime // 1_000_000_000, mtime % 1_000_000_000))
+    if (_libc.futimens(fd, times) if name is None else _libc.utimensat(fd, name, times, _AT_SYMLINK_NOFOLLOW)):
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code), name)
 
