@@ -35,20 +35,22 @@ class Namei:
         self.dircache = dircache
 
     def lookup(self, parent: Node, name: bytes) -> Node:
-        found = self.named(parent, name)
+        found = self.named(parent, name)[0]
         if found is None:
             raise fail(errno.ENOENT, name)
         return found
 
-    def named(self, parent: Node, name: bytes) -> Node | None:
-        """What a user's lookup of name finds: the child Node, or None for no
-        such name (a negative lookup is an ordinary answer, not an exception:
-        ops.py replies it without raising)."""
-        return self.find(parent, name) if _may_exist(name) else None
+    def named(self, parent: Node, name: bytes) -> tuple[Node | None, os.stat_result | None]:
+        """What a user's lookup of name finds: the child Node and the stat of
+        the upper object found (see `find_stat`: ops.py replies with it, not
+        with a second lstat), or (None, None) for no such name (a negative
+        lookup is an ordinary answer, not an exception: ops.py replies it
+        without raising)."""
+        return self.find_stat(parent, name) if _may_exist(name) else (None, None)
 
     def lookup_stat(self, parent: Node, name: bytes) -> tuple[Node, os.stat_result | None]:
         """`lookup`, and the stat of the upper object found (see `find_stat`)."""
-        node, st = self.find_stat(parent, name) if _may_exist(name) else (None, None)
+        node, st = self.named(parent, name)
         if node is None:
             raise fail(errno.ENOENT, name)
         return node, st

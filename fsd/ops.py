@@ -141,10 +141,10 @@ class Operations(pyfuse3.Operations):
 
     @request
     async def lookup(self, parent_inode, name, ctx=None):
-        node = self.namei.named(self.table[parent_inode], name)
+        node, st = self.namei.named(self.table[parent_inode], name)
         if node is None:
             return self.attrs.negative_entry()
-        return self._entry(node)
+        return self._entry(node, st)
 
     async def forget(self, inode_list):
         for inode, count in inode_list:

@@ -8,7 +8,7 @@ import os
 import stat
 
 import pytest
-from harness import fails
+from harness import ROOT, fails
 
 from support.layergen import make_opaque, whiteout, write
 
@@ -199,3 +199,30 @@ async def test_a_mount_without_upper_is_read_only(overlay):
         await fs.write("f", b"y")
     with fails(errno.EROFS):
         await fs.create("g")
+
+
+async def test_a_lookup_of_an_upper_object_reads_its_attributes_once(overlay):
+    """The lookup's lstat of the upper object is what the reply carries: no
+    second lstat of it for the attributes."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/lower", "l")
+    fs = await overlay.mount()
+    await fs.write("d/lower", b"copied up")
+    await fs.create("d/new")
+    await fs.mkdir("d/newdir")
+    await fs.forget_all()
+    upper = fs.ops.ovl.upper
+    read = []
+    real_lstat = upper.lstat
+    upper.lstat = lambda rel: read.append(rel) or real_lstat(rel)
+    try:
+        parent = (await fs.ops.lookup(ROOT, b"d", fs.ctx)).st_ino
+        fs.held[parent] += 1
+        for name in (b"lower", b"new", b"newdir"):
+            read.clear()
+            attr = await fs.ops.lookup(parent, name, fs.ctx)
+            fs.held[attr.st_ino] += 1
+            assert read.count(b"d/" + name) == 1, (name, read)
+            assert attr.st_size == os.lstat(overlay.upper / "d" / os.fsdecode(name)).st_size
+    finally:
+        del upper.lstat
