@@ -253,9 +253,9 @@ def test_podman_fetches_a_lazy_layer_file_by_file(served, proxy):
 def big_first_rootfs(served: Served) -> Path:
     """The busybox rootfs as one layer tar whose first file is 12 MiB of
     noise, then a note of NOTE: the fetcher's background takes a layer's files
-    in tar order, a batch at a time, and a batch holding only that file is the
-    one a test holds at the proxy, so that the rest stays lazy until podman
-    reads it."""
+    in tar order (after the shell and what it loads), a batch at a time, and
+    a batch holding only that file is the one a test holds at the proxy, so
+    that the rest stays lazy until podman reads it."""
     served.rootfs()
     noise = served.box.dir("noise", owned=False)
     (noise / "0-big.bin").write_bytes(os.urandom(12 * MiB))
@@ -287,7 +287,9 @@ def test_podman_runs_a_lazily_pulled_estargz_image(served, proxy):
     (blob,) = [layer["digest"] for layer in pushed["layers"]]
     size = sum(layer["size"] for layer in pushed["layers"])
     served.layers("rmi", f"localhost/{name}:1")
-    proxy.stall, proxy.stall_skip, proxy.stall_once = blob.split(":")[1], 2, True
+    # the background's range of `0-big.bin` (the fetcher's first, the shell and
+    # what it loads, are smaller)
+    proxy.stall, proxy.stall_once, proxy.stall_min = blob.split(":")[1], True, 4 * MiB
     try:
         pulled = json.loads(served.layers("pull", "-q", "--lazy", ref, INSECURE,
                                           "--format", "json"))

@@ -13,7 +13,8 @@
   every request with this status), `stall` (a blob digest: send its
   headers and half its body, then hold the connection until released or
   `drop` it; `stall_skip` GETs of it pass first, and with `stall_once`
-  only one is held), `bearer` (require a token from the proxy's own `/token`,
+  only one is held; with `stall_min`, only a GET answered with at least
+  that many bytes counts), `bearer` (require a token from the proxy's own `/token`,
   which wants Basic `user:password`), `ignore_range` (drop the `Range`
   header, as a registry without range support would: it answers 200).
 Only loopback addresses are used; every wait is bounded.
@@ -172,6 +173,7 @@ class Proxy:
         self.stall: str | None = None          # a blob digest to stall
         self.stall_skip = 0                    # GETs of it that pass first
         self.stall_once = False                # hold only one GET of it
+        self.stall_min = 0                     # bytes a GET's answer has to count
         self._stall_seen = 0
         self.stalled = threading.Event()       # set once a stall began
         self.release = threading.Event()       # ends a stall: the rest is sent
@@ -296,7 +298,8 @@ class Proxy:
         if h.command == "HEAD":
             return self._record(h, r.status, 0)
         if self.stall and h.command == "GET" and h.path.endswith(self.stall) \
-                and r.status in (200, 206) and self._stall_now():
+                and r.status in (200, 206) and len(data) >= self.stall_min \
+                and self._stall_now():
             half = len(data) // 2
             h.wfile.write(data[:half])
             h.wfile.flush()
