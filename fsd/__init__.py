@@ -31,7 +31,7 @@ LEVELS = {
     "copy_up": 8,
     # 9: the operations: attributes and xattrs; name changes; open files
     "attr": 9, "dir": 9, "file": 9,
-    # 10: directory handles over merged listings
+    # 10: listings of merged directories, by directory (no handles)
     "readdir": 10,
     # 11: what happens after a crash: the work area put right at mount
     "recovery": 11,

@@ -85,6 +85,9 @@ class Operations(pyfuse3.Operations):
     # security.capability before every write (FUSE_HANDLE_KILLPRIV_V2); it still
     # removes a capability it knows of itself.
     handle_killpriv_v2 = True
+    # no OPENDIR and RELEASEDIR (two of a warm walk's three requests per
+    # directory): readdir.py keeps listings by directory, not by handle
+    enable_no_opendir = True
     enable_dont_mask = True  # the umask is fsd's to apply: not where a default ACL is inherited
 
     def __init__(self, ovl: Overlay, noacl: bool = False, on_init=None):
@@ -297,15 +300,18 @@ class Operations(pyfuse3.Operations):
 
     @request
     async def opendir(self, inode, ctx):
+        # Only from a kernel without FUSE_NO_OPENDIR_SUPPORT (enable_no_opendir):
+        # listings are kept by directory (readdir.py), so the handle is the inode.
         # Every change of a listing goes through this mount, and the kernel
-        # drops a cached listing itself when it makes one: let it keep them.
-        fh = self.listings.opendir(self.table[inode])
-        return pyfuse3.FileInfo(fh=fh, cache_readdir=True, keep_cache=True)
+        # drops a cached listing itself when it makes one: let it keep them
+        # (what it does without OPENDIR).
+        return pyfuse3.FileInfo(fh=inode, cache_readdir=True, keep_cache=True)
 
     @request
     async def readdir(self, fh, start_id, token):
+        """fh: the directory's inode (enable_no_opendir, or opendir's handle)."""
         reply = pyfuse3.readdir_reply
-        for name, attr, next_id, child in self.listings.entries(fh, start_id):
+        for name, attr, next_id, child in self.listings.entries(self.table[fh], start_id):
             if not reply(token, name, attr, next_id):
                 if child is not None:
                     self.table.unused(child)
@@ -315,11 +321,11 @@ class Operations(pyfuse3.Operations):
 
     @request
     async def releasedir(self, fh):
-        self.listings.releasedir(fh)
+        pass  # nothing is kept per open directory
 
     @request
     async def fsyncdir(self, fh, datasync):
-        await self.files.fsync_dir(self.listings.handles[fh].node)
+        await self.files.fsync_dir(self.table[fh])
 
     @request
     async def statfs(self, ctx):

@@ -1,5 +1,16 @@
-"""Directory handles: a merged listing taken at opendir (and at rewind), so
-that offsets stay valid while a directory is read in several calls.
+"""Listings of directories, by directory: no handle, no OPENDIR, no RELEASEDIR.
+
+The kernel is asked to send no OPENDIR and RELEASEDIR (pyfuse3's
+enable_no_opendir: two requests per opendir(3), of a warm walk's three per
+directory) and caches listings itself; readdir comes with the directory's inode.
+So a listing is taken when a reader starts at offset 0 and kept under a
+number of its own, which every offset handed out carries (`_offset`): a reader
+that goes on at such an offset goes on in its own listing, valid however the
+directory changed in between and however many others read it meanwhile.  The
+reader that reaches its end lets it go; the last MAX_LISTINGS taken are kept
+otherwise (a reader that left one unfinished), and an offset of one no longer
+kept goes on in a fresh listing at the same position.  Where the kernel still
+sends OPENDIR (without FUSE_NO_OPENDIR_SUPPORT), the handle is the inode.
 
 Entries come with their attributes (readdirplus); ops.py replies with them and
 counts each child as a lookup (not `.` and `..`, for which the kernel counts
@@ -12,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import pyfuse3
@@ -24,13 +36,12 @@ from .overlay import Overlay
 
 log = logging.getLogger("fsd")
 
+MAX_LISTINGS = 1024  # listings kept that no reader has read to the end
+_POS_BITS = 32  # an offset is (listing number << _POS_BITS) | position
 
-class DirHandle:
-    __slots__ = ("node", "names")
 
-    def __init__(self, node: Node):
-        self.node = node
-        self.names: list[bytes] | None = None
+def _offset(number: int, pos: int) -> int:
+    return number << _POS_BITS | pos
 
 
 class ReaddirOps:
@@ -40,16 +51,21 @@ class ReaddirOps:
         self.dir_atime = ovl.dir_atime
         self.namei = namei
         self.attrs = attrs
-        self.handles: dict[int, DirHandle] = {}
-        self._ids = itertools.count(1)
+        # listing number (1 .. 2**30 - 1, then again: never 0, which starts a
+        # listing) -> (the directory's inode, its names)
+        self._listings: OrderedDict[int, tuple[int, list[bytes]]] = OrderedDict()
+        self._numbers = itertools.cycle(range(1, 1 << 30))
 
-    def opendir(self, node: Node) -> int:
-        fh = next(self._ids)
-        self.handles[fh] = DirHandle(node)
-        return fh
-
-    def releasedir(self, fh: int) -> None:
-        self.handles.pop(fh, None)
+    def _take(self, node: Node) -> tuple[int, list[bytes]]:
+        """A new listing of node, under a new number."""
+        number = next(self._numbers)
+        names = [b".", b"..", *self.dircache.merged_names(node)]
+        self._listings[number] = (node.ino, names)
+        if len(self._listings) > MAX_LISTINGS:
+            self._listings.popitem(last=False)
+        if node.upper and not node.gone and self.dir_atime:
+            self._read_upper(node)
+        return number, names
 
     def _read_upper(self, node: Node) -> None:
         """Read the upper directory as the kernel overlay does, for its atime (only
@@ -62,21 +78,25 @@ class ReaddirOps:
         if changed:
             self.ovl.table.attrs_changed(node)
 
-    def entries(self, fh: int, start: int) -> Iterator[tuple[bytes, pyfuse3.EntryAttributes, int, Node | None]]:
+    def entries(self, node: Node, offset: int
+                ) -> Iterator[tuple[bytes, pyfuse3.EntryAttributes, int, Node | None]]:
         """(name, attributes, offset of the next entry, the child's node or None
-        for `.` and `..`) from offset `start`; a child made here is released by
-        the caller if it is not handed to the kernel."""
-        handle = self.handles[fh]
-        node = handle.node
-        if handle.names is None or start == 0:
-            handle.names = [b".", b"..", *self.dircache.merged_names(node)]
-            if node.upper and not node.gone and self.dir_atime:
-                self._read_upper(node)
-        names = handle.names
+        for `.` and `..`) of node's listing from `offset` (0: a new listing); a
+        child made here is released by the caller if it is not handed to the
+        kernel."""
+        number, start = offset >> _POS_BITS, offset & ((1 << _POS_BITS) - 1)
+        kept = self._listings.get(number) if offset else None
+        if kept is None or kept[0] != node.ino:
+            number, names = self._take(node)
+        else:
+            names = kept[1]
+        if start >= len(names):
+            self._listings.pop(number, None)  # read to its end
+            return
         if start == 0:
-            yield b".", self.attrs.entry(node), 1, None
+            yield b".", self.attrs.entry(node), _offset(number, 1), None
         if start <= 1:
-            yield b"..", self.attrs.entry(node.parent or node), 2, None
+            yield b"..", self.attrs.entry(node.parent or node), _offset(number, 2), None
         find, entry = self.namei.find_stat, self.attrs.entry
         for pos in range(max(start, 2), len(names)):
             name = names[pos]
@@ -87,4 +107,4 @@ class ReaddirOps:
                 attr = entry(child, st)  # an upper object's stat, taken by the lookup
             except FileNotFoundError:
                 continue
-            yield name, attr, pos + 1, child
+            yield name, attr, _offset(number, pos + 1), child

@@ -42,13 +42,13 @@ class Floor(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = True
     handle_killpriv_v2 = True
+    enable_no_opendir = True  # as fsd: readdir gets the directory's inode
 
     def __init__(self, root: bytes):
         super().__init__()
         self.root_ino = os.lstat(root).st_ino
         self.paths: dict[int, bytes] = {ROOT: root}  # inode -> absolute path
-        self.dirs: dict[int, list] = {}  # dir handle -> [path, names or None]
-        self.next_dh = 1
+        self.dirs: dict[int, list[bytes]] = {}  # directory inode -> its names, taken at offset 0
         self.euid, self.egid = os.geteuid(), os.getegid()
 
     def _entry(self, st: os.stat_result, path: bytes) -> pyfuse3.EntryAttributes:
@@ -218,18 +218,18 @@ class Floor(pyfuse3.Operations):
             raise FUSEError(exc.errno) from None
 
     async def opendir(self, inode, ctx):
-        dh = self.next_dh
-        self.next_dh += 1
-        self.dirs[dh] = [self.paths[inode], None]
-        return pyfuse3.FileInfo(fh=dh, cache_readdir=True, keep_cache=True)
+        # only from a kernel without FUSE_NO_OPENDIR_SUPPORT: the handle is the inode
+        return pyfuse3.FileInfo(fh=inode, cache_readdir=True, keep_cache=True)
 
     async def readdir(self, fh, start_id, token):
-        handle = self.dirs[fh]
-        path = handle[0]
+        path = self.paths[fh]  # fh: the directory's inode
         try:
-            if handle[1] is None or start_id == 0:
-                handle[1] = [b".", b"..", *os.listdir(path)]
-            names = handle[1]
+            names = self.dirs.get(fh) if start_id else None
+            if names is None:
+                names = self.dirs[fh] = [b".", b"..", *os.listdir(path)]
+            if start_id >= len(names):
+                del self.dirs[fh]  # read to its end
+                return
             for pos in range(start_id, len(names)):
                 name = names[pos]
                 if pos < 2:  # . and ..: the kernel takes no inode from them
@@ -247,10 +247,10 @@ class Floor(pyfuse3.Operations):
             raise FUSEError(exc.errno) from None
 
     async def releasedir(self, fh):
-        del self.dirs[fh]
+        pass
 
     async def fsyncdir(self, fh, datasync):
-        fd = os.open(self.dirs[fh][0], os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(self.paths[fh], os.O_RDONLY | os.O_DIRECTORY)
         try:
             await trio.to_thread.run_sync(os.fsync, fd)
         finally:

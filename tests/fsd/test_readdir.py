@@ -119,6 +119,40 @@ async def test_offsets_stay_valid_while_the_directory_changes(overlay):
     assert b"new" not in names
 
 
+async def test_readers_of_one_directory_each_go_on_in_their_own_listing(overlay):
+    """No handle tells readers apart (the kernel sends no OPENDIR): the offsets
+    do.  A reader that started before a change and one that started after it,
+    read in turns, each get every name of its own listing once (the first
+    none that was made after it began; a name removed since is left out)."""
+    (bottom,) = overlay.lowers(1)
+    for i in range(12):
+        write(bottom, f"d/f{i:02}", "x")
+    fs = await overlay.mount()
+    ino = await fs.ino("d")
+    first, second = [], []
+    first_at = second_at = 0
+    batch = await fs.readdir(ino, first_at, room=4)
+    first += batch
+    first_at = batch[-1][2]
+    await fs.unlink("d/f05")
+    await fs.create("d/new")
+    while True:
+        batch = await fs.readdir(ino, second_at, room=3)
+        second += batch
+        if batch:
+            second_at = batch[-1][2]
+        more = await fs.readdir(ino, first_at, room=5)
+        first += more
+        if more:
+            first_at = more[-1][2]
+        if not batch and not more:
+            break
+    names = [f"f{i:02}".encode() for i in range(12)]
+    stayed = [n for n in names if n != b"f05"]
+    assert sorted(n for n, _, _ in first) == sorted([b".", b"..", *stayed])
+    assert sorted(n for n, _, _ in second) == sorted([b".", b"..", b"new", *stayed])
+
+
 async def test_reading_from_offset_0_again_takes_a_fresh_listing(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "d/a", "x")
@@ -144,7 +178,7 @@ async def test_an_entry_that_did_not_fit_comes_with_the_next_request(overlay):
         pieces += batch
         offset = batch[-1][2]
     await fs.ops.releasedir(fh)
-    assert pieces == whole
+    assert [(name, ino) for name, ino, _ in pieces] == [(name, ino) for name, ino, _ in whole]
 
 
 async def test_a_listing_entry_has_the_inode_number_a_lookup_gives(overlay):

@@ -180,7 +180,8 @@ class Passthrough(pyfuse3.Operations):
         self.opendir_reply = OPENDIR_REPLIES.get(opendir_reply, OPENDIR_REPLIES["int"])
         # kills: [request, name, the kill flag the request came with]; create:
         # [mode, umask] that the last create request came with
-        self.calls = {"opendir": 0, "readdir": 0, "getxattr " + CAPS: 0, "kills": [],
+        self.calls = {"opendir": 0, "readdir": 0, "releasedir": 0, "readdir fh": None,
+                      "getxattr " + CAPS: 0, "kills": [],
                       "read": 0, "write": 0, "passthrough_granted": False, "create": None}
         # "passthrough": opens and creates in passthrough mode, each on its own
         # backing id (a test opens a file once at a time)
@@ -190,6 +191,8 @@ class Passthrough(pyfuse3.Operations):
         self.enable_dont_mask = opendir_reply == "dont_mask"
         # "fd_range": reads answered with FdRange (see read)
         self.fd_range = opendir_reply == "fd_range"
+        # "no_opendir": enable_no_opendir (readdir records the fh it is given)
+        self.enable_no_opendir = opendir_reply == "no_opendir"
         self.fh_names: dict[int, int] = {}  # file handle (a backing fd) -> inode
         self.nameless: dict[int, int] = {}  # inode of an O_TMPFILE file -> its fd
         self.lookups: dict[int, int] = {}  # inode -> lookups the kernel has not forgotten
@@ -348,6 +351,7 @@ class Passthrough(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         """The backing directory's names in sorted order; next_id is the index of the next."""
         self.calls["readdir"] += 1
+        self.calls["readdir fh"] = fh
         with _fuse_errors():
             names = sorted(os.fsencode(n) for n in os.listdir(self.dirfd))
             for i in range(start_id, len(names)):
@@ -358,7 +362,7 @@ class Passthrough(pyfuse3.Operations):
                 self._looked_up(inode)  # readdirplus: the kernel counts each entry as a lookup
 
     async def releasedir(self, fh):
-        pass
+        self.calls["releasedir"] += 1
 
     async def getxattr(self, inode, name, ctx):
         if name == os.fsencode(CAPS):
@@ -747,6 +751,26 @@ def test_cached_listing_is_dropped_when_the_directory_changes_through_the_mount(
         assert _listing(mnt) == (names, {"opendir": 1, "readdir": 0})  # cached anew
 
     _retried_if_page_cache_dropped(changes)
+
+
+@pytest.mark.parametrize("passthrough", ["no_opendir"], indirect=True)
+def test_no_opendir_leaves_opendir_and_releasedir_unsent_and_readdir_gets_the_inode(passthrough):
+    backing, mnt = passthrough.backing, passthrough.mnt
+    names = [f"f{i:03}" for i in range(200)]  # two pages of the kernel's cache
+    for name in names:
+        (backing / name).touch()
+
+    listed, calls = _listing(mnt)
+    assert (listed, calls["opendir"], calls["readdir"] > 1) == (names, 0, True)
+    assert _calls(mnt)["readdir fh"] == pyfuse3.ROOT_INODE
+
+    def cached(attempt):  # the kernel caches the listing as with cache_readdir+keep_cache
+        if attempt:
+            _listing(mnt)
+        assert _listing(mnt) == (names, {"opendir": 0, "readdir": 0})
+
+    _retried_if_page_cache_dropped(cached)
+    assert (_calls(mnt)["opendir"], _calls(mnt)["releasedir"]) == (0, 0)
 
 
 def test_o_tmpfile_reaches_the_tmpfile_handler(passthrough):
