@@ -308,10 +308,11 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=inode, cache_readdir=True, keep_cache=True)
 
     @request
-    async def readdir(self, fh, start_id, token):
-        """fh: the directory's inode (enable_no_opendir, or opendir's handle)."""
+    async def readdir(self, inode, start_id, token):
+        """pyfuse3 passes the directory's inode in place of a handle
+        (enable_no_opendir; opendir's handle is the inode too)."""
         reply = pyfuse3.readdir_reply
-        for name, attr, next_id, child in self.listings.entries(self.table[fh], start_id):
+        for name, attr, next_id, child in self.listings.entries(self.table[inode], start_id):
             if not reply(token, name, attr, next_id):
                 if child is not None:
                     self.table.unused(child)
@@ -324,8 +325,8 @@ class Operations(pyfuse3.Operations):
         pass  # nothing is kept per open directory
 
     @request
-    async def fsyncdir(self, fh, datasync):
-        await self.files.fsync_dir(self.table[fh])
+    async def fsyncdir(self, inode, datasync):
+        await self.files.fsync_dir(self.table[inode])  # as for readdir
 
     @request
     async def statfs(self, ctx):
