@@ -116,7 +116,8 @@ def test_merged_tree_matches_kernel(tmp_path, seed, nlayers, mount_fsd, mount_ke
 
 def test_read_paths(tmp_path, mount_fsd, mount_kernel_overlay):
     """pread at odd offsets (and past the end), mmap, sendfile out of the mount;
-    a sparse file keeps its holes (st_blocks, SEEK_DATA/SEEK_HOLE as the kernel)."""
+    a sparse file keeps its holes (st_blocks, SEEK_DATA/SEEK_HOLE as the kernel)
+    and reads as zeros there."""
     top, bottom = make_layers(tmp_path, 2)
     data = os.urandom(3 * 1024 * 1024 + 123)
     write(bottom, "big", data)
@@ -155,6 +156,7 @@ def test_read_paths(tmp_path, mount_fsd, mount_kernel_overlay):
     finally:
         os.close(fd)
     assert (m / "small").read_bytes() == b"0123456789"
+    assert (m / "sparse").read_bytes() == (top / "sparse").read_bytes()  # zeros in the holes
 
 
 # -- names -----------------------------------------------------------------------
