@@ -44,7 +44,7 @@ import pytest
 
 from support import layergen, mounts
 from support.convert import convert_layers
-from support.faults import (DEAD, MUTATING, NAMESPACE, CrashModel, Strace, daemon_pids, detach_dead,
+from support.faults import (DEAD, MUTATING, NAMESPACE, CrashModel, Strace, daemon_pids, detach_dead, drop_caches,
                             entries_below, kill_before, kill_points, names_of, observe, probe, run_op)
 from support.snapshot import compare, snapshot
 from support.upper_ops import write_big
@@ -503,7 +503,14 @@ class Points:
         self._n = 0
 
     def fresh(self):
-        """A new upper, with the operations before the one cut short done."""
+        """A new upper with the operations before the one cut short done, and the
+        tree then; mounted again for the operation, so that the kernel has no
+        dentry below the root cached when it starts.  Its path walk then looks
+        up every name on its paths, in every run: fsd copies up a file with
+        several names by the name it was last looked up by, and which dentries
+        the kernel still has is no part of a run (other tests drop them at any
+        time: drop_caches), so the kill points of the clean run, which name
+        that path, would otherwise not be those of every run."""
         self._n += 1
         upper, work = self.tmp / f"upper{self._n}", self.tmp / f"work{self._n}"
         upper.mkdir()
@@ -511,11 +518,12 @@ class Points:
         m = self.mount_fsd(self.lowers, upper, work)
         for op in self.pre:
             run_op(str(m.mnt), op)
-        return m, upper, work
+        before = _timeless(snapshot(m.mnt))
+        m.unmount()
+        return self.mount_fsd(self.lowers, upper, work), upper, work, before
 
     def clean_run(self):
-        m, upper, work = self.fresh()
-        self.old = _timeless(snapshot(m.mnt))
+        m, upper, work, self.old = self.fresh()
         trace = Strace(daemon_pids(m)[0], ",".join(MUTATING), self.tmp / "clean.trace", options=())
         res = _op_in_child(m.mnt, self.op)
         trace.stop()
@@ -527,10 +535,11 @@ class Points:
         assert compare(self.old, self.new), f"{self.name}: the operation changed nothing"
         return trace.calls()
 
-    def kill_at(self, point) -> list[str]:
-        """Problems after a kill at point; [] when there are none."""
-        m, upper, work = self.fresh()
-        snapshot(m.mnt)  # the lookups of the clean run, in its order (a hard link is copied up by its last name)
+    def kill_at(self, point, before_op=lambda: None) -> list[str]:
+        """Problems after a kill at point; [] when there are none.  before_op:
+        what else happens on the machine right before the operation."""
+        m, upper, work, _ = self.fresh()
+        before_op()
         trace = kill_before(daemon_pids(m)[0], point, self.tmp / f"kill{self._n}.trace")
         res = _op_in_child(m.mnt, self.op)
         trace.stop()
@@ -593,6 +602,19 @@ def _kill_points(tmp_path, mount_fsd, mount_kernel_overlay, names, kinds, per_sc
 def test_sigkill_before_namespace_changes_of_an_operation(tmp_path, mount_fsd, mount_kernel_overlay):
     names = [n for n, s in POINT_SCENARIOS.items() if s[3]]
     _kill_points(tmp_path, mount_fsd, mount_kernel_overlay, names, NAMESPACE)
+
+
+def test_kill_point_in_a_copy_up_is_reached_after_the_kernel_dropped_its_dentries(
+        tmp_path, mount_fsd, mount_kernel_overlay):
+    """Other tests on the machine drop the kernel's dentries at any time
+    (drop_caches); fsd copies up a file with several names by the name it was
+    last looked up by, so the kill run must make the lookups of the clean run
+    whatever the kernel still has cached."""
+    pts = Points(tmp_path, mount_fsd, mount_kernel_overlay, "append to a lower file with three names")
+    # the rename that publishes the copied-up file under one of its names
+    point = next(p for p in kill_points(pts.clean_run(), NAMESPACE)
+                 if p[0] == "renameat2" and p[1] in ("a/x", "b/y", "c/z"))
+    assert pts.kill_at(point, before_op=drop_caches) == []
 
 
 @pytest.mark.long
