@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable
 from . import estargz, fsutil, layout, lazylayer
 from .archive import extract_layer
 from .digest import Digest, HashingReader, chain_ids
-from .errors import BadArchive, DigestMismatch, LayerUnknown, UsageError
+from .errors import BadArchive, BadSeekableLayer, DigestMismatch, LayerUnknown, UsageError
 from .progress import Progress
 from .records import Image, LazySource, Layer, parse_image_name, replace
 from .registry.blobinfo import BlobInfoCache
@@ -223,8 +223,8 @@ def _stage_seekable(how: Seekable, store: StoreCore, blob: LayerBlob, index: int
     cloned (`lazylayer.reuse`).  Lazily: the record says where the rest is
     (`how.origin(blob=…)`).  Otherwise the rest is fetched (`lazylayer.fill`)
     and the layer finished: its rebuilt tar checked against the diffID.  A
-    layer with nothing to fetch is finished at once either way.  Any other blob is
-    extracted whole (`_extract`)."""
+    layer with nothing to fetch is finished at once either way.  Any other blob,
+    one of another seekable form included, is extracted whole (`_extract`)."""
     if blob.toc_digest is None or blob.read_range is None or blob.size is None \
             or blob.size <= estargz.FOOTER_SIZE:
         return _extract(store, blob, index, total, staged, progress, parent, layer_id)
@@ -239,8 +239,15 @@ def _stage_seekable(how: Seekable, store: StoreCore, blob: LayerBlob, index: int
     if not 0 <= offset < blob.size - estargz.FOOTER_SIZE:
         raise BadArchive(what, f"its footer points outside the blob ({offset})")
     region = blob.read_range(offset, blob.size - estargz.FOOTER_SIZE)
-    content = lazylayer.LayerIndex(estargz.parse_toc_region(region, blob.toc_digest),
-                                   layer_id.short)
+    try:
+        toc = estargz.parse_toc_region(region, blob.toc_digest)
+    except BadSeekableLayer:
+        # Not this store's seekable form: the eStargz spec's own (its TOC a tar
+        # entry, as stargz tooling writes it) changes the tar, so it holds no
+        # tar-split to rebuild the layer's exact tar from.  The blob is still a
+        # gzip layer: pulled whole, and checked as any.
+        return _extract(store, blob, index, total, staged, progress, parent, layer_id)
+    content = lazylayer.LayerIndex(toc, layer_id.short)
     diff = os.path.join(staged, layout.LAYER_DIFF)
     os.makedirs(diff, mode=0o755)
     options = store.extract_options()

@@ -21,6 +21,7 @@ import threading
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "layers"))
@@ -354,6 +355,87 @@ def test_a_plain_pull_fetches_only_the_files_the_store_lacks(lazy_machines, prox
     assert t["outcome"] == "lazy" and t["saved"] == rep2["layers"][0]["saved"]
     assert wait_until(lambda: lazy.record(layer)["lazy"] is None, 60)
     assert tree_snapshot(lazy.diff(layer)) == tree_snapshot(src2.root / "layers" / layer / "diff")
+
+
+def spec_estargz(files: dict[str, bytes]) -> tuple[bytes, bytes, bytes]:
+    """A layer blob in the eStargz spec's own form, as stargz tooling writes it:
+    each tar entry in a gzip member of its own, the TOC JSON the tar's last
+    entry (`stargz.index.json`), then the 51-byte footer pointing at that
+    entry's member.  → (blob, its uncompressed tar, the TOC JSON)."""
+    import gzip
+    import io
+    import tarfile
+    out = io.BytesIO()
+    tar = tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT)
+    starts = []                         # where each entry starts in the tar
+
+    def add(name: str, data: bytes) -> None:
+        starts.append(tar.offset)
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+    for name, data in files.items():
+        add(name, data)
+    raw = out.getvalue()
+    members = [gzip.compress(raw[a:b], mtime=0) for a, b in zip(starts, starts[1:] + [len(raw)])]
+    offsets = [sum(len(m) for m in members[:i]) for i in range(len(members))]
+    toc = json.dumps({"version": 1, "entries": [
+        {"name": name, "type": "reg", "size": len(data), "mode": 0o644, "offset": offset,
+         "digest": str(Digest.of_bytes(data))}
+        for (name, data), offset in zip(files.items(), offsets)]}).encode()
+    toc_offset = sum(len(m) for m in members)
+    add("stargz.index.json", toc)
+    tar.close()
+    raw = out.getvalue()
+    members.append(gzip.compress(raw[starts[-1]:], mtime=0))
+    return b"".join(members) + estargz.footer(toc_offset), raw, toc
+
+
+def _upload(host: str, repository: str, data: bytes, media: str = "") -> dict:
+    """`data` as a blob of `repository` (POST, then PUT with its digest): its descriptor."""
+    digest = str(Digest.of_bytes(data))
+    r = httpx.post(f"http://{host}/v2/{repository}/blobs/uploads/")
+    assert r.status_code == 202, r.text
+    location = r.headers["Location"]
+    if location.startswith("/"):
+        location = f"http://{host}{location}"
+    r = httpx.put(f"{location}{'&' if '?' in location else '?'}digest={digest}", content=data,
+                  headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    return {"mediaType": media, "digest": digest, "size": len(data)}
+
+
+def test_a_layer_in_the_estargz_specs_own_form_is_pulled_whole(lazy_machines, proxy, tmp_path):
+    """An image converted by stargz tooling: its layer annotated with the TOC
+    digest, but the TOC a tar entry (no tar-split to rebuild the tar from).
+    A plain pull and a lazy one both take the blob whole, as a gzip layer."""
+    lazy, full = lazy_machines
+    files = {"hello": b"hello from estargz\n", "data": os.urandom(300_000)}
+    blob, tar, toc = spec_estargz(files)
+    diff_id = str(Digest.of_bytes(tar))
+    repository = "lazy/spec-form"
+    layer = _upload(proxy.host, repository, blob, "application/vnd.oci.image.layer.v1.tar+gzip")
+    layer["annotations"] = {estargz.TOC_DIGEST_ANNOTATION: str(Digest.of_bytes(toc))}
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": _upload(proxy.host, repository, config,
+                                  "application/vnd.oci.image.config.v1+json"),
+                "layers": [layer]}
+    r = httpx.put(f"http://{proxy.host}/v2/{repository}/manifests/1", content=json.dumps(manifest),
+                  headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert r.status_code == 201, r.text
+    ref = f"{proxy.host}/{repository}:1"
+    for m, how in ((full, ()), (lazy, ("--lazy",))):
+        (t,) = m.report("pull", "-q", *how, ref, INSECURE)["layers"]
+        assert t["outcome"] == "fetched" and t["layer"] == diff_id
+        chain = diff_id.split(":")[1]
+        if m is lazy:
+            assert m.record(chain)["lazy"] is None
+        assert (m.root / "layers" / chain / "diff" / "hello").read_bytes() == files["hello"]
+        assert (m.root / "layers" / chain / "diff" / "stargz.index.json").read_bytes() == toc
+        assert m.ok("check", "--verify") == ""
 
 
 def test_inspect_df_check_and_rmi_of_a_lazy_image(lazy_machines, proxy, tmp_path):
