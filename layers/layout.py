@@ -22,7 +22,8 @@ Store root (`graphroot`)::
     images/<id>.json            Image record (id = hex of the config digest)
     containers/<id>.json        Container record
     containers/<id>/            the driver's dirs: upper/ work/ merged/ (fuse,
-                                overlay) or rootfs/ (vfs)
+                                overlay) or rootfs/ (vfs); fsd.log (fuse: what
+                                fsd logs for the container's mount)
     volumes/<name>.json         Volume record
     volumes/<name>/_data/       the volume's data, bind-mounted into containers
     staging/<token>/            in-flight work of one command; its `lease`

@@ -38,6 +38,7 @@ MOUNT_TIMEOUT = 60.0
 FREEZE_TIMEOUT = 30.0     # for fsd to let the changes in flight end
 # fsd's freeze protocol: its directory in the workdir and the two files there
 WORK_AREA, FREEZE_REQUEST, FROZEN = "fsd", "freeze", "frozen"
+LOG = "fsd.log"           # in the container's directory: what fsd logs for its mount
 
 
 def escape_option(path: str) -> str:
@@ -137,6 +138,11 @@ class FuseDriver(Driver):
             "upperdir=" + escape_option(os.path.join(cdir, "upper")),
             "workdir=" + escape_option(os.path.join(cdir, "work")),
         ]
+        if self.configured is None or os.path.basename(self.configured) == "fsd":
+            # fsd's warnings and errors (an EIO's why, a lazy file it could not
+            # fetch) beside the container's upper: syslog, fsd's default once
+            # detached, is lost where no /dev/log listens (containers, CI)
+            opts.append("logfile=" + escape_option(os.path.join(cdir, LOG)))
         if self.override_stat:
             opts.append("xattr_permissions=2")
         if self.mountopt:

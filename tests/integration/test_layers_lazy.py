@@ -11,6 +11,7 @@ full pull of the same image.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -320,6 +321,32 @@ def test_a_container_on_a_lazy_image_mounts_at_once_and_reads_what_a_full_pull_h
         proxy.release.set()
         lazy.ok("umount", "c")
         src.ok("umount", "c")
+
+
+def test_a_lazy_file_a_container_cannot_get_is_eio_with_its_reason_in_the_containers_log(
+        lazy_machines, proxy, tmp_path):
+    """fsd, mounted by the store, logs beside the container's upper: this
+    machine has no /dev/log, so syslog (fsd's default) would lose the line."""
+    reason = driver_skip_reason("fuse")
+    if reason:
+        pytest.skip(reason)
+    lazy, _ = lazy_machines
+    ref, blobs, _, _ = push_estargz(tmp_path, proxy.host, [BASE, TOP], "logged")
+    hold_background(proxy, blobs[0])
+    bottom = lazy.report("pull", "-q", "--lazy", ref, INSECURE)["layers"][0]["layer"]
+    lazy.ok("create", ref, "--name", "c")
+    merged = Path(lazy.ok("mount", "c").strip())
+    try:
+        lazy.stop_fetcher()
+        with pytest.raises(OSError) as failed:
+            (merged / "big").read_bytes()
+        assert failed.value.errno == errno.EIO
+        (log,) = lazy.root.glob("containers/*/fsd.log")
+        assert wait_until(lambda: "big" in log.read_text(), 10), log.read_text()
+        assert bottom.split(":")[1][:12] in log.read_text()
+    finally:
+        proxy.release.set()
+        lazy.ok("umount", "c")
 
 
 def test_a_plain_pull_fetches_only_the_files_the_store_lacks(lazy_machines, proxy, tmp_path):

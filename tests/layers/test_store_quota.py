@@ -122,11 +122,14 @@ def test_bad_limits_are_a_corrupt_record(field, value):
 
 def test_fuse_passes_the_limits_to_fsd():
     d = FuseDriver(mountopt="nodev")
-    assert d.options("/c", ["/l"]) == "lowerdir=/l,upperdir=/c/upper,workdir=/c/work,nodev"
+    assert d.options("/c", ["/l"]) == \
+        "lowerdir=/l,upperdir=/c/upper,workdir=/c/work,logfile=/c/fsd.log,nodev"
     assert d.options("/c", ["/l"], Quota(50 * MiB, 100)).endswith(
         ",nodev,quota_bytes=52428800,quota_inodes=100")
     assert d.options("/c", ["/l"], Quota(inodes=3)).endswith(",nodev,quota_inodes=3")
     d.check_quota(Quota(1, 1))
+    other = FuseDriver(mount_program="/usr/bin/fuse-overlayfs")    # knows no logfile
+    assert other.options("/c", ["/l"]) == "lowerdir=/l,upperdir=/c/upper,workdir=/c/work"
 
 
 def test_overlay_refuses_limits(tmp_path):
