@@ -291,17 +291,24 @@ def test_a_fetcher_killed_mid_file_leaves_it_marked_and_a_new_one_completes_it(
     assert lazy.ok("check", "--verify") == ""
 
 
-def test_a_container_on_a_lazy_image_mounts_at_once_and_reads_what_a_full_pull_has(
-        lazy_machines, proxy, tmp_path):
+def lazy_container(lazy: LazyMachine, proxy: Proxy, tmp_path: Path, name: str) -> tuple[Machine, str]:
+    """Container `c` of `lazy` on BASE and TOP pulled lazily from image `name`,
+    the background held on its first file: the store pushed from, and the
+    bottom layer's id.  Skips without the fuse driver."""
     reason = driver_skip_reason("fuse")
     if reason:
         pytest.skip(reason)
-    lazy, full = lazy_machines
-    ref, blobs, _, src = push_estargz(tmp_path, proxy.host, [BASE, TOP], "mounted")
+    ref, blobs, _, src = push_estargz(tmp_path, proxy.host, [BASE, TOP], name)
     hold_background(proxy, blobs[0])
     rep = lazy.report("pull", "-q", "--lazy", ref, INSECURE)
-    bottom = rep["layers"][0]["layer"].split(":")[1]
     lazy.ok("create", ref, "--name", "c")
+    return src, rep["layers"][0]["layer"].split(":")[1]
+
+
+def test_a_container_on_a_lazy_image_mounts_at_once_and_reads_what_a_full_pull_has(
+        lazy_machines, proxy, tmp_path):
+    lazy, full = lazy_machines
+    src, bottom = lazy_container(lazy, proxy, tmp_path, "mounted")
     src.ok("create", "mounted:1", "--name", "c")
     merged = Path(lazy.ok("mount", "c").strip())
     want = Path(src.ok("mount", "c").strip())
@@ -327,14 +334,8 @@ def test_a_lazy_file_a_container_cannot_get_is_eio_with_its_reason_in_the_contai
         lazy_machines, proxy, tmp_path):
     """fsd, mounted by the store, logs beside the container's upper: this
     machine has no /dev/log, so syslog (fsd's default) would lose the line."""
-    reason = driver_skip_reason("fuse")
-    if reason:
-        pytest.skip(reason)
     lazy, _ = lazy_machines
-    ref, blobs, _, _ = push_estargz(tmp_path, proxy.host, [BASE, TOP], "logged")
-    hold_background(proxy, blobs[0])
-    bottom = lazy.report("pull", "-q", "--lazy", ref, INSECURE)["layers"][0]["layer"]
-    lazy.ok("create", ref, "--name", "c")
+    _, bottom = lazy_container(lazy, proxy, tmp_path, "logged")
     merged = Path(lazy.ok("mount", "c").strip())
     try:
         lazy.stop_fetcher()
@@ -343,7 +344,7 @@ def test_a_lazy_file_a_container_cannot_get_is_eio_with_its_reason_in_the_contai
         assert failed.value.errno == errno.EIO
         (log,) = lazy.root.glob("containers/*/fsd.log")
         assert wait_until(lambda: "big" in log.read_text(), 10), log.read_text()
-        assert bottom.split(":")[1][:12] in log.read_text()
+        assert bottom[:12] in log.read_text()
     finally:
         proxy.release.set()
         lazy.ok("umount", "c")
