@@ -150,6 +150,18 @@ class Layer:
         finally:
             os.close(dfd)
 
+    def scandir_is_dir(self, rel: bytes) -> list[tuple[bytes, bool]]:
+        """(name, whether a directory) of every entry: what removing a tree
+        needs, from d_type alone (scandir lstats each device for its rdev, and
+        a removed directory of whiteouts holds one per name)."""
+        dfd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME)
+        try:
+            with os.scandir(dfd) as it:
+                return [(entry.name.encode(_FS_ENCODING, _FS_ERRORS), entry.is_dir(follow_symlinks=False))
+                        for entry in it]
+        finally:
+            os.close(dfd)
+
     def scandir_and_xattrs(self, rel: bytes) -> tuple[list[tuple[bytes, int, int]], list[bytes]]:
         """scandir, and the directory's xattr names, read through the descriptor
         of the listing (listxattr would walk the path again, through /proc)."""

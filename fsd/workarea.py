@@ -177,22 +177,28 @@ def _flock_holders(st: os.stat_result) -> list[int]:
 
 def discard_tree(layer: Layer, rel: bytes, release=None) -> None:
     """Remove rel and everything below it in layer; missing is fine.
-    `release(st)` is told of each object removed.  Iterative: trees can be
-    thousands of levels deep."""
+    `release(st)` is told of each object removed; without it, what is below rel
+    is removed by its directory entries' types, with no lstat of each (a
+    directory removed from the merged view holds a whiteout per name it had).
+    Iterative: trees can be thousands of levels deep."""
     try:
         st = layer.lstat(rel)
     except FileNotFoundError:
         return
-    pending = [(rel, st, False)]
+    pending = [(rel, stat.S_ISDIR(st.st_mode), st, False)]
     while pending:
-        path, st, listed = pending.pop()
-        if stat.S_ISDIR(st.st_mode) and not listed:
-            pending.append((path, st, True))
-            for name, _, _ in layer.scandir(path):
+        path, is_dir, st, listed = pending.pop()
+        if is_dir and not listed:
+            pending.append((path, True, st, True))
+            for name, child_is_dir in layer.scandir_is_dir(path):
                 child = path + b"/" + name
-                pending.append((child, layer.lstat(child), False))
+                if release is None:
+                    pending.append((child, child_is_dir, None, False))
+                else:
+                    child_st = layer.lstat(child)
+                    pending.append((child, stat.S_ISDIR(child_st.st_mode), child_st, False))
             continue
-        if stat.S_ISDIR(st.st_mode):
+        if is_dir:
             layer.rmdir(path)
         else:
             layer.unlink(path)

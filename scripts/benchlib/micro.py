@@ -96,6 +96,17 @@ def _fake_session() -> None:
 
 
 COPY_UPS = 5000  # lower files for the copy-up operation: no more calls of it than that
+REMOVALS = 5000  # lower files for the lower unlink operation (w7's): as many calls at most
+
+
+def _calls(name: str, n: int) -> int:
+    """Calls per round of operation name: those that use up a lower file each
+    have a fifth of their files per round."""
+    if "copy-up" in name:
+        return min(n, COPY_UPS // 5)
+    if "unlink (lower" in name:
+        return min(n, REMOVALS // 5)
+    return n
 
 
 def _tree(root: Path) -> None:
@@ -105,6 +116,9 @@ def _tree(root: Path) -> None:
     (root / "c").mkdir()
     for i in range(COPY_UPS):
         (root / "c" / f"f{i}").write_bytes(os.urandom(4096))
+    (root / "r").mkdir()
+    for i in range(REMOVALS):
+        (root / "r" / f"f{i}").touch()
 
 
 def _fsd(base: Path):
@@ -137,6 +151,8 @@ async def operations(ops, ctx):
     await ops.create(c, b"up", 0o100644, os.O_WRONLY, ctx)  # c copied up before what is measured
     names = iter(range(10**9))
     lower_files = iter(range(COPY_UPS))
+    r = (await ops.lookup(ROOT, b"r", ctx)).st_ino
+    removed = iter(range(REMOVALS))
 
     async def lookup():
         await run(ops.lookup(d, b"f001", ctx))
@@ -173,6 +189,12 @@ async def operations(ops, ctx):
         await run(ops.unlink(d, name, ctx))
         await run(ops.forget([(attr.st_ino, 1)]))  # the kernel drops the unlinked inode
 
+    async def unlink_lower():
+        name = b"f%d" % next(removed)
+        ino = (await run(ops.lookup(r, name, ctx))).st_ino
+        await run(ops.unlink(r, name, ctx))
+        await run(ops.forget([(ino, 1)]))
+
     async def copy_up_append():
         lower = (await run(ops.lookup(c, b"f%d" % next(lower_files), ctx))).st_ino
         info = await run(ops.open(lower, os.O_WRONLY | os.O_APPEND, ctx))
@@ -195,6 +217,7 @@ async def operations(ops, ctx):
         "setattr mtime (upper)": setattr_mtime,
         "create+write+release+unlink+forget": create_write_release_unlink,
         "lookup+copy-up (append)+write+release": copy_up_append,
+        "lookup+unlink (lower file: a whiteout)+forget": unlink_lower,
         "opendir+readdir 100+releasedir": listing,
     }
 
@@ -215,7 +238,7 @@ def measure(make, n: int, only) -> dict[str, float]:
                 if only and not any(o in name for o in only):
                     continue
                 times = []
-                calls = min(n, COPY_UPS // 5) if "copy-up" in name else n
+                calls = _calls(name, n)
                 _measuring[0] = name
                 for _ in range(5):
                     t = time.process_time()
@@ -247,7 +270,7 @@ def main(argv=None) -> int:
     width = max(map(len, fsd))
     print(f"{'operation':<{width}}  fsd us  floor us  fsd-floor  fsd suspended")
     for name, us in fsd.items():
-        calls = 5 * (min(args.n, COPY_UPS // 5) if "copy-up" in name else args.n)
+        calls = 5 * _calls(name, args.n)
         print(f"{name:<{width}}  {us:6.1f}  {floor[name]:8.1f}  {us - floor[name]:9.1f}  "
               f"{suspended.get(name, 0) / calls:.0%}")
     return 0
