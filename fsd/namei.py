@@ -75,7 +75,7 @@ class Namei:
             return self.upper_child(parent, name, lower, st), st
         if lower is None:
             return None, None
-        return self._lower_child(parent, name, lower), None
+        return self.lower_child(parent, name, lower, parent.child_path(name)), None
 
     def upper_child(self, parent: Node, name: bytes, lower: Entry | None,
                     st: os.stat_result | None = None, attrs: list[bytes] | tuple | None = None) -> Node:
@@ -131,9 +131,11 @@ class Namei:
         node.add_link(parent, name)
         return node
 
-    def _lower_child(self, parent: Node, name: bytes, entry: Entry) -> Node:
-        """The node of lower object `name` (once per name found, of every walk)."""
-        rel = parent.child_path(name)
+    def lower_child(self, parent: Node, name: bytes, entry: Entry, rel: bytes) -> Node:
+        """The node of lower object `name` (`entry`: what its name finds in the
+        lowers of parent, which has no upper dir; `rel`: its path), once per
+        name found, of every walk.  A listing of a lower directory calls it for
+        each of its names, with their paths built from the directory's once."""
         index = entry.lower_index
         st = self.ovl.lowers[index].lstat(rel)
         kind = st.st_mode & 0o170000  # S_IFMT

@@ -4,7 +4,7 @@ The kernel is asked to send no OPENDIR and RELEASEDIR (pyfuse3's
 enable_no_opendir: two requests per opendir(3), of a warm walk's three per
 directory) and caches listings itself; readdir comes with the directory's inode.
 So a listing is taken when a reader starts at offset 0 and kept under a
-number of its own, which every offset handed out carries (`_offset`): a reader
+number of its own, which every offset handed out carries in its high bits: a reader
 that goes on at such an offset goes on in its own listing, valid however the
 directory changed in between and however many others read it meanwhile.  The
 reader that reaches its end lets it go; the last MAX_LISTINGS taken are kept
@@ -38,10 +38,6 @@ log = logging.getLogger("fsd")
 
 MAX_LISTINGS = 1024  # listings kept that no reader has read to the end
 _POS_BITS = 32  # an offset is (listing number << _POS_BITS) | position
-
-
-def _offset(number: int, pos: int) -> int:
-    return number << _POS_BITS | pos
 
 
 class ReaddirOps:
@@ -93,18 +89,39 @@ class ReaddirOps:
         if start >= len(names):
             self._listings.pop(number, None)  # read to its end
             return
+        at = number << _POS_BITS  # offset of the entry at position 0 of this listing
         if start == 0:
-            yield b".", self.attrs.entry(node), _offset(number, 1), None
+            yield b".", self.attrs.entry(node), at | 1, None
         if start <= 1:
-            yield b"..", self.attrs.entry(node.parent or node), _offset(number, 2), None
-        find, entry = self.namei.find_stat, self.attrs.entry
+            yield b"..", self.attrs.entry(node.parent or node), at | 2, None
+        entry = self.attrs.entry
+        if node.upper or not node.lower_indices:
+            find = self.namei.find_stat
+            for pos in range(max(start, 2), len(names)):
+                name = names[pos]
+                try:
+                    child, st = find(node, name)
+                    if child is None:
+                        continue  # removed since the listing was taken
+                    attr = entry(child, st)  # an upper object's stat, taken by the lookup
+                except FileNotFoundError:
+                    continue
+                yield name, attr, at | (pos + 1), child
+            return
+        # A directory of the lowers only (most of a cold walk): its merged
+        # lowers, its path and the lookup's pieces are taken once, not per name;
+        # a lower object's attributes are the stat its node was made with.
+        lower = self.dircache.lower_entries(node).get
+        base = node.path()
+        prefix = base + b"/" if base else b""
+        lower_child = self.namei.lower_child
         for pos in range(max(start, 2), len(names)):
             name = names[pos]
+            found = lower(name)
+            if found is None:
+                continue
             try:
-                child, st = find(node, name)
-                if child is None:
-                    continue  # removed since the listing was taken
-                attr = entry(child, st)  # an upper object's stat, taken by the lookup
+                child = lower_child(node, name, found, prefix + name)
             except FileNotFoundError:
                 continue
-            yield name, attr, _offset(number, pos + 1), child
+            yield name, entry(child, None if child.upper else child.lower_stat), at | (pos + 1), child

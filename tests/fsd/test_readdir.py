@@ -84,6 +84,42 @@ async def test_each_entry_comes_with_the_attributes_a_stat_of_it_gives(overlay):
             assert attrs == [getattr(stat, f) for f in fields], name
 
 
+async def test_a_directory_of_the_lowers_only_lists_what_a_stat_of_each_entry_gives(overlay):
+    """A directory with no upper dir (readdir.py takes its merged lowers and
+    its path once for all its names): each entry, read in several requests,
+    has the number and attributes a stat of it gives; whited-out names are
+    not listed."""
+    top, bottom = overlay.lowers(2)
+    write(bottom, "d/file", "f")
+    write(bottom, "d/merged/b", "b")
+    write(top, "d/merged/t", "t")
+    write(top, "d/own/x", "x")
+    write(bottom, "d/gone", "g")
+    whiteout(top, "d/gone", "whfile")
+    os.link(bottom / "d" / "file", bottom / "d" / "hl")
+    os.symlink("file", top / "d" / "link")
+    fs = await overlay.mount()
+    fh = await fs.opendir("d")
+    pieces, offset = [], 0
+    while batch := await fs.readdir(fh, offset, room=2):
+        pieces += batch
+        offset = batch[-1][2]
+    await fs.ops.releasedir(fh)
+    token = Token()
+    await fs.ops.readdir(fh, 0, token)
+    fields = ("st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_ctime_ns")
+    listed = {name: [getattr(attr, f) for f in fields] for name, attr, _ in token.entries}
+    assert sorted(listed) == [b".", b"..", b"file", b"hl", b"link", b"merged", b"own"]
+    assert [(name, ino) for name, ino, _ in pieces] == [(name, attrs[0]) for name, attrs in listed.items()]
+    assert listed[b"merged"][2] == 1  # a directory of two layers
+    for name, attrs in listed.items():
+        if name not in (b".", b".."):
+            fs.held[attrs[0]] += 2  # the listing's lookups of it: two listings
+            stat = await fs.stat(b"d/" + name)
+            assert attrs == [getattr(stat, f) for f in fields], name
+    assert listed[b"hl"] == listed[b"file"]
+
+
 async def test_dot_and_dotdot_come_first_with_their_inode_numbers(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "d/sub/f", "x")
