@@ -241,6 +241,9 @@ class Proxy:
             self.requests.append(Seen(h.command, h.path, status, sent))
 
     def _reply(self, h, status: int, body: bytes = b"", headers: dict | None = None) -> None:
+        # recorded first: a client that has its answer may end, and its test
+        # count the requests, before this thread gets to run again
+        self._record(h, status, len(body))
         h.send_response(status)
         for k, v in (headers or {}).items():
             h.send_header(k, v)
@@ -248,7 +251,6 @@ class Proxy:
         h.end_headers()
         if h.command != "HEAD":
             h.wfile.write(body)
-        self._record(h, status, len(body))
 
     def _handle(self, h) -> None:
         with self.lock:
