@@ -220,13 +220,13 @@ class CopyUp:
         needs the same copy-up waits here and finds it done."""
         if node.lock is None:
             node.lock = trio.Lock()
-        try:
-            # Free, the common case: taken without a trip through trio's
-            # scheduler, so that a small file's copy-up never suspends.
-            node.lock.acquire_nowait()
-        except trio.WouldBlock:
-            with waiting(f"the copy-up of inode {node.ino}"):
-                await node.lock.acquire()
+        # Always through trio's scheduler (acquire checkpoints even when the lock
+        # is free), never acquire_nowait: a caller that loops until a copy-up
+        # it waits for is done (dir.py's _settle_rename) makes progress only
+        # because each round lets the other tasks run.  Taken without it, the
+        # namespace stress test hung the daemon in such a loop.
+        with waiting(f"the copy-up of inode {node.ino}"):
+            await node.lock.acquire()
         try:
             yield
         finally:
