@@ -48,15 +48,16 @@ class ReaddirOps:
         self.namei = namei
         self.attrs = attrs
         # listing number (1 .. 2**30 - 1, then again: never 0, which starts a
-        # listing) -> (the directory's inode, its names)
-        self._listings: OrderedDict[int, tuple[int, list[bytes]]] = OrderedDict()
+        # listing) -> (the directory's node, its names); by the node itself, not
+        # its number: a number may name another directory once this one is gone
+        self._listings: OrderedDict[int, tuple[Node, list[bytes]]] = OrderedDict()
         self._numbers = itertools.cycle(range(1, 1 << 30))
 
     def _take(self, node: Node) -> tuple[int, list[bytes]]:
         """A new listing of node, under a new number."""
         number = next(self._numbers)
         names = [b".", b"..", *self.dircache.merged_names(node)]
-        self._listings[number] = (node.ino, names)
+        self._listings[number] = (node, names)
         if len(self._listings) > MAX_LISTINGS:
             self._listings.popitem(last=False)
         if node.upper and not node.gone and self.dir_atime:
@@ -82,7 +83,7 @@ class ReaddirOps:
         kernel."""
         number, start = offset >> _POS_BITS, offset & ((1 << _POS_BITS) - 1)
         kept = self._listings.get(number) if offset else None
-        if kept is None or kept[0] != node.ino:
+        if kept is None or kept[0] is not node:
             number, names = self._take(node)
         else:
             names = kept[1]
