@@ -5,8 +5,10 @@ the bench (not product code, not an overlay).
 
 It serves one directory (the upperdir, else the one lowerdir) as it is: every
 request is answered straight from that directory, inode number = st_ino, no
-layers, no copy-up, no whiteouts, no lookup counting, no error translation
-beyond OSError -> FUSEError. It runs on the same patched pyfuse3 and receive
+layers, no whiteouts, no lookup counting, no error translation beyond
+OSError -> FUSEError; only a file opened for writing that it did not make is
+first copied, as an overlay must copy it up (`_copy_up`), so that the floor
+of copy-up (w4) includes the copy.  It runs on the same patched pyfuse3 and receive
 loop as fsd and asks the kernel for what fsd asks (default_permissions, POSIX
 ACLs, HANDLE_KILLPRIV_V2, no writeback cache, the same entry and attribute
 timeouts, cached listings, keep_cache on open), so that the kernel sends it
@@ -50,6 +52,7 @@ class Floor(pyfuse3.Operations):
         self.paths: dict[int, bytes] = {ROOT: root}  # inode -> absolute path
         self.dirs: dict[int, list[bytes]] = {}  # directory inode -> its names, taken at offset 0
         self.euid, self.egid = os.geteuid(), os.getegid()
+        self.own: set[int] = set()  # inodes of files it made or copied: written in place
 
     def _entry(self, st: os.stat_result, path: bytes) -> pyfuse3.EntryAttributes:
         """The reply for the object at path; its inode leads to path from now on."""
@@ -183,8 +186,38 @@ class Floor(pyfuse3.Operations):
             elif path.startswith(prefix):
                 self.paths[ino] = new + path[len(old):]
 
+    @staticmethod
+    def _copy_up(path: bytes, data: bool) -> None:
+        """The least a copy-up that loses nothing does, as the kernel overlay
+        and fsd make one: a new file (beside path: no work area, no xattrs,
+        owner or times to copy), the data (none before an O_TRUNC), fsync, and
+        only then the rename that publishes it.  What w4 pays above this is
+        the overlay's logic, not the durability."""
+        tmp = path + b".floor-copy"
+        st = os.lstat(path)
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IMODE(st.st_mode))
+        try:
+            if data and st.st_size:
+                src = os.open(path, os.O_RDONLY)
+                try:
+                    done = 0
+                    while done < st.st_size:
+                        step = os.copy_file_range(src, dst, st.st_size - done, done, done)
+                        if not step:
+                            break
+                        done += step
+                finally:
+                    os.close(src)
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+        os.rename(tmp, path)
+
     async def open(self, inode, flags, ctx):
         try:
+            if inode not in self.own and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+                self._copy_up(self.paths[inode], not flags & os.O_TRUNC)
+                self.own.add(inode)
             fd = os.open(self.paths[inode], flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY))
         except OSError as exc:
             raise FUSEError(exc.errno) from None
@@ -195,7 +228,9 @@ class Floor(pyfuse3.Operations):
         try:
             fd = os.open(path, (flags | os.O_CREAT) & ~os.O_NOCTTY, mode)
             self._own(path, ctx)
-            return pyfuse3.FileInfo(fh=fd, keep_cache=True), self._entry(os.fstat(fd), path)
+            entry = self._entry(os.fstat(fd), path)
+            self.own.add(entry.st_ino)
+            return pyfuse3.FileInfo(fh=fd, keep_cache=True), entry
         except OSError as exc:
             raise FUSEError(exc.errno) from None
 
