@@ -74,7 +74,7 @@ def parse_argv(argv: list[str]) -> tuple[list[str], list[str], bool, bool]:
     return options, positional, foreground, debug
 
 
-def _import_daemon():
+def import_daemon():
     """fsd.mount.run, imported as a start wants it: trio trimmed (startup.py),
     and no cyclic garbage collection until the daemon serves (mount.py's
     _collect_less enables it): the imports would run ~50 collections, ~6 ms
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for warning in params.warnings:
         print(f"fsd: warning: {warning}", file=sys.stderr)
-    return _import_daemon()(params, foreground)
+    return import_daemon()(params, foreground)
 
 
 if __name__ == "__main__":
