@@ -7,7 +7,7 @@ import gc
 import sys
 
 from .params import ParamError, parse_options
-from .startup import trimmed
+from .startup import close_start_cache, trimmed
 
 USAGE = """usage: fsd [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=UPPER,workdir=WORK][,OPTS] MOUNTPOINT
        fsd SOURCE MOUNTPOINT -o OPTS      (as run by mount -t fuse.fsd)
@@ -78,10 +78,11 @@ def import_daemon():
     """fsd.mount.run, imported as a start wants it: trio trimmed (startup.py),
     and no cyclic garbage collection until the daemon serves (mount.py's
     _collect_less enables it): the imports would run ~50 collections, ~6 ms
-    of their ~65 ms of CPU."""
+    of their ~65 ms of CPU.  The imports end the start cache's use."""
     gc.disable()
     with trimmed():
         from .mount import run
+    close_start_cache()
     return run
 
 

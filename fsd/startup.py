@@ -34,16 +34,27 @@ And the start cache, which the launcher reads before anything else:
   of a start.  A cached module is used only if its source file still has the
   mtime and size it had when cached (what a .pyc's header checks), from the
   same directory of the same sys.path; else it is imported as ever;
-- the code attrs compiles for the classes trio defines with it (~80 methods
-  generated from source text at every import, ~9 ms): `compile` answers a
-  call it saw at install from the cache, keyed by the whole source text, its
-  file name, mode and the caller's future flags, so a different attrs or trio
-  simply compiles anew.
+- the code compiled from source text during the imports: the methods attrs
+  generates for trio's classes (~90, ~9 ms) and dataclasses for fsd's (~30,
+  ~2.5 ms).  While the start imports, `compile` and `exec` of a text answer
+  a call seen at install from the cache, keyed by the whole text, its file
+  name, mode and the caller's future flags, so that a different attrs, trio
+  or fsd simply compiles anew.  But attrs writes into a __hash__ a number
+  that differs at every start (the hash of the class's name; ~40 of its
+  methods): a text that differs from a cached one only in numbers of ten
+  digits or more, each with the cached one's sign and length, gets the
+  cached code with those constants replaced (the same code as compiled, line
+  and column positions included); if a number is not a constant of the
+  code, it compiles anew.  Such a text is cached in the forms of a hash
+  nearly always has: either sign, 18 or 19 digits.
 
-scripts/install writes it after byte-compiling (`python -m fsd.startup PATH`
-writes both): a fresh interpreter with the launcher's sys.path imports the
-daemon as a start does and records what it loaded.  A missing, unreadable or
-foreign cache (another Python, another sys.path) is ignored.
+`use_start_cache` (the launcher's first step) opens that window; the end of
+the daemon's imports (cli.import_daemon) closes it: compile and exec are
+builtins' again, the finder gone.  scripts/install writes the cache after
+byte-compiling (`python -m fsd.startup PATH` writes both): a fresh
+interpreter with the launcher's sys.path imports the daemon as a start does
+and records what it loaded.  A missing, unreadable or foreign cache (another
+Python, another sys.path) is ignored.
 """
 
 from __future__ import annotations
@@ -67,17 +78,21 @@ DEFERRED = ("ssl", "hmac", "idna", "subprocess", "shutil", "tempfile")
 
 # The start cache, in the environment (sys.prefix) beside bin/; its first bytes
 START_CACHE = "fsd-start.cache"
-_CACHE_FORMAT = b"fsd start cache 1\n" + importlib.util.MAGIC_NUMBER
+_CACHE_FORMAT = b"fsd start cache 2\n" + importlib.util.MAGIC_NUMBER
 
 # The flags of the caller that compile() inherits unless told not to
 _FUTURE_FLAGS = 0
 for _feature in __future__.all_feature_names:
     _FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
 
-_compile = builtins.compile
+_compile, _exec = builtins.compile, builtins.exec
 # (source, filename, mode, future flags) -> code, from the start cache
 _compiled: dict = {}
-# what compile() compiled in trimmed(), while write_start_cache records
+# the same for texts with numbers (_numbered): (text with each number's
+# digits as 0s, filename, mode, flags) -> (those numbers, code)
+_by_template: dict = {}
+_NUMBER = r"(?<![\w.])-?\d{10,}(?![\w.])"
+# what was compiled from source text while write_start_cache records
 _recording: dict | None = None
 
 _run_lock = threading.RLock()
@@ -129,22 +144,6 @@ def _glibc() -> bool:
         return False
 
 
-def _cached_compile(source, filename, mode, flags=0, dont_inherit=False, optimize=-1, **kwargs):
-    """compile(), answered from the start cache where it holds the same call."""
-    if not dont_inherit:
-        flags |= sys._getframe(1).f_code.co_flags & _FUTURE_FLAGS
-    if (kwargs or optimize != -1 or flags & ~_FUTURE_FLAGS or type(source) is not str
-            or type(filename) is not str):
-        return _compile(source, filename, mode, flags, True, optimize, **kwargs)
-    key = (source, filename, mode, flags)
-    code = _compiled.get(key)
-    if code is None:
-        code = _compile(source, filename, mode, flags, True)
-        if _recording is not None:
-            _recording[key] = code
-    return code
-
-
 @contextlib.contextmanager
 def trimmed():
     """Import trio (and what imports it) in this block: see the module doc."""
@@ -156,13 +155,10 @@ def trimmed():
     def find_library(name: str):
         return "libpthread.so.0" if name == "pthread" and _glibc() else search(name)
     ctypes.util.find_library = find_library
-    if _compiled or _recording is not None:
-        builtins.compile = _cached_compile
     try:
         yield
     finally:
         ctypes.util.find_library = search
-        builtins.compile = _compile
 
 
 class _CachedLoader(importlib.machinery.SourceFileLoader):
@@ -210,31 +206,148 @@ class _StartCacheFinder:
             submodule_search_locations=[directory] if is_package else None)
 
 
+def _numbered(source: str) -> tuple[str, list[int]]:
+    """source with the digits of its numbers of 10+ digits as 0s, and those numbers."""
+    import re  # imported by then: not a module of the launcher's own start
+    numbers = [int(n) for n in re.findall(_NUMBER, source)]
+    if not numbers:
+        return source, numbers
+    return re.sub(_NUMBER, lambda m: re.sub(r"\d", "0", m.group()), source), numbers
+
+
+def _forms(source: str) -> list[str]:
+    """source, and where it has one number of 10+ digits, the same with that
+    number of either sign and 18 or 19 digits (as a hash has nearly always)."""
+    import re
+    found = list(re.finditer(_NUMBER, source))
+    if len(found) != 1:
+        return [source]
+    start, end = found[0].span()
+    return [source] + [source[:start] + sign + "3" * digits + source[end:]
+                       for sign in ("", "-") for digits in (18, 19)]
+
+
+def _renumber(const, numbers: dict, texts: tuple[str, ...], found: set):
+    """A constant (code: its constants, nested too) with the ints in numbers
+    replaced; ValueError if a text or bytes constant holds one of texts."""
+    kind = type(const)
+    if kind is int:
+        if const in numbers:
+            found.add(abs(const))  # a literal's sign may be an operator's
+            return numbers[const]
+    elif kind is str or kind is bytes:
+        if any((t if kind is str else t.encode()) in const for t in texts):
+            raise ValueError(const)
+    elif kind is tuple or kind is frozenset:
+        return kind(_renumber(c, numbers, texts, found) for c in const)
+    elif kind is types.CodeType:
+        return const.replace(co_consts=_renumber(const.co_consts, numbers, texts, found))
+    return const
+
+
+def _code(source: str, filename: str, mode: str, flags: int):
+    key = (source, filename, mode, flags)
+    code = _compiled.get(key)
+    if code is None and _by_template:
+        text, numbers = _numbered(source)
+        cached = _by_template.get((text, filename, mode, flags)) if numbers else None
+        if cached is not None and len(set(zip(cached[0], numbers))) == len(set(cached[0])):
+            mapping = {old: new for old, new in zip(cached[0], numbers)}
+            mapping.update({-old: -new for old, new in mapping.items()})
+            found: set = set()
+            try:
+                code = _renumber(cached[1], mapping, tuple(str(n) for n in cached[0]), found)
+            except ValueError:
+                code = None
+            if found != {abs(n) for n in cached[0]}:
+                code = None
+    if code is None:
+        code = _compile(source, filename, mode, flags, True)
+        if _recording is not None:
+            _recording[key] = code
+    return code
+
+
+def _cached_compile(source, filename, mode, flags=0, dont_inherit=False, optimize=-1, **kwargs):
+    """compile() while the start imports: from the start cache where it holds
+    the same call; with the caller's future flags, as compile() inherits them."""
+    if not dont_inherit:
+        flags |= sys._getframe(1).f_code.co_flags & _FUTURE_FLAGS
+    if (kwargs or optimize != -1 or flags & ~_FUTURE_FLAGS or type(source) is not str
+            or type(filename) is not str):
+        return _compile(source, filename, mode, flags, True, optimize, **kwargs)
+    return _code(source, filename, mode, flags)
+
+
+def _cached_exec(source, globals=None, locals=None, /, **kwargs):
+    """exec() while the start imports: a text is compiled as exec() compiles
+    it (file name "<string>", the caller's future flags), from the start
+    cache where it holds the same; run in the caller's namespace unless given."""
+    caller = sys._getframe(1)
+    if globals is None:
+        globals = caller.f_globals
+        if locals is None:
+            locals = caller.f_locals
+    if type(source) is str:
+        source = _code(source, "<string>", "exec", caller.f_code.co_flags & _FUTURE_FLAGS)
+    return _exec(source, globals, locals, **kwargs)
+
+
+def _open_start_cache(modules: dict) -> None:
+    sys.meta_path.insert(0, _StartCacheFinder(modules))
+    builtins.compile, builtins.exec = _cached_compile, _cached_exec
+
+
+def close_start_cache() -> None:
+    """The end of the start's imports: compile, exec and the import system as
+    they were, the cache's memory freed.  Nothing to do without a start cache."""
+    sys.meta_path[:] = [f for f in sys.meta_path if type(f) is not _StartCacheFinder]
+    builtins.compile, builtins.exec = _compile, _exec
+    _compiled.clear()
+    _by_template.clear()
+
+
 def use_start_cache(path: str) -> None:
-    """Import from the start cache at path from now on (the launcher's first
-    step): nothing happens if it is missing, unreadable or made for another
-    Python or another sys.path."""
+    """Import from the start cache at path until close_start_cache (the
+    launcher's first step): nothing happens if it is missing, unreadable or
+    made for another Python or another sys.path."""
     try:
         with open(path, "rb") as f:
             data = f.read()
         if not data.startswith(_CACHE_FORMAT):
             return
-        search, optimize, modules, compiled = marshal.loads(memoryview(data)[len(_CACHE_FORMAT):])
+        search, optimize, modules, compiled, by_template = marshal.loads(memoryview(data)[len(_CACHE_FORMAT):])
     except (OSError, ValueError, EOFError, TypeError):
         return
     if search != sys.path or optimize != sys.flags.optimize:
         return
-    sys.meta_path.insert(0, _StartCacheFinder(modules))
     _compiled.update(compiled)
+    _by_template.update(by_template)
+    _open_start_cache(modules)
 
 
 def write_start_cache(path: str, start) -> None:
-    """Write the start cache at path: what start() (cli.import_daemon: the
-    daemon's start) imports and compiles in trimmed().  Run in a fresh
-    interpreter started as the launcher starts it."""
+    """Write the start cache at path: what start() (importing fsd.cli and
+    running its import_daemon: the daemon's start) imports, and compiles
+    before close_start_cache.  Run in a fresh interpreter started as the
+    launcher starts it."""
     global _recording
     _recording = {}
-    start()
+    _open_start_cache({})
+    try:
+        start()
+    finally:
+        close_start_cache()
+    compiled, by_template = {}, {}
+    for (source, filename, mode, flags), code in _recording.items():
+        for form in _forms(source):
+            text, numbers = _numbered(form)
+            if not numbers:
+                compiled[(source, filename, mode, flags)] = code
+            elif (text, filename, mode, flags) not in by_template:
+                code = code if form is source else _compile(form, filename, mode, flags, True)
+                by_template[(text, filename, mode, flags)] = (numbers, code)
+    _recording = None
     modules = {}
     for name, module in list(sys.modules.items()):
         spec = getattr(module, "__spec__", None)
@@ -245,7 +358,7 @@ def write_start_cache(path: str, start) -> None:
         code = spec.loader.get_code(name)
         modules[name] = (spec.origin, spec.submodule_search_locations is not None,
                          int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, marshal.dumps(code))
-    data = _CACHE_FORMAT + marshal.dumps((list(sys.path), sys.flags.optimize, modules, _recording))
+    data = _CACHE_FORMAT + marshal.dumps((list(sys.path), sys.flags.optimize, modules, compiled, by_template))
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -298,6 +411,7 @@ if __name__ == "__main__":  # scripts/install: python -m fsd.startup PATH
         sys.exit(0)
     import subprocess
     subprocess.run([sys.executable, "-S", "-c", _launcher_path() +
-                    "from fsd.cli import import_daemon\nfrom fsd.startup import write_start_cache\n"
-                    f"write_start_cache({start_cache_path()!r}, import_daemon)\n"],
+                    "import importlib\nfrom fsd.startup import write_start_cache\n"
+                    f"write_start_cache({start_cache_path()!r},\n"
+                    "                  lambda: importlib.import_module('fsd.cli').import_daemon())\n"],
                    check=True)

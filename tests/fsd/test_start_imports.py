@@ -172,29 +172,47 @@ def _cached(names: str = "sys.modules") -> str:
             " is startup._CachedLoader)\n")
 
 
-def test_the_start_loads_its_modules_and_attrs_methods_from_the_start_cache(tmp_path):
+# Code that checks every code the start cache answers with against what
+# compile() gives for the same call (code objects compare their bytecode,
+# constants, names and line and column tables)
+_CHECKED_CODE = ("differs = []\n"
+                 "def checked(source, filename, mode, flags, code_=startup._code):\n"
+                 "    code = code_(source, filename, mode, flags)\n"
+                 "    if code != startup._compile(source, filename, mode, flags, True):\n"
+                 "        differs.append(source)\n"
+                 "    return code\n"
+                 "startup._code = checked\n")
+
+
+def test_the_start_loads_its_modules_and_generated_methods_from_the_start_cache(tmp_path):
     # ~170 .pyc files read at every start (~0.05 s with cold caches), and the
-    # methods attrs compiles for trio's classes (~9 ms): from one file
-    # (startup.use_start_cache, which the launcher calls first)
+    # methods attrs and dataclasses compile for trio's and fsd's classes
+    # (~12 ms): from one file (startup.use_start_cache, the launcher's first step)
     cache = tmp_path / "start.cache"
-    _write_cache(cache, "from fsd.cli import import_daemon\nimport_daemon()")
-    got = _run("from fsd import startup\n"
+    _write_cache(cache, "import fsd.cli\nfsd.cli.import_daemon()")
+    got = _run("import builtins\n"
+               "from fsd import startup\n"
+               "as_ever = [builtins.compile, builtins.exec, list(sys.meta_path)]\n"
                f"startup.use_start_cache({str(cache)!r})\n"
-               "compiled = []\n"
-               "def compile_(source, *args):\n"
-               "    compiled.append(source)\n"
-               "    return builtins_compile(source, *args)\n"
-               "builtins_compile, startup._compile = startup._compile, compile_\n"
+               "held = [len(startup._compiled), sum('__create_fn__' in k[0] for k in startup._compiled)]\n"
+               "startup._recording = {}  # what is compiled anew\n"
+               + _CHECKED_CODE +
                "from fsd.cli import import_daemon\n"
                "import_daemon()\n"
                + _cached() +
-               "print(json.dumps([cached, len(startup._compiled), compiled]))")
-    cached, held, compiled = got
-    assert {"trio", "trio._core._run", "attr._make", "pyfuse3._pyfuse3", "fsd.mount", "fsd.ops"} <= set(cached)
-    # what attrs compiles anew: only a __hash__ whose text holds this process's
-    # hash of the class's name, which differs at every start (hash randomization)
-    assert held > len(compiled)
-    assert all("hash((" in source for source in compiled), compiled
+               "compiled = [source for source, *_ in startup._recording]\n"
+               "closed = [[builtins.compile, builtins.exec, sys.meta_path] == as_ever, len(startup._compiled)]\n"
+               "print(json.dumps([cached, held, compiled, closed, differs]))")
+    cached, held, compiled, closed, differs = got
+    assert differs == []
+    assert {"trio", "trio._core._run", "attr._make", "pyfuse3._pyfuse3", "fsd.cli", "fsd.params",
+            "fsd.mount", "fsd.ops"} <= set(cached)
+    # nothing is compiled anew, attrs' __hash__ methods included, whose text
+    # holds this process's hash of the class's name (hash randomization)
+    assert compiled == []
+    assert held[1] > 10  # dataclasses' methods too
+    # once the daemon is imported, compile, exec and the import system are as ever
+    assert closed == [True, 0]
 
 
 def test_a_module_changed_since_the_start_cache_was_written_is_imported_from_its_source(tmp_path):
@@ -252,16 +270,45 @@ def test_compile_answered_from_the_start_cache_keeps_the_callers_future_flags(tm
                                        f"code = compile({source!r}, '<f>', 'exec')\n")
     prologue = f"sys.path.insert(0, {str(pkgs)!r})\n"
     cache = tmp_path / "start.cache"
-    start = "from fsd.startup import trimmed\nwith trimmed():\n    import plain, postponed\n"
+    start = "import plain, postponed\n"
     _write_cache(cache, start, prologue)
     got = _run(prologue + "from fsd import startup\n"
                f"startup.use_start_cache({str(cache)!r})\n" + start +
+               "startup.close_start_cache()\n"
                "def defines(code):\n"
                "    try:\n"
                "        exec(code, {})\n"
                "        return True\n"
                "    except NameError:\n"
                "        return False\n"
-               "print(json.dumps([len(startup._compiled), defines(plain.code), defines(postponed.code),\n"
+               "print(json.dumps([None, defines(plain.code), defines(postponed.code),\n"
                "                  compile is startup._compile]))")
-    assert got == [2, False, True, True]
+    assert got[1:] == [False, True, True]
+
+
+def test_a_text_that_differs_from_a_cached_one_in_a_hash_gets_its_code_with_that_number(tmp_path):
+    # attrs writes hash(ClassName) into a __hash__: another number at every start
+    cache = tmp_path / "start.cache"
+    hashed = "def h(self):\n    return hash((\n        {},\n        self.x,\n    ))\n"
+    both = "X = '{0}'\nY = {0}\n"  # the number in a text too: that text must change with it
+    _write_cache(cache, f"compile({hashed.format(-1234567890123456789)!r}, '<h>', 'exec')\n"
+                        f"compile({both.format(1234567890123)!r}, '<b>', 'exec')\n")
+    calls = [(hashed.format(n), "<h>") for n in (-1234567890123456789, 987654321098765432, -99999999999999999)]
+    calls.append((both.format(3210987654321), "<b>"))
+    got = _run("from fsd import startup\n"
+               f"startup.use_start_cache({str(cache)!r})\n"
+               "startup._recording = {}\n"
+               + _CHECKED_CODE +
+               f"namespaces = [{{}} for _ in {calls!r}]\n"
+               f"for (source, filename), ns in zip({calls!r}, namespaces):\n"
+               "    exec(compile(source, filename, 'exec'), ns)\n"
+               "compiled = [source for source, *_ in startup._recording]\n"
+               "startup.close_start_cache()\n"
+               "print(json.dumps([differs, compiled, namespaces[-1]['X'], namespaces[-1]['Y'],\n"
+               "                  namespaces[1]['h'].__code__.co_consts]))")
+    differs, compiled, x, y, consts = got
+    assert differs == []
+    # a hash of 17 digits is a form not cached; the text with the number is compiled anew
+    assert compiled == [calls[2][0], calls[3][0]]
+    assert [x, y] == ["3210987654321", 3210987654321]
+    assert 987654321098765432 in consts
