@@ -115,10 +115,6 @@ class MountSpec:
     destination: str                 # absolute, normalized path in the container
     options: tuple[str, ...] = ()
 
-    @property
-    def read_only(self) -> bool:
-        return "ro" in self.options
-
 
 @dataclass(frozen=True)
 class Quota:
