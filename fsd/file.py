@@ -64,7 +64,9 @@ async def _in_worker(fn, *args):
     to_thread.run_sync does besides costs an fsync request about as much CPU
     as the switch of threads itself: a trip through the scheduler to take the
     limiter, a copy of the context, the thread named and renamed (two prctl)
-    on every call."""
+    on every call.  Only for a call that never calls back into trio: the
+    copies of big files and trees (copy_up.py) stay on trio.to_thread, whose
+    threads may (`trio.from_thread`, for a lazy file: lazy.open_in_thread)."""
     limiter = trio.to_thread.current_default_thread_limiter()
     borrower = object()
     try:
