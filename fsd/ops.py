@@ -88,6 +88,10 @@ class Operations(pyfuse3.Operations):
     # no OPENDIR and RELEASEDIR (two of a warm walk's three requests per
     # directory): readdir.py keeps listings by directory, not by handle
     enable_no_opendir = True
+    # one READLINK per symlink, not one per path walk through it (every exec
+    # reads the loader's and libraries' links): a symlink's target never
+    # changes under its node (a new link or a rename over it is another node)
+    enable_cache_symlinks = True
     enable_dont_mask = True  # the umask is fsd's to apply: not where a default ACL is inherited
 
     def __init__(self, ovl: Overlay, noacl: bool = False, on_init=None):

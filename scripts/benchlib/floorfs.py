@@ -10,7 +10,7 @@ OSError -> FUSEError; only a file opened for writing that it did not make is
 first copied, as an overlay must copy it up (`_copy_up`), so that the floor
 of copy-up (w4) includes the copy.  It runs on the same patched pyfuse3 and receive
 loop as fsd and asks the kernel for what fsd asks (default_permissions, POSIX
-ACLs, HANDLE_KILLPRIV_V2, no writeback cache, the same entry and attribute
+ACLs, HANDLE_KILLPRIV_V2, cached symlinks, no writeback cache, the same entry and attribute
 timeouts, cached listings, keep_cache on open), so that the kernel sends it
 the requests it sends fsd. What fsd spends per request above what this spends
 is fsd's overlay logic; what this spends is the floor of any Python
@@ -45,6 +45,7 @@ class Floor(pyfuse3.Operations):
     enable_acl = True
     handle_killpriv_v2 = True
     enable_no_opendir = True  # as fsd: readdir gets the directory's inode
+    enable_cache_symlinks = True  # as fsd: one READLINK per symlink
 
     def __init__(self, root: bytes):
         super().__init__()

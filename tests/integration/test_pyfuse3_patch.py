@@ -51,6 +51,12 @@ FileInfo.backing_id ("passthrough" on the command line here: every open and
 create passes through). The results are the daemon's counts of read and write
 requests.
 
+Stock pyfuse3 never asks for FUSE_CAP_CACHE_SYMLINKS, so the kernel sends
+READLINK at every path walk through a symlink.
+patches/pyfuse3-3.5.0-cache-symlinks.patch adds Operations.enable_cache_symlinks
+("cache_symlinks" on the command line here). The result is the daemon's count
+of readlink requests.
+
 Stock pyfuse3 never asks for FUSE_CAP_DONT_MASK, so the kernel applies the
 caller's umask before the file system sees the mode of a new file, also where a
 default ACL says the umask must not apply. patches/pyfuse3-3.5.0-dont-mask.patch
@@ -182,7 +188,8 @@ class Passthrough(pyfuse3.Operations):
         # [mode, umask] that the last create request came with
         self.calls = {"opendir": 0, "readdir": 0, "releasedir": 0, "readdir fh": None,
                       "getxattr " + CAPS: 0, "kills": [],
-                      "read": 0, "write": 0, "passthrough_granted": False, "create": None}
+                      "read": 0, "write": 0, "passthrough_granted": False, "create": None,
+                      "readlink": 0}
         # "passthrough": opens and creates in passthrough mode, each on its own
         # backing id (a test opens a file once at a time)
         self.enable_passthrough = opendir_reply == "passthrough"
@@ -193,6 +200,8 @@ class Passthrough(pyfuse3.Operations):
         self.fd_range = opendir_reply == "fd_range"
         # "no_opendir": enable_no_opendir (readdir records the fh it is given)
         self.enable_no_opendir = opendir_reply == "no_opendir"
+        # "cache_symlinks": enable_cache_symlinks (readlink requests are counted)
+        self.enable_cache_symlinks = opendir_reply == "cache_symlinks"
         self.fh_names: dict[int, int] = {}  # file handle (a backing fd) -> inode
         self.nameless: dict[int, int] = {}  # inode of an O_TMPFILE file -> its fd
         self.lookups: dict[int, int] = {}  # inode -> lookups the kernel has not forgotten
@@ -256,6 +265,11 @@ class Passthrough(pyfuse3.Operations):
                 return e
             return self._entry(inode, os.stat(self.names[inode], dir_fd=self.dirfd,
                                               follow_symlinks=False))
+
+    async def readlink(self, inode, ctx):
+        self.calls["readlink"] += 1
+        with _fuse_errors():
+            return os.readlink(self.names[inode], dir_fd=self.dirfd)
 
     def _path(self, inode: int) -> str:
         return f"/proc/self/fd/{self.dirfd}/{os.fsdecode(self.names[inode])}"
@@ -771,6 +785,34 @@ def test_no_opendir_leaves_opendir_and_releasedir_unsent_and_readdir_gets_the_in
 
     _retried_if_page_cache_dropped(cached)
     assert (_calls(mnt)["opendir"], _calls(mnt)["releasedir"]) == (0, 0)
+
+
+def _require_cache_symlinks_patch() -> None:
+    if not hasattr(pyfuse3.Operations, "enable_cache_symlinks"):
+        pytest.fail("pyfuse3.Operations has no enable_cache_symlinks: this pyfuse3 lacks "
+                    "patches/pyfuse3-3.5.0-cache-symlinks.patch (run scripts/install)",
+                    pytrace=False)
+
+
+@pytest.mark.parametrize("passthrough, asked_once", [("int", False), ("cache_symlinks", True)],
+                         indirect=["passthrough"])
+def test_cache_symlinks_decides_whether_each_readlink_reaches_the_daemon(passthrough, asked_once):
+    _require_cache_symlinks_patch()
+    os.symlink("target/of/the/link", passthrough.backing / "link")
+    link = passthrough.mnt / "link"
+
+    def readlinks(attempt):
+        before = _calls(passthrough.mnt)["readlink"]
+        assert [os.readlink(link) for _ in range(3)] == ["target/of/the/link"] * 3
+        asked = _calls(passthrough.mnt)["readlink"] - before
+        if not asked_once:
+            assert asked == 3
+        elif attempt:  # after a drop of the page cache: cached again, or still
+            assert asked <= 1
+        else:
+            assert asked == 1
+
+    _retried_if_page_cache_dropped(readlinks)
 
 
 def test_o_tmpfile_reaches_the_tmpfile_handler(passthrough):
