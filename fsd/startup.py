@@ -45,8 +45,8 @@ And the start cache, which the launcher reads before anything else:
   digits or more, each with the cached one's sign and length, gets the
   cached code with those constants replaced (the same code as compiled, line
   and column positions included); if a number is not a constant of the
-  code, it compiles anew.  Such a text is cached in the forms of a hash
-  nearly always has: either sign, 18 or 19 digits.
+  code, it compiles anew.  Such a text is cached in the forms a 64-bit hash
+  has but 1 in 10,000: either sign, 16 to 19 digits.
 
 `use_start_cache` (the launcher's first step) opens that window; the end of
 the daemon's imports (cli.import_daemon) closes it: compile and exec are
@@ -78,7 +78,7 @@ DEFERRED = ("ssl", "hmac", "idna", "subprocess", "shutil", "tempfile")
 
 # The start cache, in the environment (sys.prefix) beside bin/; its first bytes
 START_CACHE = "fsd-start.cache"
-_CACHE_FORMAT = b"fsd start cache 2\n" + importlib.util.MAGIC_NUMBER
+_CACHE_FORMAT = b"fsd start cache 3\n" + importlib.util.MAGIC_NUMBER
 
 # The flags of the caller that compile() inherits unless told not to
 _FUTURE_FLAGS = 0
@@ -86,10 +86,13 @@ for _feature in __future__.all_feature_names:
     _FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
 
 _compile, _exec = builtins.compile, builtins.exec
-# (source, filename, mode, future flags) -> code, from the start cache
+# The start cache's code, each marshalled at an (offset, length) of it:
+# unmarshalled only if used, without a copy
+_blob = memoryview(b"")
+# (source, filename, mode, future flags) -> where its code is
 _compiled: dict = {}
 # the same for texts with numbers (_numbered): (text with each number's
-# digits as 0s, filename, mode, flags) -> (those numbers, code)
+# digits as 0s, filename, mode, flags) -> (those numbers, where its code is)
 _by_template: dict = {}
 _NUMBER = r"(?<![\w.])-?\d{10,}(?![\w.])"
 # what was compiled from source text while write_start_cache records
@@ -165,9 +168,9 @@ class _CachedLoader(importlib.machinery.SourceFileLoader):
     """A module of the start cache: its code from there, once; the rest (its
     source for tracebacks, its resources) as any source file's."""
 
-    def __init__(self, fullname: str, path: str, code: bytes):
+    def __init__(self, fullname: str, path: str, code: memoryview):
         super().__init__(fullname, path)
-        self._code: bytes | None = code
+        self._code: memoryview | None = code
 
     def get_code(self, fullname):
         code, self._code = self._code, None
@@ -183,14 +186,14 @@ class _StartCacheFinder:
     same name, after a failure, goes the ordinary way)."""
 
     def __init__(self, modules: dict):
-        # name -> (source file, is a package, source mtime, source size, code)
+        # name -> (source file, is a package, source mtime, source size, where its code is)
         self.modules = modules
 
     def find_spec(self, name, path=None, target=None):
         entry = self.modules.pop(name, None)
         if entry is None:
             return None
-        source, is_package, mtime, size, code = entry
+        source, is_package, mtime, size, at = entry
         directory = os.path.dirname(source)
         where = os.path.dirname(directory) if is_package else directory
         if where not in (sys.path if path is None else path):
@@ -202,7 +205,7 @@ class _StartCacheFinder:
         if (int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF) != (mtime, size):
             return None
         return importlib.util.spec_from_file_location(
-            name, source, loader=_CachedLoader(name, source, code),
+            name, source, loader=_CachedLoader(name, source, _blob[at[0]:at[0] + at[1]]),
             submodule_search_locations=[directory] if is_package else None)
 
 
@@ -217,14 +220,14 @@ def _numbered(source: str) -> tuple[str, list[int]]:
 
 def _forms(source: str) -> list[str]:
     """source, and where it has one number of 10+ digits, the same with that
-    number of either sign and 18 or 19 digits (as a hash has nearly always)."""
+    number of either sign and 16 to 19 digits (a 64-bit hash but 1 in 10,000)."""
     import re
     found = list(re.finditer(_NUMBER, source))
     if len(found) != 1:
         return [source]
     start, end = found[0].span()
     return [source] + [source[:start] + sign + "3" * digits + source[end:]
-                       for sign in ("", "-") for digits in (18, 19)]
+                       for sign in ("", "-") for digits in (16, 17, 18, 19)]
 
 
 def _renumber(const, numbers: dict, texts: tuple[str, ...], found: set):
@@ -245,9 +248,14 @@ def _renumber(const, numbers: dict, texts: tuple[str, ...], found: set):
     return const
 
 
+def _cached(at: tuple[int, int]):
+    return marshal.loads(_blob[at[0]:at[0] + at[1]])
+
+
 def _code(source: str, filename: str, mode: str, flags: int):
     key = (source, filename, mode, flags)
-    code = _compiled.get(key)
+    at = _compiled.get(key)
+    code = None if at is None else _cached(at)
     if code is None and _by_template:
         text, numbers = _numbered(source)
         cached = _by_template.get((text, filename, mode, flags)) if numbers else None
@@ -256,7 +264,7 @@ def _code(source: str, filename: str, mode: str, flags: int):
             mapping.update({-old: -new for old, new in mapping.items()})
             found: set = set()
             try:
-                code = _renumber(cached[1], mapping, tuple(str(n) for n in cached[0]), found)
+                code = _renumber(_cached(cached[1]), mapping, tuple(str(n) for n in cached[0]), found)
             except ValueError:
                 code = None
             if found != {abs(n) for n in cached[0]}:
@@ -301,26 +309,32 @@ def _open_start_cache(modules: dict) -> None:
 def close_start_cache() -> None:
     """The end of the start's imports: compile, exec and the import system as
     they were, the cache's memory freed.  Nothing to do without a start cache."""
+    global _blob
     sys.meta_path[:] = [f for f in sys.meta_path if type(f) is not _StartCacheFinder]
     builtins.compile, builtins.exec = _compile, _exec
     _compiled.clear()
     _by_template.clear()
+    _blob = memoryview(b"")
 
 
 def use_start_cache(path: str) -> None:
     """Import from the start cache at path until close_start_cache (the
     launcher's first step): nothing happens if it is missing, unreadable or
     made for another Python or another sys.path."""
+    global _blob
     try:
         with open(path, "rb") as f:
-            data = f.read()
-        if not data.startswith(_CACHE_FORMAT):
+            data = memoryview(f.read())
+        if data[:len(_CACHE_FORMAT)] != _CACHE_FORMAT:
             return
-        search, optimize, modules, compiled, by_template = marshal.loads(memoryview(data)[len(_CACHE_FORMAT):])
+        start = len(_CACHE_FORMAT) + 8
+        blob = start + int.from_bytes(data[start - 8:start], "little")
+        search, optimize, modules, compiled, by_template = marshal.loads(data[start:blob])
     except (OSError, ValueError, EOFError, TypeError):
         return
     if search != sys.path or optimize != sys.flags.optimize:
         return
+    _blob = data[blob:]
     _compiled.update(compiled)
     _by_template.update(by_template)
     _open_start_cache(modules)
@@ -332,36 +346,41 @@ def write_start_cache(path: str, start) -> None:
     before close_start_cache.  Run in a fresh interpreter started as the
     launcher starts it."""
     global _recording
+    before = set(sys.modules)  # imported before the launcher reads the cache
     _recording = {}
     _open_start_cache({})
     try:
         start()
     finally:
         close_start_cache()
+    blob = bytearray()
+
+    def put(code) -> tuple[int, int]:
+        marshalled = marshal.dumps(code)
+        blob.extend(marshalled)
+        return len(blob) - len(marshalled), len(marshalled)
     compiled, by_template = {}, {}
-    for (source, filename, mode, flags), code in _recording.items():
+    for (source, *how), code in _recording.items():
         for form in _forms(source):
             text, numbers = _numbered(form)
             if not numbers:
-                compiled[(source, filename, mode, flags)] = code
-            elif (text, filename, mode, flags) not in by_template:
-                code = code if form is source else _compile(form, filename, mode, flags, True)
-                by_template[(text, filename, mode, flags)] = (numbers, code)
+                compiled[(source, *how)] = put(code)
+            elif (text, *how) not in by_template:
+                by_template[(text, *how)] = (numbers, put(code if form is source else _compile(form, *how, True)))
     _recording = None
     modules = {}
     for name, module in list(sys.modules.items()):
         spec = getattr(module, "__spec__", None)
-        if (type(module) is not types.ModuleType or spec is None
+        if (name in before or type(module) is not types.ModuleType or spec is None
                 or type(spec.loader) is not importlib.machinery.SourceFileLoader):
             continue
         st = os.stat(spec.origin)  # before the code: a source changed since is not used
-        code = spec.loader.get_code(name)
         modules[name] = (spec.origin, spec.submodule_search_locations is not None,
-                         int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, marshal.dumps(code))
-    data = _CACHE_FORMAT + marshal.dumps((list(sys.path), sys.flags.optimize, modules, compiled, by_template))
+                         int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, put(spec.loader.get_code(name)))
+    index = marshal.dumps((list(sys.path), sys.flags.optimize, modules, compiled, by_template))
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
-        f.write(data)
+        f.write(_CACHE_FORMAT + len(index).to_bytes(8, "little") + index + blob)
     os.replace(tmp, path)
 
 
