@@ -6,8 +6,10 @@ package imports, whatever the program uses: TLS, DTLS and IDNA support (ssl,
 hmac and idna: the first two load libssl and libcrypto), subprocess support,
 and its thread cache asks `ctypes.util.find_library("pthread")` at import,
 which runs `ldconfig -p` in a child process to read the linker's cache
-(ctypes.util imports shutil and tempfile for other searches).  fsd uses none
-of it.  Inside `trimmed()`:
+(ctypes.util imports shutil and tempfile for other searches); and modules
+that the standard library's imports import for a function fsd never calls
+(urllib.parse imports ipaddress, socket selectors, pathlib fnmatch).  fsd
+uses none of it.  Inside `trimmed()`:
 
 - those modules are imported but not run (`_Deferred`): their code runs on the
   first use of one of their attributes, so whoever does use them later gets
@@ -74,7 +76,7 @@ import types
 SHEBANG_MAX = 255
 
 # What trio's import imports (some through ctypes.util) and runs nothing of
-DEFERRED = ("ssl", "hmac", "idna", "subprocess", "shutil", "tempfile")
+DEFERRED = ("ssl", "hmac", "idna", "subprocess", "shutil", "tempfile", "ipaddress", "selectors", "fnmatch")
 
 # The start cache, in the environment (sys.prefix) beside bin/; its first bytes
 START_CACHE = "fsd-start.cache"

@@ -73,11 +73,13 @@ _TRIMMED_START = ("from fsd.startup import DEFERRED, trimmed\n"
 
 def test_the_daemon_start_runs_none_of_the_modules_trio_imports_unused():
     # the daemon imports trio inside startup.trimmed() (cli.main): ssl, hmac,
-    # idna, subprocess, shutil and tempfile are imported there but not run,
-    # and ctypes.util's library search (ldconfig in a subprocess) does not run
-    got = _run(_TRIMMED_START +
+    # idna, subprocess, shutil, tempfile, ipaddress, selectors and fnmatch are
+    # imported there but not run (unless site ran them before: the launcher
+    # starts Python without it), and ctypes.util's library search (ldconfig in
+    # a subprocess) does not run
+    got = _run("before = set(sys.modules)\n" + _TRIMMED_START +
                "import types\n"
-               "ran = {n for n, m in sys.modules.items() if type(m) is types.ModuleType}\n"
+               "ran = {n for n, m in sys.modules.items() if type(m) is types.ModuleType} - before\n"
                "print(json.dumps([sorted(ran & {*DEFERRED, '_ssl', '_hashlib', 'idna.core', 'bz2'}),\n"
                "                  sorted(set(DEFERRED) - set(sys.modules))]))")
     assert got == [[], []]
@@ -85,14 +87,15 @@ def test_the_daemon_start_runs_none_of_the_modules_trio_imports_unused():
 
 def test_modules_skipped_at_the_start_work_whole_on_first_use():
     got = _run(_TRIMMED_START +
-               "import ssl, subprocess, tempfile, idna.core, hmac, shutil\n"
+               "import ssl, subprocess, tempfile, idna.core, hmac, shutil, ipaddress, selectors, fnmatch\n"
                "from trio._core._thread_cache import set_os_thread_name\n"
                "print(json.dumps([ssl.PROTOCOL_TLS_CLIENT > 0, subprocess.run(['true']).returncode,\n"
                "                  tempfile.gettempdir() != '', idna.encode('b\u00fccher.example').decode(),\n"
                "                  len(hmac.digest(b'k', b'm', 'sha256')), shutil.which('sh') is not None,\n"
-               "                  set_os_thread_name is not None]))")
+               "                  set_os_thread_name is not None, str(ipaddress.ip_address('::1')),\n"
+               "                  selectors.DefaultSelector is not None, fnmatch.fnmatch('a.py', '*.py')]))")
     # trio still names its worker threads (find_library's answer for pthread works)
-    assert got == [True, 0, True, "xn--bcher-kva.example", 32, True, True]
+    assert got == [True, 0, True, "xn--bcher-kva.example", 32, True, True, "::1", True, True]
 
 
 def test_a_module_asked_for_its_own_missing_name_while_it_runs_is_not_run_twice():
