@@ -23,7 +23,7 @@ from .inode import Node
 from .layer import RENAME_EXCHANGE, RENAME_NOREPLACE, RENAME_WHITEOUT
 from .namei import Namei
 from .ondisk import (ACL_DEFAULT, NAME_MAX, WH_PREFIX, format_override, is_reserved_name,
-                     is_whiteout_dev, set_opaque, whiteout_fits, write_whiteout, write_whiteout_dev)
+                     is_whiteout_dev, set_opaque, whiteout_fits, write_whiteout)
 from .overlay import Overlay
 from .workarea import discard_tree
 
@@ -42,11 +42,13 @@ class DirOps:
 
     def make_whiteout(self, dir_rel: bytes, name: bytes) -> None:
         """Create a whiteout of `name` directly in the upper dir (name must be free)."""
-        write_whiteout(self.ovl.upper, dir_rel, name, self.markers)
+        write_whiteout(self.ovl.upper, dir_rel, name, self.markers, self.ovl.work.link_whiteout)
 
     def _work_whiteout(self) -> bytes:
-        tmp = self.ovl.work.tmp_name()
-        write_whiteout_dev(self.ovl.work.layer, tmp)
+        """A character-device whiteout in the work area, to be renamed over a name."""
+        work = self.ovl.work
+        tmp = work.tmp_name()
+        work.link_whiteout(work.layer, tmp)
         return tmp
 
     def set_opaque(self, layer, rel: bytes) -> None:

@@ -266,6 +266,9 @@ class Layer:
                 os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
 
     def link(self, src_rel: bytes, dst: "Layer", dst_rel: bytes) -> None:
+        if len(src_rel) < _LONG and len(dst_rel) < _LONG:  # `at` without its context managers: every whiteout
+            os.link(src_rel or b".", dst_rel or b".", src_dir_fd=self.fd, dst_dir_fd=dst.fd, follow_symlinks=False)
+            return
         with self.at(src_rel) as (sfd, sname), dst.at(dst_rel) as (dfd, dname):
             os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
 

@@ -179,12 +179,13 @@ def whiteout_fits(name: bytes, markers: Markers) -> bool:
     return markers.whiteout == "chardev" or len(name) + len(WH_PREFIX) <= NAME_MAX
 
 
-def write_whiteout(layer: Layer, dir_rel: bytes, name: bytes, markers: Markers) -> None:
+def write_whiteout(layer: Layer, dir_rel: bytes, name: bytes, markers: Markers, make_dev) -> None:
     """Create a whiteout of `name` in directory dir_rel, in the mount's format;
-    the name must be free.  ENAMETOOLONG when `.wh.NAME` does not fit."""
+    the name must be free.  ENAMETOOLONG when `.wh.NAME` does not fit.
+    make_dev(layer, rel) makes a character-device whiteout (the work area's
+    `link_whiteout`, a link of its shared one)."""
     if markers.whiteout == "chardev":
-        mode, rdev = whiteout_mode()
-        layer.mknod(_join(dir_rel, name), mode, rdev)
+        make_dev(layer, _join(dir_rel, name))
         return
     if not whiteout_fits(name, markers):
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), name)
@@ -299,6 +300,10 @@ LOCK = "lock"  # flock'd by the mount that owns the work area
 TMP_DIR = b"tmp"  # objects being built; emptied at every mount
 INDEX_DIR = b"index"  # copies of lower hard-linked files until all their names link them
 JOURNAL = b"moving"  # a directory move under way
+# a character device 0/0 of which every whiteout fsd makes is a hard link (as
+# the kernel overlay shares one in its workdir); made again at its filesystem's
+# link limit, and at every mount
+SHARED_WHITEOUT = b"whiteout"
 # the freeze protocol (freeze.py): pid files, each written whole (temp + rename)
 REQUEST = "freeze"  # the reader's pid, written before SIGUSR1
 FROZEN = "frozen"  # the same pid, written by fsd once the gate is closed

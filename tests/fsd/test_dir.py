@@ -187,6 +187,80 @@ async def test_removing_a_lower_name_leaves_a_whiteout(overlay, wh):
     assert sorted(await fs.listdir("")) == [b"d"]
 
 
+def _shared_whiteout(overlay):
+    return os.lstat(overlay.work / "fsd" / "whiteout")
+
+
+async def test_whiteouts_are_links_of_one_shared_whiteout(overlay):
+    """As the kernel overlay's (ovl_whiteout): a link costs the upper's
+    filesystem no inode, a mknod does."""
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/a", "x")
+    write(bottom, "d/b", "x")
+    write(bottom, "f", "x")
+    (bottom / "e").mkdir()
+    fs = await overlay.mount("whiteout=chardev")
+    await fs.unlink("d/a")  # a whiteout made at the name
+    await fs.unlink("d/b")
+    await fs.rmdir("e")
+    await fs.write("f", b"y")
+    await fs.unlink("f")  # one renamed over the copied-up file
+    shared = _shared_whiteout(overlay)
+    assert stat.S_ISCHR(shared.st_mode) and shared.st_rdev == 0
+    for rel in ("d/a", "d/b", "e", "f"):
+        assert whited_out(overlay.upper, rel, "chardev")
+        assert os.lstat(overlay.upper / rel).st_ino == shared.st_ino
+    assert shared.st_nlink == 5
+    assert await fs.listdir("d") == [] and await fs.listdir("") == [b"d"]
+
+
+def _refuse_links_of_the_shared_whiteout(monkeypatch, errno_: int, times: int) -> list[bytes]:
+    """Make the next `times` links of the shared whiteout fail with errno_;
+    the destinations of every link of it tried."""
+    from fsd.layer import Layer
+    tried, link = [], Layer.link
+
+    def refusing(self, src_rel, dst, dst_rel):
+        if src_rel == b"whiteout":
+            tried.append(dst_rel)
+            if len(tried) <= times:
+                raise OSError(errno_, os.strerror(errno_))
+        return link(self, src_rel, dst, dst_rel)
+    monkeypatch.setattr(Layer, "link", refusing)
+    return tried
+
+
+async def test_a_shared_whiteout_at_its_link_limit_is_made_anew(overlay, monkeypatch):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/a", "x")
+    write(bottom, "d/b", "x")
+    fs = await overlay.mount("whiteout=chardev")
+    await fs.unlink("d/a")
+    first = _shared_whiteout(overlay)
+    _refuse_links_of_the_shared_whiteout(monkeypatch, errno.EMLINK, 1)
+    await fs.unlink("d/b")
+    second = _shared_whiteout(overlay)
+    assert second.st_ino != first.st_ino
+    assert os.lstat(overlay.upper / "d" / "a").st_ino == first.st_ino  # still a whiteout
+    assert os.lstat(overlay.upper / "d" / "b").st_ino == second.st_ino
+    assert await fs.listdir("d") == []
+
+
+async def test_where_links_of_a_whiteout_are_refused_each_is_made_alone(overlay, monkeypatch):
+    (bottom,) = overlay.lowers(1)
+    for name in ("a", "b", "c"):
+        write(bottom, "d/" + name, "x")
+    fs = await overlay.mount("whiteout=chardev")
+    tried = _refuse_links_of_the_shared_whiteout(monkeypatch, errno.EPERM, 1)
+    for name in ("a", "b", "c"):
+        await fs.unlink("d/" + name)
+    assert tried == [b"d/a"]  # not tried again
+    inos = {os.lstat(overlay.upper / "d" / name).st_ino for name in ("a", "b", "c")}
+    assert len(inos) == 3
+    assert all(whited_out(overlay.upper, "d/" + name, "chardev") for name in ("a", "b", "c"))
+    assert await fs.listdir("d") == []
+
+
 async def test_removing_an_upper_only_name_leaves_nothing(overlay, wh):
     overlay.lowers(1)
     fs = await overlay.mount(f"whiteout={wh}")

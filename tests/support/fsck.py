@@ -23,6 +23,8 @@ WORKDIR/fsd/        fsd's work area
                     one link, is the upper object at a name of that lower file
     moving          journal of a directory move (JSON: hex src, hex dst, key),
                     absent when settled (it is written in tmp/, then renamed)
+    whiteout        a char device 0/0 that whiteouts in the upper may be hard
+                    links of
     freeze, frozen  a reader's pid while the upper is frozen (fsd/freeze.py), each
                     written as NAME.tmp and renamed; all absent when settled
 upper               every entry lstat-able; whiteouts (a char device 0/0, or an
@@ -47,7 +49,7 @@ import stat
 from pathlib import Path
 
 WORK_AREA = "fsd"
-WORK_AREA_FILES = {"lock", "tmp", "index", "moving"}
+WORK_AREA_FILES = {"lock", "tmp", "index", "moving", "whiteout"}
 FREEZING = {"freeze", "frozen", "freeze.tmp", "frozen.tmp"}  # a freeze under way
 WH_PREFIX = b".wh."
 OPAQUE_FILE = b".wh..wh..opq"
@@ -282,6 +284,8 @@ def problems(lowers: list[Path], upper: Path, workdir: Path, settled: bool = Tru
                     out.append(f"work area: {text!r} left over from a freeze of the upper")
             elif text not in WORK_AREA_FILES:
                 out.append(f"work area: unknown entry {name!r}")
+            elif text == "whiteout" and not _is_whiteout_dev(os.lstat(os.path.join(area, name))):
+                out.append("work area: the shared whiteout is not a char device 0/0")
         tmp = os.path.join(area, b"tmp")
         if settled and os.path.isdir(tmp):
             out.extend(f"work area: tmp/{n.decode(errors='replace')} left over" for n in _entries(tmp))
