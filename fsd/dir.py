@@ -356,8 +356,11 @@ class DirOps:
     def _node_to_remove(self, parent: Node, name: bytes, is_dir: bool) -> tuple[Node, os.stat_result | None]:
         """The node `name` stands for, if rmdir (is_dir) or unlink may remove it,
         and the stat of its upper object (None if it has none); else ENOENT,
-        EISDIR, ENOTDIR or ENOTEMPTY, as the kernel overlay says."""
-        node, st = self.namei.lookup_stat(parent, name)
+        EISDIR, ENOTDIR or ENOTEMPTY, as the kernel overlay says.  A lower
+        name is most often known already: the kernel looked it up first."""
+        node, st = self.namei.known_lower(parent, name), None
+        if node is None:
+            node, st = self.namei.lookup_stat(parent, name)
         if node.is_dir and not is_dir:
             raise fail(errno.EISDIR, name)
         if is_dir and not node.is_dir:
@@ -371,12 +374,12 @@ class DirOps:
         lower has the name, leave a whiteout.  st: the upper object's stat, if
         just read."""
         upper, work = self.ovl.upper, self.ovl.work.layer
-        rel = parent.child_path(name)
         whiteout = self.dircache.lower_has(parent, name)
         in_upper = name in self.dircache.upper_entries(parent).names
         nlink = 1
         last = node.lower_stat
         if in_upper:
+            rel = parent.child_path(name)
             before = last = st if st is not None else upper.lstat(rel)
             nlink = before.st_nlink
             if not whiteout:
@@ -407,9 +410,10 @@ class DirOps:
             if node.lower_stat is not None:
                 nlink = node.lower_stat.st_nlink
             self.make_whiteout(parent.path(), name)
-        if whiteout:
-            self._account(parent.child_path(self.markers.whiteout_name(name)))
-        self._account(parent)
+        if self.ovl.quota is not None:
+            if whiteout:
+                self._account(parent.child_path(self.markers.whiteout_name(name)))
+            self._account(parent)
         self.dircache.upper_removed(parent, name, whiteout)
         node.drop_link(parent, name)
         if node.gone and nlink > 1 and not node.is_dir:

@@ -53,13 +53,15 @@ class Node:
       under it, top first.
     links: the (parent, name) pairs known to name this object; the last is used
       to build its path.  A directory has exactly one.
+    children: of a directory, name -> the node its last link by that name
+      made (`child`); None until it has one.
     """
 
     __slots__ = (
         "ino", "key", "kind", "links", "upper", "lower_index", "lower_indices", "opaque",
         "lookups", "fds", "lower_stat", "upper_entries", "lower_entries",
         "lock", "linking_names", "gone", "metacopy", "last_stat", "inherits", "_path", "_path_epoch",
-        "__weakref__",
+        "children", "__weakref__",
     )
 
     # Bumped whenever a directory's path changes (its last link replaced or
@@ -71,6 +73,9 @@ class Node:
         self.key = key
         self.kind = kind
         self.links: list[tuple[Node, bytes]] = [link] if link is not None else []
+        self.children: dict[bytes, Node] | None = None
+        if link is not None:
+            link[0]._named(link[1], self)
         self.upper = False
         self.lower_index = UPPER
         self.lower_indices: tuple[int, ...] = ()
@@ -144,6 +149,26 @@ class Node:
         first; None if there is none."""
         return max(self.fds, key=self.fds.get) if self.fds else None
 
+    def child(self, name: bytes) -> "Node | None":
+        """The node that was last given the name `name` in this directory (a
+        lookup's, a new object's), if the table still holds it.  A hint, not
+        an answer: it may be gone, or stand for what the name showed before a
+        change; the caller checks it against what the name shows now."""
+        children = self.children
+        return children.get(name) if children is not None else None
+
+    def _named(self, name: bytes, node: "Node") -> None:
+        children = self.children
+        if children is None:
+            self.children = {name: node}
+        else:
+            children[name] = node
+
+    def _unnamed(self, name: bytes, node: "Node") -> None:
+        children = self.children
+        if children is not None and children.get(name) is node:
+            del children[name]
+
     def add_link(self, parent: "Node", name: bytes) -> None:
         link = (parent, name)
         links = self.links
@@ -154,12 +179,14 @@ class Node:
                 links.remove(link)
             links.append(link)
             self._moved()
+        parent._named(name, self)
         self.gone = False
 
     def add_link_behind(self, parent: "Node", name: bytes) -> None:
         """Know one more name of this object without building its path from it."""
         if (parent, name) not in self.links:
             self.links.insert(0, (parent, name))
+        parent._named(name, self)
         self.gone = False
 
     def drop_link(self, parent: "Node", name: bytes) -> None:
@@ -169,6 +196,7 @@ class Node:
             links.remove((parent, name))
             if last:
                 self._moved()
+        parent._unnamed(name, self)
         if not links:
             self.gone = True
 
@@ -397,6 +425,8 @@ class InodeTable:
             del self.nodes[node.ino]
         if self._by_key.get(node.key) is node:
             del self._by_key[node.key]
+        for parent, name in node.links:
+            parent._unnamed(name, node)  # Node.child finds only nodes the table holds
 
     def all_below(self, ancestor: Node) -> list[Node]:
         return [n for n in self.nodes.values() if n.is_below(ancestor)]

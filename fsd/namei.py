@@ -77,6 +77,29 @@ class Namei:
             return None, None
         return self.lower_child(parent, name, lower, parent.child_path(name)), None
 
+    def known_lower(self, parent: Node, name: bytes) -> Node | None:
+        """What `find` of name would answer where that is a lower object whose
+        node the table holds already (the kernel's LOOKUP of it made it): that
+        node, found by name, with no lstat of the object.  Lowers never change
+        while mounted, so a lower-only name (no upper entry, no whiteout) still
+        shows the object its node was made for, whose node `lower_child` would
+        find again by its number: the node named so, its key's node (not a
+        fresh number), not copied up.  None where `find` must decide."""
+        node = parent.child(name)
+        if node is None or node.upper or node.gone or node.lower_stat is None:
+            return None
+        if parent.upper:
+            upper = self.dircache.upper_entries(parent)
+            if name in upper.names or name in upper.whiteouts:
+                return None
+        entry = self.dircache.lower_entries(parent).get(name) if parent.lower_indices else None
+        table = self.table
+        if (entry is None or entry.lower_index != node.lower_index or entry.kind != node.kind
+                or table.holder(node.key) is not node or table.is_fresh(node.key)
+                or (parent, name) not in node.links):
+            return None
+        return node
+
     def upper_child(self, parent: Node, name: bytes, lower: Entry | None,
                     st: os.stat_result | None = None, attrs: list[bytes] | tuple | None = None) -> Node:
         """The node of upper object `name` (`lower`: what its name finds in the

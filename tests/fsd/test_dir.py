@@ -261,6 +261,48 @@ async def test_where_links_of_a_whiteout_are_refused_each_is_made_alone(overlay,
     assert await fs.listdir("d") == []
 
 
+async def test_removing_a_lower_name_the_kernel_looked_up_reads_no_lower_object(overlay, monkeypatch):
+    """The kernel looks a name up before it removes it: its node is found by
+    name, not by an lstat of the lower object again."""
+    from fsd.layer import UPPER, Layer
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/f", "x")
+    write(bottom, "d/g", "x")
+    (bottom / "d" / "e").mkdir()
+    fs = await overlay.mount()
+    await fs.create("d/new")  # d copied up: what follows changes only the upper
+    for name in ("f", "e"):
+        await fs.stat("d/" + name)
+    read, lstat = [], Layer.lstat
+
+    def recording(self, rel):
+        if self.index != UPPER:
+            read.append(rel)
+        return lstat(self, rel)
+    monkeypatch.setattr(Layer, "lstat", recording)
+    await fs.unlink("d/f")
+    await fs.rmdir("d/e")
+    assert read == []
+    await fs.unlink("d/g")  # never looked up: found through the lowers
+    assert await fs.listdir("d") == [b"new"]
+    for rel in ("d/f", "d/e", "d/g"):
+        assert whited_out(overlay.upper, rel, "chardev")
+
+
+async def test_a_lower_name_replaced_since_its_lookup_is_removed_as_it_is_now(overlay, wh):
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "d/f", "lower")
+    write(bottom, "d/g", "renamed")
+    fs = await overlay.mount(f"whiteout={wh}")
+    await fs.stat("d/f")
+    await fs.rename("d/g", "d/f")
+    await fs.unlink("d/f")
+    assert whited_out(overlay.upper, "d/f", wh) and whited_out(overlay.upper, "d/g", wh)
+    assert await fs.listdir("d") == []
+    with fails(errno.ENOENT):
+        await fs.unlink("d/f")
+
+
 async def test_removing_an_upper_only_name_leaves_nothing(overlay, wh):
     overlay.lowers(1)
     fs = await overlay.mount(f"whiteout={wh}")
