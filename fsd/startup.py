@@ -48,7 +48,14 @@ And the start cache, which the launcher reads before anything else:
   cached code with those constants replaced (the same code as compiled, line
   and column positions included); if a number is not a constant of the
   code, it compiles anew.  Such a text is cached in the forms a 64-bit hash
-  has but 1 in 10,000: either sign, 16 to 19 digits.
+  has but 1 in 10,000: either sign, 16 to 19 digits;
+- the regular expressions compiled during the imports (~20, ~2 ms): re's
+  compiler parses a pattern and turns it into the code of the sre engine,
+  which `_sre.compile` makes a Pattern of; a pattern (and flags) seen at
+  install goes straight to `_sre.compile` with the arguments recorded then.
+  The cache is for this Python only (its magic number, and sre's, head the
+  file); a pattern whose parse warned is not cached (its warning would be
+  lost).
 
 `use_start_cache` (the launcher's first step) opens that window; the end of
 the daemon's imports (cli.import_daemon) closes it: compile and exec are
@@ -80,7 +87,7 @@ DEFERRED = ("ssl", "hmac", "idna", "subprocess", "shutil", "tempfile", "ipaddres
 
 # The start cache, in the environment (sys.prefix) beside bin/; its first bytes
 START_CACHE = "fsd-start.cache"
-_CACHE_FORMAT = b"fsd start cache 3\n" + importlib.util.MAGIC_NUMBER
+_CACHE_FORMAT = b"fsd start cache 4\n" + importlib.util.MAGIC_NUMBER
 
 # The flags of the caller that compile() inherits unless told not to
 _FUTURE_FLAGS = 0
@@ -97,8 +104,14 @@ _compiled: dict = {}
 # digits as 0s, filename, mode, flags) -> (those numbers, where its code is)
 _by_template: dict = {}
 _NUMBER = r"(?<![\w.])-?\d{10,}(?![\w.])"
-# what was compiled from source text while write_start_cache records
+# (pattern, flags) -> the arguments re's compiler gave _sre.compile for it
+_regexes: dict = {}
+# re's compiler, while the start cache stands in for it
+_regex_compile = None
+# what was compiled from source text while write_start_cache records, and
+# the regular expressions
 _recording: dict | None = None
+_recording_regexes: dict = {}
 
 _run_lock = threading.RLock()
 _running: set[str] = set()
@@ -303,19 +316,59 @@ def _cached_exec(source, globals=None, locals=None, /, **kwargs):
     return _exec(source, globals, locals, **kwargs)
 
 
+def _cached_regex(pattern, flags=0):
+    """re's compiler while the start imports: a pattern seen at install is
+    made a Pattern of from the arguments recorded then, without parsing."""
+    import _sre
+    args = _regexes.get((pattern, flags)) if type(pattern) is str or type(pattern) is bytes else None
+    if args is not None:
+        return _sre.compile(*args)
+    if _recording is None:
+        return _regex_compile(pattern, flags)
+    import re
+    import warnings
+    made = []
+    sre_compile = _sre.compile
+
+    def record(*args):
+        made.append(args)
+        return sre_compile(*args)
+    _sre.compile = record
+    try:
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            compiled = _regex_compile(pattern, flags)
+    finally:
+        _sre.compile = sre_compile
+    for w in warned:  # said as ever
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if (type(pattern) is str or type(pattern) is bytes) and len(made) == 1 and not warned \
+            and not flags & re.DEBUG:
+        source, sre_flags, code, groups, groupindex, indexgroup = made[0]  # ints, not re's named ones
+        _recording_regexes[(pattern, int(flags))] = (source, int(sre_flags), [int(c) for c in code], int(groups),
+                                                     dict(groupindex), tuple(indexgroup))
+    return compiled
+
+
 def _open_start_cache(modules: dict) -> None:
+    global _regex_compile
     sys.meta_path.insert(0, _StartCacheFinder(modules))
     builtins.compile, builtins.exec = _cached_compile, _cached_exec
+    import re._compiler  # the start imports re anyway: from the cache now
+    _regex_compile, re._compiler.compile = re._compiler.compile, _cached_regex
 
 
 def close_start_cache() -> None:
     """The end of the start's imports: compile, exec and the import system as
     they were, the cache's memory freed.  Nothing to do without a start cache."""
-    global _blob
+    global _blob, _regex_compile
     sys.meta_path[:] = [f for f in sys.meta_path if type(f) is not _StartCacheFinder]
     builtins.compile, builtins.exec = _compile, _exec
+    if _regex_compile is not None:
+        sys.modules["re._compiler"].compile, _regex_compile = _regex_compile, None
     _compiled.clear()
     _by_template.clear()
+    _regexes.clear()
     _blob = memoryview(b"")
 
 
@@ -331,14 +384,16 @@ def use_start_cache(path: str) -> None:
             return
         start = len(_CACHE_FORMAT) + 8
         blob = start + int.from_bytes(data[start - 8:start], "little")
-        search, optimize, modules, compiled, by_template = marshal.loads(data[start:blob])
+        search, optimize, sre, modules, compiled, by_template, regexes = marshal.loads(data[start:blob])
     except (OSError, ValueError, EOFError, TypeError):
         return
-    if search != sys.path or optimize != sys.flags.optimize:
+    import _sre
+    if search != sys.path or optimize != sys.flags.optimize or sre != _sre.MAGIC:
         return
     _blob = data[blob:]
     _compiled.update(compiled)
     _by_template.update(by_template)
+    _regexes.update(regexes)
     _open_start_cache(modules)
 
 
@@ -348,10 +403,13 @@ def write_start_cache(path: str, start) -> None:
     before close_start_cache.  Run in a fresh interpreter started as the
     launcher starts it."""
     global _recording
+    import _sre
     before = set(sys.modules)  # imported before the launcher reads the cache
     _recording = {}
+    _recording_regexes.clear()
     _open_start_cache({})
     try:
+        _numbered("0" * 10)  # the patterns a start uses for attrs' hashed methods
         start()
     finally:
         close_start_cache()
@@ -379,7 +437,8 @@ def write_start_cache(path: str, start) -> None:
         st = os.stat(spec.origin)  # before the code: a source changed since is not used
         modules[name] = (spec.origin, spec.submodule_search_locations is not None,
                          int(st.st_mtime) & 0xFFFFFFFF, st.st_size & 0xFFFFFFFF, put(spec.loader.get_code(name)))
-    index = marshal.dumps((list(sys.path), sys.flags.optimize, modules, compiled, by_template))
+    index = marshal.dumps((list(sys.path), sys.flags.optimize, _sre.MAGIC, modules, compiled, by_template,
+                           dict(_recording_regexes)))
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
         f.write(_CACHE_FORMAT + len(index).to_bytes(8, "little") + index + blob)

@@ -193,10 +193,18 @@ def test_the_start_loads_its_modules_and_generated_methods_from_the_start_cache(
     # (~12 ms): from one file (startup.use_start_cache, the launcher's first step)
     cache = tmp_path / "start.cache"
     _write_cache(cache, "import fsd.cli\nfsd.cli.import_daemon()")
-    got = _run("import builtins\n"
+    got = _run("import builtins, re._compiler\n"
                "from fsd import startup\n"
-               "as_ever = [builtins.compile, builtins.exec, list(sys.meta_path)]\n"
+               "as_ever = [builtins.compile, builtins.exec, list(sys.meta_path), re._compiler.compile]\n"
                f"startup.use_start_cache({str(cache)!r})\n"
+               # every Pattern made from the cache is the one re's compiler makes
+               # (Patterns compare their text, flags and sre code)
+               "regexes, cached_regex = [], re._compiler.compile\n"
+               "def checked_regex(pattern, flags=0):\n"
+               "    got = cached_regex(pattern, flags)\n"
+               "    regexes.append(got == startup._regex_compile(pattern, flags))\n"
+               "    return got\n"
+               "re._compiler.compile = checked_regex\n"
                "held = [len(startup._compiled), sum('__create_fn__' in k[0] for k in startup._compiled)]\n"
                "startup._recording = {}  # what is compiled anew\n"
                + _CHECKED_CODE +
@@ -204,10 +212,13 @@ def test_the_start_loads_its_modules_and_generated_methods_from_the_start_cache(
                "import_daemon()\n"
                + _cached() +
                "compiled = [source for source, *_ in startup._recording]\n"
-               "closed = [[builtins.compile, builtins.exec, sys.meta_path] == as_ever, len(startup._compiled)]\n"
-               "print(json.dumps([cached, held, compiled, closed, differs]))")
-    cached, held, compiled, closed, differs = got
+               "closed = [[builtins.compile, builtins.exec, sys.meta_path, re._compiler.compile] == as_ever,\n"
+               "          len(startup._compiled)]\n"
+               "print(json.dumps([cached, held, compiled, closed, differs, regexes,\n"
+               "                  sorted(map(str, startup._recording_regexes))]))")
+    cached, held, compiled, closed, differs, regexes, regexes_compiled = got
     assert differs == []
+    assert len(regexes) > 10 and all(regexes) and regexes_compiled == []
     assert {"trio", "trio._core._run", "attr._make", "pyfuse3._pyfuse3", "fsd.cli", "fsd.params",
             "fsd.mount", "fsd.ops"} <= set(cached)
     # nothing is compiled anew, attrs' __hash__ methods included, whose text
@@ -315,3 +326,21 @@ def test_a_text_that_differs_from_a_cached_one_in_a_hash_gets_its_code_with_that
     assert compiled == [calls[2][0], calls[3][0]]
     assert [x, y] == ["3210987654321", 3210987654321]
     assert 987654321098765432 in consts
+
+
+def test_a_pattern_whose_parse_warns_is_not_cached_and_warns_at_every_start(tmp_path):
+    cache = tmp_path / "start.cache"
+    start = "import re\nre.compile('[[a]')\nre.compile('x+y')\n"  # '[[': FutureWarning (nested set)
+    _write_cache(cache, start)
+    got = _run("import warnings\n"
+               "from fsd import startup\n"
+               f"startup.use_start_cache({str(cache)!r})\n"
+               "startup._recording = {}  # what is compiled anew\n"
+               "with warnings.catch_warnings(record=True) as warned:\n"
+               "    warnings.simplefilter('always')\n"
+               f"    exec({start!r})\n"
+               "startup.close_start_cache()\n"
+               "print(json.dumps([[str(w.category.__name__) for w in warned],\n"
+               "                  sorted(p for p, _ in startup._recording_regexes)]))")
+    # '[[a]' parsed again (its warning), 'x+y' from the cache (not compiled anew)
+    assert got == [["FutureWarning"], []]
