@@ -30,12 +30,14 @@ scripts/install puts it over pip's (`python -m fsd.startup PATH`).
 
 And the start cache, which the launcher reads before anything else:
 
-- the code of every Python module the start imports, in one file: ~170
-  modules are otherwise ~170 .pyc files found, opened and read, and with cold
-  caches (the bench drops them before each workload) those reads are ~0.05 s
-  of a start.  A cached module is used only if its source file still has the
-  mtime and size it had when cached (what a .pyc's header checks), from the
-  same directory of the same sys.path; else it is imported as ever;
+- the code of every Python module the start imports, in one file: ~150
+  modules are otherwise ~150 .pyc files found, opened and read one by one,
+  most of what cold caches (the bench drops them before each workload) add
+  to a start; 30 mount cycles each on a busy machine, cold: 0.27 -> 0.20 s
+  to a live mount.  A cached module is used only if its source file still
+  has the mtime and size it had when cached (what a .pyc's header checks),
+  from the same directory of the same sys.path; else it is imported as ever.
+  Each module's code is unmarshalled when imported, from the file as read;
 - the code compiled from source text during the imports: the methods attrs
   generates for trio's classes (~90, ~9 ms) and dataclasses for fsd's (~30,
   ~2.5 ms).  While the start imports, `compile` and `exec` of a text answer
@@ -52,14 +54,13 @@ And the start cache, which the launcher reads before anything else:
 - the regular expressions compiled during the imports (~20, ~2 ms): re's
   compiler parses a pattern and turns it into the code of the sre engine,
   which `_sre.compile` makes a Pattern of; a pattern (and flags) seen at
-  install goes straight to `_sre.compile` with the arguments recorded then.
-  The cache is for this Python only (its magic number, and sre's, head the
-  file); a pattern whose parse warned is not cached (its warning would be
-  lost).
+  install goes straight to `_sre.compile` with the arguments recorded then
+  (the cache holds sre's magic number: it is for this sre only); a pattern
+  whose parse warned is not cached (its warning would be lost).
 
 `use_start_cache` (the launcher's first step) opens that window; the end of
-the daemon's imports (cli.import_daemon) closes it: compile and exec are
-builtins' again, the finder gone.  scripts/install writes the cache after
+the daemon's imports (cli.import_daemon) closes it: compile, exec and re's
+compiler are as ever again, the finder gone, the cache's memory freed.  scripts/install writes the cache after
 byte-compiling (`python -m fsd.startup PATH` writes both): a fresh
 interpreter with the launcher's sys.path imports the daemon as a start does
 and records what it loaded.  A missing, unreadable or foreign cache (another
