@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import sys
 
 from .params import ParamError, parse_options
@@ -86,14 +87,24 @@ def import_daemon():
     return run
 
 
+def _print_all(text: str) -> None:
+    """Write text to stdout; a reader that stops early (`fsd --version | head
+    -1`) ends it quietly, as SIGPIPE ends fuse-overlayfs, not with a traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # nothing more reaches the reader; stdout's flush at exit must not fail again
+        sys.stdout = open(os.devnull, "w")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if "-h" in argv or "--help" in argv:
-        print(USAGE, end="")
+        _print_all(USAGE)
         return 0
     if "--version" in argv or "-V" in argv:
-        print(f"fsd {version()}")
-        print(f"fuse-overlayfs: compatible (fsd {version()})")
+        _print_all(f"fsd {version()}\nfuse-overlayfs: compatible (fsd {version()})\n")
         return 0
     try:
         options, positional, foreground, debug = parse_argv(argv)

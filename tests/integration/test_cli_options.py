@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +240,19 @@ def test_help(fsd_installed, flag):
     assert r.returncode == 0, r.describe()
     out = r.stdout + r.stderr
     assert "usage" in out.lower() and "lowerdir" in out, r.describe()
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_a_reader_that_stops_early_gets_no_traceback(fsd_installed, flag):
+    """`fsd --version | head -1`: the pipe is closed before fsd writes."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        r = subprocess.run([mounts.fsd_executable(), flag], stdout=write_end, stderr=subprocess.PIPE,
+                           timeout=30)
+    finally:
+        os.close(write_end)
+    assert (r.returncode, r.stderr) == (0, b"")
 
 
 def readme_fsd_options() -> list[str]:
