@@ -5,7 +5,7 @@ of the pyfuse3 floor's (floorfs.py), with no FUSE mount and no kernel.
 
 Each operation's handler coroutine is driven as the receive loop drives it
 (`send(None)` until it completes), N times in a row, on a fresh mount of fsd
-(one lower, an upper) and of the floor on the same kind of tree; the median of
+(one lower, an upper; 16 lowers for the deep lookup) and of the floor on the same kind of tree; the median of
 5 rounds of the process's CPU time (user and system: steadier than wall time
 on a shared machine; waits such as fsync's are not in it) is printed per
 operation, with fsd - floor (what fsd's overlay logic
@@ -97,6 +97,10 @@ def _fake_session() -> None:
 
 COPY_UPS = 5000  # lower files for the copy-up operation: no more calls of it than that
 REMOVALS = 5000  # lower files for the lower unlink operation (w7's): as many calls at most
+# the deep lookup (w9's): DEEP_DIRS directories s/dK, each in the top lower and
+# in DEEP_LAYERS - 1 lower layers below it, every one holding a file of its own
+DEEP_LAYERS = 16
+DEEP_DIRS = 500
 
 
 def _calls(name: str, n: int) -> int:
@@ -106,6 +110,8 @@ def _calls(name: str, n: int) -> int:
         return min(n, COPY_UPS // 5)
     if "unlink (lower" in name:
         return min(n, REMOVALS // 5)
+    if "layers" in name:
+        return min(n, DEEP_DIRS // 5)
     return n
 
 
@@ -119,6 +125,15 @@ def _tree(root: Path) -> None:
     (root / "r").mkdir()
     for i in range(REMOVALS):
         (root / "r" / f"f{i}").touch()
+    _deep_layer(root, 0)
+
+
+def _deep_layer(root: Path, layer: int) -> None:
+    """Layer number `layer`'s part of the deep directories (the floor's one
+    tree holds every layer's)."""
+    for k in range(DEEP_DIRS):
+        (root / "s" / f"d{k}").mkdir(parents=True, exist_ok=True)
+        (root / "s" / f"d{k}" / f"f{layer}").touch()
 
 
 def _fsd(base: Path):
@@ -127,7 +142,11 @@ def _fsd(base: Path):
     for d in ("lower", "upper", "work", "mnt"):
         (base / d).mkdir()
     _tree(base / "lower")
-    params = parse_options([f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work"],
+    deep = [base / f"deep{layer}" for layer in range(1, DEEP_LAYERS)]
+    for layer, root in enumerate(deep, 1):
+        _deep_layer(root, layer)
+    lowers = ":".join(str(p) for p in [base / "lower", *deep])
+    params = parse_options([f"lowerdir={lowers},upperdir={base}/upper,workdir={base}/work"],
                            str(base / "mnt"))
     mount = Mount(params)
     mount.ops.init()
@@ -137,6 +156,8 @@ def _fsd(base: Path):
 def _floor(base: Path):
     (base / "upper").mkdir()
     _tree(base / "upper")
+    for layer in range(1, DEEP_LAYERS):
+        _deep_layer(base / "upper", layer)
     return Floor(os.fsencode(base / "upper")), None
 
 
@@ -153,6 +174,8 @@ async def operations(ops, ctx):
     lower_files = iter(range(COPY_UPS))
     r = (await ops.lookup(ROOT, b"r", ctx)).st_ino
     removed = iter(range(REMOVALS))
+    s = (await ops.lookup(ROOT, b"s", ctx)).st_ino
+    deep_dirs = iter(range(DEEP_DIRS))
 
     async def lookup():
         await run(ops.lookup(d, b"f001", ctx))
@@ -201,6 +224,11 @@ async def operations(ops, ctx):
         await run(ops.write(info.fh, 4096, b"x", ctx))
         await run(ops.release(info.fh))
 
+    async def lookup_deep():
+        k = next(deep_dirs)
+        dk = (await run(ops.lookup(s, b"d%d" % k, ctx))).st_ino
+        await run(ops.lookup(dk, b"f%d" % (DEEP_LAYERS - 1), ctx))
+
     async def listing():
         dh = (await run(ops.opendir(d, ctx))).fh
         await run(ops.readdir(dh, 0, None))
@@ -219,6 +247,7 @@ async def operations(ops, ctx):
         "lookup+copy-up (append)+write+release": copy_up_append,
         "lookup+unlink (lower file: a whiteout)+forget": unlink_lower,
         "opendir+readdir 100+releasedir": listing,
+        f"lookup of a new dir in {DEEP_LAYERS} layers + of its bottom layer's file": lookup_deep,
     }
 
 
