@@ -10,35 +10,27 @@ upper listing (`upper_entries`) is cached too and kept exact by `upper_added` an
 `upper_removed`, which every change of an upper directory calls (dir.py,
 copy_up.py).
 
-A directory found in many layers (PARALLEL_FROM or more) has its layers' dirs
-read by several threads at once (`_scans`): with cold caches each read waits
-for the disk, and a deep stack's merge is mostly those waits, one after the
-other (the bench's 64-layer stat, in-process: the waits of reading every
-layer's dirs ~240 -> ~150 ms, the CPU the same).  Reading one name in each
-layer instead, as the kernel overlay looks a name up, costs more there: up to
-a lookup per layer for each name, most of them of names not there (the same
-walk that way, in-process and cold: ~100,000 lookups, 260-370 ms of CPU,
-against 190 ms for the whole walk reading the dirs).
+Measured against the alternatives on the bench's 64-layer stack (every path
+stat'd, in-process, cold caches): looking a name up in each layer instead, as
+the kernel overlay does, costs ~100,000 lookups of names not there, 260-370 ms
+of CPU, against ~190 ms for the whole walk reading the dirs; reading a deep
+directory's layers by four threads at once saved ~90 ms of waiting for the disk
+on an idle machine, but on a busy one saved nothing and cost 20-50% more CPU
+(the threads contend for the GIL; micro.py's deep lookup, dirs in memory,
+~320 -> ~840 us), so the layers are read one after another.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import stat
-import threading
-from collections.abc import Collection, Iterator
-
-import outcome
-import trio
+from collections.abc import Collection
 
 from .inode import Node
 from .ondisk import dir_is_opaque, scan_dir
 from .overlay import Overlay
 
 S_IFDIR = stat.S_IFDIR
-PARALLEL_FROM = 8  # layers of one directory from which they are read in parallel
-READERS = 4  # threads reading them, the calling one included
 
 
 @dataclasses.dataclass(slots=True)
@@ -104,14 +96,13 @@ class DirCache:
         merged: dict[bytes, Entry] = {}
         hidden: set[bytes] = set()
         last = len(indices) - 1
-        scans = self._scans(indices, rel, cut)
         for pos, index in enumerate(indices):
             layer = self.ovl.lowers[index]
             if pos == last:
-                names = next(scans)[0]
+                names = scan_dir(layer, rel)[0]
                 merged = self._merge_last(merged, hidden, names, index)
                 break
-            names, whiteouts, marker_file, attrs = next(scans)
+            names, whiteouts, marker_file, attrs = scan_dir(layer, rel, xattrs=cut)
             for name, kind in names.items():
                 entry = merged.get(name)
                 if entry is None:
@@ -132,22 +123,6 @@ class DirCache:
             if cut and dir_is_opaque(layer, rel, attrs, marker_file):
                 return indices[:pos + 1], merged
         return indices, merged
-
-    def _scans(self, indices: tuple[int, ...], rel: bytes, xattrs: bool) -> Iterator[tuple]:
-        """scan_dir of rel in each lower of indices, in their order (with its
-        xattr names if `xattrs`, but for the last, which no merge asks whether
-        it is opaque).  Fewer than PARALLEL_FROM: each read when the merge
-        asks for it, so that a merge cut at an opaque dir reads none below.
-        From PARALLEL_FROM on: all read at once by READERS threads, the
-        calling one waiting for them (no await: the merge stays atomic; the
-        threads read only lowers, which never change); a failed read raises
-        where the merge reaches it."""
-        lowers = self.ovl.lowers
-        reads = [functools.partial(scan_dir, lowers[index], rel, xattrs) for index in indices[:-1]]
-        reads.append(functools.partial(scan_dir, lowers[indices[-1]], rel))
-        if len(reads) < PARALLEL_FROM:
-            return (read() for read in reads)
-        return (result.unwrap() for result in _in_threads(reads))
 
     def _merge_last(self, merged: dict[bytes, Entry], hidden: set[bytes], names: dict[bytes, int],
                     index: int) -> dict[bytes, Entry]:
@@ -220,23 +195,3 @@ class DirCache:
                 parent.upper_entries.whiteouts.add(name)
             else:
                 parent.upper_entries.whiteouts.discard(name)
-
-
-def _in_threads(calls: list) -> list:
-    """The outcome of each of calls, in order, made by READERS threads at once
-    (trio's cached worker threads and this one), this one waiting until all
-    are done."""
-    results: list = [None] * len(calls)
-    done = threading.Semaphore(0)
-
-    def run(part: range) -> None:
-        for k in part:
-            results[k] = outcome.capture(calls[k])
-
-    parts = [range(k, len(calls), READERS) for k in range(READERS)]
-    for part in parts[1:]:
-        trio.lowlevel.start_thread_soon(functools.partial(run, part), lambda _: done.release())
-    run(parts[0])
-    for _ in parts[1:]:
-        done.acquire()
-    return results

@@ -10,8 +10,6 @@ import stat
 import pytest
 from harness import ROOT, fails
 
-from fsd import dircache
-
 from support.layergen import make_opaque, whiteout, write
 
 
@@ -83,69 +81,6 @@ async def test_an_opaque_directory_hides_what_lies_below_it(overlay, fmt):
     for name in ("d/below", "d/sub", "d/.wh..wh..opq"):
         with fails(errno.ENOENT):
             await fs.lookup(name)
-
-
-def _deep_stack(overlay):
-    """A directory in more layers than the merge reads one after another
-    (dircache.PARALLEL_FROM): each layer adds a file to d, whites out a name of
-    the layer below and has a subdirectory s that merges; the layer at depth 5
-    makes d opaque, the one at depth 3 has a file s, which ends the merge of
-    the dir s above it; and the names of d the merged view shows."""
-    count = dircache.PARALLEL_FROM + 4
-    layers = overlay.lowers(count)
-    for depth, layer in enumerate(layers):
-        write(layer, f"d/f{depth}", f"layer {depth}")
-        write(layer, f"d/g{depth}", f"layer {depth}")
-        write(layer, f"d/s/in{depth}", f"layer {depth}")
-        if depth + 1 < count:
-            whiteout(layer, f"d/g{depth + 1}", "chardev" if depth % 2 else "whfile")
-    make_opaque(layers[5], "d", "user")
-    (layers[3] / "d" / "s" / "in3").unlink()
-    (layers[3] / "d" / "s").rmdir()
-    write(layers[3], "d/s", "a file over s")
-    shown = {f"f{i}" for i in range(6)} | {"g0", "s"}
-    return layers, {name.encode() for name in shown}
-
-
-@pytest.mark.parametrize("parallel", [True, False])
-async def test_a_deep_directory_merges_as_a_shallow_one_does(overlay, monkeypatch, parallel):
-    """Read in parallel or one layer after another, the merge is the same."""
-    layers, shown = _deep_stack(overlay)
-    if not parallel:
-        monkeypatch.setattr(dircache, "PARALLEL_FROM", len(layers) + 1)
-    in_threads, parallel_reads = dircache._in_threads, []
-    monkeypatch.setattr(dircache, "_in_threads", lambda calls: parallel_reads.append(calls) or in_threads(calls))
-    fs = await overlay.mount()
-    assert set(await fs.listdir("d")) == shown
-    assert await fs.read("d/f4") == b"layer 4"
-    assert await fs.read("d/g0") == b"layer 0"
-    assert sorted(await fs.listdir("d/s")) == [b"in0", b"in1", b"in2"]
-    for name in ("d/g1", "d/g5", "d/f6", "d/f11", "d/s/in4"):
-        with fails(errno.ENOENT):
-            await fs.lookup(name)
-    assert bool(parallel_reads) == parallel
-
-
-async def test_a_deep_merge_fails_only_on_a_layer_it_needs(overlay, monkeypatch):
-    """A layer's dir read in parallel but lying below an opaque one is not
-    needed: its failure is not the lookup's; one above it is."""
-    layers, shown = _deep_stack(overlay)
-    read = dircache.scan_dir
-    failing = {str(layers[8]), str(layers[2])}
-
-    def scan_dir(layer, rel, xattrs=False):
-        if layer.path in failing and rel == b"d":
-            raise PermissionError(errno.EACCES, "refused", rel)
-        return read(layer, rel, xattrs)
-
-    monkeypatch.setattr(dircache, "scan_dir", scan_dir)
-    fs = await overlay.mount()
-    with fails(errno.EACCES):
-        await fs.listdir("d")
-    overlay.unmount(fs)
-    failing.remove(str(layers[2]))
-    fs = await overlay.mount()
-    assert set(await fs.listdir("d")) == shown
 
 
 async def test_an_opaque_marker_on_a_layer_root_means_nothing(overlay):

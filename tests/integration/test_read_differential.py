@@ -29,7 +29,7 @@ from support.layergen import make_layers, make_opaque, whiteout, write
 from support.snapshot import access_as, compare, invariant_problems, snapshot
 
 # (seed, number of layers; None: the generator picks 3..6)
-STACKS = [(1, None), (2, None), (3, None), (4, None), (5, None), (6, 1), (7, 2), (8, 12)]  # 12: the root merges more layers than dircache.PARALLEL_FROM
+STACKS = [(1, None), (2, None), (3, None), (4, None), (5, None), (6, 1), (7, 2)]
 PRIVATE_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 
 
