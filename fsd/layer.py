@@ -242,6 +242,9 @@ class Layer:
             os.symlink(target, name, dir_fd=fd)
 
     def unlink(self, rel: bytes) -> None:
+        if len(rel) < _LONG:  # `at` without its context manager: every whiteout of a removed directory
+            os.unlink(rel, dir_fd=self.fd)
+            return
         with self.at(rel) as (fd, name):
             os.unlink(name, dir_fd=fd)
 
