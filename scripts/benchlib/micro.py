@@ -119,6 +119,8 @@ def _tree(root: Path) -> None:
     (root / "d").mkdir(parents=True)
     for i in range(100):
         (root / "d" / f"f{i:03d}").write_bytes(os.urandom(4096))
+    (root / "x").touch()  # a file with an xattr of its own
+    os.setxattr(root / "x", "user.mark", b"y")
     (root / "c").mkdir()
     for i in range(COPY_UPS):
         (root / "c" / f"f{i}").write_bytes(os.urandom(4096))
@@ -168,6 +170,7 @@ async def operations(ops, ctx):
     await ops.create(d, b"up", 0o100644, os.O_WRONLY, ctx)  # an upper file (its handle left open)
     up = (await ops.lookup(d, b"up", ctx)).st_ino
     fh = (await ops.open(f, os.O_RDONLY, ctx)).fh
+    x = (await ops.lookup(ROOT, b"x", ctx)).st_ino
     c = (await ops.lookup(ROOT, b"c", ctx)).st_ino
     await ops.create(c, b"up", 0o100644, os.O_WRONLY, ctx)  # c copied up before what is measured
     names = iter(range(10**9))
@@ -194,6 +197,21 @@ async def operations(ops, ctx):
             await run(ops.getxattr(up, b"security.capability", ctx))
         except pyfuse3.FUSEError:
             pass
+
+    async def getxattr_enodata_lower():
+        try:
+            await run(ops.getxattr(f, b"security.capability", ctx))
+        except pyfuse3.FUSEError:
+            pass
+
+    async def getxattr_present_lower():
+        await run(ops.getxattr(x, b"user.mark", ctx))
+
+    async def listxattr_lower():
+        await run(ops.listxattr(f, ctx))
+
+    async def listxattr_upper():
+        await run(ops.listxattr(up, ctx))
 
     async def open_release():
         await run(ops.release((await run(ops.open(f, os.O_RDONLY, ctx))).fh))
@@ -239,7 +257,11 @@ async def operations(ops, ctx):
         "lookup (negative)": lookup_negative,
         "getattr (lower file)": getattr_lower,
         "getattr (upper file)": getattr_upper,
-        "getxattr (ENODATA)": getxattr_enodata,
+        "getxattr (ENODATA, upper file)": getxattr_enodata,
+        "getxattr (ENODATA, lower file)": getxattr_enodata_lower,
+        "getxattr (present, lower file)": getxattr_present_lower,
+        "listxattr (lower file)": listxattr_lower,
+        "listxattr (upper file)": listxattr_upper,
         "open+release (lower)": open_release,
         "read 4 KiB": read,
         "setattr mtime (upper)": setattr_mtime,
