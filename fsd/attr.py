@@ -37,6 +37,13 @@ from .ondisk import NAME_MAX, escape_xattr, format_override, is_private_xattr, p
 from .overlay import Overlay
 
 S_IFDIR = stat.S_IFDIR
+_NONE: frozenset[bytes] = frozenset()
+
+
+def _visible(names: list[bytes]) -> list[bytes]:
+    """The names of real xattrs that show through the mount, as they show."""
+    shown = (visible_xattr(n) for n in names)
+    return [n for n in shown if n is not None]
 
 
 def _removes_privs(fields) -> bool:
@@ -295,23 +302,52 @@ class AttrOps:
     # A file with no name left (unlinked while open, or made with O_TMPFILE) has
     # its xattrs read and changed through its open descriptor, as fgetxattr does.
 
+    #
+    # A lower object's xattrs never change (layers are immutable; a lazy layer's
+    # fetcher changes only its own marker, which is never shown), so a node that
+    # has not been copied up answers from its object's names, listed once on
+    # the first xattr request: a name not among them is ENODATA with no system
+    # call, and LISTXATTR is answered from memory.  The upper's are read each
+    # time.  The names are those of lower `index` (`location`'s): a node whose
+    # layer is another is listed again.
+
     def getxattr(self, node: Node, name: bytes) -> bytes:
         real = self._real_xattr(name, errno.ENODATA)
         fd = self.open_fd(node)
         if fd is not None:
             return os.getxattr(fd, real)
+        if not node.upper:
+            names = self._lower_xattrs(node)
+            if names is not None and real not in names[1]:
+                raise pyfuse3.FUSEError(errno.ENODATA)
         layer, rel = self.location(node)
         return layer.getxattr(rel, real)
 
     def listxattr(self, node: Node) -> list[bytes]:
         fd = self.open_fd(node)
         if fd is not None:
-            names = [os.fsencode(n) for n in os.listxattr(fd)]
-        else:
-            layer, rel = self.location(node)
-            names = layer.listxattr(rel)
-        shown = (visible_xattr(n) for n in names)
-        return [n for n in shown if n is not None]
+            return _visible([os.fsencode(n) for n in os.listxattr(fd)])
+        if not node.upper:
+            names = self._lower_xattrs(node)
+            if names is not None:
+                return names[2]
+        layer, rel = self.location(node)
+        return _visible(layer.listxattr(rel))
+
+    def _lower_xattrs(self, node: Node) -> tuple[int, frozenset[bytes], list[bytes]] | None:
+        """(lower index, real names, names shown) of the lower object of a node
+        not in the upper, read once; None if its filesystem refuses to list them
+        (the requests then go to it, for its own answer, as before)."""
+        index = node.lower_indices[0] if node.is_dir else node.lower_index
+        known = node.lower_xattrs
+        if known is not None and known[0] == index:
+            return known
+        try:
+            names = self.ovl.lowers[index].listxattr(node.path(), strict=True)
+        except OSError:
+            return None
+        node.lower_xattrs = known = (index, frozenset(names), _visible(names)) if names else (index, _NONE, [])
+        return known
 
     def _nameless_upper_fd(self, node: Node) -> int | None:
         """The upper descriptor of a node with no name left, to change it through;

@@ -60,7 +60,7 @@ class Node:
     __slots__ = (
         "ino", "key", "kind", "links", "upper", "lower_index", "lower_indices", "opaque",
         "lookups", "fds", "lower_stat", "upper_entries", "lower_entries",
-        "lock", "linking_names", "gone", "metacopy", "last_stat", "inherits", "_path", "_path_epoch",
+        "lock", "linking_names", "gone", "metacopy", "last_stat", "inherits", "lower_xattrs", "_path", "_path_epoch",
         "children", "__weakref__",
     )
 
@@ -97,6 +97,7 @@ class Node:
         # `DirOps.inherited`); None until read, and again after any change of
         # the directory's mode, owner or xattrs (attr.py) or of its upper dir
         self.inherits = None
+        self.lower_xattrs = None  # its lower object's xattr names, read once (attr.py, `AttrOps._lower_names`)
         self._path = b""  # path() as of _path_epoch
         self._path_epoch = -1
 

@@ -209,12 +209,13 @@ class Layer:
                 return None
             raise
 
-    def listxattr(self, rel: bytes) -> list[bytes]:
+    def listxattr(self, rel: bytes, strict: bool = False) -> list[bytes]:
+        """strict: a filesystem's refusal (ENOTSUP...) raised, not taken for no names."""
         with self.at(rel) as (fd, name):
             try:
                 names = os.listxattr(self.proc_path(fd, name), follow_symlinks=False)
             except OSError as exc:
-                if exc.errno in _NO_XATTRS:
+                if exc.errno in _NO_XATTRS and not strict:
                     return []
                 raise
         return [os.fsencode(n) for n in names]

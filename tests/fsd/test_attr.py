@@ -124,6 +124,53 @@ async def test_user_xattrs_are_set_read_listed_and_removed(overlay):
     assert os.listxattr(bottom / "f") == ["user.lower"]
 
 
+async def test_a_lower_objects_xattrs_are_listed_once_until_it_is_copied_up(overlay, monkeypatch):
+    from fsd.layer import Layer
+    top, bottom = overlay.lowers(2)
+    f = write(bottom, "f", "x")
+    os.setxattr(f, "user.lower", b"1")
+    for layer in (top, bottom):
+        (layer / "d").mkdir()
+    os.setxattr(top / "d", "user.top", b"t")
+    os.setxattr(bottom / "d", "user.bottom", b"b")
+    calls = []
+    for name in ("getxattr", "listxattr"):
+        real = getattr(Layer, name)
+        monkeypatch.setattr(Layer, name, lambda self, *a, real=real, name=name, **kw: calls.append(name) or real(self, *a, **kw))
+    fs = await overlay.mount()
+    calls.clear()
+    for _ in range(2):
+        with fails(errno.ENODATA):
+            await fs.getxattr("f", "security.capability")
+        assert await fs.listxattr("f") == [b"user.lower"]
+        assert await fs.getxattr("f", "user.lower") == b"1"
+        assert await fs.listxattr("d") == [b"user.top"], "a merged directory's are its top layer's"
+        with fails(errno.ENODATA):
+            await fs.getxattr("d", "user.bottom")
+    assert calls == ["listxattr", "getxattr", "listxattr", "getxattr"], "one listing per object; values read"
+    await fs.chmod("f", 0o600)  # copied up: its xattrs are the upper's from now on
+    os.setxattr(overlay.upper / "f", "user.upper", b"u")
+    assert sorted(await fs.listxattr("f")) == [b"user.lower", b"user.upper"]
+    assert await fs.getxattr("f", "user.upper") == b"u"
+
+
+async def test_a_lower_that_refuses_to_list_xattrs_gives_its_own_answers(overlay, monkeypatch):
+    from fsd.layer import Layer
+    (bottom,) = overlay.lowers(1)
+    write(bottom, "f", "x")
+
+    def refuse(self, rel, attr=None, strict=False):
+        if strict or attr is not None:
+            raise OSError(errno.ENOTSUP, "no xattrs here")
+        return []
+    monkeypatch.setattr(Layer, "listxattr", refuse)
+    monkeypatch.setattr(Layer, "getxattr", refuse)
+    fs = await overlay.mount()
+    with fails(errno.ENOTSUP):
+        await fs.getxattr("f", "user.x")
+    assert await fs.listxattr("f") == []
+
+
 async def test_removing_an_absent_xattr_copies_nothing_up(overlay):
     (bottom,) = overlay.lowers(1)
     write(bottom, "f", "x")
