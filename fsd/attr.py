@@ -33,7 +33,8 @@ from .copy_up import CopyUp
 from .errors import fail
 from .inode import Node
 from .layer import Layer, set_times
-from .ondisk import NAME_MAX, escape_xattr, format_override, is_private_xattr, parse_override, visible_xattr
+from .ondisk import (NAME_MAX, PRIVATE_PREFIXES, escape_xattr, format_override, is_private_xattr, parse_override,
+                     visible_xattr)
 from .overlay import Overlay
 
 S_IFDIR = stat.S_IFDIR
@@ -301,7 +302,6 @@ class AttrOps:
 
     # A file with no name left (unlinked while open, or made with O_TMPFILE) has
     # its xattrs read and changed through its open descriptor, as fgetxattr does.
-
     #
     # A lower object's xattrs never change (layers are immutable; a lazy layer's
     # fetcher changes only its own marker, which is never shown), so a node that
@@ -313,10 +313,11 @@ class AttrOps:
 
     def getxattr(self, node: Node, name: bytes) -> bytes:
         real = self._real_xattr(name, errno.ENODATA)
-        fd = self.open_fd(node)
-        if fd is not None:
-            return os.getxattr(fd, real)
-        if not node.upper:
+        if node.gone:
+            fd = node.held_fd()
+            if fd is not None:
+                return os.getxattr(fd, real)
+        elif not node.upper:
             names = self._lower_xattrs(node)
             if names is not None and real not in names[1]:
                 raise pyfuse3.FUSEError(errno.ENODATA)
@@ -324,10 +325,11 @@ class AttrOps:
         return layer.getxattr(rel, real)
 
     def listxattr(self, node: Node) -> list[bytes]:
-        fd = self.open_fd(node)
-        if fd is not None:
-            return _visible([os.fsencode(n) for n in os.listxattr(fd)])
-        if not node.upper:
+        if node.gone:
+            fd = node.held_fd()
+            if fd is not None:
+                return _visible([os.fsencode(n) for n in os.listxattr(fd)])
+        elif not node.upper:
             names = self._lower_xattrs(node)
             if names is not None:
                 return names[2]
@@ -388,6 +390,8 @@ class AttrOps:
     @staticmethod
     def _real_xattr(name: bytes, refusal: int) -> bytes:
         """The real name for a user-given one; fsd's markers are off limits."""
+        if not name.startswith(PRIVATE_PREFIXES):  # nearly every name: neither escaped nor refused
+            return name
         real = escape_xattr(name)
         if real == name and is_private_xattr(name):
             raise fail(refusal, name)
