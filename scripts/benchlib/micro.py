@@ -21,6 +21,7 @@ test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -192,26 +193,17 @@ async def operations(ops, ctx):
     async def getattr_upper():
         await run(ops.getattr(up, ctx))
 
-    async def getxattr_enodata():
+    async def getxattr_enodata(ino):
         try:
-            await run(ops.getxattr(up, b"security.capability", ctx))
-        except pyfuse3.FUSEError:
-            pass
-
-    async def getxattr_enodata_lower():
-        try:
-            await run(ops.getxattr(f, b"security.capability", ctx))
+            await run(ops.getxattr(ino, b"security.capability", ctx))
         except pyfuse3.FUSEError:
             pass
 
     async def getxattr_present_lower():
         await run(ops.getxattr(x, b"user.mark", ctx))
 
-    async def listxattr_lower():
-        await run(ops.listxattr(f, ctx))
-
-    async def listxattr_upper():
-        await run(ops.listxattr(up, ctx))
+    async def listxattr(ino):
+        await run(ops.listxattr(ino, ctx))
 
     async def open_release():
         await run(ops.release((await run(ops.open(f, os.O_RDONLY, ctx))).fh))
@@ -257,11 +249,11 @@ async def operations(ops, ctx):
         "lookup (negative)": lookup_negative,
         "getattr (lower file)": getattr_lower,
         "getattr (upper file)": getattr_upper,
-        "getxattr (ENODATA, upper file)": getxattr_enodata,
-        "getxattr (ENODATA, lower file)": getxattr_enodata_lower,
+        "getxattr (ENODATA, upper file)": functools.partial(getxattr_enodata, up),
+        "getxattr (ENODATA, lower file)": functools.partial(getxattr_enodata, f),
         "getxattr (present, lower file)": getxattr_present_lower,
-        "listxattr (lower file)": listxattr_lower,
-        "listxattr (upper file)": listxattr_upper,
+        "listxattr (lower file)": functools.partial(listxattr, f),
+        "listxattr (upper file)": functools.partial(listxattr, up),
         "open+release (lower)": open_release,
         "read 4 KiB": read,
         "setattr mtime (upper)": setattr_mtime,
