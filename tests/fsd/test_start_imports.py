@@ -21,10 +21,12 @@ import pytest
 from support import mounts
 
 
-def _run(code: str):
-    """What `code` prints as JSON on its last line, run in a fresh interpreter."""
+def _run(code: str, hash_seed: str | None = None):
+    """What `code` prints as JSON on its last line, run in a fresh interpreter
+    (with PYTHONHASHSEED=hash_seed, when given)."""
+    env = None if hash_seed is None else {**os.environ, "PYTHONHASHSEED": hash_seed}
     r = subprocess.run([sys.executable, "-c", f"import json, sys\n{code}"], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.splitlines()[-1])
 
@@ -162,11 +164,11 @@ def test_a_launcher_is_written_only_where_a_shebang_can_name_python(tmp_path):
     assert "site" not in imported and "fsd.cli" in imported
 
 
-def _write_cache(cache, start: str, prologue: str = "") -> None:
+def _write_cache(cache, start: str, prologue: str = "", hash_seed: str | None = None) -> None:
     """The start cache at `cache` of what the code `start` imports, written in a fresh interpreter."""
     _run(f"{prologue}from fsd import startup\n"
          f"startup.write_start_cache({str(cache)!r}, lambda: exec({start!r}))\n"
-         "print(json.dumps(None))")
+         "print(json.dumps(None))", hash_seed)
 
 
 def _cached(names: str = "sys.modules") -> str:
@@ -191,8 +193,11 @@ def test_the_start_loads_its_modules_and_generated_methods_from_the_start_cache(
     # ~170 .pyc files read at every start (~0.05 s with cold caches), and the
     # methods attrs and dataclasses compile for trio's and fsd's classes
     # (~12 ms): from one file (startup.use_start_cache, the launcher's first step)
+    # Two fixed hash seeds, so that attrs' __hash__ texts differ from the cached
+    # ones (what the cache must then answer) in the same numbers at every run: a
+    # hash of under 16 digits (1 in 10,000 per class) compiles anew, correctly.
     cache = tmp_path / "start.cache"
-    _write_cache(cache, "import fsd.cli\nfsd.cli.import_daemon()")
+    _write_cache(cache, "import fsd.cli\nfsd.cli.import_daemon()", hash_seed="1")
     got = _run("import builtins, re._compiler\n"
                "from fsd import startup\n"
                "as_ever = [builtins.compile, builtins.exec, list(sys.meta_path), re._compiler.compile]\n"
@@ -215,7 +220,7 @@ def test_the_start_loads_its_modules_and_generated_methods_from_the_start_cache(
                "closed = [[builtins.compile, builtins.exec, sys.meta_path, re._compiler.compile] == as_ever,\n"
                "          len(startup._compiled)]\n"
                "print(json.dumps([cached, held, compiled, closed, differs, regexes,\n"
-               "                  sorted(map(str, startup._recording_regexes))]))")
+               "                  sorted(map(str, startup._recording_regexes))]))", hash_seed="2")
     cached, held, compiled, closed, differs, regexes, regexes_compiled = got
     assert differs == []
     assert len(regexes) > 10 and all(regexes) and regexes_compiled == []
