@@ -219,8 +219,10 @@ def _watch(procs, board: Board, daemon: int) -> str | None:
     while any(p.is_alive() for p in procs):
         time.sleep(0.25)
         now = time.monotonic()
-        hung = [(now - board.started[i], board.describe(i)) for i in range(len(procs))
-                if board.started[i] and now - board.started[i] > OP_LIMIT]
+        # each start read once: an operation ending between two reads left 0.0,
+        # which read as an operation hung since the machine booted
+        started = [(board.started[i], i) for i in range(len(procs))]
+        hung = [(now - t, board.describe(i)) for t, i in started if t and now - t > OP_LIMIT]
         if hung:
             return "operations hang: " + "; ".join(f"{what!r} for {took:.1f}s" for took, what in sorted(hung))
         try:
