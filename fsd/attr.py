@@ -26,6 +26,7 @@ import errno
 from collections.abc import Callable
 import os
 import stat
+from typing import NamedTuple
 
 import pyfuse3
 
@@ -38,7 +39,13 @@ from .ondisk import (NAME_MAX, PRIVATE_PREFIXES, escape_xattr, format_override, 
 from .overlay import Overlay
 
 S_IFDIR = stat.S_IFDIR
-_NONE: frozenset[bytes] = frozenset()
+
+
+class LowerXattrs(NamedTuple):
+    """A lower object's xattr names, read once (`AttrOps._lower_xattrs`)."""
+    index: int  # of the lower layer they were read from
+    real: frozenset[bytes]  # as stored
+    shown: list[bytes]  # as the mount shows them
 
 
 def _visible(names: list[bytes]) -> list[bytes]:
@@ -319,7 +326,7 @@ class AttrOps:
                 return os.getxattr(fd, real)
         elif not node.upper:
             names = self._lower_xattrs(node)
-            if names is not None and real not in names[1]:
+            if names is not None and real not in names.real:
                 raise pyfuse3.FUSEError(errno.ENODATA)
         layer, rel = self.location(node)
         return layer.getxattr(rel, real)
@@ -332,23 +339,24 @@ class AttrOps:
         elif not node.upper:
             names = self._lower_xattrs(node)
             if names is not None:
-                return names[2]
+                return names.shown
         layer, rel = self.location(node)
         return _visible(layer.listxattr(rel))
 
-    def _lower_xattrs(self, node: Node) -> tuple[int, frozenset[bytes], list[bytes]] | None:
-        """(lower index, real names, names shown) of the lower object of a node
-        not in the upper, read once; None if its filesystem refuses to list them
+    def _lower_xattrs(self, node: Node) -> LowerXattrs | None:
+        """The xattr names of the lower object of a node not in the upper, read
+        once; None if its filesystem refuses to list them
         (the requests then go to it, for its own answer, as before)."""
         index = node.lower_indices[0] if node.is_dir else node.lower_index
         known = node.lower_xattrs
-        if known is not None and known[0] == index:
+        if known is not None and known.index == index:
             return known
         try:
             names = self.ovl.lowers[index].listxattr(node.path(), strict=True)
         except OSError:
             return None
-        node.lower_xattrs = known = (index, frozenset(names), _visible(names)) if names else (index, _NONE, [])
+        known = LowerXattrs(index, frozenset(names), _visible(names))
+        node.lower_xattrs = known
         return known
 
     def _nameless_upper_fd(self, node: Node) -> int | None:

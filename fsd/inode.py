@@ -97,7 +97,7 @@ class Node:
         # `DirOps.inherited`); None until read, and again after any change of
         # the directory's mode, owner or xattrs (attr.py) or of its upper dir
         self.inherits = None
-        self.lower_xattrs = None  # its lower object's xattr names, read once (attr.py, `AttrOps._lower_xattrs`)
+        self.lower_xattrs = None  # its lower object's xattr names, read once (attr.py, `LowerXattrs`)
         self._path = b""  # path() as of _path_epoch
         self._path_epoch = -1
 
